@@ -1,0 +1,35 @@
+// Local multi-rank launcher: forks N ranks of a function and gives them an out-of-band allgather
+// relayed by the parent over socketpairs. Used by the tests and perf tools (and moefabric-run).
+// The parent enforces a deadline: on expiry every rank is killed and the report says which ranks
+// had not finished.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <string>
+
+namespace moefabric {
+
+class OobChannel {
+ public:
+  OobChannel(int rank, int nranks, int fd) : rank_(rank), nranks_(nranks), fd_(fd) {}
+  int rank() const { return rank_; }
+  int nranks() const { return nranks_; }
+  // Every rank contributes `bytes`; recv receives nranks * bytes in rank order. False when a
+  // peer died or the parent is gone (the text says which).
+  bool allgather(const void* send, void* recv, size_t bytes, std::string* error = nullptr);
+  bool barrier(std::string* error = nullptr);
+
+ private:
+  int rank_, nranks_, fd_;
+};
+
+struct LaunchResult {
+  bool ok = false;
+  std::string report;  // one line per failed rank: exit code, signal, or "killed at deadline"
+};
+
+// Runs fn(oob) in `nranks` forked processes; fn's return value is the rank's exit code.
+LaunchResult launch_fork(int nranks, const std::function<int(OobChannel&)>& fn, int timeout_s);
+
+}  // namespace moefabric

@@ -1,0 +1,76 @@
+#include "plugin/common/params.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <strings.h>
+
+#include "plugin/common/log.h"
+
+namespace moefabric {
+namespace {
+
+constexpr ParamDesc kTable[] = {
+#define MF_PARAM_DESC(name, env, type, def, doc) {env, #type, def, doc},
+    MOEFABRIC_PARAM_TABLE(MF_PARAM_DESC)
+#undef MF_PARAM_DESC
+};
+
+const char* raw(const char* env, const char* def) {
+  const char* v = std::getenv(env);
+  return (v != nullptr && *v != '\0') ? v : def;
+}
+
+void parse(const char* env, const char* def, int64_t* out) {
+  const char* v = raw(env, def);
+  errno = 0;
+  char* end = nullptr;
+  long long x = std::strtoll(v, &end, 0);
+  if (errno != 0 || end == v || *end != '\0') {
+    MF_WARN("%s=\"%s\" is not an integer; using the default %s", env, v, def);
+    x = std::strtoll(def, nullptr, 0);
+  }
+  *out = x;
+}
+
+void parse(const char* env, const char* def, std::string* out) { *out = raw(env, def); }
+
+void parse(const char* env, const char* def, bool* out) {
+  const char* v = raw(env, def);
+  if (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on")) {
+    *out = true;
+  } else if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no") ||
+             !strcasecmp(v, "off")) {
+    *out = false;
+  } else {
+    MF_WARN("%s=\"%s\" is not a boolean; using the default %s", env, v, def);
+    *out = !strcmp(def, "1");
+  }
+}
+
+void show(const char* env, int64_t v) { MF_INFO(log::kEnv, "%s=%lld", env, static_cast<long long>(v)); }
+void show(const char* env, const std::string& v) { MF_INFO(log::kEnv, "%s=%s", env, v.c_str()); }
+void show(const char* env, bool v) { MF_INFO(log::kEnv, "%s=%d", env, v ? 1 : 0); }
+
+}  // namespace
+
+Params Params::load() {
+  Params p;
+#define MF_PARAM_LOAD(name, env, type, def, doc) parse(env, def, &p.name);
+  MOEFABRIC_PARAM_TABLE(MF_PARAM_LOAD)
+#undef MF_PARAM_LOAD
+  return p;
+}
+
+void Params::dump() const {
+#define MF_PARAM_SHOW(name, env, type, def, doc) show(env, name);
+  MOEFABRIC_PARAM_TABLE(MF_PARAM_SHOW)
+#undef MF_PARAM_SHOW
+}
+
+const ParamDesc* param_table(int* count) {
+  *count = static_cast<int>(sizeof kTable / sizeof kTable[0]);
+  return kTable;
+}
+
+}  // namespace moefabric

@@ -1,0 +1,68 @@
+// Every environment variable moefabric reads, declared once: name, type, default, one-line doc.
+// Values are read once into a Params object owned by whoever initialises the library (the plugin
+// context, the MoE comm, a tool); there is no process-global configuration state.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace moefabric {
+
+// X(field, ENV_NAME, type, default, doc)   type: Int (int64) | Str | Bool
+#define MOEFABRIC_PARAM_TABLE(X)                                                                 \
+  X(provider, "MOEFABRIC_PROVIDER", Str, "",                                                      \
+    "libfabric provider (efa, verbs, tcp, shm, ...); empty: FI_PROVIDER, else efa, verbs, tcp") \
+  X(tcp_iface, "MOEFABRIC_TCP_IFACE", Str, "",                                                    \
+    "comma-separated interfaces the tcp provider may use; empty: all but lo/docker*, else lo")   \
+  X(protocol, "MOEFABRIC_PROTOCOL", Str, "auto",                                                  \
+    "data path: rdma (fi_writedata into receiver-posted buffers), tagged, or auto")              \
+  X(eager_max, "MOEFABRIC_EAGER_MAX", Int, "8192",                                                \
+    "largest message sent eagerly (before the receiver's control entry arrives), bytes")         \
+  X(rx_buffers, "MOEFABRIC_RX_BUFFERS", Int, "256",                                               \
+    "receive buffers posted per endpoint for control and eager messages")                        \
+  X(tx_buffers, "MOEFABRIC_TX_BUFFERS", Int, "1024",                                              \
+    "registered bounce buffers per endpoint for outgoing control and eager messages")            \
+  X(max_write, "MOEFABRIC_MAX_WRITE", Int, "1073741824",                                          \
+    "largest single RDMA write; bigger messages are split into segments (at most 16)")           \
+  X(cq_read_count, "MOEFABRIC_CQ_READ_COUNT", Int, "32", "completions read per fi_cq_read call") \
+  X(mr_cache, "MOEFABRIC_MR_CACHE", Bool, "1",                                                    \
+    "cache memory registrations (page-aligned, refcounted)")                                     \
+  X(gdr, "MOEFABRIC_GDR", Str, "auto",                                                            \
+    "advertise CUDA pointers to NCCL: auto (when the provider has FI_HMEM and CUDA loads), 0, 1") \
+  X(keepalive_ms, "MOEFABRIC_KEEPALIVE_MS", Int, "1000",                                          \
+    "idle time after which a peer with pending requests is pinged, ms")                          \
+  X(peer_timeout_ms, "MOEFABRIC_PEER_TIMEOUT_MS", Int, "30000",                                   \
+    "a peer silent this long while requests are pending is declared lost, ms")                  \
+  X(connect_timeout_ms, "MOEFABRIC_CONNECT_TIMEOUT_MS", Int, "120000",                            \
+    "connect/accept handshake timeout, ms")                                                      \
+  X(latency_us, "MOEFABRIC_LATENCY_US", Int, "0",                                                 \
+    "latency reported to NCCL's tuner, us; 0: provider default (efa 35, others 10)")            \
+  X(debug, "MOEFABRIC_DEBUG", Str, "WARN",                                                        \
+    "log level outside NCCL: NONE, WARN, INFO, TRACE (inside NCCL use NCCL_DEBUG)")
+
+struct ParamDesc {
+  const char* env;
+  const char* type;
+  const char* default_value;
+  const char* doc;
+};
+
+struct Params {
+#define MF_PARAM_FIELD_Int(name) int64_t name = 0;
+#define MF_PARAM_FIELD_Str(name) std::string name;
+#define MF_PARAM_FIELD_Bool(name) bool name = false;
+#define MF_PARAM_FIELD(name, env, type, def, doc) MF_PARAM_FIELD_##type(name)
+  MOEFABRIC_PARAM_TABLE(MF_PARAM_FIELD)
+#undef MF_PARAM_FIELD
+
+  // Reads the environment (defaults for unset variables). Malformed values are reported with a
+  // warning naming the variable and replaced by the default.
+  static Params load();
+  // Logs every value at INFO (NCCL_DEBUG=INFO or MOEFABRIC_DEBUG=INFO shows them).
+  void dump() const;
+};
+
+// The declaration table, for documentation checks and --help output.
+const ParamDesc* param_table(int* count);
+
+}  // namespace moefabric

@@ -1,0 +1,167 @@
+// Connection manager: listen/connect/accept over the data endpoint itself (no side sockets).
+// connect() sends kConnect to the listener's endpoint and returns a comm once kConnectAck
+// arrives; accept() answers pending kConnect messages. Neither ever blocks.
+#include <cstring>
+
+#include <rdma/fi_errno.h>
+
+#include "plugin/common/log.h"
+#include "plugin/fabric/device.h"
+
+namespace moefabric::fabric {
+
+Status Device::av_insert(const uint8_t* addr, size_t len, fi_addr_t* out) {
+  std::string key(reinterpret_cast<const char*>(addr), len);
+  auto it = av_cache_.find(key);
+  if (it != av_cache_.end()) {
+    *out = it->second;
+    return Status::kOk;
+  }
+  fi_addr_t fa = FI_ADDR_UNSPEC;
+  int rc = fi_av_insert(av_.get(), addr, 1, &fa, 0, nullptr);
+  if (rc != 1) {
+    MF_WARN("%s: fi_av_insert failed (%d): %s", nic_.name.c_str(), rc, rc < 0 ? fi_strerror(-rc) : "address rejected");
+    return Status::kSystemError;
+  }
+  av_cache_.emplace(std::move(key), fa);
+  *out = fa;
+  return Status::kOk;
+}
+
+Status Device::listen(void* handle, ListenComm** out) {
+  auto lc = std::make_unique<ListenComm>();
+  lc->id = next_listen_id_++;
+  lc->dev = this;
+  wire::ListenHandle h = {};
+  h.magic = wire::kMagic;
+  h.version = wire::kVersion;
+  h.addr_len = static_cast<uint8_t>(addr_len_);
+  h.listen_id = lc->id;
+  std::memcpy(h.addr, addr_, addr_len_);
+  std::memcpy(handle, &h, sizeof h);
+  listens_[lc->id] = lc.get();
+  *out = lc.release();
+  return Status::kOk;
+}
+
+Status Device::connect(void* handle, SendComm** out) {
+  *out = nullptr;
+  wire::ListenHandle h;
+  std::memcpy(&h, handle, sizeof h);
+  if (h.magic != wire::kMagic || h.version != wire::kVersion || h.addr_len == 0 ||
+      h.addr_len > wire::kMaxAddrLen) {
+    MF_WARN("connect: handle is not a moefabric v%u listen handle", wire::kVersion);
+    return Status::kInvalidArgument;
+  }
+  SendComm* c = nullptr;
+  if (h.stage_magic == wire::kStageMagic) {
+    c = reinterpret_cast<SendComm*>(static_cast<uintptr_t>(h.stage_comm));
+    if (comm_lookup(c->id) != c) return Status::kInternalError;
+  } else {
+    auto fresh = std::make_unique<SendComm>();
+    fresh->dev = this;
+    fresh->tagged = tagged_;
+    fresh->listen_id = h.listen_id;
+    fresh->connect_start = fresh->last_heard = Clock::now();
+    MF_CHECK(av_insert(h.addr, h.addr_len, &fresh->peer));
+    if (alloc_comm_id(fresh.get()) == 0) {
+      MF_WARN("%s: all %u comm ids in use", nic_.name.c_str(), wire::kMaxCommId);
+      return Status::kSystemError;
+    }
+    wire::ConnectMsg m = {};
+    m.addr_len = static_cast<uint32_t>(addr_len_);
+    m.flags = tagged_ ? wire::kConnectFlagTagged : 0;
+    m.max_write = max_write_;
+    std::memcpy(m.addr, addr_, addr_len_);
+    Status s = send_msg(fresh.get(), fresh->peer, wire::MsgType::kConnect, h.listen_id, fresh->id, &m, sizeof m);
+    if (s != Status::kOk) {
+      comms_[fresh->id] = nullptr;
+      return s == Status::kAgain ? Status::kOk : s;  // no bounce buffer: NCCL calls again
+    }
+    c = fresh.release();
+    h.stage_magic = wire::kStageMagic;
+    h.stage_comm = reinterpret_cast<uintptr_t>(c);
+    std::memcpy(handle, &h, sizeof h);
+  }
+  MF_CHECK(progress());
+  if (c->error != Status::kOk) {
+    Status s = c->error;
+    MF_WARN("%s", c->error_text.c_str());
+    close_comm(c);
+    h.stage_magic = 0;
+    std::memcpy(handle, &h, sizeof h);
+    return s;
+  }
+  if (!c->connected) {
+    auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - c->connect_start);
+    if (waited.count() > params_.connect_timeout_ms) {
+      fail_comm(c, Status::kRemoteError, "no answer from listener %u after %lld ms", c->listen_id,
+                static_cast<long long>(waited.count()));
+      Status s = c->error;
+      close_comm(c);
+      h.stage_magic = 0;
+      std::memcpy(handle, &h, sizeof h);
+      return s;
+    }
+    return Status::kOk;
+  }
+  h.stage_magic = 0;
+  std::memcpy(handle, &h, sizeof h);
+  c->last_heard = Clock::now();
+  *out = c;
+  return Status::kOk;
+}
+
+void Device::on_connect(const wire::MsgHeader& h, const wire::ConnectMsg& m) {
+  auto it = listens_.find(h.dst_comm);
+  fi_addr_t peer = FI_ADDR_UNSPEC;
+  if (av_insert(m.addr, m.addr_len, &peer) != Status::kOk) return;
+  bool peer_tagged = (m.flags & wire::kConnectFlagTagged) != 0;
+  if (it == listens_.end() || peer_tagged != tagged_) {
+    MF_WARN("%s: refusing connection for listen id %u (%s)", nic_.name.c_str(), h.dst_comm,
+            it == listens_.end() ? "no such listener" : "peer uses a different data protocol");
+    wire::ConnectAckMsg ack = {1, 0};
+    (void)send_msg(nullptr, peer, wire::MsgType::kConnectAck, h.src_comm, 0, &ack, sizeof ack);
+    return;
+  }
+  it->second->pending.push_back({peer, h.src_comm, m.flags});
+}
+
+Status Device::accept(ListenComm* lc, RecvComm** out) {
+  *out = nullptr;
+  MF_CHECK(progress());
+  if (lc->pending.empty()) return Status::kOk;
+  if (!tx_available()) return Status::kOk;
+  ListenComm::Pending p = lc->pending.front();
+  auto c = std::make_unique<RecvComm>();
+  c->dev = this;
+  c->tagged = tagged_;
+  c->peer = p.peer;
+  c->remote_id = p.src_comm;
+  c->last_heard = Clock::now();
+  if (alloc_comm_id(c.get()) == 0) {
+    MF_WARN("%s: all %u comm ids in use", nic_.name.c_str(), wire::kMaxCommId);
+    return Status::kSystemError;
+  }
+  wire::ConnectAckMsg ack = {0, 0};
+  Status s = send_msg(c.get(), c->peer, wire::MsgType::kConnectAck, c->remote_id, c->id, &ack, sizeof ack);
+  if (s != Status::kOk) {
+    comms_[c->id] = nullptr;
+    return s == Status::kAgain ? Status::kOk : s;
+  }
+  lc->pending.pop_front();
+  *out = c.release();
+  return Status::kOk;
+}
+
+void Device::close_listen(ListenComm* lc) {
+  if (lc == nullptr) return;
+  listens_.erase(lc->id);
+  for (const auto& p : lc->pending) {
+    wire::ConnectAckMsg ack = {1, 0};
+    (void)send_msg(nullptr, p.peer, wire::MsgType::kConnectAck, p.src_comm, 0, &ack, sizeof ack);
+  }
+  delete lc;
+}
+
+}  // namespace moefabric::fabric

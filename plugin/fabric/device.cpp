@@ -1,0 +1,298 @@
+#include "plugin/fabric/device.h"
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstring>
+#include <unistd.h>
+
+#include <rdma/fi_cm.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_rma.h>
+#include <rdma/fi_tagged.h>
+
+#include "plugin/common/log.h"
+
+namespace moefabric::fabric {
+
+void fid_close_logged(struct fid* fid, const char* what) {
+  int rc = fi_close(fid);
+  if (rc != 0) MF_WARN("fi_close(%s) failed: %s", what, fi_strerror(-rc));
+}
+
+const char* fi_error_text(int rc) { return fi_strerror(rc < 0 ? -rc : rc); }
+
+Status Device::open(const Params& params, NicInfo nic, std::unique_ptr<Device>* out,
+                    std::string* error) {
+  std::unique_ptr<Device> d(new Device());
+  d->params_ = params;
+  d->nic_ = std::move(nic);
+  MF_CHECK(d->init(error));
+  *out = std::move(d);
+  return Status::kOk;
+}
+
+Status Device::init(std::string* error) {
+  fi_info* fi = nic_.info.get();
+  tagged_ = !nic_.rma || params_.protocol == "tagged";
+  if (tagged_ && !nic_.tagged) {
+    *error = "provider " + nic_.provider + " offers neither RMA with remote CQ data nor tagged messages";
+    return Status::kSystemError;
+  }
+  eager_max_ = tagged_ ? 0 : static_cast<size_t>(std::max<int64_t>(0, params_.eager_max));
+  max_write_ = static_cast<size_t>(std::max<int64_t>(4096, params_.max_write));
+  if (fi->ep_attr->max_msg_size > 0 && fi->ep_attr->max_msg_size < max_write_)
+    max_write_ = fi->ep_attr->max_msg_size;
+  msg_size_ = wire::msg_buffer_size(eager_max_);
+  if (fi->ep_attr->max_msg_size > 0 && msg_size_ > fi->ep_attr->max_msg_size) {
+    eager_max_ = 0;
+    msg_size_ = wire::msg_buffer_size(0);
+  }
+
+  fid_fabric* fabric = nullptr;
+  int rc = fi_fabric(fi->fabric_attr, &fabric, nullptr);
+  if (rc != 0) {
+    *error = std::string("fi_fabric: ") + fi_strerror(-rc);
+    return Status::kSystemError;
+  }
+  fabric_.reset(fabric);
+  fid_domain* domain = nullptr;
+  rc = fi_domain(fabric, fi, &domain, nullptr);
+  if (rc != 0) {
+    *error = "fi_domain(" + nic_.domain + "): " + fi_strerror(-rc);
+    return Status::kSystemError;
+  }
+  domain_.reset(domain);
+
+  fi_av_attr av_attr = {};
+  av_attr.type = FI_AV_TABLE;
+  fid_av* av = nullptr;
+  rc = fi_av_open(domain, &av_attr, &av, nullptr);
+  if (rc != 0) {
+    *error = std::string("fi_av_open: ") + fi_strerror(-rc);
+    return Status::kSystemError;
+  }
+  av_.reset(av);
+
+  fi_cq_attr cq_attr = {};
+  cq_attr.format = FI_CQ_FORMAT_DATA;
+  cq_attr.size = 0;
+  fid_cq* cq = nullptr;
+  rc = fi_cq_open(domain, &cq_attr, &cq, nullptr);
+  if (rc != 0) {
+    *error = std::string("fi_cq_open: ") + fi_strerror(-rc);
+    return Status::kSystemError;
+  }
+  cq_.reset(cq);
+
+  fid_ep* ep = nullptr;
+  rc = fi_endpoint(domain, fi, &ep, nullptr);
+  if (rc != 0) {
+    *error = std::string("fi_endpoint: ") + fi_strerror(-rc);
+    return Status::kSystemError;
+  }
+  ep_.reset(ep);
+#ifdef FI_OPT_CUDA_API_PERMITTED
+  if (nic_.provider == "efa") {
+    bool permitted = false;
+    (void)fi_setopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_CUDA_API_PERMITTED, &permitted, sizeof permitted);
+  }
+#endif
+  if ((rc = fi_ep_bind(ep, &av->fid, 0)) != 0 ||
+      (rc = fi_ep_bind(ep, &cq->fid, FI_TRANSMIT | FI_RECV)) != 0 || (rc = fi_enable(ep)) != 0) {
+    *error = std::string("endpoint bind/enable: ") + fi_strerror(-rc);
+    return Status::kSystemError;
+  }
+  addr_len_ = sizeof addr_;
+  rc = fi_getname(&ep->fid, addr_, &addr_len_);
+  if (rc != 0 || addr_len_ > wire::kMaxAddrLen) {
+    *error = std::string("fi_getname: ") + (rc ? fi_strerror(-rc) : "address too long");
+    return Status::kSystemError;
+  }
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  mr_cache_ = std::make_unique<MrCache>(domain, ep, fi->domain_attr->mr_mode, params_.mr_cache, page);
+  cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
+  comms_.assign(wire::kMaxCommId + 1, nullptr);
+  MF_CHECK(alloc_pools(error));
+  MF_INFO(log::kInit | log::kNet,
+          "device %s: provider %s, protocol %s, eager %zu B, max write %zu B, mr_mode 0x%llx, "
+          "hmem %d",
+          nic_.name.c_str(), nic_.provider.c_str(), tagged_ ? "tagged" : "rdma", eager_max_,
+          max_write_, static_cast<unsigned long long>(fi->domain_attr->mr_mode), nic_.hmem ? 1 : 0);
+  return Status::kOk;
+}
+
+Status Device::alloc_pools(std::string* error) {
+  int nrx = static_cast<int>(std::clamp<int64_t>(params_.rx_buffers, 16, 65536));
+  int ntx = static_cast<int>(std::clamp<int64_t>(params_.tx_buffers, 16, 65536));
+  rx_slab_.assign(msg_size_ * nrx, 0);
+  tx_slab_.assign(msg_size_ * ntx, 0);
+  MF_CHECK(mr_cache_->acquire(rx_slab_.data(), rx_slab_.size(), MemType::kHost, -1, -1, 0, &rx_mr_, error));
+  MF_CHECK(mr_cache_->acquire(tx_slab_.data(), tx_slab_.size(), MemType::kHost, -1, -1, 0, &tx_mr_, error));
+  rx_ops_.resize(nrx);
+  tx_ops_.resize(ntx);
+  for (int i = 0; i < ntx; ++i) {
+    tx_ops_[i].kind = OpKind::kTxMsg;
+    tx_ops_[i].idx = i;
+    tx_free_.push_back(ntx - 1 - i);
+  }
+  for (int i = 0; i < nrx; ++i) {
+    OpCtx& op = rx_ops_[i];
+    op.kind = OpKind::kRxMsg;
+    op.idx = i;
+    op.buf = rx_slab_.data() + msg_size_ * i;
+    op.len = msg_size_;
+    op.desc = rx_mr_->desc;
+    Status s = post(&op);
+    if (s != Status::kOk) {
+      *error = "posting receive buffers failed";
+      return s;
+    }
+  }
+  return Status::kOk;
+}
+
+Device::~Device() {
+  // Closing the endpoint first cancels everything in flight; then nothing references comms.
+  ep_.reset();
+  for (Comm* c : comms_) delete c;
+  for (auto& [id, lc] : listens_) delete lc;
+  if (mr_cache_) {
+    mr_cache_->release(rx_mr_);
+    mr_cache_->release(tx_mr_);
+  }
+  mr_cache_.reset();
+  cq_.reset();
+  av_.reset();
+  domain_.reset();
+  fabric_.reset();
+}
+
+Status Device::post(OpCtx* op) {
+  ssize_t rc = 0;
+  switch (op->kind) {
+    case OpKind::kRxMsg:
+      rc = fi_recv(ep_.get(), op->buf, op->len, op->desc, FI_ADDR_UNSPEC, &op->fi);
+      break;
+    case OpKind::kTxMsg:
+      rc = fi_send(ep_.get(), op->buf, op->len, op->desc, op->peer, &op->fi);
+      break;
+    case OpKind::kWrite:
+      rc = fi_writedata(ep_.get(), op->buf, op->len, op->desc, op->data, op->peer, op->raddr,
+                        op->key, &op->fi);
+      break;
+    case OpKind::kTSend:
+      rc = fi_tsend(ep_.get(), op->buf, op->len, op->desc, op->peer, op->tag, &op->fi);
+      break;
+    case OpKind::kTRecv:
+      rc = fi_trecv(ep_.get(), op->buf, op->len, op->desc, op->peer, op->tag, 0, &op->fi);
+      break;
+  }
+  if (rc == -FI_EAGAIN) {
+    ++stats_.eagain;
+    op->next_pending = nullptr;
+    if (pending_tail_) pending_tail_->next_pending = op;
+    else pending_head_ = op;
+    pending_tail_ = op;
+    return Status::kOk;
+  }
+  if (rc != 0) {
+    const char* what = op->kind == OpKind::kWrite ? "fi_writedata" : op->kind == OpKind::kTSend ? "fi_tsend"
+                       : op->kind == OpKind::kTRecv ? "fi_trecv" : op->kind == OpKind::kTxMsg ? "fi_send" : "fi_recv";
+    char text[256];
+    snprintf(text, sizeof text, "%s failed: %s", what, fi_strerror(static_cast<int>(-rc)));
+    if (op->kind == OpKind::kRxMsg) {
+      MF_WARN("%s", text);
+      return Status::kSystemError;
+    }
+    op_done(op, Status::kRemoteError, text);
+    return Status::kOk;
+  }
+  if (op->kind == OpKind::kWrite) ++stats_.writes;
+  return Status::kOk;
+}
+
+Status Device::post_rx(int i) { return post(&rx_ops_[i]); }
+
+Status Device::send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t dst, uint32_t src,
+                        const void* payload, size_t len, const void* extra, size_t extra_len,
+                        SendReq* sreq) {
+  if (tx_free_.empty()) return Status::kAgain;
+  size_t total = sizeof(wire::MsgHeader) + len + extra_len;
+  if (total > msg_size_) return Status::kInternalError;
+  int i = tx_free_.back();
+  tx_free_.pop_back();
+  OpCtx& op = tx_ops_[i];
+  uint8_t* buf = tx_slab_.data() + msg_size_ * i;
+  wire::MsgHeader h = {wire::kMagic, wire::kVersion, static_cast<uint8_t>(type), dst, src,
+                       static_cast<uint32_t>(len + extra_len)};
+  std::memcpy(buf, &h, sizeof h);
+  if (len) std::memcpy(buf + sizeof h, payload, len);
+  if (extra_len) std::memcpy(buf + sizeof h + len, extra, extra_len);
+  op.buf = buf;
+  op.len = total;
+  op.desc = tx_mr_->desc;
+  op.peer = peer;
+  op.comm = comm;
+  op.sreq = sreq;
+  op.rgroup = nullptr;
+  if (comm) ++comm->inflight;
+  if (sreq) ++sreq->pending;
+  ++stats_.msgs_sent;
+  return post(&op);
+}
+
+uint32_t Device::alloc_comm_id(Comm* c) {
+  for (uint32_t tries = 0; tries < wire::kMaxCommId; ++tries) {
+    uint32_t id = next_comm_id_;
+    next_comm_id_ = next_comm_id_ == wire::kMaxCommId ? 1 : next_comm_id_ + 1;
+    if (comms_[id] == nullptr) {
+      comms_[id] = c;
+      c->id = id;
+      return id;
+    }
+  }
+  return 0;
+}
+
+size_t Device::live_comms() const {
+  size_t n = 0;
+  for (Comm* c : comms_) n += c != nullptr;
+  return n;
+}
+
+void Device::delete_comm(Comm* c) {
+  if (c->id != 0 && c->id < comms_.size() && comms_[c->id] == c) comms_[c->id] = nullptr;
+  delete c;
+}
+
+void Device::close_comm(Comm* c) {
+  if (c == nullptr) return;
+  c->closed = true;
+  if (c->type == Comm::Type::kRecv && c->tagged) {
+    // Posted tagged receives never complete without a sender: cancel them (they complete with
+    // FI_ECANCELED and release the comm).
+    for (auto& g : static_cast<RecvComm*>(c)->groups)
+      if (g.in_use)
+        for (int i = 0; i < g.n; ++i)
+          if (!g.e[i].done) (void)fi_cancel(&ep_->fid, &g.e[i].trecv.fi);
+  }
+  if (c->inflight == 0) delete_comm(c);
+  // else: reaped by check_liveness() once the provider returned every operation
+}
+
+void Device::fail_comm(Comm* c, Status s, const char* fmt, ...) {
+  if (c->error != Status::kOk) return;  // keep the first error
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  c->error = s;
+  char full[700];
+  snprintf(full, sizeof full, "%s comm %u (peer rank %d) on %s: %s",
+           c->type == Comm::Type::kSend ? "send" : "recv", c->id, c->peer_rank, nic_.name.c_str(), text);
+  c->error_text = full;
+  if (!c->closed) MF_WARN("%s", full);
+}
+
+}  // namespace moefabric::fabric

@@ -1,0 +1,293 @@
+// One NIC opened for moefabric's net protocol: fabric, domain, AV, CQ, endpoint, message buffer
+// pools, the MR cache and the comm tables. Every libfabric call on a device happens with its
+// mutex held (the domain is opened FI_THREAD_DOMAIN).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "plugin/common/params.h"
+#include "plugin/common/status.h"
+#include "plugin/fabric/info.h"
+#include "plugin/fabric/mr.h"
+#include "plugin/fabric/resource.h"
+#include "plugin/fabric/wire.h"
+
+namespace moefabric::fabric {
+
+class Device;
+struct Comm;
+struct SendReq;
+struct RecvGroup;
+
+using Clock = std::chrono::steady_clock;
+
+enum class OpKind : uint8_t { kRxMsg, kTxMsg, kWrite, kTSend, kTRecv };
+
+// Context of one posted libfabric operation. Holds everything needed to (re)post it, so an
+// operation refused with -FI_EAGAIN is queued and posted again by progress().
+struct OpCtx {
+  fi_context2 fi;          // provider scratch; must stay first
+  OpKind kind = OpKind::kRxMsg;
+  Comm* comm = nullptr;    // owner for in-flight accounting (nullptr: device-owned)
+  SendReq* sreq = nullptr; // completion target (send side)
+  RecvGroup* rgroup = nullptr;  // completion target (receive side)
+  int idx = 0;             // buffer index (pools) or entry index (groups)
+  void* buf = nullptr;
+  size_t len = 0;
+  void* desc = nullptr;
+  fi_addr_t peer = FI_ADDR_UNSPEC;
+  uint64_t raddr = 0, key = 0, data = 0, tag = 0;
+  OpCtx* next_pending = nullptr;
+};
+
+struct Comm {
+  enum class Type : uint8_t { kSend, kRecv };
+  Type type;
+  uint32_t id = 0;             // local id (immediates and message headers)
+  uint32_t remote_id = 0;      // the peer comm's id
+  Device* dev = nullptr;
+  fi_addr_t peer = FI_ADDR_UNSPEC;
+  int peer_rank = -1;          // NCCL tag of the last request (= peer rank), for messages
+  int inflight = 0;            // posted operations not completed yet
+  bool closed = false;
+  bool tagged = false;         // tagged data path (maxRecvs 1)
+  Status error = Status::kOk;
+  std::string error_text;
+  Clock::time_point last_heard{};
+  Clock::time_point last_ping{};
+  explicit Comm(Type t) : type(t) {}
+  virtual ~Comm() = default;
+  virtual bool busy() const = 0;  // requests pending (liveness checks apply)
+};
+
+struct Request {
+  enum class Type : uint8_t { kSend, kRecv };
+  Type type;
+  explicit Request(Type t) : type(t) {}
+};
+
+struct SendReq : Request {
+  SendReq() : Request(Type::kSend) {}
+  Comm* comm = nullptr;
+  bool in_use = false;
+  int pending = 0;             // operations still to complete
+  size_t size = 0;
+  Status error = Status::kOk;
+  OpCtx ops[wire::kMaxSegments];
+  int nops = 0;
+};
+
+struct RecvEntry {
+  void* buf = nullptr;
+  size_t posted = 0;
+  size_t received = 0;
+  int tag = 0;
+  MrEntry* mr = nullptr;
+  uint8_t writes_got = 0;
+  uint8_t nseg = 0;
+  bool nseg_known = false;
+  bool size_known = false;
+  bool done = false;
+  OpCtx trecv;                 // tagged path
+};
+
+struct RecvGroup : Request {
+  RecvGroup() : Request(Type::kRecv) {}
+  Comm* comm = nullptr;
+  bool in_use = false;
+  bool optional = false;       // NCCL_NET_OPTIONAL_RECV_COMPLETION: may complete early
+  bool user_done = false;      // already reported done to NCCL
+  uint32_t seq = 0;
+  uint32_t first_msg = 0;
+  int n = 0;
+  Status error = Status::kOk;
+  RecvEntry e[wire::kMaxRecvs];
+};
+
+struct SendGroup {
+  bool known = false;
+  bool eager_marked = false;
+  uint32_t seq = 0;
+  uint32_t first_msg = 0;
+  int n = 0;
+  uint8_t used = 0;            // bitmask of consumed entries
+  wire::CtrlEntry e[wire::kMaxRecvs];
+};
+
+struct EagerRecord {
+  uint32_t msg_seq;
+  int tag;
+};
+
+struct SendComm : Comm {
+  SendComm() : Comm(Type::kSend) {}
+  bool connected = false;
+  Clock::time_point connect_start{};
+  uint32_t listen_id = 0;
+  uint32_t next_msg = 0;
+  uint32_t cur_group = 0;
+  SendGroup groups[wire::kGroupRing];
+  std::deque<EagerRecord> eager;   // eager messages not yet matched to a ctrl entry
+  std::deque<SendReq> reqs;        // stable addresses; grows on demand
+  std::vector<SendReq*> free_reqs;
+  int active = 0;
+  bool busy() const override { return active > 0 || !connected; }
+};
+
+struct Unexpected {
+  uint32_t msg_seq;
+  int tag;
+  std::vector<uint8_t> data;
+};
+
+struct RecvComm : Comm {
+  RecvComm() : Comm(Type::kRecv) {}
+  uint32_t next_group = 0;
+  uint32_t next_msg = 0;
+  RecvGroup groups[wire::kGroupRing];
+  std::vector<Unexpected> unexpected;
+  int active = 0;
+  bool busy() const override { return active > 0; }
+};
+
+struct ListenComm {
+  uint32_t id = 0;
+  Device* dev = nullptr;
+  struct Pending {
+    fi_addr_t peer;
+    uint32_t src_comm;
+    uint32_t flags;
+  };
+  std::deque<Pending> pending;
+};
+
+struct DeviceStats {
+  uint64_t writes = 0, msgs_sent = 0, msgs_recv = 0, eagain = 0;
+};
+
+class Device {
+ public:
+  static Status open(const Params& params, NicInfo nic, std::unique_ptr<Device>* out,
+                     std::string* error);
+  ~Device();
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  std::mutex mu;  // guards everything below and every libfabric call on this device
+
+  const NicInfo& nic() const { return nic_; }
+  bool tagged() const { return tagged_; }
+  size_t eager_max() const { return eager_max_; }
+  size_t max_write() const { return max_write_; }
+  const uint8_t* addr() const { return addr_; }
+  size_t addr_len() const { return addr_len_; }
+  MrCache& mr_cache() { return *mr_cache_; }
+  const DeviceStats& stats() const { return stats_; }
+  const Params& params() const { return params_; }
+
+  // ---- progress (progress.cpp) -----------------------------------------------------------
+  Status progress();
+  // Pings silent peers of busy comms, fails comms past the peer timeout, reaps closed comms.
+  void check_liveness(Clock::time_point now);
+
+  // ---- messages --------------------------------------------------------------------------
+  // Sends a control/eager message. kAgain when no bounce buffer is free (caller retries).
+  Status send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t dst, uint32_t src,
+                  const void* payload, size_t len, const void* extra = nullptr,
+                  size_t extra_len = 0, SendReq* sreq = nullptr);
+  bool tx_available(int n = 1) const { return static_cast<int>(tx_free_.size()) >= n; }
+  Status post(OpCtx* op);  // posts (or queues on -FI_EAGAIN) the operation described by op
+
+  // ---- comms (connection.cpp) ------------------------------------------------------------
+  Status listen(void* handle, ListenComm** out);
+  Status connect(void* handle, SendComm** out);
+  Status accept(ListenComm* lc, RecvComm** out);
+  void close_listen(ListenComm* lc);
+  void close_comm(Comm* c);
+  Status av_insert(const uint8_t* addr, size_t len, fi_addr_t* out);
+  Comm* comm_lookup(uint32_t id) const {
+    return id < comms_.size() ? comms_[id] : nullptr;
+  }
+  void fail_comm(Comm* c, Status s, const char* fmt, ...) __attribute__((format(printf, 4, 5)));
+  size_t live_comms() const;
+
+  // ---- data path (send.cpp / recv.cpp) ---------------------------------------------------
+  Status isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr, SendReq** out);
+  Status irecv(RecvComm* c, int n, void** data, const size_t* sizes, const int* tags,
+               MrEntry** mrs, bool optional, RecvGroup** out);
+  Status test(Request* r, bool* done, size_t* sizes);
+
+ private:
+  Device() = default;
+  Status init(std::string* error);
+  Status alloc_pools(std::string* error);
+  Status post_rx(int i);
+  void handle_cq_entry(const fi_cq_data_entry& e);
+  void handle_cq_error(const fi_cq_err_entry& e);
+  void handle_msg(int rx_index, size_t len);
+  void handle_imm(uint32_t imm);
+  void op_done(OpCtx* op, Status s, const char* text);
+  uint32_t alloc_comm_id(Comm* c);
+  void delete_comm(Comm* c);
+
+  // protocol handlers
+  void on_connect(const wire::MsgHeader& h, const wire::ConnectMsg& m);
+  void on_connect_ack(const wire::MsgHeader& h, const wire::ConnectAckMsg& m);
+  void on_ctrl(SendComm* c, const wire::CtrlMsg& m);
+  void on_fin(RecvComm* c, const wire::FinMsg& m);
+  void on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data);
+  void on_error_msg(Comm* c, const wire::ErrorMsg& m);
+  void send_advance(SendComm* c);
+  void deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* data, size_t size);
+  void group_check_done(RecvComm* c, RecvGroup* g);
+  void entry_check_done(RecvComm* c, RecvGroup* g, int idx);
+  void send_error(Comm* c, uint32_t group_seq, Status s, const char* text);
+  SendReq* sreq_alloc(SendComm* c);
+  void sreq_release(SendComm* c, SendReq* r);
+  void group_release(RecvComm* c, RecvGroup* g);
+
+  Params params_;
+  NicInfo nic_;
+  bool tagged_ = false;
+  size_t eager_max_ = 0;
+  size_t max_write_ = 0;
+  size_t msg_size_ = 0;
+  uint8_t addr_[wire::kMaxAddrLen] = {};
+  size_t addr_len_ = 0;
+
+  FabricPtr fabric_;
+  DomainPtr domain_;
+  AvPtr av_;
+  CqPtr cq_;
+  EpPtr ep_;
+  std::unique_ptr<MrCache> mr_cache_;
+
+  // message buffers: one registered slab each for receive and transmit
+  std::vector<uint8_t> rx_slab_, tx_slab_;
+  MrEntry* rx_mr_ = nullptr;
+  MrEntry* tx_mr_ = nullptr;
+  std::vector<OpCtx> rx_ops_, tx_ops_;
+  std::vector<int> tx_free_;
+
+  OpCtx* pending_head_ = nullptr;
+  OpCtx* pending_tail_ = nullptr;
+
+  std::vector<Comm*> comms_;         // id -> comm (owning; see delete_comm)
+  uint32_t next_comm_id_ = 1;
+  std::map<uint32_t, ListenComm*> listens_;
+  uint32_t next_listen_id_ = 1;
+  std::map<std::string, fi_addr_t> av_cache_;
+  std::vector<fi_cq_data_entry> cq_buf_;
+  DeviceStats stats_;
+  Clock::time_point last_liveness_{};
+  friend struct DeviceTestAccess;
+};
+
+}  // namespace moefabric::fabric

@@ -1,0 +1,174 @@
+#include "plugin/fabric/info.h"
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+
+#include <rdma/fi_errno.h>
+
+#include "plugin/common/log.h"
+
+namespace moefabric::fabric {
+namespace {
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::string realpath_str(const std::string& p) {
+  char buf[PATH_MAX];
+  if (::realpath(p.c_str(), buf) == nullptr) return {};
+  return buf;
+}
+
+int read_int_file(const std::string& p, int def) {
+  std::ifstream f(p);
+  long v = 0;
+  if (f >> v && v > 0 && v < INT_MAX) return static_cast<int>(v);
+  return def;
+}
+
+bool is_tcp_like(const std::string& prov) {
+  return prov.rfind("tcp", 0) == 0 || prov.rfind("sockets", 0) == 0 || prov.rfind("udp", 0) == 0 ||
+         prov.rfind("net", 0) == 0;
+}
+
+// Fills pci_path/speed/guid from libfabric's NIC attributes, falling back to sysfs.
+void describe(NicInfo* nic) {
+  const fi_info* fi = nic->info.get();
+  if (fi->nic != nullptr && fi->nic->bus_attr != nullptr &&
+      fi->nic->bus_attr->bus_type == FI_BUS_PCI) {
+    const auto& pci = fi->nic->bus_attr->attr.pci;
+    char bdf[64];
+    snprintf(bdf, sizeof bdf, "/sys/bus/pci/devices/%04x:%02x:%02x.%x", pci.domain_id, pci.bus_id,
+             pci.device_id, pci.function_id);
+    nic->pci_path = realpath_str(bdf);
+  }
+  if (nic->pci_path.empty() && is_tcp_like(nic->provider))
+    nic->pci_path = realpath_str("/sys/class/net/" + nic->domain + "/device");
+  if (fi->nic != nullptr && fi->nic->link_attr != nullptr && fi->nic->link_attr->speed > 0)
+    nic->speed_mbps = static_cast<int>(fi->nic->link_attr->speed / 1000000ull);
+  if (nic->speed_mbps <= 0 && is_tcp_like(nic->provider))
+    nic->speed_mbps = read_int_file("/sys/class/net/" + nic->domain + "/speed", 10000);
+  if (nic->speed_mbps <= 0) nic->speed_mbps = nic->provider == "shm" ? 100000 : 10000;
+  nic->guid = std::hash<std::string>{}(nic->provider + "/" + nic->domain + "/" + nic->pci_path);
+}
+
+}  // namespace
+
+InfoPtr nic_hints(const std::string& provider, bool want_hmem, bool want_tagged) {
+  InfoPtr hints(fi_allocinfo());
+  if (!hints) return hints;
+  hints->caps = FI_MSG | FI_RMA | FI_WRITE | FI_REMOTE_WRITE;
+  if (want_tagged) hints->caps = FI_MSG | FI_TAGGED;
+  if (want_hmem) hints->caps |= FI_HMEM;
+  hints->mode = FI_CONTEXT | FI_CONTEXT2;
+  hints->ep_attr->type = FI_EP_RDM;
+  hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY |
+                                FI_MR_ENDPOINT | (want_hmem ? FI_MR_HMEM : 0);
+  hints->domain_attr->threading = FI_THREAD_DOMAIN;
+  hints->domain_attr->control_progress = FI_PROGRESS_UNSPEC;
+  hints->domain_attr->data_progress = FI_PROGRESS_UNSPEC;
+  if (!want_tagged) hints->domain_attr->cq_data_size = 4;
+  hints->tx_attr->msg_order = FI_ORDER_NONE;
+  hints->rx_attr->msg_order = FI_ORDER_NONE;
+  hints->fabric_attr->prov_name = strdup(provider.c_str());
+  return hints;
+}
+
+Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string* error) {
+  std::vector<std::string> candidates;
+  const char* fi_prov = std::getenv("FI_PROVIDER");
+  if (!params.provider.empty())
+    candidates = split_list(params.provider);
+  else if (fi_prov != nullptr && *fi_prov != '\0')
+    candidates = split_list(fi_prov);
+  else
+    candidates = {"efa", "verbs", "tcp"};
+
+  bool tagged = params.protocol == "tagged";
+  std::string tried;
+  for (const std::string& prov : candidates) {
+    bool hmem_wanted = params.gdr == "1" || (params.gdr == "auto" && (prov == "efa" || prov == "verbs"));
+    fi_info* list = nullptr;
+    int rc = -FI_ENODATA;
+    bool hmem = false;
+    for (int attempt = hmem_wanted ? 0 : 1; attempt < 2 && rc != 0; ++attempt) {
+      InfoPtr hints = nic_hints(prov, attempt == 0, tagged);
+      rc = fi_getinfo(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), nullptr, nullptr, 0, hints.get(), &list);
+      hmem = rc == 0 && attempt == 0;
+    }
+    if (rc != 0 && !tagged && params.protocol == "auto") {
+      // No usable RMA (or no 32-bit remote CQ data): fall back to tagged messaging.
+      InfoPtr hints = nic_hints(prov, false, true);
+      rc = fi_getinfo(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), nullptr, nullptr, 0, hints.get(), &list);
+    }
+    tried += (tried.empty() ? "" : ", ") + prov + " (" + fi_strerror(-rc) + ")";
+    if (rc != 0) continue;
+
+    std::vector<std::string> allowed = split_list(params.tcp_iface);
+    std::set<std::string> seen;
+    std::vector<NicInfo> found;
+    for (fi_info* fi = list; fi != nullptr; fi = fi->next) {
+      std::string domain = fi->domain_attr->name ? fi->domain_attr->name : "";
+      std::string provider = fi->fabric_attr->prov_name ? fi->fabric_attr->prov_name : prov;
+      if (seen.count(domain)) continue;  // one entry per NIC (first address family wins)
+      if (is_tcp_like(provider)) {
+        if (fi->addr_format != FI_SOCKADDR_IN && fi->addr_format != FI_SOCKADDR_IN6) continue;
+        if (!allowed.empty()) {
+          bool ok = false;
+          for (const auto& a : allowed) ok |= a == domain;
+          if (!ok) continue;
+        }
+      }
+      NicInfo nic;
+      nic.info.reset(fi_dupinfo(fi));
+      nic.provider = provider;
+      nic.domain = domain;
+      nic.hmem = hmem && (fi->caps & FI_HMEM);
+      nic.rma = (fi->caps & FI_RMA) && fi->domain_attr->cq_data_size >= 4;
+      nic.tagged = (fi->caps & FI_TAGGED) != 0;
+      seen.insert(domain);
+      found.push_back(std::move(nic));
+    }
+    fi_freeinfo(list);
+
+    // Default tcp selection: skip loopback/docker unless nothing else is there.
+    if (params.tcp_iface.empty() && !found.empty() && is_tcp_like(found[0].provider)) {
+      std::vector<NicInfo> real;
+      for (auto& n : found)
+        if (n.domain != "lo" && n.domain.rfind("docker", 0) != 0) real.push_back(std::move(n));
+      if (!real.empty()) {
+        found = std::move(real);
+      } else {
+        std::vector<NicInfo> lo;
+        for (auto& n : found)
+          if (n.domain == "lo") lo.push_back(std::move(n));
+        found = std::move(lo);
+      }
+    }
+    if (found.empty()) {
+      tried += " [no NIC matched MOEFABRIC_TCP_IFACE=" + params.tcp_iface + "]";
+      continue;
+    }
+    for (auto& n : found) {
+      describe(&n);
+      n.name = n.domain;
+    }
+    *out = std::move(found);
+    return Status::kOk;
+  }
+  *error = "no usable libfabric provider; tried " + tried;
+  return Status::kSystemError;
+}
+
+}  // namespace moefabric::fabric

@@ -1,0 +1,111 @@
+#include "plugin/fabric/mr.h"
+
+#include <algorithm>
+
+#include <rdma/fi_errno.h>
+
+#include "plugin/common/log.h"
+
+namespace moefabric::fabric {
+
+MrCache::MrCache(fid_domain* domain, fid_ep* ep, uint64_t mr_mode, bool enabled, size_t page_size)
+    : domain_(domain), ep_(ep), mr_mode_(mr_mode), enabled_(enabled), page_(page_size) {}
+
+MrCache::~MrCache() {
+  for (MrEntry* e : entries_) delete e;
+}
+
+Status MrCache::acquire(void* addr, size_t len, MemType type, int cuda_device, int dmabuf_fd,
+                        uint64_t dmabuf_offset, MrEntry** out, std::string* error) {
+  uintptr_t start = reinterpret_cast<uintptr_t>(addr);
+  uintptr_t end = start + len;
+  if (len == 0) end = start + 1;  // NCCL may register empty buffers; cover one byte
+  // Host memory is registered by whole pages so neighbouring buffers share one MR; device memory
+  // exactly as given (its pages belong to the allocator).
+  if (type == MemType::kHost && dmabuf_fd < 0) {
+    start &= ~(static_cast<uintptr_t>(page_) - 1);
+    end = (end + page_ - 1) & ~(static_cast<uintptr_t>(page_) - 1);
+  }
+  if (enabled_ && dmabuf_fd < 0) {
+    for (MrEntry* e : entries_) {
+      if (e->type == type && e->base <= start && e->base + e->len >= end) {
+        ++e->refs;
+        ++stats_.hits;
+        *out = e;
+        return Status::kOk;
+      }
+    }
+  }
+
+  auto e = std::make_unique<MrEntry>();
+  e->base = start;
+  e->len = end - start;
+  e->type = type;
+  e->refs = 1;
+  e->virt_addr = (mr_mode_ & FI_MR_VIRT_ADDR) != 0;
+
+  struct iovec iov = {reinterpret_cast<void*>(start), end - start};
+  struct fi_mr_attr attr = {};
+  attr.mr_iov = &iov;
+  attr.iov_count = 1;
+  attr.access = FI_SEND | FI_RECV | FI_WRITE | FI_READ | FI_REMOTE_WRITE | FI_REMOTE_READ;
+  attr.requested_key = (mr_mode_ & FI_MR_PROV_KEY) ? 0 : next_key_++;
+  attr.iface = FI_HMEM_SYSTEM;
+  uint64_t flags = 0;
+  if (type == MemType::kCuda) {
+    attr.iface = FI_HMEM_CUDA;
+    attr.device.cuda = cuda_device;
+  }
+#ifdef FI_MR_DMABUF
+  struct fi_mr_dmabuf dmabuf = {};
+  if (dmabuf_fd >= 0) {
+    dmabuf.fd = dmabuf_fd;
+    dmabuf.offset = dmabuf_offset;
+    dmabuf.len = len;
+    dmabuf.base_addr = addr;
+    attr.dmabuf = &dmabuf;
+    attr.iov_count = 1;
+    flags |= FI_MR_DMABUF;
+  }
+#else
+  (void)dmabuf_offset;
+  if (dmabuf_fd >= 0) {
+    *error = "this libfabric build has no DMA-BUF registration (FI_MR_DMABUF)";
+    return Status::kInvalidUsage;
+  }
+#endif
+  fid_mr* mr = nullptr;
+  int rc = fi_mr_regattr(domain_, &attr, flags, &mr);
+  if (rc != 0) {
+    *error = std::string("fi_mr_regattr(") + (type == MemType::kCuda ? "cuda" : "host") +
+             ", " + std::to_string(end - start) + " bytes) failed: " + fi_strerror(-rc);
+    return Status::kSystemError;
+  }
+  e->mr.reset(mr);
+  if (mr_mode_ & FI_MR_ENDPOINT) {
+    rc = fi_mr_bind(mr, &ep_->fid, 0);
+    if (rc == 0) rc = fi_mr_enable(mr);
+    if (rc != 0) {
+      *error = std::string("fi_mr_bind/enable failed: ") + fi_strerror(-rc);
+      return Status::kSystemError;
+    }
+  }
+  e->desc = fi_mr_desc(mr);
+  e->key = fi_mr_key(mr);
+  ++stats_.registrations;
+  *out = e.get();
+  entries_.push_back(e.release());
+  stats_.live = entries_.size();
+  return Status::kOk;
+}
+
+void MrCache::release(MrEntry* e) {
+  if (e == nullptr) return;
+  if (--e->refs > 0 && enabled_) return;
+  auto it = std::find(entries_.begin(), entries_.end(), e);
+  if (it != entries_.end()) entries_.erase(it);
+  delete e;
+  stats_.live = entries_.size();
+}
+
+}  // namespace moefabric::fabric

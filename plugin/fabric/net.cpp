@@ -1,0 +1,291 @@
+#include "plugin/fabric/net.h"
+
+#include <algorithm>
+
+#include <dlfcn.h>
+#include <pthread.h>
+
+#include <chrono>
+#include <mutex>
+
+#include "plugin/common/log.h"
+
+namespace moefabric::fabric {
+namespace {
+
+// The one process-wide pointer (trivially constructible: safe across dlopen/dlclose).
+pthread_mutex_t g_net_mu = PTHREAD_MUTEX_INITIALIZER;
+Net* g_net = nullptr;
+
+Device* comm_device(void* comm) {
+  // Every comm object we hand out starts with its Comm base; listen comms are separate.
+  return static_cast<Comm*>(comm)->dev;
+}
+
+// CUDA device ordinal of a pointer, through the driver API loaded lazily (the plugin does not
+// link CUDA). -1 when unknown.
+int cuda_device_of(void* ptr) {
+  using GetAttr = int (*)(void*, int, unsigned long long);
+  static GetAttr fn = nullptr;  // NOLINT: cached function pointer (trivial)
+  if (fn == nullptr) {
+    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (h == nullptr) h = dlopen("libcuda.so.1", RTLD_NOW);
+    if (h == nullptr) return -1;
+    fn = reinterpret_cast<GetAttr>(dlsym(h, "cuPointerGetAttribute"));
+    if (fn == nullptr) return -1;
+  }
+  int ordinal = -1;
+  constexpr int kDeviceOrdinal = 9;  // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+  if (fn(&ordinal, kDeviceOrdinal, reinterpret_cast<unsigned long long>(ptr)) != 0) return -1;
+  return ordinal;
+}
+
+bool cuda_loadable() {
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (h == nullptr) return false;
+  dlclose(h);
+  return true;
+}
+
+}  // namespace
+
+Status Net::acquire(Net** out, std::string* error) {
+  pthread_mutex_lock(&g_net_mu);
+  if (g_net == nullptr) {
+    std::unique_ptr<Net> net(new Net());
+    net->params_ = Params::load();
+    net->params_.dump();
+    std::vector<NicInfo> nics;
+    Status s = nic_discover(net->params_, &nics, error);
+    for (size_t i = 0; s == Status::kOk && i < nics.size(); ++i) {
+      std::unique_ptr<Device> d;
+      std::string err;
+      s = Device::open(net->params_, std::move(nics[i]), &d, &err);
+      if (s != Status::kOk) *error = err;
+      else net->devices_.push_back(std::move(d));
+    }
+    if (s != Status::kOk) {
+      pthread_mutex_unlock(&g_net_mu);
+      return s;
+    }
+    net->progress_thread_ = std::thread([n = net.get()] { n->progress_loop(); });
+    g_net = net.release();
+  }
+  ++g_net->refs_;
+  *out = g_net;
+  pthread_mutex_unlock(&g_net_mu);
+  return Status::kOk;
+}
+
+Net* Net::current() {
+  pthread_mutex_lock(&g_net_mu);
+  Net* n = g_net;
+  pthread_mutex_unlock(&g_net_mu);
+  return n;
+}
+
+void Net::release(Net* net) {
+  pthread_mutex_lock(&g_net_mu);
+  if (net != nullptr && net == g_net && --net->refs_ == 0) {
+    g_net = nullptr;
+    delete net;
+  }
+  pthread_mutex_unlock(&g_net_mu);
+}
+
+Net::~Net() {
+  stop_ = true;
+  if (progress_thread_.joinable()) progress_thread_.join();
+  devices_.clear();
+}
+
+// Background progress: answers pings and drains completions when the application is not
+// calling in (manual-progress providers), and runs liveness checks.
+void Net::progress_loop() {
+  auto period = std::chrono::milliseconds(std::clamp<int64_t>(params_.keepalive_ms / 4, 5, 100));
+  while (!stop_.load()) {
+    std::this_thread::sleep_for(period);
+    for (auto& d : devices_) {
+      std::unique_lock<std::mutex> lock(d->mu, std::try_to_lock);
+      if (!lock.owns_lock()) continue;  // the application is progressing it right now
+      (void)d->progress();
+      d->check_liveness(Clock::now());
+    }
+  }
+}
+
+Status Net::properties(int dev, NetProperties* p) const {
+  Device* d = device(dev);
+  if (d == nullptr) return Status::kInvalidArgument;
+  const NicInfo& nic = d->nic();
+  p->name = nic.name;
+  p->pci_path = nic.pci_path;
+  p->provider = nic.provider;
+  p->guid = nic.guid;
+  bool gdr = nic.hmem && (params_.gdr == "1" || params_.gdr == "auto") && cuda_loadable();
+  p->ptr_support = 1 | (gdr ? 2 : 0);
+#ifdef FI_MR_DMABUF
+  p->dmabuf = gdr;
+  if (gdr) p->ptr_support |= 4;
+#endif
+  p->speed_mbps = nic.speed_mbps;
+  p->port = 1;
+  p->latency_us = params_.latency_us > 0 ? static_cast<float>(params_.latency_us)
+                  : nic.provider == "efa"  ? 35.0f
+                                           : 10.0f;
+  p->max_comms = wire::kMaxCommId;
+  p->max_recvs = d->tagged() ? 1 : wire::kMaxRecvs;
+  p->max_p2p_bytes = d->max_write() * wire::kMaxSegments;
+  if (d->tagged()) p->max_p2p_bytes = std::min<size_t>(nic.info->ep_attr->max_msg_size, size_t{1} << 40);
+  p->reg_is_global = true;
+  return Status::kOk;
+}
+
+Status net_listen(Net* net, int dev, void* handle, void** listen_comm) {
+  Device* d = net->device(dev);
+  if (d == nullptr) return Status::kInvalidArgument;
+  std::lock_guard<std::mutex> lock(d->mu);
+  ListenComm* lc = nullptr;
+  MF_CHECK(d->listen(handle, &lc));
+  *listen_comm = lc;
+  return Status::kOk;
+}
+
+Status net_connect(Net* net, int dev, void* handle, void** send_comm) {
+  *send_comm = nullptr;
+  Device* d = net->device(dev);
+  if (d == nullptr) return Status::kInvalidArgument;
+  std::lock_guard<std::mutex> lock(d->mu);
+  SendComm* c = nullptr;
+  MF_CHECK(d->connect(handle, &c));
+  *send_comm = c;
+  return Status::kOk;
+}
+
+Status net_accept(void* listen_comm, void** recv_comm) {
+  *recv_comm = nullptr;
+  auto* lc = static_cast<ListenComm*>(listen_comm);
+  std::lock_guard<std::mutex> lock(lc->dev->mu);
+  RecvComm* c = nullptr;
+  MF_CHECK(lc->dev->accept(lc, &c));
+  *recv_comm = c;
+  return Status::kOk;
+}
+
+Status net_reg_mr_dmabuf(void* comm, void* data, size_t size, int ptr_type, uint64_t offset, int fd,
+                         void** mhandle) {
+  *mhandle = nullptr;
+  Device* d = comm_device(comm);
+  MemType type = MemType::kHost;
+  int cuda_dev = -1;
+  if (ptr_type == 2 /* NCCL_PTR_CUDA */) {
+    if (!d->nic().hmem) {
+      MF_WARN("regMr: CUDA memory offered but %s cannot register device memory", d->nic().name.c_str());
+      return Status::kInvalidArgument;
+    }
+    type = MemType::kCuda;
+    cuda_dev = cuda_device_of(data);
+  } else if (ptr_type != 1) {
+    MF_WARN("regMr: unsupported pointer type %d", ptr_type);
+    return Status::kInvalidArgument;
+  }
+  std::lock_guard<std::mutex> lock(d->mu);
+  MrEntry* e = nullptr;
+  std::string error;
+  Status s = d->mr_cache().acquire(data, size, type, cuda_dev, fd, offset, &e, &error);
+  if (s != Status::kOk) {
+    MF_WARN("%s: %s", d->nic().name.c_str(), error.c_str());
+    return s;
+  }
+  *mhandle = e;
+  return Status::kOk;
+}
+
+Status net_reg_mr(void* comm, void* data, size_t size, int ptr_type, void** mhandle) {
+  return net_reg_mr_dmabuf(comm, data, size, ptr_type, 0, -1, mhandle);
+}
+
+Status net_dereg_mr(void* comm, void* mhandle) {
+  Device* d = comm_device(comm);
+  std::lock_guard<std::mutex> lock(d->mu);
+  d->mr_cache().release(static_cast<MrEntry*>(mhandle));
+  return Status::kOk;
+}
+
+Status net_isend(void* send_comm, void* data, size_t size, int tag, void* mhandle, void** request) {
+  *request = nullptr;
+  auto* c = static_cast<SendComm*>(send_comm);
+  std::lock_guard<std::mutex> lock(c->dev->mu);
+  SendReq* r = nullptr;
+  MF_CHECK(c->dev->isend(c, data, size, tag, static_cast<MrEntry*>(mhandle), &r));
+  *request = r;
+  return Status::kOk;
+}
+
+Status net_irecv(void* recv_comm, int n, void** data, const size_t* sizes, const int* tags,
+                 void** mhandles, void** request) {
+  bool optional = reinterpret_cast<uintptr_t>(*request) == kOptionalRecvCompletion;
+  *request = nullptr;
+  auto* c = static_cast<RecvComm*>(recv_comm);
+  std::lock_guard<std::mutex> lock(c->dev->mu);
+  RecvGroup* g = nullptr;
+  MF_CHECK(c->dev->irecv(c, n, data, sizes, tags, reinterpret_cast<MrEntry**>(mhandles), optional, &g));
+  *request = g;
+  return Status::kOk;
+}
+
+Status net_iflush(void* recv_comm, int n, void** data, const int* sizes, void** mhandles, void** request) {
+  (void)recv_comm, (void)n, (void)data, (void)sizes, (void)mhandles;
+  // Writes land through the provider's host-coherent path or, for GPU memory, through a NIC
+  // whose writes Hopper orders before the completion: nothing to flush.
+  *request = nullptr;
+  return Status::kOk;
+}
+
+Status net_test(void* request, int* done, size_t* sizes, int* nsizes) {
+  *done = 0;
+  auto* r = static_cast<Request*>(request);
+  Comm* c = r->type == Request::Type::kSend ? static_cast<SendReq*>(r)->comm : static_cast<RecvGroup*>(r)->comm;
+  std::lock_guard<std::mutex> lock(c->dev->mu);
+  bool d = false;
+  if (nsizes) *nsizes = r->type == Request::Type::kSend ? 1 : static_cast<RecvGroup*>(r)->n;
+  MF_CHECK(c->dev->test(r, &d, sizes));
+  *done = d ? 1 : 0;
+  return Status::kOk;
+}
+
+Status net_close_send(void* send_comm) {
+  if (send_comm == nullptr) return Status::kOk;
+  auto* c = static_cast<Comm*>(send_comm);
+  Device* d = c->dev;
+  std::lock_guard<std::mutex> lock(d->mu);
+  d->close_comm(c);
+  return Status::kOk;
+}
+
+Status net_close_recv(void* recv_comm) { return net_close_send(recv_comm); }
+
+Status net_close_listen(void* listen_comm) {
+  if (listen_comm == nullptr) return Status::kOk;
+  auto* lc = static_cast<ListenComm*>(listen_comm);
+  Device* d = lc->dev;
+  std::lock_guard<std::mutex> lock(d->mu);
+  d->close_listen(lc);
+  return Status::kOk;
+}
+
+NetCounters net_counters(Net* net) {
+  NetCounters n;
+  for (int i = 0; i < net->device_count(); ++i) {
+    Device* d = net->device(i);
+    std::lock_guard<std::mutex> lock(d->mu);
+    n.live_comms += d->live_comms();
+    n.live_mrs += d->mr_cache().stats().live;
+    n.registrations += d->mr_cache().stats().registrations;
+    n.writes += d->stats().writes;
+    n.msgs_sent += d->stats().msgs_sent;
+  }
+  return n;
+}
+
+}  // namespace moefabric::fabric

@@ -1,0 +1,277 @@
+// Completion-queue progress: completions and errors, incoming messages and immediates, the
+// queue of operations the provider refused with -FI_EAGAIN, and peer liveness.
+#include <cstring>
+
+#include <rdma/fi_errno.h>
+
+#include "plugin/common/log.h"
+#include "plugin/fabric/device.h"
+
+namespace moefabric::fabric {
+
+Status Device::progress() {
+  // Post what the provider refused earlier, oldest first.
+  OpCtx* op = pending_head_;
+  pending_head_ = pending_tail_ = nullptr;
+  while (op != nullptr) {
+    OpCtx* next = op->next_pending;
+    MF_CHECK(post(op));
+    op = next;
+  }
+  for (int rounds = 0; rounds < 64; ++rounds) {
+    ssize_t n = fi_cq_read(cq_.get(), cq_buf_.data(), cq_buf_.size());
+    if (n == -FI_EAGAIN) return Status::kOk;
+    if (n == -FI_EAVAIL) {
+      fi_cq_err_entry err = {};
+      ssize_t rc = fi_cq_readerr(cq_.get(), &err, 0);
+      if (rc == -FI_EAGAIN) continue;
+      if (rc < 0) {
+        MF_WARN("fi_cq_readerr on %s failed: %s", nic_.name.c_str(), fi_strerror(static_cast<int>(-rc)));
+        return Status::kSystemError;
+      }
+      handle_cq_error(err);
+      continue;
+    }
+    if (n < 0) {
+      MF_WARN("fi_cq_read on %s failed: %s", nic_.name.c_str(), fi_strerror(static_cast<int>(-n)));
+      return Status::kSystemError;
+    }
+    for (ssize_t i = 0; i < n; ++i) handle_cq_entry(cq_buf_[i]);
+    if (n < static_cast<ssize_t>(cq_buf_.size())) return Status::kOk;
+  }
+  return Status::kOk;
+}
+
+void Device::handle_cq_entry(const fi_cq_data_entry& e) {
+  // Incoming RDMA write with immediate: no context of ours (providers differ in the flags they
+  // set, and tcp reports len 0, so only the immediate is trusted).
+  if ((e.flags & FI_REMOTE_WRITE) || (e.op_context == nullptr && (e.flags & FI_REMOTE_CQ_DATA))) {
+    handle_imm(static_cast<uint32_t>(e.data));
+    return;
+  }
+  auto* op = static_cast<OpCtx*>(e.op_context);
+  if (op == nullptr) return;
+  switch (op->kind) {
+    case OpKind::kRxMsg:
+      handle_msg(op->idx, e.len);
+      return;
+    case OpKind::kTRecv: {
+      RecvGroup* g = op->rgroup;
+      RecvComm* c = static_cast<RecvComm*>(op->comm);
+      --c->inflight;
+      RecvEntry& en = g->e[op->idx];
+      en.received = e.len;
+      en.size_known = en.nseg_known = true;
+      en.nseg = en.writes_got = 0;
+      c->last_heard = Clock::now();
+      entry_check_done(c, g, op->idx);
+      if (c->closed && c->inflight == 0) delete_comm(c);
+      return;
+    }
+    case OpKind::kTxMsg:
+    case OpKind::kWrite:
+    case OpKind::kTSend:
+      op_done(op, Status::kOk, nullptr);
+      return;
+  }
+}
+
+void Device::op_done(OpCtx* op, Status s, const char* text) {
+  Comm* c = op->comm;
+  if (op->kind == OpKind::kTxMsg) tx_free_.push_back(op->idx);
+  if (op->sreq != nullptr) {
+    SendReq* r = op->sreq;
+    if (s != Status::kOk && r->error == Status::kOk) r->error = s;
+    --r->pending;
+  }
+  if (op->kind == OpKind::kTRecv && op->rgroup != nullptr && s != Status::kOk)
+    op->rgroup->error = s;
+  if (c != nullptr) {
+    --c->inflight;
+    if (s != Status::kOk) fail_comm(c, s, "%s", text ? text : "operation failed");
+    if (c->closed && c->inflight == 0) delete_comm(c);
+  }
+}
+
+void Device::handle_cq_error(const fi_cq_err_entry& e) {
+  char prov[256] = "";
+  if (e.prov_errno != 0) {
+    const char* t = fi_cq_strerror(cq_.get(), e.prov_errno, e.err_data, prov, sizeof prov);
+    if (t != prov && t != nullptr) snprintf(prov, sizeof prov, "%s", t);
+  }
+  auto* op = static_cast<OpCtx*>(e.op_context);
+  char text[512];
+  snprintf(text, sizeof text, "completion error: %s%s%s%s", fi_strerror(e.err),
+           prov[0] ? " (provider: " : "", prov, prov[0] ? ")" : "");
+  if (op == nullptr) {
+    // An incoming write or message failed; the provider does not say for which comm.
+    MF_WARN("%s: %s", nic_.name.c_str(), text);
+    return;
+  }
+  if (op->kind == OpKind::kRxMsg) {
+    if (e.err != FI_ECANCELED) {
+      MF_WARN("%s: receive buffer %s", nic_.name.c_str(), text);
+      (void)post_rx(op->idx);
+    }
+    return;
+  }
+  if (op->kind == OpKind::kTRecv && e.err == FI_ECANCELED) {
+    op_done(op, Status::kOk, nullptr);
+    return;
+  }
+  Status s = Status::kRemoteError;
+  if (op->kind == OpKind::kTRecv && e.err == FI_ETRUNC) {
+    s = Status::kInvalidUsage;
+    snprintf(text, sizeof text, "message larger than the posted receive (%zu bytes): %s",
+             op->len, fi_strerror(e.err));
+  }
+  op_done(op, s, text);
+}
+
+void Device::handle_msg(int rx_index, size_t len) {
+  ++stats_.msgs_recv;
+  const uint8_t* buf = static_cast<const uint8_t*>(rx_ops_[rx_index].buf);
+  wire::MsgHeader h;
+  const char* bad = wire::parse_check(buf, len, &h);
+  if (bad != nullptr) {
+    MF_WARN("%s: dropped malformed message (%zu bytes): %s", nic_.name.c_str(), len, bad);
+    (void)post_rx(rx_index);
+    return;
+  }
+  const uint8_t* p = buf + sizeof h;
+  auto type = static_cast<wire::MsgType>(h.type);
+  if (type == wire::MsgType::kConnect) {
+    wire::ConnectMsg m;
+    std::memcpy(&m, p, sizeof m);
+    on_connect(h, m);
+  } else {
+    Comm* c = comm_lookup(h.dst_comm);
+    if (c == nullptr || c->closed || (c->remote_id != 0 && c->remote_id != h.src_comm)) {
+      MF_TRACE(log::kNet, "%s: message type %u for unknown or closed comm %u dropped",
+               nic_.name.c_str(), h.type, h.dst_comm);
+    } else {
+      c->last_heard = Clock::now();
+      switch (type) {
+        case wire::MsgType::kConnectAck: {
+          wire::ConnectAckMsg m;
+          std::memcpy(&m, p, sizeof m);
+          if (c->type == Comm::Type::kSend) {
+            auto* s = static_cast<SendComm*>(c);
+            if (m.status != 0) {
+              fail_comm(c, Status::kRemoteError, "listener refused the connection (status %u)", m.status);
+            } else if (!s->connected) {
+              s->remote_id = h.src_comm;
+              s->connected = true;
+            }
+          }
+          break;
+        }
+        case wire::MsgType::kCtrl: {
+          wire::CtrlMsg m = {};
+          std::memcpy(&m, p, h.payload);
+          if (c->type == Comm::Type::kSend) on_ctrl(static_cast<SendComm*>(c), m);
+          break;
+        }
+        case wire::MsgType::kFin: {
+          wire::FinMsg m;
+          std::memcpy(&m, p, sizeof m);
+          if (c->type == Comm::Type::kRecv) on_fin(static_cast<RecvComm*>(c), m);
+          break;
+        }
+        case wire::MsgType::kEager: {
+          wire::EagerMsg m;
+          std::memcpy(&m, p, sizeof m);
+          if (c->type == Comm::Type::kRecv) on_eager(static_cast<RecvComm*>(c), m, p + sizeof m);
+          break;
+        }
+        case wire::MsgType::kPing: {
+          wire::PingMsg m;
+          std::memcpy(&m, p, sizeof m);
+          (void)send_msg(c, c->peer, wire::MsgType::kPong, c->remote_id, c->id, &m, sizeof m);
+          break;
+        }
+        case wire::MsgType::kPong:
+          break;
+        case wire::MsgType::kError: {
+          wire::ErrorMsg m;
+          std::memcpy(&m, p, sizeof m);
+          on_error_msg(c, m);
+          break;
+        }
+        case wire::MsgType::kConnect:
+          break;
+      }
+    }
+  }
+  (void)post_rx(rx_index);
+}
+
+void Device::handle_imm(uint32_t imm) {
+  wire::Imm m = wire::imm_decode(imm);
+  if (m.kind != 0) {
+    MF_WARN("%s: write with immediate of unknown kind %u dropped", nic_.name.c_str(), m.kind);
+    return;
+  }
+  Comm* c = comm_lookup(m.comm);
+  if (c == nullptr || c->type != Comm::Type::kRecv || c->closed) {
+    MF_TRACE(log::kNet, "%s: write for unknown or closed comm %u dropped", nic_.name.c_str(), m.comm);
+    return;
+  }
+  auto* rc = static_cast<RecvComm*>(c);
+  rc->last_heard = Clock::now();
+  RecvGroup& g = rc->groups[m.slot];
+  if (!g.in_use || static_cast<int>(m.idx) >= g.n) {
+    fail_comm(rc, Status::kRemoteError,
+              "protocol error: write for group slot %u index %u which is not posted", m.slot, m.idx);
+    return;
+  }
+  RecvEntry& en = g.e[m.idx];
+  if (en.nseg_known && en.nseg != m.nseg) {
+    fail_comm(rc, Status::kRemoteError, "protocol error: inconsistent segment count");
+    return;
+  }
+  en.nseg = static_cast<uint8_t>(m.nseg);
+  en.nseg_known = true;
+  ++en.writes_got;
+  if (m.full) {
+    en.received = en.posted;
+    en.size_known = true;
+  }
+  entry_check_done(rc, &g, static_cast<int>(m.idx));
+}
+
+void Device::check_liveness(Clock::time_point now) {
+  auto ms = [](Clock::duration d) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  };
+  for (size_t id = 1; id < comms_.size(); ++id) {
+    Comm* c = comms_[id];
+    if (c == nullptr) continue;
+    if (c->closed) {
+      if (c->inflight == 0) delete_comm(c);
+      continue;
+    }
+    if (c->error != Status::kOk) continue;
+    if (c->type == Comm::Type::kSend && !static_cast<SendComm*>(c)->connected) {
+      auto* s = static_cast<SendComm*>(c);
+      if (ms(now - s->connect_start) > params_.connect_timeout_ms)
+        fail_comm(c, Status::kRemoteError, "connect timed out after %lld ms (listener gone?)",
+                  static_cast<long long>(params_.connect_timeout_ms));
+      continue;
+    }
+    if (!c->busy()) continue;
+    long long silent = ms(now - c->last_heard);
+    if (silent > params_.peer_timeout_ms) {
+      fail_comm(c, Status::kRemoteError,
+                "peer silent for %lld ms with requests pending (MOEFABRIC_PEER_TIMEOUT_MS=%lld): "
+                "process gone or network down",
+                silent, static_cast<long long>(params_.peer_timeout_ms));
+    } else if (silent > params_.keepalive_ms && ms(now - c->last_ping) > params_.keepalive_ms) {
+      wire::PingMsg m = {static_cast<uint64_t>(now.time_since_epoch().count())};
+      if (send_msg(c, c->peer, wire::MsgType::kPing, c->remote_id, c->id, &m, sizeof m) == Status::kOk)
+        c->last_ping = now;
+    }
+  }
+}
+
+}  // namespace moefabric::fabric

@@ -1,0 +1,242 @@
+// Send side of the net protocol. A message goes out as soon as the receiver's control entry for
+// it is known: one RDMA write (or up to 16 segments) straight into the posted buffer, with the
+// immediate naming comm/group/index. Before that, messages up to eager_max travel eagerly in a
+// message; larger ones wait (isend returns no request, NCCL retries). Tagged mode (providers
+// without RMA) sends with fi_tsend on a tag derived from the message sequence number.
+#include <cstring>
+
+#include "plugin/common/log.h"
+#include "plugin/fabric/device.h"
+
+namespace moefabric::fabric {
+namespace {
+constexpr size_t kEagerWindow = 64;
+}  // namespace
+
+uint64_t tagged_tag(uint32_t comm_id, uint32_t msg_seq) {
+  return (static_cast<uint64_t>(comm_id) << 32) | msg_seq;
+}
+
+SendReq* Device::sreq_alloc(SendComm* c) {
+  if (c->free_reqs.empty()) {
+    if (c->reqs.size() >= 1024) return nullptr;
+    size_t grow = c->reqs.empty() ? 32 : c->reqs.size();
+    for (size_t i = 0; i < grow; ++i) {
+      c->reqs.emplace_back();
+      c->free_reqs.push_back(&c->reqs.back());
+    }
+  }
+  SendReq* r = c->free_reqs.back();
+  c->free_reqs.pop_back();
+  r->comm = c;
+  r->in_use = true;
+  r->pending = 0;
+  r->size = 0;
+  r->error = Status::kOk;
+  r->nops = 0;
+  ++c->active;
+  return r;
+}
+
+void Device::sreq_release(SendComm* c, SendReq* r) {
+  r->in_use = false;
+  --c->active;
+  c->free_reqs.push_back(r);
+}
+
+// Moves cur_group past fully consumed groups and assigns eager messages to the entries of each
+// newly known group.
+void Device::send_advance(SendComm* c) {
+  for (;;) {
+    SendGroup& g = c->groups[c->cur_group % wire::kGroupRing];
+    if (!g.known || g.seq != c->cur_group) return;
+    if (!g.eager_marked) {
+      g.eager_marked = true;
+      while (!c->eager.empty() && c->eager.front().msg_seq < g.first_msg + g.n) {
+        EagerRecord er = c->eager.front();
+        c->eager.pop_front();
+        int idx = -1;
+        for (int i = 0; i < g.n; ++i)
+          if (!(g.used & (1u << i)) && g.e[i].tag == er.tag) {
+            idx = i;
+            break;
+          }
+        if (idx < 0) {
+          fail_comm(c, Status::kInvalidUsage,
+                    "message %u (tag %d) matches no receive buffer of group %u", er.msg_seq, er.tag, g.seq);
+          return;
+        }
+        g.used |= static_cast<uint8_t>(1u << idx);
+      }
+    }
+    if (__builtin_popcount(g.used) < g.n) return;
+    g.known = false;
+    ++c->cur_group;
+  }
+}
+
+void Device::on_ctrl(SendComm* c, const wire::CtrlMsg& m) {
+  uint32_t ahead = m.group_seq - c->cur_group;
+  if (ahead >= wire::kGroupRing) {
+    fail_comm(c, Status::kRemoteError, "protocol error: control entry for group %u while at %u",
+              m.group_seq, c->cur_group);
+    return;
+  }
+  SendGroup& g = c->groups[m.group_seq % wire::kGroupRing];
+  if (g.known) {
+    fail_comm(c, Status::kRemoteError, "protocol error: duplicate control entry for group %u", m.group_seq);
+    return;
+  }
+  g.known = true;
+  g.eager_marked = false;
+  g.seq = m.group_seq;
+  g.first_msg = m.first_msg;
+  g.n = m.n;
+  g.used = 0;
+  std::memcpy(g.e, m.entries, sizeof(wire::CtrlEntry) * m.n);
+  send_advance(c);
+}
+
+Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr, SendReq** out) {
+  *out = nullptr;
+  c->peer_rank = tag;
+  MF_CHECK(progress());
+  if (c->error != Status::kOk) {
+    MF_WARN("%s", c->error_text.c_str());
+    return c->error;
+  }
+  if (size > 0 && mr == nullptr) return Status::kInvalidArgument;
+  if (mr != nullptr && size > 0 &&
+      (reinterpret_cast<uintptr_t>(data) < mr->base ||
+       reinterpret_cast<uintptr_t>(data) + size > mr->base + mr->len)) {
+    MF_WARN("isend: buffer %p+%zu lies outside its registration", data, size);
+    return Status::kInvalidArgument;
+  }
+  uint32_t s = c->next_msg;
+
+  if (c->tagged) {
+    SendReq* r = sreq_alloc(c);
+    if (r == nullptr) return Status::kOk;
+    r->size = size;
+    OpCtx& op = r->ops[0];
+    op.kind = OpKind::kTSend;
+    op.comm = c;
+    op.sreq = r;
+    op.rgroup = nullptr;
+    op.buf = data;
+    op.len = size;
+    op.desc = mr ? mr->desc : nullptr;
+    op.peer = c->peer;
+    op.tag = tagged_tag(c->remote_id, s);
+    r->nops = 1;
+    r->pending = 1;
+    ++c->inflight;
+    ++c->next_msg;
+    MF_CHECK(post(&op));
+    *out = r;
+    return Status::kOk;
+  }
+
+  send_advance(c);
+  SendGroup& g = c->groups[c->cur_group % wire::kGroupRing];
+  bool known = g.known && g.seq == c->cur_group && c->eager.empty();
+  if (!known) {
+    bool host = mr == nullptr || mr->type == MemType::kHost;
+    if (size > eager_max_ || !host || c->eager.size() >= kEagerWindow || !tx_available(8)) return Status::kOk;
+    SendReq* r = sreq_alloc(c);
+    if (r == nullptr) return Status::kOk;
+    r->size = size;
+    wire::EagerMsg m = {s, tag, size};
+    Status st = send_msg(c, c->peer, wire::MsgType::kEager, c->remote_id, c->id, &m, sizeof m, data, size, r);
+    if (st != Status::kOk) {
+      sreq_release(c, r);
+      return st == Status::kAgain ? Status::kOk : st;
+    }
+    c->eager.push_back({s, tag});
+    ++c->next_msg;
+    *out = r;
+    return Status::kOk;
+  }
+
+  int idx = -1;
+  for (int i = 0; i < g.n; ++i)
+    if (!(g.used & (1u << i)) && g.e[i].tag == tag) {
+      idx = i;
+      break;
+    }
+  if (idx < 0) {
+    fail_comm(c, Status::kInvalidUsage, "isend with tag %d matches no buffer of the posted receive", tag);
+    return Status::kInvalidUsage;
+  }
+  const wire::CtrlEntry& en = g.e[idx];
+  if (size > en.size) {
+    char text[160];
+    snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %llu bytes",
+             size, static_cast<unsigned long long>(en.size));
+    send_error(c, g.seq, Status::kInvalidUsage, text);
+    fail_comm(c, Status::kInvalidUsage, "%s", text);
+    return Status::kInvalidUsage;
+  }
+  size_t nseg = size == 0 ? 0 : (size + max_write_ - 1) / max_write_;
+  if (nseg > static_cast<size_t>(wire::kMaxSegments)) {
+    MF_WARN("isend of %zu bytes exceeds %d segments of %zu bytes", size, wire::kMaxSegments, max_write_);
+    return Status::kInvalidArgument;
+  }
+  bool full = size == en.size && size > 0;
+  if (!full && !tx_available(4)) return Status::kOk;
+  SendReq* r = sreq_alloc(c);
+  if (r == nullptr) return Status::kOk;
+  r->size = size;
+  g.used |= static_cast<uint8_t>(1u << idx);
+  ++c->next_msg;
+  size_t seg = nseg ? (size + nseg - 1) / nseg : 0;
+  seg = (seg + 127) & ~size_t{127};  // 128-byte aligned stripes
+  wire::Imm imm = {c->remote_id, g.seq % wire::kGroupRing, static_cast<uint32_t>(idx), full,
+                   static_cast<uint32_t>(nseg), 0};
+  r->nops = static_cast<int>(nseg);
+  for (size_t i = 0; i < nseg; ++i) {
+    size_t off = i * seg;
+    size_t len = off + seg > size ? size - off : seg;
+    OpCtx& op = r->ops[i];
+    op.kind = OpKind::kWrite;
+    op.comm = c;
+    op.sreq = r;
+    op.rgroup = nullptr;
+    op.buf = static_cast<uint8_t*>(data) + off;
+    op.len = len;
+    op.desc = mr->desc;
+    op.peer = c->peer;
+    op.raddr = en.addr + off;
+    op.key = en.key;
+    op.data = wire::imm_encode(imm);
+    ++r->pending;
+    ++c->inflight;
+    MF_CHECK(post(&op));
+  }
+  if (!full) {
+    wire::FinMsg fin = {g.seq, static_cast<uint16_t>(idx), static_cast<uint16_t>(nseg), size};
+    MF_CHECK(send_msg(c, c->peer, wire::MsgType::kFin, c->remote_id, c->id, &fin, sizeof fin, nullptr, 0, r));
+  }
+  send_advance(c);
+  *out = r;
+  return Status::kOk;
+}
+
+void Device::send_error(Comm* c, uint32_t group_seq, Status s, const char* text) {
+  wire::ErrorMsg m = {};
+  m.group_seq = group_seq;
+  m.code = static_cast<uint16_t>(s);
+  snprintf(m.text, sizeof m.text, "%s", text);
+  (void)send_msg(c, c->peer, wire::MsgType::kError, c->remote_id, c->id, &m, sizeof m);
+}
+
+void Device::on_error_msg(Comm* c, const wire::ErrorMsg& m) {
+  char text[sizeof m.text + 1];
+  std::memcpy(text, m.text, sizeof m.text);
+  text[sizeof m.text] = '\0';
+  Status s = static_cast<Status>(m.code);
+  if (s != Status::kInvalidUsage && s != Status::kInvalidArgument) s = Status::kRemoteError;
+  fail_comm(c, s, "peer reported: %s", text);
+}
+
+}  // namespace moefabric::fabric

@@ -1,0 +1,144 @@
+// Everything that crosses the network between two moefabric endpoints (net plugin protocol,
+// version 1). docs/wire-protocol.md describes the protocol; this header is its single source of
+// truth. All integers are little-endian (every supported host is). Every field read off the wire
+// is validated (wire_parse_*) before use.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace moefabric::fabric::wire {
+
+inline constexpr uint16_t kMagic = 0x464d;  // "MF"
+inline constexpr uint8_t kVersion = 1;
+inline constexpr size_t kMaxAddrLen = 64;   // endpoint names (EFA 32 B, tcp sockaddr_in6 28 B)
+inline constexpr int kMaxRecvs = 8;         // grouped receive width
+inline constexpr int kGroupRing = 64;       // receive groups in flight per connection (>= 2*32)
+inline constexpr int kMaxSegments = 16;     // writes one message may be split into
+inline constexpr uint32_t kMaxCommId = 0xffff;
+inline constexpr size_t kHandleSize = 128;  // NCCL_NET_HANDLE_MAXSIZE
+
+enum class MsgType : uint8_t {
+  kConnect = 1,     // sender -> listener: open a connection
+  kConnectAck = 2,  // listener -> sender: receive comm id
+  kCtrl = 3,        // receiver -> sender: a posted (grouped) receive
+  kFin = 4,         // sender -> receiver: size of a message written without the "full" bit
+  kEager = 5,       // sender -> receiver: a small message carried in the message itself
+  kPing = 6,        // liveness probe
+  kPong = 7,        // liveness answer
+  kError = 8,       // peer -> peer: the connection failed (e.g. send larger than receive)
+};
+
+struct MsgHeader {
+  uint16_t magic;
+  uint8_t version;
+  uint8_t type;          // MsgType
+  uint32_t dst_comm;     // comm id at the destination (listen id for kConnect)
+  uint32_t src_comm;     // comm id at the source
+  uint32_t payload;      // bytes after the header
+};
+static_assert(sizeof(MsgHeader) == 16);
+
+struct ConnectMsg {
+  uint32_t addr_len;
+  uint32_t flags;        // kConnectFlag*
+  uint64_t max_write;    // sender's largest write, informational
+  uint8_t addr[kMaxAddrLen];  // sender endpoint name, for fi_av_insert at the listener
+};
+inline constexpr uint32_t kConnectFlagTagged = 1;  // sender uses the tagged data path
+
+struct ConnectAckMsg {
+  uint32_t status;       // 0 = accepted
+  uint32_t flags;
+};
+
+struct CtrlEntry {
+  uint64_t addr;         // remote address (virtual or MR offset, per receiver's mr_mode)
+  uint64_t key;          // MR key
+  uint64_t size;         // posted size in bytes
+  int32_t tag;
+  uint32_t reserved;
+};
+static_assert(sizeof(CtrlEntry) == 32);
+
+struct CtrlMsg {
+  uint32_t group_seq;    // receive group number on this connection (0, 1, 2, ...)
+  uint32_t first_msg;    // sequence number of the group's first message
+  uint16_t n;            // 1..kMaxRecvs
+  uint16_t flags;
+  uint32_t reserved;
+  CtrlEntry entries[kMaxRecvs];
+};
+
+struct FinMsg {
+  uint32_t group_seq;
+  uint16_t idx;
+  uint16_t nseg;         // writes that carry the message (0 for an empty message)
+  uint64_t size;
+};
+
+struct EagerMsg {
+  uint32_t msg_seq;
+  int32_t tag;
+  uint64_t size;         // followed by `size` bytes of data
+};
+
+struct PingMsg {
+  uint64_t nonce;
+};
+
+struct ErrorMsg {
+  uint32_t group_seq;
+  uint16_t code;         // Status value
+  uint16_t reserved;
+  char text[112];        // NUL-terminated
+};
+
+// The 128-byte NCCL listen handle. Bytes past `stage` are scratch for connect() between calls.
+struct ListenHandle {
+  uint16_t magic;
+  uint8_t version;
+  uint8_t addr_len;
+  uint32_t listen_id;
+  uint8_t addr[kMaxAddrLen];
+  uint64_t stage_magic;  // kStageMagic while a connect is in progress
+  uint64_t stage_comm;   // in-progress send comm (local pointer, only meaningful to us)
+  uint8_t reserved[kHandleSize - 88];
+};
+static_assert(sizeof(ListenHandle) == kHandleSize);
+inline constexpr uint64_t kStageMagic = 0x4d46434f4e4e4543ull;
+
+// Every message fits one receive buffer: header + the largest fixed payload or eager data.
+inline constexpr size_t kMaxFixedPayload = sizeof(CtrlMsg);
+inline size_t msg_buffer_size(size_t eager_max) {
+  size_t fixed = sizeof(MsgHeader) + kMaxFixedPayload;
+  size_t eager = sizeof(MsgHeader) + sizeof(EagerMsg) + eager_max;
+  return fixed > eager ? fixed : eager;
+}
+
+// ---- 32-bit immediate of a data write ---------------------------------------------------------
+// [31:16] receive comm id | [15:10] group slot | [9:7] index in group | [6] full | [5:2] segs-1
+// | [1:0] kind (0 = net plugin data; other kinds belong to other protocols on the endpoint).
+struct Imm {
+  uint32_t comm;
+  uint32_t slot;
+  uint32_t idx;
+  bool full;        // message size equals the posted size: no kFin follows
+  uint32_t nseg;    // writes carrying this message (1..16)
+  uint32_t kind;
+};
+inline uint32_t imm_encode(const Imm& m) {
+  return (m.comm << 16) | ((m.slot & 63u) << 10) | ((m.idx & 7u) << 7) | ((m.full ? 1u : 0u) << 6) |
+         (((m.nseg - 1) & 15u) << 2) | (m.kind & 3u);
+}
+inline Imm imm_decode(uint32_t v) {
+  return Imm{v >> 16, (v >> 10) & 63u, (v >> 7) & 7u, ((v >> 6) & 1u) != 0, ((v >> 2) & 15u) + 1,
+             v & 3u};
+}
+
+// Checks a received message: magic, version, type, and that the payload length matches the
+// type. Returns nullptr on success, else a static string naming the problem.
+const char* parse_check(const void* buf, size_t len, MsgHeader* hdr);
+
+}  // namespace moefabric::fabric::wire

@@ -1,0 +1,38 @@
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "plugin/common/params.h"
+
+TEST_CASE("params: defaults, parsing and bad values", "[params]") {
+  unsetenv("MOEFABRIC_EAGER_MAX");
+  auto p = moefabric::Params::load();
+  REQUIRE(p.eager_max == 8192);
+  REQUIRE(p.mr_cache);
+  setenv("MOEFABRIC_EAGER_MAX", "4096", 1);
+  setenv("MOEFABRIC_MR_CACHE", "off", 1);
+  p = moefabric::Params::load();
+  REQUIRE(p.eager_max == 4096);
+  REQUIRE_FALSE(p.mr_cache);
+  setenv("MOEFABRIC_EAGER_MAX", "12abc", 1);  // malformed: warning + default
+  p = moefabric::Params::load();
+  REQUIRE(p.eager_max == 8192);
+  unsetenv("MOEFABRIC_EAGER_MAX");
+  unsetenv("MOEFABRIC_MR_CACHE");
+}
+
+TEST_CASE("params: every environment variable is documented in README.md", "[params][docs]") {
+  std::ifstream f(MOEFABRIC_SOURCE_ROOT "/README.md");
+  REQUIRE(f.good());
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string readme = ss.str();
+  int n = 0;
+  const moefabric::ParamDesc* t = moefabric::param_table(&n);
+  REQUIRE(n > 5);
+  for (int i = 0; i < n; ++i) {
+    INFO(t[i].env);
+    REQUIRE(readme.find(std::string("`") + t[i].env + "`") != std::string::npos);
+  }
+}
