@@ -34,6 +34,7 @@ Status Device::open(const Params& params, NicInfo nic, std::unique_ptr<Device>* 
 Status Device::init(std::string* error) {
   fi_info* fi = nic_.info.get();
   tagged_ = !nic_.rma || params_.protocol == "tagged";
+  auto_progress_ = fi->domain_attr->data_progress == FI_PROGRESS_AUTO;
   if (tagged_ && !nic_.tagged) {
     *error = "provider " + nic_.provider + " offers neither RMA with remote CQ data nor tagged messages";
     return Status::kSystemError;

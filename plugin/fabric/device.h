@@ -184,6 +184,8 @@ class Device {
 
   const NicInfo& nic() const { return nic_; }
   bool tagged() const { return tagged_; }
+  // The provider moves data without our calls (FI_PROGRESS_AUTO).
+  bool auto_progress() const { return auto_progress_; }
   size_t eager_max() const { return eager_max_; }
   size_t max_write() const { return max_write_; }
   const uint8_t* addr() const { return addr_; }
@@ -256,6 +258,7 @@ class Device {
   Params params_;
   NicInfo nic_;
   bool tagged_ = false;
+  bool auto_progress_ = false;
   size_t eager_max_ = 0;
   size_t max_write_ = 0;
   size_t msg_size_ = 0;

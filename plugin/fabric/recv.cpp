@@ -43,7 +43,10 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
 
   g.comm = c;
   g.in_use = true;
-  g.optional = optional && n == 1;
+  // Early completion lets NCCL watch LL flags in the buffer instead of calling test(); with a
+  // manual-progress provider nobody would then drive the data in, so honour it only when the
+  // provider progresses on its own.
+  g.optional = optional && n == 1 && auto_progress_;
   g.user_done = false;
   g.seq = c->next_group;
   g.first_msg = c->next_msg;

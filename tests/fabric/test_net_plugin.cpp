@@ -237,13 +237,15 @@ TEST_CASE("plugin: 4 ranks, full mesh, many comms", "[fabric]") {
   });
 }
 
-TEST_CASE("plugin: send larger than receive is an error on both sides, no hang", "[fabric]") {
-  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
-    std::vector<void*> send, recv, listens;
-    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
-    int me = oob.rank(), peer = 1 - me;
-    Mr b;
-    for (size_t big : {size_t{100}, size_t{100000}}) {  // eager and RDMA paths
+TEST_CASE("plugin: send larger than receive is an error, no hang", "[fabric]") {
+  // Fresh processes per size: after a usage error NCCL aborts the communicator, and with the
+  // tagged protocol the provider may drop the connection, so nothing is reused.
+  for (size_t big : {size_t{100}, size_t{100000}}) {  // eager and RDMA paths
+    run_ranks(2, [big](OobChannel& oob, Plugin& pl) {
+      std::vector<void*> send, recv, listens;
+      if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+      int me = oob.rank(), peer = 1 - me;
+      Mr b;
       if (me == 0) {
         if (reg(pl, send[peer], b, big)) return 1;
         void* r = nullptr;
@@ -252,7 +254,7 @@ TEST_CASE("plugin: send larger than receive is an error on both sides, no hang",
         while (!r && rc == abi::kSuccess && !deadline_passed(start, 30))
           rc = pl.v11->isend(send[peer], b.buf.data(), big, me, b.mh, nullptr, &r);
         if (rc == abi::kSuccess && r) (void)wait_req(pl.v11, r, nullptr, 30, &rc);
-        // The sender may see the error (RDMA path) or complete (eager): both fine; no hang.
+        // The sender may see the error (RDMA path) or complete (eager, tagged): both fine.
       } else {
         if (reg(pl, recv[peer], b, big)) return 1;
         void* data = b.buf.data();
@@ -265,16 +267,11 @@ TEST_CASE("plugin: send larger than receive is an error on both sides, no hang",
         T_CHECK(rc == abi::kInvalidUsage || rc == abi::kRemoteError,
                 "receive of %zu into %zu bytes returned %d, expected an error", big, sz, rc);
       }
-      // The connection is poisoned now: reconnect for the next size.
       std::string err;
       T_CHECK(oob.barrier(&err), "%s", err.c_str());
-      if (close_mesh(pl, send, recv, listens)) return 1;
-      if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
-    }
-    std::string err;
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
-    return close_mesh(pl, send, recv, listens);
-  });
+      return close_mesh(pl, send, recv, listens);
+    });
+  }
 }
 
 TEST_CASE("plugin: close with requests in flight, then finalize and reload", "[fabric]") {
@@ -325,8 +322,9 @@ TEST_CASE("plugin: optional receive completion", "[fabric]") {
       int tag = peer;
       void* r = nullptr;
       if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &r, true)) return 1;
-      if (wait_req(pl.v11, r, nullptr, 30)) return 1;  // may complete before the data is here
       T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      // Completes early on auto-progress providers, else when the data is in.
+      if (wait_req(pl.v11, r, nullptr, 30)) return 1;
       // The data still lands: poll the last byte like NCCL's LL flags do.
       auto start = Clock::now();
       while (b.buf[kSize - 1] != pattern(0, kSize - 1, 9)) {

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what moefabric needs to build and test on Debian/Ubuntu (no-op when present).
+set -euo pipefail
+pkgs=(meson ninja-build g++ pkgconf libfabric-dev libfabric-bin libhwloc-dev hwloc catch2
+      libcli11-dev nlohmann-json3-dev libibverbs-dev iproute2)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "moefabric: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

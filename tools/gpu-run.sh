@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (see ../shared/gpu/README.md): build with CUDA, run the CPU suites
+# there, then NCCL all_reduce/all_to_all between the GPUs with every GPU its own "node" through
+# moefabric (shm, then tcp on lo) and through NCCL's Socket transport, all in the same call.
+# Usage (from the repo root, .gpu-deps carried):  tools/gpu-run.sh [max-bytes]
+# Logs and JSON go to ${OUT:-/tmp/moefabric-gpu}; a summary table is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/moefabric-gpu}
+mkdir -p "$out"
+max=${1:-256M}
+source .gpu-deps/env.sh
+export NCCL_NVLS_ENABLE=0
+nvidia-smi -L | tee "$out/gpus.txt"
+ngpu=$(nvidia-smi -L | wc -l)
+
+# NCCL: PyTorch's (2.28.9) when present, else the system one.
+torch_nccl=$(python3 -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
+nccl_opt=()
+if [ -n "$torch_nccl" ] && [ -f "$torch_nccl/include/nccl.h" ]; then
+  nccl_opt=(-Dnccl_root="$torch_nccl")
+  export LD_LIBRARY_PATH=$torch_nccl/lib:$LD_LIBRARY_PATH
+  [ -e "$torch_nccl/lib/libnccl.so" ] || ln -sf libnccl.so.2 "$torch_nccl/lib/libnccl.so" 2>/dev/null || true
+fi
+echo "NCCL from: ${torch_nccl:-system}" | tee -a "$out/gpus.txt"
+
+{ meson setup build-gpu -Dcuda=enabled "${nccl_opt[@]}" --buildtype=release && ninja -C build-gpu; } \
+  > "$out/build.log" 2>&1 || { tail -n 40 "$out/build.log"; exit 1; }
+tail -n 12 "$out/build.log"
+
+MFTEST_SKIP_1GIB=1 meson test -C build-gpu --suite unit --suite fabric --num-processes 4 \
+  > "$out/tests.log" 2>&1
+echo "CPU suites on the GPU machine: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$out/tests.log" | tr -s ' ' | tr '\n' ' ')"
+
+plugin=$PWD/build-gpu/plugin/nccl/libnccl-net-moefabric.so
+perf=build-gpu/perf/moefabric-nccl-perf
+common=(NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1 NCCL_SOCKET_IFNAME=lo
+        NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET)
+run() {  # label, env...
+  local label=$1; shift
+  echo "== $label"
+  env "${common[@]}" "$@" timeout 280 "$perf" -n "$ngpu" -e "$max" --label "$label" \
+      --json "$out/nccl-$label.json" > "$out/nccl-$label.log" 2>&1
+  local rc=$?
+  grep -E "via NET|NET/Plugin|Using network" "$out/nccl-$label.log" | head -n 3
+  grep -v "NCCL INFO" "$out/nccl-$label.log" | tail -n 30
+  echo "rc=$rc"
+}
+run moefabric-shm NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=shm
+run moefabric-tcp NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo
+run socket NCCL_NET_PLUGIN=none NCCL_NET=Socket
+
+if [ -x build-gpu/perf/moefabric-net-perf ]; then
+  MOEFABRIC_PROVIDER=shm timeout 120 build-gpu/perf/moefabric-net-perf -e 64M > "$out/net-perf-shm.log" 2>&1
+  MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo timeout 120 build-gpu/perf/moefabric-net-perf -e 64M > "$out/net-perf-tcp.log" 2>&1
+fi
+python3 tools/nccl_table.py "$out"/nccl-moefabric-shm.json "$out"/nccl-moefabric-tcp.json "$out"/nccl-socket.json \
+  | tee "$out/summary.txt"
