@@ -6,18 +6,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh
 jobs=$(nproc)
-run_suite() {  # dir, meson setup args...
-  local dir=$1; shift
-  [ -f "$dir/build.ninja" ] || meson setup "$dir" "$@" >/dev/null
-  ninja -C "$dir" >/dev/null
-  meson test -C "$dir" --print-errorlogs --num-processes "$jobs" --suite unit --suite fabric
+run_suite() {  # dir, "suites", meson setup args...
+  local dir=$1 suites=$2; shift 2
+  [ -f "$dir/build.ninja" ] || meson setup "$dir" "$@" > "$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
+  ninja -C "$dir" > "$dir.build.log" 2>&1 || { grep -E -A5 'error|FAILED' "$dir.build.log" | head -n 60; return 1; }
+  local args=()
+  for s in $suites; do args+=(--suite "$s"); done
+  meson test -C "$dir" --print-errorlogs --num-processes "$jobs" "${args[@]}"
 }
 echo "== build (debugoptimized) =="
-run_suite build-test -Dcuda=auto
+run_suite build-test "unit fabric" -Dcuda=auto
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  run_suite build-asan -Dcuda=disabled -Db_sanitize=address,undefined -Db_lundef=false
+# Leak checking on the unit tier. The fabric tier dlopens/dlcloses the plugin and loads
+# libfabric's provider libraries (psm2, verbs), whose load-time allocations LeakSanitizer cannot
+# attribute; there, leaks are caught by the soak test's registration/comm/RSS counters instead.
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  run_suite build-asan "unit" -Dcuda=disabled -Db_sanitize=address,undefined -Db_lundef=false
+ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+  run_suite build-asan "fabric" -Dcuda=disabled -Db_sanitize=address,undefined -Db_lundef=false
 echo "== ThreadSanitizer (transport and progress thread) =="
 TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tests/tsan.supp" \
-  run_suite build-tsan -Dcuda=disabled -Db_sanitize=thread -Db_lundef=false
+  run_suite build-tsan "fabric" -Dcuda=disabled -Db_sanitize=thread -Db_lundef=false
 echo "all suites passed"

@@ -78,7 +78,11 @@ TEST_CASE("soak: 100000 small sends, stable memory and registrations", "[fabric]
     S_CHECK(after.registrations == before.registrations, "registrations grew");
     S_CHECK(after.live_mrs == before.live_mrs, "live MRs grew");
     S_CHECK(after.live_comms == before.live_comms, "comms grew");
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    (void)rss0, (void)rss1;  // the sanitizers' quarantines hold freed memory: RSS says nothing
+#else
     S_CHECK(rss1 - rss0 < 4096, "RSS grew by %ld KiB", rss1 - rss0);
+#endif
     S_CHECK(oob.barrier(&err), "%s", err.c_str());
     S_CHECK(net_dereg_mr(sc, smh) == Status::kOk && net_dereg_mr(rc, rmh) == Status::kOk, "dereg");
     S_CHECK(net_close_send(sc) == Status::kOk && net_close_recv(rc) == Status::kOk &&
