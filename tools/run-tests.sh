@@ -25,7 +25,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   run_suite build-asan "unit" -Dcuda=disabled -Db_sanitize=address,undefined -Db_lundef=false
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   run_suite build-asan "fabric" -Dcuda=disabled -Db_sanitize=address,undefined -Db_lundef=false
-echo "== ThreadSanitizer (transport and progress thread) =="
+echo "== ThreadSanitizer (transport + background progress thread: 10^5-message soak) =="
 TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tests/tsan.supp" \
-  run_suite build-tsan "fabric" -Dcuda=disabled -Db_sanitize=thread -Db_lundef=false
+  run_suite build-tsan "threads" -Dcuda=disabled -Db_sanitize=thread -Db_lundef=false
 echo "all suites passed"
