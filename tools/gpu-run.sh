@@ -3,11 +3,12 @@
 # there, then NCCL all_reduce/all_to_all between the GPUs with every GPU its own "node" through
 # moefabric (shm, then tcp on lo) and through NCCL's Socket transport, all in the same call.
 # Usage (from the repo root, .gpu-deps carried):  tools/gpu-run.sh [max-bytes]
-# Logs and JSON go to ${OUT:-/tmp/moefabric-gpu}; a summary table is printed last.
+# Logs and JSON go to $OUT/gpu-logs.tgz (default /tmp/moefabric-gpu-out); a summary table is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/moefabric-gpu}
-mkdir -p "$out"
+final=${OUT:-/tmp/moefabric-gpu-out}
+out=/tmp/moefabric-gpu
+mkdir -p "$out" "$final"
 max=${1:-256M}
 source .gpu-deps/env.sh
 export NCCL_NVLS_ENABLE=0
@@ -54,5 +55,7 @@ if [ -x build-gpu/perf/moefabric-net-perf ]; then
   MOEFABRIC_PROVIDER=shm timeout 120 build-gpu/perf/moefabric-net-perf -e 64M > "$out/net-perf-shm.log" 2>&1
   MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo timeout 120 build-gpu/perf/moefabric-net-perf -e 64M > "$out/net-perf-tcp.log" 2>&1
 fi
+for f in "$out"/net-perf-*.log; do [ -f "$f" ] && { echo "== $(basename "$f")"; grep -v '^# [MF]' "$f"; }; done
 python3 tools/nccl_table.py "$out"/nccl-moefabric-shm.json "$out"/nccl-moefabric-tcp.json "$out"/nccl-socket.json \
   | tee "$out/summary.txt"
+tar -C "$out" -czf "$final/gpu-logs.tgz" . && cp "$out/summary.txt" "$final/" 2>/dev/null
