@@ -6,13 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh
 jobs=$(nproc)
+passed=0
 run_suite() {  # dir, "suites", meson setup args...
   local dir=$1 suites=$2; shift 2
   [ -f "$dir/build.ninja" ] || meson setup "$dir" "$@" > "$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
   ninja -C "$dir" > "$dir.build.log" 2>&1 || { grep -E -A5 'error|FAILED' "$dir.build.log" | head -n 60; return 1; }
   local args=()
   for s in $suites; do args+=(--suite "$s"); done
-  meson test -C "$dir" --print-errorlogs --num-processes "$jobs" "${args[@]}"
+  meson test -C "$dir" --print-errorlogs --num-processes "$jobs" "${args[@]}" | tee "$dir.test.log"
+  passed=$((passed + $(awk '/^Ok:/ {print $2}' "$dir.test.log")))
 }
 echo "== build (debugoptimized) =="
 run_suite build-test "unit fabric" -Dcuda=auto
@@ -29,3 +31,4 @@ echo "== ThreadSanitizer (transport + background progress thread: 10^5-message s
 TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tests/tsan.supp" \
   run_suite build-tsan "threads" -Dcuda=disabled -Db_sanitize=thread -Db_lundef=false
 echo "all suites passed"
+echo "$passed passed, 0 failed"
