@@ -14,7 +14,9 @@ run_suite() {  # dir, "suites", meson setup args...
   local args=()
   for s in $suites; do args+=(--suite "$s"); done
   meson test -C "$dir" --print-errorlogs --num-processes "$jobs" "${args[@]}" | tee "$dir.test.log"
-  passed=$((passed + $(awk '/^Ok:/ {print $2}' "$dir.test.log")))
+  local n
+  n=$(awk '/^Ok:/ {print $2}' "$dir.test.log")
+  passed=$((passed + ${n:-0}))
 }
 echo "== build (debugoptimized) =="
 run_suite build-test "unit fabric" -Dcuda=auto
