@@ -1,5 +1,6 @@
 #include "plugin/common/launch.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -9,7 +10,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace moefabric {
@@ -73,33 +76,93 @@ bool OobChannel::barrier(std::string* error) {
   return allgather(&b, all.data(), 1, error);
 }
 
-LaunchResult launch_fork(int nranks, const std::function<int(OobChannel&)>& fn, int timeout_s) {
-  LaunchResult res;
-  std::vector<int> fds(nranks, -1);
-  std::vector<pid_t> pids(nranks, -1);
+namespace {
+
+// Forks `nranks` children; child r runs child(r, fd) with its end of a socketpair and exits with
+// its return value.
+bool spawn(int nranks, const std::function<int(int, int)>& child, std::vector<int>* fds,
+           std::vector<pid_t>* pids, std::string* error) {
+  fds->assign(nranks, -1);
+  pids->assign(nranks, -1);
   for (int r = 0; r < nranks; ++r) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-      res.report = std::string("socketpair: ") + strerror(errno);
-      return res;
+      *error = std::string("socketpair: ") + strerror(errno);
+      return false;
     }
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
+    if (pid < 0) {
+      *error = std::string("fork: ") + strerror(errno);
+      return false;
+    }
     if (pid == 0) {
       ::close(sv[0]);
-      for (int k = 0; k < r; ++k) ::close(fds[k]);
-      OobChannel oob(r, nranks, sv[1]);
-      int rc = fn(oob);
+      for (int k = 0; k < r; ++k) ::close((*fds)[k]);
+      int rc = child(r, sv[1]);
       fflush(stdout);
       fflush(stderr);
       _exit(rc);
     }
     ::close(sv[1]);
-    fds[r] = sv[0];
-    pids[r] = pid;
+    (*fds)[r] = sv[0];
+    (*pids)[r] = pid;
   }
+  return true;
+}
 
+LaunchResult relay(int nranks, std::vector<int>& fds, std::vector<pid_t>& pids, int timeout_s);
+
+}  // namespace
+
+LaunchResult launch_fork(int nranks, const std::function<int(OobChannel&)>& fn, int timeout_s) {
+  LaunchResult res;
+  std::vector<int> fds;
+  std::vector<pid_t> pids;
+  if (!spawn(nranks, [&](int r, int fd) {
+        OobChannel oob(r, nranks, fd);
+        return fn(oob);
+      }, &fds, &pids, &res.report))
+    return res;
+  return relay(nranks, fds, pids, timeout_s);
+}
+
+LaunchResult launch_exec(int nranks, char* const* argv, int timeout_s) {
+  LaunchResult res;
+  std::vector<int> fds;
+  std::vector<pid_t> pids;
+  if (!spawn(nranks, [&](int r, int fd) {
+        // The channel survives exec: clear close-on-exec on this one fd only.
+        int flags = fcntl(fd, F_GETFD);
+        if (flags >= 0) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+        setenv("MOEFABRIC_RANK", std::to_string(r).c_str(), 1);
+        setenv("MOEFABRIC_NRANKS", std::to_string(nranks).c_str(), 1);
+        setenv("MOEFABRIC_OOB_FD", std::to_string(fd).c_str(), 1);
+        execvp(argv[0], argv);
+        fprintf(stderr, "moefabric-run: rank %d: cannot run %s: %s\n", r, argv[0], strerror(errno));
+        return 127;
+      }, &fds, &pids, &res.report))
+    return res;
+  return relay(nranks, fds, pids, timeout_s);
+}
+
+bool oob_from_env(std::unique_ptr<OobChannel>* out) {
+  const char* r = getenv("MOEFABRIC_RANK");
+  const char* n = getenv("MOEFABRIC_NRANKS");
+  const char* f = getenv("MOEFABRIC_OOB_FD");
+  if (!r || !n || !f) return false;
+  int rank = atoi(r), nranks = atoi(n), fd = atoi(f);
+  if (nranks < 1 || rank < 0 || rank >= nranks || fd < 0) return false;
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  *out = std::make_unique<OobChannel>(rank, nranks, fd);
+  return true;
+}
+
+namespace {
+
+LaunchResult relay(int nranks, std::vector<int>& fds, std::vector<pid_t>& pids, int timeout_s) {
+  LaunchResult res;
   // Relay allgathers until every rank has exited or the deadline passes.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   std::vector<std::vector<uint8_t>> msg(nranks);
@@ -188,4 +251,5 @@ LaunchResult launch_fork(int nranks, const std::function<int(OobChannel&)>& fn, 
   return res;
 }
 
+}  // namespace
 }  // namespace moefabric

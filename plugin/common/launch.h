@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <string>
 
 namespace moefabric {
@@ -31,5 +32,12 @@ struct LaunchResult {
 
 // Runs fn(oob) in `nranks` forked processes; fn's return value is the rank's exit code.
 LaunchResult launch_fork(int nranks, const std::function<int(OobChannel&)>& fn, int timeout_s);
+
+// Runs argv in `nranks` processes (moefabric-run); each finds its channel through the
+// environment: MOEFABRIC_RANK, MOEFABRIC_NRANKS and MOEFABRIC_OOB_FD.
+LaunchResult launch_exec(int nranks, char* const* argv, int timeout_s);
+
+// The channel of a process started by launch_exec; false when not started that way.
+bool oob_from_env(std::unique_ptr<OobChannel>* out);
 
 }  // namespace moefabric

@@ -37,6 +37,12 @@ namespace moefabric {
     "connect/accept handshake timeout, ms")                                                      \
   X(latency_us, "MOEFABRIC_LATENCY_US", Int, "0",                                                 \
     "latency reported to NCCL's tuner, us; 0: provider default (efa 35, others 10)")            \
+  X(timeout_ms, "MOEFABRIC_TIMEOUT_MS", Int, "60000",                                            \
+    "default ncclMoe timeoutMs: bound on every dispatch/combine/destroy wait, ms")              \
+  X(proxy_cpu, "MOEFABRIC_PROXY_CPU", Int, "-1",                                                  \
+    "pin the MoE proxy thread to this CPU; -1: leave it to the scheduler")                      \
+  X(proxy_spin_us, "MOEFABRIC_PROXY_SPIN_US", Int, "2000",                                        \
+    "MoE proxy busy-polls this long after the last event before napping 50 us")                 \
   X(debug, "MOEFABRIC_DEBUG", Str, "WARN",                                                        \
     "log level outside NCCL: NONE, WARN, INFO, TRACE (inside NCCL use NCCL_DEBUG)")
 

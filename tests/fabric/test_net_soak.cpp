@@ -6,19 +6,13 @@
 #include <string>
 
 #include "plugin/common/launch.h"
+#include "tests/common/proc.h"
 #include "plugin/fabric/net.h"
 
 using namespace moefabric;
 using namespace moefabric::fabric;
 
 namespace {
-long rss_kib() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
-  return -1;
-}
 #define S_CHECK(c, ...) do { if (!(c)) { fprintf(stderr, "rank %d: %s:%d: ", oob.rank(), __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); return 1; } } while (0)
 }  // namespace
 
@@ -49,7 +43,7 @@ TEST_CASE("soak: 100000 small sends, stable memory and registrations", "[fabric]
     for (int i = 0; i < kTotal; ++i) {
       if (i == kWarm) {
         before = net_counters(net);
-        rss0 = rss_kib();
+        rss0 = testutil::rss_kib();
       }
       size_t n = 8 + (i % 57);
       for (size_t k = 0; k < n; ++k) sb[k] = static_cast<uint8_t>(i + k);
@@ -71,7 +65,7 @@ TEST_CASE("soak: 100000 small sends, stable memory and registrations", "[fabric]
       for (size_t k = 0; k < n; ++k) S_CHECK(rb[k] == static_cast<uint8_t>(i + k), "message %d byte %zu", i, k);
     }
     NetCounters after = net_counters(net);
-    long rss1 = rss_kib();
+    long rss1 = testutil::rss_kib();
     fprintf(stderr, "rank %d: registrations %llu -> %llu, live MRs %zu -> %zu, RSS %ld -> %ld KiB\n", me,
             static_cast<unsigned long long>(before.registrations), static_cast<unsigned long long>(after.registrations),
             before.live_mrs, after.live_mrs, rss0, rss1);

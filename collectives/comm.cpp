@@ -1,0 +1,377 @@
+// Comm lifetime: config resolution and the cross-rank check, bootstrap over the caller's
+// allgather, buffers and registrations, destroy/abort, errors and bounded waits.
+#include "collectives/comm.h"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstring>
+
+#include "plugin/common/log.h"
+
+namespace moefabric::moe {
+namespace {
+
+constexpr uint32_t kBlobMagic = 0x4d664231u;
+
+struct CfgBlob {
+  uint32_t magic;
+  int32_t valid;
+  int32_t nranks;
+  ResolvedConfig rc;
+  char why[192];
+};
+
+struct AddrBlob {
+  int32_t ok;
+  uint32_t addr_len;
+  uint64_t recv_base, recv_key;
+  uint8_t addr[fabric::RmaEndpoint::kMaxAddrLen];
+  char why[192];
+};
+
+bool is_set(int v) { return v != NCCL_MOE_UNDEF_INT; }
+
+// Fills defaults and validates one rank's config (everything that can be checked locally).
+Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, ResolvedConfig* rc,
+               std::string* why) {
+  auto bad = [&](const std::string& w) {
+    *why = "invalid config: " + w;
+    return Status::kInvalidArgument;
+  };
+  if (c == nullptr) return bad("config is NULL (use NCCL_MOE_CONFIG_INITIALIZER)");
+  if (c->magic != NCCL_MOE_CONFIG_MAGIC)
+    return bad("magic mismatch (initialise with NCCL_MOE_CONFIG_INITIALIZER)");
+  if (c->version != NCCL_MOE_CONFIG_VERSION || c->size != sizeof(ncclMoeConfig_t))
+    return bad("version/size mismatch: header version " + std::to_string(NCCL_MOE_CONFIG_VERSION) +
+               ", struct size " + std::to_string(sizeof(ncclMoeConfig_t)));
+  if (!is_set(c->numExperts)) return bad("numExperts is required");
+  if (!is_set(c->numTopk)) return bad("numTopk is required");
+  if (!is_set(c->hidden)) return bad("hidden is required");
+  if (!is_set(c->maxTokensPerRank)) return bad("maxTokensPerRank is required");
+  rc->experts = c->numExperts;
+  rc->topk = c->numTopk;
+  rc->hidden = c->hidden;
+  rc->max_tokens = c->maxTokensPerRank;
+  rc->dispatch_type = is_set(c->dispatchType) ? c->dispatchType : ncclBfloat16;
+  rc->combine_type = is_set(c->combineType) ? c->combineType : ncclBfloat16;
+  rc->scale_block = is_set(c->scaleBlock) ? c->scaleBlock : 128;
+  rc->alignment = is_set(c->expertAlignment) ? c->expertAlignment : 1;
+  rc->max_private = is_set(c->maxPrivateTokens) ? c->maxPrivateTokens : 128;
+  rc->backend = is_set(c->backend) ? c->backend : ncclMoeBackendAuto;
+  rc->timeout_ms = is_set(c->timeoutMs) ? c->timeoutMs : static_cast<int32_t>(params.timeout_ms);
+  if (rc->experts < nranks || rc->experts > (1 << 20))
+    return bad("numExperts " + std::to_string(rc->experts) + " must be in [nranks=" +
+               std::to_string(nranks) + ", 1048576]");
+  if (rc->topk < 1 || rc->topk > kMaxTopk)
+    return bad("numTopk " + std::to_string(rc->topk) + " must be in [1, 16]");
+  if (rc->hidden < 16 || rc->hidden % 16 != 0 || rc->hidden > 65536)
+    return bad("hidden " + std::to_string(rc->hidden) + " must be a multiple of 16 in [16, 65536]");
+  if (rc->max_tokens < 1 || rc->max_tokens > (1 << 20))
+    return bad("maxTokensPerRank " + std::to_string(rc->max_tokens) + " must be in [1, 1048576]");
+  if (rc->dispatch_type != ncclBfloat16 && rc->dispatch_type != ncclFloat8e4m3)
+    return bad("dispatchType " + std::to_string(rc->dispatch_type) +
+               " unsupported (ncclBfloat16 or ncclFloat8e4m3)");
+  if (rc->combine_type != ncclBfloat16)
+    return bad("combineType " + std::to_string(rc->combine_type) + " unsupported (ncclBfloat16)");
+  if (rc->dispatch_type == ncclFloat8e4m3 &&
+      (rc->scale_block < 1 || rc->hidden % rc->scale_block != 0))
+    return bad("hidden " + std::to_string(rc->hidden) + " is not a multiple of scaleBlock " +
+               std::to_string(rc->scale_block));
+  if (rc->alignment < 1 || rc->alignment > 4096)
+    return bad("expertAlignment " + std::to_string(rc->alignment) + " must be in [1, 4096]");
+  if (rc->max_private < 0) return bad("maxPrivateTokens must be >= 0");
+  if (rc->backend < ncclMoeBackendAuto || rc->backend > ncclMoeBackendHost)
+    return bad("backend " + std::to_string(rc->backend) + " unknown");
+  if (rc->timeout_ms < 1) return bad("timeoutMs must be > 0");
+  if (rc->backend == ncclMoeBackendCuda) {
+    *why = "backend ncclMoeBackendCuda is not available in this build yet (use Host or Auto)";
+    return Status::kInvalidUsage;
+  }
+  return Status::kOk;
+}
+
+// Names the first field on which two resolved configs differ.
+const char* config_diff(const ResolvedConfig& a, const ResolvedConfig& b) {
+  if (a.experts != b.experts) return "numExperts";
+  if (a.topk != b.topk) return "numTopk";
+  if (a.hidden != b.hidden) return "hidden";
+  if (a.max_tokens != b.max_tokens) return "maxTokensPerRank";
+  if (a.dispatch_type != b.dispatch_type) return "dispatchType";
+  if (a.combine_type != b.combine_type) return "combineType";
+  if (a.dispatch_type == ncclFloat8e4m3 && a.scale_block != b.scale_block) return "scaleBlock";
+  if (a.alignment != b.alignment) return "expertAlignment";
+  if (a.max_private != b.max_private) return "maxPrivateTokens";
+  return nullptr;
+}
+
+// Waiting: spin briefly, then yield, then nap, so that long waits do not burn a core.
+void backoff(uint64_t spin, Clock::time_point start) {
+  if (spin < 2000) return;
+  if ((spin & 63) == 0 && Clock::now() - start > std::chrono::milliseconds(5))
+    usleep(50);
+  else
+    sched_yield();
+}
+
+Block block_alloc(size_t bytes) {
+  void* p = std::aligned_alloc(4096, bytes);
+  if (p != nullptr) std::memset(p, 0, bytes);
+  return Block(static_cast<uint8_t*>(p));
+}
+
+}  // namespace
+
+Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                    const ncclMoeConfig_t* cfg, std::unique_ptr<Comm>* out, std::string* error) {
+  if (nranks < 1 || nranks > kMaxRanks || rank < 0 || rank >= nranks || fn == nullptr) {
+    *error = "invalid arguments: nranks " + std::to_string(nranks) + ", rank " +
+             std::to_string(rank) + (fn == nullptr ? ", allgather function NULL" : "") +
+             " (need 1 <= nranks <= 4096, 0 <= rank < nranks)";
+    return Status::kInvalidArgument;
+  }
+  std::unique_ptr<Comm> c(new Comm());
+  c->params_ = Params::load();
+  // Local validation; every rank still joins the exchange so that all fail together.
+  ResolvedConfig rc{};
+  std::string why;
+  Status local = resolve(cfg, nranks, c->params_, &rc, &why);
+  CfgBlob mine{};
+  mine.magic = kBlobMagic;
+  mine.valid = local == Status::kOk ? 1 : 0;
+  mine.nranks = nranks;
+  mine.rc = rc;
+  snprintf(mine.why, sizeof mine.why, "%s", why.c_str());
+  std::vector<CfgBlob> all(static_cast<size_t>(nranks));
+  ncclResult_t ar = fn(&mine, all.data(), sizeof(CfgBlob), ctx);
+  if (ar != ncclSuccess) {
+    *error = "init: the allgather callback failed (" + std::to_string(ar) + ")";
+    return Status::kSystemError;
+  }
+  if (local != Status::kOk) {
+    *error = why;
+    return local;
+  }
+  for (int r = 0; r < nranks; ++r) {
+    const CfgBlob& b = all[r];
+    if (b.magic != kBlobMagic || b.nranks != nranks) {
+      *error = "init: rank " + std::to_string(r) + " sent a malformed bootstrap record (nranks " +
+               std::to_string(b.nranks) + ")";
+      return Status::kInvalidUsage;
+    }
+    if (!b.valid) {
+      *error = "init: rank " + std::to_string(r) + " rejected its config: " +
+               std::string(b.why, strnlen(b.why, sizeof b.why));
+      return Status::kInvalidUsage;
+    }
+    if (const char* f = config_diff(rc, b.rc)) {
+      *error = std::string("init: config mismatch: ") + f + " differs between rank " +
+               std::to_string(rank) + " and rank " + std::to_string(r) +
+               " (configs must match on all ranks)";
+      return Status::kInvalidUsage;
+    }
+  }
+  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, true, error));
+  *out = std::move(c);
+  return Status::kOk;
+}
+
+Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                   const ResolvedConfig& rc, bool valid, std::string* error) {
+  (void)valid;
+  cfg_ = rc;
+  R_ = nranks;
+  me_ = rank;
+  AddrBlob mine{};
+  const char* why = nullptr;
+  bool fp8 = rc.dispatch_type == ncclFloat8e4m3;
+  std::string err;
+  Status s = Status::kOk;
+  if (!layout_init(&l_, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2,
+                   fp8, rc.scale_block, rc.alignment, rc.max_private, &why)) {
+    err = why;
+    s = Status::kInvalidArgument;
+  }
+  if (s == Status::kOk) {
+    recv_block_ = block_alloc(l_.recv_block_bytes);
+    send_block_ = block_alloc(l_.send_block_bytes);
+    if (!recv_block_ || !send_block_) {
+      err = "out of host memory for " + std::to_string(l_.recv_block_bytes + l_.send_block_bytes) +
+            " B of buffers";
+      s = Status::kSystemError;
+    }
+  }
+  if (s == Status::kOk) s = fabric::RmaEndpoint::open(params_, 0, &ep_, &err);
+  if (s == Status::kOk)
+    s = ep_->mr_cache().acquire(recv_block_.get(), l_.recv_block_bytes, fabric::MemType::kHost, -1,
+                                -1, 0, &recv_mr_, &err);
+  if (s == Status::kOk)
+    s = ep_->mr_cache().acquire(send_block_.get(), l_.send_block_bytes, fabric::MemType::kHost, -1,
+                                -1, 0, &send_mr_, &err);
+  if (s == Status::kOk) {
+    registrations_ = ep_->mr_cache().stats().registrations;
+    mine.ok = 1;
+    mine.addr_len = static_cast<uint32_t>(ep_->addr_len());
+    std::memcpy(mine.addr, ep_->addr(), ep_->addr_len());
+    mine.recv_base = recv_mr_->remote_addr(recv_block_.get());
+    mine.recv_key = recv_mr_->key;
+  } else {
+    snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
+  }
+  std::vector<AddrBlob> all(static_cast<size_t>(nranks));
+  if (fn(&mine, all.data(), sizeof(AddrBlob), ctx) != ncclSuccess) {
+    *error = "init: the allgather callback failed while exchanging addresses";
+    return Status::kSystemError;
+  }
+  if (s != Status::kOk) {
+    *error = "init: " + err;
+    return s;
+  }
+  peers_.resize(nranks);
+  for (int r = 0; r < nranks; ++r) {
+    if (!all[r].ok) {
+      *error = "init: rank " + std::to_string(r) + " could not set up its transport: " +
+               std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
+      return Status::kSystemError;
+    }
+    peers_[r].recv_base = all[r].recv_base;
+    peers_[r].recv_key = all[r].recv_key;
+    if (r != rank) MF_CHECK(ep_->insert_peer(all[r].addr, all[r].addr_len, &peers_[r].addr, error));
+  }
+  owner_.resize(rc.experts);
+  for (int e = 0; e < rc.experts; ++e) owner_[e] = l_.owner(e);
+  for (auto& v : arrivals_.seq) v = std::vector<std::atomic<uint64_t>>(nranks);
+  overflow_off_ = std::vector<std::atomic<uint32_t>>(nranks);
+  sent_tokens_.assign(nranks, 0);
+  sent_pairs_.assign(nranks, 0);
+  combine_base_.assign(nranks, 0);
+  src_pairs_.assign(nranks, 0);
+  src_combine_base_.assign(nranks, 0);
+  src_pair_start_.assign(nranks + 1, 0);
+  idx_copy_.reserve(static_cast<size_t>(rc.max_tokens) * rc.topk);
+  row_of_pair_.reserve(l_.capacity_rows);
+  MF_INFO(log::kInit,
+          "moe comm rank %d/%d: E %d K %d H %d maxT %d %s, %zu MiB recv + %zu MiB send buffers "
+          "over %s (%s)",
+          rank, nranks, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? "fp8" : "bf16",
+          l_.recv_block_bytes >> 20, l_.send_block_bytes >> 20, ep_->nic().provider.c_str(),
+          ep_->nic().name.c_str());
+  proxy_start();
+  return Status::kOk;
+}
+
+Comm::~Comm() { abort(); }
+
+void Comm::abort() {
+  proxy_stop();
+  if (ep_) {
+    if (recv_mr_) ep_->mr_cache().release(recv_mr_);
+    if (send_mr_) ep_->mr_cache().release(send_mr_);
+    recv_mr_ = send_mr_ = nullptr;
+    ep_.reset();
+  }
+  recv_block_.reset();
+  send_block_.reset();
+}
+
+Status Comm::destroy() {
+  Status result = Status::kOk;
+  if (async_error() == Status::kOk && phase_ == Phase::kIdle && R_ > 1) {
+    // Every peer has stopped writing into our buffers once its barrier write arrives.
+    uint64_t seq = ++seq_;
+    cur_seq_.store(seq);
+    ring(WriteKind::kBarrier, seq);
+    result = wait_arrivals(WriteKind::kBarrier, seq, "destroy");
+    if (result == Status::kOk) result = wait_local_writes(static_cast<int>(WriteKind::kBarrier), "destroy");
+  }
+  abort();
+  return result;
+}
+
+Status Comm::fail(Status s, const char* fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  last_error_ = buf;
+  if (s != Status::kInvalidArgument && s != Status::kInvalidUsage) {
+    std::lock_guard<std::mutex> g(err_mu_);
+    int expected = 0;
+    if (async_status_.compare_exchange_strong(expected, static_cast<int>(s))) async_text_ = buf;
+  }
+  MF_WARN("rank %d: %s", me_, buf);
+  return s;
+}
+
+Status Comm::check_usable() {
+  Status s = async_error();
+  if (s != Status::kOk) {
+    std::lock_guard<std::mutex> g(err_mu_);
+    last_error_ = async_text_;
+    return s;
+  }
+  return Status::kOk;
+}
+
+Status Comm::wait_arrivals(WriteKind kind, uint64_t seq, const char* phase,
+                           const std::vector<bool>* only) {
+  const auto& arr = arrivals_.seq[static_cast<int>(kind)];
+  const auto start = Clock::now();
+  auto deadline = start + std::chrono::milliseconds(cfg_.timeout_ms);
+  for (uint64_t spin = 0;; ++spin) {
+    bool all = true;
+    for (int s = 0; s < R_ && all; ++s)
+      if (s != me_ && (only == nullptr || (*only)[s]) && arr[s].load(std::memory_order_acquire) < seq)
+        all = false;
+    if (all) return Status::kOk;
+    MF_CHECK(check_usable());
+    if ((spin & 255) == 255 && Clock::now() > deadline) {
+      std::string missing;
+      int n = 0;
+      for (int s = 0; s < R_; ++s)
+        if (s != me_ && (only == nullptr || (*only)[s]) && arr[s].load() < seq) {
+          if (n++ < 8) missing += (missing.empty() ? "" : ", ") + std::to_string(s);
+        }
+      if (n > 8) missing += " and " + std::to_string(n - 8) + " more";
+      return fail(Status::kRemoteError,
+                  "%s: timed out after %d ms waiting for %s from rank%s %s (peer stalled or lost)",
+                  phase, cfg_.timeout_ms, kind_name(kind), n > 1 ? "s" : "", missing.c_str());
+    }
+    backoff(spin, start);
+  }
+}
+
+Status Comm::wait_local_writes(int cls, const char* phase) {
+  const auto start = Clock::now();
+  auto deadline = start + std::chrono::milliseconds(cfg_.timeout_ms);
+  // Writes posted by a command exist only once the proxy has executed it.
+  const uint64_t ticket = last_ticket_[cls];
+  for (uint64_t spin = 0; cmds_done_.load(std::memory_order_acquire) < ticket ||
+                          outstanding_[cls].load(std::memory_order_acquire) > 0;
+       ++spin) {
+    MF_CHECK(check_usable());
+    if ((spin & 255) == 255 && Clock::now() > deadline)
+      return fail(Status::kRemoteError, "%s: %d local writes still incomplete after %d ms", phase,
+                  outstanding_[cls].load(), cfg_.timeout_ms);
+    backoff(spin, start);
+  }
+  return Status::kOk;
+}
+
+void Comm::stats(ncclMoeStats_t* s) const {
+  s->ops = ops_;
+  s->dispatchWritesMaxPeer = last_dispatch_writes_;
+  s->combineWritesMaxPeer = last_combine_writes_;
+  s->grantsSent = grants_sent_.load();
+  s->peers = static_cast<uint32_t>(R_ - 1);
+  s->dispatchBytesSent = dispatch_bytes_;
+  s->combineBytesSent = combine_bytes_;
+  s->proxyPostUs = static_cast<double>(post_ns_.load()) / 1000.0;
+  s->combinePostUs = static_cast<double>(combine_post_ns_.load()) / 1000.0;
+  s->registrations = ep_ ? ep_->mr_cache().stats().registrations : registrations_;
+}
+
+}  // namespace moefabric::moe

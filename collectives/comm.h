@@ -1,0 +1,169 @@
+// One ncclMoe communicator: the resolved config, the buffer layout, the RDMA endpoint with its
+// registered regions and every peer's keys, the proxy thread, and the state of the op in flight.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "collectives/layout.h"
+#include "collectives/protocol.h"
+#include "include/moefabric/nccl_moe.h"
+#include "plugin/common/params.h"
+#include "plugin/common/status.h"
+#include "plugin/fabric/rma.h"
+
+namespace moefabric::moe {
+
+using Clock = std::chrono::steady_clock;
+
+struct AlignedFree {
+  void operator()(void* p) const { std::free(p); }
+};
+using Block = std::unique_ptr<uint8_t, AlignedFree>;
+
+struct PeerInfo {
+  fi_addr_t addr = FI_ADDR_UNSPEC;
+  uint64_t recv_base = 0;  // remote address (or offset) of the peer's receive block
+  uint64_t recv_key = 0;
+};
+
+// Resolved, validated configuration (what ranks compare at init).
+struct ResolvedConfig {
+  int32_t experts, topk, hidden, max_tokens, dispatch_type, combine_type, scale_block, alignment,
+      max_private, backend, timeout_ms;
+};
+
+enum class Phase : uint8_t { kIdle, kDispatchSent, kDispatched, kCombineSent };
+
+// Written by the proxy thread, read by the caller.
+struct Arrivals {
+  std::vector<std::atomic<uint64_t>> seq[kNumKinds];  // last full seq seen per (kind, source)
+};
+
+class Comm : public fabric::RmaHandler {
+ public:
+  static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                       const ncclMoeConfig_t* cfg, std::unique_ptr<Comm>* out, std::string* error);
+  ~Comm() override;
+
+  // C API bodies (api.cpp adapts them).
+  Status dispatch_send(const void* x, const float* scales, const int32_t* idx, const float* w,
+                       const int32_t* ntokens, void* recv_x, float* recv_scales,
+                       int32_t* recv_counts);
+  Status dispatch_recv();
+  Status combine_send(const void* expert_y);
+  Status combine_recv(void* y);
+  Status destroy();  // collective barrier, then teardown
+  void abort();      // local teardown
+
+  const Layout& layout() const { return l_; }
+  int pending_tokens() const { return T_; }
+  const ResolvedConfig& config() const { return cfg_; }
+  Status async_error() const { return static_cast<Status>(async_status_.load()); }
+  const std::string& last_error() const { return last_error_; }
+  void stats(ncclMoeStats_t* s) const;
+
+  // Records an error (first wins for the async state); returns `s`.
+  Status fail(Status s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+
+ private:
+  Comm() = default;
+  Status setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+               bool valid, std::string* error);
+  Status check_usable();
+
+  // proxy (proxy.cpp)
+  struct Command {
+    WriteKind kind;
+    uint64_t seq;
+    Clock::time_point rung;
+  };
+  void proxy_start();
+  void proxy_stop();
+  void proxy_loop();
+  void ring(WriteKind kind, uint64_t seq);  // hands a command to the proxy
+  void proxy_execute(const Command& c);
+  void on_remote_write(uint32_t imm) override;
+  void on_write_done(uint64_t cookie, Status s, const char* text) override;
+  void proxy_fail(Status s, const std::string& text);
+  void post(int peer, int cls, const void* src, size_t len, uint64_t remote_off, WriteKind kind,
+            uint64_t seq);
+
+  // waits (bounded by the timeout) until every peer's `kind` has reached `seq`
+  Status wait_arrivals(WriteKind kind, uint64_t seq, const char* phase,
+                       const std::vector<bool>* only = nullptr);
+  Status wait_local_writes(int cls, const char* phase);
+
+  // host backend (host_backend.cpp)
+  Status host_pack_dispatch(const void* x, const float* scales, const int32_t* idx, int T);
+  Status host_unpack_dispatch();
+  void host_pack_combine(const void* expert_y);
+  void host_reduce_combine(void* y);
+
+  Params params_;
+  ResolvedConfig cfg_{};
+  Layout l_{};
+  int me_ = 0, R_ = 0;
+  std::vector<int> owner_;  // expert -> rank
+
+  std::unique_ptr<fabric::RmaEndpoint> ep_;
+  Block recv_block_, send_block_;
+  fabric::MrEntry* recv_mr_ = nullptr;
+  fabric::MrEntry* send_mr_ = nullptr;
+  std::vector<PeerInfo> peers_;
+  uint64_t registrations_ = 0;
+
+  // proxy thread and what it shares with the caller
+  std::thread proxy_;
+  std::atomic<bool> stop_{false};
+  std::mutex cmd_mu_;
+  std::deque<Command> cmds_;
+  uint64_t cmds_rung_ = 0;                 // caller: commands handed over
+  std::atomic<uint64_t> cmds_done_{0};     // proxy: commands executed (all their writes posted)
+  uint64_t last_ticket_[kNumKinds] = {};   // caller: ticket of the last command per kind
+  std::atomic<uint64_t> cur_seq_{0};
+  Arrivals arrivals_;
+  std::vector<std::atomic<uint32_t>> overflow_off_;  // granted overflow offset per source
+  std::atomic<int> outstanding_[kNumKinds] = {};
+  std::atomic<int> async_status_{0};
+  mutable std::mutex err_mu_;
+  std::string async_text_;
+  // proxy-private
+  uint64_t grant_seq_ = 0;
+  uint32_t grant_bump_ = 0;
+  // stats written by the proxy
+  std::atomic<uint64_t> post_ns_{0}, combine_post_ns_{0};
+  std::atomic<uint32_t> grants_sent_{0}, rest_writes_{0};
+
+  // the op in flight (caller thread)
+  Phase phase_ = Phase::kIdle;
+  uint64_t seq_ = 0;  // current op
+  uint64_t ops_ = 0;
+  int T_ = 0;
+  const float* weights_ = nullptr;
+  std::vector<int32_t> idx_copy_;          // [T, K] of the op in flight
+  std::vector<uint32_t> sent_tokens_;      // per destination
+  std::vector<uint32_t> sent_pairs_;       // per destination
+  std::vector<uint32_t> combine_base_;     // per destination: where its returns land here
+  void* recv_x_ = nullptr;
+  float* recv_scales_ = nullptr;
+  int32_t* recv_counts_ = nullptr;
+  // dispatch results needed by combine
+  std::vector<uint32_t> src_pairs_;        // per source: rows it gets back
+  std::vector<uint32_t> src_combine_base_; // per source: its combine_base for us
+  std::vector<uint32_t> row_of_pair_;      // rows in return order, concatenated by source
+  std::vector<uint32_t> src_pair_start_;   // prefix over sources into row_of_pair_
+  uint64_t dispatch_bytes_ = 0, combine_bytes_ = 0;
+  uint32_t last_dispatch_writes_ = 0, last_combine_writes_ = 0;
+
+  std::string last_error_;
+};
+
+}  // namespace moefabric::moe

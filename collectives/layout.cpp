@@ -1,0 +1,68 @@
+#include "collectives/layout.h"
+
+#include <algorithm>
+
+namespace moefabric::moe {
+
+bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden,
+                 int max_tokens, int elt_bytes, bool scales, int scale_block, int alignment,
+                 int max_private, const char** why) {
+  *l = Layout{};
+  l->nranks = nranks;
+  l->rank = rank;
+  l->experts = experts;
+  l->topk = topk;
+  l->hidden = hidden;
+  l->max_tokens = max_tokens;
+  l->elt_bytes = elt_bytes;
+  l->scales = scales;
+  l->scale_block = scale_block;
+  l->alignment = std::max(1, alignment);
+  l->max_private = std::clamp(max_private, 0, max_tokens);
+  l->max_local = (experts + nranks - 1) / nranks;
+
+  l->meta_bytes = round_up(4 + 4 * static_cast<size_t>(topk), 16);
+  l->x_bytes = static_cast<size_t>(hidden) * elt_bytes;
+  l->scale_bytes = scales ? static_cast<size_t>(hidden / scale_block) * 4 : 0;
+  l->record_bytes = l->meta_bytes + round_up(l->x_bytes, 16) + round_up(l->scale_bytes, 16);
+  l->header_bytes = round_up(sizeof(DispatchHeader) + 4 * static_cast<size_t>(l->max_local), 64);
+  l->private_bytes = round_up(l->header_bytes + l->record_bytes * l->max_private, 64);
+  l->overflow_records =
+      static_cast<size_t>(nranks - 1) * static_cast<size_t>(max_tokens - l->max_private);
+  l->y_row_bytes = static_cast<size_t>(hidden) * 2;
+  // A token may name one expert in several slots, so each token can add up to K rows here.
+  l->capacity_rows = static_cast<size_t>(nranks) * max_tokens * topk +
+                     static_cast<size_t>(l->max_local) * (l->alignment - 1);
+  l->combine_rows = static_cast<size_t>(max_tokens) * topk;
+
+  size_t off = 0;
+  l->off_private = off;
+  off += l->private_bytes * nranks;
+  l->off_overflow = off = round_up(off, 4096);
+  off += l->record_bytes * l->overflow_records;
+  l->off_combine = off = round_up(off, 4096);
+  off += l->y_row_bytes * l->combine_rows;
+  l->off_ctrl = off = round_up(off, 4096);
+  off += l->ctrl_slot_bytes * nranks;
+  l->recv_block_bytes = round_up(off, 4096);
+
+  l->send_stride = round_up(l->header_bytes + l->record_bytes * max_tokens, 64);
+  off = 0;
+  l->off_send = off;
+  off += l->send_stride * nranks;
+  l->off_csend = off = round_up(off, 4096);
+  off += l->y_row_bytes * l->capacity_rows;
+  l->off_grant_out = off = round_up(off, 4096);
+  off += l->ctrl_slot_bytes * nranks;
+  l->send_block_bytes = round_up(off, 4096);
+
+  // The wire carries record offsets and row counts in 32 bits; one write must fit the provider.
+  if (l->overflow_records > UINT32_MAX || l->combine_rows > UINT32_MAX ||
+      l->capacity_rows > UINT32_MAX) {
+    *why = "buffer sizes exceed the 32-bit wire fields (reduce maxTokensPerRank or numTopk)";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace moefabric::moe

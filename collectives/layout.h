@@ -1,0 +1,83 @@
+// The buffer layout of one ncclMoe comm: record and region sizes, every offset a peer may write
+// to, and the expert -> rank map. Shared by the allocator, the proxy, the host backend and the
+// CUDA kernels; pure arithmetic, unit-tested on the CPU.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define MF_HD __host__ __device__
+#else
+#define MF_HD
+#endif
+
+namespace moefabric::moe {
+
+MF_HD constexpr size_t round_up(size_t v, size_t a) { return a == 0 ? v : (v + a - 1) / a * a; }
+
+inline constexpr uint32_t kHeaderMagic = 0x4d664448u;  // "MfDH"
+inline constexpr int kMaxTopk = 16;
+inline constexpr int kMaxRanks = 4096;                  // 12 bits of the immediate
+
+// What travels in front of each peer's private region (one per source at the receiver).
+struct DispatchHeader {
+  uint32_t magic;
+  uint32_t seq;          // full op sequence number
+  uint32_t src_rank;
+  uint32_t ntokens;      // tokens packed for this destination
+  uint32_t nprivate;     // min(ntokens, maxPrivateTokens): records in this write
+  uint32_t npairs;       // (token, k) pairs the destination holds = combine rows it returns
+  uint32_t combine_base; // row offset of those returns in the source's combine region
+  uint32_t nlocal;       // destination's local expert count (cross-check)
+  // followed by uint32_t counts[nlocal]: pairs per local expert of the destination
+};
+
+// One packed token: [int32 src_token, int32 topk[K], pad to 16][x: H*elt][scales: H/sb*4, pad 16]
+struct Layout {
+  int nranks = 0, rank = 0;
+  int experts = 0, topk = 0, hidden = 0, max_tokens = 0;
+  int elt_bytes = 2;           // dispatch element size (bf16 2, fp8 1)
+  int scale_block = 128;
+  bool scales = false;         // fp8: fp32 scales travel with the token
+  int alignment = 1;
+  int max_private = 0;         // P, clamped to max_tokens
+  int max_local = 0;           // ceil(E / R)
+
+  size_t meta_bytes = 0, x_bytes = 0, scale_bytes = 0, record_bytes = 0;
+  size_t header_bytes = 0;     // DispatchHeader + counts, padded to 64
+  size_t private_bytes = 0;    // header + P records: one per source
+  size_t overflow_records = 0; // shared overflow capacity (records)
+  size_t y_row_bytes = 0;      // combine row (bf16 H)
+  size_t capacity_rows = 0;    // recvX / expertY rows (worst case)
+  size_t combine_rows = 0;     // combine region rows at the home rank: max_tokens * K
+  size_t ctrl_slot_bytes = 32; // per peer: grant (16) + scratch for empty writes / barrier (16)
+
+  // regions a peer writes into (offsets inside the one registered receive block)
+  size_t off_private = 0, off_overflow = 0, off_combine = 0, off_ctrl = 0, recv_block_bytes = 0;
+  // send side (registered too): per destination header + max_tokens records; combine staging
+  size_t send_stride = 0, off_send = 0, off_csend = 0, off_grant_out = 0, send_block_bytes = 0;
+
+  MF_HD int first_expert(int r) const {
+    return static_cast<int>(static_cast<int64_t>(r) * experts / nranks);
+  }
+  MF_HD int local_count(int r) const { return first_expert(r + 1) - first_expert(r); }
+  MF_HD int owner(int e) const {
+    // largest r with first_expert(r) <= e
+    int r = static_cast<int>((static_cast<int64_t>(e + 1) * nranks + experts - 1) / experts) - 1;
+    return r;
+  }
+  MF_HD size_t private_offset(int src) const { return off_private + private_bytes * src; }
+  MF_HD size_t overflow_offset(size_t rec) const { return off_overflow + record_bytes * rec; }
+  MF_HD size_t combine_offset(size_t row) const { return off_combine + y_row_bytes * row; }
+  MF_HD size_t ctrl_offset(int src) const { return off_ctrl + ctrl_slot_bytes * src; }
+  MF_HD size_t send_offset(int dst) const { return off_send + send_stride * dst; }
+};
+
+// Fills every derived field from the resolved configuration. Returns false (with *why) when the
+// sizes overflow what one registration or the 32-bit wire fields can carry.
+bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden,
+                 int max_tokens, int elt_bytes, bool scales, int scale_block, int alignment,
+                 int max_private, const char** why);
+
+}  // namespace moefabric::moe

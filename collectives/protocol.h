@@ -1,0 +1,55 @@
+// What the MoE protocol puts on the wire besides token rows: the 32-bit immediate of every write
+// and the checks applied to a peer's dispatch header and token records before they are used.
+// The format is documented in docs/moe-protocol.md; the parsers are fuzzed in tests/unit.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "collectives/layout.h"
+
+namespace moefabric::moe {
+
+// Kinds of writes (3 bits of the immediate).
+enum class WriteKind : uint32_t {
+  kDispatchPrivate = 0,  // header + first nprivate records into the source's private region
+  kDispatchRest = 1,     // remaining records into the granted overflow range
+  kGrant = 2,            // receiver -> sender: overflow offset for this op
+  kCombine = 3,          // expert outputs back to the home rank (or an empty marker)
+  kBarrier = 4,          // destroy: no more writes from this peer
+};
+inline constexpr int kNumKinds = 5;
+const char* kind_name(WriteKind k);
+
+// imm = kind:3 | seq:17 | src:12 (MSB to LSB).
+inline constexpr uint32_t kSeqBits = 17;
+inline constexpr uint32_t kSeqMask = (1u << kSeqBits) - 1;
+
+constexpr uint32_t imm_encode(WriteKind kind, uint64_t seq, int src) {
+  return (static_cast<uint32_t>(kind) << 29) | ((static_cast<uint32_t>(seq) & kSeqMask) << 12) |
+         (static_cast<uint32_t>(src) & 0xfffu);
+}
+
+struct ImmFields {
+  WriteKind kind;
+  uint64_t seq;  // full sequence number, reconstructed
+  int src;
+};
+
+// Decodes `imm` relative to the local op counter `cur` (peers are at most one op apart, so the
+// full sequence is the one closest to `cur`). False with *why for anything that cannot be ours.
+bool imm_decode(uint32_t imm, uint64_t cur, int nranks, int self, ImmFields* out, std::string* why);
+
+// The grant the receiver writes into the sender's control slot.
+struct Grant {
+  uint64_t seq;
+  uint32_t offset;  // records into the receiver's overflow region
+  uint32_t count;   // records granted (= ntokens - nprivate)
+};
+
+// Checks a dispatch header from `src` for op `seq`. On success the header is safe to use: every
+// size and offset it implies lies inside our regions.
+bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* counts, int src,
+                  uint64_t seq, std::string* why);
+
+}  // namespace moefabric::moe

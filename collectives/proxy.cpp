@@ -1,0 +1,223 @@
+// The host proxy: one thread per comm that owns the RDMA endpoint. It takes doorbells from the
+// caller (or, later, from GPU kernels), posts one write per peer per phase, answers dispatch
+// headers with overflow grants, turns arriving immediates into per-peer arrival sequence numbers
+// the caller waits on, and reports write failures naming the peer.
+#include <pthread.h>
+#include <sched.h>
+
+#include <cstring>
+
+#include "collectives/comm.h"
+#include "plugin/common/log.h"
+
+namespace moefabric::moe {
+namespace {
+constexpr uint64_t cookie_of(int cls, int peer) {
+  return (static_cast<uint64_t>(cls) << 32) | static_cast<uint32_t>(peer);
+}
+}  // namespace
+
+void Comm::proxy_start() {
+  stop_.store(false);
+  proxy_ = std::thread([this] { proxy_loop(); });
+}
+
+void Comm::proxy_stop() {
+  if (!proxy_.joinable()) return;
+  stop_.store(true, std::memory_order_release);
+  proxy_.join();
+}
+
+void Comm::ring(WriteKind kind, uint64_t seq) {
+  std::lock_guard<std::mutex> g(cmd_mu_);
+  cmds_.push_back(Command{kind, seq, Clock::now()});
+  last_ticket_[static_cast<int>(kind)] = ++cmds_rung_;
+}
+
+void Comm::proxy_fail(Status s, const std::string& text) {
+  std::lock_guard<std::mutex> g(err_mu_);
+  int expected = 0;
+  if (async_status_.compare_exchange_strong(expected, static_cast<int>(s))) {
+    async_text_ = text;
+    MF_WARN("rank %d: %s", me_, text.c_str());
+  }
+}
+
+void Comm::post(int peer, int cls, const void* src, size_t len, uint64_t remote_off,
+                WriteKind kind, uint64_t seq) {
+  std::string err;
+  outstanding_[cls].fetch_add(1, std::memory_order_relaxed);
+  Status s = ep_->write(peers_[peer].addr, src, len, send_mr_->desc,
+                        peers_[peer].recv_base + remote_off, peers_[peer].recv_key,
+                        imm_encode(kind, seq, me_), cookie_of(cls, peer), &err,
+                        kind == WriteKind::kBarrier);
+  if (s != Status::kOk) {
+    outstanding_[cls].fetch_sub(1, std::memory_order_release);
+    proxy_fail(Status::kRemoteError, std::string("proxy: posting ") + kind_name(kind) +
+                                         " write to rank " + std::to_string(peer) + " failed: " + err);
+  }
+}
+
+void Comm::proxy_execute(const Command& c) {
+  uint8_t* send = send_block_.get();
+  auto dummy = [&](int peer, WriteKind kind) {
+    // A 16-byte marker into our scratch slot at the peer: the immediate is the message.
+    post(peer, static_cast<int>(kind), send + l_.off_grant_out + l_.ctrl_slot_bytes * peer + 16, 16,
+         l_.ctrl_offset(me_) + 16, kind, c.seq);
+  };
+  switch (c.kind) {
+    case WriteKind::kDispatchPrivate: {
+      for (int i = 1; i < R_; ++i) {
+        int d = (me_ + i) % R_;
+        const auto* h = reinterpret_cast<const DispatchHeader*>(send + l_.send_offset(d));
+        post(d, static_cast<int>(c.kind), h, l_.header_bytes + l_.record_bytes * h->nprivate,
+             l_.private_offset(me_), c.kind, c.seq);
+      }
+      post_ns_.store(static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.rung).count()));
+      break;
+    }
+    case WriteKind::kCombine: {
+      for (int i = 1; i < R_; ++i) {
+        int h = (me_ + i) % R_;
+        uint32_t rows = src_pairs_[h];
+        if (rows == 0) {
+          dummy(h, c.kind);
+          continue;
+        }
+        post(h, static_cast<int>(c.kind), send + l_.off_csend + l_.y_row_bytes * src_pair_start_[h],
+             l_.y_row_bytes * rows, l_.combine_offset(src_combine_base_[h]), c.kind, c.seq);
+      }
+      combine_post_ns_.store(static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.rung).count()));
+      break;
+    }
+    case WriteKind::kBarrier:
+      for (int i = 1; i < R_; ++i) dummy((me_ + i) % R_, c.kind);
+      break;
+    default:
+      break;
+  }
+}
+
+void Comm::on_remote_write(uint32_t imm) {
+  ImmFields f{};
+  std::string why;
+  if (!imm_decode(imm, cur_seq_.load(std::memory_order_acquire), R_, me_, &f, &why)) {
+    proxy_fail(Status::kRemoteError, "proxy: rejected an incoming write (imm 0x" +
+                                         [&] { char b[16]; snprintf(b, sizeof b, "%08x", imm); return std::string(b); }() +
+                                         "): " + why);
+    return;
+  }
+  MF_TRACE(log::kProxy, "rank %d: %s write from rank %d, seq %llu", me_, kind_name(f.kind), f.src,
+           static_cast<unsigned long long>(f.seq));
+  uint8_t* recv = recv_block_.get();
+  uint8_t* send = send_block_.get();
+  switch (f.kind) {
+    case WriteKind::kDispatchPrivate: {
+      const auto* h = reinterpret_cast<const DispatchHeader*>(recv + l_.private_offset(f.src));
+      const auto* counts = reinterpret_cast<const uint32_t*>(h + 1);
+      if (!header_check(l_, *h, counts, f.src, f.seq, &why)) {
+        proxy_fail(Status::kRemoteError, "dispatch: rank " + std::to_string(f.src) + " sent a " + why);
+        return;
+      }
+      if (h->ntokens > h->nprivate) {
+        if (grant_seq_ != f.seq) {
+          grant_seq_ = f.seq;
+          grant_bump_ = 0;
+          grants_sent_.store(0, std::memory_order_relaxed);
+        }
+        uint32_t count = h->ntokens - h->nprivate;
+        if (static_cast<uint64_t>(grant_bump_) + count > l_.overflow_records) {
+          proxy_fail(Status::kInternalError, "dispatch: overflow region exhausted granting rank " +
+                                                 std::to_string(f.src));
+          return;
+        }
+        overflow_off_[f.src].store(grant_bump_, std::memory_order_relaxed);
+        auto* g = reinterpret_cast<Grant*>(send + l_.off_grant_out + l_.ctrl_slot_bytes * f.src);
+        *g = Grant{f.seq, grant_bump_, count};
+        grant_bump_ += count;
+        grants_sent_.fetch_add(1, std::memory_order_relaxed);
+        post(f.src, static_cast<int>(WriteKind::kGrant), g, sizeof(Grant), l_.ctrl_offset(me_),
+             WriteKind::kGrant, f.seq);
+      }
+      break;
+    }
+    case WriteKind::kGrant: {
+      const auto* g = reinterpret_cast<const Grant*>(recv + l_.ctrl_offset(f.src));
+      const auto* h = reinterpret_cast<const DispatchHeader*>(send + l_.send_offset(f.src));
+      if (g->seq != f.seq || h->seq != static_cast<uint32_t>(f.seq) || g->count != h->ntokens - h->nprivate ||
+          h->ntokens <= h->nprivate ||
+          static_cast<uint64_t>(g->offset) + g->count > l_.overflow_records) {
+        proxy_fail(Status::kRemoteError,
+                   "dispatch: rank " + std::to_string(f.src) + " sent a malformed grant (seq " +
+                       std::to_string(g->seq) + ", offset " + std::to_string(g->offset) + ", count " +
+                       std::to_string(g->count) + ")");
+        return;
+      }
+      rest_writes_.fetch_add(1, std::memory_order_relaxed);
+      post(f.src, static_cast<int>(WriteKind::kDispatchRest),
+           send + l_.send_offset(f.src) + l_.header_bytes + l_.record_bytes * h->nprivate,
+           l_.record_bytes * g->count, l_.overflow_offset(g->offset), WriteKind::kDispatchRest, f.seq);
+      break;
+    }
+    default:
+      break;
+  }
+  arrivals_.seq[static_cast<int>(f.kind)][f.src].store(f.seq, std::memory_order_release);
+}
+
+void Comm::on_write_done(uint64_t cookie, Status s, const char* text) {
+  int cls = static_cast<int>(cookie >> 32);
+  int peer = static_cast<int>(cookie & 0xffffffffu);
+  outstanding_[cls].fetch_sub(1, std::memory_order_release);
+  MF_TRACE(log::kProxy, "rank %d: %s write to rank %d done (%s)", me_,
+           kind_name(static_cast<WriteKind>(cls)), peer, status_name(s));
+  if (s != Status::kOk && !stop_.load(std::memory_order_relaxed))
+    proxy_fail(Status::kRemoteError, std::string(kind_name(static_cast<WriteKind>(cls))) +
+                                         ": write to rank " + std::to_string(peer) +
+                                         " failed (peer lost?): " + (text ? text : ""));
+}
+
+void Comm::proxy_loop() {
+  if (params_.proxy_cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(static_cast<int>(params_.proxy_cpu), &set);
+    if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0)
+      MF_WARN("rank %d: could not pin the proxy to CPU %lld", me_,
+              static_cast<long long>(params_.proxy_cpu));
+  }
+  const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
+  std::deque<Command> local;
+  auto last_work = Clock::now();
+  uint64_t events = 0;
+  while (!stop_.load(std::memory_order_acquire)) {
+    {
+      std::lock_guard<std::mutex> g(cmd_mu_);
+      local.swap(cmds_);
+    }
+    bool work = !local.empty();
+    for (const Command& c : local) {
+      proxy_execute(c);
+      cmds_done_.fetch_add(1, std::memory_order_release);
+    }
+    local.clear();
+    uint64_t before = ep_->stats().remote_writes + ep_->writes_in_flight();
+    std::string err;
+    if (ep_->poll(this, &err) != Status::kOk) proxy_fail(Status::kSystemError, "proxy: " + err);
+    uint64_t after = ep_->stats().remote_writes + ep_->writes_in_flight();
+    work |= after != before || ep_->writes_in_flight() > 0;
+    ++events;
+    auto now = Clock::now();
+    if (work) {
+      last_work = now;
+    } else if (now - last_work > spin) {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    } else if ((events & 63) == 0) {
+      sched_yield();
+    }
+  }
+}
+
+}  // namespace moefabric::moe

@@ -1,0 +1,275 @@
+#include "plugin/fabric/rma.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <rdma/fi_cm.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_rma.h>
+
+#include "plugin/common/log.h"
+
+namespace moefabric::fabric {
+namespace {
+constexpr int kRxBuffers = 64;
+constexpr size_t kRxBufferBytes = 64;
+}  // namespace
+
+Status RmaEndpoint::open(const Params& params, int nic_index, std::unique_ptr<RmaEndpoint>* out,
+                         std::string* error) {
+  Params p = params;
+  if (p.protocol == "tagged") p.protocol = "auto";  // one-sided protocol: RMA or nothing
+  std::vector<NicInfo> nics;
+  MF_CHECK(nic_discover(p, &nics, error));
+  if (nic_index < 0 || nic_index >= static_cast<int>(nics.size())) {
+    *error = "NIC index " + std::to_string(nic_index) + " out of range (" +
+             std::to_string(nics.size()) + " found)";
+    return Status::kInvalidArgument;
+  }
+  if (!nics[nic_index].rma) {
+    *error = "provider " + nics[nic_index].provider +
+             " has no RMA with 4-byte remote CQ data, which the MoE protocol needs";
+    return Status::kSystemError;
+  }
+  std::unique_ptr<RmaEndpoint> e(new RmaEndpoint());
+  e->params_ = p;
+  e->nic_ = std::move(nics[nic_index]);
+  MF_CHECK(e->init(error));
+  *out = std::move(e);
+  return Status::kOk;
+}
+
+Status RmaEndpoint::init(std::string* error) {
+  fi_info* fi = nic_.info.get();
+  auto fail = [&](const char* what, int rc) {
+    *error = std::string(what) + " on " + nic_.name + ": " + fi_strerror(-rc);
+    return Status::kSystemError;
+  };
+  fid_fabric* fabric = nullptr;
+  int rc = fi_fabric(fi->fabric_attr, &fabric, nullptr);
+  if (rc != 0) return fail("fi_fabric", rc);
+  fabric_.reset(fabric);
+  fid_domain* domain = nullptr;
+  if ((rc = fi_domain(fabric, fi, &domain, nullptr)) != 0) return fail("fi_domain", rc);
+  domain_.reset(domain);
+  fi_av_attr av_attr = {};
+  av_attr.type = FI_AV_TABLE;
+  fid_av* av = nullptr;
+  if ((rc = fi_av_open(domain, &av_attr, &av, nullptr)) != 0) return fail("fi_av_open", rc);
+  av_.reset(av);
+  fi_cq_attr cq_attr = {};
+  cq_attr.format = FI_CQ_FORMAT_DATA;
+  fid_cq* cq = nullptr;
+  if ((rc = fi_cq_open(domain, &cq_attr, &cq, nullptr)) != 0) return fail("fi_cq_open", rc);
+  cq_.reset(cq);
+  fid_ep* ep = nullptr;
+  if ((rc = fi_endpoint(domain, fi, &ep, nullptr)) != 0) return fail("fi_endpoint", rc);
+  ep_.reset(ep);
+  if ((rc = fi_ep_bind(ep, &av->fid, 0)) != 0) return fail("fi_ep_bind(av)", rc);
+  if ((rc = fi_ep_bind(ep, &cq->fid, FI_TRANSMIT | FI_RECV)) != 0) return fail("fi_ep_bind(cq)", rc);
+  if ((rc = fi_enable(ep)) != 0) return fail("fi_enable", rc);
+  addr_len_ = sizeof addr_;
+  if ((rc = fi_getname(&ep->fid, addr_, &addr_len_)) != 0) return fail("fi_getname", rc);
+  max_write_ = fi->ep_attr->max_msg_size > 0 ? fi->ep_attr->max_msg_size : SIZE_MAX;
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  mr_cache_ = std::make_unique<MrCache>(domain, ep, fi->domain_attr->mr_mode, true, page);
+  cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
+  rx_slab_.assign(kRxBuffers * kRxBufferBytes, 0);
+  for (int i = 0; i < kRxBuffers; ++i) {
+    WriteCtx& w = rx_ctx_.emplace_back();
+    w.rx = true;
+    w.rx_index = i;
+    ssize_t r = fi_recv(ep, rx_slab_.data() + kRxBufferBytes * i, kRxBufferBytes, nullptr,
+                        FI_ADDR_UNSPEC, &w.fi);
+    if (r != 0) return fail("fi_recv", static_cast<int>(r));
+  }
+  MF_INFO(log::kInit, "rma endpoint %s: provider %s, max write %zu B, mr_mode 0x%llx",
+          nic_.name.c_str(), nic_.provider.c_str(), max_write_,
+          static_cast<unsigned long long>(fi->domain_attr->mr_mode));
+  return Status::kOk;
+}
+
+RmaEndpoint::~RmaEndpoint() {
+  ep_.reset();  // cancels everything in flight
+  mr_cache_.reset();
+  cq_.reset();
+  av_.reset();
+  domain_.reset();
+  fabric_.reset();
+}
+
+Status RmaEndpoint::insert_peer(const uint8_t* addr, size_t len, fi_addr_t* out,
+                                std::string* error) {
+  (void)len;
+  int n = fi_av_insert(av_.get(), addr, 1, out, 0, nullptr);
+  if (n != 1) {
+    *error = "fi_av_insert failed on " + nic_.name;
+    return Status::kSystemError;
+  }
+  return Status::kOk;
+}
+
+RmaEndpoint::WriteCtx* RmaEndpoint::ctx_alloc() {
+  if (ctx_free_.empty()) return &ctx_pool_.emplace_back();
+  WriteCtx* w = ctx_free_.back();
+  ctx_free_.pop_back();
+  return w;
+}
+
+void RmaEndpoint::ctx_free(WriteCtx* w) { ctx_free_.push_back(w); }
+
+ssize_t RmaEndpoint::post_raw(WriteCtx* w) {
+  if (!w->delivered)
+    return fi_writedata(ep_.get(), w->buf, w->len, w->desc, w->imm, w->peer, w->raddr, w->key, &w->fi);
+  iovec iov{const_cast<void*>(w->buf), w->len};
+  fi_rma_iov riov{w->raddr, w->len, w->key};
+  fi_msg_rma msg{};
+  msg.msg_iov = &iov;
+  msg.desc = &w->desc;
+  msg.iov_count = 1;
+  msg.addr = w->peer;
+  msg.rma_iov = &riov;
+  msg.rma_iov_count = 1;
+  msg.context = &w->fi;
+  msg.data = w->imm;
+  ssize_t rc = fi_writemsg(ep_.get(), &msg, FI_REMOTE_CQ_DATA | FI_COMPLETION | FI_DELIVERY_COMPLETE);
+  if (rc != 0 && rc != -FI_EAGAIN) {
+    // Provider without delivery-complete writes: plain write (the caller lingers instead).
+    w->delivered = false;
+    return fi_writedata(ep_.get(), w->buf, w->len, w->desc, w->imm, w->peer, w->raddr, w->key, &w->fi);
+  }
+  return rc;
+}
+
+Status RmaEndpoint::post(WriteCtx* w, std::string* error) {
+  ssize_t rc = post_raw(w);
+  if (rc == -FI_EAGAIN) {
+    ++stats_.eagain;
+    queued_.push_back(w);
+    return Status::kOk;
+  }
+  if (rc != 0) {
+    *error = std::string("fi_writedata: ") + fi_strerror(static_cast<int>(-rc));
+    return Status::kSystemError;
+  }
+  ++stats_.writes;
+  return Status::kOk;
+}
+
+Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* desc, uint64_t raddr,
+                          uint64_t key, uint32_t imm, uint64_t cookie, std::string* error,
+                          bool delivered) {
+  if (len > max_write_) {
+    *error = "write of " + std::to_string(len) + " B exceeds the provider's limit of " +
+             std::to_string(max_write_) + " B";
+    return Status::kInvalidArgument;
+  }
+  WriteCtx* w = ctx_alloc();
+  *w = WriteCtx{};
+  w->peer = peer;
+  w->buf = buf;
+  w->len = len;
+  w->desc = desc;
+  w->raddr = raddr;
+  w->key = key;
+  w->imm = imm;
+  w->cookie = cookie;
+  w->delivered = delivered;
+  if (!queued_.empty()) {  // keep posting order
+    queued_.push_back(w);
+    ++inflight_;
+    return Status::kOk;
+  }
+  Status s = post(w, error);
+  if (s != Status::kOk) {
+    ctx_free(w);
+    return s;
+  }
+  ++inflight_;
+  return Status::kOk;
+}
+
+Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
+  while (!queued_.empty()) {
+    WriteCtx* w = queued_.front();
+    ssize_t rc = post_raw(w);
+    if (rc == -FI_EAGAIN) break;
+    queued_.pop_front();
+    if (rc != 0) {
+      --inflight_;
+      uint64_t cookie = w->cookie;
+      ctx_free(w);
+      h->on_write_done(cookie, Status::kSystemError, fi_strerror(static_cast<int>(-rc)));
+      continue;
+    }
+    ++stats_.writes;
+  }
+  for (int rounds = 0; rounds < 16; ++rounds) {
+    ssize_t n = fi_cq_read(cq_.get(), cq_buf_.data(), cq_buf_.size());
+    if (n == -FI_EAGAIN) return Status::kOk;
+    if (n == -FI_EAVAIL) {
+      fi_cq_err_entry err = {};
+      ssize_t rc = fi_cq_readerr(cq_.get(), &err, 0);
+      if (rc == -FI_EAGAIN) continue;
+      if (rc < 0) {
+        *error = std::string("fi_cq_readerr: ") + fi_strerror(static_cast<int>(-rc));
+        return Status::kSystemError;
+      }
+      char prov[256] = "";
+      if (err.prov_errno != 0) {
+        const char* t = fi_cq_strerror(cq_.get(), err.prov_errno, err.err_data, prov, sizeof prov);
+        if (t != nullptr && t != prov) snprintf(prov, sizeof prov, "%s", t);
+      }
+      char text[512];
+      snprintf(text, sizeof text, "%s%s%s%s", fi_strerror(err.err), prov[0] ? " (provider: " : "",
+               prov, prov[0] ? ")" : "");
+      auto* w = static_cast<WriteCtx*>(err.op_context);
+      if (w == nullptr) {
+        MF_WARN("%s: incoming operation failed: %s", nic_.name.c_str(), text);
+      } else if (w->rx) {
+        if (err.err != FI_ECANCELED)
+          (void)fi_recv(ep_.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
+                        nullptr, FI_ADDR_UNSPEC, &w->fi);
+      } else {
+        --inflight_;
+        uint64_t cookie = w->cookie;
+        ctx_free(w);
+        h->on_write_done(cookie, Status::kRemoteError, text);
+      }
+      continue;
+    }
+    if (n < 0) {
+      *error = std::string("fi_cq_read: ") + fi_strerror(static_cast<int>(-n));
+      return Status::kSystemError;
+    }
+    for (ssize_t i = 0; i < n; ++i) {
+      const fi_cq_data_entry& e = cq_buf_[i];
+      auto* w = static_cast<WriteCtx*>(e.op_context);
+      if (w != nullptr && w->rx) {
+        if (e.flags & FI_REMOTE_CQ_DATA) {
+          ++stats_.remote_writes;
+          h->on_remote_write(static_cast<uint32_t>(e.data));
+        }
+        (void)fi_recv(ep_.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
+                      nullptr, FI_ADDR_UNSPEC, &w->fi);
+        continue;
+      }
+      if ((e.flags & FI_REMOTE_WRITE) || (w == nullptr && (e.flags & FI_REMOTE_CQ_DATA))) {
+        ++stats_.remote_writes;
+        h->on_remote_write(static_cast<uint32_t>(e.data));
+        continue;
+      }
+      if (w == nullptr) continue;
+      --inflight_;
+      uint64_t cookie = w->cookie;
+      ctx_free(w);
+      h->on_write_done(cookie, Status::kOk, nullptr);
+    }
+    if (n < static_cast<ssize_t>(cq_buf_.size())) return Status::kOk;
+  }
+  return Status::kOk;
+}
+
+}  // namespace moefabric::fabric

@@ -1,0 +1,108 @@
+// A bare RDMA-write endpoint for one-sided protocols (the MoE proxy): one NIC's fabric, domain,
+// AV, CQ and endpoint, registrations through the MR cache, fi_writedata with a 32-bit immediate,
+// and completion polling. Single-threaded by design: one owner thread (the proxy) makes every
+// call after setup.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "plugin/common/params.h"
+#include "plugin/common/status.h"
+#include "plugin/fabric/info.h"
+#include "plugin/fabric/mr.h"
+#include "plugin/fabric/resource.h"
+
+namespace moefabric::fabric {
+
+class RmaHandler {
+ public:
+  virtual ~RmaHandler() = default;
+  // An incoming write carrying `imm` has landed completely.
+  virtual void on_remote_write(uint32_t imm) = 0;
+  // A local write finished; `text` is the provider's error text when s != kOk.
+  virtual void on_write_done(uint64_t cookie, Status s, const char* text) = 0;
+};
+
+struct RmaStats {
+  uint64_t writes = 0, eagain = 0, remote_writes = 0;
+};
+
+class RmaEndpoint {
+ public:
+  // Opens the first NIC of the provider MOEFABRIC_PROVIDER / FI_PROVIDER / the default order
+  // selects (`nic_index` picks another one). Requires RMA with 4-byte remote CQ data.
+  static Status open(const Params& params, int nic_index, std::unique_ptr<RmaEndpoint>* out,
+                     std::string* error);
+  ~RmaEndpoint();
+  RmaEndpoint(const RmaEndpoint&) = delete;
+  RmaEndpoint& operator=(const RmaEndpoint&) = delete;
+
+  const NicInfo& nic() const { return nic_; }
+  const uint8_t* addr() const { return addr_; }
+  size_t addr_len() const { return addr_len_; }
+  size_t max_write() const { return max_write_; }
+  MrCache& mr_cache() { return *mr_cache_; }
+  const RmaStats& stats() const { return stats_; }
+
+  Status insert_peer(const uint8_t* addr, size_t len, fi_addr_t* out, std::string* error);
+  // Posts one fi_writedata. -FI_EAGAIN is queued and retried by poll(); other failures return
+  // kSystemError with *error set.
+  // `delivered`: complete only once the target has processed the write (FI_DELIVERY_COMPLETE),
+  // for the last write before an endpoint closes.
+  Status write(fi_addr_t peer, const void* buf, size_t len, void* desc, uint64_t raddr,
+               uint64_t key, uint32_t imm, uint64_t cookie, std::string* error,
+               bool delivered = false);
+  // Reposts queued writes, drains the CQ into `h`. Returns kSystemError only when the CQ itself
+  // fails; per-operation errors go to on_write_done.
+  Status poll(RmaHandler* h, std::string* error);
+  size_t writes_in_flight() const { return inflight_; }
+
+  static constexpr size_t kMaxAddrLen = 64;
+
+ private:
+  struct WriteCtx {
+    fi_context2 fi;  // must stay first
+    bool rx = false;
+    int rx_index = 0;
+    fi_addr_t peer = FI_ADDR_UNSPEC;
+    const void* buf = nullptr;
+    size_t len = 0;
+    void* desc = nullptr;
+    uint64_t raddr = 0, key = 0, cookie = 0;
+    uint32_t imm = 0;
+    bool delivered = false;
+  };
+  RmaEndpoint() = default;
+  Status init(std::string* error);
+  Status post(WriteCtx* w, std::string* error);
+  ssize_t post_raw(WriteCtx* w);
+  WriteCtx* ctx_alloc();
+  void ctx_free(WriteCtx* w);
+
+  Params params_;
+  NicInfo nic_;
+  FabricPtr fabric_;
+  DomainPtr domain_;
+  AvPtr av_;
+  CqPtr cq_;
+  EpPtr ep_;
+  std::unique_ptr<MrCache> mr_cache_;
+  uint8_t addr_[kMaxAddrLen] = {};
+  size_t addr_len_ = 0;
+  size_t max_write_ = 0;
+  // Receives some providers (tcp;ofi_rxm) consume for each incoming immediate.
+  std::vector<uint8_t> rx_slab_;
+  std::deque<WriteCtx> rx_ctx_;
+  std::deque<WriteCtx> ctx_pool_;  // stable addresses
+  std::vector<WriteCtx*> ctx_free_;
+  std::deque<WriteCtx*> queued_;   // refused with -FI_EAGAIN, oldest first
+  std::vector<fi_cq_data_entry> cq_buf_;
+  size_t inflight_ = 0;
+  RmaStats stats_;
+};
+
+}  // namespace moefabric::fabric
