@@ -2,7 +2,9 @@
 // allgather, buffers and registrations, destroy/abort, errors and bounded waits.
 #include "collectives/comm.h"
 
+#include <linux/futex.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -107,14 +109,8 @@ const char* config_diff(const ResolvedConfig& a, const ResolvedConfig& b) {
   return nullptr;
 }
 
-// Waiting: spin briefly, then yield, then nap, so that long waits do not burn a core.
-void backoff(uint64_t spin, Clock::time_point start) {
-  if (spin < 2000) return;
-  if ((spin & 63) == 0 && Clock::now() - start > std::chrono::milliseconds(5))
-    usleep(50);
-  else
-    sched_yield();
-}
+// Waiting callers spin this long, then sleep on the proxy's futex word (woken on every event).
+constexpr auto kCallerSpin = std::chrono::microseconds(50);
 
 Block block_alloc(size_t bytes) {
   void* p = std::aligned_alloc(4096, bytes);
@@ -316,12 +312,22 @@ Status Comm::check_usable() {
   return Status::kOk;
 }
 
+void Comm::sleep_for_event(uint32_t seen) {
+  timespec ts{0, 1000000};  // 1 ms: deadlines stay checked even without events
+  waiters_.fetch_add(1, std::memory_order_seq_cst);
+  if (wake_seq_.load(std::memory_order_seq_cst) == seen)
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&wake_seq_), FUTEX_WAIT_PRIVATE, seen, &ts,
+            nullptr, 0);
+  waiters_.fetch_sub(1, std::memory_order_seq_cst);
+}
+
 Status Comm::wait_arrivals(WriteKind kind, uint64_t seq, const char* phase,
                            const std::vector<bool>* only) {
   const auto& arr = arrivals_.seq[static_cast<int>(kind)];
   const auto start = Clock::now();
   auto deadline = start + std::chrono::milliseconds(cfg_.timeout_ms);
   for (uint64_t spin = 0;; ++spin) {
+    const uint32_t seen = wake_seq_.load(std::memory_order_acquire);
     bool all = true;
     for (int s = 0; s < R_ && all; ++s)
       if (s != me_ && (only == nullptr || (*only)[s]) && arr[s].load(std::memory_order_acquire) < seq)
@@ -340,7 +346,7 @@ Status Comm::wait_arrivals(WriteKind kind, uint64_t seq, const char* phase,
                   "%s: timed out after %d ms waiting for %s from rank%s %s (peer stalled or lost)",
                   phase, cfg_.timeout_ms, kind_name(kind), n > 1 ? "s" : "", missing.c_str());
     }
-    backoff(spin, start);
+    if (Clock::now() - start > kCallerSpin) sleep_for_event(seen);
   }
 }
 
@@ -349,16 +355,17 @@ Status Comm::wait_local_writes(int cls, const char* phase) {
   auto deadline = start + std::chrono::milliseconds(cfg_.timeout_ms);
   // Writes posted by a command exist only once the proxy has executed it.
   const uint64_t ticket = last_ticket_[cls];
-  for (uint64_t spin = 0; cmds_done_.load(std::memory_order_acquire) < ticket ||
-                          outstanding_[cls].load(std::memory_order_acquire) > 0;
-       ++spin) {
+  for (uint64_t spin = 0;; ++spin) {
+    const uint32_t seen = wake_seq_.load(std::memory_order_acquire);
+    if (cmds_done_.load(std::memory_order_acquire) >= ticket &&
+        outstanding_[cls].load(std::memory_order_acquire) == 0)
+      return Status::kOk;
     MF_CHECK(check_usable());
     if ((spin & 255) == 255 && Clock::now() > deadline)
       return fail(Status::kRemoteError, "%s: %d local writes still incomplete after %d ms", phase,
                   outstanding_[cls].load(), cfg_.timeout_ms);
-    backoff(spin, start);
+    if (Clock::now() - start > kCallerSpin) sleep_for_event(seen);
   }
-  return Status::kOk;
 }
 
 void Comm::stats(ncclMoeStats_t* s) const {

@@ -93,6 +93,8 @@ class Comm : public fabric::RmaHandler {
   void on_remote_write(uint32_t imm) override;
   void on_write_done(uint64_t cookie, Status s, const char* text) override;
   void proxy_fail(Status s, const std::string& text);
+  void wake_waiters();  // futex-wakes a caller sleeping in a wait when something happened
+  void sleep_for_event(uint32_t seen);
   void post(int peer, int cls, const void* src, size_t len, uint64_t remote_off, WriteKind kind,
             uint64_t seq);
 
@@ -133,6 +135,10 @@ class Comm : public fabric::RmaHandler {
   std::vector<std::atomic<uint32_t>> overflow_off_;  // granted overflow offset per source
   std::atomic<int> outstanding_[kNumKinds] = {};
   std::atomic<int> async_status_{0};
+  std::atomic<bool> proxy_blocked_{false};  // proxy sleeps in the CQ: ring() must signal
+  std::atomic<bool> events_{false};         // proxy saw an arrival/completion since last wake
+  std::atomic<uint32_t> wake_seq_{0};       // futex word callers sleep on
+  std::atomic<int> waiters_{0};
   mutable std::mutex err_mu_;
   std::string async_text_;
   // proxy-private

@@ -2,8 +2,13 @@
 // caller (or, later, from GPU kernels), posts one write per peer per phase, answers dispatch
 // headers with overflow grants, turns arriving immediates into per-peer arrival sequence numbers
 // the caller waits on, and reports write failures naming the peer.
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <climits>
 
 #include <cstring>
 
@@ -25,6 +30,7 @@ void Comm::proxy_start() {
 void Comm::proxy_stop() {
   if (!proxy_.joinable()) return;
   stop_.store(true, std::memory_order_release);
+  ep_->signal();
   proxy_.join();
 }
 
@@ -32,6 +38,15 @@ void Comm::ring(WriteKind kind, uint64_t seq) {
   std::lock_guard<std::mutex> g(cmd_mu_);
   cmds_.push_back(Command{kind, seq, Clock::now()});
   last_ticket_[static_cast<int>(kind)] = ++cmds_rung_;
+  if (proxy_blocked_.load(std::memory_order_seq_cst)) ep_->signal();
+}
+
+void Comm::wake_waiters() {
+  if (!events_.exchange(false, std::memory_order_acq_rel)) return;
+  wake_seq_.fetch_add(1, std::memory_order_release);
+  if (waiters_.load(std::memory_order_seq_cst) > 0)
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&wake_seq_), FUTEX_WAKE_PRIVATE, INT32_MAX,
+            nullptr, nullptr, 0);
 }
 
 void Comm::proxy_fail(Status s, const std::string& text) {
@@ -41,6 +56,7 @@ void Comm::proxy_fail(Status s, const std::string& text) {
     async_text_ = text;
     MF_WARN("rank %d: %s", me_, text.c_str());
   }
+  events_.store(true, std::memory_order_release);
 }
 
 void Comm::post(int peer, int cls, const void* src, size_t len, uint64_t remote_off,
@@ -165,12 +181,14 @@ void Comm::on_remote_write(uint32_t imm) {
       break;
   }
   arrivals_.seq[static_cast<int>(f.kind)][f.src].store(f.seq, std::memory_order_release);
+  events_.store(true, std::memory_order_release);
 }
 
 void Comm::on_write_done(uint64_t cookie, Status s, const char* text) {
   int cls = static_cast<int>(cookie >> 32);
   int peer = static_cast<int>(cookie & 0xffffffffu);
   outstanding_[cls].fetch_sub(1, std::memory_order_release);
+  events_.store(true, std::memory_order_release);
   MF_TRACE(log::kProxy, "rank %d: %s write to rank %d done (%s)", me_,
            kind_name(static_cast<WriteKind>(cls)), peer, status_name(s));
   if (s != Status::kOk && !stop_.load(std::memory_order_relaxed))
@@ -191,7 +209,7 @@ void Comm::proxy_loop() {
   const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
   std::deque<Command> local;
   auto last_work = Clock::now();
-  uint64_t events = 0;
+  uint64_t idle_polls = 0;
   while (!stop_.load(std::memory_order_acquire)) {
     {
       std::lock_guard<std::mutex> g(cmd_mu_);
@@ -201,6 +219,7 @@ void Comm::proxy_loop() {
     for (const Command& c : local) {
       proxy_execute(c);
       cmds_done_.fetch_add(1, std::memory_order_release);
+      events_.store(true, std::memory_order_release);
     }
     local.clear();
     uint64_t before = ep_->stats().remote_writes + ep_->writes_in_flight();
@@ -208,13 +227,24 @@ void Comm::proxy_loop() {
     if (ep_->poll(this, &err) != Status::kOk) proxy_fail(Status::kSystemError, "proxy: " + err);
     uint64_t after = ep_->stats().remote_writes + ep_->writes_in_flight();
     work |= after != before || ep_->writes_in_flight() > 0;
-    ++events;
+    wake_waiters();
     auto now = Clock::now();
     if (work) {
       last_work = now;
     } else if (now - last_work > spin) {
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
-    } else if ((events & 63) == 0) {
+      // Idle: block in the CQ; ring() signals it, so a doorbell never waits for the timeout.
+      proxy_blocked_.store(true, std::memory_order_seq_cst);
+      bool empty;
+      {
+        std::lock_guard<std::mutex> g(cmd_mu_);
+        empty = cmds_.empty();
+      }
+      if (empty && !stop_.load(std::memory_order_acquire) &&
+          ep_->wait(this, 1, &err) != Status::kOk)
+        proxy_fail(Status::kSystemError, "proxy: " + err);
+      proxy_blocked_.store(false, std::memory_order_seq_cst);
+      wake_waiters();
+    } else if ((++idle_polls & 63) == 0) {
       sched_yield();
     }
   }

@@ -41,8 +41,8 @@ namespace moefabric {
     "default ncclMoe timeoutMs: bound on every dispatch/combine/destroy wait, ms")              \
   X(proxy_cpu, "MOEFABRIC_PROXY_CPU", Int, "-1",                                                  \
     "pin the MoE proxy thread to this CPU; -1: leave it to the scheduler")                      \
-  X(proxy_spin_us, "MOEFABRIC_PROXY_SPIN_US", Int, "2000",                                        \
-    "MoE proxy busy-polls this long after the last event before napping 50 us")                 \
+  X(proxy_spin_us, "MOEFABRIC_PROXY_SPIN_US", Int, "200",                                         \
+    "MoE proxy busy-polls this long after the last event, then blocks in the CQ until woken")   \
   X(debug, "MOEFABRIC_DEBUG", Str, "WARN",                                                        \
     "log level outside NCCL: NONE, WARN, INFO, TRACE (inside NCCL use NCCL_DEBUG)")
 

@@ -61,8 +61,13 @@ Status RmaEndpoint::init(std::string* error) {
   av_.reset(av);
   fi_cq_attr cq_attr = {};
   cq_attr.format = FI_CQ_FORMAT_DATA;
+  cq_attr.wait_obj = FI_WAIT_FD;  // lets an idle proxy sleep in fi_cq_sread (epoll, not a spin)
   fid_cq* cq = nullptr;
-  if ((rc = fi_cq_open(domain, &cq_attr, &cq, nullptr)) != 0) return fail("fi_cq_open", rc);
+  if ((rc = fi_cq_open(domain, &cq_attr, &cq, nullptr)) != 0) {
+    cq_attr.wait_obj = FI_WAIT_NONE;
+    if ((rc = fi_cq_open(domain, &cq_attr, &cq, nullptr)) != 0) return fail("fi_cq_open", rc);
+  }
+  can_block_ = cq_attr.wait_obj != FI_WAIT_NONE;
   cq_.reset(cq);
   fid_ep* ep = nullptr;
   if ((rc = fi_endpoint(domain, fi, &ep, nullptr)) != 0) return fail("fi_endpoint", rc);
@@ -85,8 +90,8 @@ Status RmaEndpoint::init(std::string* error) {
                         FI_ADDR_UNSPEC, &w.fi);
     if (r != 0) return fail("fi_recv", static_cast<int>(r));
   }
-  MF_INFO(log::kInit, "rma endpoint %s: provider %s, max write %zu B, mr_mode 0x%llx",
-          nic_.name.c_str(), nic_.provider.c_str(), max_write_,
+  MF_INFO(log::kInit, "rma endpoint %s: provider %s, max write %zu B, blocking CQ %d, mr_mode 0x%llx",
+          nic_.name.c_str(), nic_.provider.c_str(), max_write_, can_block_ ? 1 : 0,
           static_cast<unsigned long long>(fi->domain_attr->mr_mode));
   return Status::kOk;
 }
@@ -191,6 +196,49 @@ Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* des
   return Status::kOk;
 }
 
+void RmaEndpoint::handle_entries(RmaHandler* h, size_t n) {
+for (size_t i = 0; i < n; ++i) {
+    const fi_cq_data_entry& e = cq_buf_[i];
+    // Providers differ in the flags and contexts they report for incoming writes, so only our
+    // own receives (FI_RECV) and our own writes have contexts we trust.
+    auto* w = static_cast<WriteCtx*>(e.op_context);
+    if (e.flags & FI_RECV) {
+      if (e.flags & FI_REMOTE_CQ_DATA) {
+        ++stats_.remote_writes;
+        h->on_remote_write(static_cast<uint32_t>(e.data));
+      }
+      if (w != nullptr)
+        (void)fi_recv(ep_.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
+                      nullptr, FI_ADDR_UNSPEC, &w->fi);
+      continue;
+    }
+    if (e.flags & (FI_REMOTE_WRITE | FI_REMOTE_CQ_DATA)) {
+      ++stats_.remote_writes;
+      h->on_remote_write(static_cast<uint32_t>(e.data));
+      continue;
+    }
+    if (w == nullptr) continue;
+    --inflight_;
+    uint64_t cookie = w->cookie;
+    ctx_free(w);
+    h->on_write_done(cookie, Status::kOk, nullptr);
+  }
+}
+
+Status RmaEndpoint::wait(RmaHandler* h, int timeout_ms, std::string* error) {
+  if (!can_block_ || !queued_.empty()) {
+    usleep(50);
+    return poll(h, error);
+  }
+  ssize_t n = fi_cq_sread(cq_.get(), cq_buf_.data(), cq_buf_.size(), nullptr, timeout_ms);
+  if (n > 0) handle_entries(h, static_cast<size_t>(n));
+  return poll(h, error);  // errors (-FI_EAVAIL) and the rest
+}
+
+void RmaEndpoint::signal() {
+  if (can_block_) (void)fi_cq_signal(cq_.get());
+}
+
 Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
   while (!queued_.empty()) {
     WriteCtx* w = queued_.front();
@@ -244,29 +292,7 @@ Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
       *error = std::string("fi_cq_read: ") + fi_strerror(static_cast<int>(-n));
       return Status::kSystemError;
     }
-    for (ssize_t i = 0; i < n; ++i) {
-      const fi_cq_data_entry& e = cq_buf_[i];
-      auto* w = static_cast<WriteCtx*>(e.op_context);
-      if (w != nullptr && w->rx) {
-        if (e.flags & FI_REMOTE_CQ_DATA) {
-          ++stats_.remote_writes;
-          h->on_remote_write(static_cast<uint32_t>(e.data));
-        }
-        (void)fi_recv(ep_.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
-                      nullptr, FI_ADDR_UNSPEC, &w->fi);
-        continue;
-      }
-      if ((e.flags & FI_REMOTE_WRITE) || (w == nullptr && (e.flags & FI_REMOTE_CQ_DATA))) {
-        ++stats_.remote_writes;
-        h->on_remote_write(static_cast<uint32_t>(e.data));
-        continue;
-      }
-      if (w == nullptr) continue;
-      --inflight_;
-      uint64_t cookie = w->cookie;
-      ctx_free(w);
-      h->on_write_done(cookie, Status::kOk, nullptr);
-    }
+    handle_entries(h, static_cast<size_t>(n));
     if (n < static_cast<ssize_t>(cq_buf_.size())) return Status::kOk;
   }
   return Status::kOk;

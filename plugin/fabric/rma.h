@@ -60,6 +60,10 @@ class RmaEndpoint {
   // fails; per-operation errors go to on_write_done.
   Status poll(RmaHandler* h, std::string* error);
   size_t writes_in_flight() const { return inflight_; }
+  // Blocks up to `timeout_ms` for a completion (fi_cq_sread) when the CQ has a wait object, else
+  // naps 50 us; then polls. signal() wakes a blocked wait from another thread (fi_cq_signal).
+  Status wait(RmaHandler* h, int timeout_ms, std::string* error);
+  void signal();
 
   static constexpr size_t kMaxAddrLen = 64;
 
@@ -80,6 +84,7 @@ class RmaEndpoint {
   Status init(std::string* error);
   Status post(WriteCtx* w, std::string* error);
   ssize_t post_raw(WriteCtx* w);
+  void handle_entries(RmaHandler* h, size_t n);
   WriteCtx* ctx_alloc();
   void ctx_free(WriteCtx* w);
 
@@ -102,6 +107,7 @@ class RmaEndpoint {
   std::deque<WriteCtx*> queued_;   // refused with -FI_EAGAIN, oldest first
   std::vector<fi_cq_data_entry> cq_buf_;
   size_t inflight_ = 0;
+  bool can_block_ = false;
   RmaStats stats_;
 };
 
