@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: build, then sweep the NCCL net plugin between two local
-# processes over loopback libfabric (tcp bound to lo, then shm) against a raw-libfabric baseline.
+# The main job on a fresh machine: build, then
+#  1. a 4-rank ncclMoe dispatch/combine sweep on the host backend over loopback libfabric (tcp on
+#     lo), results checked against the reference, launched with moefabric-run;
+#  2. the NCCL net plugin swept between two local processes (tcp on lo, then shm) against a
+#     raw-libfabric baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh
 [ -f build/build.ninja ] || meson setup build --buildtype=release >/dev/null
 ninja -C build >/dev/null
 max=${MAX_BYTES:-64M}
+echo "== moefabric-moe-perf: 4 ranks, host backend, provider tcp on lo =="
+MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo build/perf/moefabric-run -n 4 \
+  build/perf/moefabric-moe-perf --check --tokens 1,8,32,128 --hidden 2048 --topk 8 --experts 64 \
+  --dtype fp8,bf16 --iters 50
+echo
 echo "== moefabric-net-perf: provider tcp on lo =="
 MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo build/perf/moefabric-net-perf -e "$max" "$@"
 echo

@@ -1,10 +1,14 @@
 #!/bin/sh
-# The plugin exports exactly NCCL's plugin tables: nothing else leaks (C++ symbols, libfabric
-# wrappers) that could clash with the host application.
+# Shipped libraries export exactly their public API: nothing else leaks (C++ symbols, libfabric
+# wrappers) that could clash with the host application. $2: "moe" for libmoefabric, else the plugin.
 set -eu
 lib=$1
 got=$(nm -D --defined-only "$lib" | awk '{print $3}' | grep -v '^_init$\|^_fini$' | sort | tr '\n' ' ')
-want="ncclNetPlugin_v10 ncclNetPlugin_v11 ncclNetPlugin_v8 ncclNetPlugin_v9 "
+if [ "${2:-plugin}" = moe ]; then
+  want="ncclMoeCombine ncclMoeCombineRecv ncclMoeCombineSend ncclMoeCommAbort ncclMoeCommDestroy ncclMoeCommGetAsyncError ncclMoeCommInit ncclMoeCommInitAllGather ncclMoeDispatch ncclMoeDispatchRecv ncclMoeDispatchSend ncclMoeGetLastError ncclMoeGetLocalExperts ncclMoeGetRecvCapacity ncclMoeGetStats "
+else
+  want="ncclNetPlugin_v10 ncclNetPlugin_v11 ncclNetPlugin_v8 ncclNetPlugin_v9 "
+fi
 if [ "$got" != "$want" ]; then
   echo "exported symbols differ:"; echo " got:  $got"; echo " want: $want"; exit 1
 fi

@@ -1,0 +1,168 @@
+// The MoE buffer layout and the parsers applied to what peers send: immediates and dispatch
+// headers. The fuzz loops feed random and mutated inputs; nothing may be accepted that implies
+// an offset outside our regions.
+#include <catch2/catch.hpp>
+
+#include <random>
+
+#include "collectives/layout.h"
+#include "collectives/numeric.h"
+#include "collectives/protocol.h"
+
+using namespace moefabric::moe;
+
+namespace {
+Layout make(int R, int me, int E, int K, int H, int T, bool fp8, int P, int align = 1) {
+  Layout l;
+  const char* why = nullptr;
+  REQUIRE(layout_init(&l, R, me, E, K, H, T, fp8 ? 1 : 2, fp8, 128, align, P, &why));
+  return l;
+}
+}  // namespace
+
+TEST_CASE("moe layout: expert ownership, record sizes, disjoint regions", "[moe][layout]") {
+  for (int R : {1, 2, 3, 7, 8, 64})
+    for (int E : {R, R + 1, 13, 256, 1023, 1024}) {
+      if (E < R) continue;
+      Layout l = make(R, R - 1, E, 8, 7168, 128, true, 16);
+      int covered = 0;
+      for (int r = 0; r < R; ++r) {
+        REQUIRE(l.first_expert(r) == static_cast<int>(static_cast<int64_t>(r) * E / R));
+        covered += l.local_count(r);
+        for (int e = l.first_expert(r); e < l.first_expert(r + 1); ++e) REQUIRE(l.owner(e) == r);
+        REQUIRE(l.local_count(r) <= l.max_local);
+      }
+      REQUIRE(covered == E);
+    }
+  Layout l = make(4, 1, 256, 8, 7168, 128, true, 16, 4);
+  REQUIRE(l.x_bytes == 7168);
+  REQUIRE(l.scale_bytes == 56 * 4);
+  REQUIRE(l.record_bytes == 48 + 7168 + 224);
+  REQUIRE(l.record_bytes % 16 == 0);
+  REQUIRE(l.header_bytes % 64 == 0);
+  REQUIRE(l.header_bytes >= sizeof(DispatchHeader) + 4 * 64);
+  // receive block: private < overflow < combine < ctrl, all inside the block
+  REQUIRE(l.private_offset(3) + l.private_bytes <= l.off_overflow);
+  REQUIRE(l.overflow_offset(l.overflow_records) <= l.off_combine);
+  REQUIRE(l.combine_offset(l.combine_rows) <= l.off_ctrl);
+  REQUIRE(l.ctrl_offset(3) + l.ctrl_slot_bytes <= l.recv_block_bytes);
+  REQUIRE(l.send_offset(3) + l.send_stride <= l.off_csend);
+  REQUIRE(l.off_csend + l.y_row_bytes * l.capacity_rows <= l.off_grant_out);
+  // worst case: every token of every rank picks one of our experts in all K slots
+  REQUIRE(l.capacity_rows == 4u * 128 * 8 + 64 * 3);
+  REQUIRE(l.overflow_records == 3u * (128 - 16));
+  // bf16: no scales
+  Layout b = make(2, 0, 8, 2, 64, 16, false, 4);
+  REQUIRE(b.scale_bytes == 0);
+  REQUIRE(b.record_bytes == 16 + 128);
+  // private tokens clamp to maxTokensPerRank
+  REQUIRE(make(2, 0, 8, 2, 64, 16, false, 1000).max_private == 16);
+}
+
+TEST_CASE("moe immediates: round trip and rejection", "[moe][wire]") {
+  for (uint64_t cur : {0ull, 1ull, 5ull, 131071ull, 131072ull, 131073ull, 1000000ull})
+    for (uint64_t seq : {cur, cur + 1, cur > 0 ? cur - 1 : cur})
+      for (int k = 0; k < kNumKinds; ++k) {
+        if (seq == 0) continue;
+        ImmFields f{};
+        std::string why;
+        uint32_t imm = imm_encode(static_cast<WriteKind>(k), seq, 3);
+        REQUIRE(imm_decode(imm, cur, 8, 0, &f, &why));
+        REQUIRE(f.seq == seq);
+        REQUIRE(f.src == 3);
+        REQUIRE(static_cast<int>(f.kind) == k);
+      }
+  ImmFields f{};
+  std::string why;
+  REQUIRE_FALSE(imm_decode(imm_encode(WriteKind::kCombine, 5, 8), 5, 8, 0, &f, &why));  // rank 8 of 8
+  REQUIRE(why.find("source rank 8") != std::string::npos);
+  REQUIRE_FALSE(imm_decode(imm_encode(WriteKind::kCombine, 5, 2), 5, 8, 2, &f, &why));  // from self
+  REQUIRE_FALSE(imm_decode(imm_encode(WriteKind::kCombine, 9, 1), 5, 8, 0, &f, &why));  // stale/future
+  REQUIRE(why.find("not within one op") != std::string::npos);
+  REQUIRE_FALSE(imm_decode(7u << 29, 5, 8, 0, &f, &why));  // unknown kind
+  // fuzz: whatever is accepted names a real peer and a sequence within one op
+  std::mt19937 rng(1);
+  int accepted = 0;
+  for (int i = 0; i < 200000; ++i) {
+    uint64_t cur = rng() % 1000000;
+    // near-valid immediates with random kinds, sources and one-op offsets, plus random bit flips
+    uint32_t imm = imm_encode(static_cast<WriteKind>(rng() % 8), cur + rng() % 5 - 2, static_cast<int>(rng() % 32));
+    if (rng() % 2) imm ^= 1u << (rng() % 32);
+    if (imm_decode(imm, cur, 16, 4, &f, &why)) {
+      ++accepted;
+      REQUIRE(f.src >= 0);
+      REQUIRE(f.src < 16);
+      REQUIRE(f.src != 4);
+      REQUIRE(f.seq + 1 >= cur);
+      REQUIRE(f.seq <= cur + 1);
+    }
+  }
+  REQUIRE(accepted > 0);
+}
+
+TEST_CASE("moe dispatch header: checks and fuzz", "[moe][wire]") {
+  Layout l = make(4, 2, 16, 4, 64, 32, false, 8);
+  struct Msg {
+    DispatchHeader h;
+    uint32_t counts[64];
+  } m{};
+  auto valid = [&] {
+    m = Msg{};
+    m.h = DispatchHeader{kHeaderMagic, 7, 1, 20, 8, 30, 90, 4};
+    m.counts[0] = 10, m.counts[1] = 20;
+  };
+  std::string why;
+  valid();
+  REQUIRE(header_check(l, m.h, m.counts, 1, 7, &why));
+  struct Mut { const char* needle; void (*f)(Msg&); };
+  const Mut muts[] = {
+      {"magic", [](Msg& x) { x.h.magic ^= 1; }},
+      {"sequence", [](Msg& x) { x.h.seq = 8; }},
+      {"claims source", [](Msg& x) { x.h.src_rank = 2; }},
+      {"maxTokensPerRank", [](Msg& x) { x.h.ntokens = 33; }},
+      {"nprivate", [](Msg& x) { x.h.nprivate = 9; }},
+      {"expert count", [](Msg& x) { x.h.nlocal = 5; }},
+      {"pairs than tokens", [](Msg& x) { x.h.npairs = 81; }},
+      {"combine range", [](Msg& x) { x.h.combine_base = 32 * 4 - 10; }},
+      {"sum to", [](Msg& x) { x.counts[3] = 1; }},
+  };
+  for (const Mut& mu : muts) {
+    INFO(mu.needle);
+    valid();
+    mu.f(m);
+    REQUIRE_FALSE(header_check(l, m.h, m.counts, 1, 7, &why));
+    REQUIRE(why.find(mu.needle) != std::string::npos);
+  }
+  // fuzz: random bit flips; an accepted header must keep every derived range inside our regions
+  std::mt19937 rng(2);
+  for (int i = 0; i < 100000; ++i) {
+    valid();
+    auto* bytes = reinterpret_cast<uint8_t*>(&m);
+    for (int f = 0; f < 1 + static_cast<int>(rng() % 3); ++f)
+      bytes[rng() % (sizeof(DispatchHeader) + 16)] ^= static_cast<uint8_t>(1u << (rng() % 8));
+    if (!header_check(l, m.h, m.counts, 1, 7, &why)) continue;
+    REQUIRE(m.h.ntokens <= 32u);
+    REQUIRE(m.h.nprivate <= m.h.ntokens);
+    REQUIRE(l.private_offset(1) + l.header_bytes + l.record_bytes * m.h.nprivate <=
+            l.private_offset(2));
+    REQUIRE(static_cast<uint64_t>(m.h.combine_base) + m.h.npairs <= l.combine_rows);
+  }
+}
+
+TEST_CASE("moe numerics: bf16 rounding and the combine order", "[moe][numeric]") {
+  REQUIRE(float_to_bf16(1.0f) == 0x3f80);
+  REQUIRE(float_to_bf16(bf16_to_float(0x1234)) == 0x1234);
+  // ties to even: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7
+  REQUIRE(float_to_bf16(1.0f + 0.00390625f) == 0x3f80);
+  REQUIRE(float_to_bf16(1.0f + 3 * 0.00390625f) == 0x3f82);
+  REQUIRE((float_to_bf16(std::nanf("")) & 0x7fc0) == 0x7fc0);
+  // fmaf in k order, one rounding per step (differs from sum-then-round for these values)
+  uint16_t r0[1] = {float_to_bf16(1.0f)}, r1[1] = {float_to_bf16(1e-8f)};
+  const uint16_t* rows[2] = {r0, r1};
+  float w[2] = {1.0f, 1.0f};
+  uint16_t out[1];
+  combine_row(out, rows, w, 2, 1);
+  REQUIRE(out[0] == float_to_bf16(std::fmaf(1.0f, bf16_to_float(r1[0]), 1.0f)));
+  combine_row(out, rows, w, 0, 1);
+  REQUIRE(out[0] == 0);
+}
