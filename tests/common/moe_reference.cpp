@@ -199,15 +199,15 @@ bool gather_inputs(void* oob_ptr, const Shape& s, const RankInput& mine, std::ve
   });
   ok = ok && gather(mine.scales.data(), s.nscale() * 4, mine.scales.size() * 4, [&](int r, const uint8_t* p) {
     (*all)[r].scales.resize(s.nscale() * Ts[r]);
-    std::memcpy((*all)[r].scales.data(), p, (*all)[r].scales.size() * 4);
+    if (!(*all)[r].scales.empty()) std::memcpy((*all)[r].scales.data(), p, (*all)[r].scales.size() * 4);
   });
   ok = ok && gather(mine.idx.data(), s.topk * 4, mine.idx.size() * 4, [&](int r, const uint8_t* p) {
     (*all)[r].idx.resize(static_cast<size_t>(s.topk) * Ts[r]);
-    std::memcpy((*all)[r].idx.data(), p, (*all)[r].idx.size() * 4);
+    if (!(*all)[r].idx.empty()) std::memcpy((*all)[r].idx.data(), p, (*all)[r].idx.size() * 4);
   });
   ok = ok && gather(mine.w.data(), s.topk * 4, mine.w.size() * 4, [&](int r, const uint8_t* p) {
     (*all)[r].w.resize(static_cast<size_t>(s.topk) * Ts[r]);
-    std::memcpy((*all)[r].w.data(), p, (*all)[r].w.size() * 4);
+    if (!(*all)[r].w.empty()) std::memcpy((*all)[r].w.data(), p, (*all)[r].w.size() * 4);
   });
   return ok;
 }
