@@ -169,14 +169,13 @@ Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
       return Status::kInvalidUsage;
     }
   }
-  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, true, error));
+  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error));
   *out = std::move(c);
   return Status::kOk;
 }
 
 Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                   const ResolvedConfig& rc, bool valid, std::string* error) {
-  (void)valid;
+                   const ResolvedConfig& rc, std::string* error) {
   cfg_ = rc;
   R_ = nranks;
   me_ = rank;

@@ -76,7 +76,7 @@ class Comm : public fabric::RmaHandler {
  private:
   Comm() = default;
   Status setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-               bool valid, std::string* error);
+               std::string* error);
   Status check_usable();
 
   // proxy (proxy.cpp)
@@ -146,7 +146,7 @@ class Comm : public fabric::RmaHandler {
   uint32_t grant_bump_ = 0;
   // stats written by the proxy
   std::atomic<uint64_t> post_ns_{0}, combine_post_ns_{0};
-  std::atomic<uint32_t> grants_sent_{0}, rest_writes_{0};
+  std::atomic<uint32_t> grants_sent_{0};
 
   // the op in flight (caller thread)
   Phase phase_ = Phase::kIdle;

@@ -1,7 +1,7 @@
 // The op flow (argument checks, phases, waits) and the host backend: packing tokens per
 // destination rank, laying received tokens out expert-major, and the combine reduction, done on
 // the calling CPU thread. This is the bit-exact reference the CUDA backend is checked against.
-#include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include "collectives/comm.h"

@@ -120,9 +120,10 @@ void Comm::on_remote_write(uint32_t imm) {
   ImmFields f{};
   std::string why;
   if (!imm_decode(imm, cur_seq_.load(std::memory_order_acquire), R_, me_, &f, &why)) {
-    proxy_fail(Status::kRemoteError, "proxy: rejected an incoming write (imm 0x" +
-                                         [&] { char b[16]; snprintf(b, sizeof b, "%08x", imm); return std::string(b); }() +
-                                         "): " + why);
+    char hex[16];
+    snprintf(hex, sizeof hex, "%08x", imm);
+    proxy_fail(Status::kRemoteError,
+               std::string("proxy: rejected an incoming write (imm 0x") + hex + "): " + why);
     return;
   }
   MF_TRACE(log::kProxy, "rank %d: %s write from rank %d, seq %llu", me_, kind_name(f.kind), f.src,
@@ -171,7 +172,6 @@ void Comm::on_remote_write(uint32_t imm) {
                        std::to_string(g->count) + ")");
         return;
       }
-      rest_writes_.fetch_add(1, std::memory_order_relaxed);
       post(f.src, static_cast<int>(WriteKind::kDispatchRest),
            send + l_.send_offset(f.src) + l_.header_bytes + l_.record_bytes * h->nprivate,
            l_.record_bytes * g->count, l_.overflow_offset(g->offset), WriteKind::kDispatchRest, f.seq);

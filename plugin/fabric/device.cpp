@@ -21,6 +21,17 @@ void fid_close_logged(struct fid* fid, const char* what) {
 
 const char* fi_error_text(int rc) { return fi_strerror(rc < 0 ? -rc : rc); }
 
+const char* cq_error_text(fid_cq* cq, const fi_cq_err_entry& e, char* buf, size_t len) {
+  char prov[256] = "";
+  if (e.prov_errno != 0) {
+    const char* t = fi_cq_strerror(cq, e.prov_errno, e.err_data, prov, sizeof prov);
+    if (t != prov && t != nullptr) snprintf(prov, sizeof prov, "%s", t);
+  }
+  snprintf(buf, len, "%s%s%s%s", fi_strerror(e.err), prov[0] ? " (provider: " : "", prov,
+           prov[0] ? ")" : "");
+  return buf;
+}
+
 Status Device::open(const Params& params, NicInfo nic, std::unique_ptr<Device>* out,
                     std::string* error) {
   std::unique_ptr<Device> d(new Device());

@@ -94,15 +94,9 @@ void Device::op_done(OpCtx* op, Status s, const char* text) {
 }
 
 void Device::handle_cq_error(const fi_cq_err_entry& e) {
-  char prov[256] = "";
-  if (e.prov_errno != 0) {
-    const char* t = fi_cq_strerror(cq_.get(), e.prov_errno, e.err_data, prov, sizeof prov);
-    if (t != prov && t != nullptr) snprintf(prov, sizeof prov, "%s", t);
-  }
   auto* op = static_cast<OpCtx*>(e.op_context);
-  char text[512];
-  snprintf(text, sizeof text, "completion error: %s%s%s%s", fi_strerror(e.err),
-           prov[0] ? " (provider: " : "", prov, prov[0] ? ")" : "");
+  char detail[400], text[512];
+  snprintf(text, sizeof text, "completion error: %s", cq_error_text(cq_.get(), e, detail, sizeof detail));
   if (op == nullptr) {
     // An incoming write or message failed; the provider does not say for which comm.
     MF_WARN("%s: %s", nic_.name.c_str(), text);

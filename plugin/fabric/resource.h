@@ -6,6 +6,7 @@
 #include <rdma/fabric.h>
 #include <rdma/fi_domain.h>
 #include <rdma/fi_endpoint.h>
+#include <rdma/fi_eq.h>
 
 namespace moefabric::fabric {
 
@@ -33,5 +34,8 @@ using InfoPtr = std::unique_ptr<fi_info, InfoDeleter>;
 
 // "fi_xxx failed: <fi_strerror> (-N)" helper for messages.
 const char* fi_error_text(int rc);
+
+// "<fi_strerror(err)> (provider: <fi_cq_strerror>)" for an error completion, into buf.
+const char* cq_error_text(fid_cq* cq, const fi_cq_err_entry& e, char* buf, size_t len);
 
 }  // namespace moefabric::fabric

@@ -265,14 +265,8 @@ Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
         *error = std::string("fi_cq_readerr: ") + fi_strerror(static_cast<int>(-rc));
         return Status::kSystemError;
       }
-      char prov[256] = "";
-      if (err.prov_errno != 0) {
-        const char* t = fi_cq_strerror(cq_.get(), err.prov_errno, err.err_data, prov, sizeof prov);
-        if (t != nullptr && t != prov) snprintf(prov, sizeof prov, "%s", t);
-      }
       char text[512];
-      snprintf(text, sizeof text, "%s%s%s%s", fi_strerror(err.err), prov[0] ? " (provider: " : "",
-               prov, prov[0] ? ")" : "");
+      cq_error_text(cq_.get(), err, text, sizeof text);
       auto* w = static_cast<WriteCtx*>(err.op_context);
       if (w == nullptr) {
         MF_WARN("%s: incoming operation failed: %s", nic_.name.c_str(), text);
