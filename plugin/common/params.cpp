@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <strings.h>
 
 #include "plugin/common/log.h"
@@ -52,6 +53,16 @@ void show(const char* env, int64_t v) { MF_INFO(log::kEnv, "%s=%lld", env, stati
 void show(const char* env, const std::string& v) { MF_INFO(log::kEnv, "%s=%s", env, v.c_str()); }
 void show(const char* env, bool v) { MF_INFO(log::kEnv, "%s=%d", env, v ? 1 : 0); }
 
+// A string parameter that takes one of a few words: anything else warns and falls back.
+void one_of(const char* env, std::string* v, const char* def, std::initializer_list<const char*> ok) {
+  for (const char* w : ok)
+    if (*v == w) return;
+  std::string list;
+  for (const char* w : ok) list += std::string(list.empty() ? "" : ", ") + w;
+  MF_WARN("%s=\"%s\" is not one of %s; using the default %s", env, v->c_str(), list.c_str(), def);
+  *v = def;
+}
+
 }  // namespace
 
 Params Params::load() {
@@ -59,6 +70,9 @@ Params Params::load() {
 #define MF_PARAM_LOAD(name, env, type, def, doc) parse(env, def, &p.name);
   MOEFABRIC_PARAM_TABLE(MF_PARAM_LOAD)
 #undef MF_PARAM_LOAD
+  one_of("MOEFABRIC_PROTOCOL", &p.protocol, "auto", {"auto", "rdma", "tagged"});
+  one_of("MOEFABRIC_GDR", &p.gdr, "auto", {"auto", "0", "1"});
+  one_of("MOEFABRIC_SPLIT_IMM", &p.split_imm, "auto", {"auto", "0", "1"});
   return p;
 }
 

@@ -24,6 +24,8 @@ namespace moefabric {
     "registered bounce buffers per endpoint for outgoing control and eager messages")            \
   X(max_write, "MOEFABRIC_MAX_WRITE", Int, "1073741824",                                          \
     "largest single RDMA write; bigger messages are split into segments (at most 16)")           \
+  X(split_imm, "MOEFABRIC_SPLIT_IMM", Str, "auto",                                               \
+    "send each write's immediate in its own zero-byte write: auto (tcp;ofi_rxm), 0, 1")         \
   X(cq_read_count, "MOEFABRIC_CQ_READ_COUNT", Int, "32", "completions read per fi_cq_read call") \
   X(mr_cache, "MOEFABRIC_MR_CACHE", Bool, "1",                                                    \
     "cache memory registrations (page-aligned, refcounted)")                                     \

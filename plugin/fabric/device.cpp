@@ -127,9 +127,10 @@ Status Device::init(std::string* error) {
   MF_CHECK(alloc_pools(error));
   MF_INFO(log::kInit | log::kNet,
           "device %s: provider %s, protocol %s, eager %zu B, max write %zu B, mr_mode 0x%llx, "
-          "hmem %d",
+          "hmem %d%s",
           nic_.name.c_str(), nic_.provider.c_str(), tagged_ ? "tagged" : "rdma", eager_max_,
-          max_write_, static_cast<unsigned long long>(fi->domain_attr->mr_mode), nic_.hmem ? 1 : 0);
+          max_write_, static_cast<unsigned long long>(fi->domain_attr->mr_mode), nic_.hmem ? 1 : 0,
+          nic_.split_imm && !tagged_ ? ", immediates in separate zero-byte writes" : "");
   return Status::kOk;
 }
 
@@ -163,8 +164,31 @@ Status Device::alloc_pools(std::string* error) {
   return Status::kOk;
 }
 
+// Before the endpoint closes: cancel tagged receives that have not matched anything, then
+// progress until the ones already receiving end (or `timeout_ms` passes). Closing an rxm
+// endpoint while a rendezvous transfer into it is under way crashes inside libfabric 1.17 (the
+// same fault as in info.cpp's imm_write_needs_split). Sends are not waited for: their peer may
+// be gone, and closing under an outgoing transfer is safe.
+void Device::quiesce(int timeout_ms) {
+  if (ep_ == nullptr || trecv_inflight_ == 0) return;
+  for (Comm* c : comms_) {
+    if (c == nullptr || c->type != Comm::Type::kRecv || !c->tagged) continue;
+    for (RecvGroup& g : static_cast<RecvComm*>(c)->groups)
+      if (g.in_use && !g.e[0].done) (void)fi_cancel(&ep_->fid, &g.e[0].trecv.fi);
+  }
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (trecv_inflight_ > 0 && Clock::now() < deadline) {
+    if (progress() != Status::kOk) break;
+    usleep(100);
+  }
+  if (trecv_inflight_ > 0)
+    MF_INFO(log::kNet, "%s: closing with %d receives still in flight after %d ms", nic_.name.c_str(),
+            trecv_inflight_, timeout_ms);
+}
+
 Device::~Device() {
-  // Closing the endpoint first cancels everything in flight; then nothing references comms.
+  quiesce(kCloseLingerMs);
+  // Closing the endpoint cancels everything still in flight; then nothing references comms.
   ep_.reset();
   for (Comm* c : comms_) delete c;
   for (auto& [id, lc] : listens_) delete lc;
@@ -181,7 +205,11 @@ Device::~Device() {
 
 Status Device::post(OpCtx* op) {
   ssize_t rc = 0;
-  switch (op->kind) {
+  if (pending_head_ != nullptr) {
+    // Keep posting order behind operations the provider refused (a split write's immediate
+    // must not overtake its payload).
+    rc = -FI_EAGAIN;
+  } else switch (op->kind) {
     case OpKind::kRxMsg:
       rc = fi_recv(ep_.get(), op->buf, op->len, op->desc, FI_ADDR_UNSPEC, &op->fi);
       break;
@@ -189,8 +217,10 @@ Status Device::post(OpCtx* op) {
       rc = fi_send(ep_.get(), op->buf, op->len, op->desc, op->peer, &op->fi);
       break;
     case OpKind::kWrite:
-      rc = fi_writedata(ep_.get(), op->buf, op->len, op->desc, op->data, op->peer, op->raddr,
-                        op->key, &op->fi);
+      rc = op->imm ? fi_writedata(ep_.get(), op->buf, op->len, op->desc, op->data, op->peer,
+                                  op->raddr, op->key, &op->fi)
+                   : fi_write(ep_.get(), op->buf, op->len, op->desc, op->peer, op->raddr, op->key,
+                              &op->fi);
       break;
     case OpKind::kTSend:
       rc = fi_tsend(ep_.get(), op->buf, op->len, op->desc, op->peer, op->tag, &op->fi);
@@ -200,7 +230,7 @@ Status Device::post(OpCtx* op) {
       break;
   }
   if (rc == -FI_EAGAIN) {
-    ++stats_.eagain;
+    if (pending_head_ == nullptr) ++stats_.eagain;
     op->next_pending = nullptr;
     if (pending_tail_) pending_tail_->next_pending = op;
     else pending_head_ = op;
@@ -208,7 +238,7 @@ Status Device::post(OpCtx* op) {
     return Status::kOk;
   }
   if (rc != 0) {
-    const char* what = op->kind == OpKind::kWrite ? "fi_writedata" : op->kind == OpKind::kTSend ? "fi_tsend"
+    const char* what = op->kind == OpKind::kWrite ? (op->imm ? "fi_writedata" : "fi_write") : op->kind == OpKind::kTSend ? "fi_tsend"
                        : op->kind == OpKind::kTRecv ? "fi_trecv" : op->kind == OpKind::kTxMsg ? "fi_send" : "fi_recv";
     char text[256];
     snprintf(text, sizeof text, "%s failed: %s", what, fi_strerror(static_cast<int>(-rc)));
@@ -219,7 +249,7 @@ Status Device::post(OpCtx* op) {
     op_done(op, Status::kRemoteError, text);
     return Status::kOk;
   }
-  if (op->kind == OpKind::kWrite) ++stats_.writes;
+  if (op->kind == OpKind::kWrite && op->imm) ++stats_.writes;
   return Status::kOk;
 }
 

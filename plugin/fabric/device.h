@@ -44,6 +44,7 @@ struct OpCtx {
   void* desc = nullptr;
   fi_addr_t peer = FI_ADDR_UNSPEC;
   uint64_t raddr = 0, key = 0, data = 0, tag = 0;
+  bool imm = true;         // kWrite: `data` goes as remote CQ data (false: payload half of a split)
   OpCtx* next_pending = nullptr;
 };
 
@@ -80,7 +81,7 @@ struct SendReq : Request {
   int pending = 0;             // operations still to complete
   size_t size = 0;
   Status error = Status::kOk;
-  OpCtx ops[wire::kMaxSegments];
+  OpCtx ops[2 * wire::kMaxSegments];  // two per segment when the NIC splits immediates
   int nops = 0;
 };
 
@@ -177,6 +178,7 @@ class Device {
   static Status open(const Params& params, NicInfo nic, std::unique_ptr<Device>* out,
                      std::string* error);
   ~Device();
+  static constexpr int kCloseLingerMs = 2000;  // bound on quiesce() at teardown
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
 
@@ -229,6 +231,7 @@ class Device {
  private:
   Device() = default;
   Status init(std::string* error);
+  void quiesce(int timeout_ms);
   Status alloc_pools(std::string* error);
   Status post_rx(int i);
   void handle_cq_entry(const fi_cq_data_entry& e);
@@ -279,6 +282,7 @@ class Device {
   std::vector<OpCtx> rx_ops_, tx_ops_;
   std::vector<int> tx_free_;
 
+  int trecv_inflight_ = 0;           // tagged receives posted and not completed
   OpCtx* pending_head_ = nullptr;
   OpCtx* pending_tail_ = nullptr;
 

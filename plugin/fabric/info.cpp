@@ -85,6 +85,31 @@ InfoPtr nic_hints(const std::string& provider, bool want_hmem, bool want_tagged)
   return hints;
 }
 
+// tcp;ofi_rxm (libfabric 1.17 through at least 2.x): when a connection closes while the payload
+// of an incoming write *with remote CQ data* is still arriving, tcp reports an error completion
+// with a NULL context to rxm, and rxm dereferences it while closing the connection: the process
+// dies with SIGSEGV inside libfabric (at fi_close(ep) when the peer is still sending, or during
+// progress when the peer dies mid-write). Incoming writes without CQ data are internal to tcp
+// and are dropped cleanly, and a zero-byte write with CQ data completes as soon as its header
+// is in. So on this provider the payload goes as fi_write and the immediate follows as a
+// zero-byte fi_writedata, which FI_ORDER_WAW orders after it.
+// MOEFABRIC_SPLIT_IMM: auto (that provider only), 0 (never), 1 (any provider ordering writes).
+bool imm_write_needs_split(const fi_info* fi, const std::string& mode) {
+  if (mode == "0") return false;
+  const char* prov = fi->fabric_attr != nullptr ? fi->fabric_attr->prov_name : nullptr;
+  bool rxm_tcp = prov != nullptr && std::string(prov) == "tcp;ofi_rxm";
+  if (mode != "1" && !rxm_tcp) return false;
+  uint64_t tx = fi->tx_attr != nullptr ? fi->tx_attr->msg_order : 0;
+  uint64_t rx = fi->rx_attr != nullptr ? fi->rx_attr->msg_order : 0;
+  if (!(tx & FI_ORDER_WAW) || !(rx & FI_ORDER_WAW)) {
+    MF_WARN("%s does not order writes (FI_ORDER_WAW): immediates stay with their payload%s",
+            prov ? prov : "provider",
+            rxm_tcp ? " (a connection dropping mid-write may crash inside the provider)" : "");
+    return false;
+  }
+  return true;
+}
+
 Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string* error) {
   std::vector<std::string> candidates;
   const char* fi_prov = std::getenv("FI_PROVIDER");
@@ -137,6 +162,7 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
       nic.hmem = hmem && (fi->caps & FI_HMEM);
       nic.rma = (fi->caps & FI_RMA) && fi->domain_attr->cq_data_size >= 4;
       nic.tagged = (fi->caps & FI_TAGGED) != 0;
+      nic.split_imm = nic.rma && imm_write_needs_split(fi, params.split_imm);
       seen.insert(domain);
       found.push_back(std::move(nic));
     }

@@ -21,12 +21,18 @@ struct NicInfo {
   int speed_mbps = 0;
   bool hmem = false;     // provider registers device memory (FI_HMEM)
   bool rma = false;      // FI_RMA with remote CQ data usable
+  // Post each write with immediate as a plain write followed by a zero-byte write carrying the
+  // immediate (ordered by FI_ORDER_WAW). See imm_write_needs_split() in info.cpp.
+  bool split_imm = false;
   bool tagged = false;
 };
 
 // Finds the NICs of the provider chosen by MOEFABRIC_PROVIDER / FI_PROVIDER / the default order
 // (efa, verbs, tcp; shm only when asked). Fails with a message naming what was tried.
 Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string* error);
+
+// Whether writes with immediate must be split on this provider (see info.cpp).
+bool imm_write_needs_split(const fi_info* fi, const std::string& mode);
 
 // The fi_info hints moefabric uses for `provider` (exposed for the perf tool's raw baseline).
 InfoPtr nic_hints(const std::string& provider, bool want_hmem, bool want_tagged);

@@ -59,6 +59,7 @@ void Device::handle_cq_entry(const fi_cq_data_entry& e) {
       RecvGroup* g = op->rgroup;
       RecvComm* c = static_cast<RecvComm*>(op->comm);
       --c->inflight;
+      --trecv_inflight_;
       RecvEntry& en = g->e[op->idx];
       en.received = e.len;
       en.size_known = en.nseg_known = true;
@@ -78,6 +79,7 @@ void Device::handle_cq_entry(const fi_cq_data_entry& e) {
 
 void Device::op_done(OpCtx* op, Status s, const char* text) {
   Comm* c = op->comm;
+  if (op->kind == OpKind::kTRecv) --trecv_inflight_;
   if (op->kind == OpKind::kTxMsg) tx_free_.push_back(op->idx);
   if (op->sreq != nullptr) {
     SendReq* r = op->sreq;

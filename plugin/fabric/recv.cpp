@@ -78,6 +78,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
     op.peer = c->peer;
     op.tag = tagged_tag(c->id, g.first_msg);
     ++c->inflight;
+    ++trecv_inflight_;
     return post(&op);
   }
 

@@ -90,9 +90,10 @@ Status RmaEndpoint::init(std::string* error) {
                         FI_ADDR_UNSPEC, &w.fi);
     if (r != 0) return fail("fi_recv", static_cast<int>(r));
   }
-  MF_INFO(log::kInit, "rma endpoint %s: provider %s, max write %zu B, blocking CQ %d, mr_mode 0x%llx",
+  MF_INFO(log::kInit, "rma endpoint %s: provider %s, max write %zu B, blocking CQ %d, mr_mode 0x%llx%s",
           nic_.name.c_str(), nic_.provider.c_str(), max_write_, can_block_ ? 1 : 0,
-          static_cast<unsigned long long>(fi->domain_attr->mr_mode));
+          static_cast<unsigned long long>(fi->domain_attr->mr_mode),
+          nic_.split_imm ? ", immediates in separate zero-byte writes" : "");
   return Status::kOk;
 }
 
@@ -126,6 +127,8 @@ RmaEndpoint::WriteCtx* RmaEndpoint::ctx_alloc() {
 void RmaEndpoint::ctx_free(WriteCtx* w) { ctx_free_.push_back(w); }
 
 ssize_t RmaEndpoint::post_raw(WriteCtx* w) {
+  if (w->parent != nullptr)  // payload half of a split write
+    return fi_write(ep_.get(), w->buf, w->len, w->desc, w->peer, w->raddr, w->key, &w->fi);
   if (!w->delivered)
     return fi_writedata(ep_.get(), w->buf, w->len, w->desc, w->imm, w->peer, w->raddr, w->key, &w->fi);
   iovec iov{const_cast<void*>(w->buf), w->len};
@@ -156,11 +159,39 @@ Status RmaEndpoint::post(WriteCtx* w, std::string* error) {
     return Status::kOk;
   }
   if (rc != 0) {
-    *error = std::string("fi_writedata: ") + fi_strerror(static_cast<int>(-rc));
+    *error = std::string(w->parent ? "fi_write: " : "fi_writedata: ") +
+             fi_strerror(static_cast<int>(-rc));
     return Status::kSystemError;
   }
-  ++stats_.writes;
+  if (w->parent == nullptr) ++stats_.writes;
   return Status::kOk;
+}
+
+Status RmaEndpoint::submit(WriteCtx* w, std::string* error) {
+  if (!queued_.empty()) {  // keep posting order
+    queued_.push_back(w);
+    return Status::kOk;
+  }
+  return post(w, error);
+}
+
+void RmaEndpoint::part_done(WriteCtx* w, Status s, const char* text, RmaHandler* h) {
+  WriteCtx* main = w->parent != nullptr ? w->parent : w;
+  if (w != main) ctx_free(w);
+  if (s != Status::kOk && main->status == Status::kOk) {
+    main->status = s;
+    snprintf(main->text, sizeof main->text, "%s", text ? text : "write failed");
+  }
+  if (--main->parts > 0) return;
+  Status st = main->status;
+  uint64_t cookie = main->cookie;
+  bool silent = main->silent;
+  char msg[sizeof main->text];
+  std::memcpy(msg, main->text, sizeof msg);
+  ctx_free(main);
+  if (silent) return;
+  --inflight_;
+  h->on_write_done(cookie, st, st == Status::kOk ? nullptr : msg);
 }
 
 Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* desc, uint64_t raddr,
@@ -182,12 +213,30 @@ Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* des
   w->imm = imm;
   w->cookie = cookie;
   w->delivered = delivered;
-  if (!queued_.empty()) {  // keep posting order
-    queued_.push_back(w);
+  if (nic_.split_imm && len > 0) {  // payload first, then the immediate with no payload
+    WriteCtx* p = ctx_alloc();
+    *p = *w;
+    p->parent = w;
+    p->delivered = false;
+    w->len = 0;
+    w->parts = 2;
+    Status s = submit(p, error);
+    if (s != Status::kOk) {
+      ctx_free(p);
+      ctx_free(w);
+      return s;
+    }
+    s = submit(w, error);
+    if (s != Status::kOk) {
+      // The payload is in flight and still points at w: w goes when it completes.
+      w->silent = true;
+      w->parts = 1;
+      return s;
+    }
     ++inflight_;
     return Status::kOk;
   }
-  Status s = post(w, error);
+  Status s = submit(w, error);
   if (s != Status::kOk) {
     ctx_free(w);
     return s;
@@ -218,10 +267,7 @@ for (size_t i = 0; i < n; ++i) {
       continue;
     }
     if (w == nullptr) continue;
-    --inflight_;
-    uint64_t cookie = w->cookie;
-    ctx_free(w);
-    h->on_write_done(cookie, Status::kOk, nullptr);
+    part_done(w, Status::kOk, nullptr, h);
   }
 }
 
@@ -246,13 +292,10 @@ Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
     if (rc == -FI_EAGAIN) break;
     queued_.pop_front();
     if (rc != 0) {
-      --inflight_;
-      uint64_t cookie = w->cookie;
-      ctx_free(w);
-      h->on_write_done(cookie, Status::kSystemError, fi_strerror(static_cast<int>(-rc)));
+      part_done(w, Status::kSystemError, fi_strerror(static_cast<int>(-rc)), h);
       continue;
     }
-    ++stats_.writes;
+    if (w->parent == nullptr) ++stats_.writes;
   }
   for (int rounds = 0; rounds < 16; ++rounds) {
     ssize_t n = fi_cq_read(cq_.get(), cq_buf_.data(), cq_buf_.size());
@@ -275,10 +318,7 @@ Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
           (void)fi_recv(ep_.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
                         nullptr, FI_ADDR_UNSPEC, &w->fi);
       } else {
-        --inflight_;
-        uint64_t cookie = w->cookie;
-        ctx_free(w);
-        h->on_write_done(cookie, Status::kRemoteError, text);
+        part_done(w, Status::kRemoteError, text, h);
       }
       continue;
     }

@@ -79,11 +79,21 @@ class RmaEndpoint {
     uint64_t raddr = 0, key = 0, cookie = 0;
     uint32_t imm = 0;
     bool delivered = false;
+    // Split writes (NicInfo::split_imm): the payload half points at the write it belongs to;
+    // that one carries the immediate and completes when all its parts have.
+    WriteCtx* parent = nullptr;
+    int parts = 1;
+    bool silent = false;  // failed to post; the caller got the error, no completion callback
+    Status status = Status::kOk;
+    char text[200] = "";
   };
   RmaEndpoint() = default;
   Status init(std::string* error);
   Status post(WriteCtx* w, std::string* error);
   ssize_t post_raw(WriteCtx* w);
+  Status submit(WriteCtx* w, std::string* error);  // posts, or queues behind refused writes
+  // One part of a write finished (either half of a split one, or a whole one).
+  void part_done(WriteCtx* w, Status s, const char* text, RmaHandler* h);
   void handle_entries(RmaHandler* h, size_t n);
   WriteCtx* ctx_alloc();
   void ctx_free(WriteCtx* w);

@@ -193,25 +193,29 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   seg = (seg + 127) & ~size_t{127};  // 128-byte aligned stripes
   wire::Imm imm = {c->remote_id, g.seq % wire::kGroupRing, static_cast<uint32_t>(idx), full,
                    static_cast<uint32_t>(nseg), 0};
-  r->nops = static_cast<int>(nseg);
+  const bool split = nic_.split_imm;  // payload, then a zero-byte write with the immediate
+  r->nops = 0;
   for (size_t i = 0; i < nseg; ++i) {
     size_t off = i * seg;
     size_t len = off + seg > size ? size - off : seg;
-    OpCtx& op = r->ops[i];
-    op.kind = OpKind::kWrite;
-    op.comm = c;
-    op.sreq = r;
-    op.rgroup = nullptr;
-    op.buf = static_cast<uint8_t*>(data) + off;
-    op.len = len;
-    op.desc = mr->desc;
-    op.peer = c->peer;
-    op.raddr = en.addr + off;
-    op.key = en.key;
-    op.data = wire::imm_encode(imm);
-    ++r->pending;
-    ++c->inflight;
-    MF_CHECK(post(&op));
+    for (int part = split ? 0 : 1; part < 2; ++part) {
+      OpCtx& op = r->ops[r->nops++];
+      op.kind = OpKind::kWrite;
+      op.comm = c;
+      op.sreq = r;
+      op.rgroup = nullptr;
+      op.buf = static_cast<uint8_t*>(data) + off;
+      op.len = part == 0 || !split ? len : 0;
+      op.desc = mr->desc;
+      op.peer = c->peer;
+      op.raddr = en.addr + off;
+      op.key = en.key;
+      op.data = wire::imm_encode(imm);
+      op.imm = part == 1;
+      ++r->pending;
+      ++c->inflight;
+      MF_CHECK(post(&op));
+    }
   }
   if (!full) {
     wire::FinMsg fin = {g.seq, static_cast<uint16_t>(idx), static_cast<uint16_t>(nseg), size};

@@ -22,6 +22,24 @@ TEST_CASE("params: defaults, parsing and bad values", "[params]") {
   unsetenv("MOEFABRIC_MR_CACHE");
 }
 
+TEST_CASE("params: word-valued variables reject unknown words", "[params]") {
+  setenv("MOEFABRIC_SPLIT_IMM", "0", 1);
+  setenv("MOEFABRIC_PROTOCOL", "tagged", 1);
+  auto p = moefabric::Params::load();
+  REQUIRE(p.split_imm == "0");
+  REQUIRE(p.protocol == "tagged");
+  setenv("MOEFABRIC_SPLIT_IMM", "yes please", 1);  // warning + default
+  setenv("MOEFABRIC_PROTOCOL", "rdm", 1);
+  setenv("MOEFABRIC_GDR", "2", 1);
+  p = moefabric::Params::load();
+  REQUIRE(p.split_imm == "auto");
+  REQUIRE(p.protocol == "auto");
+  REQUIRE(p.gdr == "auto");
+  unsetenv("MOEFABRIC_SPLIT_IMM");
+  unsetenv("MOEFABRIC_PROTOCOL");
+  unsetenv("MOEFABRIC_GDR");
+}
+
 TEST_CASE("params: every environment variable is documented in README.md", "[params][docs]") {
   std::ifstream f(MOEFABRIC_SOURCE_ROOT "/README.md");
   REQUIRE(f.good());
