@@ -97,6 +97,7 @@ Status Device::init(std::string* error) {
   cq_.reset(cq);
 
   fid_ep* ep = nullptr;
+  set_unique_shm_name(fi);
   rc = fi_endpoint(domain, fi, &ep, nullptr);
   if (rc != 0) {
     *error = std::string("fi_endpoint: ") + fi_strerror(-rc);

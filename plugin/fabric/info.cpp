@@ -1,11 +1,18 @@
 #include "plugin/fabric/info.h"
 
 #include <climits>
+#include <csignal>
+#include <dirent.h>
+#include <random>
+#include <unistd.h>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <set>
+#include <atomic>
+#include <cerrno>
+#include <mutex>
 #include <sstream>
 
 #include <rdma/fi_errno.h>
@@ -83,6 +90,43 @@ InfoPtr nic_hints(const std::string& provider, bool want_hmem, bool want_tagged)
   hints->rx_attr->msg_order = FI_ORDER_NONE;
   hints->fabric_attr->prov_name = strdup(provider.c_str());
   return hints;
+}
+
+namespace {
+constexpr char kShmPrefix[] = "moefabric-";
+
+// Regions of ours left in /dev/shm by processes that died without closing (SIGKILL).
+void remove_stale_shm_regions() {
+  DIR* d = opendir("/dev/shm");
+  if (d == nullptr) return;
+  while (dirent* e = readdir(d)) {
+    if (strncmp(e->d_name, kShmPrefix, sizeof kShmPrefix - 1) != 0) continue;
+    long pid = strtol(e->d_name + sizeof kShmPrefix - 1, nullptr, 10);
+    if (pid <= 0 || kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    std::string path = std::string("/dev/shm/") + e->d_name;
+    if (unlink(path.c_str()) == 0) MF_INFO(log::kInit, "removed stale shm region %s", path.c_str());
+  }
+  closedir(d);
+}
+}  // namespace
+
+// shm names each endpoint's region after the process id by default, so a new process that gets
+// the pid of one killed earlier finds its region still there and fi_enable fails with EBUSY.
+// Name ours "moefabric-<pid>-<random>-<n>" instead, and clear regions of dead processes first.
+void set_unique_shm_name(fi_info* fi) {
+  if (fi->fabric_attr == nullptr || fi->fabric_attr->prov_name == nullptr ||
+      std::string(fi->fabric_attr->prov_name) != "shm" || fi->addr_format != FI_ADDR_STR)
+    return;
+  static std::once_flag once;
+  static std::atomic<unsigned> counter{0};
+  std::call_once(once, remove_stale_shm_regions);
+  std::random_device rd;
+  char name[64];
+  snprintf(name, sizeof name, "%s%d-%08x-%u", kShmPrefix, static_cast<int>(getpid()), rd(),
+           counter.fetch_add(1));
+  free(fi->src_addr);
+  fi->src_addr = strdup(name);
+  fi->src_addrlen = strlen(name) + 1;
 }
 
 // tcp;ofi_rxm (libfabric 1.17 through at least 2.x): when a connection closes while the payload

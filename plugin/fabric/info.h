@@ -34,6 +34,10 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
 // Whether writes with immediate must be split on this provider (see info.cpp).
 bool imm_write_needs_split(const fi_info* fi, const std::string& mode);
 
+// On shm: gives the endpoint a region name no other process can hold (see info.cpp). Call on
+// the fi_info passed to fi_endpoint.
+void set_unique_shm_name(fi_info* fi);
+
 // The fi_info hints moefabric uses for `provider` (exposed for the perf tool's raw baseline).
 InfoPtr nic_hints(const std::string& provider, bool want_hmem, bool want_tagged);
 

@@ -70,6 +70,7 @@ Status RmaEndpoint::init(std::string* error) {
   can_block_ = cq_attr.wait_obj != FI_WAIT_NONE;
   cq_.reset(cq);
   fid_ep* ep = nullptr;
+  set_unique_shm_name(fi);
   if ((rc = fi_endpoint(domain, fi, &ep, nullptr)) != 0) return fail("fi_endpoint", rc);
   ep_.reset(ep);
   if ((rc = fi_ep_bind(ep, &av->fid, 0)) != 0) return fail("fi_ep_bind(av)", rc);

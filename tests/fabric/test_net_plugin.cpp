@@ -3,6 +3,7 @@
 // binary once with tcp on loopback and once with shm).
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -443,6 +444,28 @@ TEST_CASE("plugin: a receiver that finalizes mid-write neither crashes nor hangs
   });
   unsetenv("MOEFABRIC_PEER_TIMEOUT_MS");
   unsetenv("MOEFABRIC_KEEPALIVE_MS");
+}
+
+TEST_CASE("plugin: shm regions of killed processes are removed, names never collide", "[fabric]") {
+  const char* prov = getenv("MOEFABRIC_PROVIDER");
+  if (prov == nullptr || std::string(prov) != "shm") {
+    WARN("shm only: the region naming applies to the shm provider");
+    return;
+  }
+  pid_t dead = fork();  // a pid that is certainly gone once reaped
+  if (dead == 0) _exit(0);
+  REQUIRE(dead > 0);
+  REQUIRE(waitpid(dead, nullptr, 0) == dead);
+  std::string stale = "/dev/shm/moefabric-" + std::to_string(dead) + "-00000000-0";
+  { std::ofstream(stale) << "left by a killed process"; }
+  REQUIRE(access(stale.c_str(), F_OK) == 0);
+  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
+    std::vector<void*> send, recv, listens;
+    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+    return close_mesh(pl, send, recv, listens);
+  });
+  INFO(stale);
+  REQUIRE(access(stale.c_str(), F_OK) != 0);
 }
 
 TEST_CASE("plugin: v10 and v8 entry points", "[fabric]") {
