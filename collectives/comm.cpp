@@ -199,6 +199,7 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
     }
   }
   if (s == Status::kOk) s = fabric::RmaEndpoint::open(params_, 0, &ep_, &err);
+  if (s == Status::kOk) choose_proxy_cpus();
   if (s == Status::kOk)
     s = ep_->mr_cache().acquire(recv_block_.get(), l_.recv_block_bytes, fabric::MemType::kHost, -1,
                                 -1, 0, &recv_mr_, &err);
@@ -378,6 +379,23 @@ void Comm::stats(ncclMoeStats_t* s) const {
   s->proxyPostUs = static_cast<double>(post_ns_.load()) / 1000.0;
   s->combinePostUs = static_cast<double>(combine_post_ns_.load()) / 1000.0;
   s->registrations = ep_ ? ep_->mr_cache().stats().registrations : registrations_;
+}
+
+// The proxy runs near its NIC: MOEFABRIC_PROXY_CPU when set, else the cores of the NIC's NUMA
+// node from the machine topology (hwloc; MOEFABRIC_TOPO_XML), else wherever the scheduler puts it.
+void Comm::choose_proxy_cpus() {
+  proxy_cpus_.clear();
+  if (params_.proxy_cpu >= 0) {
+    proxy_cpus_ = {static_cast<int>(params_.proxy_cpu)};
+    proxy_cpus_why_ = "MOEFABRIC_PROXY_CPU";
+    return;
+  }
+  const fabric::NicInfo& nic = ep_->nic();
+  topo::NicDesc d;
+  d.name = nic.domain;
+  d.provider = nic.provider;
+  d.pci = topo::PciAddr::from_sysfs_path(nic.pci_path);
+  proxy_cpus_ = topo::proxy_cpus(params_.topo_xml, d, std::nullopt, &proxy_cpus_why_);
 }
 
 }  // namespace moefabric::moe

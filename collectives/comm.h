@@ -18,6 +18,7 @@
 #include "plugin/common/params.h"
 #include "plugin/common/status.h"
 #include "plugin/fabric/rma.h"
+#include "topology/topology.h"
 
 namespace moefabric::moe {
 
@@ -116,6 +117,9 @@ class Comm : public fabric::RmaHandler {
   std::vector<int> owner_;  // expert -> rank
 
   std::unique_ptr<fabric::RmaEndpoint> ep_;
+  std::vector<int> proxy_cpus_;     // affinity of the proxy thread (empty: not pinned)
+  std::string proxy_cpus_why_;
+  void choose_proxy_cpus();
   Block recv_block_, send_block_;
   fabric::MrEntry* recv_mr_ = nullptr;
   fabric::MrEntry* send_mr_ = nullptr;

@@ -198,13 +198,19 @@ void Comm::on_write_done(uint64_t cookie, Status s, const char* text) {
 }
 
 void Comm::proxy_loop() {
-  if (params_.proxy_cpu >= 0) {
+  if (!proxy_cpus_.empty()) {
     cpu_set_t set;
     CPU_ZERO(&set);
-    CPU_SET(static_cast<int>(params_.proxy_cpu), &set);
+    for (int c : proxy_cpus_)
+      if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &set);
     if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0)
-      MF_WARN("rank %d: could not pin the proxy to CPU %lld", me_,
-              static_cast<long long>(params_.proxy_cpu));
+      MF_WARN("rank %d: could not pin the proxy to CPUs %s (%s)", me_,
+              topo::cpu_list(proxy_cpus_).c_str(), proxy_cpus_why_.c_str());
+    else
+      MF_INFO(log::kInit, "rank %d: proxy on CPUs %s (%s)", me_, topo::cpu_list(proxy_cpus_).c_str(),
+              proxy_cpus_why_.c_str());
+  } else {
+    MF_INFO(log::kInit, "rank %d: proxy not pinned (%s)", me_, proxy_cpus_why_.c_str());
   }
   const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
   std::deque<Command> local;

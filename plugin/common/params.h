@@ -45,6 +45,8 @@ namespace moefabric {
     "pin the MoE proxy thread to this CPU; -1: leave it to the scheduler")                      \
   X(proxy_spin_us, "MOEFABRIC_PROXY_SPIN_US", Int, "200",                                         \
     "MoE proxy busy-polls this long after the last event, then blocks in the CQ until woken")   \
+  X(topo_xml, "MOEFABRIC_TOPO_XML", Str, "",                                                     \
+    "read the machine topology from this hwloc XML instead of the live machine")              \
   X(debug, "MOEFABRIC_DEBUG", Str, "WARN",                                                        \
     "log level outside NCCL: NONE, WARN, INFO, TRACE (inside NCCL use NCCL_DEBUG)")
 
