@@ -29,6 +29,12 @@ echo "NCCL from: ${torch_nccl:-system}" | tee -a "$out/gpus.txt"
   > "$out/build.log" 2>&1 || { tail -n 40 "$out/build.log"; exit 1; }
 tail -n 12 "$out/build.log"
 
+echo "== moefabric-topo (live machine)"
+build-gpu/perf/moefabric-topo | tee "$out/topo.txt"
+build-gpu/perf/moefabric-topo --json > "$out/topo.json"
+build-gpu/perf/moefabric-topo --hwloc-nics > "$out/topo-hwloc-nics.txt" 2>&1
+nvidia-smi topo -m > "$out/nvidia-smi-topo.txt" 2>&1
+
 MFTEST_SKIP_1GIB=1 meson test -C build-gpu --suite unit --suite fabric --num-processes 4 \
   > "$out/tests.log" 2>&1
 echo "CPU suites on the GPU machine: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$out/tests.log" | tr -s ' ' | tr '\n' ' ')"
