@@ -15,8 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* nccl.h needs cuda_runtime.h: use it only when both are on the include path. */
 #if !defined(NCCL_H_) && defined(__has_include)
-#if __has_include(<nccl.h>)
+#if __has_include(<nccl.h>) && __has_include(<cuda_runtime.h>)
 #include <nccl.h>
 #endif
 #endif
