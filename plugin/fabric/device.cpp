@@ -206,9 +206,9 @@ Device::~Device() {
 
 Status Device::post(OpCtx* op) {
   ssize_t rc = 0;
-  if (pending_head_ != nullptr) {
-    // Keep posting order behind operations the provider refused (a split write's immediate
-    // must not overtake its payload).
+  if (pending_peers_.count(op->peer) != 0) {
+    // Keep posting order per peer behind operations the provider refused (a split write's
+    // immediate must not overtake its payload); other peers are not held up.
     rc = -FI_EAGAIN;
   } else switch (op->kind) {
     case OpKind::kRxMsg:
@@ -231,7 +231,7 @@ Status Device::post(OpCtx* op) {
       break;
   }
   if (rc == -FI_EAGAIN) {
-    if (pending_head_ == nullptr) ++stats_.eagain;
+    if (pending_peers_[op->peer]++ == 0) ++stats_.eagain;
     op->next_pending = nullptr;
     if (pending_tail_) pending_tail_->next_pending = op;
     else pending_head_ = op;

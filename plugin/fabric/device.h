@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "plugin/common/params.h"
@@ -283,6 +284,7 @@ class Device {
   std::vector<int> tx_free_;
 
   int trecv_inflight_ = 0;           // tagged receives posted and not completed
+  std::unordered_map<fi_addr_t, int> pending_peers_;  // queued operations per peer
   OpCtx* pending_head_ = nullptr;
   OpCtx* pending_tail_ = nullptr;
 

@@ -13,6 +13,7 @@ Status Device::progress() {
   // Post what the provider refused earlier, oldest first.
   OpCtx* op = pending_head_;
   pending_head_ = pending_tail_ = nullptr;
+  pending_peers_.clear();  // rebuilt as refused operations queue up again
   while (op != nullptr) {
     OpCtx* next = op->next_pending;
     MF_CHECK(post(op));

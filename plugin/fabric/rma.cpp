@@ -157,6 +157,7 @@ Status RmaEndpoint::post(WriteCtx* w, std::string* error) {
   if (rc == -FI_EAGAIN) {
     ++stats_.eagain;
     queued_.push_back(w);
+    ++queued_peers_[w->peer];
     return Status::kOk;
   }
   if (rc != 0) {
@@ -169,8 +170,9 @@ Status RmaEndpoint::post(WriteCtx* w, std::string* error) {
 }
 
 Status RmaEndpoint::submit(WriteCtx* w, std::string* error) {
-  if (!queued_.empty()) {  // keep posting order
+  if (queued_peers_.count(w->peer) != 0) {  // keep posting order per peer
     queued_.push_back(w);
+    ++queued_peers_[w->peer];
     return Status::kOk;
   }
   return post(w, error);
@@ -287,17 +289,24 @@ void RmaEndpoint::signal() {
 }
 
 Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
-  while (!queued_.empty()) {
-    WriteCtx* w = queued_.front();
-    ssize_t rc = post_raw(w);
-    if (rc == -FI_EAGAIN) break;
-    queued_.pop_front();
+  // Repost refused writes, oldest first; a peer that refuses again keeps the rest of its
+  // writes queued behind, other peers go on.
+  if (!queued_.empty()) retry_.swap(queued_);
+  queued_peers_.clear();
+  for (WriteCtx* w : retry_) {
+    ssize_t rc = queued_peers_.count(w->peer) != 0 ? -FI_EAGAIN : post_raw(w);
+    if (rc == -FI_EAGAIN) {
+      queued_.push_back(w);
+      ++queued_peers_[w->peer];
+      continue;
+    }
     if (rc != 0) {
       part_done(w, Status::kSystemError, fi_strerror(static_cast<int>(-rc)), h);
       continue;
     }
     if (w->parent == nullptr) ++stats_.writes;
   }
+  retry_.clear();
   for (int rounds = 0; rounds < 16; ++rounds) {
     ssize_t n = fi_cq_read(cq_.get(), cq_buf_.data(), cq_buf_.size());
     if (n == -FI_EAGAIN) return Status::kOk;

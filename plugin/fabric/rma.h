@@ -8,6 +8,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "plugin/common/params.h"
@@ -115,6 +116,8 @@ class RmaEndpoint {
   std::deque<WriteCtx> ctx_pool_;  // stable addresses
   std::vector<WriteCtx*> ctx_free_;
   std::deque<WriteCtx*> queued_;   // refused with -FI_EAGAIN, oldest first
+  std::unordered_map<fi_addr_t, int> queued_peers_;  // entries of queued_ per peer
+  std::deque<WriteCtx*> retry_;    // poll()'s scratch
   std::vector<fi_cq_data_entry> cq_buf_;
   size_t inflight_ = 0;
   bool can_block_ = false;
