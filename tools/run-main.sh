@@ -7,8 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh
-[ -f build/build.ninja ] || meson setup build --buildtype=release >/dev/null
-ninja -C build >/dev/null
+[ -f build/build.ninja ] || meson setup build --buildtype=release > build-setup.log 2>&1 \
+  || { tail -n 30 build-setup.log; echo "run-main: meson setup failed (log: build-setup.log)"; exit 1; }
+ninja -C build > build.log 2>&1 \
+  || { grep -E -A12 'FAILED|error' build.log | head -n 60; echo "run-main: build failed (log: build.log)"; exit 1; }
 max=${MAX_BYTES:-64M}
 echo "== moefabric-moe-perf: 4 ranks, host backend, provider tcp on lo =="
 MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo build/perf/moefabric-run -n 4 \

@@ -438,7 +438,10 @@ std::string Topology::table() const {
           o << line;
         }
       std::string rails;
-      for (int r : g.rails) rails += (rails.empty() ? "" : ",") + nics_[r].name;
+      for (int r : g.rails) {
+        if (!rails.empty()) rails += ',';
+        rails += nics_[r].name;
+      }
       o << "  " << (rails.empty() ? "-" : rails) << " ("
         << (g.rails.empty() ? "none" : path_name(g.path[g.rails[0]])) << ")\n";
     }

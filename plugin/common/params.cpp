@@ -58,7 +58,10 @@ void one_of(const char* env, std::string* v, const char* def, std::initializer_l
   for (const char* w : ok)
     if (*v == w) return;
   std::string list;
-  for (const char* w : ok) list += std::string(list.empty() ? "" : ", ") + w;
+  for (const char* w : ok) {
+    if (!list.empty()) list += ", ";
+    list += w;
+  }
   MF_WARN("%s=\"%s\" is not one of %s; using the default %s", env, v->c_str(), list.c_str(), def);
   *v = def;
 }
