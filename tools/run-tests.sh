@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The full CPU test suite: unit + fabric suites on a normal build, again under AddressSanitizer
-# and UndefinedBehaviorSanitizer, and the threaded transport tests under ThreadSanitizer.
+# The full CPU test suite: unit + fabric suites on a normal build, the unit suite on the release
+# build the main job uses, unit + fabric again under AddressSanitizer and
+# UndefinedBehaviorSanitizer, and the threaded transport tests under ThreadSanitizer.
 # GPU suites skip themselves (exit 77) here and run on the GPU machine (tools/gpu-run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,8 @@ run_suite() {  # dir, "suites", meson setup args...
 }
 echo "== build (debugoptimized) =="
 run_suite build-test "unit fabric" -Dcuda=auto
+echo "== release build (what tools/run-main.sh runs: -O3 warnings are errors too) =="
+run_suite build "unit" --buildtype=release
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
 # Leak checking on the unit tier. The fabric tier dlopens/dlcloses the plugin and loads
 # libfabric's provider libraries (psm2, verbs), whose load-time allocations LeakSanitizer cannot
