@@ -42,7 +42,7 @@ namespace moefabric {
   X(timeout_ms, "MOEFABRIC_TIMEOUT_MS", Int, "60000",                                            \
     "default ncclMoe timeoutMs: bound on every dispatch/combine/destroy wait, ms")              \
   X(proxy_cpu, "MOEFABRIC_PROXY_CPU", Int, "-1",                                                  \
-    "pin the MoE proxy thread to this CPU; -1: leave it to the scheduler")                      \
+    "pin the MoE proxy thread to this CPU; -1: the cores of its NIC's NUMA node (topology)")     \
   X(proxy_spin_us, "MOEFABRIC_PROXY_SPIN_US", Int, "200",                                         \
     "MoE proxy busy-polls this long after the last event, then blocks in the CQ until woken")   \
   X(topo_xml, "MOEFABRIC_TOPO_XML", Str, "",                                                     \
