@@ -19,26 +19,16 @@ Status Device::progress() {
     MF_CHECK(post(op));
     op = next;
   }
-  for (int rounds = 0; rounds < 64; ++rounds) {
-    ssize_t n = fi_cq_read(cq_.get(), cq_buf_.data(), cq_buf_.size());
-    if (n == -FI_EAGAIN) return Status::kOk;
-    if (n == -FI_EAVAIL) {
-      fi_cq_err_entry err = {};
-      ssize_t rc = fi_cq_readerr(cq_.get(), &err, 0);
-      if (rc == -FI_EAGAIN) continue;
-      if (rc < 0) {
-        MF_WARN("fi_cq_readerr on %s failed: %s", nic_.name.c_str(), fi_strerror(static_cast<int>(-rc)));
-        return Status::kSystemError;
-      }
-      handle_cq_error(err);
-      continue;
-    }
-    if (n < 0) {
-      MF_WARN("fi_cq_read on %s failed: %s", nic_.name.c_str(), fi_strerror(static_cast<int>(-n)));
-      return Status::kSystemError;
-    }
-    for (ssize_t i = 0; i < n; ++i) handle_cq_entry(cq_buf_[i]);
-    if (n < static_cast<ssize_t>(cq_buf_.size())) return Status::kOk;
+  const char* failed = nullptr;
+  ssize_t rc = cq_drain(
+      cq_.get(), cq_buf_, 64,
+      [&](size_t n) {
+        for (size_t i = 0; i < n; ++i) handle_cq_entry(cq_buf_[i]);
+      },
+      [&](const fi_cq_err_entry& err) { handle_cq_error(err); }, &failed);
+  if (rc < 0) {
+    MF_WARN("%s on %s failed: %s", failed, nic_.name.c_str(), fi_strerror(static_cast<int>(-rc)));
+    return Status::kSystemError;
   }
   return Status::kOk;
 }

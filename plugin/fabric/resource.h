@@ -2,11 +2,13 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include <rdma/fabric.h>
 #include <rdma/fi_domain.h>
 #include <rdma/fi_endpoint.h>
 #include <rdma/fi_eq.h>
+#include <rdma/fi_errno.h>
 
 namespace moefabric::fabric {
 
@@ -37,5 +39,35 @@ const char* fi_error_text(int rc);
 
 // "<fi_strerror(err)> (provider: <fi_cq_strerror>)" for an error completion, into buf.
 const char* cq_error_text(fid_cq* cq, const fi_cq_err_entry& e, char* buf, size_t len);
+
+// Drains `cq` for up to `rounds` batches of buf.size(): successful entries go to on_entries(n)
+// (in buf), error entries to on_error(err). Returns 0 when the CQ is empty or the rounds are
+// spent, else the negative libfabric code of the failed call, named in *failed.
+template <class OnEntries, class OnError>
+ssize_t cq_drain(fid_cq* cq, std::vector<fi_cq_data_entry>& buf, int rounds, OnEntries&& on_entries,
+                 OnError&& on_error, const char** failed) {
+  for (int r = 0; r < rounds; ++r) {
+    ssize_t n = fi_cq_read(cq, buf.data(), buf.size());
+    if (n == -FI_EAGAIN) return 0;
+    if (n == -FI_EAVAIL) {
+      fi_cq_err_entry err = {};
+      ssize_t rc = fi_cq_readerr(cq, &err, 0);
+      if (rc == -FI_EAGAIN) continue;
+      if (rc < 0) {
+        *failed = "fi_cq_readerr";
+        return rc;
+      }
+      on_error(err);
+      continue;
+    }
+    if (n < 0) {
+      *failed = "fi_cq_read";
+      return n;
+    }
+    on_entries(static_cast<size_t>(n));
+    if (n < static_cast<ssize_t>(buf.size())) return 0;
+  }
+  return 0;
+}
 
 }  // namespace moefabric::fabric

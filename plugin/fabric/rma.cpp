@@ -307,37 +307,27 @@ Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
     if (w->parent == nullptr) ++stats_.writes;
   }
   retry_.clear();
-  for (int rounds = 0; rounds < 16; ++rounds) {
-    ssize_t n = fi_cq_read(cq_.get(), cq_buf_.data(), cq_buf_.size());
-    if (n == -FI_EAGAIN) return Status::kOk;
-    if (n == -FI_EAVAIL) {
-      fi_cq_err_entry err = {};
-      ssize_t rc = fi_cq_readerr(cq_.get(), &err, 0);
-      if (rc == -FI_EAGAIN) continue;
-      if (rc < 0) {
-        *error = std::string("fi_cq_readerr: ") + fi_strerror(static_cast<int>(-rc));
-        return Status::kSystemError;
-      }
-      char text[512];
-      cq_error_text(cq_.get(), err, text, sizeof text);
-      auto* w = static_cast<WriteCtx*>(err.op_context);
-      if (w == nullptr) {
-        MF_WARN("%s: incoming operation failed: %s", nic_.name.c_str(), text);
-      } else if (w->rx) {
-        if (err.err != FI_ECANCELED)
-          (void)fi_recv(ep_.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
-                        nullptr, FI_ADDR_UNSPEC, &w->fi);
-      } else {
-        part_done(w, Status::kRemoteError, text, h);
-      }
-      continue;
-    }
-    if (n < 0) {
-      *error = std::string("fi_cq_read: ") + fi_strerror(static_cast<int>(-n));
-      return Status::kSystemError;
-    }
-    handle_entries(h, static_cast<size_t>(n));
-    if (n < static_cast<ssize_t>(cq_buf_.size())) return Status::kOk;
+  const char* failed = nullptr;
+  ssize_t rc = cq_drain(
+      cq_.get(), cq_buf_, 16, [&](size_t n) { handle_entries(h, n); },
+      [&](const fi_cq_err_entry& err) {
+        char text[512];
+        cq_error_text(cq_.get(), err, text, sizeof text);
+        auto* w = static_cast<WriteCtx*>(err.op_context);
+        if (w == nullptr) {
+          MF_WARN("%s: incoming operation failed: %s", nic_.name.c_str(), text);
+        } else if (w->rx) {
+          if (err.err != FI_ECANCELED)
+            (void)fi_recv(ep_.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
+                          nullptr, FI_ADDR_UNSPEC, &w->fi);
+        } else {
+          part_done(w, Status::kRemoteError, text, h);
+        }
+      },
+      &failed);
+  if (rc < 0) {
+    *error = std::string(failed) + ": " + fi_strerror(static_cast<int>(-rc));
+    return Status::kSystemError;
   }
   return Status::kOk;
 }
