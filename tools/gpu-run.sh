@@ -3,6 +3,8 @@
 # there, then NCCL all_reduce/all_to_all between the GPUs with every GPU its own "node" through
 # moefabric (shm, then tcp on lo) and through NCCL's Socket transport, all in the same call.
 # Usage (from the repo root, .gpu-deps carried):  tools/gpu-run.sh [max-bytes]
+# GPU_RUN_SKIP_SUITES=1 skips the CPU suites. With .gpu-deps/libfabric-cuda (tools/stage-libfabric-cuda.sh)
+# it also runs NCCL with GPU buffers over shm.
 # Logs and JSON go to $OUT/gpu-logs.tgz (default /tmp/moefabric-gpu-out); a summary table is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,9 +37,11 @@ build-gpu/perf/moefabric-topo --json > "$out/topo.json"
 build-gpu/perf/moefabric-topo --hwloc-nics > "$out/topo-hwloc-nics.txt" 2>&1
 nvidia-smi topo -m > "$out/nvidia-smi-topo.txt" 2>&1
 
+if [ "${GPU_RUN_SKIP_SUITES:-0}" = 1 ]; then echo "CPU suites skipped (GPU_RUN_SKIP_SUITES=1)"; else
 MFTEST_SKIP_1GIB=1 meson test -C build-gpu --suite unit --suite fabric --num-processes 4 \
   > "$out/tests.log" 2>&1
 echo "CPU suites on the GPU machine: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$out/tests.log" | tr -s ' ' | tr '\n' ' ')"
+fi
 
 plugin=$PWD/build-gpu/plugin/nccl/libnccl-net-moefabric.so
 perf=build-gpu/perf/moefabric-nccl-perf
@@ -49,12 +53,33 @@ run() {  # label, env...
   env "${common[@]}" "$@" timeout 280 "$perf" -n "$ngpu" -e "$max" --label "$label" \
       --json "$out/nccl-$label.json" > "$out/nccl-$label.log" 2>&1
   local rc=$?
-  grep -E "via NET|NET/Plugin|Using network" "$out/nccl-$label.log" | head -n 3
+  grep -E "via NET|NET/Plugin|Using network|GPU Direct|GDR" "$out/nccl-$label.log" | head -n 5
   grep -v "NCCL INFO" "$out/nccl-$label.log" | tail -n 30
   echo "rc=$rc"
 }
 run moefabric-shm NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=shm
 run moefabric-tcp NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo
+# GPU buffers over shm (CUDA IPC inside libfabric): needs the CUDA-enabled libfabric that
+# tools/stage-libfabric-cuda.sh stages (Debian's has no CUDA). NCCL only hands a network GPU
+# buffers when it considers the NIC close enough to the GPU; shm's NIC is virtual (no PCI path),
+# so NCCL_NET_GDR_LEVEL=SYS tells it to. NCCL's cuMem buffers cannot be exported with
+# cudaIpcGetMemHandle, so the run without them (NCCL_CUMEM_ENABLE=0) is the IPC one; the run with
+# them shows libfabric's fallback (staged through host memory).
+lfc=$PWD/.gpu-deps/libfabric-cuda
+if [ -f "$lfc/lib/libfabric.so.1" ]; then
+  shim=$out/cuda-shim; mkdir -p "$shim"  # libfabric 1.17 dlopens the unversioned names
+  ln -sf "$(ldconfig -p | awk '/libcuda\.so\.1 / {print $NF; exit}')" "$shim/libcuda.so"
+  ln -sf "$(ls /usr/local/cuda/lib64/libcudart.so.* 2>/dev/null | head -n 1)" "$shim/libcudart.so"
+  gdr=(NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=shm MOEFABRIC_GDR=1
+       NCCL_NET_GDR_LEVEL=SYS LD_LIBRARY_PATH="$lfc/lib:$shim:$LD_LIBRARY_PATH" FI_PROVIDER_PATH="$lfc/lib/libfabric"
+       FI_LOG_LEVEL=warn)
+  run moefabric-shm-gdr "${gdr[@]}" NCCL_CUMEM_ENABLE=0
+  run moefabric-shm-gdr-cumem "${gdr[@]}"
+  gdr_json=("$out"/nccl-moefabric-shm-gdr.json "$out"/nccl-moefabric-shm-gdr-cumem.json)
+else
+  echo "== no .gpu-deps/libfabric-cuda: GPU-buffer runs skipped (tools/stage-libfabric-cuda.sh stages it)"
+  gdr_json=()
+fi
 run socket NCCL_NET_PLUGIN=none NCCL_NET=Socket
 
 if [ -x build-gpu/perf/moefabric-net-perf ]; then
@@ -62,6 +87,6 @@ if [ -x build-gpu/perf/moefabric-net-perf ]; then
   MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo timeout 120 build-gpu/perf/moefabric-net-perf -e 64M > "$out/net-perf-tcp.log" 2>&1
 fi
 for f in "$out"/net-perf-*.log; do [ -f "$f" ] && { echo "== $(basename "$f")"; grep -v '^# [MF]' "$f"; }; done
-python3 tools/nccl_table.py "$out"/nccl-moefabric-shm.json "$out"/nccl-moefabric-tcp.json "$out"/nccl-socket.json \
+python3 tools/nccl_table.py "${gdr_json[@]}" "$out"/nccl-moefabric-shm.json "$out"/nccl-moefabric-tcp.json "$out"/nccl-socket.json \
   | tee "$out/summary.txt"
 tar -C "$out" -czf "$final/gpu-logs.tgz" . && cp "$out/summary.txt" "$final/" 2>/dev/null

@@ -55,6 +55,9 @@ Status MrCache::acquire(void* addr, size_t len, MemType type, int cuda_device, i
   if (type == MemType::kCuda) {
     attr.iface = FI_HMEM_CUDA;
     attr.device.cuda = cuda_device;
+    // cudaMalloc'd memory is not host-accessible; saying so lets shm move it by CUDA IPC
+    // (device to device) instead of staging it through host bounce buffers.
+    flags |= FI_HMEM_DEVICE_ONLY;
   }
 #ifdef FI_MR_DMABUF
   struct fi_mr_dmabuf dmabuf = {};
