@@ -20,6 +20,10 @@
 #include <string>
 #include <vector>
 
+#ifdef MOEFABRIC_NET_PERF_CUDA
+#include <cuda_runtime.h>
+#endif
+
 #include "plugin/common/launch.h"
 #include "plugin/fabric/info.h"
 #include "plugin/fabric/net.h"
@@ -33,7 +37,7 @@ using Clock = std::chrono::steady_clock;
 struct Opts {
   size_t min_bytes = 8, max_bytes = 256u << 20;
   int factor = 2, warmup = 5, iters = 0, window = 16, timeout = 300;
-  bool raw = true, check = false;
+  bool raw = true, check = false, gpu = false;
   std::string json;
 };
 
@@ -65,6 +69,50 @@ int bw_iters(const Opts& o, size_t s) {
   fflush(stderr);
   _exit(2);
 }
+
+// ---- message buffers: host memory, or GPU memory with --gpu ------------------------------------
+struct Buffer {
+  int rank = 0;
+  bool gpu = false;
+  uint8_t* p = nullptr;
+  size_t n = 0;
+  std::vector<uint8_t> host;  // the bytes (host buffers) or their staging copy (GPU buffers)
+
+  Buffer(int r, bool on_gpu, size_t bytes, uint8_t fill) : rank(r), gpu(on_gpu), n(bytes), host(bytes, fill) {
+    if (!gpu) {
+      p = host.data();
+      return;
+    }
+#ifdef MOEFABRIC_NET_PERF_CUDA
+    if (cudaMalloc(reinterpret_cast<void**>(&p), n) != cudaSuccess) die(rank, "cudaMalloc", "failed");
+    push(n);
+#endif
+  }
+  ~Buffer() {
+#ifdef MOEFABRIC_NET_PERF_CUDA
+    if (gpu) cudaFree(p);
+#endif
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  uint8_t* data() { return p; }
+  // Makes the first `len` bytes of `host` the buffer's contents (GPU: copies them over).
+  void push(size_t len) {
+#ifdef MOEFABRIC_NET_PERF_CUDA
+    if (gpu && cudaMemcpy(p, host.data(), len, cudaMemcpyHostToDevice) != cudaSuccess) die(rank, "cudaMemcpy", "upload failed");
+#else
+    (void)len;
+#endif
+  }
+  // Brings the first `len` bytes into `host` (GPU: copies them back).
+  void pull(size_t len) {
+#ifdef MOEFABRIC_NET_PERF_CUDA
+    if (gpu && cudaMemcpy(host.data(), p, len, cudaMemcpyDeviceToHost) != cudaSuccess) die(rank, "cudaMemcpy", "download failed");
+#else
+    (void)len;
+#endif
+  }
+};
 
 // ---- plugin path --------------------------------------------------------------------------
 struct PluginPath {
@@ -126,7 +174,7 @@ struct RawPath {
   void check(int rc, const char* what) {
     if (rc != 0) die(rank, what, fi_strerror(-rc));
   }
-  void open(const fi_info* info, void* buf, size_t len, OobChannel& oob) {
+  void open(const fi_info* info, void* buf, size_t len, bool gpu, OobChannel& oob) {
     check(fi_fabric(info->fabric_attr, &fabric, nullptr), "raw fi_fabric");
     check(fi_domain(fabric, const_cast<fi_info*>(info), &domain, nullptr), "raw fi_domain");
     fi_av_attr aa = {};
@@ -146,7 +194,17 @@ struct RawPath {
     attr.iov_count = 1;
     attr.access = FI_WRITE | FI_REMOTE_WRITE | FI_READ | FI_REMOTE_READ | FI_SEND | FI_RECV;
     attr.requested_key = 7;
-    check(fi_mr_regattr(domain, &attr, 0, &mr), "raw fi_mr_regattr");
+    uint64_t flags = 0;
+#ifdef MOEFABRIC_NET_PERF_CUDA
+    if (gpu) {
+      attr.iface = FI_HMEM_CUDA;
+      if (cudaGetDevice(&attr.device.cuda) != cudaSuccess) die(rank, "cudaGetDevice", "failed");
+      flags |= FI_HMEM_DEVICE_ONLY;
+    }
+#else
+    (void)gpu;
+#endif
+    check(fi_mr_regattr(domain, &attr, flags, &mr), "raw fi_mr_regattr");
     if (mode & FI_MR_ENDPOINT) {
       check(fi_mr_bind(mr, &ep->fid, 0), "raw fi_mr_bind");
       check(fi_mr_enable(mr), "raw fi_mr_enable");
@@ -235,10 +293,18 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
     if (Clock::now() > deadline) die(rank, "connect", "timed out");
   }
   size_t maxb = std::max<size_t>(o.max_bytes, 64);
-  std::vector<uint8_t> sbuf(maxb, static_cast<uint8_t>(rank + 1)), rbuf(maxb * 2, 0);
-  if (net_reg_mr(pp.sc, sbuf.data(), sbuf.size(), 1, &pp.smh) != Status::kOk ||
-      net_reg_mr(pp.rc, rbuf.data(), rbuf.size(), 1, &pp.rmh) != Status::kOk)
-    die(rank, "regMr", "failed");
+#ifdef MOEFABRIC_NET_PERF_CUDA
+  if (o.gpu) {
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) die(rank, "--gpu", "no CUDA device");
+    if (cudaSetDevice(rank % ndev) != cudaSuccess) die(rank, "cudaSetDevice", "failed");
+  }
+#endif
+  Buffer sbuf(rank, o.gpu, maxb, static_cast<uint8_t>(rank + 1)), rbuf(rank, o.gpu, maxb * 2, 0);
+  int ptr_type = o.gpu ? 2 /* NCCL_PTR_CUDA */ : 1 /* NCCL_PTR_HOST */;
+  if (net_reg_mr(pp.sc, sbuf.data(), sbuf.n, ptr_type, &pp.smh) != Status::kOk ||
+      net_reg_mr(pp.rc, rbuf.data(), rbuf.n, ptr_type, &pp.rmh) != Status::kOk)
+    die(rank, "regMr", o.gpu ? "failed for GPU memory (MOEFABRIC_GDR=1 and a provider with FI_HMEM CUDA needed)" : "failed");
 
   RawPath raw{rank, deadline};
   std::vector<NicInfo> nics;
@@ -246,7 +312,7 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
   if (do_raw) {
     if (nic_discover(net->params(), &nics, &err) != Status::kOk) die(rank, "raw discover", err);
     if (!(nics[0].info->caps & FI_RMA)) do_raw = false;
-    else raw.open(nics[0].info.get(), rbuf.data() + maxb, maxb, oob);
+    else raw.open(nics[0].info.get(), rbuf.data() + maxb, maxb, o.gpu, oob);
   }
 
   for (size_t s : sizes) {
@@ -254,7 +320,8 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
     // Plugin ping-pong.
     int li = lat_iters(o, s);
     if (o.check) {
-      for (size_t i = 0; i < s; ++i) sbuf[i] = static_cast<uint8_t>(i * 7 + rank + s);
+      for (size_t i = 0; i < s; ++i) sbuf.host[i] = static_cast<uint8_t>(i * 7 + rank + s);
+      sbuf.push(s);
     }
     if (!oob.barrier(&err)) die(rank, "barrier", err);
     Clock::time_point t0;
@@ -273,8 +340,9 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
     }
     row.lat_plugin = secs(Clock::now() - t0) / li / 2 * 1e6;
     if (o.check) {
+      rbuf.pull(s);
       for (size_t i = 0; i < s; ++i)
-        if (rbuf[i] != static_cast<uint8_t>(i * 7 + (1 - rank) + s)) ++row.wrong;
+        if (rbuf.host[i] != static_cast<uint8_t>(i * 7 + (1 - rank) + s)) ++row.wrong;
     }
     // Plugin bandwidth: a window of messages, then a one-byte ack.
     int bi = bw_iters(o, s);
@@ -355,6 +423,7 @@ int main(int argc, char** argv) {
   app.add_option("--json", o.json, "write the rows as JSON to this file");
   app.add_option("--timeout", o.timeout, "seconds before a stalled run is killed");
   app.add_flag("--check", o.check, "verify ping-pong payloads");
+  app.add_flag("--gpu", o.gpu, "message buffers in GPU memory (rank r on GPU r mod count; sets MOEFABRIC_GDR=1)");
   bool no_raw = false;
   app.add_flag("--no-raw", no_raw, "skip the raw libfabric baseline");
   CLI11_PARSE(app, argc, argv);
@@ -363,6 +432,13 @@ int main(int argc, char** argv) {
   o.max_bytes = parse_size(maxb);
   if (!provider.empty()) setenv("MOEFABRIC_PROVIDER", provider.c_str(), 1);
   if (!iface.empty()) setenv("MOEFABRIC_TCP_IFACE", iface.c_str(), 1);
+#ifndef MOEFABRIC_NET_PERF_CUDA
+  if (o.gpu) {
+    fprintf(stderr, "moefabric-net-perf: --gpu needs a build with CUDA (meson -Dcuda=enabled)\n");
+    return 2;
+  }
+#endif
+  if (o.gpu) setenv("MOEFABRIC_GDR", "1", 0);
 
   std::vector<size_t> sizes;
   for (size_t s = o.min_bytes; s <= o.max_bytes; s = std::max(s * o.factor, s + 1)) sizes.push_back(s);
@@ -381,14 +457,15 @@ int main(int argc, char** argv) {
   std::string prov = "?", dom = "?";
   if (nic_discover(params, &nics, &err) == Status::kOk) prov = nics[0].provider, dom = nics[0].domain;
   printf("# moefabric-net-perf: 2 processes on this host, provider %s, NIC %s\n", prov.c_str(), dom.c_str());
-  printf("# sizes %zu..%zu x%d, window %d, warmup %d, raw baseline %s\n", o.min_bytes, o.max_bytes,
-         o.factor, o.window, o.warmup, o.raw ? "fi_writedata" : "off");
-  for (const char* v : {"MOEFABRIC_PROVIDER", "MOEFABRIC_TCP_IFACE", "MOEFABRIC_PROTOCOL", "MOEFABRIC_EAGER_MAX", "FI_PROVIDER"})
+  printf("# sizes %zu..%zu x%d, window %d, warmup %d, raw baseline %s, buffers in %s memory\n", o.min_bytes,
+         o.max_bytes, o.factor, o.window, o.warmup, o.raw ? "fi_writedata" : "off", o.gpu ? "GPU" : "host");
+  for (const char* v : {"MOEFABRIC_PROVIDER", "MOEFABRIC_TCP_IFACE", "MOEFABRIC_PROTOCOL", "MOEFABRIC_EAGER_MAX", "MOEFABRIC_GDR", "FI_PROVIDER"})
     if (getenv(v)) printf("# %s=%s\n", v, getenv(v));
   printf("#\n# %12s %14s %12s %10s %15s %12s %9s %7s\n", "size", "lat_plugin", "lat_raw", "lat_ratio",
          "bw_plugin", "bw_raw", "bw_ratio", "#wrong");
   printf("# %12s %14s %12s %10s %15s %12s %9s %7s\n", "(B)", "(us)", "(us)", "", "(GB/s)", "(GB/s)", "", "");
-  nlohmann::json js = {{"tool", "moefabric-net-perf"}, {"provider", prov}, {"nic", dom}, {"rows", nlohmann::json::array()}};
+  nlohmann::json js = {{"tool", "moefabric-net-perf"}, {"provider", prov}, {"nic", dom},
+                       {"buffers", o.gpu ? "gpu" : "host"}, {"rows", nlohmann::json::array()}};
   std::vector<Row> rows;
   Row r;
   long wrong = 0;
@@ -406,8 +483,11 @@ int main(int argc, char** argv) {
     js["rows"].push_back({{"bytes", x.bytes}, {"lat_plugin_us", x.lat_plugin}, {"lat_raw_us", x.lat_raw},
                           {"bw_plugin_gbps", x.bw_plugin}, {"bw_raw_gbps", x.bw_raw}, {"wrong", x.wrong}});
   }
-  printf("# Targets: bandwidth >= 0.90 x raw at >= 1 MiB: %s; latency within 2 us of raw up to 4 KiB: %s\n",
-         met_bw ? "met" : "not met", met_lat ? "met" : "not met");
+  if (rows.empty())
+    printf("# Targets: no rows measured\n");
+  else
+    printf("# Targets: bandwidth >= 0.90 x raw at >= 1 MiB: %s; latency within 2 us of raw up to 4 KiB: %s\n",
+           met_bw ? "met" : "not met", met_lat ? "met" : "not met");
   printf("# Out of bounds values : %ld %s\n", wrong, wrong ? "FAILED" : "OK");
   if (!o.json.empty()) std::ofstream(o.json) << js.dump(2) << "\n";
   if (!res.ok) {

@@ -57,8 +57,6 @@ run() {  # label, env...
   grep -v "NCCL INFO" "$out/nccl-$label.log" | tail -n 30
   echo "rc=$rc"
 }
-run moefabric-shm NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=shm
-run moefabric-tcp NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo
 # GPU buffers over shm (CUDA IPC inside libfabric): needs the CUDA-enabled libfabric that
 # tools/stage-libfabric-cuda.sh stages (Debian's has no CUDA). NCCL only hands a network GPU
 # buffers when it considers the NIC close enough to the GPU; shm's NIC is virtual (no PCI path),
@@ -66,27 +64,39 @@ run moefabric-tcp NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDE
 # cudaIpcGetMemHandle, so the run without them (NCCL_CUMEM_ENABLE=0) is the IPC one; the run with
 # them shows libfabric's fallback (staged through host memory).
 lfc=$PWD/.gpu-deps/libfabric-cuda
+gdr_env=()
 if [ -f "$lfc/lib/libfabric.so.1" ]; then
   shim=$out/cuda-shim; mkdir -p "$shim"  # libfabric 1.17 dlopens the unversioned names
   ln -sf "$(ldconfig -p | awk '/libcuda\.so\.1 / {print $NF; exit}')" "$shim/libcuda.so"
   ln -sf "$(ls /usr/local/cuda/lib64/libcudart.so.* 2>/dev/null | head -n 1)" "$shim/libcudart.so"
-  gdr=(NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=shm MOEFABRIC_GDR=1
-       NCCL_NET_GDR_LEVEL=SYS LD_LIBRARY_PATH="$lfc/lib:$shim:$LD_LIBRARY_PATH" FI_PROVIDER_PATH="$lfc/lib/libfabric"
-       FI_LOG_LEVEL=warn)
-  run moefabric-shm-gdr "${gdr[@]}" NCCL_CUMEM_ENABLE=0
-  run moefabric-shm-gdr-cumem "${gdr[@]}"
-  gdr_json=("$out"/nccl-moefabric-shm-gdr.json "$out"/nccl-moefabric-shm-gdr-cumem.json)
+  gdr_env=(MOEFABRIC_PROVIDER=shm MOEFABRIC_GDR=1 LD_LIBRARY_PATH="$lfc/lib:$shim:$LD_LIBRARY_PATH"
+           FI_PROVIDER_PATH="$lfc/lib/libfabric" FI_LOG_LEVEL=warn)
 else
   echo "== no .gpu-deps/libfabric-cuda: GPU-buffer runs skipped (tools/stage-libfabric-cuda.sh stages it)"
-  gdr_json=()
 fi
-run socket NCCL_NET_PLUGIN=none NCCL_NET=Socket
 
-if [ -x build-gpu/perf/moefabric-net-perf ]; then
-  MOEFABRIC_PROVIDER=shm timeout 120 build-gpu/perf/moefabric-net-perf -e 64M > "$out/net-perf-shm.log" 2>&1
-  MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo timeout 120 build-gpu/perf/moefabric-net-perf -e 64M > "$out/net-perf-tcp.log" 2>&1
+nccl_json=()
+if [ "$ngpu" -ge 2 ] && [ -x "$perf" ]; then
+  run moefabric-shm NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=shm
+  run moefabric-tcp NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo
+  if [ ${#gdr_env[@]} -gt 0 ]; then
+    run moefabric-shm-gdr NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric NCCL_NET_GDR_LEVEL=SYS "${gdr_env[@]}" NCCL_CUMEM_ENABLE=0
+    run moefabric-shm-gdr-cumem NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric NCCL_NET_GDR_LEVEL=SYS "${gdr_env[@]}"
+    nccl_json+=("$out"/nccl-moefabric-shm-gdr.json "$out"/nccl-moefabric-shm-gdr-cumem.json)
+  fi
+  run socket NCCL_NET_PLUGIN=none NCCL_NET=Socket
+  nccl_json+=("$out"/nccl-moefabric-shm.json "$out"/nccl-moefabric-tcp.json "$out"/nccl-socket.json)
+else
+  echo "== NCCL sweeps skipped: they need 2 GPUs (each its own node), this machine has $ngpu"
 fi
-for f in "$out"/net-perf-*.log; do [ -f "$f" ] && { echo "== $(basename "$f")"; grep -v '^# [MF]' "$f"; }; done
-python3 tools/nccl_table.py "${gdr_json[@]}" "$out"/nccl-moefabric-shm.json "$out"/nccl-moefabric-tcp.json "$out"/nccl-socket.json \
-  | tee "$out/summary.txt"
+
+np=build-gpu/perf/moefabric-net-perf
+MOEFABRIC_PROVIDER=shm timeout 150 $np -e 64M --check > "$out/net-perf-shm.log" 2>&1
+MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo timeout 150 $np -e 64M > "$out/net-perf-tcp.log" 2>&1
+# The plugin moving GPU buffers over shm (both processes on GPU rank mod count).
+[ ${#gdr_env[@]} -gt 0 ] && env "${gdr_env[@]}" timeout 150 $np --gpu -e 64M --check > "$out/net-perf-shm-gpu.log" 2>&1
+for f in "$out"/net-perf-*.log; do [ -f "$f" ] && { echo "== $(basename "$f")"; grep -v '^# [MF]' "$f" | tail -n 40; }; done
+if [ ${#nccl_json[@]} -gt 0 ]; then
+  python3 tools/nccl_table.py "${nccl_json[@]}" | tee "$out/summary.txt"
+fi
 tar -C "$out" -czf "$final/gpu-logs.tgz" . && cp "$out/summary.txt" "$final/" 2>/dev/null
