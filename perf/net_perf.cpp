@@ -137,6 +137,13 @@ struct PluginPath {
     }
     return r;
   }
+  // After a receive into GPU memory, as NCCL does: iflush, and wait for it when it is needed.
+  void flush(void* buf, size_t n) {
+    void* r = nullptr;
+    int size = static_cast<int>(n);
+    if (net_iflush(rc, 1, &buf, &size, &rmh, &r) != Status::kOk) die(rank, "iflush", "failed");
+    if (r != nullptr) wait(r, "iflush");
+  }
   void* recv(void* buf, size_t n) {
     void* r = nullptr;
     int tag = 1 - rank;
@@ -195,6 +202,7 @@ struct RawPath {
     attr.access = FI_WRITE | FI_REMOTE_WRITE | FI_READ | FI_REMOTE_READ | FI_SEND | FI_RECV;
     attr.requested_key = 7;
     uint64_t flags = 0;
+    this->gpu = gpu;
 #ifdef MOEFABRIC_NET_PERF_CUDA
     if (gpu) {
       attr.iface = FI_HMEM_CUDA;
@@ -257,12 +265,18 @@ struct RawPath {
     ++local_pending;
   }
   long expected = 0;  // absolute count: completions may be read early by another poll()
+  bool gpu = false;
   void wait_remote(long n, const char* what) {
     expected += n;
     while (remote < expected) {
       poll();
       if (Clock::now() > deadline) die(rank, what, "timed out waiting for the peer's write");
     }
+#ifdef MOEFABRIC_NET_PERF_CUDA
+    // The provider's copies into GPU memory run on the legacy stream and may still be in flight
+    // (the same fence the plugin's iflush waits for).
+    if (gpu && cudaStreamSynchronize(cudaStreamLegacy) != cudaSuccess) die(rank, what, "cudaStreamSynchronize failed");
+#endif
   }
   void drain_local() {
     while (local_pending > 0) {
@@ -333,8 +347,10 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
         size_t got = 0;
         pp.wait(r, "pong recv", &got);
         if (got != s) die(rank, "pong recv", "short message");
+        if (o.gpu) pp.flush(rbuf.data(), s);
       } else {
         pp.wait(pp.recv(rbuf.data(), s), "ping recv");
+        if (o.gpu) pp.flush(rbuf.data(), s);
         pp.wait(pp.send(sbuf.data(), s), "pong send");
       }
     }
@@ -358,6 +374,7 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
       } else {
         for (int w = 0; w < o.window; ++w) reqs.push_back(pp.recv(rbuf.data(), s));
         for (void* r : reqs) pp.wait(r, "bw recv");
+        if (o.gpu) pp.flush(rbuf.data(), s);
         pp.wait(pp.send(sbuf.data(), 1), "bw ack");
       }
     }

@@ -15,6 +15,7 @@
 
 #include "plugin/common/params.h"
 #include "plugin/common/status.h"
+#include "plugin/fabric/cuda.h"
 #include "plugin/fabric/info.h"
 #include "plugin/fabric/mr.h"
 #include "plugin/fabric/resource.h"
@@ -70,7 +71,7 @@ struct Comm {
 };
 
 struct Request {
-  enum class Type : uint8_t { kSend, kRecv };
+  enum class Type : uint8_t { kSend, kRecv, kFlush };
   Type type;
   explicit Request(Type t) : type(t) {}
 };
@@ -149,12 +150,21 @@ struct Unexpected {
   std::vector<uint8_t> data;
 };
 
+// iflush of GPU buffers that the provider fills with host-issued copies (NicInfo::hmem_async):
+// done once a fence recorded after those copies has passed.
+struct FlushReq : Request {
+  FlushReq() : Request(Type::kFlush) {}
+  bool in_use = false;
+  cuda::Fence fence;
+};
+
 struct RecvComm : Comm {
   RecvComm() : Comm(Type::kRecv) {}
   uint32_t next_group = 0;
   uint32_t next_msg = 0;
   RecvGroup groups[wire::kGroupRing];
   std::vector<Unexpected> unexpected;
+  std::vector<std::unique_ptr<FlushReq>> flushes;  // reused; NCCL keeps a few in flight
   int active = 0;
   bool busy() const override { return active > 0; }
 };

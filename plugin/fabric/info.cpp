@@ -204,6 +204,7 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
       nic.provider = provider;
       nic.domain = domain;
       nic.hmem = hmem && (fi->caps & FI_HMEM);
+      nic.hmem_async = nic.hmem && (provider == "shm" || provider == "sockets" || is_tcp_like(provider));
       nic.rma = (fi->caps & FI_RMA) && fi->domain_attr->cq_data_size >= 4;
       nic.tagged = (fi->caps & FI_TAGGED) != 0;
       nic.split_imm = nic.rma && imm_write_needs_split(fi, params.split_imm);

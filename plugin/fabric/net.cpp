@@ -22,31 +22,6 @@ Device* comm_device(void* comm) {
   return static_cast<Comm*>(comm)->dev;
 }
 
-// CUDA device ordinal of a pointer, through the driver API loaded lazily (the plugin does not
-// link CUDA). -1 when unknown.
-int cuda_device_of(void* ptr) {
-  using GetAttr = int (*)(void*, int, unsigned long long);
-  static GetAttr fn = nullptr;  // NOLINT: cached function pointer (trivial)
-  if (fn == nullptr) {
-    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-    if (h == nullptr) h = dlopen("libcuda.so.1", RTLD_NOW);
-    if (h == nullptr) return -1;
-    fn = reinterpret_cast<GetAttr>(dlsym(h, "cuPointerGetAttribute"));
-    if (fn == nullptr) return -1;
-  }
-  int ordinal = -1;
-  constexpr int kDeviceOrdinal = 9;  // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
-  if (fn(&ordinal, kDeviceOrdinal, reinterpret_cast<unsigned long long>(ptr)) != 0) return -1;
-  return ordinal;
-}
-
-bool cuda_loadable() {
-  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (h == nullptr) return false;
-  dlclose(h);
-  return true;
-}
-
 }  // namespace
 
 Status Net::acquire(Net** out, std::string* error) {
@@ -122,7 +97,7 @@ Status Net::properties(int dev, NetProperties* p) const {
   p->pci_path = nic.pci_path;
   p->provider = nic.provider;
   p->guid = nic.guid;
-  bool gdr = nic.hmem && (params_.gdr == "1" || params_.gdr == "auto") && cuda_loadable();
+  bool gdr = nic.hmem && (params_.gdr == "1" || params_.gdr == "auto") && cuda::loadable();
   p->ptr_support = 1 | (gdr ? 2 : 0);
 #ifdef FI_MR_DMABUF
   p->dmabuf = gdr;
@@ -138,6 +113,7 @@ Status Net::properties(int dev, NetProperties* p) const {
   p->max_p2p_bytes = d->max_write() * wire::kMaxSegments;
   if (d->tagged()) p->max_p2p_bytes = std::min<size_t>(nic.info->ep_attr->max_msg_size, size_t{1} << 40);
   p->reg_is_global = true;
+  p->force_flush = gdr && nic.hmem_async;
   return Status::kOk;
 }
 
@@ -184,7 +160,7 @@ Status net_reg_mr_dmabuf(void* comm, void* data, size_t size, int ptr_type, uint
       return Status::kInvalidArgument;
     }
     type = MemType::kCuda;
-    cuda_dev = cuda_device_of(data);
+    cuda_dev = cuda::device_of(data);
   } else if (ptr_type != 1) {
     MF_WARN("regMr: unsupported pointer type %d", ptr_type);
     return Status::kInvalidArgument;
@@ -235,16 +211,59 @@ Status net_irecv(void* recv_comm, int n, void** data, const size_t* sizes, const
 }
 
 Status net_iflush(void* recv_comm, int n, void** data, const int* sizes, void** mhandles, void** request) {
-  (void)recv_comm, (void)n, (void)data, (void)sizes, (void)mhandles;
-  // Writes land through the provider's host-coherent path or, for GPU memory, through a NIC
-  // whose writes Hopper orders before the completion: nothing to flush.
+  (void)data;
   *request = nullptr;
+  auto* c = static_cast<RecvComm*>(recv_comm);
+  // RDMA NICs: writes land through the provider's host-coherent path or, for GPU memory, through
+  // a NIC whose writes Hopper orders before the completion: nothing to flush. Providers that copy
+  // into GPU memory from the host need a fence after those copies.
+  if (!c->dev->nic().hmem_async) return Status::kOk;
+  bool gpu = false;
+  for (int i = 0; i < n; ++i) {
+    auto* mr = static_cast<MrEntry*>(mhandles[i]);
+    gpu |= mr != nullptr && mr->type == MemType::kCuda && sizes[i] > 0;
+  }
+  if (!gpu) return Status::kOk;
+  FlushReq* f = nullptr;
+  for (auto& x : c->flushes)
+    if (!x->in_use) {
+      f = x.get();
+      break;
+    }
+  if (f == nullptr) {
+    if (c->flushes.size() >= 64) return Status::kOk;  // NCCL retries while none is free
+    c->flushes.push_back(std::make_unique<FlushReq>());
+    f = c->flushes.back().get();
+  }
+  std::string error;
+  if (f->fence.record(&error) != Status::kOk) {
+    MF_WARN("iflush on %s (peer rank %d): %s", c->dev->nic().name.c_str(), c->peer_rank, error.c_str());
+    return Status::kSystemError;
+  }
+  f->in_use = true;
+  *request = f;
   return Status::kOk;
 }
 
 Status net_test(void* request, int* done, size_t* sizes, int* nsizes) {
   *done = 0;
   auto* r = static_cast<Request*>(request);
+  if (r->type == Request::Type::kFlush) {
+    auto* f = static_cast<FlushReq*>(r);
+    bool d = false;
+    std::string error;
+    if (f->fence.query(&d, &error) != Status::kOk) {
+      f->in_use = false;
+      MF_WARN("iflush: %s", error.c_str());
+      return Status::kSystemError;
+    }
+    if (d) {
+      f->in_use = false;
+      *done = 1;
+      if (nsizes) *nsizes = 0;
+    }
+    return Status::kOk;
+  }
   Comm* c = r->type == Request::Type::kSend ? static_cast<SendReq*>(r)->comm : static_cast<RecvGroup*>(r)->comm;
   std::lock_guard<std::mutex> lock(c->dev->mu);
   bool d = false;

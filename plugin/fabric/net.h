@@ -30,6 +30,7 @@ struct NetProperties {
   size_t max_p2p_bytes = 0;
   bool reg_is_global = true;
   bool dmabuf = false;
+  bool force_flush = false;  // GPU receives need iflush on every GPU (NicInfo::hmem_async)
 };
 
 class Net {

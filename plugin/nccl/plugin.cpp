@@ -111,7 +111,7 @@ template <class P>
 Status fill_v9plus(int dev, P* p) {
   fabric::NetProperties np;
   MF_CHECK(fill_common(dev, p, &np));
-  p->forceFlush = 0;
+  p->forceFlush = np.force_flush ? 1 : 0;
   p->vProps.ndevs = 1;
   p->vProps.devs[0] = dev;
   size_t cap = np.max_p2p_bytes < abi::kMaxNetSizeBytes ? np.max_p2p_bytes : abi::kMaxNetSizeBytes;
