@@ -126,13 +126,19 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
     const int j = e - first;
     return (j >= 0 && j < L) ? j : -1;
   };
-  for (int p = threadIdx.x; p < N; p += kThreads) {
-    int s;
-    const int j = local_of(p, &s);
-    if (j >= 0) {
-      atomicAdd(&tot[j], 1);
-      if (p < lo) atomicAdd(&cur[j], 1);
+  // Warp-aggregated: all tokens on one expert must not serialise on one shared counter.
+  for (int p0 = warp * 32; p0 < N; p0 += kThreads) {
+    const int p = p0 + lane;
+    int j = -1;
+    if (p < N) {
+      int s;
+      j = local_of(p, &s);
     }
+    const uint32_t same = __match_any_sync(0xffffffffu, j);
+    const int jb = p < lo ? j : -1;
+    const uint32_t same_before = __match_any_sync(0xffffffffu, jb);
+    if (j >= 0 && lane == __ffs(same) - 1) atomicAdd(&tot[j], __popc(same));
+    if (jb >= 0 && lane == __ffs(same_before) - 1) atomicAdd(&cur[jb], __popc(same_before));
   }
   __syncthreads();
   if (warp == 0) {  // off[j] = sum over i < j of roundup(tot[i], alignment)
