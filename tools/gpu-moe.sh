@@ -7,7 +7,10 @@
 # summary.txt beside it; a short table is printed last.
 # Usage (from the repo root, .gpu-deps carried):  tools/gpu-moe.sh [perf options...]
 #   e.g. tools/gpu-moe.sh -t 1,8,32,128,512,1024,4096 -i 1000
-# Steps can be skipped: GPU_MOE_SKIP="sanitize perf" tools/gpu-moe.sh
+# Steps can be skipped: GPU_MOE_SKIP="sanitize perf" tools/gpu-moe.sh. Every step has its own
+# timeout (test 300 s, each sanitizer 240 s, each perf sweep 300 s); where one call may run for at
+# most 10 minutes, split it: GPU_MOE_SKIP="perf" first, then GPU_MOE_SKIP="test sanitize" (build-gpu
+# is reused).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 final=${OUT:-/tmp/moefabric-gpu-out}
@@ -64,7 +67,7 @@ fabric_env=(MOEFABRIC_PROVIDER=shm FI_SHM_DISABLE_CMA=0 MOEFABRIC_DEBUG=WARN)
 
 if [[ $skip != *" test "* ]]; then
   echo "== gpu suite (full)"
-  env "${fabric_env[@]}" timeout 1500 "$test_bin" > "$out/test-gpu.log" 2>&1
+  env "${fabric_env[@]}" timeout 300 "$test_bin" > "$out/test-gpu.log" 2>&1
   rc=$?
   tail -n 20 "$out/test-gpu.log"
   note "gpu test (CUDA vs host, graphs): rc=$rc $(grep -c '^  ok' "$out/test-gpu.log") ok lines, $(tail -n1 "$out/test-gpu.log")"
@@ -76,7 +79,7 @@ if [[ $skip != *" sanitize "* ]]; then
   if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
       echo "== compute-sanitizer $tool (quick configuration)"
-      env "${fabric_env[@]}" timeout 900 compute-sanitizer --tool "$tool" --target-processes all \
+      env "${fabric_env[@]}" timeout 240 compute-sanitizer --tool "$tool" --target-processes all \
         --error-exitcode 99 "$test_bin" --quick > "$out/sanitize-$tool.log" 2>&1
       rc=$?
       tail -n 8 "$out/sanitize-$tool.log"
@@ -94,7 +97,7 @@ if [[ $skip != *" perf "* ]]; then
   perf_args=("$@")
   [ ${#perf_args[@]} -eq 0 ] && perf_args=(-t 1,8,32,128,512,1024,4096 -i 1000)
   for dt in fp8 bf16; do
-    timeout 1200 "$perf_bin" -n "$ranks" --dtype "$dt" "${perf_args[@]}" --json "$out/perf-$dt.json" \
+    timeout 300 "$perf_bin" -n "$ranks" --dtype "$dt" "${perf_args[@]}" --json "$out/perf-$dt.json" \
       > "$out/perf-$dt.log" 2>&1
     rc=$?
     note "perf $dt dispatch (rc=$rc):"
