@@ -90,8 +90,9 @@ Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, Resol
     return bad("backend " + std::to_string(rc->backend) + " unknown");
   if (rc->timeout_ms < 1) return bad("timeoutMs must be > 0");
   // Auto: CUDA when the caller's current device is a GPU (and this build has the CUDA backend).
+  // (The host backend never touches CUDA.)
   std::string cuda_why;
-  const bool cuda = cuda_backend_probe(&cuda_why);
+  const bool cuda = rc->backend != ncclMoeBackendHost && cuda_backend_probe(&cuda_why);
   if (rc->backend == ncclMoeBackendAuto) rc->backend = cuda ? ncclMoeBackendCuda : ncclMoeBackendHost;
   if (rc->backend == ncclMoeBackendCuda && !cuda) {
     *why = "backend ncclMoeBackendCuda requested but " + cuda_why + " (use Host or Auto)";

@@ -146,6 +146,7 @@ class CudaComm final : public Engine {
   std::vector<std::unique_ptr<IpcMapping>> mapped_;
   cudaStream_t internal_ = nullptr;
   bool torn_down_ = false;
+  bool launch_failed_ = false;  // a launch failed: peers may be waiting for kernels that never ran
 
   OpPhase phase_ = OpPhase::kIdle;
   uint64_t ops_ = 0;
@@ -343,6 +344,7 @@ Status CudaComm::check_usable() {
 
 Status CudaComm::launched(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::kOk;
+  launch_failed_ = true;
   return fail(Status::kCudaError, "%s: kernel launch failed: %s", what, cuda_text(e).c_str());
 }
 
@@ -421,9 +423,19 @@ Status CudaComm::combine_recv(void* y, cudaStream_t stream) {
   return Status::kOk;
 }
 
+// Errors after which the peers are still in step (the op completed with the bad input treated
+// as empty), so destroy can still meet them at the barrier.
+bool peers_in_step(const volatile kern::DevError* e) {
+  const int32_t c = e->code;
+  return c == kern::kErrNone || c == kern::kErrBadExpert || c == kern::kErrBadTokens ||
+         c == kern::kErrNullInput;
+}
+
 Status CudaComm::destroy() {
   Status result = Status::kOk;
-  if (!torn_down_ && async_error() == Status::kOk && phase_ == OpPhase::kIdle && R_ > 1) {
+  const bool in_step = err_ && peers_in_step(err_.get()) &&
+                       (async_error() == Status::kOk || !launch_failed_);
+  if (!torn_down_ && in_step && phase_ == OpPhase::kIdle && R_ > 1) {
     // Every op this rank launched is done; then no peer stores into our block once every rank
     // has passed the barrier.
     DeviceScope scope(dev_);
@@ -432,8 +444,8 @@ Status CudaComm::destroy() {
     if (e == cudaSuccess) e = cudaStreamSynchronize(internal_);
     if (e != cudaSuccess)
       result = fail(Status::kCudaError, "destroy: %s", cuda_text(e).c_str());
-    else
-      result = async_error();
+    else if (!peers_in_step(err_.get()))
+      result = async_error();  // the barrier itself timed out
   }
   abort();
   return result;

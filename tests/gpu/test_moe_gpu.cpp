@@ -292,8 +292,33 @@ int run_errors(OobChannel& oob) {
                           buf.as<int32_t>(), buf.p, nullptr, buf.as<int32_t>(), dev, nullptr) ==
               ncclInvalidArgument,
           "misaligned x accepted");
-  G_CHECK(ncclMoeCommDestroy(dev) == ncclSuccess, "destroy");
-  if (oob.rank() == 0) printf("  ok  %-44s\n", "usage errors");
+  // An expert id out of range, seen only by the kernel: rank 0's slot is treated as empty, the
+  // op completes on every rank, and rank 0's comm reports it through the async error.
+  RankInput in = make_input(s, oob.rank(), s.max_tokens, 9, Routing::kRandom);
+  if (oob.rank() == 0) in.idx[1] = s.experts + 5;
+  Bufs b(s, 1024);
+  G_CHECK(b.ok(), "cudaMalloc");
+  b.upload(s, in);
+  G_CHECK(ncclMoeDispatch(b.x.p, nullptr, b.idx.as<int32_t>(), b.w.as<float>(), b.nt.as<int32_t>(),
+                          b.rx.p, nullptr, b.rc.as<int32_t>(), dev, nullptr) == ncclSuccess,
+          "dispatch with a bad expert id was refused on the host: %s", ncclMoeGetLastError(dev));
+  G_CHECK(ncclMoeCombine(b.ey.p, b.y.p, dev, nullptr) == ncclSuccess, "combine: %s",
+          ncclMoeGetLastError(dev));
+  CUDA_OK(cudaDeviceSynchronize());
+  ncclResult_t ae = ncclSuccess;
+  G_CHECK(ncclMoeCommGetAsyncError(dev, &ae) == ncclSuccess, "GetAsyncError");
+  if (oob.rank() == 0) {
+    G_CHECK(ae != ncclSuccess, "bad expert id not reported");
+    const std::string text = ncclMoeGetLastError(dev);
+    G_CHECK(text.find("not an expert") != std::string::npos, "error text: %s", text.c_str());
+    G_CHECK(ncclMoeDispatchRecv(dev, nullptr) != ncclSuccess, "a comm with an async error accepts calls");
+  } else {
+    G_CHECK(ae == ncclSuccess, "rank %d got an error from rank 0's bad input: %s", oob.rank(),
+            ncclMoeGetLastError(dev));
+  }
+  G_CHECK(ncclMoeCommDestroy(dev) == ncclSuccess || oob.rank() == 0, "destroy: %s",
+          ncclMoeGetLastError(nullptr));
+  if (oob.rank() == 0) printf("  ok  %-44s\n", "usage errors, bad expert id reported asynchronously");
   return 0;
 }
 
