@@ -254,10 +254,10 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o) {
     row.peer_gbs = peer > 0 ? d_bytes / (peer * 1e3) : 0;
     rows.push_back(row);
     auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-    printf("%7d %10.0f %9.1f %9.1f %9.1f %9.1f %9.1f %4d %9.1f %9.1f %6.2f %6.2f %9.1f %8.1f %8.1f\n",
+    printf("%7d %10.0f %9.1f %9.1f %9.1f %9.1f %9.1f %4d %9.1f %9.1f %6.2f %6.2f %9.1f %8.1f %6.2f %8.1f\n",
            T, row.bytes, row.d50, row.d99, row.c50, row.c99, row.slow_d50, row.slow_rank, row.n_d50,
            row.n_c50, ratio(row.d50, row.n_d50), ratio(row.c50, row.n_c50), row.peer_us,
-           row.peer_gbs, row.d50 > 0 ? row.bytes / (row.d50 * 1e3) : 0);
+           row.peer_gbs, ratio(row.d50, row.peer_us), row.d50 > 0 ? row.bytes / (row.d50 * 1e3) : 0);
     fflush(stdout);
   }
   if (ncclMoeCommDestroy(moe) != ncclSuccess) die(me, std::string("destroy: ") + ncclMoeGetLastError(nullptr));
@@ -274,11 +274,11 @@ void header(const Opts& o) {
   printf("# E %d, top-%d, hidden %d, %s dispatch, bf16 combine; %d iters + %d warmup per row, each a CUDA\n"
          "# graph replay with fresh device-side routing; times between CUDA events, p50/p99 pooled over ranks\n",
          o.experts, o.topk, o.hidden, o.dtype.c_str(), o.iters, o.warmup);
-  printf("#\n# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %8s\n", "T", "disp_B", "disp_p50",
+  printf("#\n# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s\n", "T", "disp_B", "disp_p50",
          "disp_p99", "comb_p50", "comb_p99", "slow_d50", "slow", "a2a_d50", "a2a_c50", "d/a2a", "c/a2a",
-         "peer_cp", "peer", "disp");
-  printf("# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %8s\n", "", "(/peer)", "(us)", "(us)",
-         "(us)", "(us)", "(us)", "rank", "(us)", "(us)", "", "", "(us)", "(GB/s)", "(GB/s)");
+         "peer_cp", "peer", "d/cp", "disp");
+  printf("# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s\n", "", "(/peer)", "(us)", "(us)",
+         "(us)", "(us)", "(us)", "rank", "(us)", "(us)", "", "", "(us)", "(GB/s)", "", "(GB/s)");
   fflush(stdout);
 }
 
