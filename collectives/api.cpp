@@ -1,17 +1,17 @@
 // The exported ncclMoe C API: argument checks that need no comm, the exception guard, and thin
-// calls into moe::Comm. Nothing here knows the protocol.
+// calls into the backend's moe::Engine. Nothing here knows the protocol.
 #include <new>
 #include <string>
 
 #include "collectives/bootstrap.h"
-#include "collectives/comm.h"
+#include "collectives/engine.h"
 #include "include/moefabric/nccl_moe.h"
 
 using moefabric::Status;
-using moefabric::moe::Comm;
+using moefabric::moe::Engine;
 
 struct ncclMoeComm {
-  std::unique_ptr<Comm> impl;
+  std::unique_ptr<Engine> impl;
 };
 
 namespace {
@@ -38,7 +38,7 @@ ncclResult_t guarded(ncclMoeComm_t moe, F&& f) {
 }
 
 ncclResult_t check_host_stream(ncclMoeComm_t moe, cudaStream_t stream, const char* fn) {
-  if (stream != nullptr && moe != nullptr && moe->impl) {
+  if (stream != nullptr && moe != nullptr && moe->impl && !moe->impl->on_device()) {
     (void)moe->impl->fail(Status::kInvalidArgument,
                           "%s: the host backend takes stream NULL (calls complete on return)", fn);
     return ncclInvalidArgument;
@@ -59,9 +59,9 @@ NCCL_MOE_API ncclResult_t ncclMoeCommInitAllGather(ncclMoeComm_t* moe, int nrank
   }
   *moe = nullptr;
   try {
-    std::unique_ptr<Comm> c;
+    std::unique_ptr<Engine> c;
     std::string err;
-    Status s = Comm::create(nranks, rank, fn, ctx, cfg, &c, &err);
+    Status s = moefabric::moe::engine_create(nranks, rank, fn, ctx, cfg, &c, &err);
     if (s != Status::kOk) {
       g_init_error = err;
       moefabric::log::write(moefabric::log::kWarn, moefabric::log::kInit, __FILE__, __LINE__,
@@ -101,7 +101,7 @@ NCCL_MOE_API ncclResult_t ncclMoeCommInit(ncclMoeComm_t* moe, ncclComm_t comm,
 
 NCCL_MOE_API ncclResult_t ncclMoeCommDestroy(ncclMoeComm_t moe) {
   if (moe == nullptr) return ncclInvalidArgument;
-  ncclResult_t r = guarded(moe, [](Comm& c) { return c.destroy(); });
+  ncclResult_t r = guarded(moe, [](Engine& c) { return c.destroy(); });
   delete moe;
   return r;
 }
@@ -120,7 +120,7 @@ NCCL_MOE_API const char* ncclMoeGetLastError(ncclMoeComm_t moe) {
 
 NCCL_MOE_API ncclResult_t ncclMoeCommGetAsyncError(ncclMoeComm_t moe, ncclResult_t* err) {
   if (err == nullptr) return ncclInvalidArgument;
-  return guarded(moe, [&](Comm& c) {
+  return guarded(moe, [&](Engine& c) {
     *err = to_nccl(c.async_error());
     return Status::kOk;
   });
@@ -128,17 +128,17 @@ NCCL_MOE_API ncclResult_t ncclMoeCommGetAsyncError(ncclMoeComm_t moe, ncclResult
 
 NCCL_MOE_API ncclResult_t ncclMoeGetRecvCapacity(ncclMoeComm_t moe, size_t* rows) {
   if (rows == nullptr) return ncclInvalidArgument;
-  return guarded(moe, [&](Comm& c) {
-    *rows = c.layout().capacity_rows;
+  return guarded(moe, [&](Engine& c) {
+    *rows = c.recv_capacity();
     return Status::kOk;
   });
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeGetLocalExperts(ncclMoeComm_t moe, int* first, int* count) {
   if (first == nullptr || count == nullptr) return ncclInvalidArgument;
-  return guarded(moe, [&](Comm& c) {
-    *first = c.layout().first_expert(c.layout().rank);
-    *count = c.layout().local_count(c.layout().rank);
+  return guarded(moe, [&](Engine& c) {
+    *first = c.first_expert();
+    *count = c.local_experts();
     return Status::kOk;
   });
 }
@@ -149,15 +149,15 @@ NCCL_MOE_API ncclResult_t ncclMoeDispatchSend(const void* x, const float* xScale
                                               float* recvScales, int32_t* recvExpertCounts,
                                               ncclMoeComm_t moe, cudaStream_t stream) {
   if (ncclResult_t r = check_host_stream(moe, stream, "dispatch"); r != ncclSuccess) return r;
-  return guarded(moe, [&](Comm& c) {
+  return guarded(moe, [&](Engine& c) {
     return c.dispatch_send(x, xScales, topkIdx, topkWeights, numTokens, recvX, recvScales,
-                           recvExpertCounts);
+                           recvExpertCounts, stream);
   });
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeDispatchRecv(ncclMoeComm_t moe, cudaStream_t stream) {
   if (ncclResult_t r = check_host_stream(moe, stream, "dispatch recv"); r != ncclSuccess) return r;
-  return guarded(moe, [](Comm& c) { return c.dispatch_recv(); });
+  return guarded(moe, [&](Engine& c) { return c.dispatch_recv(stream); });
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeDispatch(const void* x, const float* xScales,
@@ -173,19 +173,19 @@ NCCL_MOE_API ncclResult_t ncclMoeDispatch(const void* x, const float* xScales,
 NCCL_MOE_API ncclResult_t ncclMoeCombineSend(const void* expertY, ncclMoeComm_t moe,
                                              cudaStream_t stream) {
   if (ncclResult_t r = check_host_stream(moe, stream, "combine"); r != ncclSuccess) return r;
-  return guarded(moe, [&](Comm& c) { return c.combine_send(expertY); });
+  return guarded(moe, [&](Engine& c) { return c.combine_send(expertY, stream); });
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeCombineRecv(void* y, ncclMoeComm_t moe, cudaStream_t stream) {
   if (ncclResult_t r = check_host_stream(moe, stream, "combine recv"); r != ncclSuccess) return r;
-  return guarded(moe, [&](Comm& c) { return c.combine_recv(y); });
+  return guarded(moe, [&](Engine& c) { return c.combine_recv(y, stream); });
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeCombine(const void* expertY, void* y, ncclMoeComm_t moe,
                                          cudaStream_t stream) {
-  // y is checked before anything is sent.
-  if (moe != nullptr && moe->impl && y == nullptr && moe->impl->pending_tokens() > 0) {
-    return guarded(moe, [&](Comm& c) {
+  // y is checked before anything is sent (always on the CUDA backend, where T is on the device).
+  if (moe != nullptr && moe->impl && y == nullptr && moe->impl->pending_tokens() != 0) {
+    return guarded(moe, [&](Engine& c) {
       return c.fail(Status::kInvalidArgument, "combine: y is NULL");
     });
   }
@@ -195,7 +195,7 @@ NCCL_MOE_API ncclResult_t ncclMoeCombine(const void* expertY, void* y, ncclMoeCo
 
 NCCL_MOE_API ncclResult_t ncclMoeGetStats(ncclMoeComm_t moe, ncclMoeStats_t* stats) {
   if (stats == nullptr || stats->size != sizeof(ncclMoeStats_t)) return ncclInvalidArgument;
-  return guarded(moe, [&](Comm& c) {
+  return guarded(moe, [&](Engine& c) {
     c.stats(stats);
     return Status::kOk;
   });

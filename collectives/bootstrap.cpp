@@ -39,8 +39,9 @@ Status nccl_bootstrap_open(ncclComm_t comm, NcclBootstrap* b, std::string* error
             resolve(&api->comm_user_rank, "ncclCommUserRank", nccl) &&
             resolve(&api->all_gather, "ncclAllGather", nccl);
   if (!ok) {
-    *error = "NCCL entry points not found (is NCCL loaded in this process?)";
-    return Status::kSystemError;
+    *error = "NCCL is not loaded in this process and libnccl.so.2 could not be opened, so there "
+             "is no NCCL communicator to bootstrap over (use ncclMoeCommInitAllGather)";
+    return Status::kInvalidUsage;
   }
   ok = resolve(&api->malloc, "cudaMalloc", cudart) && resolve(&api->free, "cudaFree", cudart) &&
        resolve(&api->memcpy, "cudaMemcpy", cudart) &&

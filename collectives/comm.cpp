@@ -11,6 +11,7 @@
 #include <cstdarg>
 #include <cstring>
 
+#include "collectives/engine.h"
 #include "plugin/common/log.h"
 
 namespace moefabric::moe {
@@ -88,8 +89,13 @@ Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, Resol
   if (rc->backend < ncclMoeBackendAuto || rc->backend > ncclMoeBackendHost)
     return bad("backend " + std::to_string(rc->backend) + " unknown");
   if (rc->timeout_ms < 1) return bad("timeoutMs must be > 0");
-  if (rc->backend == ncclMoeBackendCuda) {
-    *why = "backend ncclMoeBackendCuda is not available in this build yet (use Host or Auto)";
+  // Auto: CUDA when the caller's current device is a GPU (and this build has the CUDA backend).
+  // (The host backend never touches CUDA.)
+  std::string cuda_why;
+  const bool cuda = rc->backend != ncclMoeBackendHost && cuda_backend_probe(&cuda_why);
+  if (rc->backend == ncclMoeBackendAuto) rc->backend = cuda ? ncclMoeBackendCuda : ncclMoeBackendHost;
+  if (rc->backend == ncclMoeBackendCuda && !cuda) {
+    *why = "backend ncclMoeBackendCuda requested but " + cuda_why + " (use Host or Auto)";
     return Status::kInvalidUsage;
   }
   return Status::kOk;
@@ -106,6 +112,7 @@ const char* config_diff(const ResolvedConfig& a, const ResolvedConfig& b) {
   if (a.dispatch_type == ncclFloat8e4m3 && a.scale_block != b.scale_block) return "scaleBlock";
   if (a.alignment != b.alignment) return "expertAlignment";
   if (a.max_private != b.max_private) return "maxPrivateTokens";
+  if (a.backend != b.backend) return "backend (as resolved: Auto picks CUDA only where a GPU is current)";
   return nullptr;
 }
 
@@ -120,20 +127,19 @@ Block block_alloc(size_t bytes) {
 
 }  // namespace
 
-Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                    const ncclMoeConfig_t* cfg, std::unique_ptr<Comm>* out, std::string* error) {
+Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                    const ncclMoeConfig_t* cfg, const Params& params, ResolvedConfig* out,
+                    std::string* error) {
   if (nranks < 1 || nranks > kMaxRanks || rank < 0 || rank >= nranks || fn == nullptr) {
     *error = "invalid arguments: nranks " + std::to_string(nranks) + ", rank " +
              std::to_string(rank) + (fn == nullptr ? ", allgather function NULL" : "") +
              " (need 1 <= nranks <= 4096, 0 <= rank < nranks)";
     return Status::kInvalidArgument;
   }
-  std::unique_ptr<Comm> c(new Comm());
-  c->params_ = Params::load();
   // Local validation; every rank still joins the exchange so that all fail together.
   ResolvedConfig rc{};
   std::string why;
-  Status local = resolve(cfg, nranks, c->params_, &rc, &why);
+  Status local = resolve(cfg, nranks, params, &rc, &why);
   CfgBlob mine{};
   mine.magic = kBlobMagic;
   mine.valid = local == Status::kOk ? 1 : 0;
@@ -169,6 +175,15 @@ Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
       return Status::kInvalidUsage;
     }
   }
+  *out = rc;
+  return Status::kOk;
+}
+
+Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                    const ResolvedConfig& rc, const Params& params, std::unique_ptr<Comm>* out,
+                    std::string* error) {
+  std::unique_ptr<Comm> c(new Comm());
+  c->params_ = params;
   MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error));
   *out = std::move(c);
   return Status::kOk;

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "collectives/engine.h"
 #include "collectives/layout.h"
 #include "collectives/protocol.h"
 #include "include/moefabric/nccl_moe.h"
@@ -35,12 +36,6 @@ struct PeerInfo {
   uint64_t recv_key = 0;
 };
 
-// Resolved, validated configuration (what ranks compare at init).
-struct ResolvedConfig {
-  int32_t experts, topk, hidden, max_tokens, dispatch_type, combine_type, scale_block, alignment,
-      max_private, backend, timeout_ms;
-};
-
 enum class Phase : uint8_t { kIdle, kDispatchSent, kDispatched, kCombineSent };
 
 // Written by the proxy thread, read by the caller.
@@ -48,10 +43,19 @@ struct Arrivals {
   std::vector<std::atomic<uint64_t>> seq[kNumKinds];  // last full seq seen per (kind, source)
 };
 
+// Resolves and validates the caller's config, then checks through one allgather that every
+// rank resolved the same one (all ranks fail together, naming the first mismatch).
+Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                    const ncclMoeConfig_t* cfg, const Params& params, ResolvedConfig* out,
+                    std::string* error);
+
+// The host backend's comm (and the RDMA protocol's owner).
 class Comm : public fabric::RmaHandler {
  public:
+  // Collective: buffers, endpoint, address exchange, proxy. `rc` comes from config_agree.
   static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                       const ncclMoeConfig_t* cfg, std::unique_ptr<Comm>* out, std::string* error);
+                       const ResolvedConfig& rc, const Params& params, std::unique_ptr<Comm>* out,
+                       std::string* error);
   ~Comm() override;
 
   // C API bodies (api.cpp adapts them).

@@ -1,0 +1,501 @@
+// The CUDA backend: an ncclMoe comm whose ranks are GPUs of one node with peer access. Each rank
+// allocates one receive block (cuda_layout.h), exports it through CUDA IPC over the bootstrap
+// allgather and maps every peer's; the kernels (kernels/) store straight into peers' blocks over
+// NVLink and signal with system-scope releases. Nothing on the path synchronises with the host:
+// T is read on the device, sequence numbers live on the device, and every call is a kernel
+// launch on the caller's stream, so calls capture into CUDA graphs and replay.
+#include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <vector>
+
+#include "collectives/cuda_layout.h"
+#include "collectives/engine.h"
+#include "kernels/moe_kernels.h"
+#include "plugin/common/log.h"
+#include "plugin/common/params.h"
+
+namespace moefabric::moe {
+namespace {
+
+struct DeviceFree {
+  void operator()(void* p) const { (void)cudaFree(p); }
+};
+struct HostFree {
+  void operator()(void* p) const { (void)cudaFreeHost(p); }
+};
+template <class T>
+using DevicePtr = std::unique_ptr<T, DeviceFree>;
+template <class T>
+using PinnedPtr = std::unique_ptr<T, HostFree>;
+
+// A peer's receive block mapped through CUDA IPC.
+struct IpcMapping {
+  void* ptr = nullptr;
+  IpcMapping() = default;
+  IpcMapping(const IpcMapping&) = delete;
+  IpcMapping& operator=(const IpcMapping&) = delete;
+  ~IpcMapping() {
+    if (ptr != nullptr) (void)cudaIpcCloseMemHandle(ptr);
+  }
+};
+
+// Makes `dev` current for the scope (calls may come from a thread with another current device).
+class DeviceScope {
+ public:
+  explicit DeviceScope(int dev) {
+    if (cudaGetDevice(&prev_) == cudaSuccess && prev_ != dev && cudaSetDevice(dev) == cudaSuccess)
+      restore_ = true;
+  }
+  ~DeviceScope() {
+    if (restore_) (void)cudaSetDevice(prev_);
+  }
+
+ private:
+  int prev_ = -1;
+  bool restore_ = false;
+};
+
+bool aligned(const void* p, size_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; }
+
+std::string cuda_text(cudaError_t e) {
+  return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+}
+
+// Identifies the machine: ranks with equal ids can reach each other over CUDA IPC.
+void host_id(char* out, size_t n) {
+  char host[128] = {};
+  gethostname(host, sizeof host - 1);
+  std::string boot;
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::getline(f, boot);
+  snprintf(out, n, "%s/%s", host, boot.c_str());
+}
+
+struct InitBlob {
+  int32_t ok;
+  int32_t sm_count;
+  char host[128];
+  char why[192];
+  cudaIpcMemHandle_t handle;
+};
+
+struct OkBlob {
+  int32_t ok;
+  char why[192];
+};
+
+const char* phase_name(int32_t p) {
+  switch (p) {
+    case kern::kPhaseDispatchSend: return "dispatch send";
+    case kern::kPhaseDispatchRecv: return "dispatch recv";
+    case kern::kPhaseCombineSend: return "combine send";
+    case kern::kPhaseCombineRecv: return "combine recv";
+    case kern::kPhaseBarrier: return "destroy";
+  }
+  return "?";
+}
+
+enum class OpPhase : uint8_t { kIdle, kDispatchSent, kDispatched, kCombineSent };
+
+class CudaComm final : public Engine {
+ public:
+  static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                       const ResolvedConfig& rc, const Params& params,
+                       std::unique_ptr<Engine>* out, std::string* error);
+  ~CudaComm() override { abort(); }
+
+  Status dispatch_send(const void* x, const float* scales, const int32_t* idx, const float* w,
+                       const int32_t* ntokens, void* recv_x, float* recv_scales,
+                       int32_t* recv_counts, cudaStream_t stream) override;
+  Status dispatch_recv(cudaStream_t stream) override;
+  Status combine_send(const void* expert_y, cudaStream_t stream) override;
+  Status combine_recv(void* y, cudaStream_t stream) override;
+  Status destroy() override;
+  void abort() override;
+
+  bool on_device() const override { return true; }
+  size_t recv_capacity() const override { return args_.l.capacity_rows; }
+  int first_expert() const override { return args_.l.first_expert(me_); }
+  int local_experts() const override { return args_.l.local_count(me_); }
+  int pending_tokens() const override { return -1; }
+  Status async_error() override;
+  const std::string& last_error() const override { return last_error_; }
+  void stats(ncclMoeStats_t* s) const override;
+  Status record_error(Status s, const char* text) override;
+
+ private:
+  CudaComm() = default;
+  Status setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+               std::string* error);
+  Status check_usable();
+  Status launched(cudaError_t e, const char* what);
+
+  ResolvedConfig cfg_{};
+  int me_ = 0, R_ = 0, dev_ = -1;
+  kern::Args args_{};
+  DevicePtr<uint8_t> block_;
+  DevicePtr<kern::DevState> state_;
+  DevicePtr<uint32_t> row_src_;
+  DevicePtr<uint8_t*> peers_dev_;
+  PinnedPtr<kern::DevError> err_;
+  std::vector<std::unique_ptr<IpcMapping>> mapped_;
+  cudaStream_t internal_ = nullptr;
+  bool torn_down_ = false;
+  bool launch_failed_ = false;  // a launch failed: peers may be waiting for kernels that never ran
+
+  OpPhase phase_ = OpPhase::kIdle;
+  uint64_t ops_ = 0;
+  Status sticky_ = Status::kOk;
+  std::string last_error_, async_text_;
+};
+
+Status CudaComm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                        const ResolvedConfig& rc, const Params&, std::unique_ptr<Engine>* out,
+                        std::string* error) {
+  std::unique_ptr<CudaComm> c(new CudaComm());
+  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error));
+  *out = std::move(c);
+  return Status::kOk;
+}
+
+Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                       const ResolvedConfig& rc, std::string* error) {
+  cfg_ = rc;
+  R_ = nranks;
+  me_ = rank;
+  InitBlob mine{};
+  std::string err;
+  auto cuda_ok = [&](cudaError_t e, const char* what) {
+    if (e == cudaSuccess) return true;
+    if (err.empty()) err = std::string(what) + " failed: " + cuda_text(e);
+    return false;
+  };
+  const bool fp8 = rc.dispatch_type == ncclFloat8e4m3;
+  const char* why = nullptr;
+  CudaLayout& l = args_.l;
+  bool ok = cuda_layout_init(&l, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens,
+                             fp8 ? 1 : 2, fp8, rc.scale_block, rc.alignment, &why);
+  if (!ok) err = why;
+  ok = ok && cuda_ok(cudaGetDevice(&dev_), "cudaGetDevice");
+  int sms = 0;
+  ok = ok && cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev_),
+                     "cudaDeviceGetAttribute");
+  void* p = nullptr;
+  if (ok && cuda_ok(cudaMalloc(&p, l.block_bytes), "cudaMalloc (receive block)"))
+    block_.reset(static_cast<uint8_t*>(p));
+  ok = ok && block_ && cuda_ok(cudaMemset(block_.get(), 0, l.block_bytes), "cudaMemset");
+  if (ok && cuda_ok(cudaMalloc(&p, sizeof(kern::DevState)), "cudaMalloc (state)"))
+    state_.reset(static_cast<kern::DevState*>(p));
+  ok = ok && state_ && cuda_ok(cudaMemset(state_.get(), 0, sizeof(kern::DevState)), "cudaMemset");
+  if (ok && cuda_ok(cudaMalloc(&p, sizeof(uint32_t) * std::max<size_t>(1, l.capacity_rows)),
+                    "cudaMalloc (row map)"))
+    row_src_.reset(static_cast<uint32_t*>(p));
+  if (ok && row_src_ && cuda_ok(cudaMalloc(&p, sizeof(uint8_t*) * nranks), "cudaMalloc (peers)"))
+    peers_dev_.reset(static_cast<uint8_t**>(p));
+  ok = ok && peers_dev_;
+  if (ok && cuda_ok(cudaHostAlloc(&p, sizeof(kern::DevError), cudaHostAllocMapped),
+                    "cudaHostAlloc (error word)")) {
+    err_.reset(static_cast<kern::DevError*>(p));
+    std::memset(p, 0, sizeof(kern::DevError));
+  }
+  ok = ok && err_;
+  void* err_dev = nullptr;
+  ok = ok && cuda_ok(cudaHostGetDevicePointer(&err_dev, err_.get(), 0), "cudaHostGetDevicePointer");
+  ok = ok && cuda_ok(cudaStreamCreateWithFlags(&internal_, cudaStreamNonBlocking), "cudaStreamCreate");
+  ok = ok && cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize (init)");
+  ok = ok && cuda_ok(cudaIpcGetMemHandle(&mine.handle, block_.get()), "cudaIpcGetMemHandle");
+  mine.ok = ok ? 1 : 0;
+  mine.sm_count = sms;
+  host_id(mine.host, sizeof mine.host);
+  snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
+
+  std::vector<InitBlob> all(static_cast<size_t>(nranks));
+  if (fn(&mine, all.data(), sizeof(InitBlob), ctx) != ncclSuccess) {
+    *error = "init (CUDA backend): the allgather callback failed while exchanging IPC handles";
+    return Status::kSystemError;
+  }
+  if (!ok) {
+    *error = "init (CUDA backend): " + err;
+    return Status::kCudaError;
+  }
+  int blocks = sms;
+  for (int r = 0; r < nranks; ++r) {
+    if (!all[r].ok) {
+      *error = "init (CUDA backend): rank " + std::to_string(r) + " could not set up: " +
+               std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
+      return Status::kSystemError;
+    }
+    if (std::strncmp(all[r].host, mine.host, sizeof mine.host) != 0) {
+      *error = "init (CUDA backend): rank " + std::to_string(r) + " is on another node (" +
+               std::string(all[r].host, strnlen(all[r].host, sizeof all[r].host)) +
+               "); the CUDA backend reaches NVLink peers of one node only (the fabric path for "
+               "remote peers is not implemented yet: use ncclMoeBackendHost)";
+      return Status::kInvalidUsage;
+    }
+    blocks = std::min(blocks, static_cast<int>(all[r].sm_count));
+  }
+  // Map every peer's block; all ranks learn whether everyone succeeded.
+  std::vector<uint8_t*> bases(nranks, nullptr);
+  OkBlob mapped{1, {}};
+  for (int r = 0; r < nranks && mapped.ok; ++r) {
+    if (r == rank) {
+      bases[r] = block_.get();
+      continue;
+    }
+    auto m = std::make_unique<IpcMapping>();
+    cudaError_t e = cudaIpcOpenMemHandle(&m->ptr, all[r].handle, cudaIpcMemLazyEnablePeerAccess);
+    if (e != cudaSuccess) {
+      m->ptr = nullptr;
+      mapped.ok = 0;
+      snprintf(mapped.why, sizeof mapped.why,
+               "opening rank %d's receive block over CUDA IPC failed (%s): the GPUs need peer "
+               "access (NVLink or PCIe P2P)", r, cuda_text(e).c_str());
+      (void)cudaGetLastError();
+      break;
+    }
+    bases[r] = static_cast<uint8_t*>(m->ptr);
+    mapped_.push_back(std::move(m));
+  }
+  if (mapped.ok)
+    mapped.ok = cudaMemcpy(peers_dev_.get(), bases.data(), sizeof(uint8_t*) * nranks,
+                           cudaMemcpyHostToDevice) == cudaSuccess;
+  std::vector<OkBlob> oks(static_cast<size_t>(nranks));
+  if (fn(&mapped, oks.data(), sizeof(OkBlob), ctx) != ncclSuccess) {
+    *error = "init (CUDA backend): the allgather callback failed after mapping peers";
+    return Status::kSystemError;
+  }
+  for (int r = 0; r < nranks; ++r)
+    if (!oks[r].ok) {
+      *error = "init (CUDA backend): rank " + std::to_string(r) + ": " +
+               std::string(oks[r].why, strnlen(oks[r].why, sizeof oks[r].why));
+      return Status::kSystemError;
+    }
+  args_.local = block_.get();
+  args_.peers = peers_dev_.get();
+  args_.st = state_.get();
+  args_.err = static_cast<kern::DevError*>(err_dev);
+  args_.row_src = row_src_.get();
+  args_.blocks = std::max(1, blocks);
+  args_.timeout_ns = static_cast<int64_t>(rc.timeout_ms) * 1000000;
+  MF_INFO(log::kInit,
+          "moe comm rank %d/%d: CUDA backend on device %d, E %d K %d H %d maxT %d %s, %zu MiB "
+          "receive block over CUDA IPC, %d blocks per kernel",
+          rank, nranks, dev_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? "fp8" : "bf16",
+          l.block_bytes >> 20, args_.blocks);
+  return Status::kOk;
+}
+
+Status CudaComm::record_error(Status s, const char* text) {
+  last_error_ = text;
+  if (s != Status::kInvalidArgument && s != Status::kInvalidUsage && sticky_ == Status::kOk) {
+    sticky_ = s;
+    async_text_ = text;
+  }
+  MF_WARN("rank %d: %s", me_, text);
+  return s;
+}
+
+// Turns the device's error word into the sticky async error (read without any CUDA call).
+Status CudaComm::async_error() {
+  if (sticky_ != Status::kOk || !err_) return sticky_;
+  volatile kern::DevError* e = err_.get();
+  const int32_t code = e->code;
+  if (code == kern::kErrNone) return Status::kOk;
+  const int32_t phase = e->phase, peer = e->peer, value = e->value;
+  switch (code) {
+    case kern::kErrTimeout:
+      return fail(Status::kRemoteError,
+                  "%s: timed out after %d ms waiting for rank %d's stores (peer stalled or lost)",
+                  phase_name(phase), cfg_.timeout_ms, peer);
+    case kern::kErrBadExpert:
+      return fail(Status::kRemoteError,
+                  "%s: topkIdx holds %d, not an expert (numExperts %d; -1 = empty); the slot was "
+                  "treated as empty", phase_name(phase), value, cfg_.experts);
+    case kern::kErrBadTokens:
+      return fail(Status::kRemoteError,
+                  "%s: numTokens %d outside [0, maxTokensPerRank=%d]; nothing was sent",
+                  phase_name(phase), value, cfg_.max_tokens);
+    case kern::kErrNullInput: {
+      static const char* const names[] = {"x", "topkIdx", "topkWeights", "xScales", "expertY"};
+      return fail(Status::kRemoteError, "%s: %s is NULL with tokens to move",
+                  phase_name(phase), value >= 0 && value < 5 ? names[value] : "an input");
+    }
+    case kern::kErrPeerData:
+      return fail(Status::kRemoteError, "%s: rank %d announced %d tokens (maxTokensPerRank %d)",
+                  phase_name(phase), peer, value, cfg_.max_tokens);
+    case kern::kErrAborted:
+      return fail(Status::kRemoteError, "%s: aborted while waiting for rank %d",
+                  phase_name(phase), peer);
+  }
+  return fail(Status::kInternalError, "%s: device error %d", phase_name(phase), code);
+}
+
+Status CudaComm::check_usable() {
+  if (torn_down_) return fail(Status::kInvalidUsage, "the comm was aborted");
+  Status s = async_error();
+  if (s != Status::kOk) last_error_ = async_text_;
+  return s;
+}
+
+Status CudaComm::launched(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return Status::kOk;
+  launch_failed_ = true;
+  return fail(Status::kCudaError, "%s: kernel launch failed: %s", what, cuda_text(e).c_str());
+}
+
+Status CudaComm::dispatch_send(const void* x, const float* scales, const int32_t* idx,
+                               const float* w, const int32_t* ntokens, void* recv_x,
+                               float* recv_scales, int32_t* recv_counts, cudaStream_t stream) {
+  MF_CHECK(check_usable());
+  if (phase_ != OpPhase::kIdle)
+    return fail(Status::kInvalidUsage,
+                "dispatch: a dispatch or combine is still in flight; one dispatch->combine per comm");
+  const bool fp8 = args_.l.nscale > 0;
+  if (ntokens == nullptr) return fail(Status::kInvalidArgument, "dispatch: numTokens is NULL");
+  if (recv_x == nullptr || recv_counts == nullptr)
+    return fail(Status::kInvalidArgument, "dispatch: %s is NULL",
+                recv_x ? "recvExpertCounts" : "recvX");
+  if (fp8 && recv_scales == nullptr)
+    return fail(Status::kInvalidArgument, "dispatch: recvScales is NULL with fp8 dispatch");
+  if (!fp8 && scales != nullptr)
+    return fail(Status::kInvalidArgument, "dispatch: xScales must be NULL for bf16 dispatch");
+  if ((x && !aligned(x, 16)) || !aligned(recv_x, 16))
+    return fail(Status::kInvalidArgument, "dispatch: %s is not 16-byte aligned",
+                (x && !aligned(x, 16)) ? "x" : "recvX");
+  if ((scales && !aligned(scales, 4)) || (recv_scales && !aligned(recv_scales, 4)) ||
+      (idx && !aligned(idx, 4)) || (w && !aligned(w, 4)) || !aligned(recv_counts, 4) ||
+      !aligned(ntokens, 4))
+    return fail(Status::kInvalidArgument,
+                "dispatch: a scale, index, weight, count or numTokens pointer is not 4-byte aligned");
+  DeviceScope scope(dev_);
+  args_.x = x;
+  args_.x_scales = scales;
+  args_.idx = idx;
+  args_.weights = w;
+  args_.ntokens = ntokens;
+  args_.recv_x = recv_x;
+  args_.recv_scales = recv_scales;
+  args_.recv_counts = recv_counts;
+  MF_CHECK(launched(kern::launch_dispatch_send(args_, stream), "dispatch send"));
+  phase_ = OpPhase::kDispatchSent;
+  return Status::kOk;
+}
+
+Status CudaComm::dispatch_recv(cudaStream_t stream) {
+  MF_CHECK(check_usable());
+  if (phase_ != OpPhase::kDispatchSent)
+    return fail(Status::kInvalidUsage, "dispatch recv: no dispatch send in flight");
+  DeviceScope scope(dev_);
+  MF_CHECK(launched(kern::launch_dispatch_recv(args_, stream), "dispatch recv"));
+  phase_ = OpPhase::kDispatched;
+  return Status::kOk;
+}
+
+Status CudaComm::combine_send(const void* expert_y, cudaStream_t stream) {
+  MF_CHECK(check_usable());
+  if (phase_ != OpPhase::kDispatched)
+    return fail(Status::kInvalidUsage, "combine: no completed dispatch to combine");
+  if (expert_y != nullptr && !aligned(expert_y, 16))
+    return fail(Status::kInvalidArgument, "combine: expertY is not 16-byte aligned");
+  DeviceScope scope(dev_);
+  args_.expert_y = expert_y;
+  MF_CHECK(launched(kern::launch_combine_send(args_, stream), "combine send"));
+  phase_ = OpPhase::kCombineSent;
+  return Status::kOk;
+}
+
+Status CudaComm::combine_recv(void* y, cudaStream_t stream) {
+  MF_CHECK(check_usable());
+  if (phase_ != OpPhase::kCombineSent)
+    return fail(Status::kInvalidUsage, "combine recv: no combine send in flight");
+  if (y == nullptr || !aligned(y, 16))
+    return fail(Status::kInvalidArgument, "combine: y is %s", y ? "not 16-byte aligned" : "NULL");
+  DeviceScope scope(dev_);
+  args_.y = y;
+  MF_CHECK(launched(kern::launch_combine_recv(args_, stream), "combine recv"));
+  phase_ = OpPhase::kIdle;
+  ++ops_;
+  return Status::kOk;
+}
+
+// Errors after which the peers are still in step (the op completed with the bad input treated
+// as empty), so destroy can still meet them at the barrier.
+bool peers_in_step(const volatile kern::DevError* e) {
+  const int32_t c = e->code;
+  return c == kern::kErrNone || c == kern::kErrBadExpert || c == kern::kErrBadTokens ||
+         c == kern::kErrNullInput;
+}
+
+Status CudaComm::destroy() {
+  Status result = Status::kOk;
+  const bool in_step = err_ && peers_in_step(err_.get()) &&
+                       (async_error() == Status::kOk || !launch_failed_);
+  if (!torn_down_ && in_step && phase_ == OpPhase::kIdle && R_ > 1) {
+    // Every op this rank launched is done; then no peer stores into our block once every rank
+    // has passed the barrier.
+    DeviceScope scope(dev_);
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e == cudaSuccess) e = kern::launch_barrier(args_, internal_);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(internal_);
+    if (e != cudaSuccess)
+      result = fail(Status::kCudaError, "destroy: %s", cuda_text(e).c_str());
+    else if (!peers_in_step(err_.get()))
+      result = async_error();  // the barrier itself timed out
+  }
+  abort();
+  return result;
+}
+
+void CudaComm::abort() {
+  if (torn_down_) return;
+  torn_down_ = true;
+  DeviceScope scope(dev_);
+  if (err_) reinterpret_cast<volatile kern::DevError*>(err_.get())->abort = 1;
+  // Waiting kernels see the abort word within microseconds; then nothing of ours runs.
+  (void)cudaDeviceSynchronize();
+  mapped_.clear();
+  if (internal_ != nullptr) (void)cudaStreamDestroy(internal_);
+  internal_ = nullptr;
+  peers_dev_.reset();
+  row_src_.reset();
+  state_.reset();
+  block_.reset();
+  err_.reset();
+  (void)cudaGetLastError();
+}
+
+void CudaComm::stats(ncclMoeStats_t* s) const {
+  s->ops = ops_;
+  s->dispatchWritesMaxPeer = s->combineWritesMaxPeer = s->grantsSent = 0;
+  s->peers = static_cast<uint32_t>(R_ - 1);
+  s->dispatchBytesSent = s->combineBytesSent = 0;  // known on the device only
+  s->proxyPostUs = s->combinePostUs = 0;
+  s->registrations = 0;
+}
+
+}  // namespace
+
+bool cuda_backend_probe(std::string* why) {
+  int dev = -1, n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e == cudaSuccess && n > 0) e = cudaGetDevice(&dev);
+  if (e != cudaSuccess || n == 0) {
+    *why = "no GPU is current (" + (e != cudaSuccess ? cuda_text(e) : std::string("no devices")) + ")";
+    (void)cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+Status cuda_engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
+                          const ResolvedConfig& rc, const Params& params,
+                          std::unique_ptr<Engine>* out, std::string* error) {
+  return CudaComm::create(nranks, rank, fn, ctx, rc, params, out, error);
+}
+
+}  // namespace moefabric::moe

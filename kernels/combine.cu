@@ -1,0 +1,121 @@
+// Combine over NVLink. Send: every expert output row goes back to its token's home rank, into
+// combine slot (t, k) there, then each block counts itself at every rank. Recv: wait for all
+// ranks' blocks, then y[t] = round_bf16(fmaf chain over k in order), bit-identical to the host
+// backend (collectives/numeric.h). The last block to finish advances the op sequence.
+#include <cuda_bf16.h>
+
+#include "kernels/device_common.cuh"
+
+namespace moefabric::moe::kern {
+namespace {
+
+// Same bits as numeric.h's float_to_bf16 (round to nearest even, NaN kept quiet).
+__device__ __forceinline__ uint32_t bf16_bits(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return ((u >> 16) | 0x40u) & 0xffffu;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return u >> 16;
+}
+
+template <class Out>
+__global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_constant__ Args a) {
+  const CudaLayout& l = a.l;
+  uint32_t total = a.st->total_rows;
+  if (total > l.capacity_rows) total = 0;
+  if (total > 0 && a.expert_y == nullptr) {
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+      report_error(a, kErrNullInput, kPhaseCombineSend, l.rank, 4);
+    total = 0;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t yb = static_cast<size_t>(l.hidden) * sizeof(Out);
+  const uint32_t per_src = static_cast<uint32_t>(l.max_tokens) * l.topk;
+  const auto* ey = static_cast<const uint8_t*>(a.expert_y);
+  for (uint32_t r = warp * a.blocks + blockIdx.x; r < total; r += a.blocks * kWarps) {
+    const uint32_t code = a.row_src[r];
+    if (code == ~0u) continue;
+    const uint32_t s = code / per_src;
+    if (s >= static_cast<uint32_t>(l.nranks)) continue;
+    warp_copy16<false>(a.peers[s] + l.combine_offset(code % per_src), ey + yb * r, yb, lane);
+  }
+  signal_peers(a, l.ccount_offset(l.rank));
+}
+
+template <class Out>
+__global__ void __launch_bounds__(kThreads) combine_recv_kernel(const __grid_constant__ Args a) {
+  const CudaLayout& l = a.l;
+  const int K = l.topk;
+  const uint64_t epoch = a.st->seq + 1;
+  wait_all_sources(a, l.off_ccount, epoch * static_cast<uint64_t>(a.blocks), kPhaseCombineRecv);
+  int T = *reinterpret_cast<const int32_t*>(a.local + l.ntok_offset(l.rank));
+  if (T < 0 || T > l.max_tokens) T = 0;
+  if (T > 0 && (a.weights == nullptr || a.y == nullptr)) {
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+      report_error(a, kErrNullInput, kPhaseCombineRecv, l.rank, 2);
+    T = 0;
+  }
+  const int32_t* idx = reinterpret_cast<const int32_t*>(a.local + l.idx_offset(l.rank));
+  const size_t nv = static_cast<size_t>(l.hidden) / 8;  // 16-byte vectors of 8 bf16
+  const size_t n = static_cast<size_t>(T) * nv;
+  auto* y = static_cast<uint8_t*>(a.y);
+  for (size_t i = static_cast<size_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<size_t>(a.blocks) * kThreads) {
+    const size_t t = i / nv, v = i % nv;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int k = 0; k < K; ++k) {
+      if (idx[t * K + k] < 0) continue;
+      const float w = a.weights[t * K + k];
+      const int4 q = __ldcg(reinterpret_cast<const int4*>(a.local + l.combine_offset(t * K + k)) + v);
+      const uint32_t u[4] = {static_cast<uint32_t>(q.x), static_cast<uint32_t>(q.y),
+                             static_cast<uint32_t>(q.z), static_cast<uint32_t>(q.w)};
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {
+        acc[2 * h] = fmaf(w, __uint_as_float(u[h] << 16), acc[2 * h]);
+        acc[2 * h + 1] = fmaf(w, __uint_as_float(u[h] & 0xffff0000u), acc[2 * h + 1]);
+      }
+    }
+    int4 o;
+    o.x = static_cast<int>(bf16_bits(acc[0]) | (bf16_bits(acc[1]) << 16));
+    o.y = static_cast<int>(bf16_bits(acc[2]) | (bf16_bits(acc[3]) << 16));
+    o.z = static_cast<int>(bf16_bits(acc[4]) | (bf16_bits(acc[5]) << 16));
+    o.w = static_cast<int>(bf16_bits(acc[6]) | (bf16_bits(acc[7]) << 16));
+    reinterpret_cast<int4*>(y + l.y_row_bytes * t)[v] = o;
+  }
+  // The op is complete once every block is past its reads of the combine slots.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const unsigned long long done =
+        atomicAdd(reinterpret_cast<unsigned long long*>(&a.st->crecv_done), 1ull) + 1;
+    if (done == epoch * static_cast<uint64_t>(a.blocks)) a.st->seq = epoch;
+  }
+}
+
+__global__ void barrier_kernel(const __grid_constant__ Args a) {
+  if (threadIdx.x < static_cast<unsigned>(a.l.nranks)) {
+    __threadfence_system();
+    red_release_sys_add(
+        reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + a.l.bcount_offset(a.l.rank)), 1);
+  }
+  __syncthreads();
+  wait_all_sources(a, a.l.off_bcount, 1, kPhaseBarrier);
+}
+
+}  // namespace
+
+cudaError_t launch_combine_send(const Args& a, cudaStream_t stream) {
+  combine_send_kernel<__nv_bfloat16><<<a.blocks, kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_combine_recv(const Args& a, cudaStream_t stream) {
+  combine_recv_kernel<__nv_bfloat16><<<a.blocks, kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_barrier(const Args& a, cudaStream_t stream) {
+  barrier_kernel<<<1, kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace moefabric::moe::kern

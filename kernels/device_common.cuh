@@ -1,0 +1,115 @@
+// Device helpers shared by the kernels: system-scope flags, bounded waits, error reporting and
+// 16-byte copies.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/moe_kernels.h"
+
+namespace moefabric::moe::kern {
+
+inline constexpr int kWarps = kThreads / 32;
+
+__device__ __forceinline__ uint64_t ld_acquire_sys(const uint64_t* p) {
+  uint64_t v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void red_release_sys_add(uint64_t* p, uint64_t v) {
+  asm volatile("red.release.sys.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ uint64_t global_timer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// First error wins; the host reads DevError without a CUDA call.
+__device__ inline void report_error(const Args& a, int32_t code, int32_t phase, int32_t peer,
+                                    int32_t value) {
+  if (atomicCAS(&a.st->err_code, 0, code) != 0) return;
+  volatile DevError* e = a.err;
+  e->phase = phase;
+  e->peer = peer;
+  e->value = value;
+  __threadfence_system();
+  e->code = code;
+  __threadfence_system();
+}
+
+// Waits until *counter reaches target (wrap-safe), for at most timeout_ns or until the host
+// aborts. False after reporting the timeout (the caller goes on; its results are undefined).
+__device__ inline bool wait_counter(const Args& a, const uint64_t* counter, uint64_t target,
+                                    int32_t phase, int32_t peer) {
+  if (static_cast<int64_t>(ld_acquire_sys(counter) - target) >= 0) return true;
+  const uint64_t start = global_timer_ns();
+  for (uint32_t spin = 1;; ++spin) {
+    if (static_cast<int64_t>(ld_acquire_sys(counter) - target) >= 0) return true;
+    if ((spin & 1023) == 0) {
+      if (*reinterpret_cast<volatile int32_t*>(&a.err->abort) != 0) {
+        report_error(a, kErrAborted, phase, peer, 0);
+        return false;
+      }
+      if (static_cast<int64_t>(global_timer_ns() - start) > a.timeout_ns) {
+        report_error(a, kErrTimeout, phase, peer, 0);
+        return false;
+      }
+    }
+  }
+}
+
+// Each block, after its stores: make them visible system-wide, then count the block at every
+// destination (the receiver waits for op * blocks).
+__device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer) {
+  __syncthreads();
+  if (threadIdx.x < static_cast<unsigned>(a.l.nranks)) {
+    __threadfence_system();
+    red_release_sys_add(reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + counter_offset_in_peer), 1);
+  }
+}
+
+// Block-wide wait for every source's counter at `base` to reach `target`.
+__device__ inline void wait_all_sources(const Args& a, size_t base, uint64_t target, int32_t phase) {
+  if (threadIdx.x < static_cast<unsigned>(a.l.nranks))
+    wait_counter(a, reinterpret_cast<const uint64_t*>(a.local + base + 8 * threadIdx.x), target,
+                 phase, static_cast<int32_t>(threadIdx.x));
+  __syncthreads();
+}
+
+// A warp copies `bytes` (a multiple of 16, both ends 16-byte aligned) from src to dst.
+// kPeerData: src was stored by another GPU during this kernel, so it is read through L2
+// (ld.global.cg), never through the non-coherent read-only path.
+template <bool kPeerData>
+__device__ __forceinline__ int4 load16(const int4* p) {
+  if constexpr (kPeerData) return __ldcg(p);
+  else return __ldg(p);
+}
+
+template <bool kPeerData>
+__device__ __forceinline__ void warp_copy16(uint8_t* dst, const uint8_t* src, size_t bytes,
+                                            int lane) {
+  const int4* s = reinterpret_cast<const int4*>(src);
+  int4* d = reinterpret_cast<int4*>(dst);
+  const size_t n = bytes / 16;
+  size_t i = lane;
+  for (; i + 32 < n; i += 64) {
+    int4 v0 = load16<kPeerData>(s + i), v1 = load16<kPeerData>(s + i + 32);
+    d[i] = v0;
+    d[i + 32] = v1;
+  }
+  for (; i < n; i += 32) d[i] = load16<kPeerData>(s + i);
+}
+
+__device__ __forceinline__ int32_t clamp_expert(const Args& a, int32_t e, int32_t phase) {
+  if (e < -1 || e >= a.l.experts) {
+    report_error(a, kErrBadExpert, phase, a.l.rank, e);
+    return -1;
+  }
+  return e;
+}
+
+}  // namespace moefabric::moe::kern

@@ -1,0 +1,248 @@
+// Dispatch over NVLink. Send: every rank stores its sanitised topkIdx and T into every rank's
+// receive block, then each token once into every rank that owns one of its experts (slot (me, t)),
+// then counts its block at each destination with a system-scope release. Recv: wait for all
+// sources' blocks, lay the received tokens out expert-major (rows per expert by source, token, k,
+// exactly as the host backend) and fan them out into recvX/recvScales.
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include "kernels/device_common.cuh"
+
+namespace moefabric::moe::kern {
+namespace {
+
+constexpr int kChunk = 1024;  // pairs ranked per pass of the layout loop
+
+// T of this call. Out of range, or inputs missing for T > 0: reported, and the call sends nothing.
+__device__ int tokens_of_call(const Args& a) {
+  const int T = *a.ntokens;
+  const bool first = blockIdx.x == 0 && threadIdx.x == 0;
+  if (T < 0 || T > a.l.max_tokens) {
+    if (first) report_error(a, kErrBadTokens, kPhaseDispatchSend, a.l.rank, T);
+    return 0;
+  }
+  if (T > 0) {
+    const int which = a.x == nullptr ? 0
+                      : a.idx == nullptr ? 1
+                      : a.weights == nullptr ? 2
+                      : (a.l.nscale > 0 && a.x_scales == nullptr) ? 3
+                                                                   : -1;
+    if (which >= 0) {
+      if (first) report_error(a, kErrNullInput, kPhaseDispatchSend, a.l.rank, which);
+      return 0;
+    }
+  }
+  return T;
+}
+
+template <class Elt>
+__global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_constant__ Args a) {
+  const CudaLayout& l = a.l;
+  const int T = tokens_of_call(a);
+  const int K = l.topk, R = l.nranks, me = l.rank;
+  // topkIdx and T to every rank (ours too: our combine recv reads them back from there).
+  const int n = T * K;
+  for (int i = blockIdx.x * kThreads + threadIdx.x; i < n; i += a.blocks * kThreads) {
+    const int32_t e = clamp_expert(a, a.idx[i], kPhaseDispatchSend);
+    for (int d = 0; d < R; ++d) reinterpret_cast<int32_t*>(a.peers[d] + l.idx_offset(me))[i] = e;
+  }
+  if (blockIdx.x == 0 && threadIdx.x < static_cast<unsigned>(R))
+    *reinterpret_cast<int32_t*>(a.peers[threadIdx.x] + l.ntok_offset(me)) = T;
+
+  // One warp per token; consecutive tokens on different blocks (spreads the NVLink stores).
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t xb = static_cast<size_t>(l.hidden) * sizeof(Elt);
+  const size_t xb_pad = round_up(xb, 16);
+  for (int t = warp * a.blocks + blockIdx.x; t < T; t += a.blocks * kWarps) {
+    int d = -1;
+    if (lane < K) {
+      const int32_t e = a.idx[static_cast<size_t>(t) * K + lane];
+      if (e >= 0 && e < l.experts) d = l.owner(e);
+    }
+    const uint32_t dests = __reduce_or_sync(0xffffffffu, d >= 0 ? 1u << d : 0u);
+    if (dests == 0) continue;
+    const int4* src = reinterpret_cast<const int4*>(static_cast<const uint8_t*>(a.x) + xb * t);
+    for (size_t v = lane; v < xb / 16; v += 32) {
+      const int4 val = __ldg(src + v);
+      for (uint32_t m = dests; m != 0; m &= m - 1)
+        reinterpret_cast<int4*>(a.peers[__ffs(m) - 1] + l.token_offset(me, t))[v] = val;
+    }
+    if (l.nscale > 0) {
+      const float* sc = a.x_scales + static_cast<size_t>(l.nscale) * t;
+      for (int i = lane; i < l.nscale; i += 32) {
+        const float f = __ldg(sc + i);
+        for (uint32_t m = dests; m != 0; m &= m - 1)
+          reinterpret_cast<float*>(a.peers[__ffs(m) - 1] + l.token_offset(me, t) + xb_pad)[i] = f;
+      }
+    }
+  }
+  signal_peers(a, l.dcount_offset(me));
+}
+
+// Every block computes the per-expert totals and the counts before its own segment of the
+// (source, token, k) pair sequence, so that it can rank and copy its segment with no other
+// block's help: the redundant work is reading the small idx arrays, not the tokens.
+template <class Elt>
+__global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_constant__ Args a) {
+  extern __shared__ int32_t smem[];
+  __shared__ int s_pstart[kCudaMaxRanks + 1];
+  const CudaLayout& l = a.l;
+  const int R = l.nranks, K = l.topk, me = l.rank;
+  const int L = l.local_count(me), first = l.first_expert(me);
+  int32_t* tot = smem;
+  int32_t* cur = tot + L;
+  int32_t* off = cur + L;  // L + 1 entries
+  uint32_t* c_row = reinterpret_cast<uint32_t*>(off + L + 1);
+  uint32_t* c_code = c_row + kChunk;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  const uint64_t epoch = a.st->seq + 1;
+  wait_all_sources(a, l.off_dcount, epoch * static_cast<uint64_t>(a.blocks), kPhaseDispatchRecv);
+  if (threadIdx.x == 0) {
+    int acc = 0;
+    for (int s = 0; s < R; ++s) {
+      int ts = __ldcg(reinterpret_cast<const int32_t*>(a.local + l.ntok_offset(s)));
+      if (ts < 0 || ts > l.max_tokens) {
+        report_error(a, kErrPeerData, kPhaseDispatchRecv, s, ts);
+        ts = 0;
+      }
+      s_pstart[s] = acc;
+      acc += ts * K;
+    }
+    s_pstart[R] = acc;
+  }
+  for (int j = threadIdx.x; j < L; j += kThreads) tot[j] = cur[j] = 0;
+  __syncthreads();
+
+  const int N = s_pstart[R];
+  const int S = (N + a.blocks - 1) / a.blocks;
+  const int lo = min(N, static_cast<int>(blockIdx.x) * S), hi = min(N, lo + S);
+  // Local expert index of pair p (or -1), and its source.
+  auto local_of = [&](int p, int* src) {
+    int s = 0;
+    while (p >= s_pstart[s + 1]) ++s;
+    *src = s;
+    const int e = __ldcg(reinterpret_cast<const int32_t*>(a.local + l.idx_offset(s)) + (p - s_pstart[s]));
+    const int j = e - first;
+    return (j >= 0 && j < L) ? j : -1;
+  };
+  // Warp-aggregated: all tokens on one expert must not serialise on one shared counter.
+  for (int p0 = warp * 32; p0 < N; p0 += kThreads) {
+    const int p = p0 + lane;
+    int j = -1;
+    if (p < N) {
+      int s;
+      j = local_of(p, &s);
+    }
+    const uint32_t same = __match_any_sync(0xffffffffu, j);
+    const int jb = p < lo ? j : -1;
+    const uint32_t same_before = __match_any_sync(0xffffffffu, jb);
+    if (j >= 0 && lane == __ffs(same) - 1) atomicAdd(&tot[j], __popc(same));
+    if (jb >= 0 && lane == __ffs(same_before) - 1) atomicAdd(&cur[jb], __popc(same_before));
+  }
+  __syncthreads();
+  if (warp == 0) {  // off[j] = sum over i < j of roundup(tot[i], alignment)
+    int carry = 0;
+    for (int base = 0; base < L; base += 32) {
+      const int j = base + lane;
+      int v = j < L ? (tot[j] + l.alignment - 1) / l.alignment * l.alignment : 0;
+      for (int o = 1; o < 32; o <<= 1) {
+        const int u = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += u;
+      }
+      if (j < L) off[j + 1] = carry + v;
+      carry += __shfl_sync(0xffffffffu, v, 31);
+    }
+    if (lane == 0) off[0] = 0;
+  }
+  __syncthreads();
+  if (blockIdx.x == 0) {
+    for (int j = threadIdx.x; j < L; j += kThreads) {
+      a.recv_counts[j] = tot[j];
+      for (int r = off[j] + tot[j]; r < off[j + 1]; ++r) a.row_src[r] = ~0u;  // padding
+    }
+    if (threadIdx.x == 0) a.st->total_rows = static_cast<uint32_t>(off[L]);
+  }
+  for (int j = threadIdx.x; j < L; j += kThreads) cur[j] += off[j];
+  __syncthreads();
+
+  const size_t xb = static_cast<size_t>(l.hidden) * sizeof(Elt);
+  const size_t xb_pad = round_up(xb, 16);
+  auto* recv_x = static_cast<uint8_t*>(a.recv_x);
+  for (int c0 = lo; c0 < hi; c0 += kChunk) {
+    const int c1 = min(hi, c0 + kChunk);
+    if (warp == 0) {  // rank the chunk's pairs in order, 32 at a time
+      for (int b = c0; b < c1; b += 32) {
+        const int p = b + lane;
+        int j = -1;
+        uint32_t code = 0;
+        if (p < c1) {
+          int s;
+          j = local_of(p, &s);
+          code = static_cast<uint32_t>(s) * l.max_tokens * K + static_cast<uint32_t>(p - s_pstart[s]);
+        }
+        const uint32_t same = __match_any_sync(0xffffffffu, j);
+        const int rank = __popc(same & ((1u << lane) - 1));
+        const int base = j >= 0 ? cur[j] : 0;
+        __syncwarp();
+        if (j >= 0 && rank == 0) cur[j] = base + __popc(same);
+        __syncwarp();
+        if (p < c1) {
+          c_row[p - c0] = j >= 0 ? static_cast<uint32_t>(base + rank) : ~0u;
+          c_code[p - c0] = code;
+        }
+      }
+    }
+    __syncthreads();
+    for (int i = warp; i < c1 - c0; i += kWarps) {
+      const uint32_t row = c_row[i];
+      if (row == ~0u) continue;
+      const uint32_t code = c_code[i];
+      const uint32_t st = code / K;  // s * maxT + t
+      const uint8_t* slot = a.local + l.off_tok + l.slot_bytes * st;
+      warp_copy16<true>(recv_x + xb * row, slot, xb, lane);
+      if (l.nscale > 0) {
+        const float* sc = reinterpret_cast<const float*>(slot + xb_pad);
+        for (int q = lane; q < l.nscale; q += 32)
+          a.recv_scales[static_cast<size_t>(l.nscale) * row + q] = __ldcg(sc + q);
+      }
+      if (lane == 0) a.row_src[row] = code;
+    }
+    __syncthreads();
+  }
+}
+
+size_t recv_smem_bytes(const Args& a) {
+  const int L = a.l.local_count(a.l.rank);
+  return (3 * static_cast<size_t>(L) + 1) * 4 + 2 * static_cast<size_t>(kChunk) * 4;
+}
+
+template <class Elt>
+cudaError_t launch_recv(const Args& a, cudaStream_t stream) {
+  const size_t smem = recv_smem_bytes(a);
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(dispatch_recv_kernel<Elt>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  dispatch_recv_kernel<Elt><<<a.blocks, kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_dispatch_send(const Args& a, cudaStream_t stream) {
+  if (a.l.elt_bytes == 1)
+    dispatch_send_kernel<__nv_fp8_e4m3><<<a.blocks, kThreads, 0, stream>>>(a);
+  else
+    dispatch_send_kernel<__nv_bfloat16><<<a.blocks, kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_dispatch_recv(const Args& a, cudaStream_t stream) {
+  return a.l.elt_bytes == 1 ? launch_recv<__nv_fp8_e4m3>(a, stream)
+                            : launch_recv<__nv_bfloat16>(a, stream);
+}
+
+}  // namespace moefabric::moe::kern

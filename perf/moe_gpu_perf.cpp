@@ -1,0 +1,324 @@
+// moefabric-moe-gpu-perf: the CUDA backend's dispatch/combine latency over NVLink, nccl-tests
+// style, one row per tokens-per-rank T. Each rank is a forked process with its own GPU; the comm
+// bootstraps through an NCCL communicator (ncclMoeCommInit). Every iteration replays one CUDA
+// graph: fresh routing generated on the device, an NCCL all_reduce of one value as a barrier,
+// then dispatch and combine between CUDA events. Baselines in the same run: NCCL all_to_all
+// (grouped send/recv, same graph structure) of the same bytes, and cudaMemcpyPeerAsync of the
+// dispatch bytes (rank 0, when it sees two GPUs). p50/p99 pool every rank's iterations.
+// perf/PERFORMANCE.md defines the columns.
+#include <CLI/CLI.hpp>
+#include <cuda_runtime.h>
+#include <nccl.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "include/moefabric/nccl_moe.h"
+#include "perf/moe_gpu_routes.h"
+#include "plugin/common/launch.h"
+
+namespace {
+
+using moefabric::OobChannel;
+
+struct Opts {
+  int ranks = 2, hidden = 7168, topk = 8, experts = 256, iters = 1000, warmup = 50, timeout = 1500;
+  std::vector<int> tokens{1, 8, 32, 128, 512, 1024, 4096};
+  std::string dtype = "fp8", json;
+  bool no_nccl = false;
+};
+
+struct Row {
+  int T;
+  double bytes, d50, d99, c50, c99, slow_d50, n_d50, n_c50, peer_us, peer_gbs;
+  int slow_rank;
+  long errors;
+};
+
+[[noreturn]] void die(int rank, const std::string& what) {
+  fprintf(stderr, "moefabric-moe-gpu-perf: rank %d: %s\n", rank, what.c_str());
+  fflush(stderr);
+  _exit(2);
+}
+
+#define CK(call)                                                                       \
+  do {                                                                                 \
+    cudaError_t e_ = (call);                                                           \
+    if (e_ != cudaSuccess) die(me, std::string(#call) + ": " + cudaGetErrorString(e_)); \
+  } while (0)
+#define NK(call)                                                                         \
+  do {                                                                                   \
+    ncclResult_t r_ = (call);                                                            \
+    if (r_ != ncclSuccess) die(me, std::string(#call) + ": " + ncclGetErrorString(r_));  \
+  } while (0)
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t i = static_cast<size_t>(p * (v.size() - 1) + 0.5);
+  return v[std::min(i, v.size() - 1)];
+}
+
+void* dev_alloc(int me, size_t bytes) {
+  void* p = nullptr;
+  CK(cudaMalloc(&p, std::max<size_t>(bytes, 256)));
+  CK(cudaMemset(p, 0x3c, std::max<size_t>(bytes, 256)));
+  return p;
+}
+
+// Grouped send/recv: all_to_all with `bytes` to every rank.
+void all_to_all(int me, const void* send, void* recv, size_t bytes, int R, ncclComm_t comm,
+                cudaStream_t st) {
+  NK(ncclGroupStart());
+  for (int p = 0; p < R; ++p) {
+    NK(ncclSend(static_cast<const uint8_t*>(send) + bytes * p, bytes, ncclUint8, p, comm, st));
+    NK(ncclRecv(static_cast<uint8_t*>(recv) + bytes * p, bytes, ncclUint8, p, comm, st));
+  }
+  NK(ncclGroupEnd());
+}
+
+// cudaMemcpyPeerAsync of `bytes` from this GPU to the next one; median of 50, in us.
+double peer_copy_us(int me, int dev, size_t bytes) {
+  int n = 0, can = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n < 2) return -1;
+  const int other = (dev + 1) % n;
+  if (cudaDeviceCanAccessPeer(&can, dev, other) != cudaSuccess || !can) return -1;
+  cudaError_t e = cudaDeviceEnablePeerAccess(other, 0);
+  if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) return -1;
+  (void)cudaGetLastError();
+  void* src = dev_alloc(me, bytes);
+  void* dst = nullptr;
+  CK(cudaSetDevice(other));
+  CK(cudaMalloc(&dst, std::max<size_t>(bytes, 256)));
+  CK(cudaSetDevice(dev));
+  cudaStream_t st;
+  cudaEvent_t a, b;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<double> v;
+  for (int i = 0; i < 60; ++i) {
+    CK(cudaEventRecord(a, st));
+    CK(cudaMemcpyPeerAsync(dst, other, src, dev, bytes, st));
+    CK(cudaEventRecord(b, st));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    if (i >= 10) v.push_back(ms * 1e3);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaStreamDestroy(st);
+  cudaFree(src);
+  CK(cudaSetDevice(other));
+  cudaFree(dst);
+  CK(cudaSetDevice(dev));
+  return pct(v, 0.5);
+}
+
+std::vector<Row> run_rank(OobChannel& oob, const Opts& o) {
+  const int R = oob.nranks(), me = oob.rank();
+  int ndev = 0;
+  CK(cudaGetDeviceCount(&ndev));
+  const int dev = me % ndev;
+  CK(cudaSetDevice(dev));
+  // NCCL communicator, then the MoE comm bootstrapped over it.
+  ncclUniqueId id{};
+  if (me == 0) NK(ncclGetUniqueId(&id));
+  std::vector<ncclUniqueId> ids(R);
+  if (!oob.allgather(&id, ids.data(), sizeof id)) die(me, "allgather of the NCCL id failed");
+  ncclComm_t nccl = nullptr;
+  NK(ncclCommInitRank(&nccl, R, ids[0], me));
+  const bool fp8 = o.dtype == "fp8";
+  const int maxT = *std::max_element(o.tokens.begin(), o.tokens.end());
+  ncclMoeConfig_t cfg = NCCL_MOE_CONFIG_INITIALIZER;
+  cfg.numExperts = o.experts;
+  cfg.numTopk = o.topk;
+  cfg.hidden = o.hidden;
+  cfg.maxTokensPerRank = maxT;
+  cfg.dispatchType = fp8 ? ncclFloat8e4m3 : ncclBfloat16;
+  cfg.backend = ncclMoeBackendCuda;
+  ncclMoeComm_t moe = nullptr;
+  if (ncclMoeCommInit(&moe, nccl, &cfg) != ncclSuccess)
+    die(me, std::string("ncclMoeCommInit: ") + ncclMoeGetLastError(nullptr));
+  size_t cap = 0;
+  ncclMoeGetRecvCapacity(moe, &cap);
+  const size_t xb = static_cast<size_t>(o.hidden) * (fp8 ? 1 : 2);
+  const size_t nscale = fp8 ? static_cast<size_t>(o.hidden / 128) : 0;
+  int first = 0, local = 0;
+  ncclMoeGetLocalExperts(moe, &first, &local);
+  void* x = dev_alloc(me, xb * maxT);
+  auto* sc = static_cast<float*>(dev_alloc(me, nscale * 4 * maxT));
+  auto* idx = static_cast<int32_t*>(dev_alloc(me, 4ull * maxT * o.topk));
+  auto* w = static_cast<float*>(dev_alloc(me, 4ull * maxT * o.topk));
+  auto* nt = static_cast<int32_t*>(dev_alloc(me, 4));
+  auto* counter = static_cast<uint64_t*>(dev_alloc(me, 8));
+  void* rx = dev_alloc(me, cap * xb);
+  auto* rs = static_cast<float*>(dev_alloc(me, cap * nscale * 4));
+  auto* rc = static_cast<int32_t*>(dev_alloc(me, 4ull * local));
+  void* ey = dev_alloc(me, cap * o.hidden * 2);
+  void* y = dev_alloc(me, static_cast<size_t>(maxT) * o.hidden * 2);
+  auto* one = static_cast<float*>(dev_alloc(me, 4));
+  const size_t a2a_max = static_cast<size_t>(maxT) * std::max(xb + nscale * 4, static_cast<size_t>(o.topk) * o.hidden * 2);
+  void* a2a_s = dev_alloc(me, a2a_max * R);
+  void* a2a_r = dev_alloc(me, a2a_max * R);
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaEvent_t ev[3];
+  for (auto& e : ev) CK(cudaEventCreate(&e));
+  std::vector<Row> rows;
+  for (int T : o.tokens) {
+    CK(cudaMemcpy(nt, &T, 4, cudaMemcpyHostToDevice));
+    const size_t d_bytes = static_cast<size_t>(T) * (xb + nscale * 4);                 // per peer
+    const size_t c_bytes = static_cast<size_t>(T) * o.topk * o.hidden * 2 / R;        // per peer
+    auto capture = [&](bool moe_graph) {
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      if (moe_graph) CK(routes_launch(idx, w, nt, o.topk, o.experts, me, counter, st));
+      NK(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, nccl, st));  // align the ranks
+      CK(cudaEventRecord(ev[0], st));
+      if (moe_graph) {
+        if (ncclMoeDispatch(x, fp8 ? sc : nullptr, idx, w, nt, rx, fp8 ? rs : nullptr, rc, moe, st) != ncclSuccess)
+          die(me, std::string("dispatch: ") + ncclMoeGetLastError(moe));
+      } else {
+        all_to_all(me, a2a_s, a2a_r, d_bytes, R, nccl, st);
+      }
+      CK(cudaEventRecord(ev[1], st));
+      if (moe_graph) {
+        if (ncclMoeCombine(ey, y, moe, st) != ncclSuccess)
+          die(me, std::string("combine: ") + ncclMoeGetLastError(moe));
+      } else {
+        all_to_all(me, a2a_s, a2a_r, c_bytes, R, nccl, st);
+      }
+      CK(cudaEventRecord(ev[2], st));
+      CK(cudaStreamEndCapture(st, &g));
+      CK(cudaGraphInstantiate(&ge, g, 0));
+      CK(cudaGraphDestroy(g));
+      return ge;
+    };
+    auto measure = [&](cudaGraphExec_t ge, std::vector<double>* d, std::vector<double>* c) {
+      for (int it = -o.warmup; it < o.iters; ++it) {
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaStreamSynchronize(st));
+        if (it < 0) continue;
+        float a = 0, b = 0;
+        CK(cudaEventElapsedTime(&a, ev[0], ev[1]));
+        CK(cudaEventElapsedTime(&b, ev[1], ev[2]));
+        d->push_back(a * 1e3);
+        c->push_back(b * 1e3);
+      }
+    };
+    std::vector<double> d, c, nd, nc;
+    cudaGraphExec_t g_moe = capture(true);
+    measure(g_moe, &d, &c);
+    CK(cudaGraphExecDestroy(g_moe));
+    ncclResult_t aerr = ncclSuccess;
+    ncclMoeCommGetAsyncError(moe, &aerr);
+    if (aerr != ncclSuccess) die(me, std::string("async error: ") + ncclMoeGetLastError(moe));
+    if (!o.no_nccl) {
+      cudaGraphExec_t g_nccl = capture(false);
+      measure(g_nccl, &nd, &nc);
+      CK(cudaGraphExecDestroy(g_nccl));
+    }
+    const double peer = me == 0 && R > 1 ? peer_copy_us(me, dev, d_bytes) : -1;
+    // Pool at rank 0.
+    const size_t n = d.size(), m = nd.size();
+    std::vector<double> mine(2 * n + 2 * m), all(mine.size() * R);
+    std::copy(d.begin(), d.end(), mine.begin());
+    std::copy(c.begin(), c.end(), mine.begin() + n);
+    std::copy(nd.begin(), nd.end(), mine.begin() + 2 * n);
+    std::copy(nc.begin(), nc.end(), mine.begin() + 2 * n + m);
+    if (!oob.allgather(mine.data(), all.data(), mine.size() * sizeof(double)))
+      die(me, "allgather of results failed");
+    if (me != 0) continue;
+    std::vector<double> D, C, ND, NC;
+    Row row{T, static_cast<double>(d_bytes), 0, 0, 0, 0, -1, 0, 0, peer, 0, 0, 0};
+    for (int r = 0; r < R; ++r) {
+      const double* b = all.data() + r * mine.size();
+      D.insert(D.end(), b, b + n);
+      C.insert(C.end(), b + n, b + 2 * n);
+      ND.insert(ND.end(), b + 2 * n, b + 2 * n + m);
+      NC.insert(NC.end(), b + 2 * n + m, b + 2 * n + 2 * m);
+      const double p = pct(std::vector<double>(b, b + n), 0.5);
+      if (p > row.slow_d50) row.slow_d50 = p, row.slow_rank = r;
+    }
+    row.d50 = pct(D, .5), row.d99 = pct(D, .99), row.c50 = pct(C, .5), row.c99 = pct(C, .99);
+    row.n_d50 = pct(ND, .5), row.n_c50 = pct(NC, .5);
+    row.peer_gbs = peer > 0 ? d_bytes / (peer * 1e3) : 0;
+    rows.push_back(row);
+    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+    printf("%7d %10.0f %9.1f %9.1f %9.1f %9.1f %9.1f %4d %9.1f %9.1f %6.2f %6.2f %9.1f %8.1f %6.2f %8.1f\n",
+           T, row.bytes, row.d50, row.d99, row.c50, row.c99, row.slow_d50, row.slow_rank, row.n_d50,
+           row.n_c50, ratio(row.d50, row.n_d50), ratio(row.c50, row.n_c50), row.peer_us,
+           row.peer_gbs, ratio(row.d50, row.peer_us), row.d50 > 0 ? row.bytes / (row.d50 * 1e3) : 0);
+    fflush(stdout);
+  }
+  if (ncclMoeCommDestroy(moe) != ncclSuccess) die(me, std::string("destroy: ") + ncclMoeGetLastError(nullptr));
+  ncclCommDestroy(nccl);
+  return rows;
+}
+
+void header(const Opts& o) {
+  char host[256] = "";
+  gethostname(host, sizeof host - 1);
+  int v = 0;
+  ncclGetVersion(&v);
+  printf("# moefabric-moe-gpu-perf: CUDA backend (NVLink), host %s, NCCL %d, %d ranks\n", host, v, o.ranks);
+  printf("# E %d, top-%d, hidden %d, %s dispatch, bf16 combine; %d iters + %d warmup per row, each a CUDA\n"
+         "# graph replay with fresh device-side routing; times between CUDA events, p50/p99 pooled over ranks\n",
+         o.experts, o.topk, o.hidden, o.dtype.c_str(), o.iters, o.warmup);
+  printf("#\n# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s\n", "T", "disp_B", "disp_p50",
+         "disp_p99", "comb_p50", "comb_p99", "slow_d50", "slow", "a2a_d50", "a2a_c50", "d/a2a", "c/a2a",
+         "peer_cp", "peer", "d/cp", "disp");
+  printf("# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s\n", "", "(/peer)", "(us)", "(us)",
+         "(us)", "(us)", "(us)", "rank", "(us)", "(us)", "", "", "(us)", "(GB/s)", "", "(GB/s)");
+  fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Opts o;
+  CLI::App app{"ncclMoe CUDA backend dispatch/combine latency over NVLink, in CUDA graphs"};
+  app.add_option("-n,--ranks", o.ranks, "ranks (one process and GPU each)")->check(CLI::Range(1, 32));
+  app.add_option("-t,--tokens", o.tokens, "tokens per rank to sweep")->delimiter(',');
+  app.add_option("--hidden", o.hidden, "hidden size");
+  app.add_option("-k,--topk", o.topk, "top-k");
+  app.add_option("-E,--experts", o.experts, "experts");
+  app.add_option("--dtype", o.dtype, "dispatch type")->check(CLI::IsMember({"bf16", "fp8"}));
+  app.add_option("-i,--iters", o.iters, "timed iterations per row")->check(CLI::PositiveNumber);
+  app.add_option("-w,--warmup", o.warmup, "untimed iterations per row")->check(CLI::NonNegativeNumber);
+  app.add_flag("--no-nccl", o.no_nccl, "skip the NCCL all_to_all baseline");
+  app.add_option("--json", o.json, "also write the rows as JSON to this file");
+  app.add_option("--timeout", o.timeout, "seconds before the ranks are killed");
+  CLI11_PARSE(app, argc, argv);
+  header(o);
+  std::vector<Row> out;
+  auto res = moefabric::launch_fork(o.ranks, [&](OobChannel& ch) {
+    std::vector<Row> rows = run_rank(ch, o);
+    if (ch.rank() == 0 && !o.json.empty()) {
+      nlohmann::json j = nlohmann::json::array();
+      for (const Row& r : rows)
+        j.push_back({{"tokens", r.T}, {"dispatch_bytes_per_peer", r.bytes}, {"dispatch_p50_us", r.d50},
+                     {"dispatch_p99_us", r.d99}, {"combine_p50_us", r.c50}, {"combine_p99_us", r.c99},
+                     {"slowest_rank_dispatch_p50_us", r.slow_d50}, {"slowest_rank", r.slow_rank},
+                     {"nccl_a2a_dispatch_p50_us", r.n_d50}, {"nccl_a2a_combine_p50_us", r.n_c50},
+                     {"peer_copy_us", r.peer_us}, {"peer_copy_GBps", r.peer_gbs}});
+      std::ofstream(o.json) << j.dump(2) << "\n";
+    }
+    return 0;
+  }, o.timeout);
+  if (!res.ok) {
+    fprintf(stderr, "moefabric-moe-gpu-perf: failed:\n%s", res.report.c_str());
+    return 1;
+  }
+  printf("# done\n");
+  return 0;
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The MoE CUDA backend on the GPU machine, in one call (see ../shared/gpu/README.md): build
+# build-gpu with -Dcuda=enabled, run the gpu suite (CUDA backend vs host backend, bit for bit,
+# and 1000 CUDA-graph replays), compute-sanitizer memcheck and racecheck on the quick
+# configuration, then the latency sweep (moefabric-moe-gpu-perf) with its NCCL all_to_all and
+# peer-copy baselines. Logs go to $OUT/gpu-moe-logs.tgz (default /tmp/moefabric-gpu-out) with
+# summary.txt beside it; a short table is printed last.
+# Usage (from the repo root, .gpu-deps carried):  tools/gpu-moe.sh [perf options...]
+#   e.g. tools/gpu-moe.sh -t 1,8,32,128,512,1024,4096 -i 1000
+# Steps can be skipped: GPU_MOE_SKIP="sanitize perf" tools/gpu-moe.sh. Every step has its own
+# timeout (test 300 s, each sanitizer 240 s, each perf sweep 300 s); where one call may run for at
+# most 10 minutes, split it: GPU_MOE_SKIP="perf" first, then GPU_MOE_SKIP="test sanitize" (build-gpu
+# is reused).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+final=${OUT:-/tmp/moefabric-gpu-out}
+out=/tmp/moefabric-gpu-moe
+rm -rf "$out"
+mkdir -p "$out" "$final"
+skip=" ${GPU_MOE_SKIP:-} "
+summary=$out/summary.txt
+: > "$summary"
+note() { echo "$*" | tee -a "$summary"; }
+finish() {
+  tar -C "$out" -czf "$final/gpu-moe-logs.tgz" . 2>/dev/null
+  cp "$summary" "$final/summary.txt" 2>/dev/null
+  echo
+  echo "================ gpu-moe summary ================"
+  cat "$summary"
+}
+trap finish EXIT
+
+[ -f .gpu-deps/env.sh ] && source .gpu-deps/env.sh
+export NCCL_NVLS_ENABLE=0
+command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
+nvidia-smi -L > "$out/gpus.txt" 2>&1
+nvidia-smi topo -m >> "$out/gpus.txt" 2>&1
+note "GPUs: $(nvidia-smi -L 2>/dev/null | wc -l) ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)); nvcc $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*')"
+
+# NCCL: PyTorch's (2.28.9) when present, else the system one (as tools/gpu-run.sh).
+torch_nccl=$(python3 -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
+nccl_opt=()
+if [ -n "$torch_nccl" ] && [ -f "$torch_nccl/include/nccl.h" ]; then
+  nccl_opt=(-Dnccl_root="$torch_nccl")
+  export LD_LIBRARY_PATH=$torch_nccl/lib:${LD_LIBRARY_PATH:-}
+  [ -e "$torch_nccl/lib/libnccl.so" ] || ln -sf libnccl.so.2 "$torch_nccl/lib/libnccl.so" 2>/dev/null || true
+fi
+note "NCCL from: ${torch_nccl:-system}"
+
+setup=(-Dcuda=enabled "${nccl_opt[@]}" --buildtype=release)
+{
+  if [ -d build-gpu ]; then meson setup --reconfigure build-gpu "${setup[@]}"; else meson setup build-gpu "${setup[@]}"; fi &&
+    ninja -C build-gpu
+} > "$out/build.log" 2>&1
+if [ $? -ne 0 ]; then
+  tail -n 40 "$out/build.log"
+  note "build: FAILED (build.log)"
+  exit 1
+fi
+grep -E "MoE CUDA backend|NCCL" "$out/build.log" | tail -n 2 | tee -a "$summary"
+test_bin=build-gpu/tests/test-moe-gpu
+perf_bin=build-gpu/perf/moefabric-moe-gpu-perf
+if [ ! -x "$test_bin" ]; then note "build: no CUDA backend was built (see build.log)"; exit 1; fi
+
+# The host-backend side of the comparison runs over libfabric shm.
+fabric_env=(MOEFABRIC_PROVIDER=shm FI_SHM_DISABLE_CMA=0 MOEFABRIC_DEBUG=WARN)
+
+if [[ $skip != *" test "* ]]; then
+  echo "== gpu suite (full)"
+  env "${fabric_env[@]}" timeout 300 "$test_bin" > "$out/test-gpu.log" 2>&1
+  rc=$?
+  tail -n 20 "$out/test-gpu.log"
+  note "gpu test (CUDA vs host, graphs): rc=$rc $(grep -c '^  ok' "$out/test-gpu.log") ok lines, $(tail -n1 "$out/test-gpu.log")"
+  meson test -C build-gpu --suite unit --num-processes 4 > "$out/test-unit.log" 2>&1
+  note "unit suite on the GPU machine: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$out/test-unit.log" | tr -s ' ' | tr '\n' ' ')"
+fi
+
+if [[ $skip != *" sanitize "* ]]; then
+  if command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck; do
+      echo "== compute-sanitizer $tool (quick configuration)"
+      env "${fabric_env[@]}" timeout 240 compute-sanitizer --tool "$tool" --target-processes all \
+        --error-exitcode 99 "$test_bin" --quick > "$out/sanitize-$tool.log" 2>&1
+      rc=$?
+      tail -n 8 "$out/sanitize-$tool.log"
+      note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY' "$out/sanitize-$tool.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+    done
+  else
+    note "compute-sanitizer: not found on PATH"
+  fi
+fi
+
+if [[ $skip != *" perf "* ]]; then
+  ngpu=$(nvidia-smi -L | wc -l)
+  ranks=$(( ngpu >= 2 ? 2 : 1 ))
+  echo "== moefabric-moe-gpu-perf ($ranks ranks)"
+  perf_args=("$@")
+  [ ${#perf_args[@]} -eq 0 ] && perf_args=(-t 1,8,32,128,512,1024,4096 -i 1000)
+  for dt in fp8 bf16; do
+    timeout 300 "$perf_bin" -n "$ranks" --dtype "$dt" "${perf_args[@]}" --json "$out/perf-$dt.json" \
+      > "$out/perf-$dt.log" 2>&1
+    rc=$?
+    note "perf $dt dispatch (rc=$rc):"
+    grep -v '^# [EM]' "$out/perf-$dt.log" | grep -v 'NCCL INFO' | tee -a "$summary" | tail -n 0
+  done
+  note "targets (2xH200, T=128, fp8 dispatch / bf16 combine): dispatch p50 <= 12 us, combine p50 <= 26 us"
+fi
