@@ -132,7 +132,9 @@ class CudaComm final : public Engine {
   CudaComm() = default;
   Status setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
                std::string* error);
-  Status check_usable();
+  // starts_op: a dispatch send (a new op). The later calls of an op in flight go on after an input
+  // error the kernels absorbed, so that peers are not left waiting for this rank.
+  Status check_usable(bool starts_op);
   Status launched(cudaError_t e, const char* what);
 
   ResolvedConfig cfg_{};
@@ -146,6 +148,7 @@ class CudaComm final : public Engine {
   std::vector<std::unique_ptr<IpcMapping>> mapped_;
   cudaStream_t internal_ = nullptr;
   bool torn_down_ = false;
+  bool input_error_ = false;    // the sticky error is bad input the kernels absorbed (op completes)
   bool launch_failed_ = false;  // a launch failed: peers may be waiting for kernels that never ran
 
   OpPhase phase_ = OpPhase::kIdle;
@@ -313,6 +316,7 @@ Status CudaComm::async_error() {
                   "%s: timed out after %d ms waiting for rank %d's stores (peer stalled or lost)",
                   phase_name(phase), cfg_.timeout_ms, peer);
     case kern::kErrBadExpert:
+      input_error_ = true;
       return fail(Status::kRemoteError,
                   "%s: topkIdx holds %d, not an expert (numExperts %d; -1 = empty); the slot was "
                   "treated as empty", phase_name(phase), value, cfg_.experts);
@@ -335,10 +339,12 @@ Status CudaComm::async_error() {
   return fail(Status::kInternalError, "%s: device error %d", phase_name(phase), code);
 }
 
-Status CudaComm::check_usable() {
+Status CudaComm::check_usable(bool starts_op) {
   if (torn_down_) return fail(Status::kInvalidUsage, "the comm was aborted");
   Status s = async_error();
-  if (s != Status::kOk) last_error_ = async_text_;
+  if (s == Status::kOk) return s;
+  last_error_ = async_text_;
+  if (!starts_op && input_error_) return Status::kOk;  // reported by GetAsyncError and the next dispatch
   return s;
 }
 
@@ -351,7 +357,7 @@ Status CudaComm::launched(cudaError_t e, const char* what) {
 Status CudaComm::dispatch_send(const void* x, const float* scales, const int32_t* idx,
                                const float* w, const int32_t* ntokens, void* recv_x,
                                float* recv_scales, int32_t* recv_counts, cudaStream_t stream) {
-  MF_CHECK(check_usable());
+  MF_CHECK(check_usable(true));
   if (phase_ != OpPhase::kIdle)
     return fail(Status::kInvalidUsage,
                 "dispatch: a dispatch or combine is still in flight; one dispatch->combine per comm");
@@ -387,7 +393,7 @@ Status CudaComm::dispatch_send(const void* x, const float* scales, const int32_t
 }
 
 Status CudaComm::dispatch_recv(cudaStream_t stream) {
-  MF_CHECK(check_usable());
+  MF_CHECK(check_usable(false));
   if (phase_ != OpPhase::kDispatchSent)
     return fail(Status::kInvalidUsage, "dispatch recv: no dispatch send in flight");
   DeviceScope scope(dev_);
@@ -397,7 +403,7 @@ Status CudaComm::dispatch_recv(cudaStream_t stream) {
 }
 
 Status CudaComm::combine_send(const void* expert_y, cudaStream_t stream) {
-  MF_CHECK(check_usable());
+  MF_CHECK(check_usable(false));
   if (phase_ != OpPhase::kDispatched)
     return fail(Status::kInvalidUsage, "combine: no completed dispatch to combine");
   if (expert_y != nullptr && !aligned(expert_y, 16))
@@ -410,7 +416,7 @@ Status CudaComm::combine_send(const void* expert_y, cudaStream_t stream) {
 }
 
 Status CudaComm::combine_recv(void* y, cudaStream_t stream) {
-  MF_CHECK(check_usable());
+  MF_CHECK(check_usable(false));
   if (phase_ != OpPhase::kCombineSent)
     return fail(Status::kInvalidUsage, "combine recv: no combine send in flight");
   if (y == nullptr || !aligned(y, 16))
