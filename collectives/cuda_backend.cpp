@@ -1,9 +1,12 @@
-// The CUDA backend: an ncclMoe comm whose ranks are GPUs of one node with peer access. Each rank
-// allocates one receive block (cuda_layout.h), exports it through CUDA IPC over the bootstrap
-// allgather and maps every peer's; the kernels (kernels/) store straight into peers' blocks over
-// NVLink and signal with system-scope releases. Nothing on the path synchronises with the host:
-// T is read on the device, sequence numbers live on the device, and every call is a kernel
-// launch on the caller's stream, so calls capture into CUDA graphs and replay.
+// The CUDA backend: an ncclMoe comm whose ranks are GPUs. Each rank allocates one receive block
+// (cuda_layout.h), exports it through CUDA IPC over the bootstrap allgather and maps the blocks of
+// the peers of its node; the kernels (kernels/) store straight into those over NVLink and signal
+// with system-scope releases. Peers on other nodes (or every peer, with MOEFABRIC_FORCE_FABRIC;
+// nodes of MOEFABRIC_NODE_SIZE ranks) are fabric peers: the kernels stage what goes to them in
+// pinned host memory and ring a doorbell, and the comm's proxy thread (cuda_proxy.h) posts the
+// writes and raises arrival flags the kernels wait on. Nothing on the path synchronises with the
+// host: T is read on the device, sequence numbers live on the device, and every call is kernel
+// launches on the caller's stream, so calls capture into CUDA graphs and replay.
 #include <cuda_runtime.h>
 #include <unistd.h>
 
@@ -11,9 +14,11 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <type_traits>
 #include <vector>
 
 #include "collectives/cuda_layout.h"
+#include "collectives/cuda_proxy.h"
 #include "collectives/engine.h"
 #include "kernels/moe_kernels.h"
 #include "plugin/common/log.h"
@@ -79,6 +84,7 @@ void host_id(char* out, size_t n) {
 struct InitBlob {
   int32_t ok;
   int32_t sm_count;
+  int32_t force_fabric, node_size;  // must agree on all ranks
   char host[128];
   char why[192];
   cudaIpcMemHandle_t handle;
@@ -136,6 +142,9 @@ class CudaComm final : public Engine {
   // error the kernels absorbed, so that peers are not left waiting for this rank.
   Status check_usable(bool starts_op);
   Status launched(cudaError_t e, const char* what);
+  // Which ranks are fabric peers (bit r), from every rank's host and the fabric switches.
+  Status choose_paths(const std::vector<InitBlob>& all, std::string* error);
+  Status fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error);
 
   ResolvedConfig cfg_{};
   int me_ = 0, R_ = 0, dev_ = -1;
@@ -146,6 +155,12 @@ class CudaComm final : public Engine {
   DevicePtr<uint8_t*> peers_dev_;
   PinnedPtr<kern::DevError> err_;
   std::vector<std::unique_ptr<IpcMapping>> mapped_;
+  // fabric path (remote_ != 0)
+  Params params_;
+  uint32_t remote_ = 0;
+  PinnedPtr<uint8_t> send_stage_, recv_stage_;
+  PinnedPtr<uint64_t> ctrl_;  // doorbell[kBells], then arrived[kBells + 1][R]
+  std::unique_ptr<FabricProxy> proxy_;
   cudaStream_t internal_ = nullptr;
   bool torn_down_ = false;
   bool input_error_ = false;    // the sticky error is bad input the kernels absorbed (op completes)
@@ -158,9 +173,10 @@ class CudaComm final : public Engine {
 };
 
 Status CudaComm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                        const ResolvedConfig& rc, const Params&, std::unique_ptr<Engine>* out,
-                        std::string* error) {
+                        const ResolvedConfig& rc, const Params& params,
+                        std::unique_ptr<Engine>* out, std::string* error) {
   std::unique_ptr<CudaComm> c(new CudaComm());
+  c->params_ = params;
   MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error));
   *out = std::move(c);
   return Status::kOk;
@@ -214,6 +230,8 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   ok = ok && cuda_ok(cudaIpcGetMemHandle(&mine.handle, block_.get()), "cudaIpcGetMemHandle");
   mine.ok = ok ? 1 : 0;
   mine.sm_count = sms;
+  mine.force_fabric = params_.force_fabric ? 1 : 0;
+  mine.node_size = static_cast<int32_t>(params_.node_size);
   host_id(mine.host, sizeof mine.host);
   snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
 
@@ -233,16 +251,13 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
                std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
       return Status::kSystemError;
     }
-    if (std::strncmp(all[r].host, mine.host, sizeof mine.host) != 0) {
-      *error = "init (CUDA backend): rank " + std::to_string(r) + " is on another node (" +
-               std::string(all[r].host, strnlen(all[r].host, sizeof all[r].host)) +
-               "); the CUDA backend reaches NVLink peers of one node only (the fabric path for "
-               "remote peers is not implemented yet: use ncclMoeBackendHost)";
-      return Status::kInvalidUsage;
-    }
     blocks = std::min(blocks, static_cast<int>(all[r].sm_count));
   }
-  // Map every peer's block; all ranks learn whether everyone succeeded.
+  MF_CHECK(choose_paths(all, error));
+  args_.blocks = std::max(1, blocks);
+  args_.timeout_ns = static_cast<int64_t>(rc.timeout_ms) * 1000000;
+  if (remote_ != 0) MF_CHECK(fabric_setup(fn, ctx, error));
+  // Map every NVLink peer's block; all ranks learn whether everyone succeeded.
   std::vector<uint8_t*> bases(nranks, nullptr);
   OkBlob mapped{1, {}};
   for (int r = 0; r < nranks && mapped.ok; ++r) {
@@ -250,6 +265,7 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
       bases[r] = block_.get();
       continue;
     }
+    if ((remote_ >> r) & 1u) continue;  // reached through the proxy
     auto m = std::make_unique<IpcMapping>();
     cudaError_t e = cudaIpcOpenMemHandle(&m->ptr, all[r].handle, cudaIpcMemLazyEnablePeerAccess);
     if (e != cudaSuccess) {
@@ -283,13 +299,115 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   args_.st = state_.get();
   args_.err = static_cast<kern::DevError*>(err_dev);
   args_.row_src = row_src_.get();
-  args_.blocks = std::max(1, blocks);
-  args_.timeout_ns = static_cast<int64_t>(rc.timeout_ms) * 1000000;
   MF_INFO(log::kInit,
           "moe comm rank %d/%d: CUDA backend on device %d, E %d K %d H %d maxT %d %s, %zu MiB "
-          "receive block over CUDA IPC, %d blocks per kernel",
+          "receive block over CUDA IPC, %d blocks per kernel, %d fabric peer(s)%s%s",
           rank, nranks, dev_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? "fp8" : "bf16",
-          l.block_bytes >> 20, args_.blocks);
+          l.block_bytes >> 20, args_.blocks, __builtin_popcount(remote_),
+          proxy_ ? " over " : "", proxy_ ? proxy_->provider().c_str() : "");
+  return Status::kOk;
+}
+
+// Nodes: MOEFABRIC_NODE_SIZE groups consecutive ranks, else ranks on one host form a node. NVLink
+// (CUDA IPC) inside a node, the fabric between nodes; MOEFABRIC_FORCE_FABRIC makes every rank,
+// this one included, a fabric peer.
+Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* error) {
+  const InitBlob& mine = all[me_];
+  for (int r = 0; r < R_; ++r)
+    if (all[r].force_fabric != mine.force_fabric || all[r].node_size != mine.node_size) {
+      *error = "init (CUDA backend): MOEFABRIC_FORCE_FABRIC / MOEFABRIC_NODE_SIZE differ between "
+               "rank " + std::to_string(me_) + " (" + std::to_string(mine.force_fabric) + ", " +
+               std::to_string(mine.node_size) + ") and rank " + std::to_string(r) + " (" +
+               std::to_string(all[r].force_fabric) + ", " + std::to_string(all[r].node_size) +
+               "): set them alike on every rank";
+      return Status::kInvalidUsage;
+    }
+  auto same_host = [&](int a, int b) {
+    return std::strncmp(all[a].host, all[b].host, sizeof all[a].host) == 0;
+  };
+  const int n = mine.node_size;
+  remote_ = 0;
+  for (int r = 0; r < R_; ++r) {
+    const bool same_node = n > 0 ? r / n == me_ / n : same_host(r, me_);
+    if (same_node && !same_host(r, me_)) {
+      *error = "init (CUDA backend): MOEFABRIC_NODE_SIZE=" + std::to_string(n) + " puts rank " +
+               std::to_string(r) + " on this rank's node, but it runs on another host (" +
+               std::string(all[r].host, strnlen(all[r].host, sizeof all[r].host)) + ")";
+      return Status::kInvalidUsage;
+    }
+    if (mine.force_fabric || !same_node) remote_ |= 1u << r;
+  }
+  // Every rank has a fabric peer as soon as there are two nodes (or FORCE_FABRIC), so all ranks
+  // agree on whether the fabric exchange below happens.
+  return Status::kOk;
+}
+
+// Pinned, mapped staging segments and control words, the proxy's endpoint, and one allgather of
+// the fabric addresses; then the proxy runs.
+Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error) {
+  const CudaLayout& l = args_.l;
+  const size_t stage = l.stage_bytes * static_cast<size_t>(R_);
+  const size_t ctrl = sizeof(uint64_t) * (kern::kBells + static_cast<size_t>(kern::kBells + 1) * R_);
+  std::string err;
+  FabricProxy::Addr mine{};
+  auto host_alloc = [&](size_t bytes, const char* what, auto* out) {
+    void* p = nullptr;
+    cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
+    if (e != cudaSuccess) {
+      if (err.empty()) err = std::string("cudaHostAlloc (") + what + ", " + std::to_string(bytes) +
+                             " B) failed: " + cuda_text(e);
+      return false;
+    }
+    std::memset(p, 0, bytes);
+    out->reset(static_cast<std::remove_reference_t<decltype(*out->get())>*>(p));
+    return true;
+  };
+  bool ok = host_alloc(stage, "fabric send staging", &send_stage_) &&
+            host_alloc(stage, "fabric receive staging", &recv_stage_) &&
+            host_alloc(ctrl, "doorbells and arrival flags", &ctrl_);
+  void *send_dev = nullptr, *recv_dev = nullptr, *ctrl_dev = nullptr;
+  ok = ok && cudaHostGetDevicePointer(&send_dev, send_stage_.get(), 0) == cudaSuccess &&
+       cudaHostGetDevicePointer(&recv_dev, recv_stage_.get(), 0) == cudaSuccess &&
+       cudaHostGetDevicePointer(&ctrl_dev, ctrl_.get(), 0) == cudaSuccess;
+  if (!ok && err.empty()) err = "cudaHostGetDevicePointer failed on the fabric staging";
+  if (ok) {
+    FabricProxy::Config pc;
+    pc.nranks = R_;
+    pc.rank = me_;
+    pc.remote = remote_;
+    pc.layout = l;
+    pc.send_stage = send_stage_.get();
+    pc.recv_stage = recv_stage_.get();
+    pc.doorbell = ctrl_.get();
+    pc.arrived = ctrl_.get() + kern::kBells;
+    pc.abort_word = &reinterpret_cast<volatile kern::DevError*>(err_.get())->abort;
+    pc.timeout_ms = cfg_.timeout_ms;
+    ok = FabricProxy::create(params_, pc, &proxy_, &err) == Status::kOk;
+  }
+  if (ok) {
+    proxy_->local_addr(&mine);
+  } else {
+    mine.ok = 0;
+    snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
+  }
+  std::vector<FabricProxy::Addr> all(static_cast<size_t>(R_));
+  if (fn(&mine, all.data(), sizeof(FabricProxy::Addr), ctx) != ncclSuccess) {
+    *error = "init (CUDA backend): the allgather callback failed while exchanging fabric addresses";
+    return Status::kSystemError;
+  }
+  if (!ok) {
+    *error = "init (CUDA backend, fabric path): " + err;
+    return Status::kSystemError;
+  }
+  if (proxy_->start(all, &err) != Status::kOk) {
+    *error = "init (CUDA backend, fabric path): " + err;
+    return Status::kSystemError;
+  }
+  args_.remote = remote_;
+  args_.send_stage = static_cast<uint8_t*>(send_dev);
+  args_.recv_stage = static_cast<const uint8_t*>(recv_dev);
+  args_.doorbell = static_cast<uint64_t*>(ctrl_dev);
+  args_.arrived = static_cast<const uint64_t*>(ctrl_dev) + kern::kBells;
   return Status::kOk;
 }
 
@@ -306,6 +424,9 @@ Status CudaComm::record_error(Status s, const char* text) {
 // Turns the device's error word into the sticky async error (read without any CUDA call).
 Status CudaComm::async_error() {
   if (sticky_ != Status::kOk || !err_) return sticky_;
+  std::string proxy_text;
+  if (proxy_ && proxy_->failure(&proxy_text) != Status::kOk)
+    return fail(Status::kRemoteError, "fabric proxy: %s", proxy_text.c_str());
   volatile kern::DevError* e = err_.get();
   const int32_t code = e->code;
   if (code == kern::kErrNone) return Status::kOk;
@@ -397,6 +518,8 @@ Status CudaComm::dispatch_recv(cudaStream_t stream) {
   if (phase_ != OpPhase::kDispatchSent)
     return fail(Status::kInvalidUsage, "dispatch recv: no dispatch send in flight");
   DeviceScope scope(dev_);
+  if (remote_ != 0)
+    MF_CHECK(launched(kern::launch_fabric_ingest_dispatch(args_, stream), "dispatch recv (fabric)"));
   MF_CHECK(launched(kern::launch_dispatch_recv(args_, stream), "dispatch recv"));
   phase_ = OpPhase::kDispatched;
   return Status::kOk;
@@ -423,6 +546,8 @@ Status CudaComm::combine_recv(void* y, cudaStream_t stream) {
     return fail(Status::kInvalidArgument, "combine: y is %s", y ? "not 16-byte aligned" : "NULL");
   DeviceScope scope(dev_);
   args_.y = y;
+  if (remote_ != 0)
+    MF_CHECK(launched(kern::launch_fabric_ingest_combine(args_, stream), "combine recv (fabric)"));
   MF_CHECK(launched(kern::launch_combine_recv(args_, stream), "combine recv"));
   phase_ = OpPhase::kIdle;
   ++ops_;
@@ -441,17 +566,22 @@ Status CudaComm::destroy() {
   Status result = Status::kOk;
   const bool in_step = err_ && peers_in_step(err_.get()) &&
                        (async_error() == Status::kOk || !launch_failed_);
-  if (!torn_down_ && in_step && phase_ == OpPhase::kIdle && R_ > 1) {
+  if (!torn_down_ && in_step && phase_ == OpPhase::kIdle && (R_ > 1 || proxy_)) {
     // Every op this rank launched is done; then no peer stores into our block once every rank
     // has passed the barrier.
     DeviceScope scope(dev_);
     cudaError_t e = cudaDeviceSynchronize();
     if (e == cudaSuccess) e = kern::launch_barrier(args_, internal_);
     if (e == cudaSuccess) e = cudaStreamSynchronize(internal_);
-    if (e != cudaSuccess)
+    if (e != cudaSuccess) {
       result = fail(Status::kCudaError, "destroy: %s", cuda_text(e).c_str());
-    else if (!peers_in_step(err_.get()))
+    } else if (!peers_in_step(err_.get())) {
       result = async_error();  // the barrier itself timed out
+    } else if (proxy_) {
+      // Fabric peers: no write of theirs lands in our staging once their barrier write has.
+      std::string text;
+      if (proxy_->barrier(&text) != Status::kOk) result = fail(Status::kRemoteError, "%s", text.c_str());
+    }
   }
   abort();
   return result;
@@ -464,6 +594,10 @@ void CudaComm::abort() {
   if (err_) reinterpret_cast<volatile kern::DevError*>(err_.get())->abort = 1;
   // Waiting kernels see the abort word within microseconds; then nothing of ours runs.
   (void)cudaDeviceSynchronize();
+  proxy_.reset();  // joins the proxy thread, then deregisters and closes the endpoint
+  send_stage_.reset();
+  recv_stage_.reset();
+  ctrl_.reset();
   mapped_.clear();
   if (internal_ != nullptr) (void)cudaStreamDestroy(internal_);
   internal_ = nullptr;
@@ -479,8 +613,11 @@ void CudaComm::stats(ncclMoeStats_t* s) const {
   s->ops = ops_;
   s->dispatchWritesMaxPeer = s->combineWritesMaxPeer = s->grantsSent = 0;
   s->peers = static_cast<uint32_t>(R_ - 1);
-  s->dispatchBytesSent = s->combineBytesSent = 0;  // known on the device only
-  s->proxyPostUs = s->combinePostUs = 0;
+  // Over NVLink the bytes are known on the device only; fabric writes are the proxy's.
+  s->dispatchBytesSent = proxy_ ? proxy_->bytes_posted(kern::kBellDispatch) : 0;
+  s->combineBytesSent = proxy_ ? proxy_->bytes_posted(kern::kBellCombine) : 0;
+  s->proxyPostUs = proxy_ ? proxy_->post_us(kern::kBellDispatch) : 0;
+  s->combinePostUs = proxy_ ? proxy_->post_us(kern::kBellCombine) : 0;
   s->registrations = 0;
 }
 

@@ -36,9 +36,37 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
     if (code == ~0u) continue;
     const uint32_t s = code / per_src;
     if (s >= static_cast<uint32_t>(l.nranks)) continue;
-    warp_copy16<false>(a.peers[s] + l.combine_offset(code % per_src), ey + yb * r, yb, lane);
+    uint8_t* dst = is_remote(a, s) ? send_segment(a, s) + l.stage_combine_offset(code % per_src)
+                                   : a.peers[s] + l.combine_offset(code % per_src);
+    warp_copy16<false>(dst, ey + yb * r, yb, lane);
   }
-  signal_peers(a, l.ccount_offset(l.rank));
+  signal_peers(a, l.ccount_offset(l.rank), &a.st->csend_done, kBellCombine);
+}
+
+// Fabric owners: the rows (t, k) whose expert fabric rank o owns, as o's proxy wrote them into
+// our staging segment o, go to combine slot (t, k) of the receive block; then every block counts
+// itself at o's combine counter. Our T and idx are in the block (dispatch send or ingest put
+// them there).
+__global__ void __launch_bounds__(kThreads) fabric_ingest_combine_kernel(const __grid_constant__ Args a) {
+  const CudaLayout& l = a.l;
+  const uint64_t epoch = a.st->seq + 1;
+  wait_fabric_sources(a, kBellCombine, epoch, kPhaseCombineRecv);
+  int T = *reinterpret_cast<const int32_t*>(a.local + l.ntok_offset(l.rank));
+  if (T < 0 || T > l.max_tokens) T = 0;
+  const int32_t* idx = reinterpret_cast<const int32_t*>(a.local + l.idx_offset(l.rank));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t nv = l.y_row_bytes / 16;
+  const int n = T * l.topk;
+  for (int tk = warp * a.blocks + blockIdx.x; tk < n; tk += a.blocks * kWarps) {
+    const int32_t e = idx[tk];
+    if (e < 0 || e >= l.experts) continue;
+    const int o = l.owner(e);
+    if (!is_remote(a, o)) continue;
+    const uint8_t* src = recv_segment(a, o) + l.stage_combine_offset(tk);
+    int4* dst = reinterpret_cast<int4*>(a.local + l.combine_offset(tk));
+    for (size_t v = lane; v < nv; v += 32) dst[v] = ld_sys_v4(src + 16 * v);
+  }
+  count_fabric_sources(a, l.off_ccount);
 }
 
 template <class Out>
@@ -92,13 +120,17 @@ __global__ void __launch_bounds__(kThreads) combine_recv_kernel(const __grid_con
 }
 
 __global__ void barrier_kernel(const __grid_constant__ Args a) {
-  if (threadIdx.x < static_cast<unsigned>(a.l.nranks)) {
+  const bool nvlink = threadIdx.x < static_cast<unsigned>(a.l.nranks) && !is_remote(a, threadIdx.x);
+  if (nvlink) {
     __threadfence_system();
     red_release_sys_add(
         reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + a.l.bcount_offset(a.l.rank)), 1);
   }
   __syncthreads();
-  wait_all_sources(a, a.l.off_bcount, 1, kPhaseBarrier);
+  if (nvlink)
+    wait_counter(a, reinterpret_cast<const uint64_t*>(a.local + a.l.bcount_offset(threadIdx.x)), 1,
+                 kPhaseBarrier, static_cast<int32_t>(threadIdx.x));
+  __syncthreads();
 }
 
 }  // namespace
@@ -110,6 +142,11 @@ cudaError_t launch_combine_send(const Args& a, cudaStream_t stream) {
 
 cudaError_t launch_combine_recv(const Args& a, cudaStream_t stream) {
   combine_recv_kernel<__nv_bfloat16><<<a.blocks, kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_fabric_ingest_combine(const Args& a, cudaStream_t stream) {
+  fabric_ingest_combine_kernel<<<a.blocks, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

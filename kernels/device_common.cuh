@@ -22,6 +22,34 @@ __device__ __forceinline__ void red_release_sys_add(uint64_t* p, uint64_t v) {
   asm volatile("red.release.sys.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
+__device__ __forceinline__ void st_release_sys(uint64_t* p, uint64_t v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+// Loads of pinned host memory that the NIC or the proxy wrote: relaxed at system scope, so that
+// no stale line of an earlier op is served from a GPU cache.
+__device__ __forceinline__ int32_t ld_sys_i32(const void* p) {
+  int32_t v;
+  asm volatile("ld.relaxed.sys.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ int4 ld_sys_v4(const void* p) {
+  int4 v;
+  asm volatile("ld.relaxed.sys.global.v4.b32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+
+__device__ __forceinline__ bool is_remote(const Args& a, int r) { return (a.remote >> r) & 1u; }
+__device__ __forceinline__ uint8_t* send_segment(const Args& a, int d) {
+  return a.send_stage + a.l.stage_bytes * static_cast<size_t>(d);
+}
+__device__ __forceinline__ const uint8_t* recv_segment(const Args& a, int s) {
+  return a.recv_stage + a.l.stage_bytes * static_cast<size_t>(s);
+}
+
 __device__ __forceinline__ uint64_t global_timer_ns() {
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -63,12 +91,24 @@ __device__ inline bool wait_counter(const Args& a, const uint64_t* counter, uint
 }
 
 // Each block, after its stores: make them visible system-wide, then count the block at every
-// destination (the receiver waits for op * blocks).
-__device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer) {
+// NVLink destination (the receiver waits for op * blocks). With fabric destinations, the block
+// also counts itself in `done` (device memory); the last block of the op rings the doorbell
+// (pinned host memory) with the op number, after which the proxy reads the staging segments.
+__device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer,
+                                    uint64_t* done = nullptr, int bell = 0) {
   __syncthreads();
-  if (threadIdx.x < static_cast<unsigned>(a.l.nranks)) {
+  if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && !is_remote(a, threadIdx.x)) {
     __threadfence_system();
     red_release_sys_add(reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + counter_offset_in_peer), 1);
+  }
+  if (a.remote != 0 && done != nullptr && threadIdx.x == 0) {
+    __threadfence_system();
+    const unsigned long long n =
+        atomicAdd(reinterpret_cast<unsigned long long*>(done), 1ull) + 1;
+    if (n % static_cast<unsigned long long>(a.blocks) == 0) {
+      __threadfence_system();
+      st_release_sys(a.doorbell + bell, n / static_cast<unsigned long long>(a.blocks));
+    }
   }
 }
 
@@ -78,6 +118,24 @@ __device__ inline void wait_all_sources(const Args& a, size_t base, uint64_t tar
     wait_counter(a, reinterpret_cast<const uint64_t*>(a.local + base + 8 * threadIdx.x), target,
                  phase, static_cast<int32_t>(threadIdx.x));
   __syncthreads();
+}
+
+// Block-wide wait for every fabric source's write of op `epoch` (arrival flags in host memory).
+__device__ inline void wait_fabric_sources(const Args& a, int bell, uint64_t epoch, int32_t phase) {
+  if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && is_remote(a, threadIdx.x))
+    wait_counter(a, a.arrived + static_cast<size_t>(bell) * a.l.nranks + threadIdx.x, epoch, phase,
+                 static_cast<int32_t>(threadIdx.x));
+  __syncthreads();
+}
+
+// After a block's ingest copies: count it at our own counter of every fabric source, as the
+// source's own blocks would have over NVLink.
+__device__ inline void count_fabric_sources(const Args& a, size_t base) {
+  __syncthreads();
+  if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && is_remote(a, threadIdx.x)) {
+    __threadfence();
+    red_release_sys_add(reinterpret_cast<uint64_t*>(a.local + base + 8 * threadIdx.x), 1);
+  }
 }
 
 // A warp copies `bytes` (a multiple of 16, both ends 16-byte aligned) from src to dst.

@@ -42,12 +42,23 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
   const int K = l.topk, R = l.nranks, me = l.rank;
   // topkIdx and T to every rank (ours too: our combine recv reads them back from there).
   const int n = T * K;
+  // Fabric destinations get the same in their staging segment (T, then idx[T][K], then slots).
   for (int i = blockIdx.x * kThreads + threadIdx.x; i < n; i += a.blocks * kThreads) {
     const int32_t e = clamp_expert(a, a.idx[i], kPhaseDispatchSend);
-    for (int d = 0; d < R; ++d) reinterpret_cast<int32_t*>(a.peers[d] + l.idx_offset(me))[i] = e;
+    for (int d = 0; d < R; ++d) {
+      int32_t* dst = is_remote(a, d) ? reinterpret_cast<int32_t*>(send_segment(a, d) + 16)
+                                     : reinterpret_cast<int32_t*>(a.peers[d] + l.idx_offset(me));
+      dst[i] = e;
+    }
   }
-  if (blockIdx.x == 0 && threadIdx.x < static_cast<unsigned>(R))
-    *reinterpret_cast<int32_t*>(a.peers[threadIdx.x] + l.ntok_offset(me)) = T;
+  if (blockIdx.x == 0 && threadIdx.x < static_cast<unsigned>(R)) {
+    const int d = threadIdx.x;
+    *reinterpret_cast<int32_t*>(is_remote(a, d) ? send_segment(a, d) : a.peers[d] + l.ntok_offset(me)) = T;
+  }
+  auto slot = [&](int d, int t) {
+    return is_remote(a, d) ? send_segment(a, d) + l.stage_token_offset(T, t)
+                           : a.peers[d] + l.token_offset(me, t);
+  };
 
   // One warp per token; consecutive tokens on different blocks (spreads the NVLink stores).
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -65,18 +76,55 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
     for (size_t v = lane; v < xb / 16; v += 32) {
       const int4 val = __ldg(src + v);
       for (uint32_t m = dests; m != 0; m &= m - 1)
-        reinterpret_cast<int4*>(a.peers[__ffs(m) - 1] + l.token_offset(me, t))[v] = val;
+        reinterpret_cast<int4*>(slot(__ffs(m) - 1, t))[v] = val;
     }
     if (l.nscale > 0) {
       const float* sc = a.x_scales + static_cast<size_t>(l.nscale) * t;
       for (int i = lane; i < l.nscale; i += 32) {
         const float f = __ldg(sc + i);
         for (uint32_t m = dests; m != 0; m &= m - 1)
-          reinterpret_cast<float*>(a.peers[__ffs(m) - 1] + l.token_offset(me, t) + xb_pad)[i] = f;
+          reinterpret_cast<float*>(slot(__ffs(m) - 1, t) + xb_pad)[i] = f;
       }
     }
   }
-  signal_peers(a, l.dcount_offset(me));
+  signal_peers(a, l.dcount_offset(me), &a.st->dsend_done, kBellDispatch);
+}
+
+// Fabric sources: source s's T, idx and token slots, as its proxy wrote them into our staging
+// segment s, go where s would have stored them over NVLink; then every block counts itself at
+// s's dispatch counter. T out of range is passed on as is (the recv kernel reports it) and
+// nothing else of s is copied.
+__global__ void __launch_bounds__(kThreads) fabric_ingest_dispatch_kernel(const __grid_constant__ Args a) {
+  const CudaLayout& l = a.l;
+  const uint64_t epoch = a.st->seq + 1;
+  wait_fabric_sources(a, kBellDispatch, epoch, kPhaseDispatchRecv);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int s = 0; s < l.nranks; ++s) {
+    if (!is_remote(a, s)) continue;
+    const uint8_t* seg = recv_segment(a, s);
+    const int T = ld_sys_i32(seg);
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+      *reinterpret_cast<int32_t*>(a.local + l.ntok_offset(s)) = T;
+    if (T < 0 || T > l.max_tokens) continue;
+    const int n = T * l.topk;
+    auto* idx = reinterpret_cast<int32_t*>(a.local + l.idx_offset(s));
+    for (int i = blockIdx.x * kThreads + threadIdx.x; i < n; i += a.blocks * kThreads)
+      idx[i] = ld_sys_i32(seg + 16 + 4 * static_cast<size_t>(i));
+    const size_t nv = l.slot_bytes / 16;
+    for (int t = warp * a.blocks + blockIdx.x; t < T; t += a.blocks * kWarps) {
+      // Only the tokens s sent us (its other slots in the segment hold nothing).
+      bool mine = false;
+      if (lane < l.topk) {
+        const int32_t e = ld_sys_i32(seg + 16 + 4 * (static_cast<size_t>(t) * l.topk + lane));
+        mine = e >= 0 && e < l.experts && l.owner(e) == l.rank;
+      }
+      if (!__any_sync(0xffffffffu, mine)) continue;
+      const uint8_t* src = seg + l.stage_token_offset(T, t);
+      int4* dst = reinterpret_cast<int4*>(a.local + l.token_offset(s, t));
+      for (size_t v = lane; v < nv; v += 32) dst[v] = ld_sys_v4(src + 16 * v);
+    }
+  }
+  count_fabric_sources(a, l.off_dcount);
 }
 
 // Every block computes the per-expert totals and the counts before its own segment of the
@@ -237,6 +285,11 @@ cudaError_t launch_dispatch_send(const Args& a, cudaStream_t stream) {
     dispatch_send_kernel<__nv_fp8_e4m3><<<a.blocks, kThreads, 0, stream>>>(a);
   else
     dispatch_send_kernel<__nv_bfloat16><<<a.blocks, kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_fabric_ingest_dispatch(const Args& a, cudaStream_t stream) {
+  fabric_ingest_dispatch_kernel<<<a.blocks, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

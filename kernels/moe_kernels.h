@@ -40,9 +40,14 @@ struct DevError {
 struct DevState {
   uint64_t seq;          // ops completed (bumped by the last block of combine recv)
   uint64_t crecv_done;   // combine-recv blocks finished, all ops
+  uint64_t dsend_done;   // dispatch-send blocks finished, all ops (fabric doorbell)
+  uint64_t csend_done;   // combine-send blocks finished, all ops (fabric doorbell)
   uint32_t total_rows;   // rows of the last dispatch, padding included
   int32_t err_code;      // first error (CAS), mirrored into DevError
 };
+
+// Doorbells and arrival flags: one per phase that moves data through the proxy.
+enum Bell : int { kBellDispatch = 0, kBellCombine = 1, kBells = 2 };
 
 struct Args {
   CudaLayout l;
@@ -53,6 +58,13 @@ struct Args {
   uint32_t* row_src;       // [capacity_rows]: (source * maxT + token) * K + k, ~0 for padding
   int blocks;              // grid of every kernel, equal on all ranks
   int64_t timeout_ns;
+  // Fabric peers (bit r of `remote`: rank r is reached through the host proxy). The pointers are
+  // device views of pinned, mapped host memory (cuda_layout.h's staging segments).
+  uint32_t remote;
+  uint8_t* send_stage;       // [R][stage_bytes]: segment d holds what goes to rank d
+  const uint8_t* recv_stage; // [R][stage_bytes]: segment s holds what rank s wrote to us
+  uint64_t* doorbell;        // [kBells]: ops whose send kernel finished (written by the last block)
+  const uint64_t* arrived;   // [kBells][R]: per source, the last op whose write landed (proxy)
   // dispatch
   const void* x;
   const float* x_scales;
@@ -71,7 +83,14 @@ cudaError_t launch_dispatch_send(const Args& a, cudaStream_t stream);
 cudaError_t launch_dispatch_recv(const Args& a, cudaStream_t stream);
 cudaError_t launch_combine_send(const Args& a, cudaStream_t stream);
 cudaError_t launch_combine_recv(const Args& a, cudaStream_t stream);
-// Destroy: every rank tells every peer it will store nothing more, then waits for all of them.
+// Fabric sources (a.remote != 0), launched before the matching recv kernel: wait for each fabric
+// source's write of this op to land in the staging segment, copy it into the receive block where
+// an NVLink peer would have stored it, and count the block there, so that the recv kernels read
+// every source alike.
+cudaError_t launch_fabric_ingest_dispatch(const Args& a, cudaStream_t stream);
+cudaError_t launch_fabric_ingest_combine(const Args& a, cudaStream_t stream);
+// Destroy: every NVLink rank tells every NVLink peer it will store nothing more, then waits for
+// all of them (fabric peers meet through the proxy).
 cudaError_t launch_barrier(const Args& a, cudaStream_t stream);
 
 }  // namespace moefabric::moe::kern

@@ -76,6 +76,11 @@ Params Params::load() {
   one_of("MOEFABRIC_PROTOCOL", &p.protocol, "auto", {"auto", "rdma", "tagged"});
   one_of("MOEFABRIC_GDR", &p.gdr, "auto", {"auto", "0", "1"});
   one_of("MOEFABRIC_SPLIT_IMM", &p.split_imm, "auto", {"auto", "0", "1"});
+  if (p.node_size < 0 || p.node_size > 4096) {
+    MF_WARN("MOEFABRIC_NODE_SIZE=%lld is outside [0, 4096]; using the default 0 (nodes by host)",
+            static_cast<long long>(p.node_size));
+    p.node_size = 0;
+  }
   return p;
 }
 

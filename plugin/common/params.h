@@ -45,6 +45,10 @@ namespace moefabric {
     "pin the MoE proxy thread to this CPU; -1: the cores of its NIC's NUMA node (topology)")     \
   X(proxy_spin_us, "MOEFABRIC_PROXY_SPIN_US", Int, "200",                                         \
     "MoE proxy busy-polls this long after the last event, then blocks in the CQ until woken")   \
+  X(force_fabric, "MOEFABRIC_FORCE_FABRIC", Bool, "0",                                          \
+    "CUDA MoE backend: reach every peer, self included, through the host proxy and libfabric")  \
+  X(node_size, "MOEFABRIC_NODE_SIZE", Int, "0",                                                   \
+    "CUDA MoE backend: consecutive ranks form nodes of N (NVLink inside, fabric between); 0: by host") \
   X(topo_xml, "MOEFABRIC_TOPO_XML", Str, "",                                                     \
     "read the machine topology from this hwloc XML instead of the live machine")              \
   X(debug, "MOEFABRIC_DEBUG", Str, "WARN",                                                        \

@@ -38,6 +38,15 @@ TEST_CASE("cuda layout: regions are disjoint, aligned and inside the block", "[m
       CHECK(l.token_offset(s.R - 1, s.T - 1) + l.slot_bytes <= l.off_comb);
       CHECK(l.combine_offset(static_cast<size_t>(s.T) * s.K - 1) + l.y_row_bytes <= l.block_bytes);
       CHECK(l.x_bytes + l.scale_bytes <= l.slot_bytes);
+      // Fabric staging segment: the dispatch part of any T stays below the combine rows.
+      for (int T : {0, 1, s.T / 2, s.T}) {
+        CHECK(l.stage_token_base(T) % 16 == 0);
+        CHECK(l.stage_token_base(T) >= 16 + 4ull * T * s.K);
+        CHECK(l.stage_dispatch_bytes(T) <= l.stage_off_comb);
+      }
+      CHECK(l.stage_off_comb % 256 == 0);
+      CHECK(l.stage_combine_offset(static_cast<size_t>(s.T) * s.K) <= l.stage_bytes);
+      CHECK(l.stage_bytes % 4096 == 0);
     }
   }
 }

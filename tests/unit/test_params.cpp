@@ -54,3 +54,21 @@ TEST_CASE("params: every environment variable is documented in README.md", "[par
     REQUIRE(readme.find(std::string("`") + t[i].env + "`") != std::string::npos);
   }
 }
+
+TEST_CASE("params: CUDA MoE fabric switches", "[params]") {
+  unsetenv("MOEFABRIC_FORCE_FABRIC");
+  unsetenv("MOEFABRIC_NODE_SIZE");
+  auto p = moefabric::Params::load();
+  REQUIRE_FALSE(p.force_fabric);
+  REQUIRE(p.node_size == 0);
+  setenv("MOEFABRIC_FORCE_FABRIC", "1", 1);
+  setenv("MOEFABRIC_NODE_SIZE", "2", 1);
+  p = moefabric::Params::load();
+  REQUIRE(p.force_fabric);
+  REQUIRE(p.node_size == 2);
+  setenv("MOEFABRIC_NODE_SIZE", "-3", 1);  // out of range: warning + default
+  p = moefabric::Params::load();
+  REQUIRE(p.node_size == 0);
+  unsetenv("MOEFABRIC_FORCE_FABRIC");
+  unsetenv("MOEFABRIC_NODE_SIZE");
+}

@@ -1,0 +1,294 @@
+// The CUDA backend's fabric proxy (cuda_proxy.h): doorbells in, packed writes out, arrival flags
+// back. One thread, one endpoint; every wait it owns is bounded by the comm's timeout.
+#include "collectives/cuda_proxy.h"
+
+#include <sys/prctl.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "collectives/protocol.h"
+#include "plugin/common/log.h"
+
+namespace moefabric::moe {
+namespace {
+
+constexpr int kBarrierRow = FabricProxy::kBells;  // arrived[] row and cookie class of destroy
+
+WriteKind kind_of(int bell) {
+  return bell == 0 ? WriteKind::kDispatchPrivate
+                   : bell == 1 ? WriteKind::kCombine : WriteKind::kBarrier;
+}
+int bell_of(uint32_t kind) {
+  switch (static_cast<WriteKind>(kind)) {
+    case WriteKind::kDispatchPrivate: return 0;
+    case WriteKind::kCombine: return 1;
+    case WriteKind::kBarrier: return kBarrierRow;
+    default: return -1;
+  }
+}
+const char* phase_of(int bell) {
+  return bell == 0 ? "dispatch" : bell == 1 ? "combine" : "destroy";
+}
+uint64_t load_acquire(const uint64_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+
+}  // namespace
+
+Status FabricProxy::create(const Params& params, const Config& cfg,
+                           std::unique_ptr<FabricProxy>* out, std::string* error) {
+  std::unique_ptr<FabricProxy> p(new FabricProxy());
+  p->params_ = params;
+  p->cfg_ = cfg;
+  p->peers_.resize(static_cast<size_t>(cfg.nranks));
+  MF_CHECK(fabric::RmaEndpoint::open(params, 0, &p->ep_, error));
+  const size_t bytes = cfg.layout.stage_bytes * static_cast<size_t>(cfg.nranks);
+  MF_CHECK(p->ep_->mr_cache().acquire(cfg.send_stage, bytes, fabric::MemType::kHost, -1, -1, 0,
+                                      &p->send_mr_, error));
+  MF_CHECK(p->ep_->mr_cache().acquire(cfg.recv_stage, bytes, fabric::MemType::kHost, -1, -1, 0,
+                                      &p->recv_mr_, error));
+  *out = std::move(p);
+  return Status::kOk;
+}
+
+FabricProxy::~FabricProxy() {
+  stop();
+  if (ep_) {
+    if (send_mr_) ep_->mr_cache().release(send_mr_);
+    if (recv_mr_) ep_->mr_cache().release(recv_mr_);
+    send_mr_ = recv_mr_ = nullptr;
+    ep_.reset();
+  }
+}
+
+const std::string& FabricProxy::provider() const { return ep_->nic().provider; }
+
+void FabricProxy::local_addr(Addr* a) const {
+  a->ok = 1;
+  a->len = static_cast<uint32_t>(ep_->addr_len());
+  std::memcpy(a->addr, ep_->addr(), ep_->addr_len());
+  a->recv_base = recv_mr_->remote_addr(cfg_.recv_stage);
+  a->recv_key = recv_mr_->key;
+}
+
+Status FabricProxy::start(const std::vector<Addr>& all, std::string* error) {
+  for (int r = 0; r < cfg_.nranks; ++r) {
+    if (!((cfg_.remote >> r) & 1u)) continue;
+    if (!all[r].ok) {
+      *error = "rank " + std::to_string(r) + " has no fabric endpoint: " +
+               std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
+      return Status::kSystemError;
+    }
+    peers_[r].recv_base = all[r].recv_base;
+    peers_[r].recv_key = all[r].recv_key;
+    MF_CHECK(ep_->insert_peer(all[r].addr, all[r].len, &peers_[r].addr, error));
+  }
+  stop_.store(false);
+  thread_ = std::thread([this] { loop(); });
+  return Status::kOk;
+}
+
+void FabricProxy::stop() {
+  if (!thread_.joinable()) return;
+  stop_.store(true, std::memory_order_release);
+  thread_.join();
+}
+
+Status FabricProxy::failure(std::string* text) const {
+  const Status s = static_cast<Status>(status_.load(std::memory_order_acquire));
+  if (s != Status::kOk && text != nullptr) {
+    std::lock_guard<std::mutex> g(err_mu_);
+    *text = err_text_;
+  }
+  return s;
+}
+
+void FabricProxy::fail(Status s, const std::string& text) {
+  {
+    std::lock_guard<std::mutex> g(err_mu_);
+    int expected = 0;
+    if (!status_.compare_exchange_strong(expected, static_cast<int>(s))) return;
+    err_text_ = text;
+  }
+  MF_WARN("rank %d: fabric proxy: %s", cfg_.rank, text.c_str());
+  // Kernels waiting for a write that will never land return now instead of at their timeout.
+  if (cfg_.abort_word != nullptr) *cfg_.abort_word = 1;
+}
+
+void FabricProxy::post_one(int peer, int kind, const uint8_t* src, size_t len, uint64_t offset,
+                           uint64_t op, bool delivered) {
+  Peer& p = peers_[peer];
+  std::string err;
+  const uint64_t raddr =
+      p.recv_base + cfg_.layout.stage_bytes * static_cast<uint64_t>(cfg_.rank) + offset;
+  const uint64_t cookie = (static_cast<uint64_t>(kind) << 32) | static_cast<uint32_t>(peer);
+  if (p.inflight[kind]++ == 0) p.posted[kind] = Clock::now();
+  writes_inflight_.fetch_add(1, std::memory_order_relaxed);
+  Status s = ep_->write(p.addr, src, len, send_mr_->desc, raddr, p.recv_key,
+                        imm_encode(kind_of(kind), op, cfg_.rank), cookie, &err, delivered);
+  if (s != Status::kOk) {
+    --p.inflight[kind];
+    writes_inflight_.fetch_sub(1, std::memory_order_relaxed);
+    fail(Status::kRemoteError, std::string(phase_of(kind)) + ": posting the write of op " +
+                                   std::to_string(op) + " to rank " + std::to_string(peer) +
+                                   " failed: " + err);
+  }
+}
+
+// One write per fabric peer: the prefix of its send segment that op `op` filled.
+void FabricProxy::post_phase(int bell, uint64_t op) {
+  const CudaLayout& l = cfg_.layout;
+  const auto t0 = Clock::now();
+  uint64_t bytes = 0;
+  for (int i = 1; i <= cfg_.nranks; ++i) {
+    const int d = (cfg_.rank + i) % cfg_.nranks;  // self last
+    if (!((cfg_.remote >> d) & 1u)) continue;
+    const uint8_t* seg = cfg_.send_stage + l.stage_bytes * static_cast<size_t>(d);
+    if (bell == 0) {
+      // T as the send kernel wrote it (already sanitised to [0, maxT]).
+      int32_t T = 0;
+      std::memcpy(&T, seg, 4);
+      if (T < 0 || T > l.max_tokens) {
+        fail(Status::kInternalError, "dispatch: the send kernel staged T = " + std::to_string(T) +
+                                         " for rank " + std::to_string(d));
+        T = 0;
+      }
+      const size_t len = l.stage_dispatch_bytes(T);
+      post_one(d, bell, seg, len, 0, op, false);
+      bytes += len;
+    } else {
+      // Rows (t, k) of d's tokens: d's T is in the dispatch header d wrote into our segment d
+      // for this op (d cannot send the next one before our combine reaches it).
+      const uint8_t* rseg = cfg_.recv_stage + l.stage_bytes * static_cast<size_t>(d);
+      int32_t T = 0;
+      std::memcpy(&T, rseg, 4);
+      if (T < 0 || T > l.max_tokens) T = 0;  // d's recv kernel reported it; send the marker
+      const size_t rows = static_cast<size_t>(T) * l.topk;
+      const size_t len = rows > 0 ? rows * l.y_row_bytes : 16;
+      post_one(d, bell, seg + l.stage_off_comb, len, l.stage_off_comb, op, false);
+      bytes += len;
+    }
+  }
+  post_ns_[bell].store(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()));
+  bytes_[bell].store(bytes, std::memory_order_relaxed);
+}
+
+void FabricProxy::on_remote_write(uint32_t imm) {
+  const uint32_t kind = imm >> 29;
+  const uint32_t seq_low = (imm >> 12) & kSeqMask;
+  const int src = static_cast<int>(imm & 0xfffu);
+  const int row = bell_of(kind);
+  char hex[16];
+  snprintf(hex, sizeof hex, "%08x", imm);
+  if (row < 0 || src >= cfg_.nranks || !((cfg_.remote >> src) & 1u)) {
+    fail(Status::kRemoteError, std::string("rejected an incoming write (imm 0x") + hex +
+                                   "): unknown kind or not a fabric peer");
+    return;
+  }
+  uint64_t* flag = cfg_.arrived + static_cast<size_t>(row) * cfg_.nranks + src;
+  const uint64_t next = __atomic_load_n(flag, __ATOMIC_RELAXED) + 1;
+  if ((next & kSeqMask) != seq_low) {
+    fail(Status::kRemoteError, std::string(phase_of(row)) + ": rank " + std::to_string(src) +
+                                   " wrote op " + std::to_string(seq_low) + " (low bits), expected op " +
+                                   std::to_string(next) + " (imm 0x" + hex + ")");
+    return;
+  }
+  MF_TRACE(log::kProxy, "rank %d: %s write of op %llu from rank %d landed", cfg_.rank,
+           phase_of(row), static_cast<unsigned long long>(next), src);
+  // The payload landed before its immediate was delivered; the kernel's acquire pairs with this.
+  __atomic_store_n(flag, next, __ATOMIC_RELEASE);
+}
+
+void FabricProxy::on_write_done(uint64_t cookie, Status s, const char* text) {
+  const int kind = static_cast<int>(cookie >> 32);
+  const int peer = static_cast<int>(cookie & 0xffffffffu);
+  if (peer < cfg_.nranks && kind <= kBarrierRow) --peers_[peer].inflight[kind];
+  writes_inflight_.fetch_sub(1, std::memory_order_release);
+  if (s != Status::kOk && !stop_.load(std::memory_order_relaxed))
+    fail(Status::kRemoteError, std::string(phase_of(kind)) + ": write to rank " +
+                                   std::to_string(peer) + " failed (peer lost?): " +
+                                   (text ? text : ""));
+}
+
+void FabricProxy::check_stuck_writes(Clock::time_point now) {
+  const auto limit = std::chrono::milliseconds(cfg_.timeout_ms);
+  for (int r = 0; r < cfg_.nranks; ++r)
+    for (int k = 0; k <= kBarrierRow; ++k)
+      if (peers_[r].inflight[k] > 0 && now - peers_[r].posted[k] > limit) {
+        fail(Status::kRemoteError, std::string(phase_of(k)) + ": " +
+                                       std::to_string(peers_[r].inflight[k]) + " write(s) to rank " +
+                                       std::to_string(r) + " not complete after " +
+                                       std::to_string(cfg_.timeout_ms) + " ms (peer stalled or lost)");
+        peers_[r].inflight[k] = 0;  // reported once
+      }
+}
+
+void FabricProxy::loop() {
+  // Naps while idle are short and should stay short: doorbells come from the GPU, which cannot
+  // wake us, so the first op after an idle spell waits at most one nap.
+  (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+  const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
+  auto last_work = Clock::now();
+  bool barrier_posted = false;
+  std::string err;
+  for (uint64_t iter = 0; !stop_.load(std::memory_order_acquire); ++iter) {
+    bool work = false;
+    for (int b = 0; b < kBells; ++b) {
+      const uint64_t v = load_acquire(cfg_.doorbell + b);
+      if (v == posted_[b]) continue;
+      work = true;
+      if (v != posted_[b] + 1)
+        fail(Status::kInternalError, std::string(phase_of(b)) + ": doorbell went from op " +
+                                         std::to_string(posted_[b]) + " to " + std::to_string(v));
+      post_phase(b, v);
+      posted_[b] = v;
+    }
+    if (!barrier_posted && barrier_req_.load(std::memory_order_acquire)) {
+      barrier_posted = work = true;
+      const CudaLayout& l = cfg_.layout;
+      for (int d = 0; d < cfg_.nranks; ++d)
+        if ((cfg_.remote >> d) & 1u)
+          post_one(d, kBarrierRow, cfg_.send_stage + l.stage_bytes * (d + 1) - 16, 16,
+                   l.stage_bytes - 16, 1, true);
+    }
+    const uint64_t before = ep_->stats().remote_writes;
+    if (ep_->poll(this, &err) != Status::kOk) fail(Status::kSystemError, "proxy: " + err);
+    work |= ep_->stats().remote_writes != before || writes_inflight_.load() > 0;
+    const auto now = Clock::now();
+    if ((iter & 1023) == 0) check_stuck_writes(now);
+    if (work) {
+      last_work = now;
+    } else if (now - last_work > spin) {
+      std::this_thread::sleep_for(std::chrono::microseconds(10));
+    }
+  }
+}
+
+Status FabricProxy::barrier(std::string* error) {
+  barrier_req_.store(true, std::memory_order_release);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(cfg_.timeout_ms);
+  const uint64_t* row = cfg_.arrived + static_cast<size_t>(kBarrierRow) * cfg_.nranks;
+  for (;;) {
+    std::string missing;
+    for (int r = 0; r < cfg_.nranks; ++r)
+      if (((cfg_.remote >> r) & 1u) && load_acquire(row + r) < 1)
+        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+    if (missing.empty() && writes_inflight_.load(std::memory_order_acquire) == 0)
+      return Status::kOk;
+    std::string text;
+    if (failure(&text) != Status::kOk) {
+      *error = "destroy: " + text;
+      return Status::kRemoteError;
+    }
+    if (Clock::now() > deadline) {
+      *error = "destroy: timed out after " + std::to_string(cfg_.timeout_ms) + " ms waiting for " +
+               (missing.empty() ? std::string("our barrier writes to complete")
+                                : "the barrier of fabric rank(s) " + missing) +
+               " (peer stalled or lost)";
+      return Status::kRemoteError;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+}  // namespace moefabric::moe
