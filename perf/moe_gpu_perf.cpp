@@ -5,6 +5,9 @@
 // then dispatch and combine between CUDA events. Baselines in the same run: NCCL all_to_all
 // (grouped send/recv, same graph structure) of the same bytes, and cudaMemcpyPeerAsync of the
 // dispatch bytes (rank 0, when it sees two GPUs). p50/p99 pool every rank's iterations.
+// --fabric (MOEFABRIC_FORCE_FABRIC=1) sends every peer through the fabric proxy instead, and
+// --node-size N sets MOEFABRIC_NODE_SIZE; the rows then also carry the proxy's posting cost
+// (doorbell seen -> writes posted, on the proxy's clock, from ncclMoeGetStats after each replay).
 // perf/PERFORMANCE.md defines the columns.
 #include <CLI/CLI.hpp>
 #include <cuda_runtime.h>
@@ -31,12 +34,13 @@ struct Opts {
   int ranks = 2, hidden = 7168, topk = 8, experts = 256, iters = 1000, warmup = 50, timeout = 1500;
   std::vector<int> tokens{1, 8, 32, 128, 512, 1024, 4096};
   std::string dtype = "fp8", json;
-  bool no_nccl = false;
+  bool no_nccl = false, fabric = false;
+  int node_size = 0;
 };
 
 struct Row {
   int T;
-  double bytes, d50, d99, c50, c99, slow_d50, n_d50, n_c50, peer_us, peer_gbs;
+  double bytes, d50, d99, c50, c99, slow_d50, n_d50, n_c50, peer_us, peer_gbs, post50, cpost50;
   int slow_rank;
   long errors;
 };
@@ -203,7 +207,8 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o) {
       CK(cudaGraphDestroy(g));
       return ge;
     };
-    auto measure = [&](cudaGraphExec_t ge, std::vector<double>* d, std::vector<double>* c) {
+    auto measure = [&](cudaGraphExec_t ge, std::vector<double>* d, std::vector<double>* c,
+                       std::vector<double>* post, std::vector<double>* cpost) {
       for (int it = -o.warmup; it < o.iters; ++it) {
         CK(cudaGraphLaunch(ge, st));
         CK(cudaStreamSynchronize(st));
@@ -213,51 +218,67 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o) {
         CK(cudaEventElapsedTime(&b, ev[1], ev[2]));
         d->push_back(a * 1e3);
         c->push_back(b * 1e3);
+        if (post != nullptr) {
+          ncclMoeStats_t s{};
+          s.size = sizeof s;
+          if (ncclMoeGetStats(moe, &s) == ncclSuccess) {
+            post->push_back(s.proxyPostUs);
+            cpost->push_back(s.combinePostUs);
+          }
+        }
       }
     };
-    std::vector<double> d, c, nd, nc;
+    std::vector<double> d, c, nd, nc, post, cpost;
     cudaGraphExec_t g_moe = capture(true);
-    measure(g_moe, &d, &c);
+    measure(g_moe, &d, &c, &post, &cpost);
     CK(cudaGraphExecDestroy(g_moe));
     ncclResult_t aerr = ncclSuccess;
     ncclMoeCommGetAsyncError(moe, &aerr);
     if (aerr != ncclSuccess) die(me, std::string("async error: ") + ncclMoeGetLastError(moe));
     if (!o.no_nccl) {
       cudaGraphExec_t g_nccl = capture(false);
-      measure(g_nccl, &nd, &nc);
+      measure(g_nccl, &nd, &nc, nullptr, nullptr);
       CK(cudaGraphExecDestroy(g_nccl));
     }
     const double peer = me == 0 && R > 1 ? peer_copy_us(me, dev, d_bytes) : -1;
     // Pool at rank 0.
     const size_t n = d.size(), m = nd.size();
-    std::vector<double> mine(2 * n + 2 * m), all(mine.size() * R);
+    post.resize(n, 0);
+    cpost.resize(n, 0);
+    std::vector<double> mine(4 * n + 2 * m), all(mine.size() * R);
     std::copy(d.begin(), d.end(), mine.begin());
     std::copy(c.begin(), c.end(), mine.begin() + n);
     std::copy(nd.begin(), nd.end(), mine.begin() + 2 * n);
     std::copy(nc.begin(), nc.end(), mine.begin() + 2 * n + m);
+    std::copy(post.begin(), post.end(), mine.begin() + 2 * n + 2 * m);
+    std::copy(cpost.begin(), cpost.end(), mine.begin() + 3 * n + 2 * m);
     if (!oob.allgather(mine.data(), all.data(), mine.size() * sizeof(double)))
       die(me, "allgather of results failed");
     if (me != 0) continue;
-    std::vector<double> D, C, ND, NC;
-    Row row{T, static_cast<double>(d_bytes), 0, 0, 0, 0, -1, 0, 0, peer, 0, 0, 0};
+    std::vector<double> D, C, ND, NC, P, CP;
+    Row row{T, static_cast<double>(d_bytes), 0, 0, 0, 0, -1, 0, 0, peer, 0, 0, 0, 0, 0};
     for (int r = 0; r < R; ++r) {
       const double* b = all.data() + r * mine.size();
       D.insert(D.end(), b, b + n);
       C.insert(C.end(), b + n, b + 2 * n);
       ND.insert(ND.end(), b + 2 * n, b + 2 * n + m);
       NC.insert(NC.end(), b + 2 * n + m, b + 2 * n + 2 * m);
+      P.insert(P.end(), b + 2 * n + 2 * m, b + 3 * n + 2 * m);
+      CP.insert(CP.end(), b + 3 * n + 2 * m, b + 4 * n + 2 * m);
       const double p = pct(std::vector<double>(b, b + n), 0.5);
       if (p > row.slow_d50) row.slow_d50 = p, row.slow_rank = r;
     }
     row.d50 = pct(D, .5), row.d99 = pct(D, .99), row.c50 = pct(C, .5), row.c99 = pct(C, .99);
     row.n_d50 = pct(ND, .5), row.n_c50 = pct(NC, .5);
+    row.post50 = pct(P, .5), row.cpost50 = pct(CP, .5);
     row.peer_gbs = peer > 0 ? d_bytes / (peer * 1e3) : 0;
     rows.push_back(row);
     auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-    printf("%7d %10.0f %9.1f %9.1f %9.1f %9.1f %9.1f %4d %9.1f %9.1f %6.2f %6.2f %9.1f %8.1f %6.2f %8.1f\n",
+    printf("%7d %10.0f %9.1f %9.1f %9.1f %9.1f %9.1f %4d %9.1f %9.1f %6.2f %6.2f %9.1f %8.1f %6.2f %8.1f %8.2f %8.2f\n",
            T, row.bytes, row.d50, row.d99, row.c50, row.c99, row.slow_d50, row.slow_rank, row.n_d50,
            row.n_c50, ratio(row.d50, row.n_d50), ratio(row.c50, row.n_c50), row.peer_us,
-           row.peer_gbs, ratio(row.d50, row.peer_us), row.d50 > 0 ? row.bytes / (row.d50 * 1e3) : 0);
+           row.peer_gbs, ratio(row.d50, row.peer_us), row.d50 > 0 ? row.bytes / (row.d50 * 1e3) : 0,
+           row.post50, row.cpost50);
     fflush(stdout);
   }
   if (ncclMoeCommDestroy(moe) != ncclSuccess) die(me, std::string("destroy: ") + ncclMoeGetLastError(nullptr));
@@ -270,15 +291,21 @@ void header(const Opts& o) {
   gethostname(host, sizeof host - 1);
   int v = 0;
   ncclGetVersion(&v);
-  printf("# moefabric-moe-gpu-perf: CUDA backend (NVLink), host %s, NCCL %d, %d ranks\n", host, v, o.ranks);
+  const std::string path = o.fabric ? "every peer through the fabric proxy (MOEFABRIC_FORCE_FABRIC=1)"
+                           : o.node_size > 0 ? "nodes of " + std::to_string(o.node_size) + " ranks (MOEFABRIC_NODE_SIZE)"
+                                             : std::string("NVLink");
+  const char* prov = getenv("MOEFABRIC_PROVIDER");
+  printf("# moefabric-moe-gpu-perf: CUDA backend (%s%s%s), host %s, NCCL %d, %d ranks\n", path.c_str(),
+         o.fabric || o.node_size > 0 ? ", provider " : "",
+         o.fabric || o.node_size > 0 ? (prov && *prov ? prov : "default") : "", host, v, o.ranks);
   printf("# E %d, top-%d, hidden %d, %s dispatch, bf16 combine; %d iters + %d warmup per row, each a CUDA\n"
          "# graph replay with fresh device-side routing; times between CUDA events, p50/p99 pooled over ranks\n",
          o.experts, o.topk, o.hidden, o.dtype.c_str(), o.iters, o.warmup);
-  printf("#\n# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s\n", "T", "disp_B", "disp_p50",
+  printf("#\n# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s %8s %8s\n", "T", "disp_B", "disp_p50",
          "disp_p99", "comb_p50", "comb_p99", "slow_d50", "slow", "a2a_d50", "a2a_c50", "d/a2a", "c/a2a",
-         "peer_cp", "peer", "d/cp", "disp");
-  printf("# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s\n", "", "(/peer)", "(us)", "(us)",
-         "(us)", "(us)", "(us)", "rank", "(us)", "(us)", "", "", "(us)", "(GB/s)", "", "(GB/s)");
+         "peer_cp", "peer", "d/cp", "disp", "post", "cpost");
+  printf("# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s %8s %8s\n", "", "(/peer)", "(us)", "(us)",
+         "(us)", "(us)", "(us)", "rank", "(us)", "(us)", "", "", "(us)", "(GB/s)", "", "(GB/s)", "(us)", "(us)");
   fflush(stdout);
 }
 
@@ -296,9 +323,17 @@ int main(int argc, char** argv) {
   app.add_option("-i,--iters", o.iters, "timed iterations per row")->check(CLI::PositiveNumber);
   app.add_option("-w,--warmup", o.warmup, "untimed iterations per row")->check(CLI::NonNegativeNumber);
   app.add_flag("--no-nccl", o.no_nccl, "skip the NCCL all_to_all baseline");
+  app.add_flag("--fabric", o.fabric,
+               "every peer through the fabric proxy (sets MOEFABRIC_FORCE_FABRIC=1; provider from "
+               "MOEFABRIC_PROVIDER, e.g. shm)");
+  app.add_option("--node-size", o.node_size, "sets MOEFABRIC_NODE_SIZE (0: leave it)")
+      ->check(CLI::Range(0, 4096));
   app.add_option("--json", o.json, "also write the rows as JSON to this file");
   app.add_option("--timeout", o.timeout, "seconds before the ranks are killed");
   CLI11_PARSE(app, argc, argv);
+  // The forked ranks inherit these.
+  if (o.fabric) setenv("MOEFABRIC_FORCE_FABRIC", "1", 1);
+  if (o.node_size > 0) setenv("MOEFABRIC_NODE_SIZE", std::to_string(o.node_size).c_str(), 1);
   header(o);
   std::vector<Row> out;
   auto res = moefabric::launch_fork(o.ranks, [&](OobChannel& ch) {
@@ -310,7 +345,9 @@ int main(int argc, char** argv) {
                      {"dispatch_p99_us", r.d99}, {"combine_p50_us", r.c50}, {"combine_p99_us", r.c99},
                      {"slowest_rank_dispatch_p50_us", r.slow_d50}, {"slowest_rank", r.slow_rank},
                      {"nccl_a2a_dispatch_p50_us", r.n_d50}, {"nccl_a2a_combine_p50_us", r.n_c50},
-                     {"peer_copy_us", r.peer_us}, {"peer_copy_GBps", r.peer_gbs}});
+                     {"peer_copy_us", r.peer_us}, {"peer_copy_GBps", r.peer_gbs},
+                     {"proxy_post_p50_us", r.post50}, {"proxy_combine_post_p50_us", r.cpost50},
+                     {"path", o.fabric ? "fabric" : o.node_size > 0 ? "nodes" : "nvlink"}});
       std::ofstream(o.json) << j.dump(2) << "\n";
     }
     return 0;

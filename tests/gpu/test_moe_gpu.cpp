@@ -4,12 +4,18 @@
 // recvExpertCounts and y byte for byte, guard bytes included (outputs are pre-filled with the
 // same pattern on both sides). A CUDA-graph case captures dispatch -> stand-in expert -> combine
 // once and replays it 1000 times with fresh routing written into the captured inputs.
+// The same comparisons run in three path modes (--modes, default all): nvlink (CUDA IPC between
+// the GPUs), fabric (MOEFABRIC_FORCE_FABRIC=1: every peer, self included, through the proxy and
+// libfabric; EP1 on one GPU and EP2 on two) and node1 (MOEFABRIC_NODE_SIZE=1 with two GPUs: each
+// rank its own node, so peers go through the fabric while each rank keeps its own block).
+// The fabric runs over the provider of the environment (the suite sets shm).
 // Exit 77 (skipped) with the reason printed when there is no GPU.
 #include <cuda_runtime.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <cstring>
 #include <string>
@@ -345,7 +351,18 @@ int main(int argc, char** argv) {
     printf("SKIP: no GPU visible (cudaGetDeviceCount found none): the gpu suite runs on the GPU machine\n");
     return 77;
   }
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  bool quick = false;
+  std::string modes = "nvlink,fabric,node1";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") quick = true;
+    else if (a == "--modes" && i + 1 < argc) modes = argv[++i];
+    else {
+      fprintf(stderr, "usage: %s [--quick] [--modes nvlink,fabric,node1]\n", argv[0]);
+      return 2;
+    }
+  }
+  auto want = [&](const char* m) { return ("," + modes + ",").find(std::string(",") + m + ",") != std::string::npos; };
   const int nr = ngpu >= 2 ? 2 : 1;
   printf("# moefabric gpu test: %d GPU(s), EP%d%s\n", ngpu, nr,
          nr == 1 ? " (one GPU: each rank talks only to itself; EP2 needs 2 GPUs)" : "");
@@ -376,20 +393,49 @@ int main(int argc, char** argv) {
       {shape(256, 8, 7168, 128, false, 128, 1), "bf16 E256 K8 H7168 T<=128 (decode)"},
   };
   if (quick) shapes.resize(2);
-  for (const Named& n : shapes) ok = run([&](OobChannel& o) { return run_shape(o, n.s, n.name); }, nr) && ok;
-  if (nr == 2) {
-    ok = run([&](OobChannel& o) { return run_shape(o, shapes[0].s, "EP1 bf16 E8 K2 H64 (self only)"); }, 1) && ok;
+  // One pass of every check in the current path mode; `graph_iters` scales the replays.
+  auto pass = [&](const char* mode, int graph_iters) {
+    printf("# mode %s\n", mode);
+    for (const Named& n : shapes) ok = run([&](OobChannel& o) { return run_shape(o, n.s, n.name); }, nr) && ok;
+    if (nr == 2) {
+      ok = run([&](OobChannel& o) { return run_shape(o, shapes[0].s, "EP1 bf16 E8 K2 H64 (self only)"); }, 1) && ok;
+      ok = run([&](OobChannel& o) { return run_shape(o, shapes[1].s, "EP1 fp8 E16 K4 H256 (self only)"); }, 1) && ok;
+    }
+    ok = run([&](OobChannel& o) { return run_errors(o); }, nr) && ok;
+    ok = run([&](OobChannel& o) {
+      return run_graph(o, shape(32, 4, 512, 64, true, 128, 2), graph_iters, quick ? 10 : 50,
+                       "CUDA graph fp8 E32 K4 H512 T<=64 align2");
+    }, nr) && ok;
+    ok = run([&](OobChannel& o) {
+      return run_graph(o, shape(16, 8, 128, 32, false, 32, 1), std::max(20, graph_iters / 5), 20,
+                       "CUDA graph bf16 E16 K8 H128 T<=32");
+    }, nr) && ok;
+    if (nr == 2) {
+      ok = run([&](OobChannel& o) {
+        return run_graph(o, shape(8, 2, 64, 16, false, 32, 1), std::max(20, graph_iters / 5), 10,
+                         "EP1 CUDA graph bf16 E8 K2 H64 (self only)");
+      }, 1) && ok;
+    }
+  };
+  // The parent sets the switches; the forked ranks inherit them.
+  auto with_env = [&](const char* var, const char* value, const char* mode, int graph_iters) {
+    setenv(var, value, 1);
+    pass(mode, graph_iters);
+    unsetenv(var);
+  };
+  unsetenv("MOEFABRIC_FORCE_FABRIC");
+  unsetenv("MOEFABRIC_NODE_SIZE");
+  if (want("nvlink")) pass("nvlink (CUDA IPC)", quick ? 50 : 1000);
+  if (want("fabric"))
+    with_env("MOEFABRIC_FORCE_FABRIC", "1", "fabric (MOEFABRIC_FORCE_FABRIC=1, every peer through the proxy)",
+             quick ? 20 : 300);
+  if (want("node1")) {
+    if (nr == 2)
+      with_env("MOEFABRIC_NODE_SIZE", "1", "node1 (MOEFABRIC_NODE_SIZE=1: NVLink to self, fabric to the peer)",
+               quick ? 20 : 300);
+    else
+      printf("# mode node1 skipped: it needs 2 GPUs\n");
   }
-  ok = run([&](OobChannel& o) { return run_errors(o); }, nr) && ok;
-  const int iters = quick ? 50 : 1000;
-  ok = run([&](OobChannel& o) {
-    return run_graph(o, shape(32, 4, 512, 64, true, 128, 2), iters, quick ? 10 : 50,
-                     "CUDA graph fp8 E32 K4 H512 T<=64 align2");
-  }, nr) && ok;
-  ok = run([&](OobChannel& o) {
-    return run_graph(o, shape(16, 8, 128, 32, false, 32, 1), quick ? 20 : 200, 20,
-                     "CUDA graph bf16 E16 K8 H128 T<=32");
-  }, nr) && ok;
   printf("%s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;
 }
