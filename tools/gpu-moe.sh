@@ -7,10 +7,15 @@
 # summary.txt beside it; a short table is printed last.
 # Usage (from the repo root, .gpu-deps carried):  tools/gpu-moe.sh [perf options...]
 #   e.g. tools/gpu-moe.sh -t 1,8,32,128,512,1024,4096 -i 1000
+# Steps: test (NVLink mode), fabric (the same checks with MOEFABRIC_FORCE_FABRIC=1 and, on two
+# GPUs, MOEFABRIC_NODE_SIZE=1, over libfabric shm), sanitize, perf (NVLink sweep), perf-fabric
+# (forced-fabric sweep over shm, with the proxy's posting cost, against the NVLink rows at T=128).
 # Steps can be skipped: GPU_MOE_SKIP="sanitize perf" tools/gpu-moe.sh. Every step has its own
-# timeout (test 300 s, each sanitizer 240 s, each perf sweep 300 s); where one call may run for at
-# most 10 minutes, split it: GPU_MOE_SKIP="perf" first, then GPU_MOE_SKIP="test sanitize" (build-gpu
-# is reused).
+# timeout (test and fabric 300 s each, each sanitizer 240 s, each perf sweep 300 s, the fabric sweep
+# 240 s); where one call may run for at most 10 minutes, split it (build-gpu is reused):
+#   GPU_MOE_SKIP="sanitize perf perf-fabric"   build + test + fabric
+#   GPU_MOE_SKIP="test fabric perf perf-fabric"   sanitizers
+#   GPU_MOE_SKIP="test fabric sanitize"   both sweeps
 set -uo pipefail
 cd "$(dirname "$0")/.."
 final=${OUT:-/tmp/moefabric-gpu-out}
@@ -67,12 +72,21 @@ fabric_env=(MOEFABRIC_PROVIDER=shm FI_SHM_DISABLE_CMA=0 MOEFABRIC_DEBUG=WARN)
 
 if [[ $skip != *" test "* ]]; then
   echo "== gpu suite (full)"
-  env "${fabric_env[@]}" timeout 300 "$test_bin" > "$out/test-gpu.log" 2>&1
+  env "${fabric_env[@]}" timeout 300 "$test_bin" --modes nvlink > "$out/test-gpu.log" 2>&1
   rc=$?
   tail -n 20 "$out/test-gpu.log"
-  note "gpu test (CUDA vs host, graphs): rc=$rc $(grep -c '^  ok' "$out/test-gpu.log") ok lines, $(tail -n1 "$out/test-gpu.log")"
+  note "gpu test, NVLink (CUDA vs host, graphs): rc=$rc $(grep -c '^  ok' "$out/test-gpu.log") ok lines, $(tail -n1 "$out/test-gpu.log")"
   meson test -C build-gpu --suite unit --num-processes 4 > "$out/test-unit.log" 2>&1
   note "unit suite on the GPU machine: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$out/test-unit.log" | tr -s ' ' | tr '\n' ' ')"
+fi
+
+if [[ $skip != *" fabric "* ]]; then
+  echo "== gpu suite, fabric modes (FORCE_FABRIC=1; NODE_SIZE=1 with 2 GPUs) over shm"
+  env "${fabric_env[@]}" MOEFABRIC_TIMEOUT_MS=20000 timeout 300 "$test_bin" --modes fabric,node1 \
+    > "$out/test-gpu-fabric.log" 2>&1
+  rc=$?
+  tail -n 20 "$out/test-gpu-fabric.log"
+  note "gpu test, fabric modes: rc=$rc $(grep -c '^  ok' "$out/test-gpu-fabric.log") ok lines, $(tail -n1 "$out/test-gpu-fabric.log")"
 fi
 
 if [[ $skip != *" sanitize "* ]]; then
@@ -80,7 +94,7 @@ if [[ $skip != *" sanitize "* ]]; then
     for tool in memcheck racecheck; do
       echo "== compute-sanitizer $tool (quick configuration)"
       env "${fabric_env[@]}" timeout 240 compute-sanitizer --tool "$tool" --target-processes all \
-        --error-exitcode 99 "$test_bin" --quick > "$out/sanitize-$tool.log" 2>&1
+        --error-exitcode 99 "$test_bin" --quick --modes nvlink,fabric > "$out/sanitize-$tool.log" 2>&1
       rc=$?
       tail -n 8 "$out/sanitize-$tool.log"
       note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY' "$out/sanitize-$tool.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
@@ -104,4 +118,35 @@ if [[ $skip != *" perf "* ]]; then
     grep -v '^# [EM]' "$out/perf-$dt.log" | grep -v 'NCCL INFO' | tee -a "$summary" | tail -n 0
   done
   note "targets (2xH200, T=128, fp8 dispatch / bf16 combine): dispatch p50 <= 12 us, combine p50 <= 26 us"
+fi
+
+if [[ $skip != *" perf-fabric "* ]]; then
+  ngpu=$(nvidia-smi -L | wc -l)
+  ranks=$(( ngpu >= 2 ? 2 : 1 ))
+  echo "== moefabric-moe-gpu-perf --fabric ($ranks ranks, shm)"
+  env "${fabric_env[@]}" timeout 240 "$perf_bin" -n "$ranks" --dtype fp8 --fabric --no-nccl \
+    -t 1,8,32,128,512 -i 300 --json "$out/perf-fabric-fp8.json" > "$out/perf-fabric-fp8.log" 2>&1
+  rc=$?
+  note "perf fp8, every peer through the fabric proxy over shm (rc=$rc; post/cpost: proxy posting cost):"
+  grep -v '^# [EM]' "$out/perf-fabric-fp8.log" | grep -v 'NCCL INFO' | tee -a "$summary" | tail -n 0
+  # Against the NVLink sweep of this call or an earlier one (same ranks), at T=128.
+  nv=$out/perf-fp8.json
+  [ -f "$nv" ] || nv=$(tar -xzOf "$final/gpu-moe-logs.tgz" ./perf-fp8.json > /tmp/moefabric-nv.json 2>/dev/null && echo /tmp/moefabric-nv.json)
+  python3 - "$out/perf-fabric-fp8.json" "${nv:-}" <<'PY' | tee -a "$summary"
+import json, sys
+fab = {r["tokens"]: r for r in json.load(open(sys.argv[1]))}
+r = fab.get(128)
+if r is None:
+    sys.exit("fabric sweep: no T=128 row")
+line = "fabric T=128: dispatch p50 %.1f us, combine p50 %.1f us, proxy post %.2f / %.2f us" % (
+    r["dispatch_p50_us"], r["combine_p50_us"], r["proxy_post_p50_us"], r["proxy_combine_post_p50_us"])
+try:
+    nv = {x["tokens"]: x for x in json.load(open(sys.argv[2]))}[128]
+    line += "; NVLink %.1f / %.1f us; ratio %.2fx / %.2fx (target <= 3x)" % (
+        nv["dispatch_p50_us"], nv["combine_p50_us"], r["dispatch_p50_us"] / nv["dispatch_p50_us"],
+        r["combine_p50_us"] / nv["combine_p50_us"])
+except Exception:
+    line += "; no NVLink fp8 sweep with T=128 to compare with"
+print(line)
+PY
 fi
