@@ -326,15 +326,19 @@ Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* err
     return std::strncmp(all[a].host, all[b].host, sizeof all[a].host) == 0;
   };
   const int n = mine.node_size;
+  // Checked over every pair, so that all ranks reach the same verdict.
+  if (n > 0)
+    for (int r = 0; r < R_; ++r)
+      if (!same_host(r, r - r % n)) {
+        *error = "init (CUDA backend): MOEFABRIC_NODE_SIZE=" + std::to_string(n) + " puts ranks " +
+                 std::to_string(r - r % n) + " and " + std::to_string(r) +
+                 " on one node, but they run on different hosts (" +
+                 std::string(all[r].host, strnlen(all[r].host, sizeof all[r].host)) + ")";
+        return Status::kInvalidUsage;
+      }
   remote_ = 0;
   for (int r = 0; r < R_; ++r) {
     const bool same_node = n > 0 ? r / n == me_ / n : same_host(r, me_);
-    if (same_node && !same_host(r, me_)) {
-      *error = "init (CUDA backend): MOEFABRIC_NODE_SIZE=" + std::to_string(n) + " puts rank " +
-               std::to_string(r) + " on this rank's node, but it runs on another host (" +
-               std::string(all[r].host, strnlen(all[r].host, sizeof all[r].host)) + ")";
-      return Status::kInvalidUsage;
-    }
     if (mine.force_fabric || !same_node) remote_ |= 1u << r;
   }
   // Every rank has a fabric peer as soon as there are two nodes (or FORCE_FABRIC), so all ranks
