@@ -98,13 +98,19 @@ __global__ void __launch_bounds__(kThreads) fabric_ingest_dispatch_kernel(const 
   const CudaLayout& l = a.l;
   const uint64_t epoch = a.st->seq + 1;
   wait_fabric_sources(a, kBellDispatch, epoch, kPhaseDispatchRecv);
+  // Each source's T read once per block (every read of the staging crosses PCIe).
+  __shared__ int s_T[kCudaMaxRanks];
+  if (threadIdx.x < static_cast<unsigned>(l.nranks) && is_remote(a, threadIdx.x)) {
+    s_T[threadIdx.x] = ld_sys_i32(recv_segment(a, threadIdx.x));
+    if (blockIdx.x == 0)
+      *reinterpret_cast<int32_t*>(a.local + l.ntok_offset(threadIdx.x)) = s_T[threadIdx.x];
+  }
+  __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int s = 0; s < l.nranks; ++s) {
     if (!is_remote(a, s)) continue;
     const uint8_t* seg = recv_segment(a, s);
-    const int T = ld_sys_i32(seg);
-    if (blockIdx.x == 0 && threadIdx.x == 0)
-      *reinterpret_cast<int32_t*>(a.local + l.ntok_offset(s)) = T;
+    const int T = s_T[s];
     if (T < 0 || T > l.max_tokens) continue;
     const int n = T * l.topk;
     auto* idx = reinterpret_cast<int32_t*>(a.local + l.idx_offset(s));
