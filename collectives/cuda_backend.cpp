@@ -438,8 +438,11 @@ Status CudaComm::async_error() {
   switch (code) {
     case kern::kErrTimeout:
       return fail(Status::kRemoteError,
-                  "%s: timed out after %d ms waiting for rank %d's stores (peer stalled or lost)",
-                  phase_name(phase), cfg_.timeout_ms, peer);
+                  "%s: timed out after %d ms waiting for rank %d's %s (peer stalled or lost)",
+                  phase_name(phase), cfg_.timeout_ms, peer,
+                  peer >= 0 && peer < 32 && phase != kern::kPhaseBarrier && ((remote_ >> peer) & 1u)
+                      ? "write through the fabric proxy"
+                      : "stores over NVLink");
     case kern::kErrBadExpert:
       input_error_ = true;
       return fail(Status::kRemoteError,
