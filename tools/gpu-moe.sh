@@ -11,7 +11,7 @@
 # GPUs, MOEFABRIC_NODE_SIZE=1, over libfabric shm), sanitize, perf (NVLink sweep), perf-fabric
 # (forced-fabric sweep over shm, with the proxy's posting cost, against the NVLink rows at T=128).
 # Steps can be skipped: GPU_MOE_SKIP="sanitize perf" tools/gpu-moe.sh. Every step has its own
-# timeout (test and fabric 300 s each, each sanitizer 240 s, each perf sweep 300 s, the fabric sweep
+# timeout (test and fabric 300 s each, each sanitizer 270 s, each perf sweep 300 s, the fabric sweep
 # 240 s); where one call may run for at most 10 minutes, split it (build-gpu is reused):
 #   GPU_MOE_SKIP="sanitize perf perf-fabric"   build + test + fabric
 #   GPU_MOE_SKIP="test fabric perf perf-fabric"   sanitizers
@@ -93,7 +93,7 @@ if [[ $skip != *" sanitize "* ]]; then
   if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
       echo "== compute-sanitizer $tool (quick configuration)"
-      env "${fabric_env[@]}" timeout 240 compute-sanitizer --tool "$tool" --target-processes all \
+      env "${fabric_env[@]}" timeout 270 compute-sanitizer --tool "$tool" --target-processes all \
         --error-exitcode 99 "$test_bin" --quick --modes nvlink,fabric > "$out/sanitize-$tool.log" 2>&1
       rc=$?
       tail -n 8 "$out/sanitize-$tool.log"

@@ -399,13 +399,15 @@ int main(int argc, char** argv) {
     for (const Named& n : shapes) ok = run([&](OobChannel& o) { return run_shape(o, n.s, n.name); }, nr) && ok;
     if (nr == 2) {
       ok = run([&](OobChannel& o) { return run_shape(o, shapes[0].s, "EP1 bf16 E8 K2 H64 (self only)"); }, 1) && ok;
-      ok = run([&](OobChannel& o) { return run_shape(o, shapes[1].s, "EP1 fp8 E16 K4 H256 (self only)"); }, 1) && ok;
+      if (!quick)
+        ok = run([&](OobChannel& o) { return run_shape(o, shapes[1].s, "EP1 fp8 E16 K4 H256 (self only)"); }, 1) && ok;
     }
     ok = run([&](OobChannel& o) { return run_errors(o); }, nr) && ok;
     ok = run([&](OobChannel& o) {
       return run_graph(o, shape(32, 4, 512, 64, true, 128, 2), graph_iters, quick ? 10 : 50,
                        "CUDA graph fp8 E32 K4 H512 T<=64 align2");
     }, nr) && ok;
+    if (quick) return;  // (what runs under compute-sanitizer: keep it short)
     ok = run([&](OobChannel& o) {
       return run_graph(o, shape(16, 8, 128, 32, false, 32, 1), std::max(20, graph_iters / 5), 20,
                        "CUDA graph bf16 E16 K8 H128 T<=32");
