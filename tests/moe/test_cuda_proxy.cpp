@@ -3,7 +3,8 @@
 // in plain host memory exactly as the send kernels do, waits on the arrival flags as the ingest
 // kernels do, and checks every byte that landed, over the libfabric provider the environment
 // picks (suite fabric: shm and tcp). Covers one rank talking to itself through the fabric
-// (MOEFABRIC_FORCE_FABRIC on one GPU) and two ranks, T = 0 included, then the destroy barrier.
+// (MOEFABRIC_FORCE_FABRIC on one GPU), two and three ranks, T = 0 included, then the destroy
+// barrier; and two failures: a doorbell that skips an op, a peer that never reaches the barrier.
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -50,42 +51,66 @@ bool wait_flag(const uint64_t* flag, uint64_t want) {
     }                                                            \
   } while (0)
 
-int rank_main(OobChannel& oob, int ops) {
-  const int me = oob.rank(), R = oob.nranks();
+// One rank's proxy over freshly allocated staging (what CudaComm::fabric_setup does).
+struct Harness {
   CudaLayout l;
-  const char* why = nullptr;
-  P_CHECK(cuda_layout_init(&l, R, me, 8, 2, 64, 16, 2, false, 128, 1, &why), "%s", why);
-  const size_t bytes = l.stage_bytes * R;
-  std::unique_ptr<uint8_t, FreeDel> send(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes)));
-  std::unique_ptr<uint8_t, FreeDel> recv(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes)));
-  std::memset(send.get(), 0, bytes);
-  std::memset(recv.get(), 0, bytes);
-  std::vector<uint64_t> ctrl(FabricProxy::kBells + (FabricProxy::kBells + 1) * R, 0);
+  std::unique_ptr<uint8_t, FreeDel> send, recv;
+  std::vector<uint64_t> ctrl;
   volatile int32_t abort_word = 0;
-  FabricProxy::Config pc;
-  pc.nranks = R;
-  pc.rank = me;
-  pc.remote = (R == 32 ? ~0u : (1u << R) - 1);
-  pc.layout = l;
-  pc.send_stage = send.get();
-  pc.recv_stage = recv.get();
-  pc.doorbell = ctrl.data();
-  pc.arrived = ctrl.data() + FabricProxy::kBells;
-  pc.abort_word = &abort_word;
-  pc.timeout_ms = 20000;
   std::unique_ptr<FabricProxy> proxy;
   std::string err;
-  Status s = FabricProxy::create(Params::load(), pc, &proxy, &err);
-  FabricProxy::Addr mine{};
-  if (s == Status::kOk) proxy->local_addr(&mine);
-  else snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
-  std::vector<FabricProxy::Addr> all(R);
-  P_CHECK(oob.allgather(&mine, all.data(), sizeof mine), "allgather");
-  P_CHECK(s == Status::kOk, "create: %s", err.c_str());
-  P_CHECK(proxy->start(all, &err) == Status::kOk, "start: %s", err.c_str());
+  uint64_t* doorbell() { return ctrl.data(); }
+  const uint64_t* arrived() const { return ctrl.data() + FabricProxy::kBells; }
+  // Collective (one allgather); false with `err` set.
+  bool init(OobChannel& oob, int timeout_ms) {
+    const int R = oob.nranks();
+    const char* why = nullptr;
+    if (!cuda_layout_init(&l, R, oob.rank(), 8, 2, 64, 16, 2, false, 128, 1, &why)) {
+      err = why;
+      return false;
+    }
+    const size_t bytes = l.stage_bytes * R;
+    send.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes)));
+    recv.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes)));
+    std::memset(send.get(), 0, bytes);
+    std::memset(recv.get(), 0, bytes);
+    ctrl.assign(FabricProxy::kBells + (FabricProxy::kBells + 1) * R, 0);
+    FabricProxy::Config pc;
+    pc.nranks = R;
+    pc.rank = oob.rank();
+    pc.remote = R == 32 ? ~0u : (1u << R) - 1;
+    pc.layout = l;
+    pc.send_stage = send.get();
+    pc.recv_stage = recv.get();
+    pc.doorbell = ctrl.data();
+    pc.arrived = ctrl.data() + FabricProxy::kBells;
+    pc.abort_word = &abort_word;
+    pc.timeout_ms = timeout_ms;
+    Status s = FabricProxy::create(Params::load(), pc, &proxy, &err);
+    FabricProxy::Addr mine{};
+    if (s == Status::kOk) proxy->local_addr(&mine);
+    else snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
+    std::vector<FabricProxy::Addr> all(R);
+    if (!oob.allgather(&mine, all.data(), sizeof mine)) {
+      err = "allgather";
+      return false;
+    }
+    return s == Status::kOk && proxy->start(all, &err) == Status::kOk;
+  }
+};
+
+int rank_main(OobChannel& oob, int ops) {
+  const int me = oob.rank(), R = oob.nranks();
+  Harness h;
+  P_CHECK(h.init(oob, 20000), "init: %s", h.err.c_str());
+  const CudaLayout& l = h.l;
+  auto& send = h.send;
+  auto& recv = h.recv;
+  auto& proxy = h.proxy;
+  std::string err;
   auto seg = [&](uint8_t* base, int r) { return base + l.stage_bytes * r; };
-  auto* doorbell = ctrl.data();
-  const uint64_t* arrived = ctrl.data() + FabricProxy::kBells;
+  uint64_t* doorbell = h.doorbell();
+  const uint64_t* arrived = h.arrived();
   auto T_of = [&](uint64_t op, int src) { return static_cast<int>((op * 5 + src * 3) % 17); };
 
   for (uint64_t op = 1; op <= static_cast<uint64_t>(ops); ++op) {
@@ -132,7 +157,7 @@ int rank_main(OobChannel& oob, int ops) {
   P_CHECK(proxy->post_us(0) > 0 && proxy->post_us(1) > 0, "posting cost not measured");
   P_CHECK(proxy->barrier(&err) == Status::kOk, "barrier: %s", err.c_str());
   proxy->stop();
-  P_CHECK(abort_word == 0, "abort word set");
+  P_CHECK(h.abort_word == 0, "abort word set");
   return 0;
 }
 
@@ -152,6 +177,47 @@ TEST_CASE("cuda fabric proxy: two ranks, every peer through the fabric", "[moe][
 
 TEST_CASE("cuda fabric proxy: three ranks", "[moe][proxy]") {
   auto res = launch_fork(3, [](OobChannel& oob) { return rank_main(oob, 60); }, 300);
+  INFO(res.report);
+  REQUIRE(res.ok);
+}
+
+TEST_CASE("cuda fabric proxy: a doorbell that skips an op fails the proxy and aborts the kernels",
+          "[moe][proxy]") {
+  auto res = launch_fork(1, [](OobChannel& oob) {
+    const int me = oob.rank();
+    Harness h;
+    P_CHECK(h.init(oob, 5000), "init: %s", h.err.c_str());
+    __atomic_store_n(h.doorbell(), 2, __ATOMIC_RELEASE);  // op 1 never rang
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    std::string text;
+    while (h.proxy->failure(&text) == Status::kOk && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    P_CHECK(h.proxy->failure(&text) == Status::kInternalError, "no failure reported");
+    P_CHECK(text.find("dispatch: doorbell went from op 0 to 2") != std::string::npos, "text: %s",
+            text.c_str());
+    P_CHECK(h.abort_word == 1, "abort word not set");
+    h.proxy->stop();
+    return 0;
+  }, 60);
+  INFO(res.report);
+  REQUIRE(res.ok);
+}
+
+TEST_CASE("cuda fabric proxy: destroy names the fabric peer that never reached its barrier",
+          "[moe][proxy]") {
+  auto res = launch_fork(2, [](OobChannel& oob) {
+    const int me = oob.rank();
+    Harness h;
+    P_CHECK(h.init(oob, 300), "init: %s", h.err.c_str());
+    if (me == 0) {
+      std::string text;
+      P_CHECK(h.proxy->barrier(&text) != Status::kOk, "barrier passed without rank 1");
+      P_CHECK(text.find("barrier of fabric rank(s) 1") != std::string::npos, "text: %s", text.c_str());
+    }
+    P_CHECK(oob.barrier(), "oob barrier");  // rank 1 stays up until rank 0 has checked
+    h.proxy->stop();
+    return 0;
+  }, 60);
   INFO(res.report);
   REQUIRE(res.ok);
 }
