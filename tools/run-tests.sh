@@ -2,7 +2,8 @@
 # The full CPU test suite: unit + fabric suites on a normal build, the unit suite on the release
 # build the main job uses, unit + fabric again under AddressSanitizer and
 # UndefinedBehaviorSanitizer, and the threaded transport tests under ThreadSanitizer.
-# GPU suites skip themselves (exit 77) here and run on the GPU machine (tools/gpu-run.sh).
+# The gpu suite runs too and skips itself (exit 77, reason printed) without a GPU; on the GPU
+# machine tools/gpu-moe.sh and tools/gpu-run.sh run it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh
@@ -20,7 +21,8 @@ run_suite() {  # dir, "suites", meson setup args...
   passed=$((passed + ${n:-0}))
 }
 echo "== build (debugoptimized) =="
-run_suite build-test "unit fabric" -Dcuda=auto
+run_suite build-test "unit fabric gpu" -Dcuda=auto
+grep -h '^SKIP:' build-test/meson-logs/testlog.txt | sed 's/^/gpu suite: /' || true
 echo "== release build (what tools/run-main.sh runs: -O3 warnings are errors too) =="
 run_suite build "unit" --buildtype=release
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
