@@ -47,6 +47,24 @@ bool cuda_loadable() {
   return true;
 }
 
+// NICs -> devices: MOEFABRIC_RAILS, else MOEFABRIC_TCP_IFACE when it joins rails with '+',
+// else one NIC per device. (rail_groups() also takes the topology's per-GPU rail groups; the
+// plugin does not load hwloc yet, so none are passed: see README "Multi-rail devices".)
+Status device_groups(const Params& params, const std::vector<NicInfo>& nics,
+                     std::vector<std::vector<int>>* groups, std::string* error) {
+  std::string spec = params.rails;
+  if (spec.empty() && params.tcp_iface.find('+') != std::string::npos) spec = params.tcp_iface;
+  MF_CHECK(rail_groups(spec, nics, {}, groups, error));
+  for (const auto& g : *groups) {
+    if (g.size() < 2) continue;
+    std::string names;
+    for (int k : g) names += (names.empty() ? "" : "+") + nics[k].domain;
+    MF_INFO(log::kInit | log::kNet, "device %s: %zu rails (%s)", names.c_str(), g.size(),
+            spec.c_str());
+  }
+  return Status::kOk;
+}
+
 }  // namespace
 
 Status Net::acquire(Net** out, std::string* error) {
@@ -56,11 +74,15 @@ Status Net::acquire(Net** out, std::string* error) {
     net->params_ = Params::load();
     net->params_.dump();
     std::vector<NicInfo> nics;
+    std::vector<std::vector<int>> groups;
     Status s = nic_discover(net->params_, &nics, error);
-    for (size_t i = 0; s == Status::kOk && i < nics.size(); ++i) {
+    if (s == Status::kOk) s = device_groups(net->params_, nics, &groups, error);
+    for (size_t i = 0; s == Status::kOk && i < groups.size(); ++i) {
+      std::vector<NicInfo> rails;
+      for (int k : groups[i]) rails.push_back(std::move(nics[k]));
       std::unique_ptr<Device> d;
       std::string err;
-      s = Device::open(net->params_, std::move(nics[i]), &d, &err);
+      s = Device::open(net->params_, std::move(rails), &d, &err);
       if (s != Status::kOk) *error = err;
       else net->devices_.push_back(std::move(d));
     }
