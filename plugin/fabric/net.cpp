@@ -4,11 +4,15 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sys/utsname.h>
+
+#include <fstream>
 
 #include <chrono>
 #include <mutex>
 
 #include "plugin/common/log.h"
+#include "plugin/fabric/topo_file.h"
 
 namespace moefabric::fabric {
 namespace {
@@ -119,6 +123,53 @@ Net::~Net() {
   stop_ = true;
   if (progress_thread_.joinable()) progress_thread_.join();
   devices_.clear();
+  nccl_topo_uninstall(topo_fd_);
+}
+
+std::string Net::nccl_topo() const {
+  std::vector<TopoNet> nets;
+  for (int i = 0; i < device_count(); ++i) {
+    NetProperties p;
+    if (properties(i, &p) != Status::kOk) continue;
+    TopoNet n;
+    n.name = p.name;
+    n.dev = i;
+    n.speed_mbps = p.speed_mbps;
+    n.port = p.port;
+    n.latency_us = p.latency_us;
+    n.guid = p.guid;
+    n.maxconn = p.max_comms;
+    n.gdr = (p.ptr_support & 2) != 0;
+    if (!p.pci_path.empty()) {
+      n.pci = topo_pci_chain(p.pci_path);
+      std::ifstream f(p.pci_path + "/numa_node");
+      if (!(f >> n.numa)) n.numa = -1;
+    }
+    nets.push_back(std::move(n));
+  }
+  struct utsname u = {};
+  std::string arch = uname(&u) == 0 ? u.machine : "";
+  return nccl_topo_xml(nets, arch);
+}
+
+void Net::install_nccl_topo() {
+  if (topo_done_) return;
+  topo_done_ = true;
+  bool grouped = false;
+  for (const auto& d : devices_) grouped |= d->nrails() > 1;
+  if (!grouped) return;
+  if (!params_.topo_file) {
+    MF_INFO(log::kInit | log::kNet, "multi-rail devices: no NCCL topology file (MOEFABRIC_TOPO_FILE=0)");
+    return;
+  }
+  std::string xml = nccl_topo();
+  std::string what;
+  if (nccl_topo_install(xml, &topo_fd_, &what) != Status::kOk) {
+    MF_WARN("multi-rail devices: no NCCL topology file: %s", what.c_str());
+    return;
+  }
+  MF_INFO(log::kInit | log::kNet | log::kGraph, "multi-rail devices: %s", what.c_str());
+  MF_TRACE(log::kGraph, "topology handed to NCCL:\n%s", xml.c_str());
 }
 
 // Background progress: answers pings and drains completions when the application is not

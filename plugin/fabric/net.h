@@ -47,6 +47,11 @@ class Net {
   }
   Status properties(int dev, NetProperties* props) const;
   const Params& params() const { return params_; }
+  // When a device groups NICs (and MOEFABRIC_TOPO_FILE allows it): hands NCCL a topology file
+  // showing the devices as it will see them (topo_file.h). Once per instance; logs what it did.
+  void install_nccl_topo();
+  // The topology XML for the current devices (what install_nccl_topo writes).
+  std::string nccl_topo() const;
 
   ~Net();
 
@@ -59,6 +64,8 @@ class Net {
   std::thread progress_thread_;
   std::atomic<bool> stop_{false};
   int refs_ = 0;
+  bool topo_done_ = false;
+  int topo_fd_ = -1;
 };
 
 // Comm handles handed out to callers. Each carries its device so every call can lock it.

@@ -49,6 +49,7 @@ Status acquire_net(abi::logger_t log_fn, Net** out) {
   std::string error;
   Status s = Net::acquire(out, &error);
   if (s != Status::kOk) MF_WARN("init failed: %s", error.c_str());
+  else (*out)->install_nccl_topo();  // multi-rail devices only; before NCCL reads its topology
   return s;
 }
 

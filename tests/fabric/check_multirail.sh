@@ -89,6 +89,12 @@ for d in $d0 $d1; do
   [ $(( d * 100 / total )) -ge 30 ] || fail "a rail carried less than 30% of the bytes ($d0 / $d1)"
 done
 BW2=$(gbs two)
+# The NCCL topology a 2-rail device is described with (NCCL_TOPO_FILE through a memfd in NCCL).
+A env MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$IF0A+$IF1A" "$PEER" --role send --dir "$WORK" \
+  --print-topo >"$WORK/topo.xml" || fail "--print-topo"
+grep -q "<net name=\"$IF0A+$IF1A\" dev=\"0\" speed=\"20000\"" "$WORK/topo.xml" ||
+  { cat "$WORK/topo.xml"; fail "topology XML does not show the 2-rail device with the summed speed"; }
+sed -n '/<system/,/<\/system>/p' "$WORK/topo.xml"
 echo "multirail bandwidth over veth+tcp, $SIZE-byte messages: 1 rail $BW1 GB/s, 2 rails $BW2 GB/s"
 
 # ---- rail 1 goes down mid-transfer -----------------------------------------------------------

@@ -214,6 +214,8 @@ int main(int argc, char** argv) {
   app.add_option("--iters", o.iters, "streamed messages")->check(CLI::Range(1, 1 << 30));
   app.add_option("--window", o.window, "messages in flight")->check(CLI::Range(1, 16));
   app.add_option("--timeout", o.timeout, "seconds before giving up")->check(CLI::PositiveNumber);
+  bool topo = false;
+  app.add_flag("--print-topo", topo, "print the NCCL topology XML a multi-rail device gets, and exit");
   CLI11_PARSE(app, argc, argv);
   g_role = o.role == "send" ? "sender" : "receiver";
   g_deadline = Clock::now() + std::chrono::seconds(o.timeout);
@@ -225,6 +227,10 @@ int main(int argc, char** argv) {
   printf("multirail: %s on device 0 = %s (%d rail(s), %d Mb/s, provider %s)\n", g_role,
          p.name.c_str(), net->device(0)->nrails(), p.speed_mbps, p.provider.c_str());
   fflush(stdout);
+  if (topo) {
+    printf("%s", net->nccl_topo().c_str());
+    return 0;
+  }
   int rc = o.role == "send" ? run_send(o, net) : run_recv(o, net);
   Net::release(net);
   return rc;
