@@ -52,19 +52,27 @@ bool cuda_loadable() {
 }
 
 // NICs -> devices: MOEFABRIC_RAILS, else MOEFABRIC_TCP_IFACE when it joins rails with '+',
-// else one NIC per device. (rail_groups() also takes the topology's per-GPU rail groups; the
-// plugin does not load hwloc yet, so none are passed: see README "Multi-rail devices".)
+// else the topology's per-GPU rail groups (through the hook the NCCL plugin sets), else one NIC
+// per device.
 Status device_groups(const Params& params, const std::vector<NicInfo>& nics,
                      std::vector<std::vector<int>>* groups, std::string* error) {
   std::string spec = params.rails;
   if (spec.empty() && params.tcp_iface.find('+') != std::string::npos) spec = params.tcp_iface;
-  MF_CHECK(rail_groups(spec, nics, {}, groups, error));
+  std::vector<std::vector<std::string>> topo;
+  if (spec.empty()) {
+    if (TopoGroupsHook hook = topo_groups_hook()) {
+      std::string why;
+      topo = hook(params, nics, &why);
+      MF_INFO(log::kInit | log::kNet, "rail grouping by topology: %s", why.c_str());
+    }
+  }
+  MF_CHECK(rail_groups(spec, nics, topo, groups, error));
   for (const auto& g : *groups) {
     if (g.size() < 2) continue;
     std::string names;
     for (int k : g) names += (names.empty() ? "" : "+") + nics[k].domain;
     MF_INFO(log::kInit | log::kNet, "device %s: %zu rails (%s)", names.c_str(), g.size(),
-            spec.c_str());
+            spec.empty() ? "the rails of one GPU per the topology" : spec.c_str());
   }
   return Status::kOk;
 }

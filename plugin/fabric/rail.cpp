@@ -1,5 +1,6 @@
 #include "plugin/fabric/rail.h"
 
+#include <atomic>
 #include <set>
 #include <sstream>
 
@@ -96,6 +97,13 @@ Status Rail::av_insert(const uint8_t* peer_addr, size_t len, fi_addr_t* out) {
   *out = fa;
   return Status::kOk;
 }
+
+namespace {
+std::atomic<TopoGroupsHook> g_topo_groups_hook{nullptr};  // trivially destructible
+}  // namespace
+
+void set_topo_groups_hook(TopoGroupsHook hook) { g_topo_groups_hook.store(hook); }
+TopoGroupsHook topo_groups_hook() { return g_topo_groups_hook.load(); }
 
 namespace {
 std::vector<std::string> split(const std::string& s, char sep) {

@@ -46,6 +46,15 @@ Status rail_groups(const std::string& spec, const std::vector<NicInfo>& nics,
                    const std::vector<std::vector<std::string>>& topo_groups,
                    std::vector<std::vector<int>>* out, std::string* error);
 
+// The topology's per-GPU rail groups (NIC domain names) for the default grouping. The fabric
+// layer does not load hwloc itself: whoever links the topology library (the NCCL plugin) sets
+// this before the first Net::acquire. nullptr: no topology grouping.
+using TopoGroupsHook = std::vector<std::vector<std::string>> (*)(const Params& params,
+                                                                 const std::vector<NicInfo>& nics,
+                                                                 std::string* why);
+void set_topo_groups_hook(TopoGroupsHook hook);
+TopoGroupsHook topo_groups_hook();
+
 // The spec's NIC names (for the tcp interface filter): "a+b,c" -> {a, b, c}.
 std::vector<std::string> rail_spec_names(const std::string& spec);
 
