@@ -68,6 +68,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   if (c->tagged) {
     OpCtx& op = g.e[0].trecv;
     op.kind = OpKind::kTRecv;
+    op.rail = 0;
     op.comm = c;
     op.sreq = nullptr;
     op.rgroup = &g;

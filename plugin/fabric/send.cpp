@@ -121,6 +121,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
     r->size = size;
     OpCtx& op = r->ops[0];
     op.kind = OpKind::kTSend;
+    op.rail = 0;  // the tagged protocol uses rail 0 only
     op.comm = c;
     op.sreq = r;
     op.rgroup = nullptr;
