@@ -4,12 +4,16 @@
 # other) with one rail, then two rails (MOEFABRIC_TCP_IFACE=<if0>+<if1>), checks the data, reads
 # each interface's tx_bytes to see both rails carry a fair share, prints 1- vs 2-rail bandwidth,
 # then takes rail 1 down mid-transfer and expects both sides to fail, naming the rail, within a
-# bounded time. Exit 77 (skipped) without root or `ip netns`.
-# Usage: check_multirail.sh <test-multirail-peer> [size-bytes] [iters]
+# bounded time. With the plugin .so given, also checks that its init hands NCCL the topology
+# (NCCL_TOPO_FILE on a memfd) for the 2-rail device, and leaves a user's NCCL_TOPO_FILE alone.
+# Exit 77 (skipped) without root or `ip netns`.
+# Usage: check_multirail.sh <test-multirail-peer> [libnccl-net-moefabric.so]
+#        (MFRAIL_SIZE: message bytes, default 64 MiB; MFRAIL_ITERS: streamed messages, default 24)
 set -u
-PEER=${1:?usage: check_multirail.sh <test-multirail-peer> [size] [iters]}
-SIZE=${2:-$((64 << 20))}
-ITERS=${3:-24}
+PEER=${1:?usage: check_multirail.sh <test-multirail-peer> [libnccl-net-moefabric.so]}
+PLUGIN=${2:-}
+SIZE=${MFRAIL_SIZE:-$((64 << 20))}
+ITERS=${MFRAIL_ITERS:-24}
 
 skip() { echo "SKIP: $*"; exit 77; }
 fail() { echo "FAIL: $*"; exit 1; }
@@ -95,6 +99,37 @@ A env MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$IF0A+$IF1A" "$PEER" --role se
 grep -q "<net name=\"$IF0A+$IF1A\" dev=\"0\" speed=\"20000\"" "$WORK/topo.xml" ||
   { cat "$WORK/topo.xml"; fail "topology XML does not show the 2-rail device with the summed speed"; }
 sed -n '/<system/,/<\/system>/p' "$WORK/topo.xml"
+if [ -n "$PLUGIN" ] && command -v python3 >/dev/null; then
+  # NCCL's side: dlopen the plugin, init through its v10 table, read NCCL_TOPO_FILE back.
+  cat >"$WORK/init.py" <<'PY'
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+table = (ctypes.c_void_p * 3).in_dll(lib, "ncclNetPlugin_v10")
+init = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(table[1])
+if init(None, None) != 0:
+    sys.exit("plugin init failed")
+libc = ctypes.CDLL(None)
+libc.getenv.restype = ctypes.c_char_p
+v = libc.getenv(b"NCCL_TOPO_FILE")
+print("NCCL_TOPO_FILE=" + (v.decode() if v else "(unset)"))
+if v and v.startswith(b"/proc/self/fd/"):
+    print(open(v.decode()).read(), end="")
+PY
+  A env MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$IF0A+$IF1A" python3 "$WORK/init.py" "$PLUGIN" \
+    >"$WORK/init.out" 2>&1 || { cat "$WORK/init.out"; fail "plugin init"; }
+  grep -q "^NCCL_TOPO_FILE=/proc/self/fd/" "$WORK/init.out" &&
+    grep -q "<net name=\"$IF0A+$IF1A\" dev=\"0\" speed=\"20000\"" "$WORK/init.out" ||
+    { cat "$WORK/init.out"; fail "plugin init did not hand NCCL the 2-rail topology"; }
+  A env MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$IF0A+$IF1A" NCCL_TOPO_FILE=/etc/mine.xml \
+    python3 "$WORK/init.py" "$PLUGIN" 2>&1 | grep -q "^NCCL_TOPO_FILE=/etc/mine.xml$" ||
+    fail "plugin init replaced the user's NCCL_TOPO_FILE"
+  A env MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$IF0A+$IF1A" MOEFABRIC_TOPO_FILE=0 \
+    python3 "$WORK/init.py" "$PLUGIN" 2>&1 | grep -q "^NCCL_TOPO_FILE=(unset)$" ||
+    fail "MOEFABRIC_TOPO_FILE=0 did not turn the topology file off"
+  A env MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$IF0A" python3 "$WORK/init.py" "$PLUGIN" 2>&1 |
+    grep -q "^NCCL_TOPO_FILE=(unset)$" || fail "a topology file for a 1-rail device"
+  echo "# plugin init: NCCL_TOPO_FILE on a memfd for the 2-rail device; user's value kept; off with MOEFABRIC_TOPO_FILE=0; none for 1 rail"
+fi
 echo "multirail bandwidth over veth+tcp, $SIZE-byte messages: 1 rail $BW1 GB/s, 2 rails $BW2 GB/s"
 
 # ---- rail 1 goes down mid-transfer -----------------------------------------------------------
