@@ -161,8 +161,10 @@ std::string Net::nccl_topo() const {
 }
 
 void Net::install_nccl_topo() {
-  if (topo_done_) return;
-  topo_done_ = true;
+  std::call_once(topo_once_, [this] { install_nccl_topo_once(); });
+}
+
+void Net::install_nccl_topo_once() {
   bool grouped = false;
   for (const auto& d : devices_) grouped |= d->nrails() > 1;
   if (!grouped) return;

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,13 +59,14 @@ class Net {
  private:
   Net() = default;
   void progress_loop();
+  void install_nccl_topo_once();
 
   Params params_;
   std::vector<std::unique_ptr<Device>> devices_;
   std::thread progress_thread_;
   std::atomic<bool> stop_{false};
   int refs_ = 0;
-  bool topo_done_ = false;
+  std::once_flag topo_once_;  // NCCL may init comms from several threads at once
   int topo_fd_ = -1;
 };
 
