@@ -90,7 +90,12 @@ void Device::op_done(OpCtx* op, Status s, const char* text) {
     op->rgroup->error = s;
   if (c != nullptr) {
     --c->inflight;
+    const bool first = c->error == Status::kOk;
     if (s != Status::kOk) fail_comm(c, s, "%s", text ? text : "operation failed");
+    // A failed write: tell the receiver why (it would otherwise only see the peer go silent),
+    // naming the rail on a multi-rail device. Best effort, after the comm holds its own error.
+    if (s != Status::kOk && first && op->kind == OpKind::kWrite && !c->closed)
+      send_error(c, 0, s, text ? text : "write failed");
     if (c->closed && c->inflight == 0) delete_comm(c);
   }
 }

@@ -37,6 +37,10 @@ const char* g_role = "?";
 [[noreturn]] void die(const char* phase, const std::string& what) {
   fprintf(stderr, "test-multirail-peer %s: %s: %s\n", g_role, phase, what.c_str());
   fflush(stderr);
+  // Let the progress thread push out what the failure queued (the error message telling the
+  // peer which rail failed) before the process goes, as a real application would while it
+  // tears down. No teardown calls: a dead rail must not turn into a hang at close.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   _exit(2);
 }
 
