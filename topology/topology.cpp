@@ -397,6 +397,37 @@ Status Topology::build(const Options& opts, std::string* error) {
   return Status::kOk;
 }
 
+std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
+                                                      const std::vector<NicDesc>& nics,
+                                                      std::string* why) {
+  int on_pci = 0;
+  for (const NicDesc& n : nics) on_pci += n.pci.has_value();
+  if (on_pci < 2) {
+    *why = "fewer than two NICs on PCI";
+    return {};
+  }
+  Options opts;
+  opts.xml = xml;
+  opts.nics_given = true;
+  opts.nics = nics;
+  std::unique_ptr<Topology> topo;
+  std::string error;
+  if (Topology::load(opts, &topo, &error) != Status::kOk) {
+    *why = "topology not available: " + error;
+    return {};
+  }
+  std::vector<std::vector<std::string>> groups;
+  for (const Gpu& g : topo->gpus()) {
+    if (g.rails.size() < 2) continue;
+    std::vector<std::string> names;
+    for (int r : g.rails) names.push_back(topo->nics()[r].name);
+    if (std::find(groups.begin(), groups.end(), names) == groups.end()) groups.push_back(names);
+  }
+  *why = groups.empty() ? (topo->gpus().empty() ? "no GPU found" : "no GPU has two or more rails")
+                        : std::to_string(groups.size()) + " GPU rail group(s) from " + topo->source();
+  return groups;
+}
+
 std::vector<int> Topology::cpus_near_nic(int nic) const {
   if (nic < 0 || nic >= static_cast<int>(nics_.size())) return {};
   int node = nics_[nic].numa;

@@ -117,6 +117,14 @@ std::vector<NicDesc> rdma_devices();
 std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic,
                             const std::optional<PciAddr>& gpu_pci, std::string* why);
 
+// NICs that are the rails of one GPU, by name: one group per GPU with two or more rails (GPUs
+// sharing the same rails give one group), for grouping NICs into multi-rail devices. Empty, with
+// `why` saying so, when fewer than two NICs are on PCI, no GPU is found or the topology cannot be
+// read. Honours MOEFABRIC_TOPO_XML via `xml`.
+std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
+                                                      const std::vector<NicDesc>& nics,
+                                                      std::string* why);
+
 // PCI bus ids of the CUDA devices in CUDA's order, through the driver API loaded at run time.
 // nullopt when the driver does not load or reports no device.
 std::optional<std::vector<PciAddr>> cuda_gpus();

@@ -9,7 +9,7 @@ namespace moefabric::log {
 
 enum Level : int { kNone = 0, kVersion = 1, kWarn = 2, kInfo = 3, kAbort = 4, kTrace = 5 };
 // NCCL's subsystem flags (the ones we use).
-enum Flags : unsigned long { kInit = 1, kNet = 16, kEnv = 128, kAlloc = 256, kProxy = 1024 };
+enum Flags : unsigned long { kInit = 1, kNet = 16, kGraph = 32, kEnv = 128, kAlloc = 256, kProxy = 1024 };
 
 using Sink = void (*)(int level, unsigned long flags, const char* file, int line, const char* fmt,
                       ...);

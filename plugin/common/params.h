@@ -13,7 +13,17 @@ namespace moefabric {
   X(provider, "MOEFABRIC_PROVIDER", Str, "",                                                      \
     "libfabric provider (efa, verbs, tcp, shm, ...); empty: FI_PROVIDER, else efa, verbs, tcp") \
   X(tcp_iface, "MOEFABRIC_TCP_IFACE", Str, "",                                                    \
-    "comma-separated interfaces the tcp provider may use; empty: all but lo/docker*, else lo")   \
+    "interfaces the tcp provider may use, ',' between devices, '+' joins rails of one device "   \
+    "(eth1+eth2,eth3); empty: all but lo/docker*, else lo")                                     \
+  X(rails, "MOEFABRIC_RAILS", Str, "",                                                           \
+    "NICs (libfabric domain names) per device, ',' between devices, '+' between rails "         \
+    "(mlx5_0+mlx5_1,mlx5_2); empty: the rails of each GPU per the topology, else one NIC each") \
+  X(stripe_min, "MOEFABRIC_STRIPE_MIN", Int, "262144",                                           \
+    "messages this large or larger are striped over a multi-rail device's rails (128-byte "      \
+    "aligned stripes); smaller ones go whole on one rail, round robin, bytes")                  \
+  X(topo_file, "MOEFABRIC_TOPO_FILE", Bool, "1",                                                 \
+    "when NICs are grouped into multi-rail devices, hand NCCL a matching topology XML "          \
+    "(NCCL_TOPO_FILE=/proc/self/fd/N on a memfd) unless NCCL_TOPO_FILE is set")                 \
   X(protocol, "MOEFABRIC_PROTOCOL", Str, "auto",                                                  \
     "data path: rdma (fi_writedata into receiver-posted buffers), tagged, or auto")              \
   X(eager_max, "MOEFABRIC_EAGER_MAX", Int, "8192",                                                \

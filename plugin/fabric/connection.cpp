@@ -1,6 +1,10 @@
 // Connection manager: listen/connect/accept over the data endpoint itself (no side sockets).
 // connect() sends kConnect to the listener's endpoint and returns a comm once kConnectAck
-// arrives; accept() answers pending kConnect messages. Neither ever blocks.
+// arrives; accept() answers pending kConnect messages. Neither ever blocks. Multi-rail: the
+// listen handle carries rail 0's address only (128 bytes hold no more); kConnect carries every
+// sender rail's address and kConnectAck the listener's rails 1.., so both sides fill every
+// rail's AV during the handshake. A connection uses min(sender's, listener's) rails.
+#include <algorithm>
 #include <cstring>
 
 #include <rdma/fi_errno.h>
@@ -10,24 +14,6 @@
 
 namespace moefabric::fabric {
 
-Status Device::av_insert(const uint8_t* addr, size_t len, fi_addr_t* out) {
-  std::string key(reinterpret_cast<const char*>(addr), len);
-  auto it = av_cache_.find(key);
-  if (it != av_cache_.end()) {
-    *out = it->second;
-    return Status::kOk;
-  }
-  fi_addr_t fa = FI_ADDR_UNSPEC;
-  int rc = fi_av_insert(av_.get(), addr, 1, &fa, 0, nullptr);
-  if (rc != 1) {
-    MF_WARN("%s: fi_av_insert failed (%d): %s", nic_.name.c_str(), rc, rc < 0 ? fi_strerror(-rc) : "address rejected");
-    return Status::kSystemError;
-  }
-  av_cache_.emplace(std::move(key), fa);
-  *out = fa;
-  return Status::kOk;
-}
-
 Status Device::listen(void* handle, ListenComm** out) {
   auto lc = std::make_unique<ListenComm>();
   lc->id = next_listen_id_++;
@@ -35,9 +21,10 @@ Status Device::listen(void* handle, ListenComm** out) {
   wire::ListenHandle h = {};
   h.magic = wire::kMagic;
   h.version = wire::kVersion;
-  h.addr_len = static_cast<uint8_t>(addr_len_);
+  h.addr_len = static_cast<uint8_t>(rails_[0].addr_len);
   h.listen_id = lc->id;
-  std::memcpy(h.addr, addr_, addr_len_);
+  h.nrails = static_cast<uint8_t>(rails_.size());
+  std::memcpy(h.addr, rails_[0].addr, rails_[0].addr_len);
   std::memcpy(handle, &h, sizeof h);
   listens_[lc->id] = lc.get();
   *out = lc.release();
@@ -64,15 +51,19 @@ Status Device::connect(void* handle, SendComm** out) {
     fresh->listen_id = h.listen_id;
     fresh->connect_start = fresh->last_heard = Clock::now();
     MF_CHECK(av_insert(h.addr, h.addr_len, &fresh->peer));
+    fresh->rail_peer[0] = fresh->peer;
     if (alloc_comm_id(fresh.get()) == 0) {
       MF_WARN("%s: all %u comm ids in use", nic_.name.c_str(), wire::kMaxCommId);
       return Status::kSystemError;
     }
     wire::ConnectMsg m = {};
-    m.addr_len = static_cast<uint32_t>(addr_len_);
     m.flags = tagged_ ? wire::kConnectFlagTagged : 0;
+    m.nrails = static_cast<uint32_t>(rails_.size());
     m.max_write = max_write_;
-    std::memcpy(m.addr, addr_, addr_len_);
+    for (size_t r = 0; r < rails_.size(); ++r) {
+      m.rails[r].len = static_cast<uint32_t>(rails_[r].addr_len);
+      std::memcpy(m.rails[r].addr, rails_[r].addr, rails_[r].addr_len);
+    }
     Status s = send_msg(fresh.get(), fresh->peer, wire::MsgType::kConnect, h.listen_id, fresh->id, &m, sizeof m);
     if (s != Status::kOk) {
       comms_[fresh->id] = nullptr;
@@ -115,16 +106,42 @@ Status Device::connect(void* handle, SendComm** out) {
 void Device::on_connect(const wire::MsgHeader& h, const wire::ConnectMsg& m) {
   auto it = listens_.find(h.dst_comm);
   fi_addr_t peer = FI_ADDR_UNSPEC;
-  if (av_insert(m.addr, m.addr_len, &peer) != Status::kOk) return;
+  if (av_insert(m.rails[0].addr, m.rails[0].len, &peer) != Status::kOk) return;
   bool peer_tagged = (m.flags & wire::kConnectFlagTagged) != 0;
   if (it == listens_.end() || peer_tagged != tagged_) {
     MF_WARN("%s: refusing connection for listen id %u (%s)", nic_.name.c_str(), h.dst_comm,
             it == listens_.end() ? "no such listener" : "peer uses a different data protocol");
-    wire::ConnectAckMsg ack = {1, 0};
+    wire::ConnectAckMsg ack = {};
+    ack.status = 1;
     (void)send_msg(nullptr, peer, wire::MsgType::kConnectAck, h.src_comm, 0, &ack, sizeof ack);
     return;
   }
-  it->second->pending.push_back({peer, h.src_comm, m.flags});
+  ListenComm::Pending p = {peer, h.src_comm, m.flags, 1, {peer, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC}};
+  int n = std::min<int>(static_cast<int>(m.nrails), static_cast<int>(rails_.size()));
+  for (int r = 1; r < n; ++r) {
+    if (rails_[r].av_insert(m.rails[r].addr, m.rails[r].len, &p.rail_peer[r]) != Status::kOk) {
+      MF_WARN("%s: connection for listen id %u uses %d rail(s): rail %d (%s) cannot reach the peer",
+              nic_.name.c_str(), h.dst_comm, r, r, rails_[r].nic.domain.c_str());
+      break;
+    }
+    p.nrails = r + 1;
+  }
+  it->second->pending.push_back(p);
+}
+
+void Device::on_connect_ack(SendComm* c, const wire::ConnectAckMsg& m) {
+  int n = std::min<int>(static_cast<int>(m.nrails), static_cast<int>(rails_.size()));
+  for (int r = 1; r < n; ++r) {
+    if (rails_[r].av_insert(m.rails[r].addr, m.rails[r].len, &c->rail_peer[r]) != Status::kOk) {
+      fail_comm(c, Status::kSystemError, "rail %d (%s): cannot add the listener's address to the AV",
+                r, rails_[r].nic.domain.c_str());
+      return;
+    }
+  }
+  c->nrails = std::max(n, 1);
+  if (c->nrails > 1)
+    MF_INFO(log::kNet, "%s: send comm %u to listener %u uses %d rails", nic_.name.c_str(), c->id,
+            c->listen_id, c->nrails);
 }
 
 Status Device::accept(ListenComm* lc, RecvComm** out) {
@@ -137,19 +154,29 @@ Status Device::accept(ListenComm* lc, RecvComm** out) {
   c->dev = this;
   c->tagged = tagged_;
   c->peer = p.peer;
+  c->nrails = p.nrails;
+  for (int r = 0; r < p.nrails; ++r) c->rail_peer[r] = p.rail_peer[r];
   c->remote_id = p.src_comm;
   c->last_heard = Clock::now();
   if (alloc_comm_id(c.get()) == 0) {
     MF_WARN("%s: all %u comm ids in use", nic_.name.c_str(), wire::kMaxCommId);
     return Status::kSystemError;
   }
-  wire::ConnectAckMsg ack = {0, 0};
+  wire::ConnectAckMsg ack = {};
+  ack.nrails = static_cast<uint32_t>(p.nrails);
+  for (int r = 1; r < p.nrails; ++r) {
+    ack.rails[r].len = static_cast<uint32_t>(rails_[r].addr_len);
+    std::memcpy(ack.rails[r].addr, rails_[r].addr, rails_[r].addr_len);
+  }
   Status s = send_msg(c.get(), c->peer, wire::MsgType::kConnectAck, c->remote_id, c->id, &ack, sizeof ack);
   if (s != Status::kOk) {
     comms_[c->id] = nullptr;
     return s == Status::kAgain ? Status::kOk : s;
   }
   lc->pending.pop_front();
+  if (c->nrails > 1)
+    MF_INFO(log::kNet, "%s: recv comm %u from comm %u uses %d rails", nic_.name.c_str(), c->id,
+            c->remote_id, c->nrails);
   *out = c.release();
   return Status::kOk;
 }
@@ -158,7 +185,8 @@ void Device::close_listen(ListenComm* lc) {
   if (lc == nullptr) return;
   listens_.erase(lc->id);
   for (const auto& p : lc->pending) {
-    wire::ConnectAckMsg ack = {1, 0};
+    wire::ConnectAckMsg ack = {};
+    ack.status = 1;
     (void)send_msg(nullptr, p.peer, wire::MsgType::kConnectAck, p.src_comm, 0, &ack, sizeof ack);
   }
   delete lc;

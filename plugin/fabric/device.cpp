@@ -32,11 +32,44 @@ const char* cq_error_text(fid_cq* cq, const fi_cq_err_entry& e, char* buf, size_
   return buf;
 }
 
-Status Device::open(const Params& params, NicInfo nic, std::unique_ptr<Device>* out,
+Status Device::open(const Params& params, std::vector<NicInfo> rails, std::unique_ptr<Device>* out,
                     std::string* error) {
+  if (rails.empty() || rails.size() > static_cast<size_t>(wire::kMaxRails)) {
+    *error = "a device takes 1.." + std::to_string(wire::kMaxRails) + " rails";
+    return Status::kInvalidArgument;
+  }
   std::unique_ptr<Device> d(new Device());
   d->params_ = params;
-  d->nic_ = std::move(nic);
+  // The device as NCCL sees it: rail 0's NIC under the joined name, with the summed speed.
+  NicInfo& n0 = rails[0];
+  d->nic_.info.reset(fi_dupinfo(n0.info.get()));
+  d->nic_.provider = n0.provider;
+  d->nic_.domain = n0.domain;
+  d->nic_.name = n0.name;
+  d->nic_.pci_path = n0.pci_path;
+  d->nic_.guid = n0.guid;
+  d->nic_.speed_mbps = n0.speed_mbps;
+  d->nic_.hmem = n0.hmem;
+  d->nic_.rma = n0.rma;
+  d->nic_.split_imm = n0.split_imm;
+  d->nic_.tagged = n0.tagged;
+  for (size_t r = 1; r < rails.size(); ++r) {
+    const NicInfo& n = rails[r];
+    if (n.provider != n0.provider) {
+      *error = "rails " + n0.domain + " and " + n.domain + " use different providers (" +
+               n0.provider + ", " + n.provider + ")";
+      return Status::kInvalidUsage;
+    }
+    d->nic_.name += "+" + n.name;
+    d->nic_.speed_mbps += n.speed_mbps;
+    d->nic_.guid = d->nic_.guid * 1000003u ^ n.guid;
+    d->nic_.hmem = d->nic_.hmem && n.hmem;
+    d->nic_.rma = d->nic_.rma && n.rma;
+    d->nic_.split_imm = d->nic_.split_imm || n.split_imm;
+  }
+  d->rails_.resize(rails.size());
+  for (size_t r = 0; r < rails.size(); ++r)
+    MF_CHECK(d->rails_[r].open(static_cast<int>(r), std::move(rails[r]), error));
   MF_CHECK(d->init(error));
   *out = std::move(d);
   return Status::kOk;
@@ -59,70 +92,15 @@ Status Device::init(std::string* error) {
     eager_max_ = 0;
     msg_size_ = wire::msg_buffer_size(0);
   }
+  stripe_min_ = static_cast<size_t>(std::max<int64_t>(0, params_.stripe_min));
 
-  fid_fabric* fabric = nullptr;
-  int rc = fi_fabric(fi->fabric_attr, &fabric, nullptr);
-  if (rc != 0) {
-    *error = std::string("fi_fabric: ") + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
-  fabric_.reset(fabric);
-  fid_domain* domain = nullptr;
-  rc = fi_domain(fabric, fi, &domain, nullptr);
-  if (rc != 0) {
-    *error = "fi_domain(" + nic_.domain + "): " + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
-  domain_.reset(domain);
-
-  fi_av_attr av_attr = {};
-  av_attr.type = FI_AV_TABLE;
-  fid_av* av = nullptr;
-  rc = fi_av_open(domain, &av_attr, &av, nullptr);
-  if (rc != 0) {
-    *error = std::string("fi_av_open: ") + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
-  av_.reset(av);
-
-  fi_cq_attr cq_attr = {};
-  cq_attr.format = FI_CQ_FORMAT_DATA;
-  cq_attr.size = 0;
-  fid_cq* cq = nullptr;
-  rc = fi_cq_open(domain, &cq_attr, &cq, nullptr);
-  if (rc != 0) {
-    *error = std::string("fi_cq_open: ") + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
-  cq_.reset(cq);
-
-  fid_ep* ep = nullptr;
-  set_unique_shm_name(fi);
-  rc = fi_endpoint(domain, fi, &ep, nullptr);
-  if (rc != 0) {
-    *error = std::string("fi_endpoint: ") + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
-  ep_.reset(ep);
-#ifdef FI_OPT_CUDA_API_PERMITTED
-  if (nic_.provider == "efa") {
-    bool permitted = false;
-    (void)fi_setopt(&ep->fid, FI_OPT_ENDPOINT, FI_OPT_CUDA_API_PERMITTED, &permitted, sizeof permitted);
-  }
-#endif
-  if ((rc = fi_ep_bind(ep, &av->fid, 0)) != 0 ||
-      (rc = fi_ep_bind(ep, &cq->fid, FI_TRANSMIT | FI_RECV)) != 0 || (rc = fi_enable(ep)) != 0) {
-    *error = std::string("endpoint bind/enable: ") + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
-  addr_len_ = sizeof addr_;
-  rc = fi_getname(&ep->fid, addr_, &addr_len_);
-  if (rc != 0 || addr_len_ > wire::kMaxAddrLen) {
-    *error = std::string("fi_getname: ") + (rc ? fi_strerror(-rc) : "address too long");
-    return Status::kSystemError;
-  }
   size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  mr_cache_ = std::make_unique<MrCache>(domain, ep, fi->domain_attr->mr_mode, params_.mr_cache, page);
+  Rail& r0 = rails_[0];
+  mr_cache_ = std::make_unique<MrCache>(r0.domain.get(), r0.ep.get(), fi->domain_attr->mr_mode,
+                                        params_.mr_cache, page);
+  for (size_t r = 1; r < rails_.size(); ++r)
+    mr_cache_->add_domain(rails_[r].domain.get(), rails_[r].ep.get(),
+                          rails_[r].nic.info->domain_attr->mr_mode);
   cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
   comms_.assign(wire::kMaxCommId + 1, nullptr);
   MF_CHECK(alloc_pools(error));
@@ -132,6 +110,10 @@ Status Device::init(std::string* error) {
           nic_.name.c_str(), nic_.provider.c_str(), tagged_ ? "tagged" : "rdma", eager_max_,
           max_write_, static_cast<unsigned long long>(fi->domain_attr->mr_mode), nic_.hmem ? 1 : 0,
           nic_.split_imm && !tagged_ ? ", immediates in separate zero-byte writes" : "");
+  if (rails_.size() > 1)
+    MF_INFO(log::kInit | log::kNet, "device %s: %zu rails, %d Mb/s in all, messages >= %zu B striped%s",
+            nic_.name.c_str(), rails_.size(), nic_.speed_mbps, stripe_min_,
+            tagged_ ? " (tagged protocol: rail 0 only)" : "");
   return Status::kOk;
 }
 
@@ -171,11 +153,11 @@ Status Device::alloc_pools(std::string* error) {
 // same fault as in info.cpp's imm_write_needs_split). Sends are not waited for: their peer may
 // be gone, and closing under an outgoing transfer is safe.
 void Device::quiesce(int timeout_ms) {
-  if (ep_ == nullptr || trecv_inflight_ == 0) return;
+  if (rails_.empty() || rails_[0].ep == nullptr || trecv_inflight_ == 0) return;
   for (Comm* c : comms_) {
     if (c == nullptr || c->type != Comm::Type::kRecv || !c->tagged) continue;
     for (RecvGroup& g : static_cast<RecvComm*>(c)->groups)
-      if (g.in_use && !g.e[0].done) (void)fi_cancel(&ep_->fid, &g.e[0].trecv.fi);
+      if (g.in_use && !g.e[0].done) (void)fi_cancel(&rails_[0].ep->fid, &g.e[0].trecv.fi);
   }
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   while (trecv_inflight_ > 0 && Clock::now() < deadline) {
@@ -189,8 +171,8 @@ void Device::quiesce(int timeout_ms) {
 
 Device::~Device() {
   quiesce(kCloseLingerMs);
-  // Closing the endpoint cancels everything still in flight; then nothing references comms.
-  ep_.reset();
+  // Closing the endpoints cancels everything still in flight; then nothing references comms.
+  for (Rail& r : rails_) r.close_endpoint();
   for (Comm* c : comms_) delete c;
   for (auto& [id, lc] : listens_) delete lc;
   if (mr_cache_) {
@@ -198,40 +180,39 @@ Device::~Device() {
     mr_cache_->release(tx_mr_);
   }
   mr_cache_.reset();
-  cq_.reset();
-  av_.reset();
-  domain_.reset();
-  fabric_.reset();
+  rails_.clear();
 }
 
 Status Device::post(OpCtx* op) {
   ssize_t rc = 0;
-  if (pending_peers_.count(op->peer) != 0) {
+  fid_ep* ep = rails_[op->rail].ep.get();
+  const uint64_t pkey = op->peer ^ (static_cast<uint64_t>(op->rail) << 56);
+  if (pending_peers_.count(pkey) != 0) {
     // Keep posting order per peer behind operations the provider refused (a split write's
     // immediate must not overtake its payload); other peers are not held up.
     rc = -FI_EAGAIN;
   } else switch (op->kind) {
     case OpKind::kRxMsg:
-      rc = fi_recv(ep_.get(), op->buf, op->len, op->desc, FI_ADDR_UNSPEC, &op->fi);
+      rc = fi_recv(ep, op->buf, op->len, op->desc, FI_ADDR_UNSPEC, &op->fi);
       break;
     case OpKind::kTxMsg:
-      rc = fi_send(ep_.get(), op->buf, op->len, op->desc, op->peer, &op->fi);
+      rc = fi_send(ep, op->buf, op->len, op->desc, op->peer, &op->fi);
       break;
     case OpKind::kWrite:
-      rc = op->imm ? fi_writedata(ep_.get(), op->buf, op->len, op->desc, op->data, op->peer,
+      rc = op->imm ? fi_writedata(ep, op->buf, op->len, op->desc, op->data, op->peer,
                                   op->raddr, op->key, &op->fi)
-                   : fi_write(ep_.get(), op->buf, op->len, op->desc, op->peer, op->raddr, op->key,
+                   : fi_write(ep, op->buf, op->len, op->desc, op->peer, op->raddr, op->key,
                               &op->fi);
       break;
     case OpKind::kTSend:
-      rc = fi_tsend(ep_.get(), op->buf, op->len, op->desc, op->peer, op->tag, &op->fi);
+      rc = fi_tsend(ep, op->buf, op->len, op->desc, op->peer, op->tag, &op->fi);
       break;
     case OpKind::kTRecv:
-      rc = fi_trecv(ep_.get(), op->buf, op->len, op->desc, op->peer, op->tag, 0, &op->fi);
+      rc = fi_trecv(ep, op->buf, op->len, op->desc, op->peer, op->tag, 0, &op->fi);
       break;
   }
   if (rc == -FI_EAGAIN) {
-    if (pending_peers_[op->peer]++ == 0) ++stats_.eagain;
+    if (pending_peers_[pkey]++ == 0) ++stats_.eagain;
     op->next_pending = nullptr;
     if (pending_tail_) pending_tail_->next_pending = op;
     else pending_head_ = op;
@@ -242,7 +223,11 @@ Status Device::post(OpCtx* op) {
     const char* what = op->kind == OpKind::kWrite ? (op->imm ? "fi_writedata" : "fi_write") : op->kind == OpKind::kTSend ? "fi_tsend"
                        : op->kind == OpKind::kTRecv ? "fi_trecv" : op->kind == OpKind::kTxMsg ? "fi_send" : "fi_recv";
     char text[256];
-    snprintf(text, sizeof text, "%s failed: %s", what, fi_strerror(static_cast<int>(-rc)));
+    if (rails_.size() > 1)
+      snprintf(text, sizeof text, "%s on rail %d (%s) failed: %s", what, op->rail,
+               rails_[op->rail].nic.domain.c_str(), fi_strerror(static_cast<int>(-rc)));
+    else
+      snprintf(text, sizeof text, "%s failed: %s", what, fi_strerror(static_cast<int>(-rc)));
     if (op->kind == OpKind::kRxMsg) {
       MF_WARN("%s", text);
       return Status::kSystemError;
@@ -278,6 +263,7 @@ Status Device::send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t
   op.comm = comm;
   op.sreq = sreq;
   op.rgroup = nullptr;
+  op.rail = 0;
   if (comm) ++comm->inflight;
   if (sreq) ++sreq->pending;
   ++stats_.msgs_sent;
@@ -317,7 +303,7 @@ void Device::close_comm(Comm* c) {
     for (auto& g : static_cast<RecvComm*>(c)->groups)
       if (g.in_use)
         for (int i = 0; i < g.n; ++i)
-          if (!g.e[i].done) (void)fi_cancel(&ep_->fid, &g.e[i].trecv.fi);
+          if (!g.e[i].done) (void)fi_cancel(&rails_[0].ep->fid, &g.e[i].trecv.fi);
   }
   if (c->inflight == 0) delete_comm(c);
   // else: reaped by check_liveness() once the provider returned every operation

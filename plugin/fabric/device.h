@@ -1,6 +1,7 @@
-// One NIC opened for moefabric's net protocol: fabric, domain, AV, CQ, endpoint, message buffer
-// pools, the MR cache and the comm tables. Every libfabric call on a device happens with its
-// mutex held (the domain is opened FI_THREAD_DOMAIN).
+// One device of moefabric's net protocol: 1..4 rails (each a NIC with its own fabric, domain,
+// AV, CQ and endpoint; see rail.h), message buffer pools on rail 0, the MR cache (every buffer
+// registered on every rail) and the comm tables. Every libfabric call on a device happens with
+// its mutex held (the domains are opened FI_THREAD_DOMAIN).
 #pragma once
 
 #include <chrono>
@@ -18,6 +19,7 @@
 #include "plugin/fabric/cuda.h"
 #include "plugin/fabric/info.h"
 #include "plugin/fabric/mr.h"
+#include "plugin/fabric/rail.h"
 #include "plugin/fabric/resource.h"
 #include "plugin/fabric/wire.h"
 
@@ -47,6 +49,7 @@ struct OpCtx {
   fi_addr_t peer = FI_ADDR_UNSPEC;
   uint64_t raddr = 0, key = 0, data = 0, tag = 0;
   bool imm = true;         // kWrite: `data` goes as remote CQ data (false: payload half of a split)
+  uint8_t rail = 0;        // endpoint it is posted on (`peer` is an address in that rail's AV)
   OpCtx* next_pending = nullptr;
 };
 
@@ -56,7 +59,15 @@ struct Comm {
   uint32_t id = 0;             // local id (immediates and message headers)
   uint32_t remote_id = 0;      // the peer comm's id
   Device* dev = nullptr;
-  fi_addr_t peer = FI_ADDR_UNSPEC;
+  fi_addr_t peer = FI_ADDR_UNSPEC;  // rail 0's address of the peer (= rail_peer[0])
+  int nrails = 1;                   // rails this connection uses (min of both sides)
+  fi_addr_t rail_peer[wire::kMaxRails] = {FI_ADDR_UNSPEC, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC,
+                                          FI_ADDR_UNSPEC};
+  // Per rail: writes posted and not completed, and when that rail last moved (a write posted
+  // on an idle rail or completed). A rail with writes that does not move within the peer
+  // timeout fails the comm naming that rail (the others may still carry pings).
+  int rail_writes[wire::kMaxRails] = {};
+  Clock::time_point rail_moved[wire::kMaxRails]{};
   int peer_rank = -1;          // NCCL tag of the last request (= peer rank), for messages
   int inflight = 0;            // posted operations not completed yet
   bool closed = false;
@@ -136,6 +147,7 @@ struct SendComm : Comm {
   uint32_t listen_id = 0;
   uint32_t next_msg = 0;
   uint32_t cur_group = 0;
+  uint32_t next_rail = 0;          // round robin for messages below MOEFABRIC_STRIPE_MIN
   SendGroup groups[wire::kGroupRing];
   std::deque<EagerRecord> eager;   // eager messages not yet matched to a ctrl entry
   std::deque<SendReq> reqs;        // stable addresses; grows on demand
@@ -176,6 +188,8 @@ struct ListenComm {
     fi_addr_t peer;
     uint32_t src_comm;
     uint32_t flags;
+    int nrails;
+    fi_addr_t rail_peer[wire::kMaxRails];
   };
   std::deque<Pending> pending;
 };
@@ -186,8 +200,9 @@ struct DeviceStats {
 
 class Device {
  public:
-  static Status open(const Params& params, NicInfo nic, std::unique_ptr<Device>* out,
-                     std::string* error);
+  // Opens a device over `rails` (1..wire::kMaxRails NICs of one provider; rail 0 first).
+  static Status open(const Params& params, std::vector<NicInfo> rails,
+                     std::unique_ptr<Device>* out, std::string* error);
   ~Device();
   static constexpr int kCloseLingerMs = 2000;  // bound on quiesce() at teardown
   Device(const Device&) = delete;
@@ -195,14 +210,15 @@ class Device {
 
   std::mutex mu;  // guards everything below and every libfabric call on this device
 
+  // The device as NCCL sees it: rail 0's NIC, named "<rail0>+<rail1>..." with the summed speed.
   const NicInfo& nic() const { return nic_; }
+  int nrails() const { return static_cast<int>(rails_.size()); }
+  const Rail& rail(int r) const { return rails_[r]; }
   bool tagged() const { return tagged_; }
   // The provider moves data without our calls (FI_PROGRESS_AUTO).
   bool auto_progress() const { return auto_progress_; }
   size_t eager_max() const { return eager_max_; }
   size_t max_write() const { return max_write_; }
-  const uint8_t* addr() const { return addr_; }
-  size_t addr_len() const { return addr_len_; }
   MrCache& mr_cache() { return *mr_cache_; }
   const DeviceStats& stats() const { return stats_; }
   const Params& params() const { return params_; }
@@ -226,7 +242,9 @@ class Device {
   Status accept(ListenComm* lc, RecvComm** out);
   void close_listen(ListenComm* lc);
   void close_comm(Comm* c);
-  Status av_insert(const uint8_t* addr, size_t len, fi_addr_t* out);
+  Status av_insert(const uint8_t* addr, size_t len, fi_addr_t* out) {
+    return rails_[0].av_insert(addr, len, out);
+  }
   Comm* comm_lookup(uint32_t id) const {
     return id < comms_.size() ? comms_[id] : nullptr;
   }
@@ -246,7 +264,8 @@ class Device {
   Status alloc_pools(std::string* error);
   Status post_rx(int i);
   void handle_cq_entry(const fi_cq_data_entry& e);
-  void handle_cq_error(const fi_cq_err_entry& e);
+  void handle_cq_error(int rail, const fi_cq_err_entry& e);
+  void check_rails(Comm* c, Clock::time_point now);
   void handle_msg(int rx_index, size_t len);
   void handle_imm(uint32_t imm);
   void op_done(OpCtx* op, Status s, const char* text);
@@ -255,7 +274,7 @@ class Device {
 
   // protocol handlers
   void on_connect(const wire::MsgHeader& h, const wire::ConnectMsg& m);
-  void on_connect_ack(const wire::MsgHeader& h, const wire::ConnectAckMsg& m);
+  void on_connect_ack(SendComm* c, const wire::ConnectAckMsg& m);
   void on_ctrl(SendComm* c, const wire::CtrlMsg& m);
   void on_fin(RecvComm* c, const wire::FinMsg& m);
   void on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data);
@@ -276,14 +295,9 @@ class Device {
   size_t eager_max_ = 0;
   size_t max_write_ = 0;
   size_t msg_size_ = 0;
-  uint8_t addr_[wire::kMaxAddrLen] = {};
-  size_t addr_len_ = 0;
+  size_t stripe_min_ = 0;
 
-  FabricPtr fabric_;
-  DomainPtr domain_;
-  AvPtr av_;
-  CqPtr cq_;
-  EpPtr ep_;
+  std::vector<Rail> rails_;          // rail 0 carries the messages
   std::unique_ptr<MrCache> mr_cache_;
 
   // message buffers: one registered slab each for receive and transmit
@@ -294,7 +308,7 @@ class Device {
   std::vector<int> tx_free_;
 
   int trecv_inflight_ = 0;           // tagged receives posted and not completed
-  std::unordered_map<fi_addr_t, int> pending_peers_;  // queued operations per peer
+  std::unordered_map<uint64_t, int> pending_peers_;  // queued operations per (rail, peer)
   OpCtx* pending_head_ = nullptr;
   OpCtx* pending_tail_ = nullptr;
 
@@ -302,7 +316,6 @@ class Device {
   uint32_t next_comm_id_ = 1;
   std::map<uint32_t, ListenComm*> listens_;
   uint32_t next_listen_id_ = 1;
-  std::map<std::string, fi_addr_t> av_cache_;
   std::vector<fi_cq_data_entry> cq_buf_;
   DeviceStats stats_;
   Clock::time_point last_liveness_{};

@@ -18,6 +18,7 @@
 #include <rdma/fi_errno.h>
 
 #include "plugin/common/log.h"
+#include "plugin/fabric/rail.h"
 
 namespace moefabric::fabric {
 namespace {
@@ -184,7 +185,7 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
     tried += (tried.empty() ? "" : ", ") + prov + " (" + fi_strerror(-rc) + ")";
     if (rc != 0) continue;
 
-    std::vector<std::string> allowed = split_list(params.tcp_iface);
+    std::vector<std::string> allowed = rail_spec_names(params.tcp_iface);  // "a+b,c": a, b, c
     std::set<std::string> seen;
     std::vector<NicInfo> found;
     for (fi_info* fi = list; fi != nullptr; fi = fi->next) {

@@ -9,7 +9,11 @@
 namespace moefabric::fabric {
 
 MrCache::MrCache(fid_domain* domain, fid_ep* ep, uint64_t mr_mode, bool enabled, size_t page_size)
-    : domain_(domain), ep_(ep), mr_mode_(mr_mode), enabled_(enabled), page_(page_size) {}
+    : doms_{{domain, ep, mr_mode}}, mr_mode_(mr_mode), enabled_(enabled), page_(page_size) {}
+
+void MrCache::add_domain(fid_domain* domain, fid_ep* ep, uint64_t mr_mode) {
+  if (doms_.size() < static_cast<size_t>(kMrMaxDomains)) doms_.push_back({domain, ep, mr_mode});
+}
 
 MrCache::~MrCache() {
   for (MrEntry* e : entries_) delete e;
@@ -44,12 +48,35 @@ Status MrCache::acquire(void* addr, size_t len, MemType type, int cuda_device, i
   e->refs = 1;
   e->virt_addr = (mr_mode_ & FI_MR_VIRT_ADDR) != 0;
 
+  for (size_t d = 0; d < doms_.size(); ++d) {
+    MrPtr& slot = d == 0 ? e->mr : e->more_mr[d - 1];
+    Status s = reg_one(doms_[d], type, cuda_device, dmabuf_fd, dmabuf_offset, addr, len, start, end,
+                       &slot, error);
+    if (s != Status::kOk) {
+      if (doms_.size() > 1) *error += " (rail " + std::to_string(d) + ")";
+      return s;
+    }
+    e->desc_on[d] = fi_mr_desc(slot.get());
+    e->key_on[d] = fi_mr_key(slot.get());
+  }
+  e->desc = e->desc_on[0];
+  e->key = e->key_on[0];
+  ++stats_.registrations;
+  *out = e.get();
+  entries_.push_back(e.release());
+  stats_.live = entries_.size();
+  return Status::kOk;
+}
+
+Status MrCache::reg_one(const Dom& dom, MemType type, int cuda_device, int dmabuf_fd,
+                        uint64_t dmabuf_offset, void* addr, size_t len, uintptr_t start,
+                        uintptr_t end, MrPtr* out, std::string* error) {
   struct iovec iov = {reinterpret_cast<void*>(start), end - start};
   struct fi_mr_attr attr = {};
   attr.mr_iov = &iov;
   attr.iov_count = 1;
   attr.access = FI_SEND | FI_RECV | FI_WRITE | FI_READ | FI_REMOTE_WRITE | FI_REMOTE_READ;
-  attr.requested_key = (mr_mode_ & FI_MR_PROV_KEY) ? 0 : next_key_++;
+  attr.requested_key = (dom.mr_mode & FI_MR_PROV_KEY) ? 0 : next_key_++;
   attr.iface = FI_HMEM_SYSTEM;
   uint64_t flags = 0;
   if (type == MemType::kCuda) {
@@ -71,34 +98,28 @@ Status MrCache::acquire(void* addr, size_t len, MemType type, int cuda_device, i
     flags |= FI_MR_DMABUF;
   }
 #else
-  (void)dmabuf_offset;
+  (void)dmabuf_offset, (void)addr, (void)len;
   if (dmabuf_fd >= 0) {
     *error = "this libfabric build has no DMA-BUF registration (FI_MR_DMABUF)";
     return Status::kInvalidUsage;
   }
 #endif
   fid_mr* mr = nullptr;
-  int rc = fi_mr_regattr(domain_, &attr, flags, &mr);
+  int rc = fi_mr_regattr(dom.domain, &attr, flags, &mr);
   if (rc != 0) {
     *error = std::string("fi_mr_regattr(") + (type == MemType::kCuda ? "cuda" : "host") +
              ", " + std::to_string(end - start) + " bytes) failed: " + fi_strerror(-rc);
     return Status::kSystemError;
   }
-  e->mr.reset(mr);
-  if (mr_mode_ & FI_MR_ENDPOINT) {
-    rc = fi_mr_bind(mr, &ep_->fid, 0);
+  out->reset(mr);
+  if (dom.mr_mode & FI_MR_ENDPOINT) {
+    rc = fi_mr_bind(mr, &dom.ep->fid, 0);
     if (rc == 0) rc = fi_mr_enable(mr);
     if (rc != 0) {
       *error = std::string("fi_mr_bind/enable failed: ") + fi_strerror(-rc);
       return Status::kSystemError;
     }
   }
-  e->desc = fi_mr_desc(mr);
-  e->key = fi_mr_key(mr);
-  ++stats_.registrations;
-  *out = e.get();
-  entries_.push_back(e.release());
-  stats_.live = entries_.size();
   return Status::kOk;
 }
 

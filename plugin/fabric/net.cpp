@@ -4,11 +4,15 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sys/utsname.h>
+
+#include <fstream>
 
 #include <chrono>
 #include <mutex>
 
 #include "plugin/common/log.h"
+#include "plugin/fabric/topo_file.h"
 
 namespace moefabric::fabric {
 namespace {
@@ -22,6 +26,32 @@ Device* comm_device(void* comm) {
   return static_cast<Comm*>(comm)->dev;
 }
 
+// NICs -> devices: MOEFABRIC_RAILS, else MOEFABRIC_TCP_IFACE when it joins rails with '+',
+// else the topology's per-GPU rail groups (through the hook the NCCL plugin sets), else one NIC
+// per device.
+Status device_groups(const Params& params, const std::vector<NicInfo>& nics,
+                     std::vector<std::vector<int>>* groups, std::string* error) {
+  std::string spec = params.rails;
+  if (spec.empty() && params.tcp_iface.find('+') != std::string::npos) spec = params.tcp_iface;
+  std::vector<std::vector<std::string>> topo;
+  if (spec.empty()) {
+    if (TopoGroupsHook hook = topo_groups_hook()) {
+      std::string why;
+      topo = hook(params, nics, &why);
+      MF_INFO(log::kInit | log::kNet, "rail grouping by topology: %s", why.c_str());
+    }
+  }
+  MF_CHECK(rail_groups(spec, nics, topo, groups, error));
+  for (const auto& g : *groups) {
+    if (g.size() < 2) continue;
+    std::string names;
+    for (int k : g) names += (names.empty() ? "" : "+") + nics[k].domain;
+    MF_INFO(log::kInit | log::kNet, "device %s: %zu rails (%s)", names.c_str(), g.size(),
+            spec.empty() ? "the rails of one GPU per the topology" : spec.c_str());
+  }
+  return Status::kOk;
+}
+
 }  // namespace
 
 Status Net::acquire(Net** out, std::string* error) {
@@ -31,11 +61,15 @@ Status Net::acquire(Net** out, std::string* error) {
     net->params_ = Params::load();
     net->params_.dump();
     std::vector<NicInfo> nics;
+    std::vector<std::vector<int>> groups;
     Status s = nic_discover(net->params_, &nics, error);
-    for (size_t i = 0; s == Status::kOk && i < nics.size(); ++i) {
+    if (s == Status::kOk) s = device_groups(net->params_, nics, &groups, error);
+    for (size_t i = 0; s == Status::kOk && i < groups.size(); ++i) {
+      std::vector<NicInfo> rails;
+      for (int k : groups[i]) rails.push_back(std::move(nics[k]));
       std::unique_ptr<Device> d;
       std::string err;
-      s = Device::open(net->params_, std::move(nics[i]), &d, &err);
+      s = Device::open(net->params_, std::move(rails), &d, &err);
       if (s != Status::kOk) *error = err;
       else net->devices_.push_back(std::move(d));
     }
@@ -72,6 +106,55 @@ Net::~Net() {
   stop_ = true;
   if (progress_thread_.joinable()) progress_thread_.join();
   devices_.clear();
+  nccl_topo_uninstall(topo_fd_);
+}
+
+std::string Net::nccl_topo() const {
+  std::vector<TopoNet> nets;
+  for (int i = 0; i < device_count(); ++i) {
+    NetProperties p;
+    if (properties(i, &p) != Status::kOk) continue;
+    TopoNet n;
+    n.name = p.name;
+    n.dev = i;
+    n.speed_mbps = p.speed_mbps;
+    n.port = p.port;
+    n.latency_us = p.latency_us;
+    n.guid = p.guid;
+    n.maxconn = p.max_comms;
+    n.gdr = (p.ptr_support & 2) != 0;
+    if (!p.pci_path.empty()) {
+      n.pci = topo_pci_chain(p.pci_path);
+      std::ifstream f(p.pci_path + "/numa_node");
+      if (!(f >> n.numa)) n.numa = -1;
+    }
+    nets.push_back(std::move(n));
+  }
+  struct utsname u = {};
+  std::string arch = uname(&u) == 0 ? u.machine : "";
+  return nccl_topo_xml(nets, arch);
+}
+
+void Net::install_nccl_topo() {
+  std::call_once(topo_once_, [this] { install_nccl_topo_once(); });
+}
+
+void Net::install_nccl_topo_once() {
+  bool grouped = false;
+  for (const auto& d : devices_) grouped |= d->nrails() > 1;
+  if (!grouped) return;
+  if (!params_.topo_file) {
+    MF_INFO(log::kInit | log::kNet, "multi-rail devices: no NCCL topology file (MOEFABRIC_TOPO_FILE=0)");
+    return;
+  }
+  std::string xml = nccl_topo();
+  std::string what;
+  if (nccl_topo_install(xml, &topo_fd_, &what) != Status::kOk) {
+    MF_WARN("multi-rail devices: no NCCL topology file: %s", what.c_str());
+    return;
+  }
+  MF_INFO(log::kInit | log::kNet | log::kGraph, "multi-rail devices: %s", what.c_str());
+  MF_TRACE(log::kGraph, "topology handed to NCCL:\n%s", xml.c_str());
 }
 
 // Background progress: answers pings and drains completions when the application is not

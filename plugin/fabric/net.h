@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,18 +49,26 @@ class Net {
   }
   Status properties(int dev, NetProperties* props) const;
   const Params& params() const { return params_; }
+  // When a device groups NICs (and MOEFABRIC_TOPO_FILE allows it): hands NCCL a topology file
+  // showing the devices as it will see them (topo_file.h). Once per instance; logs what it did.
+  void install_nccl_topo();
+  // The topology XML for the current devices (what install_nccl_topo writes).
+  std::string nccl_topo() const;
 
   ~Net();
 
  private:
   Net() = default;
   void progress_loop();
+  void install_nccl_topo_once();
 
   Params params_;
   std::vector<std::unique_ptr<Device>> devices_;
   std::thread progress_thread_;
   std::atomic<bool> stop_{false};
   int refs_ = 0;
+  std::once_flag topo_once_;  // NCCL may init comms from several threads at once
+  int topo_fd_ = -1;
 };
 
 // Comm handles handed out to callers. Each carries its device so every call can lock it.

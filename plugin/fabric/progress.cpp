@@ -19,16 +19,21 @@ Status Device::progress() {
     MF_CHECK(post(op));
     op = next;
   }
-  const char* failed = nullptr;
-  ssize_t rc = cq_drain(
-      cq_.get(), cq_buf_, 64,
-      [&](size_t n) {
-        for (size_t i = 0; i < n; ++i) handle_cq_entry(cq_buf_[i]);
-      },
-      [&](const fi_cq_err_entry& err) { handle_cq_error(err); }, &failed);
-  if (rc < 0) {
-    MF_WARN("%s on %s failed: %s", failed, nic_.name.c_str(), fi_strerror(static_cast<int>(-rc)));
-    return Status::kSystemError;
+  // Every rail's CQ: writes striped over the rails complete (and their immediates arrive) on
+  // the rail they went over; the receive side counts them per message whatever the rail.
+  for (Rail& rail : rails_) {
+    const char* failed = nullptr;
+    ssize_t rc = cq_drain(
+        rail.cq.get(), cq_buf_, 64,
+        [&](size_t n) {
+          for (size_t i = 0; i < n; ++i) handle_cq_entry(cq_buf_[i]);
+        },
+        [&](const fi_cq_err_entry& err) { handle_cq_error(rail.index, err); }, &failed);
+    if (rc < 0) {
+      MF_WARN("%s on %s (rail %d, %s) failed: %s", failed, nic_.name.c_str(), rail.index,
+              rail.nic.domain.c_str(), fi_strerror(static_cast<int>(-rc)));
+      return Status::kSystemError;
+    }
   }
   return Status::kOk;
 }
@@ -72,6 +77,10 @@ void Device::op_done(OpCtx* op, Status s, const char* text) {
   Comm* c = op->comm;
   if (op->kind == OpKind::kTRecv) --trecv_inflight_;
   if (op->kind == OpKind::kTxMsg) tx_free_.push_back(op->idx);
+  if (op->kind == OpKind::kWrite && c != nullptr) {
+    --c->rail_writes[op->rail];
+    c->rail_moved[op->rail] = Clock::now();
+  }
   if (op->sreq != nullptr) {
     SendReq* r = op->sreq;
     if (s != Status::kOk && r->error == Status::kOk) r->error = s;
@@ -81,15 +90,25 @@ void Device::op_done(OpCtx* op, Status s, const char* text) {
     op->rgroup->error = s;
   if (c != nullptr) {
     --c->inflight;
+    const bool first = c->error == Status::kOk;
     if (s != Status::kOk) fail_comm(c, s, "%s", text ? text : "operation failed");
+    // A failed write: tell the receiver why (it would otherwise only see the peer go silent),
+    // naming the rail on a multi-rail device. Best effort, after the comm holds its own error.
+    if (s != Status::kOk && first && op->kind == OpKind::kWrite && !c->closed)
+      send_error(c, 0, s, text ? text : "write failed");
     if (c->closed && c->inflight == 0) delete_comm(c);
   }
 }
 
-void Device::handle_cq_error(const fi_cq_err_entry& e) {
+void Device::handle_cq_error(int rail, const fi_cq_err_entry& e) {
   auto* op = static_cast<OpCtx*>(e.op_context);
   char detail[400], text[512];
-  snprintf(text, sizeof text, "completion error: %s", cq_error_text(cq_.get(), e, detail, sizeof detail));
+  const char* what = cq_error_text(rails_[rail].cq.get(), e, detail, sizeof detail);
+  if (rails_.size() > 1)
+    snprintf(text, sizeof text, "completion error on rail %d (%s): %s", rail,
+             rails_[rail].nic.domain.c_str(), what);
+  else
+    snprintf(text, sizeof text, "completion error: %s", what);
   if (op == nullptr) {
     // An incoming write or message failed; the provider does not say for which comm.
     MF_WARN("%s: %s", nic_.name.c_str(), text);
@@ -148,7 +167,8 @@ void Device::handle_msg(int rx_index, size_t len) {
               fail_comm(c, Status::kRemoteError, "listener refused the connection (status %u)", m.status);
             } else if (!s->connected) {
               s->remote_id = h.src_comm;
-              s->connected = true;
+              on_connect_ack(s, m);
+              s->connected = s->error == Status::kOk;
             }
           }
           break;
@@ -247,6 +267,10 @@ void Device::check_liveness(Clock::time_point now) {
       continue;
     }
     if (!c->busy()) continue;
+    if (c->nrails > 1) {
+      check_rails(c, now);
+      if (c->error != Status::kOk) continue;
+    }
     long long silent = ms(now - c->last_heard);
     if (silent > params_.peer_timeout_ms) {
       fail_comm(c, Status::kRemoteError,
@@ -258,6 +282,31 @@ void Device::check_liveness(Clock::time_point now) {
       if (send_msg(c, c->peer, wire::MsgType::kPing, c->remote_id, c->id, &m, sizeof m) == Status::kOk)
         c->last_ping = now;
     }
+  }
+}
+
+}  // namespace moefabric::fabric
+
+namespace moefabric::fabric {
+
+// A rail with writes outstanding that has not moved (no write completed on it) for the peer
+// timeout fails the comm: its NIC, link or the peer's NIC on that rail is down. The peer still
+// hears from us on rail 0 (pings), so without this a dead rail 1 would hang the transfer. The
+// receiver is told through a kError message on rail 0.
+void Device::check_rails(Comm* c, Clock::time_point now) {
+  for (int r = 0; r < c->nrails; ++r) {
+    if (c->rail_writes[r] == 0) continue;
+    auto stalled = std::chrono::duration_cast<std::chrono::milliseconds>(now - c->rail_moved[r]).count();
+    if (stalled <= params_.peer_timeout_ms) continue;
+    char text[200];
+    snprintf(text, sizeof text,
+             "rail %d (%s): %d write(s) stalled for %lld ms: interface down or peer unreachable "
+             "on that rail",
+             r, rails_[r].nic.domain.c_str(), c->rail_writes[r], static_cast<long long>(stalled));
+    send_error(c, 0, Status::kRemoteError, text);
+    fail_comm(c, Status::kRemoteError, "%s (MOEFABRIC_PEER_TIMEOUT_MS=%lld)", text,
+              static_cast<long long>(params_.peer_timeout_ms));
+    return;
   }
 }
 

@@ -68,6 +68,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   if (c->tagged) {
     OpCtx& op = g.e[0].trecv;
     op.kind = OpKind::kTRecv;
+    op.rail = 0;
     op.comm = c;
     op.sreq = nullptr;
     op.rgroup = &g;
@@ -88,7 +89,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   m.n = static_cast<uint16_t>(n);
   for (int i = 0; i < n; ++i) {
     m.entries[i].addr = mrs[i] ? mrs[i]->remote_addr(data[i]) : 0;
-    m.entries[i].key = mrs[i] ? mrs[i]->key : 0;
+    for (int r = 0; r < c->nrails; ++r) m.entries[i].key[r] = mrs[i] ? mrs[i]->key_on[r] : 0;
     m.entries[i].size = sizes[i];
     m.entries[i].tag = tags[i];
   }

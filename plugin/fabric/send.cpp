@@ -3,6 +3,7 @@
 // immediate naming comm/group/index. Before that, messages up to eager_max travel eagerly in a
 // message; larger ones wait (isend returns no request, NCCL retries). Tagged mode (providers
 // without RMA) sends with fi_tsend on a tag derived from the message sequence number.
+#include <algorithm>
 #include <cstring>
 
 #include "plugin/common/log.h"
@@ -120,6 +121,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
     r->size = size;
     OpCtx& op = r->ops[0];
     op.kind = OpKind::kTSend;
+    op.rail = 0;  // the tagged protocol uses rail 0 only
     op.comm = c;
     op.sreq = r;
     op.rgroup = nullptr;
@@ -177,11 +179,25 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
     fail_comm(c, Status::kInvalidUsage, "%s", text);
     return Status::kInvalidUsage;
   }
+  // Segments: at most max_write each. Multi-rail: a message of at least stripe_min_ is cut
+  // into a multiple of the rails' count of 128-byte aligned stripes, segment i on rail
+  // i % nrails; a smaller one goes whole on the next rail in turn.
+  const int nr = c->nrails;
   size_t nseg = size == 0 ? 0 : (size + max_write_ - 1) / max_write_;
+  const bool stripe = nr > 1 && size >= stripe_min_ && size >= static_cast<size_t>(nr) * 128;
+  if (stripe) {
+    size_t want = (std::max(nseg, static_cast<size_t>(nr)) + nr - 1) / nr * nr;
+    size_t cap = static_cast<size_t>(wire::kMaxSegments) / nr * nr;
+    nseg = std::max(nseg, std::min(want, cap));
+  }
   if (nseg > static_cast<size_t>(wire::kMaxSegments)) {
     MF_WARN("isend of %zu bytes exceeds %d segments of %zu bytes", size, wire::kMaxSegments, max_write_);
     return Status::kInvalidArgument;
   }
+  size_t seg = nseg ? (size + nseg - 1) / nseg : 0;
+  seg = (seg + 127) & ~size_t{127};  // 128-byte aligned stripes
+  if (seg) nseg = (size + seg - 1) / seg;  // rounding up may leave fewer, never empty, segments
+  const int whole_rail = nr > 1 && !stripe ? static_cast<int>(c->next_rail++ % nr) : 0;
   bool full = size == en.size && size > 0;
   if (!full && !tx_available(4)) return Status::kOk;
   SendReq* r = sreq_alloc(c);
@@ -189,31 +205,33 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   r->size = size;
   g.used |= static_cast<uint8_t>(1u << idx);
   ++c->next_msg;
-  size_t seg = nseg ? (size + nseg - 1) / nseg : 0;
-  seg = (seg + 127) & ~size_t{127};  // 128-byte aligned stripes
   wire::Imm imm = {c->remote_id, g.seq % wire::kGroupRing, static_cast<uint32_t>(idx), full,
                    static_cast<uint32_t>(nseg), 0};
   const bool split = nic_.split_imm;  // payload, then a zero-byte write with the immediate
+  const Clock::time_point now = nr > 1 ? Clock::now() : Clock::time_point{};
   r->nops = 0;
   for (size_t i = 0; i < nseg; ++i) {
     size_t off = i * seg;
     size_t len = off + seg > size ? size - off : seg;
+    const int rail = stripe ? static_cast<int>(i % nr) : whole_rail;
     for (int part = split ? 0 : 1; part < 2; ++part) {
       OpCtx& op = r->ops[r->nops++];
       op.kind = OpKind::kWrite;
       op.comm = c;
       op.sreq = r;
       op.rgroup = nullptr;
+      op.rail = static_cast<uint8_t>(rail);
       op.buf = static_cast<uint8_t*>(data) + off;
       op.len = part == 0 || !split ? len : 0;
-      op.desc = mr->desc;
-      op.peer = c->peer;
+      op.desc = mr->desc_on[rail];
+      op.peer = c->rail_peer[rail];
       op.raddr = en.addr + off;
-      op.key = en.key;
+      op.key = en.key[rail];
       op.data = wire::imm_encode(imm);
       op.imm = part == 1;
       ++r->pending;
       ++c->inflight;
+      if (c->rail_writes[rail]++ == 0 && nr > 1) c->rail_moved[rail] = now;
       MF_CHECK(post(&op));
     }
   }

@@ -14,11 +14,21 @@ const char* parse_check(const void* buf, size_t len, MsgHeader* hdr) {
       if (hdr->payload != sizeof(ConnectMsg)) return "bad connect length";
       ConnectMsg m;
       std::memcpy(&m, payload, sizeof m);
-      if (m.addr_len == 0 || m.addr_len > kMaxAddrLen) return "bad address length";
+      if (m.nrails < 1 || m.nrails > kMaxRails) return "connect rail count out of range";
+      for (uint32_t r = 0; r < m.nrails; ++r)
+        if (m.rails[r].len == 0 || m.rails[r].len > kMaxAddrLen) return "bad address length";
       return nullptr;
     }
-    case MsgType::kConnectAck:
-      return hdr->payload == sizeof(ConnectAckMsg) ? nullptr : "bad connect-ack length";
+    case MsgType::kConnectAck: {
+      if (hdr->payload != sizeof(ConnectAckMsg)) return "bad connect-ack length";
+      ConnectAckMsg m;
+      std::memcpy(&m, payload, sizeof m);
+      if (m.status != 0) return nullptr;  // a refusal carries no addresses
+      if (m.nrails < 1 || m.nrails > kMaxRails) return "connect-ack rail count out of range";
+      for (uint32_t r = 1; r < m.nrails; ++r)
+        if (m.rails[r].len == 0 || m.rails[r].len > kMaxAddrLen) return "bad address length";
+      return nullptr;
+    }
     case MsgType::kCtrl: {
       if (hdr->payload < offsetof(CtrlMsg, entries) || hdr->payload > sizeof(CtrlMsg))
         return "bad ctrl length";

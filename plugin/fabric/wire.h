@@ -1,5 +1,5 @@
 // Everything that crosses the network between two moefabric endpoints (net plugin protocol,
-// version 1). docs/wire-protocol.md describes the protocol; this header is its single source of
+// version 2: multi-rail devices). docs/wire-protocol.md describes the protocol; this header is its single source of
 // truth. All integers are little-endian (every supported host is). Every field read off the wire
 // is validated (wire_parse_*) before use.
 #pragma once
@@ -11,13 +11,14 @@
 namespace moefabric::fabric::wire {
 
 inline constexpr uint16_t kMagic = 0x464d;  // "MF"
-inline constexpr uint8_t kVersion = 1;
+inline constexpr uint8_t kVersion = 2;
 inline constexpr size_t kMaxAddrLen = 64;   // endpoint names (EFA 32 B, tcp sockaddr_in6 28 B)
 inline constexpr int kMaxRecvs = 8;         // grouped receive width
 inline constexpr int kGroupRing = 64;       // receive groups in flight per connection (>= 2*32)
 inline constexpr int kMaxSegments = 16;     // writes one message may be split into
 inline constexpr uint32_t kMaxCommId = 0xffff;
 inline constexpr size_t kHandleSize = 128;  // NCCL_NET_HANDLE_MAXSIZE
+inline constexpr int kMaxRails = 4;         // NICs (own endpoints) one device may stripe over
 
 enum class MsgType : uint8_t {
   kConnect = 1,     // sender -> listener: open a connection
@@ -40,27 +41,41 @@ struct MsgHeader {
 };
 static_assert(sizeof(MsgHeader) == 16);
 
+// One rail's endpoint name, for fi_av_insert on the peer's endpoint of the same rail.
+struct RailAddr {
+  uint32_t len;          // 1..kMaxAddrLen
+  uint8_t addr[kMaxAddrLen];
+};
+static_assert(sizeof(RailAddr) == 68);
+
+// Rail r of a connection joins rail r of both sides; a connection uses min(sender's, listener's)
+// rails. Rail 0 carries every message; the others carry RDMA writes only.
 struct ConnectMsg {
-  uint32_t addr_len;
   uint32_t flags;        // kConnectFlag*
+  uint32_t nrails;       // 1..kMaxRails: sender's rails, addresses below
   uint64_t max_write;    // sender's largest write, informational
-  uint8_t addr[kMaxAddrLen];  // sender endpoint name, for fi_av_insert at the listener
+  RailAddr rails[kMaxRails];  // sender endpoint names (rail 0 first)
 };
 inline constexpr uint32_t kConnectFlagTagged = 1;  // sender uses the tagged data path
 
 struct ConnectAckMsg {
   uint32_t status;       // 0 = accepted
   uint32_t flags;
+  uint32_t nrails;       // rails the connection uses (<= both sides'); 1 when refused
+  uint32_t reserved;
+  RailAddr rails[kMaxRails];  // listener endpoint names of rails 1..nrails-1 (rail 0 unused:
+                              // the sender has it from the listen handle)
 };
 
 struct CtrlEntry {
-  uint64_t addr;         // remote address (virtual or MR offset, per receiver's mr_mode)
-  uint64_t key;          // MR key
+  uint64_t addr;         // remote address (virtual or MR offset, per receiver's mr_mode; the
+                         // same on every rail: one buffer registered once per rail's domain)
   uint64_t size;         // posted size in bytes
   int32_t tag;
   uint32_t reserved;
+  uint64_t key[kMaxRails];  // MR key on each rail's domain (unused rails 0)
 };
-static_assert(sizeof(CtrlEntry) == 32);
+static_assert(sizeof(CtrlEntry) == 56);
 
 struct CtrlMsg {
   uint32_t group_seq;    // receive group number on this connection (0, 1, 2, ...)
@@ -104,13 +119,17 @@ struct ListenHandle {
   uint8_t addr[kMaxAddrLen];
   uint64_t stage_magic;  // kStageMagic while a connect is in progress
   uint64_t stage_comm;   // in-progress send comm (local pointer, only meaningful to us)
-  uint8_t reserved[kHandleSize - 88];
+  uint8_t nrails;        // listener's rails; rails 1.. send their addresses in kConnectAck
+  uint8_t reserved[kHandleSize - 89];
 };
 static_assert(sizeof(ListenHandle) == kHandleSize);
 inline constexpr uint64_t kStageMagic = 0x4d46434f4e4e4543ull;
 
 // Every message fits one receive buffer: header + the largest fixed payload or eager data.
-inline constexpr size_t kMaxFixedPayload = sizeof(CtrlMsg);
+inline constexpr size_t kMaxFixedPayload =
+    sizeof(CtrlMsg) > sizeof(ConnectMsg)
+        ? (sizeof(CtrlMsg) > sizeof(ConnectAckMsg) ? sizeof(CtrlMsg) : sizeof(ConnectAckMsg))
+        : (sizeof(ConnectMsg) > sizeof(ConnectAckMsg) ? sizeof(ConnectMsg) : sizeof(ConnectAckMsg));
 inline size_t msg_buffer_size(size_t eager_max) {
   size_t fixed = sizeof(MsgHeader) + kMaxFixedPayload;
   size_t eager = sizeof(MsgHeader) + sizeof(EagerMsg) + eager_max;

@@ -9,6 +9,7 @@
 #include "plugin/common/log.h"
 #include "plugin/fabric/net.h"
 #include "plugin/nccl/net_abi.h"
+#include "topology/topology.h"
 
 #define MF_EXPORT __attribute__((visibility("default")))
 
@@ -44,11 +45,29 @@ result_t guard(const char* what, F&& f) {
 
 Net* live_net() { return Net::current(); }
 
+// Default NIC grouping: the NICs hwloc finds closest to one GPU (its rails) form one device.
+std::vector<std::vector<std::string>> topo_groups(const Params& params,
+                                                  const std::vector<fabric::NicInfo>& nics,
+                                                  std::string* why) {
+  std::vector<topo::NicDesc> descs;
+  for (const auto& n : nics) {
+    topo::NicDesc d;
+    d.name = n.domain;
+    d.provider = n.provider;
+    d.pci = topo::PciAddr::from_sysfs_path(n.pci_path);
+    d.speed_mbps = n.speed_mbps;
+    descs.push_back(std::move(d));
+  }
+  return topo::gpu_rail_groups(params.topo_xml, descs, why);
+}
+
 Status acquire_net(abi::logger_t log_fn, Net** out) {
   log::set_sink(reinterpret_cast<log::Sink>(log_fn));
+  fabric::set_topo_groups_hook(&topo_groups);
   std::string error;
   Status s = Net::acquire(out, &error);
   if (s != Status::kOk) MF_WARN("init failed: %s", error.c_str());
+  else (*out)->install_nccl_topo();  // multi-rail devices only; before NCCL reads its topology
   return s;
 }
 

@@ -192,3 +192,33 @@ TEST_CASE("topology: where an MoE proxy runs", "[topology]") {
               ->str() == "0000:00:03.0");
   REQUIRE_FALSE(moefabric::topo::PciAddr::from_sysfs_path("/sys/devices/virtual/net/lo").has_value());
 }
+
+TEST_CASE("topology: GPU rail groups for multi-rail devices", "[topology][rails]") {
+  auto descs = [](const Topology& t) {
+    std::vector<moefabric::topo::NicDesc> v;
+    for (const auto& n : t.nics()) v.push_back(n);
+    return v;
+  };
+  const std::string dir = std::string(MOEFABRIC_SOURCE_ROOT) + "/tests/topology/fixtures/";
+  std::string why;
+  auto p5en = load_fixture("p5en");
+  auto g = moefabric::topo::gpu_rail_groups(dir + "p5en.xml", descs(*p5en), &why);
+  INFO(why);
+  REQUIRE(g.size() == 8);  // one device of 2 rails per GPU
+  for (size_t i = 0; i < g.size(); ++i) {
+    REQUIRE(g[i].size() == 2);
+    REQUIRE(g[i] == rails_of(*p5en, static_cast<int>(i)));
+  }
+  auto p5 = load_fixture("p5");
+  g = moefabric::topo::gpu_rail_groups(dir + "p5.xml", descs(*p5), &why);
+  REQUIRE(g.size() == 8);
+  REQUIRE(g[0].size() == 4);
+  auto p4d = load_fixture("p4d");  // two GPUs share each NIC: nothing to group
+  g = moefabric::topo::gpu_rail_groups(dir + "p4d.xml", descs(*p4d), &why);
+  REQUIRE(g.empty());
+  REQUIRE(why == "no GPU has two or more rails");
+  // Virtual NICs only (this CI machine's lo, veth): hwloc is not even loaded.
+  g = moefabric::topo::gpu_rail_groups("", {{"lo", "tcp", std::nullopt, 0}, {"veth0", "tcp", std::nullopt, 0}}, &why);
+  REQUIRE(g.empty());
+  REQUIRE(why == "fewer than two NICs on PCI");
+}

@@ -58,7 +58,8 @@ TEST_CASE("wire: parse_check accepts well-formed and rejects malformed messages"
   REQUIRE(parse_check(eager.data(), eager.size(), &h) != nullptr);
 
   ConnectMsg cm = {};
-  cm.addr_len = 65;
+  cm.nrails = 1;
+  cm.rails[0].len = 65;
   auto conn = make(MsgType::kConnect, &cm, sizeof cm);
   REQUIRE(parse_check(conn.data(), conn.size(), &h) != nullptr);
 
@@ -88,4 +89,58 @@ TEST_CASE("wire: random bytes never pass as a message with an inconsistent lengt
       REQUIRE(h.magic == kMagic);
     }
   }
+}
+
+TEST_CASE("wire: v2 multi-rail handshake and control entries", "[wire]") {
+  MsgHeader h;
+  REQUIRE(kVersion == 2);
+  ConnectMsg cm = {};
+  cm.nrails = 2;
+  cm.rails[0].len = 16;
+  cm.rails[1].len = 16;
+  auto ok = make(MsgType::kConnect, &cm, sizeof cm);
+  REQUIRE(parse_check(ok.data(), ok.size(), &h) == nullptr);
+  cm.rails[1].len = 0;  // a rail the sender announced without an address
+  auto norail = make(MsgType::kConnect, &cm, sizeof cm);
+  REQUIRE(parse_check(norail.data(), norail.size(), &h) != nullptr);
+  cm.nrails = kMaxRails + 1;
+  auto many = make(MsgType::kConnect, &cm, sizeof cm);
+  REQUIRE(parse_check(many.data(), many.size(), &h) != nullptr);
+  cm.nrails = 0;
+  auto none = make(MsgType::kConnect, &cm, sizeof cm);
+  REQUIRE(parse_check(none.data(), none.size(), &h) != nullptr);
+
+  ConnectAckMsg ack = {};
+  ack.nrails = 1;  // one rail: no addresses needed (rail 0 is in the listen handle)
+  auto a1 = make(MsgType::kConnectAck, &ack, sizeof ack);
+  REQUIRE(parse_check(a1.data(), a1.size(), &h) == nullptr);
+  ack.nrails = 3;
+  ack.rails[1].len = 16;
+  auto a3 = make(MsgType::kConnectAck, &ack, sizeof ack);  // rail 2 has no address
+  REQUIRE(parse_check(a3.data(), a3.size(), &h) != nullptr);
+  ack.rails[2].len = 28;
+  auto a3ok = make(MsgType::kConnectAck, &ack, sizeof ack);
+  REQUIRE(parse_check(a3ok.data(), a3ok.size(), &h) == nullptr);
+  ConnectAckMsg refused = {};
+  refused.status = 1;
+  auto ar = make(MsgType::kConnectAck, &refused, sizeof refused);
+  REQUIRE(parse_check(ar.data(), ar.size(), &h) == nullptr);
+
+  // Per-rail keys ride in each control entry; the listen handle still fits NCCL's 128 bytes.
+  static_assert(sizeof(CtrlEntry) == 56);
+  static_assert(sizeof(ListenHandle) == kHandleSize);
+  static_assert(offsetof(ListenHandle, nrails) < kHandleSize);
+  CtrlMsg c = {};
+  c.n = kMaxRecvs;
+  for (int i = 0; i < kMaxRecvs; ++i)
+    for (int r = 0; r < kMaxRails; ++r) c.entries[i].key[r] = 100u * i + r;
+  auto full = make(MsgType::kCtrl, &c, sizeof c);
+  REQUIRE(parse_check(full.data(), full.size(), &h) == nullptr);
+  CtrlMsg back;
+  std::memcpy(&back, full.data() + sizeof(MsgHeader), sizeof back);
+  REQUIRE(back.entries[7].key[3] == 703);
+  // Every fixed message fits the receive buffers even with eager messages off.
+  REQUIRE(msg_buffer_size(0) >= sizeof(MsgHeader) + sizeof(ConnectMsg));
+  REQUIRE(msg_buffer_size(0) >= sizeof(MsgHeader) + sizeof(ConnectAckMsg));
+  REQUIRE(msg_buffer_size(0) >= sizeof(MsgHeader) + sizeof(CtrlMsg));
 }

@@ -1,0 +1,177 @@
+#include "plugin/fabric/topo_file.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <regex>
+
+namespace moefabric::fabric {
+namespace {
+
+std::string esc(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    switch (c) {
+      case '&': o += "&amp;"; break;
+      case '<': o += "&lt;"; break;
+      case '>': o += "&gt;"; break;
+      case '"': o += "&quot;"; break;
+      default: o += c;
+    }
+  }
+  return o;
+}
+
+std::string attr(const char* key, const std::string& v) {
+  return v.empty() ? std::string() : std::string(" ") + key + "=\"" + esc(v) + "\"";
+}
+
+std::string read_line(const std::string& p) {
+  std::ifstream f(p);
+  std::string s;
+  std::getline(f, s);
+  return s;
+}
+
+// A PCI tree node with the nets of the function it stands for.
+struct Node {
+  TopoPci pci;
+  std::vector<const TopoNet*> nets;
+  std::map<std::string, Node> children;  // by bus id
+  std::vector<std::string> order;        // children in first-seen order
+};
+
+void emit_nic(const std::vector<const TopoNet*>& nets, const std::string& pad, std::string* out) {
+  if (nets.empty()) return;
+  *out += pad + "<nic>\n";
+  for (const TopoNet* n : nets) {
+    char guid[32], lat[32];
+    snprintf(guid, sizeof guid, "0x%" PRIx64, n->guid);
+    snprintf(lat, sizeof lat, "%.6f", static_cast<double>(n->latency_us));
+    *out += pad + "  <net" + attr("name", n->name) + attr("dev", std::to_string(n->dev)) +
+            attr("speed", std::to_string(n->speed_mbps)) + attr("port", std::to_string(n->port)) +
+            attr("latency", lat) + attr("guid", guid) +
+            attr("maxconn", n->maxconn > 0 ? std::to_string(n->maxconn) : "") +
+            attr("gdr", n->gdr ? "1" : "0") + "/>\n";
+  }
+  *out += pad + "</nic>\n";
+}
+
+void emit_pci(const Node& node, const std::string& pad, std::string* out) {
+  const TopoPci& p = node.pci;
+  *out += pad + "<pci" + attr("busid", p.busid) + attr("class", p.cls) + attr("vendor", p.vendor) +
+          attr("device", p.device) + attr("link_speed", p.link_speed) +
+          attr("link_width", p.link_width) + ">\n";
+  for (const auto& id : node.order) emit_pci(node.children.at(id), pad + "  ", out);
+  emit_nic(node.nets, pad + "  ", out);
+  *out += pad + "</pci>\n";
+}
+
+}  // namespace
+
+std::string nccl_topo_xml(const std::vector<TopoNet>& nets, const std::string& arch) {
+  struct Cpu {
+    Node root;                                // children: root-most PCI bridges
+    std::vector<const TopoNet*> virtual_nets; // NICs without PCI sit on the CPU
+  };
+  std::map<int, Cpu> cpus;
+  for (const TopoNet& n : nets) {
+    Cpu& cpu = cpus[n.numa < 0 ? 0 : n.numa];
+    if (n.pci.empty()) {
+      cpu.virtual_nets.push_back(&n);
+      continue;
+    }
+    Node* at = &cpu.root;
+    for (const TopoPci& p : n.pci) {
+      auto [it, fresh] = at->children.try_emplace(p.busid);
+      if (fresh) {
+        it->second.pci = p;
+        at->order.push_back(p.busid);
+      }
+      at = &it->second;
+    }
+    at->nets.push_back(&n);
+  }
+  std::string out = "<system version=\"1\">\n";
+  for (const auto& [numa, cpu] : cpus) {
+    out += "  <cpu" + attr("numaid", std::to_string(numa)) + attr("arch", arch) + ">\n";
+    for (const auto& id : cpu.root.order) emit_pci(cpu.root.children.at(id), "    ", &out);
+    emit_nic(cpu.virtual_nets, "    ", &out);
+    out += "  </cpu>\n";
+  }
+  out += "</system>\n";
+  return out;
+}
+
+std::vector<TopoPci> topo_pci_chain(const std::string& sysfs_path) {
+  static const std::regex bdf("^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\\.[0-7]$");
+  std::vector<TopoPci> chain;
+  std::string prefix;
+  size_t pos = 0;
+  while (pos <= sysfs_path.size()) {
+    size_t next = sysfs_path.find('/', pos);
+    if (next == std::string::npos) next = sysfs_path.size();
+    std::string comp = sysfs_path.substr(pos, next - pos);
+    prefix += (pos == 0 ? "" : "/") + comp;
+    if (std::regex_match(comp, bdf)) {
+      TopoPci p;
+      p.busid = comp;
+      for (char& c : p.busid) c = static_cast<char>(tolower(c));
+      p.cls = read_line(prefix + "/class");
+      p.vendor = read_line(prefix + "/vendor");
+      p.device = read_line(prefix + "/device");
+      p.link_speed = read_line(prefix + "/max_link_speed");
+      p.link_width = read_line(prefix + "/max_link_width");
+      chain.push_back(std::move(p));
+    }
+    pos = next + 1;
+  }
+  return chain;
+}
+
+Status nccl_topo_install(const std::string& xml, int* fd, std::string* what) {
+  *fd = -1;
+  const char* user = std::getenv("NCCL_TOPO_FILE");
+  if (user != nullptr && *user != '\0') {
+    *what = std::string("NCCL_TOPO_FILE=") + user + " set by the user: left alone";
+    return Status::kOk;
+  }
+  int f = memfd_create("moefabric-nccl-topo.xml", MFD_CLOEXEC);
+  if (f < 0) {
+    *what = std::string("memfd_create failed: ") + strerror(errno);
+    return Status::kSystemError;
+  }
+  size_t off = 0;
+  while (off < xml.size()) {
+    ssize_t n = write(f, xml.data() + off, xml.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      *what = std::string("writing the topology memfd failed: ") + strerror(errno);
+      close(f);
+      return Status::kSystemError;
+    }
+    off += static_cast<size_t>(n);
+  }
+  std::string path = "/proc/self/fd/" + std::to_string(f);
+  setenv("NCCL_TOPO_FILE", path.c_str(), 1);
+  *fd = f;
+  *what = "NCCL_TOPO_FILE=" + path + " (" + std::to_string(xml.size()) + " bytes of topology XML)";
+  return Status::kOk;
+}
+
+void nccl_topo_uninstall(int fd) {
+  if (fd < 0) return;
+  std::string path = "/proc/self/fd/" + std::to_string(fd);
+  const char* cur = std::getenv("NCCL_TOPO_FILE");
+  if (cur != nullptr && path == cur) unsetenv("NCCL_TOPO_FILE");
+  close(fd);
+}
+
+}  // namespace moefabric::fabric

@@ -1,0 +1,101 @@
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "plugin/fabric/topo_file.h"
+
+using namespace moefabric;
+using namespace moefabric::fabric;
+
+namespace {
+size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("topo file: grouped NICs appear as one net under the first rail's PCI path", "[topo_file]") {
+  TopoNet a;
+  a.name = "mlx5_0+mlx5_1";
+  a.dev = 0;
+  a.speed_mbps = 400000;
+  a.latency_us = 10;
+  a.guid = 0xabc;
+  a.maxconn = 65535;
+  a.gdr = true;
+  a.numa = 1;
+  a.pci = {{"0000:40:01.0", "0x060400", "", "", "", ""},
+           {"0000:41:00.0", "0x060400", "", "", "", ""},
+           {"0000:43:00.0", "0x020700", "0x15b3", "0x101b", "16.0 GT/s PCIe", "16"}};
+  TopoNet b = a;  // second device behind the same switch
+  b.name = "mlx5_2+mlx5_3";
+  b.dev = 1;
+  b.guid = 0xdef;
+  b.pci.back().busid = "0000:44:00.0";
+  TopoNet v;  // virtual NIC: on the CPU itself
+  v.name = "veth0a+veth1a";
+  v.dev = 2;
+  v.speed_mbps = 20000;
+  std::string xml = nccl_topo_xml({a, b, v}, "x86_64");
+  INFO(xml);
+  REQUIRE(xml.rfind("<system version=\"1\">\n", 0) == 0);
+  REQUIRE(xml.find("</system>") != std::string::npos);
+  REQUIRE(count(xml, "<cpu ") == 2);  // NUMA 1 (PCI NICs) and 0 (the virtual one)
+  REQUIRE(xml.find("<cpu numaid=\"1\" arch=\"x86_64\">") != std::string::npos);
+  REQUIRE(count(xml, "busid=\"0000:40:01.0\"") == 1);  // shared bridges appear once
+  REQUIRE(count(xml, "busid=\"0000:41:00.0\"") == 1);
+  REQUIRE(count(xml, "<pci ") == 4);
+  REQUIRE(count(xml, "</pci>") == 4);
+  REQUIRE(count(xml, "<net ") == 3);
+  REQUIRE(xml.find("<net name=\"mlx5_0+mlx5_1\" dev=\"0\" speed=\"400000\" port=\"1\" "
+                   "latency=\"10.000000\" guid=\"0xabc\" maxconn=\"65535\" gdr=\"1\"/>") !=
+          std::string::npos);
+  REQUIRE(xml.find("link_speed=\"16.0 GT/s PCIe\" link_width=\"16\"") != std::string::npos);
+  // The net sits inside its NIC function: <pci 43:00.0 ...> <nic> <net mlx5_0+mlx5_1>.
+  size_t fn = xml.find("busid=\"0000:43:00.0\""), net = xml.find("name=\"mlx5_0+mlx5_1\"");
+  size_t fn2 = xml.find("busid=\"0000:44:00.0\"");
+  REQUIRE(fn < net);
+  REQUIRE(net < fn2);
+  // Unknown attributes are left out (NCCL fills them from sysfs), not written empty.
+  REQUIRE(xml.find("=\"\"") == std::string::npos);
+  size_t cpu0 = xml.find("<cpu numaid=\"0\""), vnet = xml.find("name=\"veth0a+veth1a\"");
+  REQUIRE(cpu0 < vnet);
+  // Names are escaped.
+  TopoNet odd = v;
+  odd.name = "a<b>&\"c";
+  REQUIRE(nccl_topo_xml({odd}, "x").find("name=\"a&lt;b&gt;&amp;&quot;c\"") != std::string::npos);
+}
+
+TEST_CASE("topo file: PCI chain from a sysfs path", "[topo_file]") {
+  auto chain = topo_pci_chain("/sys/devices/pci0000:00/0000:00:1C.0/0000:03:00.0/net/eth9");
+  REQUIRE(chain.size() == 2);
+  REQUIRE(chain[0].busid == "0000:00:1c.0");  // lower case, as NCCL writes bus ids
+  REQUIRE(chain[1].busid == "0000:03:00.0");
+  REQUIRE(topo_pci_chain("/sys/devices/virtual/net/lo").empty());
+}
+
+TEST_CASE("topo file: memfd install respects a user's NCCL_TOPO_FILE", "[topo_file]") {
+  setenv("NCCL_TOPO_FILE", "/etc/mine.xml", 1);
+  int fd = -2;
+  std::string what;
+  REQUIRE(nccl_topo_install("<system/>", &fd, &what) == Status::kOk);
+  REQUIRE(fd == -1);
+  REQUIRE(std::string(getenv("NCCL_TOPO_FILE")) == "/etc/mine.xml");
+  unsetenv("NCCL_TOPO_FILE");
+  REQUIRE(nccl_topo_install("<system version=\"1\"/>\n", &fd, &what) == Status::kOk);
+  REQUIRE(fd >= 0);
+  const char* path = getenv("NCCL_TOPO_FILE");
+  REQUIRE(path != nullptr);
+  REQUIRE(std::string(path) == "/proc/self/fd/" + std::to_string(fd));
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  REQUIRE(ss.str() == "<system version=\"1\"/>\n");
+  nccl_topo_uninstall(fd);
+  REQUIRE(getenv("NCCL_TOPO_FILE") == nullptr);
+}
