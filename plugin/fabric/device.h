@@ -167,6 +167,8 @@ struct Unexpected {
 struct FlushReq : Request {
   FlushReq() : Request(Type::kFlush) {}
   bool in_use = false;
+  struct RecvComm* comm = nullptr;
+  Clock::time_point start;  // a fence that never passes fails after MOEFABRIC_PEER_TIMEOUT_MS
   cuda::Fence fence;
 };
 

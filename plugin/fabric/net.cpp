@@ -324,6 +324,8 @@ Status net_iflush(void* recv_comm, int n, void** data, const int* sizes, void** 
     return Status::kSystemError;
   }
   f->in_use = true;
+  f->comm = c;
+  f->start = Clock::now();
   *request = f;
   return Status::kOk;
 }
@@ -344,6 +346,17 @@ Status net_test(void* request, int* done, size_t* sizes, int* nsizes) {
       f->in_use = false;
       *done = 1;
       if (nsizes) *nsizes = 0;
+      return Status::kOk;
+    }
+    const int64_t waited =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - f->start).count();
+    if (waited > f->comm->dev->params().peer_timeout_ms) {
+      f->in_use = false;
+      MF_WARN("iflush on %s (peer rank %d): GPU copies into the receive buffer not finished after "
+              "%lld ms (legacy default stream blocked?) (MOEFABRIC_PEER_TIMEOUT_MS=%lld)",
+              f->comm->dev->nic().name.c_str(), f->comm->peer_rank, static_cast<long long>(waited),
+              static_cast<long long>(f->comm->dev->params().peer_timeout_ms));
+      return Status::kSystemError;
     }
     return Status::kOk;
   }
