@@ -229,7 +229,6 @@ void FabricProxy::loop() {
   (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
   const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
   auto last_work = Clock::now();
-  bool barrier_posted = false;
   std::string err;
   for (uint64_t iter = 0; !stop_.load(std::memory_order_acquire); ++iter) {
     bool work = false;
@@ -243,13 +242,14 @@ void FabricProxy::loop() {
       post_phase(b, v);
       posted_[b] = v;
     }
-    if (!barrier_posted && barrier_req_.load(std::memory_order_acquire)) {
-      barrier_posted = work = true;
+    if (barrier_state_.load(std::memory_order_acquire) == 1) {
+      work = true;
       const CudaLayout& l = cfg_.layout;
       for (int d = 0; d < cfg_.nranks; ++d)
         if ((cfg_.remote >> d) & 1u)
           post_one(d, kBarrierRow, cfg_.send_stage + l.stage_bytes * (d + 1) - 16, 16,
                    l.stage_bytes - 16, 1, true);
+      barrier_state_.store(2, std::memory_order_release);
     }
     const uint64_t before = ep_->stats().remote_writes;
     if (ep_->poll(this, &err) != Status::kOk) fail(Status::kSystemError, "proxy: " + err);
@@ -265,7 +265,8 @@ void FabricProxy::loop() {
 }
 
 Status FabricProxy::barrier(std::string* error) {
-  barrier_req_.store(true, std::memory_order_release);
+  int idle = 0;
+  barrier_state_.compare_exchange_strong(idle, 1, std::memory_order_acq_rel);
   const auto deadline = Clock::now() + std::chrono::milliseconds(cfg_.timeout_ms);
   const uint64_t* row = cfg_.arrived + static_cast<size_t>(kBarrierRow) * cfg_.nranks;
   for (;;) {
@@ -273,7 +274,11 @@ Status FabricProxy::barrier(std::string* error) {
     for (int r = 0; r < cfg_.nranks; ++r)
       if (((cfg_.remote >> r) & 1u) && load_acquire(row + r) < 1)
         missing += (missing.empty() ? "" : ", ") + std::to_string(r);
-    if (missing.empty() && writes_inflight_.load(std::memory_order_acquire) == 0)
+    // Our own barrier writes must have been posted, not merely asked for: the peers' may all
+    // have landed before the proxy thread got to ours (with no self-write to wait on, as when
+    // every fabric peer is another rank), and leaving then strands the peers.
+    const bool posted = barrier_state_.load(std::memory_order_acquire) == 2;
+    if (missing.empty() && posted && writes_inflight_.load(std::memory_order_acquire) == 0)
       return Status::kOk;
     std::string text;
     if (failure(&text) != Status::kOk) {
@@ -282,7 +287,8 @@ Status FabricProxy::barrier(std::string* error) {
     }
     if (Clock::now() > deadline) {
       *error = "destroy: timed out after " + std::to_string(cfg_.timeout_ms) + " ms waiting for " +
-               (missing.empty() ? std::string("our barrier writes to complete")
+               (!posted ? std::string("the proxy thread to post our barrier writes")
+                : missing.empty() ? std::string("our barrier writes to complete")
                                 : "the barrier of fabric rank(s) " + missing) +
                " (peer stalled or lost)";
       return Status::kRemoteError;

@@ -104,7 +104,8 @@ class FabricProxy : public fabric::RmaHandler {
   std::vector<Peer> peers_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
-  std::atomic<bool> barrier_req_{false};
+  // Destroy barrier: 0 none, 1 asked for by barrier(), 2 the proxy has posted its writes.
+  std::atomic<int> barrier_state_{0};
   std::atomic<int> writes_inflight_{0};
   uint64_t posted_[kBells] = {};  // proxy thread: last op posted per phase
   std::atomic<uint64_t> post_ns_[kBells] = {};

@@ -10,6 +10,8 @@
 # Steps: test (NVLink mode), fabric (the same checks with MOEFABRIC_FORCE_FABRIC=1 and, on two
 # GPUs, MOEFABRIC_NODE_SIZE=1, over libfabric shm), sanitize, perf (NVLink sweep), perf-fabric
 # (forced-fabric sweep over shm, with the proxy's posting cost, against the NVLink rows at T=128).
+# On a one-GPU machine step ep2-shared runs the suite with --ranks 2 (both ranks on the one GPU;
+# GPU_MOE_EP2_ARGS adds options, e.g. "--quick"; GPU_MOE_EP2_TIMEOUT, default 300 s).
 # Steps can be skipped: GPU_MOE_SKIP="sanitize perf" tools/gpu-moe.sh. Every step has its own
 # timeout (test and fabric 300 s each, each sanitizer 270 s, each perf sweep 300 s, the fabric sweep
 # 240 s); where one call may run for at most 10 minutes, split it (build-gpu is reused):
@@ -87,6 +89,17 @@ if [[ $skip != *" fabric "* ]]; then
   rc=$?
   tail -n 20 "$out/test-gpu-fabric.log"
   note "gpu test, fabric modes: rc=$rc $(grep -c '^  ok' "$out/test-gpu-fabric.log") ok lines, $(tail -n1 "$out/test-gpu-fabric.log")"
+fi
+
+# One GPU: EP2 with both ranks on it (CUDA IPC inside one device, kernels time-sliced), so the
+# two-rank protocol runs on every path; correctness only, no timings.
+if [[ $skip != *" ep2-shared "* ]] && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -eq 1 ]; then
+  echo "== gpu suite, EP2 on one GPU (--ranks 2), all modes"
+  env "${fabric_env[@]}" MOEFABRIC_TIMEOUT_MS=30000 timeout "${GPU_MOE_EP2_TIMEOUT:-300}" "$test_bin" \
+    --ranks 2 ${GPU_MOE_EP2_ARGS:-} > "$out/test-gpu-ep2-shared.log" 2>&1
+  rc=$?
+  tail -n 30 "$out/test-gpu-ep2-shared.log"
+  note "gpu test, EP2 sharing one GPU (all modes): rc=$rc $(grep -c '^  ok' "$out/test-gpu-ep2-shared.log") ok lines, $(tail -n1 "$out/test-gpu-ep2-shared.log")"
 fi
 
 if [[ $skip != *" sanitize "* ]]; then

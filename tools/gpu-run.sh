@@ -3,7 +3,9 @@
 # there, then NCCL all_reduce/all_to_all between the GPUs with every GPU its own "node" through
 # moefabric (shm, then tcp on lo) and through NCCL's Socket transport, all in the same call.
 # Usage (from the repo root, .gpu-deps carried):  tools/gpu-run.sh [max-bytes]
-# GPU_RUN_SKIP_SUITES=1 skips the CPU suites. With .gpu-deps/libfabric-cuda (tools/stage-libfabric-cuda.sh)
+# GPU_RUN_SKIP lists steps to leave out: suites (the CPU suites; GPU_RUN_SKIP_SUITES=1 does the
+# same), topo-nccl (a one-rank NCCL init through the plugin with a 2-rail device, to show NCCL
+# loads the topology file the plugin hands it), nccl (the sweeps), net-perf. With .gpu-deps/libfabric-cuda (tools/stage-libfabric-cuda.sh)
 # it also runs NCCL with GPU buffers over shm.
 # Logs and JSON go to $OUT/gpu-logs.tgz (default /tmp/moefabric-gpu-out); a summary table is printed last.
 set -uo pipefail
@@ -12,6 +14,8 @@ final=${OUT:-/tmp/moefabric-gpu-out}
 out=/tmp/moefabric-gpu
 mkdir -p "$out" "$final"
 max=${1:-256M}
+skip=" ${GPU_RUN_SKIP:-} "
+[ "${GPU_RUN_SKIP_SUITES:-0}" = 1 ] && skip="$skip suites "
 source .gpu-deps/env.sh
 export NCCL_NVLS_ENABLE=0
 nvidia-smi -L | tee "$out/gpus.txt"
@@ -27,7 +31,9 @@ if [ -n "$torch_nccl" ] && [ -f "$torch_nccl/include/nccl.h" ]; then
 fi
 echo "NCCL from: ${torch_nccl:-system}" | tee -a "$out/gpus.txt"
 
-{ meson setup build-gpu -Dcuda=enabled "${nccl_opt[@]}" --buildtype=release && ninja -C build-gpu; } \
+setup=(-Dcuda=enabled "${nccl_opt[@]}" --buildtype=release)
+{ if [ -d build-gpu ]; then meson setup --reconfigure build-gpu "${setup[@]}"; else meson setup build-gpu "${setup[@]}"; fi &&
+    ninja -C build-gpu; } \
   > "$out/build.log" 2>&1 || { tail -n 40 "$out/build.log"; exit 1; }
 tail -n 12 "$out/build.log"
 
@@ -37,7 +43,7 @@ build-gpu/perf/moefabric-topo --json > "$out/topo.json"
 build-gpu/perf/moefabric-topo --hwloc-nics > "$out/topo-hwloc-nics.txt" 2>&1
 nvidia-smi topo -m > "$out/nvidia-smi-topo.txt" 2>&1
 
-if [ "${GPU_RUN_SKIP_SUITES:-0}" = 1 ]; then echo "CPU suites skipped (GPU_RUN_SKIP_SUITES=1)"; else
+if [[ $skip == *" suites "* ]]; then echo "CPU suites skipped (GPU_RUN_SKIP)"; else
 MFTEST_SKIP_1GIB=1 meson test -C build-gpu --suite unit --suite fabric --num-processes 4 \
   > "$out/tests.log" 2>&1
 echo "CPU suites on the GPU machine: $(grep -E '^(Ok|Fail|Skipped|Timeout):' "$out/tests.log" | tr -s ' ' | tr '\n' ' ')"
@@ -75,8 +81,29 @@ else
   echo "== no .gpu-deps/libfabric-cuda: GPU-buffer runs skipped (tools/stage-libfabric-cuda.sh stages it)"
 fi
 
+# NCCL reads the topology file the plugin writes for a multi-rail device (NCCL_TOPO_FILE on a
+# memfd): one rank, two rails (the first non-loopback interface + lo, tcp), NCCL's fused topology
+# dumped with NCCL_TOPO_DUMP_FILE must carry the 2-rail net with the summed speed.
+if [[ $skip != *" topo-nccl "* ]] && [ -x "$perf" ]; then
+  nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+  echo "== NCCL with a 2-rail device ($nic+lo over tcp), one rank: does NCCL load the plugin's topology?"
+  env NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$nic+lo" \
+      NCCL_TOPO_DUMP_FILE="$out/nccl-topo-dump.xml" NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,GRAPH,NET,ENV \
+      timeout 120 "$perf" -n 1 -b 8 -e 1K --label topo-2rail > "$out/nccl-topo-2rail.log" 2>&1
+  echo "rc=$?"
+  grep -E "TOPO_FILE|NET/Plugin|moefabric.*rail|Loading topology|topo" "$out/nccl-topo-2rail.log" | grep -v "^#" | head -n 12
+  if grep -q "<net name=\"$nic+lo\"" "$out/nccl-topo-dump.xml" 2>/dev/null; then
+    echo "NCCL's fused topology carries the 2-rail net:"
+    grep -B3 -A1 "<net name=\"$nic+lo\"" "$out/nccl-topo-dump.xml"
+  else
+    echo "NCCL's topology dump lacks the 2-rail net $nic+lo:"; cat "$out/nccl-topo-dump.xml" 2>/dev/null | head -n 60
+  fi
+fi
+
 nccl_json=()
-if [ "$ngpu" -ge 2 ] && [ -x "$perf" ]; then
+if [[ $skip == *" nccl "* ]]; then
+  echo "== NCCL sweeps skipped (GPU_RUN_SKIP)"
+elif [ "$ngpu" -ge 2 ] && [ -x "$perf" ]; then
   run moefabric-shm NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=shm
   run moefabric-tcp NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo
   if [ ${#gdr_env[@]} -gt 0 ]; then
@@ -91,11 +118,13 @@ else
 fi
 
 np=build-gpu/perf/moefabric-net-perf
+if [[ $skip != *" net-perf "* ]]; then
 MOEFABRIC_PROVIDER=shm timeout 150 $np -e 64M --check > "$out/net-perf-shm.log" 2>&1
 MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo timeout 150 $np -e 64M > "$out/net-perf-tcp.log" 2>&1
 # The plugin moving GPU buffers over shm (both processes on GPU rank mod count).
 [ ${#gdr_env[@]} -gt 0 ] && env "${gdr_env[@]}" timeout 150 $np --gpu -e 64M --check > "$out/net-perf-shm-gpu.log" 2>&1
 for f in "$out"/net-perf-*.log; do [ -f "$f" ] && { echo "== $(basename "$f")"; grep -v '^# [MF]' "$f" | tail -n 40; }; done
+fi
 if [ ${#nccl_json[@]} -gt 0 ]; then
   python3 tools/nccl_table.py "${nccl_json[@]}" | tee "$out/summary.txt"
 fi

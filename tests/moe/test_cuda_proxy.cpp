@@ -4,7 +4,7 @@
 // kernels do, and checks every byte that landed, over the libfabric provider the environment
 // picks (suite fabric: shm and tcp). Covers one rank talking to itself through the fabric
 // (MOEFABRIC_FORCE_FABRIC on one GPU), two and three ranks, T = 0 included, then the destroy
-// barrier; and two failures: a doorbell that skips an op, a peer that never reaches the barrier.
+// barrier (also when no rank is its own fabric peer and one rank reaches it late); and two failures: a doorbell that skips an op, a peer that never reaches the barrier.
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -61,8 +61,9 @@ struct Harness {
   std::string err;
   uint64_t* doorbell() { return ctrl.data(); }
   const uint64_t* arrived() const { return ctrl.data() + FabricProxy::kBells; }
-  // Collective (one allgather); false with `err` set.
-  bool init(OobChannel& oob, int timeout_ms) {
+  // Collective (one allgather); false with `err` set. `self`: this rank is its own fabric peer
+  // (MOEFABRIC_FORCE_FABRIC); else only the other ranks are (MOEFABRIC_NODE_SIZE=1).
+  bool init(OobChannel& oob, int timeout_ms, bool self = true) {
     const int R = oob.nranks();
     const char* why = nullptr;
     if (!cuda_layout_init(&l, R, oob.rank(), 8, 2, 64, 16, 2, false, 128, 1, &why)) {
@@ -79,6 +80,7 @@ struct Harness {
     pc.nranks = R;
     pc.rank = oob.rank();
     pc.remote = R == 32 ? ~0u : (1u << R) - 1;
+    if (!self) pc.remote &= ~(1u << oob.rank());
     pc.layout = l;
     pc.send_stage = send.get();
     pc.recv_stage = recv.get();
@@ -215,6 +217,30 @@ TEST_CASE("cuda fabric proxy: destroy names the fabric peer that never reached i
       P_CHECK(text.find("barrier of fabric rank(s) 1") != std::string::npos, "text: %s", text.c_str());
     }
     P_CHECK(oob.barrier(), "oob barrier");  // rank 1 stays up until rank 0 has checked
+    h.proxy->stop();
+    return 0;
+  }, 60);
+  INFO(res.report);
+  REQUIRE(res.ok);
+}
+
+// Without a self-write to wait on, the late rank finds every peer's barrier already landed; it
+// must still post its own before leaving, or the early rank waits for it in vain.
+TEST_CASE("cuda fabric proxy: destroy barrier with a late rank and no self peer", "[moe][proxy]") {
+  auto res = launch_fork(2, [](OobChannel& oob) {
+    const int me = oob.rank();
+    Harness h;
+    P_CHECK(h.init(oob, 5000, false), "init: %s", h.err.c_str());
+    if (me == 0) {
+      // Let rank 1's barrier write land first.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (__atomic_load_n(h.arrived() + FabricProxy::kBells * oob.nranks() + 1, __ATOMIC_ACQUIRE) < 1 &&
+             std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      P_CHECK(std::chrono::steady_clock::now() < deadline, "rank 1's barrier write never landed");
+    }
+    std::string text;
+    P_CHECK(h.proxy->barrier(&text) == Status::kOk, "barrier: %s", text.c_str());
     h.proxy->stop();
     return 0;
   }, 60);
