@@ -4,7 +4,6 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
-#include <sys/utsname.h>
 
 #include <fstream>
 
@@ -125,14 +124,18 @@ std::string Net::nccl_topo() const {
     n.gdr = (p.ptr_support & 2) != 0;
     if (!p.pci_path.empty()) {
       n.pci = topo_pci_chain(p.pci_path);
-      std::ifstream f(p.pci_path + "/numa_node");
-      if (!(f >> n.numa)) n.numa = -1;
+      // The NIC's PCI function has numa_node; pciPath may name a child of it (…/virtio2).
+      n.numa = -1;
+      for (std::string d = p.pci_path; d.rfind("/sys/devices/", 0) == 0;) {
+        std::ifstream f(d + "/numa_node");
+        if (f >> n.numa) break;
+        n.numa = -1;
+        d.resize(d.rfind('/'));
+      }
     }
     nets.push_back(std::move(n));
   }
-  struct utsname u = {};
-  std::string arch = uname(&u) == 0 ? u.machine : "";
-  return nccl_topo_xml(nets, arch);
+  return nccl_topo_xml(nets, topo_host_cpu());
 }
 
 void Net::install_nccl_topo() {

@@ -1,7 +1,12 @@
 #include "plugin/fabric/topo_file.h"
 
 #include <sys/mman.h>
+#include <sys/utsname.h>
 #include <unistd.h>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include <cerrno>
 #include <cinttypes>
@@ -76,14 +81,45 @@ void emit_pci(const Node& node, const std::string& pad, std::string* out) {
 
 }  // namespace
 
-std::string nccl_topo_xml(const std::vector<TopoNet>& nets, const std::string& arch) {
+TopoCpu topo_host_cpu() {
+  TopoCpu c;
+  struct utsname u = {};
+  if (uname(&u) == 0) c.arch = u.machine;
+#if defined(__x86_64__)
+  unsigned a = 0, b = 0, cx = 0, d = 0;
+  if (__get_cpuid(0, &a, &b, &cx, &d)) {
+    char v[13];
+    std::memcpy(v, &b, 4);
+    std::memcpy(v + 4, &d, 4);
+    std::memcpy(v + 8, &cx, 4);
+    v[12] = '\0';
+    c.vendor = v;
+  }
+  if (__get_cpuid(1, &a, &b, &cx, &d)) {
+    c.family = static_cast<int>(((a >> 8) & 0xf) + (((a >> 20) & 0xff) << 4));
+    c.model = static_cast<int>(((a >> 4) & 0xf) + (((a >> 16) & 0xf) << 4));
+  }
+#endif
+  for (int node = 0; node < 1024; ++node) {
+    const std::string dir = "/sys/devices/system/node/node" + std::to_string(node);
+    if (access(dir.c_str(), F_OK) != 0) {
+      if (node > 64) break;  // node ids may have gaps; not this many
+      continue;
+    }
+    std::string map = read_line(dir + "/cpumap");
+    if (!map.empty()) c.affinity[node] = map;
+  }
+  return c;
+}
+
+std::string nccl_topo_xml(const std::vector<TopoNet>& nets, const TopoCpu& host) {
   struct Cpu {
     Node root;                                // children: root-most PCI bridges
     std::vector<const TopoNet*> virtual_nets; // NICs without PCI sit on the CPU
   };
   std::map<int, Cpu> cpus;
   for (const TopoNet& n : nets) {
-    Cpu& cpu = cpus[n.numa < 0 ? 0 : n.numa];
+    Cpu& cpu = cpus[n.numa < 0 ? -1 : n.numa];
     if (n.pci.empty()) {
       cpu.virtual_nets.push_back(&n);
       continue;
@@ -101,7 +137,12 @@ std::string nccl_topo_xml(const std::vector<TopoNet>& nets, const std::string& a
   }
   std::string out = "<system version=\"1\">\n";
   for (const auto& [numa, cpu] : cpus) {
-    out += "  <cpu" + attr("numaid", std::to_string(numa)) + attr("arch", arch) + ">\n";
+    auto aff = host.affinity.find(numa);
+    out += "  <cpu" + attr("numaid", std::to_string(numa)) +
+           attr("affinity", aff != host.affinity.end() ? aff->second : "") +
+           attr("arch", host.arch == "aarch64" ? "arm64" : host.arch) + attr("vendor", host.vendor) +
+           attr("familyid", host.family >= 0 ? std::to_string(host.family) : "") +
+           attr("modelid", host.model >= 0 ? std::to_string(host.model) : "") + ">\n";
     for (const auto& id : cpu.root.order) emit_pci(cpu.root.children.at(id), "    ", &out);
     emit_nic(cpu.virtual_nets, "    ", &out);
     out += "  </cpu>\n";

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -29,12 +30,27 @@ struct TopoNet {
   uint64_t guid = 0;
   int maxconn = 0;
   bool gdr = false;
-  int numa = -1;           // NUMA node of the (first rail's) NIC; -1: unknown (node 0)
+  int numa = -1;           // NUMA node of the (first rail's) NIC; -1: unknown
   std::vector<TopoPci> pci;  // root-most bridge first, the NIC's own function last; empty: virtual
 };
 
+// What NCCL needs on every <cpu> it reads from a file: it fills these only for CPUs it creates
+// itself, and refuses an x86_64 <cpu> without vendor/familyid/modelid ("Attribute vendor of
+// node cpu not found").
+struct TopoCpu {
+  std::string arch;             // uname's machine: "x86_64", "aarch64" (written as NCCL's "arm64")
+  std::string vendor;           // x86: CPUID leaf 0, e.g. "GenuineIntel"; empty elsewhere
+  int family = -1, model = -1;  // x86: CPUID leaf 1 with the extended fields; -1 elsewhere
+  std::map<int, std::string> affinity;  // NUMA node -> its sysfs cpumap ("ffff,ffffffff")
+};
+
+// This host's CPU as NCCL's own detection would describe it.
+TopoCpu topo_host_cpu();
+
 // The XML text. Nets sharing a NUMA node share a <cpu>; nets on one PCI function share it.
-std::string nccl_topo_xml(const std::vector<TopoNet>& nets, const std::string& arch);
+// A net whose NUMA node is unknown goes on <cpu numaid="-1">, where NCCL puts devices whose
+// sysfs has no NUMA node, so a GPU and NIC that NCCL would pair still meet under one CPU.
+std::string nccl_topo_xml(const std::vector<TopoNet>& nets, const TopoCpu& cpu);
 
 // The PCI chain of a sysfs device path (/sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0),
 // with class, ids and link attributes read from sysfs when present.

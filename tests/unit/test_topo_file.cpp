@@ -41,12 +41,22 @@ TEST_CASE("topo file: grouped NICs appear as one net under the first rail's PCI 
   v.name = "veth0a+veth1a";
   v.dev = 2;
   v.speed_mbps = 20000;
-  std::string xml = nccl_topo_xml({a, b, v}, "x86_64");
+  TopoCpu host;
+  host.arch = "x86_64";
+  host.vendor = "GenuineIntel";
+  host.family = 6;
+  host.model = 207;
+  host.affinity[1] = "ffff0000";
+  std::string xml = nccl_topo_xml({a, b, v}, host);
   INFO(xml);
   REQUIRE(xml.rfind("<system version=\"1\">\n", 0) == 0);
   REQUIRE(xml.find("</system>") != std::string::npos);
-  REQUIRE(count(xml, "<cpu ") == 2);  // NUMA 1 (PCI NICs) and 0 (the virtual one)
-  REQUIRE(xml.find("<cpu numaid=\"1\" arch=\"x86_64\">") != std::string::npos);
+  REQUIRE(count(xml, "<cpu ") == 2);  // NUMA 1 (PCI NICs) and -1 (the virtual one: unknown)
+  // Every attribute NCCL requires of an x86 <cpu> it did not create itself.
+  REQUIRE(xml.find("<cpu numaid=\"1\" affinity=\"ffff0000\" arch=\"x86_64\" vendor=\"GenuineIntel\" "
+                   "familyid=\"6\" modelid=\"207\">") != std::string::npos);
+  REQUIRE(xml.find("<cpu numaid=\"-1\" arch=\"x86_64\" vendor=\"GenuineIntel\" familyid=\"6\" "
+                   "modelid=\"207\">") != std::string::npos);
   REQUIRE(count(xml, "busid=\"0000:40:01.0\"") == 1);  // shared bridges appear once
   REQUIRE(count(xml, "busid=\"0000:41:00.0\"") == 1);
   REQUIRE(count(xml, "<pci ") == 4);
@@ -63,12 +73,29 @@ TEST_CASE("topo file: grouped NICs appear as one net under the first rail's PCI 
   REQUIRE(net < fn2);
   // Unknown attributes are left out (NCCL fills them from sysfs), not written empty.
   REQUIRE(xml.find("=\"\"") == std::string::npos);
-  size_t cpu0 = xml.find("<cpu numaid=\"0\""), vnet = xml.find("name=\"veth0a+veth1a\"");
+  size_t cpu0 = xml.find("<cpu numaid=\"-1\""), vnet = xml.find("name=\"veth0a+veth1a\"");
   REQUIRE(cpu0 < vnet);
   // Names are escaped.
   TopoNet odd = v;
   odd.name = "a<b>&\"c";
-  REQUIRE(nccl_topo_xml({odd}, "x").find("name=\"a&lt;b&gt;&amp;&quot;c\"") != std::string::npos);
+  REQUIRE(nccl_topo_xml({odd}, TopoCpu{}).find("name=\"a&lt;b&gt;&amp;&quot;c\"") != std::string::npos);
+}
+
+TEST_CASE("topo file: this host's CPU as NCCL describes it", "[topo_file]") {
+  TopoCpu c = topo_host_cpu();
+  REQUIRE(!c.arch.empty());
+#if defined(__x86_64__)
+  // NCCL's kvDictCpuVendor knows these; anything else would still be written, but this CI runs
+  // on one of them.
+  REQUIRE((c.vendor == "GenuineIntel" || c.vendor == "AuthenticAMD" || c.vendor == "CentaurHauls" ||
+           c.vendor == "  Shanghai  " || c.vendor == "HygonGenuine"));
+  REQUIRE(c.family > 0);
+  REQUIRE(c.model >= 0);
+#endif
+  if (access("/sys/devices/system/node/node0/cpumap", R_OK) == 0) {
+    REQUIRE(c.affinity.count(0) == 1);
+    REQUIRE(c.affinity[0].find_first_not_of("0123456789abcdef,") == std::string::npos);
+  }
 }
 
 TEST_CASE("topo file: PCI chain from a sysfs path", "[topo_file]") {
