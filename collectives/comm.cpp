@@ -1,6 +1,7 @@
 // Comm lifetime: config resolution and the cross-rank check, bootstrap over the caller's
 // allgather, buffers and registrations, destroy/abort, errors and bounded waits.
 #include "collectives/comm.h"
+#include "collectives/rails.h"
 
 #include <linux/futex.h>
 #include <sched.h>
@@ -29,9 +30,9 @@ struct CfgBlob {
 
 struct AddrBlob {
   int32_t ok;
-  uint32_t addr_len;
-  uint64_t recv_base, recv_key;
-  uint8_t addr[fabric::RmaEndpoint::kMaxAddrLen];
+  uint64_t recv_base;
+  fabric::RmaRails::Addr addr;
+  fabric::RmaRails::Keys recv_keys;
   char why[192];
 };
 
@@ -213,21 +214,25 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
       s = Status::kSystemError;
     }
   }
-  if (s == Status::kOk) s = fabric::RmaEndpoint::open(params_, 0, &ep_, &err);
-  if (s == Status::kOk) choose_proxy_cpus();
-  if (s == Status::kOk)
-    s = ep_->mr_cache().acquire(recv_block_.get(), l_.recv_block_bytes, fabric::MemType::kHost, -1,
-                                -1, 0, &recv_mr_, &err);
-  if (s == Status::kOk)
-    s = ep_->mr_cache().acquire(send_block_.get(), l_.send_block_bytes, fabric::MemType::kHost, -1,
-                                -1, 0, &send_mr_, &err);
+  RailChoice rails;
+  if (s == Status::kOk) s = choose_rails(params_, std::nullopt, &rails, &err);
   if (s == Status::kOk) {
-    registrations_ = ep_->mr_cache().stats().registrations;
+    proxy_cpus_ = rails.proxy_cpus;
+    proxy_cpus_why_ = rails.cpus_why;
+    rails_why_ = rails.why;
+    s = fabric::RmaRails::open(params_, std::move(rails.nics), kStripeShift, &ep_, &err);
+  }
+  if (s == Status::kOk) s = ep_->reg(recv_block_.get(), l_.recv_block_bytes, &recv_mr_, &err);
+  if (s == Status::kOk) {
+    mrs_ = true;
+    s = ep_->reg(send_block_.get(), l_.send_block_bytes, &send_mr_, &err);
+  }
+  if (s == Status::kOk) {
+    registrations_ = ep_->registrations();
     mine.ok = 1;
-    mine.addr_len = static_cast<uint32_t>(ep_->addr_len());
-    std::memcpy(mine.addr, ep_->addr(), ep_->addr_len());
-    mine.recv_base = recv_mr_->remote_addr(recv_block_.get());
-    mine.recv_key = recv_mr_->key;
+    ep_->local_addr(&mine.addr);
+    mine.recv_base = ep_->remote_addr(recv_mr_, recv_block_.get());
+    mine.recv_keys = ep_->keys(recv_mr_);
   } else {
     snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
   }
@@ -248,8 +253,13 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
       return Status::kSystemError;
     }
     peers_[r].recv_base = all[r].recv_base;
-    peers_[r].recv_key = all[r].recv_key;
-    if (r != rank) MF_CHECK(ep_->insert_peer(all[r].addr, all[r].addr_len, &peers_[r].addr, error));
+    if (r != rank) {
+      std::string why;
+      if (ep_->add_peer(all[r].addr, all[r].recv_keys, &peers_[r].rails, &why) != Status::kOk) {
+        *error = "init: rank " + std::to_string(r) + "'s address: " + why;
+        return Status::kSystemError;
+      }
+    }
   }
   owner_.resize(rc.experts);
   for (int e = 0; e < rc.experts; ++e) owner_[e] = l_.owner(e);
@@ -265,10 +275,10 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   row_of_pair_.reserve(l_.capacity_rows);
   MF_INFO(log::kInit,
           "moe comm rank %d/%d: E %d K %d H %d maxT %d %s, %zu MiB recv + %zu MiB send buffers "
-          "over %s (%s)",
+          "over %s %s (%d rail(s): %s)",
           rank, nranks, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? "fp8" : "bf16",
           l_.recv_block_bytes >> 20, l_.send_block_bytes >> 20, ep_->nic().provider.c_str(),
-          ep_->nic().name.c_str());
+          ep_->name().c_str(), ep_->nrails(), rails_why_.c_str());
   proxy_start();
   return Status::kOk;
 }
@@ -278,9 +288,11 @@ Comm::~Comm() { abort(); }
 void Comm::abort() {
   proxy_stop();
   if (ep_) {
-    if (recv_mr_) ep_->mr_cache().release(recv_mr_);
-    if (send_mr_) ep_->mr_cache().release(send_mr_);
-    recv_mr_ = send_mr_ = nullptr;
+    if (mrs_) {
+      ep_->dereg(&recv_mr_);
+      ep_->dereg(&send_mr_);
+      mrs_ = false;
+    }
     ep_.reset();
   }
   recv_block_.reset();
@@ -393,24 +405,7 @@ void Comm::stats(ncclMoeStats_t* s) const {
   s->combineBytesSent = combine_bytes_;
   s->proxyPostUs = static_cast<double>(post_ns_.load()) / 1000.0;
   s->combinePostUs = static_cast<double>(combine_post_ns_.load()) / 1000.0;
-  s->registrations = ep_ ? ep_->mr_cache().stats().registrations : registrations_;
-}
-
-// The proxy runs near its NIC: MOEFABRIC_PROXY_CPU when set, else the cores of the NIC's NUMA
-// node from the machine topology (hwloc; MOEFABRIC_TOPO_XML), else wherever the scheduler puts it.
-void Comm::choose_proxy_cpus() {
-  proxy_cpus_.clear();
-  if (params_.proxy_cpu >= 0) {
-    proxy_cpus_ = {static_cast<int>(params_.proxy_cpu)};
-    proxy_cpus_why_ = "MOEFABRIC_PROXY_CPU";
-    return;
-  }
-  const fabric::NicInfo& nic = ep_->nic();
-  topo::NicDesc d;
-  d.name = nic.domain;
-  d.provider = nic.provider;
-  d.pci = topo::PciAddr::from_sysfs_path(nic.pci_path);
-  proxy_cpus_ = topo::proxy_cpus(params_.topo_xml, d, std::nullopt, &proxy_cpus_why_);
+  s->registrations = ep_ ? ep_->registrations() : registrations_;
 }
 
 }  // namespace moefabric::moe

@@ -18,7 +18,7 @@
 #include "include/moefabric/nccl_moe.h"
 #include "plugin/common/params.h"
 #include "plugin/common/status.h"
-#include "plugin/fabric/rma.h"
+#include "plugin/fabric/rma_rails.h"
 #include "topology/topology.h"
 
 namespace moefabric::moe {
@@ -31,9 +31,8 @@ struct AlignedFree {
 using Block = std::unique_ptr<uint8_t, AlignedFree>;
 
 struct PeerInfo {
-  fi_addr_t addr = FI_ADDR_UNSPEC;
-  uint64_t recv_base = 0;  // remote address (or offset) of the peer's receive block
-  uint64_t recv_key = 0;
+  fabric::RmaRails::Peer rails;  // addresses and receive keys, per shared rail
+  uint64_t recv_base = 0;        // remote address (or offset) of the peer's receive block
 };
 
 enum class Phase : uint8_t { kIdle, kDispatchSent, kDispatched, kCombineSent };
@@ -120,13 +119,13 @@ class Comm : public fabric::RmaHandler {
   int me_ = 0, R_ = 0;
   std::vector<int> owner_;  // expert -> rank
 
-  std::unique_ptr<fabric::RmaEndpoint> ep_;
+  std::unique_ptr<fabric::RmaRails> ep_;  // the rails of this rank's NIC group
   std::vector<int> proxy_cpus_;     // affinity of the proxy thread (empty: not pinned)
   std::string proxy_cpus_why_;
-  void choose_proxy_cpus();
+  std::string rails_why_;
   Block recv_block_, send_block_;
-  fabric::MrEntry* recv_mr_ = nullptr;
-  fabric::MrEntry* send_mr_ = nullptr;
+  fabric::RmaRails::Mr recv_mr_, send_mr_;
+  bool mrs_ = false;
   std::vector<PeerInfo> peers_;
   uint64_t registrations_ = 0;
 

@@ -304,7 +304,7 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
           "receive block over CUDA IPC, %d blocks per kernel, %d fabric peer(s)%s%s",
           rank, nranks, dev_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? "fp8" : "bf16",
           l.block_bytes >> 20, args_.blocks, __builtin_popcount(remote_),
-          proxy_ ? " over " : "", proxy_ ? proxy_->provider().c_str() : "");
+          proxy_ ? " over " : "", proxy_ ? (proxy_->provider() + " " + proxy_->rails()).c_str() : "");
   return Status::kOk;
 }
 
@@ -386,6 +386,8 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
     pc.arrived = ctrl_.get() + kern::kBells;
     pc.abort_word = &reinterpret_cast<volatile kern::DevError*>(err_.get())->abort;
     pc.timeout_ms = cfg_.timeout_ms;
+    char bus[32] = {};
+    if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev_) == cudaSuccess) pc.gpu = topo::PciAddr::parse(bus);
     ok = FabricProxy::create(params_, pc, &proxy_, &err) == Status::kOk;
   }
   if (ok) {

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "collectives/protocol.h"
+#include "collectives/rails.h"
 #include "plugin/common/log.h"
 
 namespace moefabric::moe {
@@ -40,12 +41,19 @@ Status FabricProxy::create(const Params& params, const Config& cfg,
   p->params_ = params;
   p->cfg_ = cfg;
   p->peers_.resize(static_cast<size_t>(cfg.nranks));
-  MF_CHECK(fabric::RmaEndpoint::open(params, 0, &p->ep_, error));
+  RailChoice rc;
+  MF_CHECK(choose_rails(params, cfg.gpu, &rc, error));
+  p->rails_why_ = rc.why;
+  p->proxy_cpus_ = rc.proxy_cpus;
+  p->proxy_cpus_why_ = rc.cpus_why;
+  MF_CHECK(fabric::RmaRails::open(params, std::move(rc.nics), kStripeShift, &p->ep_, error));
   const size_t bytes = cfg.layout.stage_bytes * static_cast<size_t>(cfg.nranks);
-  MF_CHECK(p->ep_->mr_cache().acquire(cfg.send_stage, bytes, fabric::MemType::kHost, -1, -1, 0,
-                                      &p->send_mr_, error));
-  MF_CHECK(p->ep_->mr_cache().acquire(cfg.recv_stage, bytes, fabric::MemType::kHost, -1, -1, 0,
-                                      &p->recv_mr_, error));
+  MF_CHECK(p->ep_->reg(cfg.send_stage, bytes, &p->send_mr_, error));
+  if (p->ep_->reg(cfg.recv_stage, bytes, &p->recv_mr_, error) != Status::kOk) {
+    p->ep_->dereg(&p->send_mr_);
+    return Status::kSystemError;
+  }
+  p->mrs_ = true;
   *out = std::move(p);
   return Status::kOk;
 }
@@ -53,21 +61,26 @@ Status FabricProxy::create(const Params& params, const Config& cfg,
 FabricProxy::~FabricProxy() {
   stop();
   if (ep_) {
-    if (send_mr_) ep_->mr_cache().release(send_mr_);
-    if (recv_mr_) ep_->mr_cache().release(recv_mr_);
-    send_mr_ = recv_mr_ = nullptr;
+    if (mrs_) {
+      ep_->dereg(&send_mr_);
+      ep_->dereg(&recv_mr_);
+      mrs_ = false;
+    }
     ep_.reset();
   }
 }
 
 const std::string& FabricProxy::provider() const { return ep_->nic().provider; }
 
+std::string FabricProxy::rails() const {
+  return ep_->name() + " (" + std::to_string(ep_->nrails()) + " rail(s): " + rails_why_ + ")";
+}
+
 void FabricProxy::local_addr(Addr* a) const {
   a->ok = 1;
-  a->len = static_cast<uint32_t>(ep_->addr_len());
-  std::memcpy(a->addr, ep_->addr(), ep_->addr_len());
-  a->recv_base = recv_mr_->remote_addr(cfg_.recv_stage);
-  a->recv_key = recv_mr_->key;
+  ep_->local_addr(&a->addr);
+  a->recv_base = ep_->remote_addr(recv_mr_, cfg_.recv_stage);
+  a->recv_keys = ep_->keys(recv_mr_);
 }
 
 Status FabricProxy::start(const std::vector<Addr>& all, std::string* error) {
@@ -79,8 +92,11 @@ Status FabricProxy::start(const std::vector<Addr>& all, std::string* error) {
       return Status::kSystemError;
     }
     peers_[r].recv_base = all[r].recv_base;
-    peers_[r].recv_key = all[r].recv_key;
-    MF_CHECK(ep_->insert_peer(all[r].addr, all[r].len, &peers_[r].addr, error));
+    std::string why;
+    if (ep_->add_peer(all[r].addr, all[r].recv_keys, &peers_[r].rails, &why) != Status::kOk) {
+      *error = "rank " + std::to_string(r) + "'s fabric address: " + why;
+      return Status::kSystemError;
+    }
   }
   stop_.store(false);
   thread_ = std::thread([this] { loop(); });
@@ -123,8 +139,8 @@ void FabricProxy::post_one(int peer, int kind, const uint8_t* src, size_t len, u
   const uint64_t cookie = (static_cast<uint64_t>(kind) << 32) | static_cast<uint32_t>(peer);
   if (p.inflight[kind]++ == 0) p.posted[kind] = Clock::now();
   writes_inflight_.fetch_add(1, std::memory_order_relaxed);
-  Status s = ep_->write(p.addr, src, len, send_mr_->desc, raddr, p.recv_key,
-                        imm_encode(kind_of(kind), op, cfg_.rank), cookie, &err, delivered);
+  Status s = ep_->write(p.rails, src, len, send_mr_, raddr, imm_encode(kind_of(kind), op, cfg_.rank),
+                        cookie, &err, delivered);
   if (s != Status::kOk) {
     --p.inflight[kind];
     writes_inflight_.fetch_sub(1, std::memory_order_relaxed);
@@ -227,6 +243,7 @@ void FabricProxy::loop() {
   // Naps while idle are short and should stay short: doorbells come from the GPU, which cannot
   // wake us, so the first op after an idle spell waits at most one nap.
   (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+  pin_proxy_thread(proxy_cpus_, proxy_cpus_why_, "fabric proxy", cfg_.rank);
   const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
   auto last_work = Clock::now();
   std::string err;

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -26,7 +27,8 @@
 #include "collectives/cuda_layout.h"
 #include "plugin/common/params.h"
 #include "plugin/common/status.h"
-#include "plugin/fabric/rma.h"
+#include "plugin/fabric/rma_rails.h"
+#include "topology/topology.h"
 
 namespace moefabric::moe {
 
@@ -44,18 +46,19 @@ class FabricProxy : public fabric::RmaHandler {
     uint64_t* arrived = nullptr;          // [kBells + 1][R]; the last row is the destroy barrier
     volatile int32_t* abort_word = nullptr;  // set on a proxy failure: waiting kernels return
     int timeout_ms = 60000;
+    std::optional<topo::PciAddr> gpu;  // this rank's GPU: its rails and NUMA slice are used
   };
 
   // Fixed-size record every rank contributes to the init allgather.
   struct Addr {
     int32_t ok;
-    uint32_t len;
-    uint64_t recv_base, recv_key;
-    uint8_t addr[fabric::RmaEndpoint::kMaxAddrLen];
+    uint64_t recv_base;
+    fabric::RmaRails::Addr addr;
+    fabric::RmaRails::Keys recv_keys;
     char why[160];
   };
 
-  // Opens the endpoint and registers both staging areas.
+  // Opens an endpoint on each of the GPU's rails and registers both staging areas on them.
   static Status create(const Params& params, const Config& cfg, std::unique_ptr<FabricProxy>* out,
                        std::string* error);
   ~FabricProxy() override;
@@ -77,6 +80,7 @@ class FabricProxy : public fabric::RmaHandler {
   double post_us(int bell) const { return static_cast<double>(post_ns_[bell].load()) / 1000.0; }
   uint64_t bytes_posted(int bell) const { return bytes_[bell].load(); }
   const std::string& provider() const;
+  std::string rails() const;  // "eth1+eth2 (2 rails: why)"
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -92,12 +96,15 @@ class FabricProxy : public fabric::RmaHandler {
 
   Params params_;
   Config cfg_;
-  std::unique_ptr<fabric::RmaEndpoint> ep_;
-  fabric::MrEntry* send_mr_ = nullptr;
-  fabric::MrEntry* recv_mr_ = nullptr;
+  std::unique_ptr<fabric::RmaRails> ep_;
+  fabric::RmaRails::Mr send_mr_, recv_mr_;
+  bool mrs_ = false;
+  std::string rails_why_;
+  std::vector<int> proxy_cpus_;
+  std::string proxy_cpus_why_;
   struct Peer {
-    fi_addr_t addr = FI_ADDR_UNSPEC;
-    uint64_t recv_base = 0, recv_key = 0;
+    fabric::RmaRails::Peer rails;
+    uint64_t recv_base = 0;
     int inflight[kBells + 1] = {};         // proxy thread only
     Clock::time_point posted[kBells + 1];  // when the oldest in-flight write was posted
   };

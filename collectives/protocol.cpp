@@ -21,6 +21,10 @@ bool imm_decode(uint32_t imm, uint64_t cur, int nranks, int self, ImmFields* out
     *why = "unknown write kind " + std::to_string(kind);
     return false;
   }
+  if (imm & kStripeField) {
+    *why = "stripe bits set in a delivered immediate";
+    return false;
+  }
   if (src >= nranks || src == self) {
     *why = "immediate names source rank " + std::to_string(src) + " (comm has " +
            std::to_string(nranks) + " ranks, self " + std::to_string(self) + ")";

@@ -21,9 +21,13 @@ enum class WriteKind : uint32_t {
 inline constexpr int kNumKinds = 5;
 const char* kind_name(WriteKind k);
 
-// imm = kind:3 | seq:17 | src:12 (MSB to LSB).
-inline constexpr uint32_t kSeqBits = 17;
+// imm = kind:3 | stripes:2 | seq:15 | src:12 (MSB to LSB). The stripe field belongs to the
+// transport (fabric::RmaRails: stripe count - 1 of a write split over rails); it is zero in what
+// imm_encode makes and in what the transport hands back.
+inline constexpr uint32_t kSeqBits = 15;
 inline constexpr uint32_t kSeqMask = (1u << kSeqBits) - 1;
+inline constexpr int kStripeShift = 27;
+inline constexpr uint32_t kStripeField = 3u << kStripeShift;
 
 constexpr uint32_t imm_encode(WriteKind kind, uint64_t seq, int src) {
   return (static_cast<uint32_t>(kind) << 29) | ((static_cast<uint32_t>(seq) & kSeqMask) << 12) |

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "collectives/comm.h"
+#include "collectives/rails.h"
 #include "plugin/common/log.h"
 
 namespace moefabric::moe {
@@ -63,8 +64,7 @@ void Comm::post(int peer, int cls, const void* src, size_t len, uint64_t remote_
                 WriteKind kind, uint64_t seq) {
   std::string err;
   outstanding_[cls].fetch_add(1, std::memory_order_relaxed);
-  Status s = ep_->write(peers_[peer].addr, src, len, send_mr_->desc,
-                        peers_[peer].recv_base + remote_off, peers_[peer].recv_key,
+  Status s = ep_->write(peers_[peer].rails, src, len, send_mr_, peers_[peer].recv_base + remote_off,
                         imm_encode(kind, seq, me_), cookie_of(cls, peer), &err,
                         kind == WriteKind::kBarrier);
   if (s != Status::kOk) {
@@ -198,20 +198,7 @@ void Comm::on_write_done(uint64_t cookie, Status s, const char* text) {
 }
 
 void Comm::proxy_loop() {
-  if (!proxy_cpus_.empty()) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    for (int c : proxy_cpus_)
-      if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &set);
-    if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0)
-      MF_WARN("rank %d: could not pin the proxy to CPUs %s (%s)", me_,
-              topo::cpu_list(proxy_cpus_).c_str(), proxy_cpus_why_.c_str());
-    else
-      MF_INFO(log::kInit, "rank %d: proxy on CPUs %s (%s)", me_, topo::cpu_list(proxy_cpus_).c_str(),
-              proxy_cpus_why_.c_str());
-  } else {
-    MF_INFO(log::kInit, "rank %d: proxy not pinned (%s)", me_, proxy_cpus_why_.c_str());
-  }
+  pin_proxy_thread(proxy_cpus_, proxy_cpus_why_, "proxy", me_);
   const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
   std::deque<Command> local;
   auto last_work = Clock::now();

@@ -428,6 +428,31 @@ std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
   return groups;
 }
 
+std::vector<std::string> gpu_rails(const std::string& xml, const std::vector<NicDesc>& nics,
+                                   const PciAddr& gpu_pci, std::string* why) {
+  Options opts;
+  opts.xml = xml;
+  opts.nics_given = true;
+  opts.nics = nics;
+  opts.gpus_given = true;
+  opts.gpus = {gpu_pci};
+  std::unique_ptr<Topology> topo;
+  std::string error;
+  if (Topology::load(opts, &topo, &error) != Status::kOk) {
+    *why = "topology not available: " + error;
+    return {};
+  }
+  if (topo->gpus().empty()) {
+    *why = "GPU " + gpu_pci.str() + " not found in " + topo->source();
+    return {};
+  }
+  std::vector<std::string> names;
+  for (int r : topo->gpus()[0].rails) names.push_back(topo->nics()[r].name);
+  *why = names.empty() ? "GPU " + gpu_pci.str() + " has no NIC on a PCI path"
+                       : "the rails of GPU " + gpu_pci.str() + " per " + topo->source();
+  return names;
+}
+
 std::vector<int> Topology::cpus_near_nic(int nic) const {
   if (nic < 0 || nic >= static_cast<int>(nics_.size())) return {};
   int node = nics_[nic].numa;

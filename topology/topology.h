@@ -125,6 +125,12 @@ std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
                                                       const std::vector<NicDesc>& nics,
                                                       std::string* why);
 
+// The NICs among `nics` at `gpu_pci`'s closest PCIe path (that GPU's rails), by name. Empty, with
+// `why` saying so, when the topology cannot be read or does not know the GPU. Honours
+// MOEFABRIC_TOPO_XML via `xml`.
+std::vector<std::string> gpu_rails(const std::string& xml, const std::vector<NicDesc>& nics,
+                                   const PciAddr& gpu_pci, std::string* why);
+
 // PCI bus ids of the CUDA devices in CUDA's order, through the driver API loaded at run time.
 // nullopt when the driver does not load or reports no device.
 std::optional<std::vector<PciAddr>> cuda_gpus();

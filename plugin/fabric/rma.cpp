@@ -28,14 +28,20 @@ Status RmaEndpoint::open(const Params& params, int nic_index, std::unique_ptr<Rm
              std::to_string(nics.size()) + " found)";
     return Status::kInvalidArgument;
   }
-  if (!nics[nic_index].rma) {
-    *error = "provider " + nics[nic_index].provider +
-             " has no RMA with 4-byte remote CQ data, which the MoE protocol needs";
+  return open_nic(p, std::move(nics[nic_index]), out, error);
+}
+
+Status RmaEndpoint::open_nic(const Params& params, NicInfo nic, std::unique_ptr<RmaEndpoint>* out,
+                             std::string* error) {
+  if (!nic.rma) {
+    *error = "provider " + nic.provider + " (" + nic.name +
+             ") has no RMA with 4-byte remote CQ data, which the MoE protocol needs";
     return Status::kSystemError;
   }
   std::unique_ptr<RmaEndpoint> e(new RmaEndpoint());
-  e->params_ = p;
-  e->nic_ = std::move(nics[nic_index]);
+  e->params_ = params;
+  if (e->params_.protocol == "tagged") e->params_.protocol = "auto";
+  e->nic_ = std::move(nic);
   MF_CHECK(e->init(error));
   *out = std::move(e);
   return Status::kOk;
@@ -282,6 +288,20 @@ Status RmaEndpoint::wait(RmaHandler* h, int timeout_ms, std::string* error) {
   ssize_t n = fi_cq_sread(cq_.get(), cq_buf_.data(), cq_buf_.size(), nullptr, timeout_ms);
   if (n > 0) handle_entries(h, static_cast<size_t>(n));
   return poll(h, error);  // errors (-FI_EAVAIL) and the rest
+}
+
+int RmaEndpoint::wait_fd() {
+  if (!can_block_ || !queued_.empty()) return -1;
+  if (wait_fd_ == -2) {
+    int fd = -1;
+    wait_fd_ = fi_control(&cq_->fid, FI_GETWAIT, &fd) == 0 ? fd : -1;
+  }
+  return wait_fd_;
+}
+
+bool RmaEndpoint::try_wait() {
+  fid* f = &cq_->fid;
+  return fi_trywait(fabric_.get(), &f, 1) == FI_SUCCESS;
 }
 
 void RmaEndpoint::signal() {

@@ -38,6 +38,9 @@ class RmaEndpoint {
   // selects (`nic_index` picks another one). Requires RMA with 4-byte remote CQ data.
   static Status open(const Params& params, int nic_index, std::unique_ptr<RmaEndpoint>* out,
                      std::string* error);
+  // Opens `nic` (one of nic_discover's results).
+  static Status open_nic(const Params& params, NicInfo nic, std::unique_ptr<RmaEndpoint>* out,
+                         std::string* error);
   ~RmaEndpoint();
   RmaEndpoint(const RmaEndpoint&) = delete;
   RmaEndpoint& operator=(const RmaEndpoint&) = delete;
@@ -65,6 +68,11 @@ class RmaEndpoint {
   // naps 50 us; then polls. signal() wakes a blocked wait from another thread (fi_cq_signal).
   Status wait(RmaHandler* h, int timeout_ms, std::string* error);
   void signal();
+  // Waiting on several endpoints at once (RmaRails): the CQ's wait fd, -1 when there is none
+  // (or writes wait to be reposted, so the caller must poll), and fi_trywait: true when it is
+  // safe to block on that fd, false when completions are already due and poll() comes first.
+  int wait_fd();
+  bool try_wait();
 
   static constexpr size_t kMaxAddrLen = 64;
 
@@ -121,6 +129,7 @@ class RmaEndpoint {
   std::vector<fi_cq_data_entry> cq_buf_;
   size_t inflight_ = 0;
   bool can_block_ = false;
+  int wait_fd_ = -2;  // -2: not asked yet
   RmaStats stats_;
 };
 

@@ -9,6 +9,7 @@
 #include "plugin/common/log.h"
 #include "plugin/fabric/net.h"
 #include "plugin/nccl/net_abi.h"
+#include "topology/fabric_nics.h"
 #include "topology/topology.h"
 
 #define MF_EXPORT __attribute__((visibility("default")))
@@ -49,16 +50,7 @@ Net* live_net() { return Net::current(); }
 std::vector<std::vector<std::string>> topo_groups(const Params& params,
                                                   const std::vector<fabric::NicInfo>& nics,
                                                   std::string* why) {
-  std::vector<topo::NicDesc> descs;
-  for (const auto& n : nics) {
-    topo::NicDesc d;
-    d.name = n.domain;
-    d.provider = n.provider;
-    d.pci = topo::PciAddr::from_sysfs_path(n.pci_path);
-    d.speed_mbps = n.speed_mbps;
-    descs.push_back(std::move(d));
-  }
-  return topo::gpu_rail_groups(params.topo_xml, descs, why);
+  return topo::gpu_rail_groups(params.topo_xml, topo::nic_descs(nics), why);
 }
 
 Status acquire_net(abi::logger_t log_fn, Net** out) {

@@ -6,12 +6,17 @@
 # then takes rail 1 down mid-transfer and expects both sides to fail, naming the rail, within a
 # bounded time. With the plugin .so given, also checks that its init hands NCCL the topology
 # (NCCL_TOPO_FILE on a memfd) for the 2-rail device, and leaves a user's NCCL_TOPO_FILE alone.
+# With moefabric-run and moefabric-moe-perf given, also runs an MoE dispatch/combine (host
+# backend, checked against the reference) between the namespaces on 1 and then 2 rails: the
+# proxy must stripe over both interfaces.
 # Exit 77 (skipped) without root or `ip netns`.
-# Usage: check_multirail.sh <test-multirail-peer> [libnccl-net-moefabric.so]
+# Usage: check_multirail.sh <test-multirail-peer> [libnccl-net-moefabric.so [moefabric-run moefabric-moe-perf]]
 #        (MFRAIL_SIZE: message bytes, default 64 MiB; MFRAIL_ITERS: streamed messages, default 24)
 set -u
 PEER=${1:?usage: check_multirail.sh <test-multirail-peer> [libnccl-net-moefabric.so]}
 PLUGIN=${2:-}
+MOERUN=${3:-}
+MOEPERF=${4:-}
 SIZE=${MFRAIL_SIZE:-$((64 << 20))}
 ITERS=${MFRAIL_ITERS:-24}
 
@@ -134,6 +139,41 @@ PY
   echo "# plugin init: NCCL_TOPO_FILE on a memfd for the 2-rail device; user's value kept; off with MOEFABRIC_TOPO_FILE=0; none for 1 rail"
 fi
 echo "multirail bandwidth over veth+tcp, $SIZE-byte messages: 1 rail $BW1 GB/s, 2 rails $BW2 GB/s"
+
+# ---- the MoE proxy over the rails ------------------------------------------------------------
+# Rank 0 in namespace A, rank 1 in B; moefabric-run's out-of-band channel is a socket pair, which
+# crosses namespaces. 512 tokens of hidden 7168 (bf16) put ~3.6 MiB per dispatch write, striped.
+moe() {  # <name> <ifaces A> <ifaces B>
+  local dir=$WORK/moe-$1
+  mkdir -p "$dir"
+  timeout -k 5 200 "$MOERUN" -n 2 -t 180 sh -c '
+    if [ "$MOEFABRIC_RANK" = 0 ]; then ns=$1 ifs=$2; else ns=$3 ifs=$4; fi
+    exec ip netns exec "$ns" env MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$ifs" MOEFABRIC_DEBUG=INFO \
+      MOEFABRIC_DEBUG_SUBSYS=INIT "$5" --check -t 512 --hidden 7168 -E 16 -k 4 --dtype bf16 -i 12 -w 2 \
+      2>"$6/rank$MOEFABRIC_RANK.err"' sh "$NSA" "$2" "$NSB" "$3" "$MOEPERF" "$dir" >"$dir/out" 2>"$dir/run.err"
+  MOE_RC=$?
+  MOE_ROW=$(grep -v '^#' "$dir/out" | tail -n 1)
+  echo "$MOE_ROW"
+}
+if [ -n "$MOERUN" ] && [ -n "$MOEPERF" ]; then
+  moe one "$IF0A" "$IF0B"
+  [ "$MOE_RC" = 0 ] || { cat "$WORK/moe-one/"*.err; fail "MoE run on 1 rail (rc $MOE_RC)"; }
+  MOE1=$(echo "$MOE_ROW" | awk '{print $11}')
+  t0a=$(tx "$IF0A") t1a=$(tx "$IF1A")
+  moe two "$IF0A+$IF1A" "$IF0B+$IF1B"
+  [ "$MOE_RC" = 0 ] || { cat "$WORK/moe-two/"*.err; fail "MoE run on 2 rails (rc $MOE_RC)"; }
+  [ "$(echo "$MOE_ROW" | awk '{print $NF}')" = 0 ] || fail "MoE results differ from the reference"
+  grep -q "2 rail(s)" "$WORK/moe-two/rank0.err" ||
+    { cat "$WORK/moe-two/rank0.err"; fail "the MoE comm did not open both rails"; }
+  d0=$(( $(tx "$IF0A") - t0a )) d1=$(( $(tx "$IF1A") - t1a ))
+  total=$(( d0 + d1 ))
+  echo "# MoE, 2 rails: tx bytes $IF0A $d0, $IF1A $d1"
+  for d in $d0 $d1; do
+    [ $(( d * 100 / total )) -ge 30 ] || fail "an MoE rail carried less than 30% of the bytes ($d0 / $d1)"
+  done
+  MOE2=$(echo "$MOE_ROW" | awk '{print $11}')
+  echo "MoE dispatch+combine over veth+tcp (512 tokens, hidden 7168, bf16, top-4 of 16, p50): 1 rail $MOE1 us, 2 rails $MOE2 us"
+fi
 
 # ---- rail 1 goes down mid-transfer -----------------------------------------------------------
 dir=$WORK/down

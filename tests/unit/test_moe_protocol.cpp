@@ -60,7 +60,7 @@ TEST_CASE("moe layout: expert ownership, record sizes, disjoint regions", "[moe]
 }
 
 TEST_CASE("moe immediates: round trip and rejection", "[moe][wire]") {
-  for (uint64_t cur : {0ull, 1ull, 5ull, 131071ull, 131072ull, 131073ull, 1000000ull})
+  for (uint64_t cur : {0ull, 1ull, 5ull, 32767ull, 32768ull, 32769ull, 131071ull, 131072ull, 1000000ull})
     for (uint64_t seq : {cur, cur + 1, cur > 0 ? cur - 1 : cur})
       for (int k = 0; k < kNumKinds; ++k) {
         if (seq == 0) continue;
@@ -80,6 +80,10 @@ TEST_CASE("moe immediates: round trip and rejection", "[moe][wire]") {
   REQUIRE_FALSE(imm_decode(imm_encode(WriteKind::kCombine, 9, 1), 5, 8, 0, &f, &why));  // stale/future
   REQUIRE(why.find("not within one op") != std::string::npos);
   REQUIRE_FALSE(imm_decode(7u << 29, 5, 8, 0, &f, &why));  // unknown kind
+  // the transport's stripe field never reaches the protocol
+  REQUIRE((imm_encode(WriteKind::kBarrier, ~0ull, 0xfff) & kStripeField) == 0);
+  REQUIRE_FALSE(imm_decode(imm_encode(WriteKind::kCombine, 5, 1) | (1u << kStripeShift), 5, 8, 0, &f, &why));
+  REQUIRE(why.find("stripe bits") != std::string::npos);
   // fuzz: whatever is accepted names a real peer and a sequence within one op
   std::mt19937 rng(1);
   int accepted = 0;

@@ -1,0 +1,170 @@
+// fabric::RmaRails in one process over the provider of the environment (suite fabric: tcp, shm).
+// Two endpoints opened on the same NIC stand in for two rails, which is all striping needs:
+// separate endpoints, CQs and registrations. Checks that a large write goes as 128-byte aligned
+// stripes over both rails and is reported once, with a clean immediate, after all its bytes
+// landed; that small writes alternate rails whole; that a peer with fewer rails gets unstriped
+// writes; and that the caller's immediate may not use the stripe bits.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "plugin/common/params.h"
+#include "plugin/fabric/info.h"
+#include "plugin/fabric/rma_rails.h"
+
+using namespace moefabric;
+using namespace moefabric::fabric;
+
+namespace {
+
+constexpr int kShift = 27;
+
+struct Recorder : RmaHandler {
+  std::vector<uint32_t> imms;
+  std::vector<uint64_t> done;
+  int errors = 0;
+  const uint8_t* watch = nullptr;  // the receive buffer: must be complete when an imm arrives
+  size_t watch_len = 0;
+  uint8_t want = 0;
+  bool complete_at_arrival = true;
+  void on_remote_write(uint32_t imm) override {
+    imms.push_back(imm);
+    for (size_t i = 0; watch && i < watch_len; ++i)
+      if (watch[i] != want) complete_at_arrival = false;
+  }
+  void on_write_done(uint64_t cookie, Status s, const char*) override {
+    done.push_back(cookie);
+    if (s != Status::kOk) ++errors;
+  }
+};
+
+std::vector<NicInfo> nics(int n) {
+  Params p = Params::load();
+  std::vector<NicInfo> out;
+  for (int i = 0; i < n; ++i) {
+    std::vector<NicInfo> found;
+    std::string err;
+    REQUIRE(nic_discover(p, &found, &err) == Status::kOk);
+    REQUIRE(!found.empty());
+    out.push_back(std::move(found[0]));
+  }
+  return out;
+}
+
+struct Side {
+  std::unique_ptr<RmaRails> rails;
+  std::vector<uint8_t> buf;
+  RmaRails::Mr mr;
+  Recorder rec;
+  Side(int nrails, size_t bytes) : buf(bytes, 0) {
+    std::string err;
+    Params p = Params::load();
+    p.stripe_min = 64 * 1024;
+    REQUIRE(RmaRails::open(p, nics(nrails), kShift, &rails, &err) == Status::kOk);
+    REQUIRE(rails->nrails() == nrails);
+    REQUIRE(rails->reg(buf.data(), buf.size(), &mr, &err) == Status::kOk);
+  }
+  ~Side() { rails->dereg(&mr); }
+};
+
+RmaRails::Peer connect(Side& from, Side& to) {
+  RmaRails::Addr a;
+  to.rails->local_addr(&a);
+  RmaRails::Peer peer;
+  std::string err;
+  REQUIRE(from.rails->add_peer(a, to.rails->keys(to.mr), &peer, &err) == Status::kOk);
+  return peer;
+}
+
+// Polls both sides until `pred` holds (bounded).
+template <class P>
+bool drive(Side& a, Side& b, P pred) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  std::string err;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    if (a.rails->poll(&a.rec, &err) != Status::kOk || b.rails->poll(&b.rec, &err) != Status::kOk) {
+      FAIL(err);
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("rma rails: a large write is striped over both rails and arrives once", "[rails]") {
+  constexpr size_t kLen = 1000 * 1000 + 77;  // odd size: the last stripe is short
+  Side a(2, kLen), b(2, kLen + 4096);
+  const RmaRails::Peer to_b = connect(a, b);
+  REQUIRE(to_b.nrails == 2);
+  std::memset(a.buf.data(), 0x5c, kLen);
+  b.rec.watch = b.buf.data() + 4096;
+  b.rec.watch_len = kLen;
+  b.rec.want = 0x5c;
+  const uint32_t imm = (3u << 29) | (77u << 12) | 5u;
+  std::string err;
+  REQUIRE(a.rails->write(to_b, a.buf.data(), kLen, a.mr, b.rails->remote_addr(b.mr, b.buf.data() + 4096),
+                         imm, 42, &err) == Status::kOk);
+  REQUIRE(a.rails->writes_in_flight() == 1);
+  REQUIRE(drive(a, b, [&] { return !b.rec.imms.empty() && !a.rec.done.empty(); }));
+  REQUIRE(b.rec.imms == std::vector<uint32_t>{imm});  // one arrival, stripe bits cleared
+  REQUIRE(b.rec.complete_at_arrival);                  // every stripe had landed
+  REQUIRE(a.rec.done == std::vector<uint64_t>{42});
+  REQUIRE(a.rec.errors == 0);
+  REQUIRE(a.rails->writes_in_flight() == 0);
+  // ceil(len / 2) rounded up to 128 B on rail 0, the rest on rail 1
+  const size_t chunk = (kLen / 2 + 1 + 127) / 128 * 128;
+  REQUIRE(a.rails->rail_bytes(0) == chunk);
+  REQUIRE(a.rails->rail_bytes(1) == kLen - chunk);
+  REQUIRE(b.rails->stats().remote_writes == 2);  // two stripes on the wire
+  for (size_t i = 0; i < 4096; ++i) REQUIRE(b.buf[i] == 0);  // nothing before the target
+}
+
+TEST_CASE("rma rails: small writes go whole, alternating rails", "[rails]") {
+  Side a(2, 64 * 1024), b(2, 64 * 1024);
+  const RmaRails::Peer to_b = connect(a, b);
+  std::string err;
+  for (uint32_t i = 0; i < 6; ++i)
+    REQUIRE(a.rails->write(to_b, a.buf.data(), 1000, a.mr, b.rails->remote_addr(b.mr, b.buf.data()),
+                           (1u << 29) | (i << 12) | 1u, i, &err) == Status::kOk);
+  REQUIRE(drive(a, b, [&] { return b.rec.imms.size() == 6 && a.rec.done.size() == 6; }));
+  REQUIRE(a.rails->rail_bytes(0) == 3000);
+  REQUIRE(a.rails->rail_bytes(1) == 3000);
+  for (uint32_t imm : b.rec.imms) REQUIRE((imm & (3u << kShift)) == 0);
+}
+
+TEST_CASE("rma rails: a peer with fewer rails gets whole writes on the shared one", "[rails]") {
+  Side a(2, 512 * 1024), b(1, 512 * 1024);
+  const RmaRails::Peer to_b = connect(a, b);
+  REQUIRE(to_b.nrails == 1);
+  std::string err;
+  REQUIRE(a.rails->write(to_b, a.buf.data(), a.buf.size(), a.mr, b.rails->remote_addr(b.mr, b.buf.data()),
+                         (2u << 29) | 9u, 7, &err) == Status::kOk);
+  REQUIRE(drive(a, b, [&] { return b.rec.imms.size() == 1 && a.rec.done.size() == 1; }));
+  REQUIRE(a.rails->rail_bytes(0) == a.buf.size());
+  REQUIRE(a.rails->rail_bytes(1) == 0);
+  REQUIRE(b.rec.imms[0] == ((2u << 29) | 9u));
+}
+
+TEST_CASE("rma rails: bad input is refused with a reason", "[rails]") {
+  Side a(2, 4096), b(2, 4096);
+  const RmaRails::Peer to_b = connect(a, b);
+  std::string err;
+  REQUIRE(a.rails->write(to_b, a.buf.data(), 16, a.mr, b.rails->remote_addr(b.mr, b.buf.data()),
+                         1u << kShift, 1, &err) != Status::kOk);
+  REQUIRE(err.find("stripe bits") != std::string::npos);
+  REQUIRE(a.rails->writes_in_flight() == 0);
+  RmaRails::Addr bad{};
+  bad.nrails = 9;
+  RmaRails::Peer p;
+  REQUIRE(a.rails->add_peer(bad, RmaRails::Keys{}, &p, &err) != Status::kOk);
+  REQUIRE(err.find("9 rails") != std::string::npos);
+  std::unique_ptr<RmaRails> none;
+  REQUIRE(RmaRails::open(Params::load(), {}, kShift, &none, &err) != Status::kOk);
+  REQUIRE(err.find("1 to 4 NICs") != std::string::npos);
+}
