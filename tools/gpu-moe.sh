@@ -12,6 +12,8 @@
 # (forced-fabric sweep over shm, with the proxy's posting cost, against the NVLink rows at T=128).
 # On a one-GPU machine step ep2-shared runs the suite with --ranks 2 (both ranks on the one GPU;
 # GPU_MOE_EP2_ARGS adds options, e.g. "--quick"; GPU_MOE_EP2_TIMEOUT, default 300 s).
+# GPU_MOE_SANITIZE_ARGS adds test options under compute-sanitizer (e.g. "--ranks 2 --modes
+# nvlink,fabric,node1"); GPU_MOE_SANITIZE_TIMEOUT (default 270 s) bounds each tool.
 # Steps can be skipped: GPU_MOE_SKIP="sanitize perf" tools/gpu-moe.sh. Every step has its own
 # timeout (test and fabric 300 s each, each sanitizer 270 s, each perf sweep 300 s, the fabric sweep
 # 240 s); where one call may run for at most 10 minutes, split it (build-gpu is reused):
@@ -106,8 +108,9 @@ if [[ $skip != *" sanitize "* ]]; then
   if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
       echo "== compute-sanitizer $tool (quick configuration)"
-      env "${fabric_env[@]}" timeout 270 compute-sanitizer --tool "$tool" --target-processes all \
-        --error-exitcode 99 "$test_bin" --quick --modes nvlink,fabric > "$out/sanitize-$tool.log" 2>&1
+      env "${fabric_env[@]}" MOEFABRIC_TIMEOUT_MS=120000 timeout "${GPU_MOE_SANITIZE_TIMEOUT:-270}" compute-sanitizer --tool "$tool" --target-processes all \
+        --error-exitcode 99 "$test_bin" --quick --modes nvlink,fabric ${GPU_MOE_SANITIZE_ARGS:-} \
+        > "$out/sanitize-$tool.log" 2>&1
       rc=$?
       tail -n 8 "$out/sanitize-$tool.log"
       note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY' "$out/sanitize-$tool.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"

@@ -110,7 +110,9 @@ struct Bufs {
 ncclMoeComm_t comm_init(OobChannel& oob, const Shape& s, ncclMoeBackend_t backend) {
   ncclMoeConfig_t c = s.config();
   c.backend = backend;
-  c.timeoutMs = 20000;
+  // MOEFABRIC_TIMEOUT_MS stretches it (compute-sanitizer, ranks time-sliced on one GPU).
+  const char* t = getenv("MOEFABRIC_TIMEOUT_MS");
+  c.timeoutMs = t && atoi(t) > 0 ? atoi(t) : 20000;
   ncclMoeComm_t moe = nullptr;
   ncclResult_t r = ncclMoeCommInitAllGather(&moe, oob.nranks(), oob.rank(), oob_allgather, &oob, &c);
   if (r != ncclSuccess)
