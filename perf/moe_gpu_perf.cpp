@@ -187,21 +187,21 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o) {
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
       if (moe_graph) CK(routes_launch(idx, w, nt, o.topk, o.experts, me, counter, st));
       NK(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, nccl, st));  // align the ranks
-      CK(cudaEventRecord(ev[0], st));
+      CK(cudaEventRecordWithFlags(ev[0], st, cudaEventRecordExternal));  // a timing node in the graph
       if (moe_graph) {
         if (ncclMoeDispatch(x, fp8 ? sc : nullptr, idx, w, nt, rx, fp8 ? rs : nullptr, rc, moe, st) != ncclSuccess)
           die(me, std::string("dispatch: ") + ncclMoeGetLastError(moe));
       } else {
         all_to_all(me, a2a_s, a2a_r, d_bytes, R, nccl, st);
       }
-      CK(cudaEventRecord(ev[1], st));
+      CK(cudaEventRecordWithFlags(ev[1], st, cudaEventRecordExternal));  // a timing node in the graph
       if (moe_graph) {
         if (ncclMoeCombine(ey, y, moe, st) != ncclSuccess)
           die(me, std::string("combine: ") + ncclMoeGetLastError(moe));
       } else {
         all_to_all(me, a2a_s, a2a_r, c_bytes, R, nccl, st);
       }
-      CK(cudaEventRecord(ev[2], st));
+      CK(cudaEventRecordWithFlags(ev[2], st, cudaEventRecordExternal));  // a timing node in the graph
       CK(cudaStreamEndCapture(st, &g));
       CK(cudaGraphInstantiate(&ge, g, 0));
       CK(cudaGraphDestroy(g));

@@ -8,6 +8,7 @@
 #include <cpuid.h>
 #endif
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -72,8 +73,8 @@ void emit_nic(const std::vector<const TopoNet*>& nets, const std::string& pad, s
 void emit_pci(const Node& node, const std::string& pad, std::string* out) {
   const TopoPci& p = node.pci;
   *out += pad + "<pci" + attr("busid", p.busid) + attr("class", p.cls) + attr("vendor", p.vendor) +
-          attr("device", p.device) + attr("link_speed", p.link_speed) +
-          attr("link_width", p.link_width) + ">\n";
+          attr("device", p.device) + " link_speed=\"" + esc(p.link_speed) + "\"" +
+          " link_width=\"" + esc(p.link_width.empty() ? "0" : p.link_width) + "\">\n";
   for (const auto& id : node.order) emit_pci(node.children.at(id), pad + "  ", out);
   emit_nic(node.nets, pad + "  ", out);
   *out += pad + "</pci>\n";
@@ -168,8 +169,16 @@ std::vector<TopoPci> topo_pci_chain(const std::string& sysfs_path) {
       p.cls = read_line(prefix + "/class");
       p.vendor = read_line(prefix + "/vendor");
       p.device = read_line(prefix + "/device");
-      p.link_speed = read_line(prefix + "/max_link_speed");
-      p.link_width = read_line(prefix + "/max_link_width");
+      // As NCCL derives them itself: the slower of the function's and its upstream port's
+      // (../) maximum speed, the narrower of their widths, 0 where sysfs has none.
+      const std::string ds = read_line(prefix + "/max_link_speed");
+      const std::string ps = read_line(prefix + "/../max_link_speed");
+      float dv = 0, pv = 0;
+      const bool dk = sscanf(ds.c_str(), "%f GT/s", &dv) == 1, pk = sscanf(ps.c_str(), "%f GT/s", &pv) == 1;
+      p.link_speed = pk && (!dk || pv < dv) ? ps : ds;
+      const long dw = strtol(read_line(prefix + "/max_link_width").c_str(), nullptr, 0);
+      const long pw = strtol(read_line(prefix + "/../max_link_width").c_str(), nullptr, 0);
+      p.link_width = std::to_string(std::min(dw, pw));
       chain.push_back(std::move(p));
     }
     pos = next + 1;

@@ -18,7 +18,10 @@ namespace moefabric::fabric {
 struct TopoPci {
   std::string busid;       // "0000:4f:00.0" (lower case)
   std::string cls;         // PCI class, "0x020000"; empty: not known
-  std::string vendor, device, link_speed, link_width;  // empty: not known (NCCL reads sysfs)
+  std::string vendor, device;  // empty: not known (left out; NCCL reads sysfs)
+  // Always written, as NCCL requires them of a <pci> it did not create: link_speed may be empty
+  // (unknown), link_width "0" when unknown.
+  std::string link_speed, link_width;
 };
 
 struct TopoNet {
