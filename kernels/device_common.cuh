@@ -90,26 +90,32 @@ __device__ inline bool wait_counter(const Args& a, const uint64_t* counter, uint
   }
 }
 
-// Each block, after its stores: make them visible system-wide, then count the block at every
-// NVLink destination (the receiver waits for op * blocks). With fabric destinations, the block
-// also counts itself in `done` (device memory); the last block of the op rings the doorbell
-// (pinned host memory) with the op number, after which the proxy reads the staging segments.
-__device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer,
-                                    uint64_t* done = nullptr, int bell = 0) {
+// Each block, after its stores: make them visible system-wide and count itself in `done`
+// (device memory, all ops). The last block of the op (done reaches a multiple of the grid) then
+// adds the whole grid to the counter at every NVLink destination (the receiver waits for
+// op * blocks) and, with fabric destinations, rings the doorbell (pinned host memory) with the op
+// number, after which the proxy reads the staging segments. One system-scope add per
+// destination instead of one per block: 132 blocks adding to one remote word serialise on it.
+// Ordering: each block's fence.sc.sys precedes its add to `done`; the last block's add reads
+// them all (one RMW chain) and its own fence.sc.sys precedes the release at the destinations,
+// so every block's stores happen before the receiver's acquire.
+__device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer, uint64_t* done,
+                                    int bell) {
+  __shared__ unsigned long long s_op;  // op number when this block is the op's last, else 0
   __syncthreads();
-  if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && !is_remote(a, threadIdx.x)) {
+  if (threadIdx.x == 0) {
     __threadfence_system();
-    red_release_sys_add(reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + counter_offset_in_peer), 1);
+    const unsigned long long n = atomicAdd(reinterpret_cast<unsigned long long*>(done), 1ull) + 1;
+    const bool last = n % static_cast<unsigned long long>(a.blocks) == 0;
+    if (last) __threadfence_system();
+    s_op = last ? n / static_cast<unsigned long long>(a.blocks) : 0;
   }
-  if (a.remote != 0 && done != nullptr && threadIdx.x == 0) {
-    __threadfence_system();
-    const unsigned long long n =
-        atomicAdd(reinterpret_cast<unsigned long long*>(done), 1ull) + 1;
-    if (n % static_cast<unsigned long long>(a.blocks) == 0) {
-      __threadfence_system();
-      st_release_sys(a.doorbell + bell, n / static_cast<unsigned long long>(a.blocks));
-    }
-  }
+  __syncthreads();
+  if (s_op == 0) return;
+  if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && !is_remote(a, threadIdx.x))
+    red_release_sys_add(reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + counter_offset_in_peer),
+                        static_cast<uint64_t>(a.blocks));
+  if (a.remote != 0 && threadIdx.x == 0) st_release_sys(a.doorbell + bell, s_op);
 }
 
 // Block-wide wait for every source's counter at `base` to reach `target`.
