@@ -14,6 +14,7 @@
 # GPU_MOE_EP2_ARGS adds options, e.g. "--quick"; GPU_MOE_EP2_TIMEOUT, default 300 s).
 # GPU_MOE_SANITIZE_ARGS adds test options under compute-sanitizer (e.g. "--ranks 2 --modes
 # nvlink,fabric,node1"); GPU_MOE_SANITIZE_TIMEOUT (default 270 s) bounds each tool.
+# Step profile (Nsight Systems when installed) prints per-kernel times inside the graphs.
 # Steps can be skipped: GPU_MOE_SKIP="sanitize perf" tools/gpu-moe.sh. Every step has its own
 # timeout (test and fabric 300 s each, each sanitizer 270 s, each perf sweep 300 s, the fabric sweep
 # 240 s); where one call may run for at most 10 minutes, split it (build-gpu is reused):
@@ -117,6 +118,21 @@ if [[ $skip != *" sanitize "* ]]; then
     done
   else
     note "compute-sanitizer: not found on PATH"
+  fi
+fi
+
+# Per-kernel times inside the graphs (Nsight Systems, when installed): where a call's time goes.
+if [[ $skip != *" profile "* ]]; then
+  nsys_bin=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
+  if [ -n "$nsys_bin" ]; then
+    echo "== nsys: kernel times of moefabric-moe-gpu-perf (1 rank, fp8, T=1 and 128)"
+    timeout 240 "$nsys_bin" profile -t cuda --cuda-graph-trace=node -o "$out/prof" -f true \
+      "$perf_bin" -n 1 --dtype fp8 -t 1,128 -i 100 -w 10 --no-nccl > "$out/profile.log" 2>&1
+    "$nsys_bin" stats --report cuda_gpu_kern_sum --format csv -o "$out/prof" "$out/prof.nsys-rep" >> "$out/profile.log" 2>&1
+    note "nsys kernel summary (ns): $(ls "$out"/prof*kern_sum*.csv 2>/dev/null | head -n 1)"
+    for f in "$out"/prof*kern_sum*.csv; do [ -f "$f" ] && cut -d, -f2-9 "$f" | tee -a "$summary"; done
+  else
+    note "nsys: not installed; profile step skipped"
   fi
 fi
 
