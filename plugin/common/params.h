@@ -17,10 +17,12 @@ namespace moefabric {
     "(eth1+eth2,eth3); empty: all but lo/docker*, else lo")                                     \
   X(rails, "MOEFABRIC_RAILS", Str, "",                                                           \
     "NICs (libfabric domain names) per device, ',' between devices, '+' between rails "         \
-    "(mlx5_0+mlx5_1,mlx5_2); empty: the rails of each GPU per the topology, else one NIC each") \
+    "(mlx5_0+mlx5_1,mlx5_2); empty: the rails of each GPU per the topology, else one NIC each; " \
+    "an MoE proxy uses its GPU's device, else the first")                                      \
   X(stripe_min, "MOEFABRIC_STRIPE_MIN", Int, "262144",                                           \
-    "messages this large or larger are striped over a multi-rail device's rails (128-byte "      \
-    "aligned stripes); smaller ones go whole on one rail, round robin, bytes")                  \
+    "messages (plugin) and writes (MoE proxies) this large or larger are striped over a "       \
+    "multi-rail device's rails (128-byte aligned stripes); smaller ones go whole on one rail, "  \
+    "round robin, bytes")                                                                       \
   X(topo_file, "MOEFABRIC_TOPO_FILE", Bool, "1",                                                 \
     "when NICs are grouped into multi-rail devices, hand NCCL a matching topology XML "          \
     "(NCCL_TOPO_FILE=/proc/self/fd/N on a memfd) unless NCCL_TOPO_FILE is set")                 \
@@ -52,7 +54,8 @@ namespace moefabric {
   X(timeout_ms, "MOEFABRIC_TIMEOUT_MS", Int, "60000",                                            \
     "default ncclMoe timeoutMs: bound on every dispatch/combine/destroy wait, ms")              \
   X(proxy_cpu, "MOEFABRIC_PROXY_CPU", Int, "-1",                                                  \
-    "pin the MoE proxy thread to this CPU; -1: the cores of its NIC's NUMA node (topology)")     \
+    "pin the MoE proxy thread to this CPU; -1: its GPU's NUMA slice (CUDA backend), else its "   \
+    "first rail's NUMA node (topology)")                                                        \
   X(proxy_spin_us, "MOEFABRIC_PROXY_SPIN_US", Int, "200",                                         \
     "MoE proxy busy-polls this long after the last event, then blocks in the CQ until woken")   \
   X(force_fabric, "MOEFABRIC_FORCE_FABRIC", Bool, "0",                                          \
