@@ -8,6 +8,8 @@
 // --fabric (MOEFABRIC_FORCE_FABRIC=1) sends every peer through the fabric proxy instead, and
 // --node-size N sets MOEFABRIC_NODE_SIZE; the rows then also carry the proxy's posting cost
 // (doorbell seen -> writes posted, on the proxy's clock, from ncclMoeGetStats after each replay).
+// --breakdown adds, per row, rank 0's p50 of each half-call (dispatch send / recv, combine send /
+// recv, timed with the split API in one graph) and of an empty kernel on the same grid.
 // perf/PERFORMANCE.md defines the columns.
 #include <CLI/CLI.hpp>
 #include <cuda_runtime.h>
@@ -34,7 +36,7 @@ struct Opts {
   int ranks = 2, hidden = 7168, topk = 8, experts = 256, iters = 1000, warmup = 50, timeout = 1500;
   std::vector<int> tokens{1, 8, 32, 128, 512, 1024, 4096};
   std::string dtype = "fp8", json;
-  bool no_nccl = false, fabric = false;
+  bool no_nccl = false, fabric = false, breakdown = false;
   int node_size = 0;
 };
 
@@ -240,6 +242,56 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o) {
       measure(g_nccl, &nd, &nc, nullptr, nullptr);
       CK(cudaGraphExecDestroy(g_nccl));
     }
+    if (o.breakdown) {
+      // One graph: events between the four half-calls, then an empty kernel on the same grid.
+      cudaEvent_t e[6];
+      for (auto& x : e) CK(cudaEventCreate(&x));
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      CK(routes_launch(idx, w, nt, o.topk, o.experts, me, counter, st));
+      NK(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, nccl, st));
+      auto mark = [&](int i) { CK(cudaEventRecordWithFlags(e[i], st, cudaEventRecordExternal)); };
+      mark(0);
+      if (ncclMoeDispatchSend(x, fp8 ? sc : nullptr, idx, w, nt, rx, fp8 ? rs : nullptr, rc, moe, st) !=
+          ncclSuccess)
+        die(me, std::string("dispatch send: ") + ncclMoeGetLastError(moe));
+      mark(1);
+      if (ncclMoeDispatchRecv(moe, st) != ncclSuccess)
+        die(me, std::string("dispatch recv: ") + ncclMoeGetLastError(moe));
+      mark(2);
+      if (ncclMoeCombineSend(ey, moe, st) != ncclSuccess)
+        die(me, std::string("combine send: ") + ncclMoeGetLastError(moe));
+      mark(3);
+      if (ncclMoeCombineRecv(y, moe, st) != ncclSuccess)
+        die(me, std::string("combine recv: ") + ncclMoeGetLastError(moe));
+      mark(4);
+      int sms = 0;
+      CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+      CK(empty_launch(sms, 512, st));
+      mark(5);
+      CK(cudaStreamEndCapture(st, &g));
+      CK(cudaGraphInstantiate(&ge, g, 0));
+      CK(cudaGraphDestroy(g));
+      std::vector<double> part[5];
+      for (int it = -o.warmup; it < o.iters; ++it) {
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaStreamSynchronize(st));
+        if (it < 0) continue;
+        for (int i = 0; i < 5; ++i) {
+          float ms = 0;
+          CK(cudaEventElapsedTime(&ms, e[i], e[i + 1]));
+          part[i].push_back(ms * 1e3);
+        }
+      }
+      CK(cudaGraphExecDestroy(ge));
+      for (auto& x : e) cudaEventDestroy(x);
+      if (me == 0)
+        printf("# breakdown T=%d (rank 0, p50 us): dispatch send %.1f, recv %.1f; combine send %.1f, "
+               "recv %.1f; empty kernel %dx512 %.1f\n",
+               T, pct(part[0], .5), pct(part[1], .5), pct(part[2], .5), pct(part[3], .5), sms,
+               pct(part[4], .5));
+    }
     const double peer = me == 0 && R > 1 ? peer_copy_us(me, dev, d_bytes) : -1;
     // Pool at rank 0.
     const size_t n = d.size(), m = nd.size();
@@ -323,6 +375,8 @@ int main(int argc, char** argv) {
   app.add_option("-i,--iters", o.iters, "timed iterations per row")->check(CLI::PositiveNumber);
   app.add_option("-w,--warmup", o.warmup, "untimed iterations per row")->check(CLI::NonNegativeNumber);
   app.add_flag("--no-nccl", o.no_nccl, "skip the NCCL all_to_all baseline");
+  app.add_flag("--breakdown", o.breakdown,
+               "also time each half-call (split API) and an empty kernel on the same grid");
   app.add_flag("--fabric", o.fabric,
                "every peer through the fabric proxy (sets MOEFABRIC_FORCE_FABRIC=1; provider from "
                "MOEFABRIC_PROVIDER, e.g. shm)");

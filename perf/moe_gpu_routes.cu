@@ -33,10 +33,17 @@ __global__ void routes_kernel(int32_t* idx, float* w, const int32_t* ntokens, in
   if (blockIdx.x == 0 && threadIdx.x == 0) *counter = round + 1;
 }
 
+__global__ void empty_kernel() {}
+
 }  // namespace
 
 cudaError_t routes_launch(int32_t* idx, float* w, const int32_t* ntokens, int topk, int experts,
                           int rank, uint64_t* counter, cudaStream_t stream) {
   routes_kernel<<<1, 1024, 0, stream>>>(idx, w, ntokens, topk, experts, rank, counter);
+  return cudaGetLastError();
+}
+
+cudaError_t empty_launch(int blocks, int threads, cudaStream_t stream) {
+  empty_kernel<<<blocks, threads, 0, stream>>>();
   return cudaGetLastError();
 }
