@@ -90,21 +90,23 @@ __device__ inline bool wait_counter(const Args& a, const uint64_t* counter, uint
   }
 }
 
-// Each block, after its stores: make them visible system-wide and count itself in `done`
-// (device memory, all ops). The last block of the op (done reaches a multiple of the grid) then
+// Each block, after its stores: a GPU-scope release (fence.acq_rel.gpu) and count itself in
+// `done` (device memory, all ops). The last block of the op (done reaches a multiple of the grid) then
 // adds the whole grid to the counter at every NVLink destination (the receiver waits for
 // op * blocks) and, with fabric destinations, rings the doorbell (pinned host memory) with the op
 // number, after which the proxy reads the staging segments. One system-scope add per
 // destination instead of one per block: 132 blocks adding to one remote word serialise on it.
-// Ordering: each block's fence.sc.sys precedes its add to `done`; the last block's add reads
-// them all (one RMW chain) and its own fence.sc.sys precedes the release at the destinations,
-// so every block's stores happen before the receiver's acquire.
+// Ordering (PTX memory model, causality order is transitive): each block's stores precede its
+// GPU-scope release (fence + add to `done`); the last block's add reads them all (one RMW chain)
+// and its fence.sc.sys then makes everything it has observed precede the system-scope release at
+// the destinations, so every block's stores, NVLink and pinned host memory alike, happen before
+// the receiver's (or the proxy's) acquire. Only the last block pays for a system-scope fence.
 __device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer, uint64_t* done,
                                     int bell) {
   __shared__ unsigned long long s_op;  // op number when this block is the op's last, else 0
   __syncthreads();
   if (threadIdx.x == 0) {
-    __threadfence_system();
+    __threadfence();
     const unsigned long long n = atomicAdd(reinterpret_cast<unsigned long long*>(done), 1ull) + 1;
     const bool last = n % static_cast<unsigned long long>(a.blocks) == 0;
     if (last) __threadfence_system();
