@@ -31,14 +31,20 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
   const size_t yb = static_cast<size_t>(l.hidden) * sizeof(Out);
   const uint32_t per_src = static_cast<uint32_t>(l.max_tokens) * l.topk;
   const auto* ey = static_cast<const uint8_t*>(a.expert_y);
-  for (uint32_t r = warp * a.blocks + blockIdx.x; r < total; r += a.blocks * kWarps) {
+  // Items (row, chunk of the row), one warp each, consecutive items on different blocks.
+  const int nch = chunks_of(yb);
+  const int64_t items = static_cast<int64_t>(total) * nch;
+  for (int64_t it = static_cast<int64_t>(warp) * a.blocks + blockIdx.x; it < items;
+       it += static_cast<int64_t>(a.blocks) * kWarps) {
+    const uint32_t r = static_cast<uint32_t>(it / nch);
+    const int c = static_cast<int>(it % nch);
     const uint32_t code = a.row_src[r];
     if (code == ~0u) continue;
     const uint32_t s = code / per_src;
     if (s >= static_cast<uint32_t>(l.nranks)) continue;
     uint8_t* dst = is_remote(a, s) ? send_segment(a, s) + l.stage_combine_offset(code % per_src)
                                    : a.peers[s] + l.combine_offset(code % per_src);
-    warp_copy16<false>(dst, ey + yb * r, yb, lane);
+    warp_copy_chunk<false>(dst, ey + yb * r, yb, c, lane);
   }
   signal_peers(a, l.ccount_offset(l.rank), &a.st->csend_done, kBellCombine);
 }

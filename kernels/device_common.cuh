@@ -170,6 +170,29 @@ __device__ __forceinline__ void warp_copy16(uint8_t* dst, const uint8_t* src, si
   for (; i < n; i += 32) d[i] = load16<kPeerData>(s + i);
 }
 
+// Rows are copied in chunks of kChunkVecs 16-byte vectors (2 per lane), one chunk per warp and
+// item, so that a few rows (small T) still spread over the whole grid and every lane has two
+// loads in flight instead of a chain of dependent round trips.
+inline constexpr int kChunkVecs = 64;
+__host__ __device__ __forceinline__ int chunks_of(size_t bytes) {
+  return static_cast<int>((bytes / 16 + kChunkVecs - 1) / kChunkVecs);
+}
+
+// Chunk `c` of a row of `bytes` (a multiple of 16, both ends 16-byte aligned), by one warp.
+template <bool kPeerData>
+__device__ __forceinline__ void warp_copy_chunk(uint8_t* dst, const uint8_t* src, size_t bytes,
+                                                int c, int lane) {
+  const int4* s = reinterpret_cast<const int4*>(src);
+  int4* d = reinterpret_cast<int4*>(dst);
+  const size_t n = bytes / 16;
+  const size_t v0 = static_cast<size_t>(c) * kChunkVecs + lane, v1 = v0 + 32;
+  int4 x0, x1;
+  if (v0 < n) x0 = load16<kPeerData>(s + v0);
+  if (v1 < n) x1 = load16<kPeerData>(s + v1);
+  if (v0 < n) d[v0] = x0;
+  if (v1 < n) d[v1] = x1;
+}
+
 __device__ __forceinline__ int32_t clamp_expert(const Args& a, int32_t e, int32_t phase) {
   if (e < -1 || e >= a.l.experts) {
     report_error(a, kErrBadExpert, phase, a.l.rank, e);

@@ -60,11 +60,17 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
                            : a.peers[d] + l.token_offset(me, t);
   };
 
-  // One warp per token; consecutive tokens on different blocks (spreads the NVLink stores).
+  // Work items (token, chunk of its row), one warp each; consecutive items on different blocks
+  // (spreads the NVLink stores). The warp of chunk 0 also sends the token's scales.
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t xb = static_cast<size_t>(l.hidden) * sizeof(Elt);
   const size_t xb_pad = round_up(xb, 16);
-  for (int t = warp * a.blocks + blockIdx.x; t < T; t += a.blocks * kWarps) {
+  const size_t nvec = xb / 16;
+  const int nch = chunks_of(xb);
+  const int64_t items = static_cast<int64_t>(T) * nch;
+  for (int64_t it = static_cast<int64_t>(warp) * a.blocks + blockIdx.x; it < items;
+       it += static_cast<int64_t>(a.blocks) * kWarps) {
+    const int t = static_cast<int>(it / nch), c = static_cast<int>(it % nch);
     int d = -1;
     if (lane < K) {
       const int32_t e = a.idx[static_cast<size_t>(t) * K + lane];
@@ -73,12 +79,16 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
     const uint32_t dests = __reduce_or_sync(0xffffffffu, d >= 0 ? 1u << d : 0u);
     if (dests == 0) continue;
     const int4* src = reinterpret_cast<const int4*>(static_cast<const uint8_t*>(a.x) + xb * t);
-    for (size_t v = lane; v < xb / 16; v += 32) {
-      const int4 val = __ldg(src + v);
-      for (uint32_t m = dests; m != 0; m &= m - 1)
-        reinterpret_cast<int4*>(slot(__ffs(m) - 1, t))[v] = val;
+    const size_t v0 = static_cast<size_t>(c) * kChunkVecs + lane, v1 = v0 + 32;
+    int4 x0, x1;
+    if (v0 < nvec) x0 = __ldg(src + v0);
+    if (v1 < nvec) x1 = __ldg(src + v1);
+    for (uint32_t m = dests; m != 0; m &= m - 1) {
+      int4* dst = reinterpret_cast<int4*>(slot(__ffs(m) - 1, t));
+      if (v0 < nvec) dst[v0] = x0;
+      if (v1 < nvec) dst[v1] = x1;
     }
-    if (l.nscale > 0) {
+    if (c == 0 && l.nscale > 0) {
       const float* sc = a.x_scales + static_cast<size_t>(l.nscale) * t;
       for (int i = lane; i < l.nscale; i += 32) {
         const float f = __ldg(sc + i);
@@ -248,13 +258,18 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
       }
     }
     __syncthreads();
-    for (int i = warp; i < c1 - c0; i += kWarps) {
+    // Items (pair, chunk of its row) over the block's warps: a block with few rows still keeps
+    // all its warps copying.
+    const int nch = chunks_of(xb);
+    for (int it = warp; it < (c1 - c0) * nch; it += kWarps) {
+      const int i = it / nch, c = it % nch;
       const uint32_t row = c_row[i];
       if (row == ~0u) continue;
       const uint32_t code = c_code[i];
       const uint32_t st = code / K;  // s * maxT + t
       const uint8_t* slot = a.local + l.off_tok + l.slot_bytes * st;
-      warp_copy16<true>(recv_x + xb * row, slot, xb, lane);
+      warp_copy_chunk<true>(recv_x + xb * row, slot, xb, c, lane);
+      if (c != 0) continue;
       if (l.nscale > 0) {
         const float* sc = reinterpret_cast<const float*>(slot + xb_pad);
         for (int q = lane; q < l.nscale; q += 32)
