@@ -31,8 +31,10 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
   const size_t yb = static_cast<size_t>(l.hidden) * sizeof(Out);
   const uint32_t per_src = static_cast<uint32_t>(l.max_tokens) * l.topk;
   const auto* ey = static_cast<const uint8_t*>(a.expert_y);
-  // Items (row, chunk of the row), one warp each, consecutive items on different blocks.
-  const int nch = chunks_of(yb);
+  // Items (row, chunk of the row), one warp each, consecutive items on different blocks; with
+  // at least a row per warp, whole rows (fewer index loads, longer runs per warp).
+  const bool whole = total >= static_cast<uint32_t>(a.blocks) * kWarps;
+  const int nch = whole ? 1 : chunks_of(yb);
   const int64_t items = static_cast<int64_t>(total) * nch;
   for (int64_t it = static_cast<int64_t>(warp) * a.blocks + blockIdx.x; it < items;
        it += static_cast<int64_t>(a.blocks) * kWarps) {
@@ -44,7 +46,8 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
     if (s >= static_cast<uint32_t>(l.nranks)) continue;
     uint8_t* dst = is_remote(a, s) ? send_segment(a, s) + l.stage_combine_offset(code % per_src)
                                    : a.peers[s] + l.combine_offset(code % per_src);
-    warp_copy_chunk<false>(dst, ey + yb * r, yb, c, lane);
+    if (whole) warp_copy16<false>(dst, ey + yb * r, yb, lane);
+    else warp_copy_chunk<false>(dst, ey + yb * r, yb, c, lane);
   }
   signal_peers(a, l.ccount_offset(l.rank), &a.st->csend_done, kBellCombine);
 }
