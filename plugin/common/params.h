@@ -30,6 +30,10 @@ namespace moefabric {
     "data path: rdma (fi_writedata into receiver-posted buffers), tagged, or auto")              \
   X(eager_max, "MOEFABRIC_EAGER_MAX", Int, "8192",                                                \
     "largest message sent eagerly (before the receiver's control entry arrives), bytes")         \
+  X(eager_known, "MOEFABRIC_EAGER_KNOWN", Int, "-1",                                              \
+    "messages up to this size go eagerly even when the receiver's control entry is known (one "  \
+    "message instead of a write); -1: MOEFABRIC_EAGER_MAX where a write with immediate takes "  \
+    "two operations (tcp), else 0, bytes")                                                      \
   X(rx_buffers, "MOEFABRIC_RX_BUFFERS", Int, "256",                                               \
     "receive buffers posted per endpoint for control and eager messages")                        \
   X(tx_buffers, "MOEFABRIC_TX_BUFFERS", Int, "1024",                                              \

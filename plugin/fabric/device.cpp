@@ -93,6 +93,11 @@ Status Device::init(std::string* error) {
     msg_size_ = wire::msg_buffer_size(0);
   }
   stripe_min_ = static_cast<size_t>(std::max<int64_t>(0, params_.stripe_min));
+  // A small write with immediate costs two operations where the immediate travels in its own
+  // zero-byte write (split_imm: tcp;ofi_rxm); one eager message is cheaper there.
+  eager_known_max_ = params_.eager_known >= 0
+                         ? std::min(eager_max_, static_cast<size_t>(params_.eager_known))
+                         : (nic_.split_imm ? eager_max_ : 0);
 
   size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   Rail& r0 = rails_[0];

@@ -295,6 +295,7 @@ class Device {
   bool tagged_ = false;
   bool auto_progress_ = false;
   size_t eager_max_ = 0;
+  size_t eager_known_max_ = 0;  // eager even with the control entry known (MOEFABRIC_EAGER_KNOWN)
   size_t max_write_ = 0;
   size_t msg_size_ = 0;
   size_t stripe_min_ = 0;
