@@ -282,6 +282,7 @@ class Device {
   void on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data);
   void on_error_msg(Comm* c, const wire::ErrorMsg& m);
   void send_advance(SendComm* c);
+  Status send_eager(SendComm* c, uint32_t s, int tag, void* data, size_t size, SendReq** out);
   void deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* data, size_t size);
   void group_check_done(RecvComm* c, RecvGroup* g);
   void entry_check_done(RecvComm* c, RecvGroup* g, int idx);

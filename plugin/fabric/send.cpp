@@ -98,6 +98,23 @@ void Device::on_ctrl(SendComm* c, const wire::CtrlMsg& m) {
   send_advance(c);
 }
 
+// Message `s` as an eager message. *out stays nullptr when no request or buffer is free (NCCL
+// retries the isend).
+Status Device::send_eager(SendComm* c, uint32_t s, int tag, void* data, size_t size, SendReq** out) {
+  SendReq* r = sreq_alloc(c);
+  if (r == nullptr) return Status::kOk;
+  r->size = size;
+  wire::EagerMsg m = {s, tag, size};
+  Status st = send_msg(c, c->peer, wire::MsgType::kEager, c->remote_id, c->id, &m, sizeof m, data, size, r);
+  if (st != Status::kOk) {
+    sreq_release(c, r);
+    return st == Status::kAgain ? Status::kOk : st;
+  }
+  ++c->next_msg;
+  *out = r;
+  return Status::kOk;
+}
+
 Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr, SendReq** out) {
   *out = nullptr;
   c->peer_rank = tag;
@@ -145,18 +162,8 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   if (!known) {
     bool host = mr == nullptr || mr->type == MemType::kHost;
     if (size > eager_max_ || !host || c->eager.size() >= kEagerWindow || !tx_available(8)) return Status::kOk;
-    SendReq* r = sreq_alloc(c);
-    if (r == nullptr) return Status::kOk;
-    r->size = size;
-    wire::EagerMsg m = {s, tag, size};
-    Status st = send_msg(c, c->peer, wire::MsgType::kEager, c->remote_id, c->id, &m, sizeof m, data, size, r);
-    if (st != Status::kOk) {
-      sreq_release(c, r);
-      return st == Status::kAgain ? Status::kOk : st;
-    }
-    c->eager.push_back({s, tag});
-    ++c->next_msg;
-    *out = r;
+    MF_CHECK(send_eager(c, s, tag, data, size, out));
+    if (*out != nullptr) c->eager.push_back({s, tag});
     return Status::kOk;
   }
 
@@ -183,19 +190,11 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   // receiver matches them to the posted buffer as it does an eager message that crossed its
   // control entry; the entry is used here.
   if (size <= eager_known_max_ && (mr == nullptr || mr->type == MemType::kHost) && tx_available(8)) {
-    SendReq* r = sreq_alloc(c);
-    if (r == nullptr) return Status::kOk;
-    r->size = size;
-    wire::EagerMsg m = {s, tag, size};
-    Status st = send_msg(c, c->peer, wire::MsgType::kEager, c->remote_id, c->id, &m, sizeof m, data, size, r);
-    if (st != Status::kOk) {
-      sreq_release(c, r);
-      return st == Status::kAgain ? Status::kOk : st;
+    MF_CHECK(send_eager(c, s, tag, data, size, out));
+    if (*out != nullptr) {
+      g.used |= static_cast<uint8_t>(1u << idx);
+      send_advance(c);
     }
-    g.used |= static_cast<uint8_t>(1u << idx);
-    ++c->next_msg;
-    send_advance(c);
-    *out = r;
     return Status::kOk;
   }
   // Segments: at most max_write each. Multi-rail: a message of at least stripe_min_ is cut
