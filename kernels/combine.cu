@@ -99,16 +99,26 @@ __global__ void __launch_bounds__(kThreads) combine_recv_kernel(const __grid_con
        i += static_cast<size_t>(a.blocks) * kThreads) {
     const size_t t = i / nv, v = i % nv;
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int k = 0; k < K; ++k) {
-      if (idx[t * K + k] < 0) continue;
-      const float w = a.weights[t * K + k];
-      const int4 q = __ldcg(reinterpret_cast<const int4*>(a.local + l.combine_offset(t * K + k)) + v);
-      const uint32_t u[4] = {static_cast<uint32_t>(q.x), static_cast<uint32_t>(q.y),
-                             static_cast<uint32_t>(q.z), static_cast<uint32_t>(q.w)};
+    // Eight rows' loads in flight before any is used (their addresses do not depend on idx; an
+    // empty slot's row is loaded and ignored), then the fmaf chain in k order as before.
+    for (int k0 = 0; k0 < K; k0 += 8) {
+      int4 q[8];
 #pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        acc[2 * h] = fmaf(w, __uint_as_float(u[h] << 16), acc[2 * h]);
-        acc[2 * h + 1] = fmaf(w, __uint_as_float(u[h] & 0xffff0000u), acc[2 * h + 1]);
+      for (int j = 0; j < 8; ++j)
+        if (k0 + j < K)
+          q[j] = __ldcg(reinterpret_cast<const int4*>(a.local + l.combine_offset(t * K + k0 + j)) + v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int k = k0 + j;
+        if (k >= K || idx[t * K + k] < 0) continue;
+        const float w = a.weights[t * K + k];
+        const uint32_t u[4] = {static_cast<uint32_t>(q[j].x), static_cast<uint32_t>(q[j].y),
+                               static_cast<uint32_t>(q[j].z), static_cast<uint32_t>(q[j].w)};
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          acc[2 * h] = fmaf(w, __uint_as_float(u[h] << 16), acc[2 * h]);
+          acc[2 * h + 1] = fmaf(w, __uint_as_float(u[h] & 0xffff0000u), acc[2 * h + 1]);
+        }
       }
     }
     int4 o;
