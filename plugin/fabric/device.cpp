@@ -40,19 +40,16 @@ Status Device::open(const Params& params, std::vector<NicInfo> rails, std::uniqu
   }
   std::unique_ptr<Device> d(new Device());
   d->params_ = params;
-  // The device as NCCL sees it: rail 0's NIC under the joined name, with the summed speed.
-  NicInfo& n0 = rails[0];
-  d->nic_.info.reset(fi_dupinfo(n0.info.get()));
-  d->nic_.provider = n0.provider;
-  d->nic_.domain = n0.domain;
-  d->nic_.name = n0.name;
-  d->nic_.pci_path = n0.pci_path;
-  d->nic_.guid = n0.guid;
-  d->nic_.speed_mbps = n0.speed_mbps;
-  d->nic_.hmem = n0.hmem;
-  d->nic_.rma = n0.rma;
-  d->nic_.split_imm = n0.split_imm;
-  d->nic_.tagged = n0.tagged;
+  // The device as NCCL sees it: rail 0's NIC (every field, the fi_info duplicated) under the
+  // joined name, with the capabilities all rails share and the summed speed (rail 0's alone when
+  // the tagged protocol, which uses rail 0 only, will carry the data).
+  const NicInfo& n0 = rails[0];
+  d->nic_ = n0.clone();
+  if (!d->nic_.info) {
+    *error = "fi_dupinfo failed for " + n0.name;
+    return Status::kSystemError;
+  }
+  int speed = n0.speed_mbps;
   for (size_t r = 1; r < rails.size(); ++r) {
     const NicInfo& n = rails[r];
     if (n.provider != n0.provider) {
@@ -61,12 +58,16 @@ Status Device::open(const Params& params, std::vector<NicInfo> rails, std::uniqu
       return Status::kInvalidUsage;
     }
     d->nic_.name += "+" + n.name;
-    d->nic_.speed_mbps += n.speed_mbps;
+    speed += n.speed_mbps;
     d->nic_.guid = d->nic_.guid * 1000003u ^ n.guid;
     d->nic_.hmem = d->nic_.hmem && n.hmem;
+    d->nic_.hmem_async = d->nic_.hmem_async || n.hmem_async;
     d->nic_.rma = d->nic_.rma && n.rma;
     d->nic_.split_imm = d->nic_.split_imm || n.split_imm;
+    d->nic_.tagged = d->nic_.tagged && n.tagged;
   }
+  const bool tagged = !d->nic_.rma || params.protocol == "tagged";
+  d->nic_.speed_mbps = tagged ? n0.speed_mbps : speed;
   d->rails_.resize(rails.size());
   for (size_t r = 0; r < rails.size(); ++r)
     MF_CHECK(d->rails_[r].open(static_cast<int>(r), std::move(rails[r]), error));

@@ -11,8 +11,8 @@
 
 namespace moefabric::fabric {
 
-struct NicInfo {
-  InfoPtr info;          // owned copy, used to open fabric/domain/endpoint
+// What a NIC is, apart from its fi_info (plain, copyable).
+struct NicAttrs {
   std::string provider;  // e.g. "tcp;ofi_rxm", "shm", "efa"
   std::string domain;    // e.g. "lo", "rdmap16s27"
   std::string name;      // unique device name shown to NCCL
@@ -28,6 +28,17 @@ struct NicInfo {
   // immediate (ordered by FI_ORDER_WAW). See imm_write_needs_split() in info.cpp.
   bool split_imm = false;
   bool tagged = false;
+};
+
+struct NicInfo : NicAttrs {
+  InfoPtr info;  // owned copy, used to open fabric/domain/endpoint
+  // Every attribute, with its own fi_info (fi_dupinfo; null if that failed).
+  NicInfo clone() const {
+    NicInfo c;
+    static_cast<NicAttrs&>(c) = *this;
+    c.info.reset(info ? fi_dupinfo(info.get()) : nullptr);
+    return c;
+  }
 };
 
 // Finds the NICs of the provider chosen by MOEFABRIC_PROVIDER / FI_PROVIDER / the default order

@@ -3,7 +3,8 @@
 // separate endpoints, CQs and registrations. Checks that a large write goes as 128-byte aligned
 // stripes over both rails and is reported once, with a clean immediate, after all its bytes
 // landed; that small writes alternate rails whole; that a peer with fewer rails gets unstriped
-// writes; and that the caller's immediate may not use the stripe bits.
+// writes; and that the caller's immediate may not use the stripe bits. Also: a plugin device made of
+// two such rails keeps every attribute of its NICs.
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "plugin/common/params.h"
+#include "plugin/fabric/device.h"
 #include "plugin/fabric/info.h"
 #include "plugin/fabric/rma_rails.h"
 
@@ -167,4 +169,31 @@ TEST_CASE("rma rails: bad input is refused with a reason", "[rails]") {
   std::unique_ptr<RmaRails> none;
   REQUIRE(RmaRails::open(Params::load(), {}, kShift, &none, &err) != Status::kOk);
   REQUIRE(err.find("1 to 4 NICs") != std::string::npos);
+}
+
+TEST_CASE("device: a multi-rail device keeps every attribute of its NICs", "[rails]") {
+  std::vector<NicInfo> rails = nics(2);
+  rails[0].speed_mbps = 1000;
+  rails[1].speed_mbps = 2000;
+  rails[1].hmem_async = true;  // one rail whose GPU copies need a fence: the device needs it
+  const std::string name = rails[0].name + "+" + rails[1].name;
+  std::unique_ptr<Device> dev;
+  std::string err;
+  REQUIRE(Device::open(Params::load(), std::move(rails), &dev, &err) == Status::kOk);
+  REQUIRE(dev->nic().name == name);
+  REQUIRE(dev->nic().hmem_async);
+  REQUIRE(dev->nic().speed_mbps == 3000);
+  REQUIRE(dev->nic().info != nullptr);
+  dev.reset();
+  // The tagged protocol moves data on rail 0 only: the device is as fast as rail 0.
+  Params tagged = Params::load();
+  tagged.protocol = "tagged";
+  rails = nics(2);
+  rails[0].speed_mbps = 1000;
+  rails[1].speed_mbps = 2000;
+  const bool can_tag = rails[0].tagged && rails[1].tagged;
+  if (can_tag) {
+    REQUIRE(Device::open(tagged, std::move(rails), &dev, &err) == Status::kOk);
+    REQUIRE(dev->nic().speed_mbps == 1000);
+  }
 }
