@@ -145,6 +145,7 @@ class CudaComm final : public Engine {
   // Which ranks are fabric peers (bit r), from every rank's host and the fabric switches.
   Status choose_paths(const std::vector<InitBlob>& all, std::string* error);
   Status fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error);
+  std::string fabric_error_;  // the proxy failed to start here: reported to all at the next allgather
 
   ResolvedConfig cfg_{};
   int me_ = 0, R_ = 0, dev_ = -1;
@@ -260,6 +261,10 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   // Map every NVLink peer's block; all ranks learn whether everyone succeeded.
   std::vector<uint8_t*> bases(nranks, nullptr);
   OkBlob mapped{1, {}};
+  if (!fabric_error_.empty()) {
+    mapped.ok = 0;
+    snprintf(mapped.why, sizeof mapped.why, "%s", fabric_error_.c_str());
+  }
   for (int r = 0; r < nranks && mapped.ok; ++r) {
     if (r == rank) {
       bases[r] = block_.get();
@@ -401,14 +406,16 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
     *error = "init (CUDA backend): the allgather callback failed while exchanging fabric addresses";
     return Status::kSystemError;
   }
-  if (!ok) {
-    *error = "init (CUDA backend, fabric path): " + err;
-    return Status::kSystemError;
-  }
-  if (proxy_->start(all, &err) != Status::kOk) {
-    *error = "init (CUDA backend, fabric path): " + err;
-    return Status::kSystemError;
-  }
+  // Every rank reaches the same verdict here (a rank that leaves alone would strand its NVLink
+  // peers in the next allgather).
+  for (int r = 0; r < R_; ++r)
+    if (!all[r].ok) {
+      *error = "init (CUDA backend, fabric path): rank " + std::to_string(r) + ": " +
+               std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
+      return Status::kSystemError;
+    }
+  // A local failure from here on is reported through the mapping allgather that follows.
+  if (proxy_->start(all, &err) != Status::kOk) fabric_error_ = "fabric path: " + err;
   args_.remote = remote_;
   args_.send_stage = static_cast<uint8_t*>(send_dev);
   args_.recv_stage = static_cast<const uint8_t*>(recv_dev);
