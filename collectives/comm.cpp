@@ -28,13 +28,6 @@ struct CfgBlob {
   char why[192];
 };
 
-struct AddrBlob {
-  int32_t ok;
-  uint64_t recv_base;
-  fabric::RmaRails::Addr addr;
-  fabric::RmaRails::Keys recv_keys;
-  char why[192];
-};
 
 bool is_set(int v) { return v != NCCL_MOE_UNDEF_INT; }
 
@@ -195,7 +188,7 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   cfg_ = rc;
   R_ = nranks;
   me_ = rank;
-  AddrBlob mine{};
+  RailsAddr mine{};
   const char* why = nullptr;
   bool fp8 = rc.dispatch_type == ncclFloat8e4m3;
   std::string err;
@@ -215,29 +208,20 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
     }
   }
   RailChoice rails;
-  if (s == Status::kOk) s = choose_rails(params_, std::nullopt, &rails, &err);
-  if (s == Status::kOk) {
-    proxy_cpus_ = rails.proxy_cpus;
-    proxy_cpus_why_ = rails.cpus_why;
-    rails_why_ = rails.why;
-    s = fabric::RmaRails::open(params_, std::move(rails.nics), kStripeShift, &ep_, &err);
-  }
+  if (s == Status::kOk) s = open_rails(params_, std::nullopt, &ep_, &rails, &err);
+  proxy_cpus_ = rails.proxy_cpus;
+  proxy_cpus_why_ = rails.cpus_why;
+  rails_why_ = rails.why;
   if (s == Status::kOk) s = ep_->reg(recv_block_.get(), l_.recv_block_bytes, &recv_mr_, &err);
-  if (s == Status::kOk) {
-    mrs_ = true;
-    s = ep_->reg(send_block_.get(), l_.send_block_bytes, &send_mr_, &err);
-  }
+  if (s == Status::kOk) s = ep_->reg(send_block_.get(), l_.send_block_bytes, &send_mr_, &err);
   if (s == Status::kOk) {
     registrations_ = ep_->registrations();
-    mine.ok = 1;
-    ep_->local_addr(&mine.addr);
-    mine.recv_base = ep_->remote_addr(recv_mr_, recv_block_.get());
-    mine.recv_keys = ep_->keys(recv_mr_);
+    rails_addr(*ep_, recv_mr_, recv_block_.get(), &mine);
   } else {
     snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
   }
-  std::vector<AddrBlob> all(static_cast<size_t>(nranks));
-  if (fn(&mine, all.data(), sizeof(AddrBlob), ctx) != ncclSuccess) {
+  std::vector<RailsAddr> all(static_cast<size_t>(nranks));
+  if (fn(&mine, all.data(), sizeof(RailsAddr), ctx) != ncclSuccess) {
     *error = "init: the allgather callback failed while exchanging addresses";
     return Status::kSystemError;
   }
@@ -253,12 +237,9 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
       return Status::kSystemError;
     }
     peers_[r].recv_base = all[r].recv_base;
-    if (r != rank) {
-      std::string why;
-      if (ep_->add_peer(all[r].addr, all[r].recv_keys, &peers_[r].rails, &why) != Status::kOk) {
-        *error = "init: rank " + std::to_string(r) + "'s address: " + why;
-        return Status::kSystemError;
-      }
+    if (r != rank && rails_add_peer(*ep_, all[r], r, &peers_[r].rails, &err) != Status::kOk) {
+      *error = "init: " + err;
+      return Status::kSystemError;
     }
   }
   owner_.resize(rc.experts);
@@ -288,11 +269,8 @@ Comm::~Comm() { abort(); }
 void Comm::abort() {
   proxy_stop();
   if (ep_) {
-    if (mrs_) {
-      ep_->dereg(&recv_mr_);
-      ep_->dereg(&send_mr_);
-      mrs_ = false;
-    }
+    ep_->dereg(&recv_mr_);  // no-ops for what was never registered
+    ep_->dereg(&send_mr_);
     ep_.reset();
   }
   recv_block_.reset();

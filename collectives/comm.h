@@ -125,7 +125,6 @@ class Comm : public fabric::RmaHandler {
   std::string rails_why_;
   Block recv_block_, send_block_;
   fabric::RmaRails::Mr recv_mr_, send_mr_;
-  bool mrs_ = false;
   std::vector<PeerInfo> peers_;
   uint64_t registrations_ = 0;
 

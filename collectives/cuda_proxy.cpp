@@ -42,18 +42,13 @@ Status FabricProxy::create(const Params& params, const Config& cfg,
   p->cfg_ = cfg;
   p->peers_.resize(static_cast<size_t>(cfg.nranks));
   RailChoice rc;
-  MF_CHECK(choose_rails(params, cfg.gpu, &rc, error));
+  MF_CHECK(open_rails(params, cfg.gpu, &p->ep_, &rc, error));
   p->rails_why_ = rc.why;
   p->proxy_cpus_ = rc.proxy_cpus;
   p->proxy_cpus_why_ = rc.cpus_why;
-  MF_CHECK(fabric::RmaRails::open(params, std::move(rc.nics), kStripeShift, &p->ep_, error));
   const size_t bytes = cfg.layout.stage_bytes * static_cast<size_t>(cfg.nranks);
-  MF_CHECK(p->ep_->reg(cfg.send_stage, bytes, &p->send_mr_, error));
-  if (p->ep_->reg(cfg.recv_stage, bytes, &p->recv_mr_, error) != Status::kOk) {
-    p->ep_->dereg(&p->send_mr_);
-    return Status::kSystemError;
-  }
-  p->mrs_ = true;
+  MF_CHECK(p->ep_->reg(cfg.send_stage, bytes, &p->send_mr_, error));  // the destructor deregisters
+  MF_CHECK(p->ep_->reg(cfg.recv_stage, bytes, &p->recv_mr_, error));
   *out = std::move(p);
   return Status::kOk;
 }
@@ -61,11 +56,8 @@ Status FabricProxy::create(const Params& params, const Config& cfg,
 FabricProxy::~FabricProxy() {
   stop();
   if (ep_) {
-    if (mrs_) {
-      ep_->dereg(&send_mr_);
-      ep_->dereg(&recv_mr_);
-      mrs_ = false;
-    }
+    ep_->dereg(&send_mr_);  // no-ops for what was never registered
+    ep_->dereg(&recv_mr_);
     ep_.reset();
   }
 }
@@ -76,12 +68,7 @@ std::string FabricProxy::rails() const {
   return ep_->name() + " (" + std::to_string(ep_->nrails()) + " rail(s): " + rails_why_ + ")";
 }
 
-void FabricProxy::local_addr(Addr* a) const {
-  a->ok = 1;
-  ep_->local_addr(&a->addr);
-  a->recv_base = ep_->remote_addr(recv_mr_, cfg_.recv_stage);
-  a->recv_keys = ep_->keys(recv_mr_);
-}
+void FabricProxy::local_addr(Addr* a) const { rails_addr(*ep_, recv_mr_, cfg_.recv_stage, a); }
 
 Status FabricProxy::start(const std::vector<Addr>& all, std::string* error) {
   for (int r = 0; r < cfg_.nranks; ++r) {
@@ -92,11 +79,7 @@ Status FabricProxy::start(const std::vector<Addr>& all, std::string* error) {
       return Status::kSystemError;
     }
     peers_[r].recv_base = all[r].recv_base;
-    std::string why;
-    if (ep_->add_peer(all[r].addr, all[r].recv_keys, &peers_[r].rails, &why) != Status::kOk) {
-      *error = "rank " + std::to_string(r) + "'s fabric address: " + why;
-      return Status::kSystemError;
-    }
+    MF_CHECK(rails_add_peer(*ep_, all[r], r, &peers_[r].rails, error));
   }
   stop_.store(false);
   thread_ = std::thread([this] { loop(); });
@@ -253,9 +236,12 @@ void FabricProxy::loop() {
       const uint64_t v = load_acquire(cfg_.doorbell + b);
       if (v == posted_[b]) continue;
       work = true;
-      if (v != posted_[b] + 1)
+      if (v != posted_[b] + 1) {  // nothing is posted for ops that never rang
         fail(Status::kInternalError, std::string(phase_of(b)) + ": doorbell went from op " +
                                          std::to_string(posted_[b]) + " to " + std::to_string(v));
+        posted_[b] = v;
+        continue;
+      }
       post_phase(b, v);
       posted_[b] = v;
     }

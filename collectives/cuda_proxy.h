@@ -27,6 +27,7 @@
 #include "collectives/cuda_layout.h"
 #include "plugin/common/params.h"
 #include "plugin/common/status.h"
+#include "collectives/rails.h"
 #include "plugin/fabric/rma_rails.h"
 #include "topology/topology.h"
 
@@ -50,13 +51,7 @@ class FabricProxy : public fabric::RmaHandler {
   };
 
   // Fixed-size record every rank contributes to the init allgather.
-  struct Addr {
-    int32_t ok;
-    uint64_t recv_base;
-    fabric::RmaRails::Addr addr;
-    fabric::RmaRails::Keys recv_keys;
-    char why[160];
-  };
+  using Addr = RailsAddr;
 
   // Opens an endpoint on each of the GPU's rails and registers both staging areas on them.
   static Status create(const Params& params, const Config& cfg, std::unique_ptr<FabricProxy>* out,
@@ -98,7 +93,6 @@ class FabricProxy : public fabric::RmaHandler {
   Config cfg_;
   std::unique_ptr<fabric::RmaRails> ep_;
   fabric::RmaRails::Mr send_mr_, recv_mr_;
-  bool mrs_ = false;
   std::string rails_why_;
   std::vector<int> proxy_cpus_;
   std::string proxy_cpus_why_;

@@ -5,25 +5,36 @@
 
 #include <algorithm>
 
+#include "collectives/protocol.h"
 #include "plugin/common/log.h"
 #include "plugin/fabric/rail.h"
 #include "topology/fabric_nics.h"
+#include "topology/topology.h"
 
 namespace moefabric::moe {
 
 Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gpu, RailChoice* out,
                     std::string* error) {
   *out = RailChoice{};
-  Params p = params;
-  if (p.protocol == "tagged") p.protocol = "auto";  // one-sided protocol: RMA or nothing
+  const Params p = fabric::rma_params(params);
   std::vector<fabric::NicInfo> nics;
   MF_CHECK(fabric::nic_discover(p, &nics, error));
-  const std::vector<topo::NicDesc> descs = topo::nic_descs(nics);
-  std::string spec = p.rails;
-  if (spec.empty() && p.tcp_iface.find('+') != std::string::npos) spec = p.tcp_iface;
+  const std::string spec = fabric::rail_spec(p);
+  // One look at the machine (hwloc) serves the grouping, the GPU's rails and the proxy's CPUs.
+  std::unique_ptr<topo::Topology> t;
+  std::string topo_err;
+  topo::Options o;
+  o.xml = p.topo_xml;
+  o.nics_given = true;
+  o.nics = topo::nic_descs(nics);
+  if (topo::Topology::load(o, &t, &topo_err) != Status::kOk) t.reset();
+  const int gi = t && gpu ? t->gpu_by_pci(*gpu) : -1;
+
+  int on_pci = 0;
+  for (const auto& d : o.nics) on_pci += d.pci.has_value();
   std::vector<std::vector<std::string>> topo_groups;
-  std::string topo_why;
-  if (spec.empty()) topo_groups = topo::gpu_rail_groups(p.topo_xml, descs, &topo_why);
+  std::string topo_why = t ? "fewer than two NICs on PCI" : "topology not available: " + topo_err;
+  if (spec.empty() && t && on_pci >= 2) topo_groups = t->rail_groups(&topo_why);
   std::vector<std::vector<int>> groups;
   MF_CHECK(fabric::rail_groups(spec, nics, topo_groups, &groups, error));
   if (groups.empty()) {
@@ -31,33 +42,62 @@ Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gp
     return Status::kSystemError;
   }
   size_t pick = 0;
-  std::string why = spec.empty() ? (topo_groups.empty() ? "one NIC per device" : topo_why)
+  std::string why = spec.empty() ? (topo_groups.empty() ? "one NIC per device: " + topo_why : topo_why)
                                  : (p.rails.empty() ? "MOEFABRIC_TCP_IFACE=" : "MOEFABRIC_RAILS=") + spec;
   why = "first NIC group (" + why + ")";
   if (gpu) {
-    std::string gw;
-    const std::vector<std::string> mine = topo::gpu_rails(p.topo_xml, descs, *gpu, &gw);
     bool found = false;
-    for (size_t g = 0; g < groups.size() && !found; ++g)
-      for (int k : groups[g])
-        if (std::find(mine.begin(), mine.end(), nics[k].domain) != mine.end()) {
-          pick = g;
-          found = true;
-          break;
+    if (gi >= 0)
+      for (size_t g = 0; g < groups.size() && !found; ++g)
+        for (int k : groups[g]) {
+          const auto& rails = t->gpus()[gi].rails;
+          if (std::find(rails.begin(), rails.end(), k) != rails.end()) {
+            pick = g;
+            found = true;
+            break;
+          }
         }
-    if (found) why = gw;
-    else why += "; " + gw;
+    if (found) why = "the rails of GPU " + gpu->str() + " per " + t->source();
+    else why += gi < 0 ? "; GPU " + gpu->str() + " not in the topology" : "; none of GPU " + gpu->str() + "'s rails is in a group";
   }
+  const int nic0 = groups[pick][0];
   for (int k : groups[pick]) out->nics.push_back(std::move(nics[k]));
   out->why = why;
 
   if (p.proxy_cpu >= 0) {
     out->proxy_cpus = {static_cast<int>(p.proxy_cpu)};
     out->cpus_why = "MOEFABRIC_PROXY_CPU";
+  } else if (t) {
+    out->proxy_cpus = t->proxy_cpus_for(nic0, gi, &out->cpus_why);
   } else {
-    out->proxy_cpus = topo::proxy_cpus(p.topo_xml, topo::nic_desc(out->nics[0]), gpu, &out->cpus_why);
+    out->cpus_why = "topology unavailable: " + topo_err;
   }
   return Status::kOk;
+}
+
+Status open_rails(const Params& params, const std::optional<topo::PciAddr>& gpu,
+                  std::unique_ptr<fabric::RmaRails>* ep, RailChoice* choice, std::string* error) {
+  MF_CHECK(choose_rails(params, gpu, choice, error));
+  Status s = fabric::RmaRails::open(params, std::move(choice->nics), kStripeShift, ep, error);
+  choice->nics.clear();
+  return s;
+}
+
+void rails_addr(fabric::RmaRails& ep, const fabric::RmaRails::Mr& recv_mr, const void* recv,
+                RailsAddr* out) {
+  *out = RailsAddr{};
+  out->ok = 1;
+  ep.local_addr(&out->addr);
+  out->recv_base = ep.remote_addr(recv_mr, recv);
+  out->recv_keys = ep.keys(recv_mr);
+}
+
+Status rails_add_peer(fabric::RmaRails& ep, const RailsAddr& a, int r, fabric::RmaRails::Peer* out,
+                      std::string* error) {
+  std::string why;
+  if (ep.add_peer(a.addr, a.recv_keys, out, &why) == Status::kOk) return Status::kOk;
+  *error = "rank " + std::to_string(r) + "'s address: " + why;
+  return Status::kSystemError;
 }
 
 void pin_proxy_thread(const std::vector<int>& cpus, const std::string& why, const char* who, int rank) {

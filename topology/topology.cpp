@@ -416,41 +416,20 @@ std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
     *why = "topology not available: " + error;
     return {};
   }
-  std::vector<std::vector<std::string>> groups;
-  for (const Gpu& g : topo->gpus()) {
-    if (g.rails.size() < 2) continue;
-    std::vector<std::string> names;
-    for (int r : g.rails) names.push_back(topo->nics()[r].name);
-    if (std::find(groups.begin(), groups.end(), names) == groups.end()) groups.push_back(names);
-  }
-  *why = groups.empty() ? (topo->gpus().empty() ? "no GPU found" : "no GPU has two or more rails")
-                        : std::to_string(groups.size()) + " GPU rail group(s) from " + topo->source();
-  return groups;
+  return topo->rail_groups(why);
 }
 
-std::vector<std::string> gpu_rails(const std::string& xml, const std::vector<NicDesc>& nics,
-                                   const PciAddr& gpu_pci, std::string* why) {
-  Options opts;
-  opts.xml = xml;
-  opts.nics_given = true;
-  opts.nics = nics;
-  opts.gpus_given = true;
-  opts.gpus = {gpu_pci};
-  std::unique_ptr<Topology> topo;
-  std::string error;
-  if (Topology::load(opts, &topo, &error) != Status::kOk) {
-    *why = "topology not available: " + error;
-    return {};
+std::vector<std::vector<std::string>> Topology::rail_groups(std::string* why) const {
+  std::vector<std::vector<std::string>> groups;
+  for (const Gpu& g : gpus_) {
+    if (g.rails.size() < 2) continue;
+    std::vector<std::string> names;
+    for (int r : g.rails) names.push_back(nics_[r].name);
+    if (std::find(groups.begin(), groups.end(), names) == groups.end()) groups.push_back(names);
   }
-  if (topo->gpus().empty()) {
-    *why = "GPU " + gpu_pci.str() + " not found in " + topo->source();
-    return {};
-  }
-  std::vector<std::string> names;
-  for (int r : topo->gpus()[0].rails) names.push_back(topo->nics()[r].name);
-  *why = names.empty() ? "GPU " + gpu_pci.str() + " has no NIC on a PCI path"
-                       : "the rails of GPU " + gpu_pci.str() + " per " + topo->source();
-  return names;
+  *why = groups.empty() ? (gpus_.empty() ? "no GPU found" : "no GPU has two or more rails")
+                        : std::to_string(groups.size()) + " GPU rail group(s) from " + source_;
+  return groups;
 }
 
 std::vector<int> Topology::cpus_near_nic(int nic) const {
@@ -565,16 +544,23 @@ std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic,
     *why = "topology unavailable: " + err;
     return {};
   }
-  if (gpu_pci && !t->gpus().empty() && t->gpus()[0].numa >= 0 && !t->gpus()[0].proxy_cpus.empty()) {
-    *why = "GPU " + gpu_pci->str() + " on NUMA node " + std::to_string(t->gpus()[0].numa);
-    return t->gpus()[0].proxy_cpus;
+  return t->proxy_cpus_for(0, gpu_pci && !t->gpus().empty() ? 0 : -1, why);
+}
+
+std::vector<int> Topology::proxy_cpus_for(int nic, int gpu, std::string* why) const {
+  if (gpu >= 0 && gpu < static_cast<int>(gpus_.size()) && gpus_[gpu].numa >= 0 &&
+      !gpus_[gpu].proxy_cpus.empty()) {
+    *why = "GPU " + gpus_[gpu].pci.str() + " on NUMA node " + std::to_string(gpus_[gpu].numa);
+    return gpus_[gpu].proxy_cpus;
   }
-  std::vector<int> cpus = t->cpus_near_nic(0);
+  std::vector<int> cpus = cpus_near_nic(nic);
   if (cpus.empty()) {
-    *why = "NIC " + nic.name + " has no NUMA node (virtual or unknown)";
+    *why = nic >= 0 && nic < static_cast<int>(nics_.size())
+               ? "NIC " + nics_[nic].name + " has no NUMA node (virtual or unknown)"
+               : "no NIC";
     return {};
   }
-  *why = "NIC " + nic.name + " on NUMA node " + std::to_string(t->nics()[0].numa);
+  *why = "NIC " + nics_[nic].name + " on NUMA node " + std::to_string(nics_[nic].numa);
   return cpus;
 }
 

@@ -86,6 +86,13 @@ class Topology {
 
   // Proxy CPUs for a NIC's NUMA node when no GPU is involved (host backend): empty if unknown.
   std::vector<int> cpus_near_nic(int nic) const;
+  // NICs that are the rails of one GPU, by name: one group per GPU with two or more rails (GPUs
+  // sharing the same rails give one group). `why` says what was found.
+  std::vector<std::vector<std::string>> rail_groups(std::string* why) const;
+  // Where an MoE proxy thread should run: GPU `gpu`'s slice of its NUMA node's cores when that
+  // GPU is known (index into gpus(), -1: none), else every core of NIC `nic`'s NUMA node; empty
+  // when neither has a NUMA node. `why` says which rule applied.
+  std::vector<int> proxy_cpus_for(int nic, int gpu, std::string* why) const;
   // The GPU whose PCI bus id this is, or -1.
   int gpu_by_pci(const PciAddr& pci) const;
 
@@ -124,12 +131,6 @@ std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic,
 std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
                                                       const std::vector<NicDesc>& nics,
                                                       std::string* why);
-
-// The NICs among `nics` at `gpu_pci`'s closest PCIe path (that GPU's rails), by name. Empty, with
-// `why` saying so, when the topology cannot be read or does not know the GPU. Honours
-// MOEFABRIC_TOPO_XML via `xml`.
-std::vector<std::string> gpu_rails(const std::string& xml, const std::vector<NicDesc>& nics,
-                                   const PciAddr& gpu_pci, std::string* why);
 
 // PCI bus ids of the CUDA devices in CUDA's order, through the driver API loaded at run time.
 // nullopt when the driver does not load or reports no device.

@@ -30,8 +30,7 @@ Device* comm_device(void* comm) {
 // per device.
 Status device_groups(const Params& params, const std::vector<NicInfo>& nics,
                      std::vector<std::vector<int>>* groups, std::string* error) {
-  std::string spec = params.rails;
-  if (spec.empty() && params.tcp_iface.find('+') != std::string::npos) spec = params.tcp_iface;
+  const std::string spec = rail_spec(params);
   std::vector<std::vector<std::string>> topo;
   if (spec.empty()) {
     if (TopoGroupsHook hook = topo_groups_hook()) {

@@ -116,6 +116,11 @@ std::vector<std::string> split(const std::string& s, char sep) {
 }
 }  // namespace
 
+std::string rail_spec(const Params& params) {
+  if (!params.rails.empty()) return params.rails;
+  return params.tcp_iface.find('+') != std::string::npos ? params.tcp_iface : std::string();
+}
+
 std::vector<std::string> rail_spec_names(const std::string& spec) {
   std::vector<std::string> out;
   for (const auto& dev : split(spec, ','))

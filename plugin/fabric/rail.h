@@ -55,6 +55,10 @@ using TopoGroupsHook = std::vector<std::vector<std::string>> (*)(const Params& p
 void set_topo_groups_hook(TopoGroupsHook hook);
 TopoGroupsHook topo_groups_hook();
 
+// The grouping spec in effect: MOEFABRIC_RAILS, else MOEFABRIC_TCP_IFACE when it joins rails
+// with '+', else empty (the topology, or one NIC per device, decides).
+std::string rail_spec(const Params& params);
+
 // The spec's NIC names (for the tcp interface filter): "a+b,c" -> {a, b, c}.
 std::vector<std::string> rail_spec_names(const std::string& spec);
 
