@@ -66,6 +66,14 @@ void one_of(const char* env, std::string* v, const char* def, std::initializer_l
   *v = def;
 }
 
+// An integer parameter with a valid range: anything outside warns and falls back.
+void in_range(const char* env, int64_t* v, int64_t lo, int64_t hi, int64_t def, const char* def_means) {
+  if (*v >= lo && *v <= hi) return;
+  MF_WARN("%s=%lld is outside [%lld, %lld]; using the default %lld%s", env, static_cast<long long>(*v),
+          static_cast<long long>(lo), static_cast<long long>(hi), static_cast<long long>(def), def_means);
+  *v = def;
+}
+
 }  // namespace
 
 Params Params::load() {
@@ -76,11 +84,10 @@ Params Params::load() {
   one_of("MOEFABRIC_PROTOCOL", &p.protocol, "auto", {"auto", "rdma", "tagged"});
   one_of("MOEFABRIC_GDR", &p.gdr, "auto", {"auto", "0", "1"});
   one_of("MOEFABRIC_SPLIT_IMM", &p.split_imm, "auto", {"auto", "0", "1"});
-  if (p.node_size < 0 || p.node_size > 4096) {
-    MF_WARN("MOEFABRIC_NODE_SIZE=%lld is outside [0, 4096]; using the default 0 (nodes by host)",
-            static_cast<long long>(p.node_size));
-    p.node_size = 0;
-  }
+  in_range("MOEFABRIC_NODE_SIZE", &p.node_size, 0, 4096, 0, " (nodes by host)");
+  in_range("MOEFABRIC_STRIPE_MIN", &p.stripe_min, 0, int64_t{1} << 40, 262144, "");
+  in_range("MOEFABRIC_EAGER_MAX", &p.eager_max, 0, int64_t{1} << 20, 8192, "");
+  in_range("MOEFABRIC_EAGER_KNOWN", &p.eager_known, -1, int64_t{1} << 20, -1, " (by provider)");
   return p;
 }
 

@@ -79,7 +79,7 @@ void Device::op_done(OpCtx* op, Status s, const char* text) {
   if (op->kind == OpKind::kTxMsg) tx_free_.push_back(op->idx);
   if (op->kind == OpKind::kWrite && c != nullptr) {
     --c->rail_writes[op->rail];
-    c->rail_moved[op->rail] = Clock::now();
+    if (c->nrails > 1) c->rail_moved[op->rail] = Clock::now();  // read by check_rails only
   }
   if (op->sreq != nullptr) {
     SendReq* r = op->sreq;

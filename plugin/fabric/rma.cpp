@@ -17,20 +17,6 @@ constexpr int kRxBuffers = 64;
 constexpr size_t kRxBufferBytes = 64;
 }  // namespace
 
-Status RmaEndpoint::open(const Params& params, int nic_index, std::unique_ptr<RmaEndpoint>* out,
-                         std::string* error) {
-  Params p = params;
-  if (p.protocol == "tagged") p.protocol = "auto";  // one-sided protocol: RMA or nothing
-  std::vector<NicInfo> nics;
-  MF_CHECK(nic_discover(p, &nics, error));
-  if (nic_index < 0 || nic_index >= static_cast<int>(nics.size())) {
-    *error = "NIC index " + std::to_string(nic_index) + " out of range (" +
-             std::to_string(nics.size()) + " found)";
-    return Status::kInvalidArgument;
-  }
-  return open_nic(p, std::move(nics[nic_index]), out, error);
-}
-
 Status RmaEndpoint::open_nic(const Params& params, NicInfo nic, std::unique_ptr<RmaEndpoint>* out,
                              std::string* error) {
   if (!nic.rma) {
@@ -39,8 +25,7 @@ Status RmaEndpoint::open_nic(const Params& params, NicInfo nic, std::unique_ptr<
     return Status::kSystemError;
   }
   std::unique_ptr<RmaEndpoint> e(new RmaEndpoint());
-  e->params_ = params;
-  if (e->params_.protocol == "tagged") e->params_.protocol = "auto";
+  e->params_ = rma_params(params);
   e->nic_ = std::move(nic);
   MF_CHECK(e->init(error));
   *out = std::move(e);

@@ -32,13 +32,18 @@ struct RmaStats {
   uint64_t writes = 0, eagain = 0, remote_writes = 0;
 };
 
+// `params` as the one-sided protocols read them: RMA or nothing (MOEFABRIC_PROTOCOL=tagged, which
+// is about the NCCL plugin's data path, becomes auto).
+inline Params rma_params(const Params& params) {
+  Params p = params;
+  if (p.protocol == "tagged") p.protocol = "auto";
+  return p;
+}
+
 class RmaEndpoint {
  public:
-  // Opens the first NIC of the provider MOEFABRIC_PROVIDER / FI_PROVIDER / the default order
-  // selects (`nic_index` picks another one). Requires RMA with 4-byte remote CQ data.
-  static Status open(const Params& params, int nic_index, std::unique_ptr<RmaEndpoint>* out,
-                     std::string* error);
-  // Opens `nic` (one of nic_discover's results).
+  // Opens `nic` (one of nic_discover's results for the provider MOEFABRIC_PROVIDER / FI_PROVIDER /
+  // the default order selects). Requires RMA with 4-byte remote CQ data.
   static Status open_nic(const Params& params, NicInfo nic, std::unique_ptr<RmaEndpoint>* out,
                          std::string* error);
   ~RmaEndpoint();

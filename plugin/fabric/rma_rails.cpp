@@ -138,9 +138,10 @@ Status RmaRails::write(const Peer& peer, const void* buf, size_t len, const Mr& 
     k = static_cast<int>((len + chunk - 1) / chunk);
   }
   Pending* p = pending_alloc();
-  *p = Pending{};
   p->cookie = cookie;
   p->parts = k;
+  p->silent = false;
+  p->status = Status::kOk;  // text is only read when status is not kOk
   const uint64_t token = reinterpret_cast<uintptr_t>(p);
   if (k == 1) {
     const int i = n > 1 ? static_cast<int>(rr_++ % static_cast<unsigned>(n)) : 0;
@@ -165,8 +166,7 @@ Status RmaRails::write(const Peer& peer, const void* buf, size_t len, const Mr& 
       // error now, so no completion reaches it.
       if (eps_.size() > 1) *error = "rail " + std::to_string(i) + ": " + *error;
       p->parts -= k - i;
-      p->status = s;
-      p->cookie = UINT64_MAX;  // silent
+      p->silent = true;
       if (p->parts == 0) free_.push_back(p);
       return s;
     }
@@ -183,14 +183,11 @@ void RmaRails::on_write_done(uint64_t token, Status s, const char* text) {
     p->text = text ? text : "";
   }
   if (--p->parts > 0) return;
-  const bool silent = p->cookie == UINT64_MAX;
-  const uint64_t cookie = p->cookie;
-  const Status st = p->status;
-  const std::string msg = std::move(p->text);
-  free_.push_back(p);
-  if (silent) return;
-  --inflight_;
-  upper_->on_write_done(cookie, st, st == Status::kOk ? nullptr : msg.c_str());
+  if (!p->silent) {
+    --inflight_;
+    upper_->on_write_done(p->cookie, p->status, p->status == Status::kOk ? nullptr : p->text.c_str());
+  }
+  free_.push_back(p);  // after the callback, which may post (and so allocate) new writes
 }
 
 void RmaRails::on_remote_write(uint32_t imm) {

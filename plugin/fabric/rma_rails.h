@@ -88,8 +88,9 @@ class RmaRails : private RmaHandler {
   struct Pending {  // one logical write
     uint64_t cookie = 0;
     int parts = 0;
+    bool silent = false;  // failed to post: the caller has the error, no completion goes up
     Status status = Status::kOk;
-    std::string text;
+    std::string text;     // the first error's text
   };
   RmaRails() = default;
   void on_remote_write(uint32_t imm) override;

@@ -72,3 +72,23 @@ TEST_CASE("params: CUDA MoE fabric switches", "[params]") {
   unsetenv("MOEFABRIC_FORCE_FABRIC");
   unsetenv("MOEFABRIC_NODE_SIZE");
 }
+
+TEST_CASE("params: integer ranges fall back to the default with a warning", "[params]") {
+  setenv("MOEFABRIC_STRIPE_MIN", "-5", 1);
+  setenv("MOEFABRIC_EAGER_KNOWN", "-7", 1);
+  setenv("MOEFABRIC_EAGER_MAX", "-1", 1);
+  auto p = moefabric::Params::load();
+  REQUIRE(p.stripe_min == 262144);
+  REQUIRE(p.eager_known == -1);
+  REQUIRE(p.eager_max == 8192);
+  setenv("MOEFABRIC_STRIPE_MIN", "0", 1);
+  setenv("MOEFABRIC_EAGER_KNOWN", "4096", 1);
+  setenv("MOEFABRIC_EAGER_MAX", "16384", 1);
+  p = moefabric::Params::load();
+  REQUIRE(p.stripe_min == 0);
+  REQUIRE(p.eager_known == 4096);
+  REQUIRE(p.eager_max == 16384);
+  unsetenv("MOEFABRIC_STRIPE_MIN");
+  unsetenv("MOEFABRIC_EAGER_KNOWN");
+  unsetenv("MOEFABRIC_EAGER_MAX");
+}
