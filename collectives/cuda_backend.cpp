@@ -142,6 +142,8 @@ class CudaComm final : public Engine {
   // error the kernels absorbed, so that peers are not left waiting for this rank.
   Status check_usable(bool starts_op);
   Status launched(cudaError_t e, const char* what);
+  // GPU staging over a provider that copies on the legacy stream: only non-blocking streams.
+  Status check_stream(cudaStream_t stream, const char* what);
   // Which ranks are fabric peers (bit r), from every rank's host and the fabric switches.
   Status choose_paths(const std::vector<InitBlob>& all, std::string* error);
   Status fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error);
@@ -159,7 +161,8 @@ class CudaComm final : public Engine {
   // fabric path (remote_ != 0)
   Params params_;
   uint32_t remote_ = 0;
-  PinnedPtr<uint8_t> send_stage_, recv_stage_;
+  PinnedPtr<uint8_t> send_stage_, recv_stage_;    // host staging
+  DevicePtr<uint8_t> send_dstage_, recv_dstage_;  // GPU staging (FI_HMEM)
   PinnedPtr<uint64_t> ctrl_;  // doorbell[kBells], then arrived[kBells + 1][R]
   std::unique_ptr<FabricProxy> proxy_;
   cudaStream_t internal_ = nullptr;
@@ -299,6 +302,14 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
                std::string(oks[r].why, strnlen(oks[r].why, sizeof oks[r].why));
       return Status::kSystemError;
     }
+  // Every fabric path once before any kernel waits on one (see FabricProxy::barrier).
+  if (proxy_) {
+    std::string text;
+    if (proxy_->barrier(&text, "fabric path") != Status::kOk) {
+      *error = "init (CUDA backend): " + text;
+      return Status::kRemoteError;
+    }
+  }
   args_.local = block_.get();
   args_.peers = peers_dev_.get();
   args_.st = state_.get();
@@ -309,7 +320,11 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
           "receive block over CUDA IPC, %d blocks per kernel, %d fabric peer(s)%s%s",
           rank, nranks, dev_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? "fp8" : "bf16",
           l.block_bytes >> 20, args_.blocks, __builtin_popcount(remote_),
-          proxy_ ? " over " : "", proxy_ ? (proxy_->provider() + " " + proxy_->rails()).c_str() : "");
+          proxy_ ? " over " : "",
+          proxy_ ? (proxy_->provider() + " " + proxy_->rails() +
+                    (proxy_->device_staging() ? ", staging in GPU memory" : ", staging in pinned host memory"))
+                       .c_str()
+                 : "");
   return Status::kOk;
 }
 
@@ -351,12 +366,14 @@ Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* err
   return Status::kOk;
 }
 
-// Pinned, mapped staging segments and control words, the proxy's endpoint, and one allgather of
-// the fabric addresses; then the proxy runs.
+// Control words in pinned mapped host memory, the proxy's endpoint, the staging segments (GPU
+// memory when the rails grant FI_HMEM and MOEFABRIC_MOE_STAGING allows, else pinned host memory)
+// and one allgather of the fabric addresses; then the proxy runs.
 Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error) {
   const CudaLayout& l = args_.l;
   const size_t stage = l.stage_bytes * static_cast<size_t>(R_);
-  const size_t ctrl = sizeof(uint64_t) * (kern::kBells + static_cast<size_t>(kern::kBells + 1) * R_);
+  const size_t ctrl_words = kern::kBells + static_cast<size_t>(kern::kBells + 1) * R_;
+  const size_t ctrl = sizeof(uint64_t) * ctrl_words + sizeof(int32_t) * (1 + static_cast<size_t>(R_));
   std::string err;
   FabricProxy::Addr mine{};
   auto host_alloc = [&](size_t bytes, const char* what, auto* out) {
@@ -371,29 +388,88 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
     out->reset(static_cast<std::remove_reference_t<decltype(*out->get())>*>(p));
     return true;
   };
-  bool ok = host_alloc(stage, "fabric send staging", &send_stage_) &&
-            host_alloc(stage, "fabric receive staging", &recv_stage_) &&
-            host_alloc(ctrl, "doorbells and arrival flags", &ctrl_);
-  void *send_dev = nullptr, *recv_dev = nullptr, *ctrl_dev = nullptr;
-  ok = ok && cudaHostGetDevicePointer(&send_dev, send_stage_.get(), 0) == cudaSuccess &&
-       cudaHostGetDevicePointer(&recv_dev, recv_stage_.get(), 0) == cudaSuccess &&
-       cudaHostGetDevicePointer(&ctrl_dev, ctrl_.get(), 0) == cudaSuccess;
-  if (!ok && err.empty()) err = "cudaHostGetDevicePointer failed on the fabric staging";
+  // Device staging needs FI_HMEM from the provider: ask for it unless MOEFABRIC_GDR=0 forbids.
+  Params pp = params_;
+  const std::string& mode = pp.moe_staging;
+  if (mode != "host" && pp.gdr == "auto") pp.gdr = "1";
+  bool ok = true;
+  if (mode == "device" && pp.gdr == "0") {
+    err = "MOEFABRIC_MOE_STAGING=device needs FI_HMEM, but MOEFABRIC_GDR=0 forbids asking for it";
+    ok = false;
+  }
+  ok = ok && host_alloc(ctrl, "doorbells and arrival flags", &ctrl_);
+  void* ctrl_dev = nullptr;
+  ok = ok && cudaHostGetDevicePointer(&ctrl_dev, ctrl_.get(), 0) == cudaSuccess;
+  if (!ok && err.empty()) err = "cudaHostGetDevicePointer failed on the control words";
   if (ok) {
     FabricProxy::Config pc;
     pc.nranks = R_;
     pc.rank = me_;
     pc.remote = remote_;
     pc.layout = l;
-    pc.send_stage = send_stage_.get();
-    pc.recv_stage = recv_stage_.get();
     pc.doorbell = ctrl_.get();
     pc.arrived = ctrl_.get() + kern::kBells;
+    pc.stage_T = reinterpret_cast<const int32_t*>(ctrl_.get() + ctrl_words);
     pc.abort_word = &reinterpret_cast<volatile kern::DevError*>(err_.get())->abort;
     pc.timeout_ms = cfg_.timeout_ms;
+    // The provider's copies into GPU staging and the proxy's fence run on this device's streams.
+    const int dev = dev_;
+    pc.thread_init = [dev] { (void)cudaSetDevice(dev); };
     char bus[32] = {};
     if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev_) == cudaSuccess) pc.gpu = topo::PciAddr::parse(bus);
-    ok = FabricProxy::create(params_, pc, &proxy_, &err) == Status::kOk;
+    ok = FabricProxy::create(pp, pc, &proxy_, &err) == Status::kOk;
+  }
+  void *send_dev = nullptr, *recv_dev = nullptr;
+  std::string why_host = mode == "host" ? "MOEFABRIC_MOE_STAGING=host" : "";
+  if (ok && mode != "host") {
+    if (!proxy_->hmem()) {
+      why_host = "provider " + proxy_->provider() + " did not grant FI_HMEM" +
+                 (pp.gdr == "0" ? " (MOEFABRIC_GDR=0)" : " (libfabric built without CUDA?)");
+    } else if (mode == "auto" && proxy_->hmem_async()) {
+      // Its copies run on the legacy stream: every call would need a non-blocking stream.
+      why_host = "provider " + proxy_->provider() + " moves GPU memory with copies on the legacy "
+                 "default stream (MOEFABRIC_MOE_STAGING=device uses it, on non-blocking streams only)";
+    } else {
+      void *s = nullptr, *r = nullptr;
+      cudaError_t e = cudaMalloc(&s, stage);
+      if (e == cudaSuccess) {
+        send_dstage_.reset(static_cast<uint8_t*>(s));
+        e = cudaMalloc(&r, stage);
+      }
+      if (e == cudaSuccess) {
+        recv_dstage_.reset(static_cast<uint8_t*>(r));
+        e = cudaMemset(s, 0, stage);
+      }
+      if (e == cudaSuccess) e = cudaMemset(r, 0, stage);
+      if (e == cudaSuccess) e = cudaDeviceSynchronize();
+      std::string why;
+      if (e != cudaSuccess) {
+        why = "cudaMalloc/cudaMemset of " + std::to_string(2 * stage) + " B: " + cuda_text(e);
+        (void)cudaGetLastError();
+      } else if (proxy_->attach(send_dstage_.get(), recv_dstage_.get(), dev_, &why) == Status::kOk) {
+        send_dev = s;
+        recv_dev = r;
+      }
+      if (send_dev == nullptr) {
+        why_host = "GPU staging failed: " + why;
+        send_dstage_.reset();
+        recv_dstage_.reset();
+      }
+    }
+    if (send_dev == nullptr && mode == "device") {
+      err = "MOEFABRIC_MOE_STAGING=device: " + why_host;
+      ok = false;
+    } else if (send_dev == nullptr) {
+      MF_INFO(log::kInit, "rank %d: fabric staging in pinned host memory: %s", me_, why_host.c_str());
+    }
+  }
+  if (ok && send_dev == nullptr) {
+    ok = host_alloc(stage, "fabric send staging", &send_stage_) &&
+         host_alloc(stage, "fabric receive staging", &recv_stage_);
+    ok = ok && cudaHostGetDevicePointer(&send_dev, send_stage_.get(), 0) == cudaSuccess &&
+         cudaHostGetDevicePointer(&recv_dev, recv_stage_.get(), 0) == cudaSuccess;
+    if (!ok && err.empty()) err = "cudaHostGetDevicePointer failed on the fabric staging";
+    ok = ok && proxy_->attach(send_stage_.get(), recv_stage_.get(), -1, &err) == Status::kOk;
   }
   if (ok) {
     proxy_->local_addr(&mine);
@@ -417,10 +493,12 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
   // A local failure from here on is reported through the mapping allgather that follows.
   if (proxy_->start(all, &err) != Status::kOk) fabric_error_ = "fabric path: " + err;
   args_.remote = remote_;
+  args_.stage_dev = proxy_->device_staging();
   args_.send_stage = static_cast<uint8_t*>(send_dev);
   args_.recv_stage = static_cast<const uint8_t*>(recv_dev);
   args_.doorbell = static_cast<uint64_t*>(ctrl_dev);
   args_.arrived = static_cast<const uint64_t*>(ctrl_dev) + kern::kBells;
+  args_.stage_T = reinterpret_cast<int32_t*>(static_cast<uint64_t*>(ctrl_dev) + ctrl_words);
   return Status::kOk;
 }
 
@@ -485,6 +563,20 @@ Status CudaComm::check_usable(bool starts_op) {
   return s;
 }
 
+Status CudaComm::check_stream(cudaStream_t stream, const char* what) {
+  if (!proxy_ || !proxy_->needs_nonblocking_stream()) return Status::kOk;
+  unsigned flags = 0;
+  const bool ok = stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread &&
+                  cudaStreamGetFlags(stream, &flags) == cudaSuccess && (flags & cudaStreamNonBlocking);
+  (void)cudaGetLastError();
+  if (ok) return Status::kOk;
+  return fail(Status::kInvalidUsage,
+              "%s: the fabric staging is in GPU memory and provider %s fills it with copies on the "
+              "legacy default stream, which would wait for this call's kernels: pass a stream "
+              "created with cudaStreamNonBlocking (or set MOEFABRIC_MOE_STAGING=host)",
+              what, proxy_->provider().c_str());
+}
+
 Status CudaComm::launched(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::kOk;
   launch_failed_ = true;
@@ -515,6 +607,7 @@ Status CudaComm::dispatch_send(const void* x, const float* scales, const int32_t
       !aligned(ntokens, 4))
     return fail(Status::kInvalidArgument,
                 "dispatch: a scale, index, weight, count or numTokens pointer is not 4-byte aligned");
+  MF_CHECK(check_stream(stream, "dispatch"));
   DeviceScope scope(dev_);
   args_.x = x;
   args_.x_scales = scales;
@@ -533,6 +626,7 @@ Status CudaComm::dispatch_recv(cudaStream_t stream) {
   MF_CHECK(check_usable(false));
   if (phase_ != OpPhase::kDispatchSent)
     return fail(Status::kInvalidUsage, "dispatch recv: no dispatch send in flight");
+  MF_CHECK(check_stream(stream, "dispatch recv"));
   DeviceScope scope(dev_);
   if (remote_ != 0)
     MF_CHECK(launched(kern::launch_fabric_ingest_dispatch(args_, stream), "dispatch recv (fabric)"));
@@ -547,6 +641,7 @@ Status CudaComm::combine_send(const void* expert_y, cudaStream_t stream) {
     return fail(Status::kInvalidUsage, "combine: no completed dispatch to combine");
   if (expert_y != nullptr && !aligned(expert_y, 16))
     return fail(Status::kInvalidArgument, "combine: expertY is not 16-byte aligned");
+  MF_CHECK(check_stream(stream, "combine"));
   DeviceScope scope(dev_);
   args_.expert_y = expert_y;
   MF_CHECK(launched(kern::launch_combine_send(args_, stream), "combine send"));
@@ -560,6 +655,7 @@ Status CudaComm::combine_recv(void* y, cudaStream_t stream) {
     return fail(Status::kInvalidUsage, "combine recv: no combine send in flight");
   if (y == nullptr || !aligned(y, 16))
     return fail(Status::kInvalidArgument, "combine: y is %s", y ? "not 16-byte aligned" : "NULL");
+  MF_CHECK(check_stream(stream, "combine recv"));
   DeviceScope scope(dev_);
   args_.y = y;
   if (remote_ != 0)
@@ -613,6 +709,8 @@ void CudaComm::abort() {
   proxy_.reset();  // joins the proxy thread, then deregisters and closes the endpoint
   send_stage_.reset();
   recv_stage_.reset();
+  send_dstage_.reset();
+  recv_dstage_.reset();
   ctrl_.reset();
   mapped_.clear();
   if (internal_ != nullptr) (void)cudaStreamDestroy(internal_);

@@ -29,7 +29,7 @@ int bell_of(uint32_t kind) {
   }
 }
 const char* phase_of(int bell) {
-  return bell == 0 ? "dispatch" : bell == 1 ? "combine" : "destroy";
+  return bell == 0 ? "dispatch" : bell == 1 ? "combine" : "barrier";
 }
 uint64_t load_acquire(const uint64_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 
@@ -46,10 +46,32 @@ Status FabricProxy::create(const Params& params, const Config& cfg,
   p->rails_why_ = rc.why;
   p->proxy_cpus_ = rc.proxy_cpus;
   p->proxy_cpus_why_ = rc.cpus_why;
-  const size_t bytes = cfg.layout.stage_bytes * static_cast<size_t>(cfg.nranks);
-  MF_CHECK(p->ep_->reg(cfg.send_stage, bytes, &p->send_mr_, error));  // the destructor deregisters
-  MF_CHECK(p->ep_->reg(cfg.recv_stage, bytes, &p->recv_mr_, error));
   *out = std::move(p);
+  return Status::kOk;
+}
+
+Status FabricProxy::attach(uint8_t* send_stage, uint8_t* recv_stage, int cuda_device,
+                           std::string* error) {
+  if (thread_.joinable() || send_mr_.rail[0] != nullptr) {
+    *error = "fabric proxy: staging attached twice";
+    return Status::kInternalError;
+  }
+  if (cuda_device >= 0 && !ep_->hmem()) {
+    *error = "provider " + provider() + " on " + ep_->name() +
+             " did not grant FI_HMEM: GPU memory cannot be registered";
+    return Status::kInvalidUsage;
+  }
+  const size_t bytes = cfg_.layout.stage_bytes * static_cast<size_t>(cfg_.nranks);
+  MF_CHECK(ep_->reg(send_stage, bytes, &send_mr_, error, cuda_device));
+  if (Status s = ep_->reg(recv_stage, bytes, &recv_mr_, error, cuda_device); s != Status::kOk) {
+    ep_->dereg(&send_mr_);
+    return s;
+  }
+  send_stage_ = send_stage;
+  recv_stage_ = recv_stage;
+  cuda_device_ = cuda_device;
+  fence_ = cuda_device >= 0 && ep_->hmem_async();
+  if (fence_) fence_ev_ = std::make_unique<fabric::cuda::Fence>();
   return Status::kOk;
 }
 
@@ -68,9 +90,13 @@ std::string FabricProxy::rails() const {
   return ep_->name() + " (" + std::to_string(ep_->nrails()) + " rail(s): " + rails_why_ + ")";
 }
 
-void FabricProxy::local_addr(Addr* a) const { rails_addr(*ep_, recv_mr_, cfg_.recv_stage, a); }
+void FabricProxy::local_addr(Addr* a) const { rails_addr(*ep_, recv_mr_, recv_stage_, a); }
 
 Status FabricProxy::start(const std::vector<Addr>& all, std::string* error) {
+  if (recv_stage_ == nullptr) {
+    *error = "fabric proxy: started with no staging attached";
+    return Status::kInternalError;
+  }
   for (int r = 0; r < cfg_.nranks; ++r) {
     if (!((cfg_.remote >> r) & 1u)) continue;
     if (!all[r].ok) {
@@ -141,28 +167,33 @@ void FabricProxy::post_phase(int bell, uint64_t op) {
   for (int i = 1; i <= cfg_.nranks; ++i) {
     const int d = (cfg_.rank + i) % cfg_.nranks;  // self last
     if (!((cfg_.remote >> d) & 1u)) continue;
-    const uint8_t* seg = cfg_.send_stage + l.stage_bytes * static_cast<size_t>(d);
+    const uint8_t* seg = send_stage_ + l.stage_bytes * static_cast<size_t>(d);
     if (bell == 0) {
-      // T as the send kernel wrote it (already sanitised to [0, maxT]).
-      int32_t T = 0;
-      std::memcpy(&T, seg, 4);
+      // T as the send kernel staged it (already sanitised to [0, maxT]).
+      int32_t T = __atomic_load_n(cfg_.stage_T, __ATOMIC_RELAXED);
       if (T < 0 || T > l.max_tokens) {
         fail(Status::kInternalError, "dispatch: the send kernel staged T = " + std::to_string(T) +
                                          " for rank " + std::to_string(d));
         T = 0;
       }
       const size_t len = l.stage_dispatch_bytes(T);
+      if (self_short(d)) {
+        on_remote_write(imm_encode(kind_of(bell), op, cfg_.rank));
+        continue;
+      }
       post_one(d, bell, seg, len, 0, op, false);
       bytes += len;
     } else {
-      // Rows (t, k) of d's tokens: d's T is in the dispatch header d wrote into our segment d
-      // for this op (d cannot send the next one before our combine reaches it).
-      const uint8_t* rseg = cfg_.recv_stage + l.stage_bytes * static_cast<size_t>(d);
-      int32_t T = 0;
-      std::memcpy(&T, rseg, 4);
+      // Rows (t, k) of d's tokens: d's T as our dispatch ingest read it from d's write of this op
+      // (d cannot send the next one before our combine reaches it).
+      int32_t T = __atomic_load_n(cfg_.stage_T + 1 + d, __ATOMIC_RELAXED);
       if (T < 0 || T > l.max_tokens) T = 0;  // d's recv kernel reported it; send the marker
       const size_t rows = static_cast<size_t>(T) * l.topk;
       const size_t len = rows > 0 ? rows * l.y_row_bytes : 16;
+      if (self_short(d)) {
+        on_remote_write(imm_encode(kind_of(bell), op, cfg_.rank));
+        continue;
+      }
       post_one(d, bell, seg + l.stage_off_comb, len, l.stage_off_comb, op, false);
       bytes += len;
     }
@@ -185,7 +216,11 @@ void FabricProxy::on_remote_write(uint32_t imm) {
     return;
   }
   uint64_t* flag = cfg_.arrived + static_cast<size_t>(row) * cfg_.nranks + src;
-  const uint64_t next = __atomic_load_n(flag, __ATOMIC_RELAXED) + 1;
+  // Counting on from what is shown, or from the last arrival still held for the fence.
+  uint64_t shown = __atomic_load_n(flag, __ATOMIC_RELAXED);
+  for (const auto& h : held_)
+    if (h.first == flag) shown = h.second;
+  const uint64_t next = shown + 1;
   if ((next & kSeqMask) != seq_low) {
     fail(Status::kRemoteError, std::string(phase_of(row)) + ": rank " + std::to_string(src) +
                                    " wrote op " + std::to_string(seq_low) + " (low bits), expected op " +
@@ -194,8 +229,32 @@ void FabricProxy::on_remote_write(uint32_t imm) {
   }
   MF_TRACE(log::kProxy, "rank %d: %s write of op %llu from rank %d landed", cfg_.rank,
            phase_of(row), static_cast<unsigned long long>(next), src);
-  // The payload landed before its immediate was delivered; the kernel's acquire pairs with this.
-  __atomic_store_n(flag, next, __ATOMIC_RELEASE);
+  // The payload landed before its immediate was delivered (with a fence: its copy was issued);
+  // the kernel's acquire pairs with this store.
+  if (fence_) held_.emplace_back(flag, next);
+  else __atomic_store_n(flag, next, __ATOMIC_RELEASE);
+}
+
+void FabricProxy::release_arrivals() {
+  if (held_.empty()) return;
+  std::string err;
+  bool done = false;
+  Status s = fence_ev_->record(&err);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(cfg_.timeout_ms);
+  while (s == Status::kOk && (s = fence_ev_->query(&done, &err)) == Status::kOk && !done) {
+    if (Clock::now() > deadline) {
+      fail(Status::kSystemError, "the provider's copies into GPU staging did not finish within " +
+                                     std::to_string(cfg_.timeout_ms) + " ms");
+      return;
+    }
+  }
+  if (s != Status::kOk) {
+    fail(Status::kSystemError, "fence after the provider's copies into GPU staging: " + err);
+    return;
+  }
+  // Arrivals of one source and phase are consecutive ops: the last value held is the one to show.
+  for (const auto& [flag, v] : held_) __atomic_store_n(flag, v, __ATOMIC_RELEASE);
+  held_.clear();
 }
 
 void FabricProxy::on_write_done(uint64_t cookie, Status s, const char* text) {
@@ -227,6 +286,7 @@ void FabricProxy::loop() {
   // wake us, so the first op after an idle spell waits at most one nap.
   (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
   pin_proxy_thread(proxy_cpus_, proxy_cpus_why_, "fabric proxy", cfg_.rank);
+  if (cfg_.thread_init) cfg_.thread_init();
   const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
   auto last_work = Clock::now();
   std::string err;
@@ -245,17 +305,21 @@ void FabricProxy::loop() {
       post_phase(b, v);
       posted_[b] = v;
     }
-    if (barrier_state_.load(std::memory_order_acquire) == 1) {
+    if (const uint64_t want = barrier_req_.load(std::memory_order_acquire);
+        want > barrier_posted_.load(std::memory_order_relaxed)) {
       work = true;
       const CudaLayout& l = cfg_.layout;
-      for (int d = 0; d < cfg_.nranks; ++d)
-        if ((cfg_.remote >> d) & 1u)
-          post_one(d, kBarrierRow, cfg_.send_stage + l.stage_bytes * (d + 1) - 16, 16,
-                   l.stage_bytes - 16, 1, true);
-      barrier_state_.store(2, std::memory_order_release);
+      for (int d = 0; d < cfg_.nranks; ++d) {
+        if (!((cfg_.remote >> d) & 1u)) continue;
+        if (self_short(d)) on_remote_write(imm_encode(WriteKind::kBarrier, want, cfg_.rank));
+        else post_one(d, kBarrierRow, send_stage_ + l.stage_bytes * (d + 1) - 16, 16,
+                      l.stage_bytes - 16, want, true);
+      }
+      barrier_posted_.store(want, std::memory_order_release);
     }
     const uint64_t before = ep_->stats().remote_writes;
     if (ep_->poll(this, &err) != Status::kOk) fail(Status::kSystemError, "proxy: " + err);
+    if (fence_) release_arrivals();
     work |= ep_->stats().remote_writes != before || writes_inflight_.load() > 0;
     const auto now = Clock::now();
     if ((iter & 1023) == 0) check_stuck_writes(now);
@@ -267,29 +331,29 @@ void FabricProxy::loop() {
   }
 }
 
-Status FabricProxy::barrier(std::string* error) {
-  int idle = 0;
-  barrier_state_.compare_exchange_strong(idle, 1, std::memory_order_acq_rel);
+Status FabricProxy::barrier(std::string* error, const char* what) {
+  const uint64_t n = barrier_req_.load(std::memory_order_relaxed) + 1;
+  barrier_req_.store(n, std::memory_order_release);
   const auto deadline = Clock::now() + std::chrono::milliseconds(cfg_.timeout_ms);
   const uint64_t* row = cfg_.arrived + static_cast<size_t>(kBarrierRow) * cfg_.nranks;
   for (;;) {
     std::string missing;
     for (int r = 0; r < cfg_.nranks; ++r)
-      if (((cfg_.remote >> r) & 1u) && load_acquire(row + r) < 1)
+      if (((cfg_.remote >> r) & 1u) && load_acquire(row + r) < n)
         missing += (missing.empty() ? "" : ", ") + std::to_string(r);
     // Our own barrier writes must have been posted, not merely asked for: the peers' may all
     // have landed before the proxy thread got to ours (with no self-write to wait on, as when
     // every fabric peer is another rank), and leaving then strands the peers.
-    const bool posted = barrier_state_.load(std::memory_order_acquire) == 2;
+    const bool posted = barrier_posted_.load(std::memory_order_acquire) >= n;
     if (missing.empty() && posted && writes_inflight_.load(std::memory_order_acquire) == 0)
       return Status::kOk;
     std::string text;
     if (failure(&text) != Status::kOk) {
-      *error = "destroy: " + text;
+      *error = std::string(what) + ": " + text;
       return Status::kRemoteError;
     }
     if (Clock::now() > deadline) {
-      *error = "destroy: timed out after " + std::to_string(cfg_.timeout_ms) + " ms waiting for " +
+      *error = std::string(what) + ": timed out after " + std::to_string(cfg_.timeout_ms) + " ms waiting for " +
                (!posted ? std::string("the proxy thread to post our barrier writes")
                 : missing.empty() ? std::string("our barrier writes to complete")
                                 : "the barrier of fabric rank(s) " + missing) +

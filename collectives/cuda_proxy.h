@@ -8,15 +8,25 @@
 //                     at the peer) with the immediate imm_encode(kind, op, rank).
 //   arrived[b][src]   u64 written by the proxy when src's write of phase b lands (its immediate
 //                     is delivered after the data): the op number. Kernels wait on it.
+//   stage_T[1 + R]    i32 written by the kernels: [0] the T of our dispatch, [1 + s] source s's
+//                     T; the lengths of our dispatch writes and of our combine write to s.
+//
+// The staging segments are GPU memory (MOEFABRIC_MOE_STAGING: registered with FI_HMEM_CUDA, the
+// provider reads and writes them; the proxy never touches their bytes) or pinned host memory.
+// Providers that fill GPU memory with host-issued copies (shm, tcp) may report a write before
+// its copy has finished, so then the proxy records a fence on its GPU's legacy stream after the
+// completions and raises their arrival flags once it has passed.
 //
 // Nothing on the caller's path touches the proxy, so launches stay graph-capturable. Host code
-// only uses it at init (address exchange) and destroy (a fabric barrier). No CUDA here: the
-// buffers are plain host pointers (they happen to be cudaHostAlloc'ed and mapped).
+// only uses it at init (address exchange) and destroy (a fabric barrier). No CUDA runtime here:
+// the control words are plain host pointers (cudaHostAlloc'ed and mapped); the fence goes
+// through the driver (plugin/fabric/cuda.h).
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <mutex>
@@ -28,6 +38,7 @@
 #include "plugin/common/params.h"
 #include "plugin/common/status.h"
 #include "collectives/rails.h"
+#include "plugin/fabric/cuda.h"
 #include "plugin/fabric/rma_rails.h"
 #include "topology/topology.h"
 
@@ -41,10 +52,10 @@ class FabricProxy : public fabric::RmaHandler {
     int nranks = 0, rank = 0;
     uint32_t remote = 0;  // bit r: rank r is a fabric peer (self included under FORCE_FABRIC)
     CudaLayout layout;
-    uint8_t* send_stage = nullptr;        // [R][stage_bytes]
-    uint8_t* recv_stage = nullptr;        // [R][stage_bytes]
     const uint64_t* doorbell = nullptr;   // [kBells], written by the GPU
     uint64_t* arrived = nullptr;          // [kBells + 1][R]; the last row is the destroy barrier
+    const int32_t* stage_T = nullptr;     // [1 + R], written by the GPU
+    std::function<void()> thread_init;    // run first on the proxy thread (makes its GPU current)
     volatile int32_t* abort_word = nullptr;  // set on a proxy failure: waiting kernels return
     int timeout_ms = 60000;
     std::optional<topo::PciAddr> gpu;  // this rank's GPU: its rails and NUMA slice are used
@@ -53,9 +64,20 @@ class FabricProxy : public fabric::RmaHandler {
   // Fixed-size record every rank contributes to the init allgather.
   using Addr = RailsAddr;
 
-  // Opens an endpoint on each of the GPU's rails and registers both staging areas on them.
+  // Opens an endpoint on each of the GPU's rails; attach() then registers the staging.
   static Status create(const Params& params, const Config& cfg, std::unique_ptr<FabricProxy>* out,
                        std::string* error);
+  // Every rail registers GPU memory (FI_HMEM): device staging is possible.
+  bool hmem() const { return ep_->hmem(); }
+  // Some rail fills GPU memory with host-issued copies (shm, tcp), not NIC DMA.
+  bool hmem_async() const { return ep_->hmem_async(); }
+  // Registers the staging areas ([R][stage_bytes] each) on every rail: host memory, or with
+  // `cuda_device` >= 0 that GPU's memory. Fails (nothing registered) when the provider refuses.
+  Status attach(uint8_t* send_stage, uint8_t* recv_stage, int cuda_device, std::string* error);
+  bool device_staging() const { return cuda_device_ >= 0; }
+  // The provider fills GPU staging with copies on the legacy default stream, which wait for all
+  // work of blocking streams: kernels waiting for those copies must run on non-blocking streams.
+  bool needs_nonblocking_stream() const { return fence_; }
   ~FabricProxy() override;
   FabricProxy(const FabricProxy&) = delete;
   FabricProxy& operator=(const FabricProxy&) = delete;
@@ -64,9 +86,11 @@ class FabricProxy : public fabric::RmaHandler {
   // Inserts every fabric peer's address (ours too when we are our own fabric peer) and starts
   // the thread.
   Status start(const std::vector<Addr>& all, std::string* error);
-  // Destroy: a 16-byte write to every fabric peer, then waits (timeout) until every fabric peer's
-  // arrived and our own writes completed. Joins nothing; stop() does.
-  Status barrier(std::string* error);
+  // A 16-byte write to every fabric peer, then waits (timeout) until every fabric peer's has
+  // arrived and our own writes completed; collective, numbered by call. Init calls it once (it
+  // proves every path and lets the provider set up what it maps on first use, e.g. shm's CUDA IPC
+  // handles, before any kernel waits on it), destroy once more. Joins nothing; stop() does.
+  Status barrier(std::string* error, const char* what = "destroy");
   void stop();
 
   // A transport failure the proxy saw (first one wins): kOk while none.
@@ -84,15 +108,27 @@ class FabricProxy : public fabric::RmaHandler {
   void post_phase(int bell, uint64_t op);
   void post_one(int peer, int kind, const uint8_t* src, size_t len, uint64_t offset, uint64_t op,
                 bool delivered);
+  // With GPU staging a rank's own segment never goes through the provider (shm cannot CUDA-IPC
+  // into its own process): the ingest kernels read our send segment, and its arrival is raised
+  // here as the write's would be.
+  bool self_short(int peer) const { return peer == cfg_.rank && cuda_device_ >= 0; }
   void fail(Status s, const std::string& text);
   void on_remote_write(uint32_t imm) override;
   void on_write_done(uint64_t cookie, Status s, const char* text) override;
   void check_stuck_writes(Clock::time_point now);
+  // Raises the arrival flags held back for the fence (fence_ only).
+  void release_arrivals();
 
   Params params_;
   Config cfg_;
   std::unique_ptr<fabric::RmaRails> ep_;
   fabric::RmaRails::Mr send_mr_, recv_mr_;
+  uint8_t* send_stage_ = nullptr;  // [R][stage_bytes]
+  uint8_t* recv_stage_ = nullptr;
+  int cuda_device_ = -1;           // staging in this GPU's memory; -1: pinned host memory
+  bool fence_ = false;             // arrivals wait for a fence (device staging, hmem_async rails)
+  std::unique_ptr<fabric::cuda::Fence> fence_ev_;
+  std::vector<std::pair<uint64_t*, uint64_t>> held_;  // arrival flags awaiting the fence
   std::string rails_why_;
   std::vector<int> proxy_cpus_;
   std::string proxy_cpus_why_;
@@ -105,8 +141,8 @@ class FabricProxy : public fabric::RmaHandler {
   std::vector<Peer> peers_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
-  // Destroy barrier: 0 none, 1 asked for by barrier(), 2 the proxy has posted its writes.
-  std::atomic<int> barrier_state_{0};
+  // Barriers: the last one asked for by barrier(), the last one whose writes the proxy posted.
+  std::atomic<uint64_t> barrier_req_{0}, barrier_posted_{0};
   std::atomic<int> writes_inflight_{0};
   uint64_t posted_[kBells] = {};  // proxy thread: last op posted per phase
   std::atomic<uint64_t> post_ns_[kBells] = {};

@@ -46,8 +46,8 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
     if (s >= static_cast<uint32_t>(l.nranks)) continue;
     uint8_t* dst = is_remote(a, s) ? send_segment(a, s) + l.stage_combine_offset(code % per_src)
                                    : a.peers[s] + l.combine_offset(code % per_src);
-    if (whole) warp_copy16<false>(dst, ey + yb * r, yb, lane);
-    else warp_copy_chunk<false>(dst, ey + yb * r, yb, c, lane);
+    if (whole) warp_copy16<kSrcLocal>(dst, ey + yb * r, yb, lane);
+    else warp_copy_chunk<kSrcLocal>(dst, ey + yb * r, yb, c, lane);
   }
   signal_peers(a, l.ccount_offset(l.rank), &a.st->csend_done, kBellCombine);
 }
@@ -64,16 +64,20 @@ __global__ void __launch_bounds__(kThreads) fabric_ingest_combine_kernel(const _
   if (T < 0 || T > l.max_tokens) T = 0;
   const int32_t* idx = reinterpret_cast<const int32_t*>(a.local + l.idx_offset(l.rank));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const size_t nv = l.y_row_bytes / 16;
-  const int n = T * l.topk;
-  for (int tk = warp * a.blocks + blockIdx.x; tk < n; tk += a.blocks * kWarps) {
+  // Items (row (t, k), chunk of the row) over every warp of the grid.
+  const int nch = chunks_of(l.y_row_bytes);
+  const int64_t items = static_cast<int64_t>(T) * l.topk * nch;
+  for (int64_t it = static_cast<int64_t>(warp) * a.blocks + blockIdx.x; it < items;
+       it += static_cast<int64_t>(a.blocks) * kWarps) {
+    const int tk = static_cast<int>(it / nch), c = static_cast<int>(it % nch);
     const int32_t e = idx[tk];
     if (e < 0 || e >= l.experts) continue;
     const int o = l.owner(e);
     if (!is_remote(a, o)) continue;
     const uint8_t* src = recv_segment(a, o) + l.stage_combine_offset(tk);
-    int4* dst = reinterpret_cast<int4*>(a.local + l.combine_offset(tk));
-    for (size_t v = lane; v < nv; v += 32) dst[v] = ld_sys_v4(src + 16 * v);
+    uint8_t* dst = a.local + l.combine_offset(tk);
+    if (a.stage_dev) warp_copy_chunk<kSrcPeer>(dst, src, l.y_row_bytes, c, lane);
+    else warp_copy_chunk<kSrcSys>(dst, src, l.y_row_bytes, c, lane);
   }
   count_fabric_sources(a, l.off_ccount);
 }

@@ -46,7 +46,9 @@ __device__ __forceinline__ bool is_remote(const Args& a, int r) { return (a.remo
 __device__ __forceinline__ uint8_t* send_segment(const Args& a, int d) {
   return a.send_stage + a.l.stage_bytes * static_cast<size_t>(d);
 }
+// With GPU staging our own segment is not sent through the provider: we read it where we staged it.
 __device__ __forceinline__ const uint8_t* recv_segment(const Args& a, int s) {
+  if (a.stage_dev && s == a.l.rank) return send_segment(a, s);
   return a.recv_stage + a.l.stage_bytes * static_cast<size_t>(s);
 }
 
@@ -147,16 +149,22 @@ __device__ inline void count_fabric_sources(const Args& a, size_t base) {
   }
 }
 
-// A warp copies `bytes` (a multiple of 16, both ends 16-byte aligned) from src to dst.
-// kPeerData: src was stored by another GPU during this kernel, so it is read through L2
-// (ld.global.cg), never through the non-coherent read-only path.
-template <bool kPeerData>
+// Where a copy's source lives, which decides how it is loaded:
+//   kSrcLocal  written before this kernel started: the read-only path (__ldg)
+//   kSrcPeer   stored by another GPU, a copy engine or a NIC during this kernel (after an acquire
+//              of its flag): through L2 (ld.global.cg), never the non-coherent read-only path
+//   kSrcSys    pinned host memory the proxy or the NIC wrote: relaxed at system scope, so that no
+//              stale line of an earlier op is served from a GPU cache
+inline constexpr int kSrcLocal = 0, kSrcPeer = 1, kSrcSys = 2;
+template <int kSrc>
 __device__ __forceinline__ int4 load16(const int4* p) {
-  if constexpr (kPeerData) return __ldcg(p);
+  if constexpr (kSrc == kSrcSys) return ld_sys_v4(p);
+  else if constexpr (kSrc == kSrcPeer) return __ldcg(p);
   else return __ldg(p);
 }
 
-template <bool kPeerData>
+// A warp copies `bytes` (a multiple of 16, both ends 16-byte aligned) from src to dst.
+template <int kSrc>
 __device__ __forceinline__ void warp_copy16(uint8_t* dst, const uint8_t* src, size_t bytes,
                                             int lane) {
   const int4* s = reinterpret_cast<const int4*>(src);
@@ -164,11 +172,11 @@ __device__ __forceinline__ void warp_copy16(uint8_t* dst, const uint8_t* src, si
   const size_t n = bytes / 16;
   size_t i = lane;
   for (; i + 32 < n; i += 64) {
-    int4 v0 = load16<kPeerData>(s + i), v1 = load16<kPeerData>(s + i + 32);
+    int4 v0 = load16<kSrc>(s + i), v1 = load16<kSrc>(s + i + 32);
     d[i] = v0;
     d[i + 32] = v1;
   }
-  for (; i < n; i += 32) d[i] = load16<kPeerData>(s + i);
+  for (; i < n; i += 32) d[i] = load16<kSrc>(s + i);
 }
 
 // Rows are copied in chunks of kChunkVecs 16-byte vectors (2 per lane), one chunk per warp and
@@ -180,7 +188,7 @@ __host__ __device__ __forceinline__ int chunks_of(size_t bytes) {
 }
 
 // Chunk `c` of a row of `bytes` (a multiple of 16, both ends 16-byte aligned), by one warp.
-template <bool kPeerData>
+template <int kSrc>
 __device__ __forceinline__ void warp_copy_chunk(uint8_t* dst, const uint8_t* src, size_t bytes,
                                                 int c, int lane) {
   const int4* s = reinterpret_cast<const int4*>(src);
@@ -188,8 +196,8 @@ __device__ __forceinline__ void warp_copy_chunk(uint8_t* dst, const uint8_t* src
   const size_t n = bytes / 16;
   const size_t v0 = static_cast<size_t>(c) * kChunkVecs + lane, v1 = v0 + 32;
   int4 x0, x1;
-  if (v0 < n) x0 = load16<kPeerData>(s + v0);
-  if (v1 < n) x1 = load16<kPeerData>(s + v1);
+  if (v0 < n) x0 = load16<kSrc>(s + v0);
+  if (v1 < n) x1 = load16<kSrc>(s + v1);
   if (v0 < n) d[v0] = x0;
   if (v1 < n) d[v1] = x1;
 }

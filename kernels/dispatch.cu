@@ -54,6 +54,8 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
   if (blockIdx.x == 0 && threadIdx.x < static_cast<unsigned>(R)) {
     const int d = threadIdx.x;
     *reinterpret_cast<int32_t*>(is_remote(a, d) ? send_segment(a, d) : a.peers[d] + l.ntok_offset(me)) = T;
+    // For the proxy (host memory; ordered before the doorbell by signal_peers).
+    if (d == 0 && a.remote != 0) *reinterpret_cast<volatile int32_t*>(a.stage_T) = T;
   }
   auto slot = [&](int d, int t) {
     return is_remote(a, d) ? send_segment(a, d) + l.stage_token_offset(T, t)
@@ -108,12 +110,15 @@ __global__ void __launch_bounds__(kThreads) fabric_ingest_dispatch_kernel(const 
   const CudaLayout& l = a.l;
   const uint64_t epoch = a.st->seq + 1;
   wait_fabric_sources(a, kBellDispatch, epoch, kPhaseDispatchRecv);
-  // Each source's T read once per block (every read of the staging crosses PCIe).
+  // Each source's T read once per block (with host staging every read crosses PCIe).
   __shared__ int s_T[kCudaMaxRanks];
   if (threadIdx.x < static_cast<unsigned>(l.nranks) && is_remote(a, threadIdx.x)) {
     s_T[threadIdx.x] = ld_sys_i32(recv_segment(a, threadIdx.x));
-    if (blockIdx.x == 0)
+    if (blockIdx.x == 0) {
       *reinterpret_cast<int32_t*>(a.local + l.ntok_offset(threadIdx.x)) = s_T[threadIdx.x];
+      // The proxy sizes our combine write to s from it (read after our combine send's doorbell).
+      reinterpret_cast<volatile int32_t*>(a.stage_T)[1 + threadIdx.x] = s_T[threadIdx.x];
+    }
   }
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -126,8 +131,12 @@ __global__ void __launch_bounds__(kThreads) fabric_ingest_dispatch_kernel(const 
     auto* idx = reinterpret_cast<int32_t*>(a.local + l.idx_offset(s));
     for (int i = blockIdx.x * kThreads + threadIdx.x; i < n; i += a.blocks * kThreads)
       idx[i] = ld_sys_i32(seg + 16 + 4 * static_cast<size_t>(i));
-    const size_t nv = l.slot_bytes / 16;
-    for (int t = warp * a.blocks + blockIdx.x; t < T; t += a.blocks * kWarps) {
+    // Items (token, chunk of its slot) over every warp of the grid, as in the send kernel.
+    const int nch = chunks_of(l.slot_bytes);
+    const int64_t items = static_cast<int64_t>(T) * nch;
+    for (int64_t it = static_cast<int64_t>(warp) * a.blocks + blockIdx.x; it < items;
+         it += static_cast<int64_t>(a.blocks) * kWarps) {
+      const int t = static_cast<int>(it / nch), c = static_cast<int>(it % nch);
       // Only the tokens s sent us (its other slots in the segment hold nothing).
       bool mine = false;
       if (lane < l.topk) {
@@ -136,8 +145,9 @@ __global__ void __launch_bounds__(kThreads) fabric_ingest_dispatch_kernel(const 
       }
       if (!__any_sync(0xffffffffu, mine)) continue;
       const uint8_t* src = seg + l.stage_token_offset(T, t);
-      int4* dst = reinterpret_cast<int4*>(a.local + l.token_offset(s, t));
-      for (size_t v = lane; v < nv; v += 32) dst[v] = ld_sys_v4(src + 16 * v);
+      uint8_t* dst = a.local + l.token_offset(s, t);
+      if (a.stage_dev) warp_copy_chunk<kSrcPeer>(dst, src, l.slot_bytes, c, lane);
+      else warp_copy_chunk<kSrcSys>(dst, src, l.slot_bytes, c, lane);
     }
   }
   count_fabric_sources(a, l.off_dcount);
@@ -268,7 +278,7 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
       const uint32_t code = c_code[i];
       const uint32_t st = code / K;  // s * maxT + t
       const uint8_t* slot = a.local + l.off_tok + l.slot_bytes * st;
-      warp_copy_chunk<true>(recv_x + xb * row, slot, xb, c, lane);
+      warp_copy_chunk<kSrcPeer>(recv_x + xb * row, slot, xb, c, lane);
       if (c != 0) continue;
       if (l.nscale > 0) {
         const float* sc = reinterpret_cast<const float*>(slot + xb_pad);

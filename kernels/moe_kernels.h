@@ -58,13 +58,19 @@ struct Args {
   uint32_t* row_src;       // [capacity_rows]: (source * maxT + token) * K + k, ~0 for padding
   int blocks;              // grid of every kernel, equal on all ranks
   int64_t timeout_ns;
-  // Fabric peers (bit r of `remote`: rank r is reached through the host proxy). The pointers are
-  // device views of pinned, mapped host memory (cuda_layout.h's staging segments).
+  // Fabric peers (bit r of `remote`: rank r is reached through the host proxy). The staging
+  // segments (cuda_layout.h) are GPU memory the provider reads and writes (FI_HMEM), or device
+  // views of pinned, mapped host memory (MOEFABRIC_MOE_STAGING); the control words are always
+  // pinned host memory.
   uint32_t remote;
+  bool stage_dev;            // the segments are GPU memory (else pinned host memory)
   uint8_t* send_stage;       // [R][stage_bytes]: segment d holds what goes to rank d
   const uint8_t* recv_stage; // [R][stage_bytes]: segment s holds what rank s wrote to us
   uint64_t* doorbell;        // [kBells]: ops whose send kernel finished (written by the last block)
   const uint64_t* arrived;   // [kBells][R]: per source, the last op whose write landed (proxy)
+  // [1 + R]: [0] the T this rank's dispatch staged (dispatch send), [1 + s] fabric source s's T
+  // (dispatch ingest). The proxy sizes its writes from these: it never reads the segments.
+  int32_t* stage_T;
   // dispatch
   const void* x;
   const float* x_scales;

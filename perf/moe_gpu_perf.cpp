@@ -347,9 +347,13 @@ void header(const Opts& o) {
                            : o.node_size > 0 ? "nodes of " + std::to_string(o.node_size) + " ranks (MOEFABRIC_NODE_SIZE)"
                                              : std::string("NVLink");
   const char* prov = getenv("MOEFABRIC_PROVIDER");
-  printf("# moefabric-moe-gpu-perf: CUDA backend (%s%s%s), host %s, NCCL %d, %d ranks\n", path.c_str(),
-         o.fabric || o.node_size > 0 ? ", provider " : "",
-         o.fabric || o.node_size > 0 ? (prov && *prov ? prov : "default") : "", host, v, o.ranks);
+  const char* staging = getenv("MOEFABRIC_MOE_STAGING");
+  const std::string via = o.fabric || o.node_size > 0
+                              ? std::string(", provider ") + (prov && *prov ? prov : "default") +
+                                    ", staging " + (staging && *staging ? staging : "auto")
+                              : "";
+  printf("# moefabric-moe-gpu-perf: CUDA backend (%s%s), host %s, NCCL %d, %d ranks\n", path.c_str(),
+         via.c_str(), host, v, o.ranks);
   printf("# E %d, top-%d, hidden %d, %s dispatch, bf16 combine; %d iters + %d warmup per row, each a CUDA\n"
          "# graph replay with fresh device-side routing; times between CUDA events, p50/p99 pooled over ranks\n",
          o.experts, o.topk, o.hidden, o.dtype.c_str(), o.iters, o.warmup);

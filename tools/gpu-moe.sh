@@ -8,8 +8,10 @@
 # Usage (from the repo root, .gpu-deps carried):  tools/gpu-moe.sh [perf options...]
 #   e.g. tools/gpu-moe.sh -t 1,8,32,128,512,1024,4096 -i 1000
 # Steps: test (NVLink mode), fabric (the same checks with MOEFABRIC_FORCE_FABRIC=1 and, on two
-# GPUs, MOEFABRIC_NODE_SIZE=1, over libfabric shm), sanitize, perf (NVLink sweep), perf-fabric
-# (forced-fabric sweep over shm, with the proxy's posting cost, against the NVLink rows at T=128).
+# GPUs, MOEFABRIC_NODE_SIZE=1, over libfabric shm; staging in host memory, then in GPU memory
+# when .gpu-deps/libfabric-cuda is there), sanitize, perf (NVLink sweep), perf-fabric
+# (forced-fabric sweeps over shm, host and GPU staging, with the proxy's posting cost, against the
+# NVLink rows at T=128; GPU_MOE_FABRIC_T sets their token counts).
 # On a one-GPU machine step ep2-shared runs the suite with --ranks 2 (both ranks on the one GPU;
 # GPU_MOE_EP2_ARGS adds options, e.g. "--quick"; GPU_MOE_EP2_TIMEOUT, default 300 s).
 # GPU_MOE_SANITIZE_ARGS adds test options under compute-sanitizer (e.g. "--ranks 2 --modes
@@ -72,8 +74,19 @@ test_bin=build-gpu/tests/test-moe-gpu
 perf_bin=build-gpu/perf/moefabric-moe-gpu-perf
 if [ ! -x "$test_bin" ]; then note "build: no CUDA backend was built (see build.log)"; exit 1; fi
 
-# The host-backend side of the comparison runs over libfabric shm.
-fabric_env=(MOEFABRIC_PROVIDER=shm FI_SHM_DISABLE_CMA=0 MOEFABRIC_DEBUG=WARN)
+# The host-backend side of the comparison runs over libfabric shm. Fabric peers stage in pinned
+# host memory with Debian's libfabric (no CUDA in it); the *-dev runs use the CUDA-enabled
+# libfabric that tools/stage-libfabric-cuda.sh stages, whose shm registers GPU memory (FI_HMEM)
+# and moves it by CUDA IPC, with MOEFABRIC_MOE_STAGING=device (init fails if that cannot be had).
+fabric_env=(MOEFABRIC_PROVIDER=shm FI_SHM_DISABLE_CMA=0 MOEFABRIC_DEBUG=WARN MOEFABRIC_MOE_STAGING=host)
+source tools/libfabric-cuda-env.sh "$out"
+dev_env=()
+if [ ${#lfc_env[@]} -gt 0 ]; then
+  dev_env=(MOEFABRIC_PROVIDER=shm FI_SHM_DISABLE_CMA=0 MOEFABRIC_DEBUG=WARN MOEFABRIC_MOE_STAGING=device
+           "${lfc_env[@]}")
+else
+  note "no .gpu-deps/libfabric-cuda: GPU-staging (-dev) runs skipped (tools/stage-libfabric-cuda.sh stages it)"
+fi
 
 if [[ $skip != *" test "* ]]; then
   echo "== gpu suite (full)"
@@ -91,7 +104,14 @@ if [[ $skip != *" fabric "* ]]; then
     > "$out/test-gpu-fabric.log" 2>&1
   rc=$?
   tail -n 20 "$out/test-gpu-fabric.log"
-  note "gpu test, fabric modes: rc=$rc $(grep -c '^  ok' "$out/test-gpu-fabric.log") ok lines, $(tail -n1 "$out/test-gpu-fabric.log")"
+  note "gpu test, fabric modes, host staging: rc=$rc $(grep -c '^  ok' "$out/test-gpu-fabric.log") ok lines, $(tail -n1 "$out/test-gpu-fabric.log")"
+  if [ ${#dev_env[@]} -gt 0 ]; then
+    env "${dev_env[@]}" MOEFABRIC_TIMEOUT_MS=20000 timeout 300 "$test_bin" --modes fabric,node1 \
+      > "$out/test-gpu-fabric-dev.log" 2>&1
+    rc=$?
+    tail -n 20 "$out/test-gpu-fabric-dev.log"
+    note "gpu test, fabric modes, GPU staging (FI_HMEM, shm CUDA IPC): rc=$rc $(grep -c '^  ok' "$out/test-gpu-fabric-dev.log") ok lines, $(tail -n1 "$out/test-gpu-fabric-dev.log")"
+  fi
 fi
 
 # One GPU: EP2 with both ranks on it (CUDA IPC inside one device, kernels time-sliced), so the
@@ -102,7 +122,14 @@ if [[ $skip != *" ep2-shared "* ]] && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -
     --ranks 2 ${GPU_MOE_EP2_ARGS:-} > "$out/test-gpu-ep2-shared.log" 2>&1
   rc=$?
   tail -n 30 "$out/test-gpu-ep2-shared.log"
-  note "gpu test, EP2 sharing one GPU (all modes): rc=$rc $(grep -c '^  ok' "$out/test-gpu-ep2-shared.log") ok lines, $(tail -n1 "$out/test-gpu-ep2-shared.log")"
+  note "gpu test, EP2 sharing one GPU (all modes, host staging): rc=$rc $(grep -c '^  ok' "$out/test-gpu-ep2-shared.log") ok lines, $(tail -n1 "$out/test-gpu-ep2-shared.log")"
+  if [ ${#dev_env[@]} -gt 0 ]; then
+    env "${dev_env[@]}" MOEFABRIC_TIMEOUT_MS=30000 timeout "${GPU_MOE_EP2_TIMEOUT:-300}" "$test_bin" \
+      --ranks 2 --modes fabric,node1 ${GPU_MOE_EP2_ARGS:-} > "$out/test-gpu-ep2-shared-dev.log" 2>&1
+    rc=$?
+    tail -n 30 "$out/test-gpu-ep2-shared-dev.log"
+    note "gpu test, EP2 sharing one GPU (fabric modes, GPU staging): rc=$rc $(grep -c '^  ok' "$out/test-gpu-ep2-shared-dev.log") ok lines, $(tail -n1 "$out/test-gpu-ep2-shared-dev.log")"
+  fi
 fi
 
 if [[ $skip != *" sanitize "* ]]; then
@@ -115,6 +142,14 @@ if [[ $skip != *" sanitize "* ]]; then
       rc=$?
       tail -n 8 "$out/sanitize-$tool.log"
       note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY' "$out/sanitize-$tool.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+      if [ ${#dev_env[@]} -gt 0 ]; then
+        env "${dev_env[@]}" MOEFABRIC_TIMEOUT_MS=120000 timeout "${GPU_MOE_SANITIZE_TIMEOUT:-270}" compute-sanitizer --tool "$tool" --target-processes all \
+          --error-exitcode 99 "$test_bin" --quick --modes fabric ${GPU_MOE_SANITIZE_ARGS:-} \
+          > "$out/sanitize-$tool-dev.log" 2>&1
+        rc=$?
+        tail -n 8 "$out/sanitize-$tool-dev.log"
+        note "compute-sanitizer $tool, fabric with GPU staging: rc=$rc, $(grep -E 'ERROR SUMMARY' "$out/sanitize-$tool-dev.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+      fi
     done
   else
     note "compute-sanitizer: not found on PATH"
@@ -155,30 +190,45 @@ fi
 if [[ $skip != *" perf-fabric "* ]]; then
   ngpu=$(nvidia-smi -L | wc -l)
   ranks=$(( ngpu >= 2 ? 2 : 1 ))
-  echo "== moefabric-moe-gpu-perf --fabric ($ranks ranks, shm)"
-  env "${fabric_env[@]}" timeout 240 "$perf_bin" -n "$ranks" --dtype fp8 --fabric --no-nccl \
-    -t 1,8,32,128,512 -i 300 --json "$out/perf-fabric-fp8.json" > "$out/perf-fabric-fp8.log" 2>&1
-  rc=$?
-  note "perf fp8, every peer through the fabric proxy over shm (rc=$rc; post/cpost: proxy posting cost):"
-  grep -v '^# [EM]' "$out/perf-fabric-fp8.log" | grep -v 'NCCL INFO' | tee -a "$summary" | tail -n 0
+  fab_t=${GPU_MOE_FABRIC_T:-1,8,32,128,512}
+  for staging in host dev; do
+    if [ $staging = dev ]; then
+      [ ${#dev_env[@]} -gt 0 ] || continue
+      senv=("${dev_env[@]}")
+    else
+      senv=("${fabric_env[@]}")
+    fi
+    echo "== moefabric-moe-gpu-perf --fabric ($ranks ranks, shm, staging $staging)"
+    env "${senv[@]}" timeout 240 "$perf_bin" -n "$ranks" --dtype fp8 --fabric --no-nccl \
+      -t "$fab_t" -i 300 --json "$out/perf-fabric-fp8-$staging.json" > "$out/perf-fabric-fp8-$staging.log" 2>&1
+    rc=$?
+    note "perf fp8, every peer through the fabric proxy over shm, staging in $staging memory (rc=$rc; post/cpost: proxy posting cost):"
+    grep -v '^# [EM]' "$out/perf-fabric-fp8-$staging.log" | grep -v 'NCCL INFO' | tee -a "$summary" | tail -n 0
+  done
   # Against the NVLink sweep of this call or an earlier one (same ranks), at T=128.
   nv=$out/perf-fp8.json
   [ -f "$nv" ] || nv=$(tar -xzOf "$final/gpu-moe-logs.tgz" ./perf-fp8.json > /tmp/moefabric-nv.json 2>/dev/null && echo /tmp/moefabric-nv.json)
-  python3 - "$out/perf-fabric-fp8.json" "${nv:-}" <<'PY' | tee -a "$summary"
+  python3 - "${nv:-}" "$out"/perf-fabric-fp8-*.json <<'PY' | tee -a "$summary"
 import json, sys
-fab = {r["tokens"]: r for r in json.load(open(sys.argv[1]))}
-r = fab.get(128)
-if r is None:
-    sys.exit("fabric sweep: no T=128 row")
-line = "fabric T=128: dispatch p50 %.1f us, combine p50 %.1f us, proxy post %.2f / %.2f us" % (
-    r["dispatch_p50_us"], r["combine_p50_us"], r["proxy_post_p50_us"], r["proxy_combine_post_p50_us"])
 try:
-    nv = {x["tokens"]: x for x in json.load(open(sys.argv[2]))}[128]
-    line += "; NVLink %.1f / %.1f us; ratio %.2fx / %.2fx (target <= 3x)" % (
-        nv["dispatch_p50_us"], nv["combine_p50_us"], r["dispatch_p50_us"] / nv["dispatch_p50_us"],
-        r["combine_p50_us"] / nv["combine_p50_us"])
+    nv = {x["tokens"]: x for x in json.load(open(sys.argv[1]))}[128]
 except Exception:
-    line += "; no NVLink fp8 sweep with T=128 to compare with"
-print(line)
+    nv = None
+for path in sys.argv[2:]:
+    try:
+        r = {x["tokens"]: x for x in json.load(open(path))}[128]
+    except Exception:
+        print("%s: no T=128 row" % path)
+        continue
+    line = "fabric (%s) T=128: dispatch p50 %.1f us, combine p50 %.1f us, proxy post %.2f / %.2f us" % (
+        path.rsplit("-", 1)[-1][:-5], r["dispatch_p50_us"], r["combine_p50_us"],
+        r["proxy_post_p50_us"], r["proxy_combine_post_p50_us"])
+    if nv:
+        line += "; NVLink %.1f / %.1f us; ratio %.2fx / %.2fx (target <= 3x)" % (
+            nv["dispatch_p50_us"], nv["combine_p50_us"], r["dispatch_p50_us"] / nv["dispatch_p50_us"],
+            r["combine_p50_us"] / nv["combine_p50_us"])
+    else:
+        line += "; no NVLink fp8 sweep with T=128 to compare with"
+    print(line)
 PY
 fi

@@ -69,14 +69,10 @@ run() {  # label, env...
 # so NCCL_NET_GDR_LEVEL=SYS tells it to. NCCL's cuMem buffers cannot be exported with
 # cudaIpcGetMemHandle, so the run without them (NCCL_CUMEM_ENABLE=0) is the IPC one; the run with
 # them shows libfabric's fallback (staged through host memory).
-lfc=$PWD/.gpu-deps/libfabric-cuda
+source tools/libfabric-cuda-env.sh "$out"
 gdr_env=()
-if [ -f "$lfc/lib/libfabric.so.1" ]; then
-  shim=$out/cuda-shim; mkdir -p "$shim"  # libfabric 1.17 dlopens the unversioned names
-  ln -sf "$(ldconfig -p | awk '/libcuda\.so\.1 / {print $NF; exit}')" "$shim/libcuda.so"
-  ln -sf "$(ls /usr/local/cuda/lib64/libcudart.so.* 2>/dev/null | head -n 1)" "$shim/libcudart.so"
-  gdr_env=(MOEFABRIC_PROVIDER=shm MOEFABRIC_GDR=1 LD_LIBRARY_PATH="$lfc/lib:$shim:$LD_LIBRARY_PATH"
-           FI_PROVIDER_PATH="$lfc/lib/libfabric" FI_LOG_LEVEL=warn)
+if [ ${#lfc_env[@]} -gt 0 ]; then
+  gdr_env=(MOEFABRIC_PROVIDER=shm MOEFABRIC_GDR=1 "${lfc_env[@]}" FI_LOG_LEVEL=warn)
 else
   echo "== no .gpu-deps/libfabric-cuda: GPU-buffer runs skipped (tools/stage-libfabric-cuda.sh stages it)"
 fi

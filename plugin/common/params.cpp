@@ -83,6 +83,7 @@ Params Params::load() {
 #undef MF_PARAM_LOAD
   one_of("MOEFABRIC_PROTOCOL", &p.protocol, "auto", {"auto", "rdma", "tagged"});
   one_of("MOEFABRIC_GDR", &p.gdr, "auto", {"auto", "0", "1"});
+  one_of("MOEFABRIC_MOE_STAGING", &p.moe_staging, "auto", {"auto", "host", "device"});
   one_of("MOEFABRIC_SPLIT_IMM", &p.split_imm, "auto", {"auto", "0", "1"});
   in_range("MOEFABRIC_NODE_SIZE", &p.node_size, 0, 4096, 0, " (nodes by host)");
   in_range("MOEFABRIC_STRIPE_MIN", &p.stripe_min, 0, int64_t{1} << 40, 262144, "");

@@ -66,6 +66,10 @@ namespace moefabric {
     "CUDA MoE backend: reach every peer, self included, through the host proxy and libfabric")  \
   X(node_size, "MOEFABRIC_NODE_SIZE", Int, "0",                                                   \
     "CUDA MoE backend: consecutive ranks form nodes of N (NVLink inside, fabric between); 0: by host") \
+  X(moe_staging, "MOEFABRIC_MOE_STAGING", Str, "auto",                                          \
+    "CUDA MoE backend, fabric peers: where packed tokens wait for the proxy's writes: device "  \
+    "(GPU memory registered with FI_HMEM; the provider reads and writes it), host (pinned host " \
+    "memory the kernels store into over PCIe), auto (device when every rail grants FI_HMEM)")  \
   X(topo_xml, "MOEFABRIC_TOPO_XML", Str, "",                                                     \
     "read the machine topology from this hwloc XML instead of the live machine")              \
   X(debug, "MOEFABRIC_DEBUG", Str, "WARN",                                                        \

@@ -64,8 +64,14 @@ class RmaRails : private RmaHandler {
   size_t stripe_min() const { return stripe_min_; }
 
   void local_addr(Addr* out) const;
-  // Registers host memory on every rail (through each rail's MR cache).
-  Status reg(void* buf, size_t len, Mr* out, std::string* error);
+  // Registers memory on every rail (through each rail's MR cache): host memory, or with
+  // `cuda_device` >= 0 that GPU's memory (FI_HMEM_CUDA; every rail must have hmem()).
+  Status reg(void* buf, size_t len, Mr* out, std::string* error, int cuda_device = -1);
+  // Every rail registers GPU memory (FI_HMEM granted).
+  bool hmem() const;
+  // Some rail fills GPU memory with host-issued copies that may still run after their
+  // completion (NicInfo::hmem_async): GPU-memory receives need a fence before they are read.
+  bool hmem_async() const;
   void dereg(Mr* mr);
   Keys keys(const Mr& mr) const;
   uint64_t remote_addr(const Mr& mr, const void* p) const { return mr.rail[0]->remote_addr(p); }

@@ -56,6 +56,7 @@ struct Harness {
   CudaLayout l;
   std::unique_ptr<uint8_t, FreeDel> send, recv;
   std::vector<uint64_t> ctrl;
+  std::vector<int32_t> stage_T;  // [1 + R]: what the kernels tell the proxy
   volatile int32_t abort_word = 0;
   std::unique_ptr<FabricProxy> proxy;
   std::string err;
@@ -76,19 +77,20 @@ struct Harness {
     std::memset(send.get(), 0, bytes);
     std::memset(recv.get(), 0, bytes);
     ctrl.assign(FabricProxy::kBells + (FabricProxy::kBells + 1) * R, 0);
+    stage_T.assign(1 + R, 0);
     FabricProxy::Config pc;
     pc.nranks = R;
     pc.rank = oob.rank();
     pc.remote = R == 32 ? ~0u : (1u << R) - 1;
     if (!self) pc.remote &= ~(1u << oob.rank());
     pc.layout = l;
-    pc.send_stage = send.get();
-    pc.recv_stage = recv.get();
     pc.doorbell = ctrl.data();
     pc.arrived = ctrl.data() + FabricProxy::kBells;
+    pc.stage_T = stage_T.data();
     pc.abort_word = &abort_word;
     pc.timeout_ms = timeout_ms;
     Status s = FabricProxy::create(Params::load(), pc, &proxy, &err);
+    if (s == Status::kOk) s = proxy->attach(send.get(), recv.get(), -1, &err);
     FabricProxy::Addr mine{};
     if (s == Status::kOk) proxy->local_addr(&mine);
     else snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
@@ -105,6 +107,8 @@ int rank_main(OobChannel& oob, int ops) {
   const int me = oob.rank(), R = oob.nranks();
   Harness h;
   P_CHECK(h.init(oob, 20000), "init: %s", h.err.c_str());
+  // As CudaComm's init does: barrier 1 before any op, barrier 2 at destroy.
+  P_CHECK(h.proxy->barrier(&h.err, "init") == Status::kOk, "init barrier: %s", h.err.c_str());
   const CudaLayout& l = h.l;
   auto& send = h.send;
   auto& recv = h.recv;
@@ -123,6 +127,7 @@ int rank_main(OobChannel& oob, int ops) {
       std::memcpy(p, &T, 4);
       for (size_t i = 16; i < l.stage_dispatch_bytes(T); ++i) p[i] = pattern(op, me, d, i);
     }
+    h.stage_T[0] = T;  // the send kernel's word for the proxy (it never reads the segments)
     __atomic_store_n(doorbell + 0, op, __ATOMIC_RELEASE);
     for (int src = 0; src < R; ++src) {
       P_CHECK(wait_flag(arrived + src, op), "op %llu: dispatch from rank %d never arrived",
@@ -133,6 +138,7 @@ int rank_main(OobChannel& oob, int ops) {
       const int want = op % 7 == 3 ? 0 : T_of(op, src);
       P_CHECK(Ts == want, "op %llu: rank %d's T %d, expected %d", static_cast<unsigned long long>(op),
               src, Ts, want);
+      h.stage_T[1 + src] = Ts;  // as the dispatch ingest kernel tells the proxy
       for (size_t i = 16; i < l.stage_dispatch_bytes(Ts); ++i)
         P_CHECK(p[i] == pattern(op, src, me, i), "op %llu: dispatch byte %zu from rank %d",
                 static_cast<unsigned long long>(op), i, src);
@@ -158,6 +164,9 @@ int rank_main(OobChannel& oob, int ops) {
   }
   P_CHECK(proxy->post_us(0) > 0 && proxy->post_us(1) > 0, "posting cost not measured");
   P_CHECK(proxy->barrier(&err) == Status::kOk, "barrier: %s", err.c_str());
+  for (int r = 0; r < R; ++r)
+    P_CHECK(__atomic_load_n(arrived + FabricProxy::kBells * R + r, __ATOMIC_ACQUIRE) == 2,
+            "rank %d's barrier count is not 2", r);
   proxy->stop();
   P_CHECK(h.abort_word == 0, "abort word set");
   return 0;
@@ -246,4 +255,35 @@ TEST_CASE("cuda fabric proxy: destroy barrier with a late rank and no self peer"
   }, 60);
   INFO(res.report);
   REQUIRE(res.ok);
+}
+
+// GPU staging needs FI_HMEM on every rail: without it attach says so, registers nothing, and the
+// host staging the CUDA backend falls back to (MOEFABRIC_MOE_STAGING=auto) still attaches.
+TEST_CASE("cuda fabric proxy: GPU staging without FI_HMEM is refused with the reason", "[moe][proxy]") {
+  CudaLayout l;
+  const char* why = nullptr;
+  REQUIRE(cuda_layout_init(&l, 1, 0, 8, 2, 64, 16, 2, false, 128, 1, &why));
+  std::vector<uint64_t> ctrl(FabricProxy::kBells + (FabricProxy::kBells + 1), 0);
+  std::vector<int32_t> stage_T(2, 0);
+  FabricProxy::Config pc;
+  pc.nranks = 1;
+  pc.remote = 1;
+  pc.layout = l;
+  pc.doorbell = ctrl.data();
+  pc.arrived = ctrl.data() + FabricProxy::kBells;
+  pc.stage_T = stage_T.data();
+  Params p = Params::load();
+  p.gdr = "0";  // FI_HMEM never asked for
+  std::unique_ptr<FabricProxy> proxy;
+  std::string err;
+  REQUIRE(FabricProxy::create(p, pc, &proxy, &err) == Status::kOk);
+  CHECK_FALSE(proxy->hmem());
+  std::unique_ptr<uint8_t, FreeDel> send(static_cast<uint8_t*>(std::aligned_alloc(4096, l.stage_bytes)));
+  std::unique_ptr<uint8_t, FreeDel> recv(static_cast<uint8_t*>(std::aligned_alloc(4096, l.stage_bytes)));
+  CHECK(proxy->attach(send.get(), recv.get(), 0, &err) == Status::kInvalidUsage);
+  INFO(err);
+  CHECK(err.find("did not grant FI_HMEM") != std::string::npos);
+  CHECK(proxy->attach(send.get(), recv.get(), -1, &err) == Status::kOk);
+  CHECK_FALSE(proxy->device_staging());
+  CHECK(proxy->attach(send.get(), recv.get(), -1, &err) == Status::kInternalError);  // twice
 }
