@@ -142,8 +142,6 @@ class CudaComm final : public Engine {
   // error the kernels absorbed, so that peers are not left waiting for this rank.
   Status check_usable(bool starts_op);
   Status launched(cudaError_t e, const char* what);
-  // GPU staging over a provider that copies on the legacy stream: only non-blocking streams.
-  Status check_stream(cudaStream_t stream, const char* what);
   // Which ranks are fabric peers (bit r), from every rank's host and the fabric switches.
   Status choose_paths(const std::vector<InitBlob>& all, std::string* error);
   Status fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error);
@@ -412,9 +410,6 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
     pc.stage_T = reinterpret_cast<const int32_t*>(ctrl_.get() + ctrl_words);
     pc.abort_word = &reinterpret_cast<volatile kern::DevError*>(err_.get())->abort;
     pc.timeout_ms = cfg_.timeout_ms;
-    // The provider's copies into GPU staging and the proxy's fence run on this device's streams.
-    const int dev = dev_;
-    pc.thread_init = [dev] { (void)cudaSetDevice(dev); };
     char bus[32] = {};
     if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev_) == cudaSuccess) pc.gpu = topo::PciAddr::parse(bus);
     ok = FabricProxy::create(pp, pc, &proxy_, &err) == Status::kOk;
@@ -422,13 +417,9 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
   void *send_dev = nullptr, *recv_dev = nullptr;
   std::string why_host = mode == "host" ? "MOEFABRIC_MOE_STAGING=host" : "";
   if (ok && mode != "host") {
-    if (!proxy_->hmem()) {
-      why_host = "provider " + proxy_->provider() + " did not grant FI_HMEM" +
-                 (pp.gdr == "0" ? " (MOEFABRIC_GDR=0)" : " (libfabric built without CUDA?)");
-    } else if (mode == "auto" && proxy_->hmem_async()) {
-      // Its copies run on the legacy stream: every call would need a non-blocking stream.
-      why_host = "provider " + proxy_->provider() + " moves GPU memory with copies on the legacy "
-                 "default stream (MOEFABRIC_MOE_STAGING=device uses it, on non-blocking streams only)";
+    if (!proxy_->device_staging_ok(&why_host)) {
+      if (!proxy_->hmem())
+        why_host += pp.gdr == "0" ? " (MOEFABRIC_GDR=0)" : " (libfabric built without CUDA?)";
     } else {
       void *s = nullptr, *r = nullptr;
       cudaError_t e = cudaMalloc(&s, stage);
@@ -563,20 +554,6 @@ Status CudaComm::check_usable(bool starts_op) {
   return s;
 }
 
-Status CudaComm::check_stream(cudaStream_t stream, const char* what) {
-  if (!proxy_ || !proxy_->needs_nonblocking_stream()) return Status::kOk;
-  unsigned flags = 0;
-  const bool ok = stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread &&
-                  cudaStreamGetFlags(stream, &flags) == cudaSuccess && (flags & cudaStreamNonBlocking);
-  (void)cudaGetLastError();
-  if (ok) return Status::kOk;
-  return fail(Status::kInvalidUsage,
-              "%s: the fabric staging is in GPU memory and provider %s fills it with copies on the "
-              "legacy default stream, which would wait for this call's kernels: pass a stream "
-              "created with cudaStreamNonBlocking (or set MOEFABRIC_MOE_STAGING=host)",
-              what, proxy_->provider().c_str());
-}
-
 Status CudaComm::launched(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::kOk;
   launch_failed_ = true;
@@ -607,7 +584,6 @@ Status CudaComm::dispatch_send(const void* x, const float* scales, const int32_t
       !aligned(ntokens, 4))
     return fail(Status::kInvalidArgument,
                 "dispatch: a scale, index, weight, count or numTokens pointer is not 4-byte aligned");
-  MF_CHECK(check_stream(stream, "dispatch"));
   DeviceScope scope(dev_);
   args_.x = x;
   args_.x_scales = scales;
@@ -626,7 +602,6 @@ Status CudaComm::dispatch_recv(cudaStream_t stream) {
   MF_CHECK(check_usable(false));
   if (phase_ != OpPhase::kDispatchSent)
     return fail(Status::kInvalidUsage, "dispatch recv: no dispatch send in flight");
-  MF_CHECK(check_stream(stream, "dispatch recv"));
   DeviceScope scope(dev_);
   if (remote_ != 0)
     MF_CHECK(launched(kern::launch_fabric_ingest_dispatch(args_, stream), "dispatch recv (fabric)"));
@@ -641,7 +616,6 @@ Status CudaComm::combine_send(const void* expert_y, cudaStream_t stream) {
     return fail(Status::kInvalidUsage, "combine: no completed dispatch to combine");
   if (expert_y != nullptr && !aligned(expert_y, 16))
     return fail(Status::kInvalidArgument, "combine: expertY is not 16-byte aligned");
-  MF_CHECK(check_stream(stream, "combine"));
   DeviceScope scope(dev_);
   args_.expert_y = expert_y;
   MF_CHECK(launched(kern::launch_combine_send(args_, stream), "combine send"));
@@ -655,7 +629,6 @@ Status CudaComm::combine_recv(void* y, cudaStream_t stream) {
     return fail(Status::kInvalidUsage, "combine recv: no combine send in flight");
   if (y == nullptr || !aligned(y, 16))
     return fail(Status::kInvalidArgument, "combine: y is %s", y ? "not 16-byte aligned" : "NULL");
-  MF_CHECK(check_stream(stream, "combine recv"));
   DeviceScope scope(dev_);
   args_.y = y;
   if (remote_ != 0)

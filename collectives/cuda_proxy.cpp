@@ -56,9 +56,8 @@ Status FabricProxy::attach(uint8_t* send_stage, uint8_t* recv_stage, int cuda_de
     *error = "fabric proxy: staging attached twice";
     return Status::kInternalError;
   }
-  if (cuda_device >= 0 && !ep_->hmem()) {
-    *error = "provider " + provider() + " on " + ep_->name() +
-             " did not grant FI_HMEM: GPU memory cannot be registered";
+  if (std::string why; cuda_device >= 0 && !device_staging_ok(&why)) {
+    *error = why;
     return Status::kInvalidUsage;
   }
   const size_t bytes = cfg_.layout.stage_bytes * static_cast<size_t>(cfg_.nranks);
@@ -70,9 +69,23 @@ Status FabricProxy::attach(uint8_t* send_stage, uint8_t* recv_stage, int cuda_de
   send_stage_ = send_stage;
   recv_stage_ = recv_stage;
   cuda_device_ = cuda_device;
-  fence_ = cuda_device >= 0 && ep_->hmem_async();
-  if (fence_) fence_ev_ = std::make_unique<fabric::cuda::Fence>();
   return Status::kOk;
+}
+
+bool FabricProxy::device_staging_ok(std::string* why) const {
+  if (!ep_->hmem()) {
+    *why = "provider " + provider() + " on " + ep_->name() +
+           " did not grant FI_HMEM: GPU memory cannot be registered";
+    return false;
+  }
+  const bool crosses = (cfg_.remote & ~(1u << cfg_.rank)) != 0;
+  if (ep_->hmem_async() && crosses) {
+    *why = "provider " + provider() + " moves GPU memory with host-issued copies on the legacy "
+           "default stream, which may finish after the write is reported and wait behind the "
+           "caller's kernels; GPU staging needs a NIC that writes GPU memory itself (efa, verbs)";
+    return false;
+  }
+  return true;
 }
 
 FabricProxy::~FabricProxy() {
@@ -216,11 +229,7 @@ void FabricProxy::on_remote_write(uint32_t imm) {
     return;
   }
   uint64_t* flag = cfg_.arrived + static_cast<size_t>(row) * cfg_.nranks + src;
-  // Counting on from what is shown, or from the last arrival still held for the fence.
-  uint64_t shown = __atomic_load_n(flag, __ATOMIC_RELAXED);
-  for (const auto& h : held_)
-    if (h.first == flag) shown = h.second;
-  const uint64_t next = shown + 1;
+  const uint64_t next = __atomic_load_n(flag, __ATOMIC_RELAXED) + 1;
   if ((next & kSeqMask) != seq_low) {
     fail(Status::kRemoteError, std::string(phase_of(row)) + ": rank " + std::to_string(src) +
                                    " wrote op " + std::to_string(seq_low) + " (low bits), expected op " +
@@ -229,32 +238,8 @@ void FabricProxy::on_remote_write(uint32_t imm) {
   }
   MF_TRACE(log::kProxy, "rank %d: %s write of op %llu from rank %d landed", cfg_.rank,
            phase_of(row), static_cast<unsigned long long>(next), src);
-  // The payload landed before its immediate was delivered (with a fence: its copy was issued);
-  // the kernel's acquire pairs with this store.
-  if (fence_) held_.emplace_back(flag, next);
-  else __atomic_store_n(flag, next, __ATOMIC_RELEASE);
-}
-
-void FabricProxy::release_arrivals() {
-  if (held_.empty()) return;
-  std::string err;
-  bool done = false;
-  Status s = fence_ev_->record(&err);
-  const auto deadline = Clock::now() + std::chrono::milliseconds(cfg_.timeout_ms);
-  while (s == Status::kOk && (s = fence_ev_->query(&done, &err)) == Status::kOk && !done) {
-    if (Clock::now() > deadline) {
-      fail(Status::kSystemError, "the provider's copies into GPU staging did not finish within " +
-                                     std::to_string(cfg_.timeout_ms) + " ms");
-      return;
-    }
-  }
-  if (s != Status::kOk) {
-    fail(Status::kSystemError, "fence after the provider's copies into GPU staging: " + err);
-    return;
-  }
-  // Arrivals of one source and phase are consecutive ops: the last value held is the one to show.
-  for (const auto& [flag, v] : held_) __atomic_store_n(flag, v, __ATOMIC_RELEASE);
-  held_.clear();
+  // The payload landed before its immediate was delivered; the kernel's acquire pairs with this.
+  __atomic_store_n(flag, next, __ATOMIC_RELEASE);
 }
 
 void FabricProxy::on_write_done(uint64_t cookie, Status s, const char* text) {
@@ -286,7 +271,6 @@ void FabricProxy::loop() {
   // wake us, so the first op after an idle spell waits at most one nap.
   (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
   pin_proxy_thread(proxy_cpus_, proxy_cpus_why_, "fabric proxy", cfg_.rank);
-  if (cfg_.thread_init) cfg_.thread_init();
   const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
   auto last_work = Clock::now();
   std::string err;
@@ -319,7 +303,6 @@ void FabricProxy::loop() {
     }
     const uint64_t before = ep_->stats().remote_writes;
     if (ep_->poll(this, &err) != Status::kOk) fail(Status::kSystemError, "proxy: " + err);
-    if (fence_) release_arrivals();
     work |= ep_->stats().remote_writes != before || writes_inflight_.load() > 0;
     const auto now = Clock::now();
     if ((iter & 1023) == 0) check_stuck_writes(now);

@@ -12,21 +12,20 @@
 //                     T; the lengths of our dispatch writes and of our combine write to s.
 //
 // The staging segments are GPU memory (MOEFABRIC_MOE_STAGING: registered with FI_HMEM_CUDA, the
-// provider reads and writes them; the proxy never touches their bytes) or pinned host memory.
-// Providers that fill GPU memory with host-issued copies (shm, tcp) may report a write before
-// its copy has finished, so then the proxy records a fence on its GPU's legacy stream after the
-// completions and raises their arrival flags once it has passed.
+// NIC reads and writes them by DMA; the proxy never touches their bytes) or pinned host memory.
+// GPU staging needs a provider whose NIC writes GPU memory itself (efa, verbs): shm and tcp fill
+// it with host-issued cudaMemcpy on the legacy default stream, which completes after the write is
+// reported and waits behind the caller's kernels, so they get GPU staging only when no byte
+// crosses them (every fabric peer is this rank, MOEFABRIC_FORCE_FABRIC on one GPU).
 //
 // Nothing on the caller's path touches the proxy, so launches stay graph-capturable. Host code
-// only uses it at init (address exchange) and destroy (a fabric barrier). No CUDA runtime here:
-// the control words are plain host pointers (cudaHostAlloc'ed and mapped); the fence goes
-// through the driver (plugin/fabric/cuda.h).
+// only uses it at init (address exchange, a fabric barrier) and destroy (a fabric barrier). No
+// CUDA here: the control words are plain host pointers (cudaHostAlloc'ed and mapped).
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <mutex>
@@ -38,7 +37,6 @@
 #include "plugin/common/params.h"
 #include "plugin/common/status.h"
 #include "collectives/rails.h"
-#include "plugin/fabric/cuda.h"
 #include "plugin/fabric/rma_rails.h"
 #include "topology/topology.h"
 
@@ -55,7 +53,6 @@ class FabricProxy : public fabric::RmaHandler {
     const uint64_t* doorbell = nullptr;   // [kBells], written by the GPU
     uint64_t* arrived = nullptr;          // [kBells + 1][R]; the last row is the destroy barrier
     const int32_t* stage_T = nullptr;     // [1 + R], written by the GPU
-    std::function<void()> thread_init;    // run first on the proxy thread (makes its GPU current)
     volatile int32_t* abort_word = nullptr;  // set on a proxy failure: waiting kernels return
     int timeout_ms = 60000;
     std::optional<topo::PciAddr> gpu;  // this rank's GPU: its rails and NUMA slice are used
@@ -71,13 +68,14 @@ class FabricProxy : public fabric::RmaHandler {
   bool hmem() const { return ep_->hmem(); }
   // Some rail fills GPU memory with host-issued copies (shm, tcp), not NIC DMA.
   bool hmem_async() const { return ep_->hmem_async(); }
+  // Whether GPU staging is possible, else why not: FI_HMEM on every rail, and NIC DMA unless no
+  // byte crosses the provider.
+  bool device_staging_ok(std::string* why) const;
   // Registers the staging areas ([R][stage_bytes] each) on every rail: host memory, or with
-  // `cuda_device` >= 0 that GPU's memory. Fails (nothing registered) when the provider refuses.
+  // `cuda_device` >= 0 that GPU's memory (device_staging_ok). Fails, registering nothing, when
+  // the provider refuses.
   Status attach(uint8_t* send_stage, uint8_t* recv_stage, int cuda_device, std::string* error);
   bool device_staging() const { return cuda_device_ >= 0; }
-  // The provider fills GPU staging with copies on the legacy default stream, which wait for all
-  // work of blocking streams: kernels waiting for those copies must run on non-blocking streams.
-  bool needs_nonblocking_stream() const { return fence_; }
   ~FabricProxy() override;
   FabricProxy(const FabricProxy&) = delete;
   FabricProxy& operator=(const FabricProxy&) = delete;
@@ -116,8 +114,6 @@ class FabricProxy : public fabric::RmaHandler {
   void on_remote_write(uint32_t imm) override;
   void on_write_done(uint64_t cookie, Status s, const char* text) override;
   void check_stuck_writes(Clock::time_point now);
-  // Raises the arrival flags held back for the fence (fence_ only).
-  void release_arrivals();
 
   Params params_;
   Config cfg_;
@@ -126,9 +122,6 @@ class FabricProxy : public fabric::RmaHandler {
   uint8_t* send_stage_ = nullptr;  // [R][stage_bytes]
   uint8_t* recv_stage_ = nullptr;
   int cuda_device_ = -1;           // staging in this GPU's memory; -1: pinned host memory
-  bool fence_ = false;             // arrivals wait for a fence (device staging, hmem_async rails)
-  std::unique_ptr<fabric::cuda::Fence> fence_ev_;
-  std::vector<std::pair<uint64_t*, uint64_t>> held_;  // arrival flags awaiting the fence
   std::string rails_why_;
   std::vector<int> proxy_cpus_;
   std::string proxy_cpus_why_;

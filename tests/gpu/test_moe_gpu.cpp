@@ -310,18 +310,6 @@ int run_errors(OobChannel& oob) {
   Bufs b(s, 1024);
   G_CHECK(b.ok(), "cudaMalloc");
   b.upload(s, in);
-  // GPU staging over shm: the provider's copies run on the legacy stream, so calls on it (or on
-  // any blocking stream) are refused before anything is launched.
-  const char* staging = getenv("MOEFABRIC_MOE_STAGING");
-  const bool fabric_peers = getenv("MOEFABRIC_FORCE_FABRIC") != nullptr ||
-                            (getenv("MOEFABRIC_NODE_SIZE") != nullptr && oob.nranks() > 1);
-  if (staging != nullptr && std::string(staging) == "device" && fabric_peers) {
-    G_CHECK(ncclMoeDispatch(b.x.p, nullptr, b.idx.as<int32_t>(), b.w.as<float>(), b.nt.as<int32_t>(),
-                            b.rx.p, nullptr, b.rc.as<int32_t>(), dev, nullptr) == ncclInvalidUsage,
-            "GPU staging over shm accepted the legacy stream");
-    G_CHECK(std::string(ncclMoeGetLastError(dev)).find("cudaStreamNonBlocking") != std::string::npos,
-            "error text: %s", ncclMoeGetLastError(dev));
-  }
   cudaStream_t st;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   G_CHECK(ncclMoeDispatch(b.x.p, nullptr, b.idx.as<int32_t>(), b.w.as<float>(), b.nt.as<int32_t>(),
