@@ -128,7 +128,7 @@ if [[ $skip != *" ep2-shared "* ]] && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -
   if [ ${#dev_env[@]} -gt 0 ]; then
     # GPU staging is refused where bytes would cross shm (its CUDA copies run on the legacy
     # stream): init must fail at once on both ranks, naming why.
-    env "${dev_env[@]}" MOEFABRIC_TIMEOUT_MS=30000 timeout 120 "$perf_bin" -n 2 --fabric --no-nccl -t 8 -i 10 \
+    env "${dev_env[@]}" MOEFABRIC_TIMEOUT_MS=30000 timeout 120 "$test_bin" --ranks 2 --modes fabric --quick \
       > "$out/test-gpu-ep2-shared-dev.log" 2>&1
     rc=$?
     tail -n 6 "$out/test-gpu-ep2-shared-dev.log"
