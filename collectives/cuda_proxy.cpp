@@ -80,9 +80,9 @@ bool FabricProxy::device_staging_ok(std::string* why) const {
   }
   const bool crosses = (cfg_.remote & ~(1u << cfg_.rank)) != 0;
   if (ep_->hmem_async() && crosses) {
-    *why = "provider " + provider() + " moves GPU memory with host-issued copies on the legacy "
-           "default stream, which may finish after the write is reported and wait behind the "
-           "caller's kernels; GPU staging needs a NIC that writes GPU memory itself (efa, verbs)";
+    // (Copies that may end after the write is reported and wait behind the caller's kernels.)
+    *why = "provider " + provider() + " moves GPU memory by host-issued copies on the legacy "
+           "stream; GPU staging needs a NIC that writes GPU memory itself (efa, verbs)";
     return false;
   }
   return true;
