@@ -74,7 +74,7 @@ __device__ inline void report_error(const Args& a, int32_t code, int32_t phase, 
 // Waits until *counter reaches target (wrap-safe), for at most timeout_ns or until the host
 // aborts. False after reporting the timeout (the caller goes on; its results are undefined).
 __device__ inline bool wait_counter(const Args& a, const uint64_t* counter, uint64_t target,
-                                    int32_t phase, int32_t peer) {
+                                    int32_t phase, int32_t peer, int64_t extra_ns = 0) {
   if (static_cast<int64_t>(ld_acquire_sys(counter) - target) >= 0) return true;
   const uint64_t start = global_timer_ns();
   for (uint32_t spin = 1;; ++spin) {
@@ -84,7 +84,7 @@ __device__ inline bool wait_counter(const Args& a, const uint64_t* counter, uint
         report_error(a, kErrAborted, phase, peer, 0);
         return false;
       }
-      if (static_cast<int64_t>(global_timer_ns() - start) > a.timeout_ns) {
+      if (static_cast<int64_t>(global_timer_ns() - start) > a.timeout_ns + extra_ns) {
         report_error(a, kErrTimeout, phase, peer, 0);
         return false;
       }
@@ -132,10 +132,24 @@ __device__ inline void wait_all_sources(const Args& a, size_t base, uint64_t tar
 }
 
 // Block-wide wait for every fabric source's write of op `epoch` (arrival flags in host memory).
+// Only block 0 polls the host flags, then raises a device word the other blocks wait on: every
+// block polling one pinned word over PCIe slows the host's store to it from 2 us to ~250 us
+// round trip (H100, 132 pollers; tools/gpu_host_rtt.cu). Ordering: block 0's acquires of the
+// flags (system scope), its barrier and GPU-scope release, then each block's acquire of the device
+// word: the proxy's release happens before every block's loads of the staging. The other blocks
+// allow block 0 a second of slack, so that a lost peer is reported by block 0, naming it.
 __device__ inline void wait_fabric_sources(const Args& a, int bell, uint64_t epoch, int32_t phase) {
-  if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && is_remote(a, threadIdx.x))
-    wait_counter(a, a.arrived + static_cast<size_t>(bell) * a.l.nranks + threadIdx.x, epoch, phase,
-                 static_cast<int32_t>(threadIdx.x));
+  uint64_t* go = &a.st->fabric_go[bell];
+  if (blockIdx.x == 0) {
+    bool ok = true;
+    if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && is_remote(a, threadIdx.x))
+      ok = wait_counter(a, a.arrived + static_cast<size_t>(bell) * a.l.nranks + threadIdx.x, epoch,
+                        phase, static_cast<int32_t>(threadIdx.x));
+    if (__syncthreads_and(ok) && threadIdx.x == 0)
+      asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(go), "l"(epoch) : "memory");
+  } else if (threadIdx.x == 0) {
+    wait_counter(a, go, epoch, phase, -1, 1000000000);
+  }
   __syncthreads();
 }
 

@@ -36,18 +36,20 @@ struct DevError {
   int32_t abort;  // host -> device
 };
 
+// Doorbells and arrival flags: one per phase that moves data through the proxy.
+enum Bell : int { kBellDispatch = 0, kBellCombine = 1, kBells = 2 };
+
 // This rank's device-side state (local memory, zeroed at init).
 struct DevState {
   uint64_t seq;          // ops completed (bumped by the last block of combine recv)
   uint64_t crecv_done;   // combine-recv blocks finished, all ops
   uint64_t dsend_done;   // dispatch-send blocks finished, all ops (fabric doorbell)
   uint64_t csend_done;   // combine-send blocks finished, all ops (fabric doorbell)
+  uint64_t fabric_go[kBells];  // op whose fabric arrivals block 0 of the ingest kernel has seen
   uint32_t total_rows;   // rows of the last dispatch, padding included
   int32_t err_code;      // first error (CAS), mirrored into DevError
 };
 
-// Doorbells and arrival flags: one per phase that moves data through the proxy.
-enum Bell : int { kBellDispatch = 0, kBellCombine = 1, kBells = 2 };
 
 struct Args {
   CudaLayout l;

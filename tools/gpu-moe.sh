@@ -146,14 +146,14 @@ if [[ $skip != *" sanitize "* ]]; then
         > "$out/sanitize-$tool.log" 2>&1
       rc=$?
       tail -n 8 "$out/sanitize-$tool.log"
-      note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY' "$out/sanitize-$tool.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+      note "compute-sanitizer $tool: rc=$rc, $(grep -E '(ERROR|RACECHECK) SUMMARY' "$out/sanitize-$tool.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
       if [ ${#dev_env[@]} -gt 0 ]; then
         env "${dev_env[@]}" MOEFABRIC_TIMEOUT_MS=120000 timeout "${GPU_MOE_SANITIZE_TIMEOUT:-270}" compute-sanitizer --tool "$tool" --target-processes all \
           --error-exitcode 99 "$test_bin" --quick --modes fabric ${GPU_MOE_SANITIZE_ARGS:-} \
           > "$out/sanitize-$tool-dev.log" 2>&1
         rc=$?
         tail -n 8 "$out/sanitize-$tool-dev.log"
-        note "compute-sanitizer $tool, fabric with GPU staging: rc=$rc, $(grep -E 'ERROR SUMMARY' "$out/sanitize-$tool-dev.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+        note "compute-sanitizer $tool, fabric with GPU staging: rc=$rc, $(grep -E '(ERROR|RACECHECK) SUMMARY' "$out/sanitize-$tool-dev.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
       fi
     done
   else
@@ -195,6 +195,11 @@ fi
 if [[ $skip != *" perf-fabric "* ]]; then
   ngpu=$(nvidia-smi -L | wc -l)
   ranks=$(( ngpu >= 2 ? 2 : 1 ))
+  # The floor under the proxy path: a GPU <-> host-thread round trip through pinned memory.
+  if nvcc -O2 -arch=sm_90 -o "$out/gpu_host_rtt" tools/gpu_host_rtt.cu > "$out/gpu_host_rtt.log" 2>&1; then
+    "$out/gpu_host_rtt" >> "$out/gpu_host_rtt.log" 2>&1
+    grep "round trip" "$out/gpu_host_rtt.log" | tee -a "$summary"
+  fi
   fab_t=${GPU_MOE_FABRIC_T:-1,8,32,128,512}
   for staging in host dev; do
     if [ $staging = dev ]; then
