@@ -60,6 +60,9 @@ fi
 note "NCCL from: ${torch_nccl:-system}"
 
 setup=(-Dcuda=enabled "${nccl_opt[@]}" --buildtype=release)
+# Meson (up to at least 1.0) runs nvcc without a depfile, so a kernel header change would not
+# rebuild the kernels of a build-gpu kept from an earlier call: always recompile them.
+rm -rf build-gpu/kernels/*.p
 {
   if [ -d build-gpu ]; then meson setup --reconfigure build-gpu "${setup[@]}"; else meson setup build-gpu "${setup[@]}"; fi &&
     ninja -C build-gpu
