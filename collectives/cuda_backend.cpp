@@ -386,10 +386,12 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
     out->reset(static_cast<std::remove_reference_t<decltype(*out->get())>*>(p));
     return true;
   };
-  // Device staging needs FI_HMEM from the provider: ask for it unless MOEFABRIC_GDR=0 forbids.
+  // GPU staging needs FI_HMEM from the provider. MOEFABRIC_GDR=auto asks for it where the NIC
+  // writes GPU memory itself (efa, verbs), which is where auto staging can use it; `device` asks
+  // every provider (it may still be refused below, with the reason).
   Params pp = params_;
   const std::string& mode = pp.moe_staging;
-  if (mode != "host" && pp.gdr == "auto") pp.gdr = "1";
+  if (mode == "device" && pp.gdr == "auto") pp.gdr = "1";
   bool ok = true;
   if (mode == "device" && pp.gdr == "0") {
     err = "MOEFABRIC_MOE_STAGING=device needs FI_HMEM, but MOEFABRIC_GDR=0 forbids asking for it";

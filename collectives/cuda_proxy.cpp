@@ -177,23 +177,22 @@ void FabricProxy::post_phase(int bell, uint64_t op) {
   const CudaLayout& l = cfg_.layout;
   const auto t0 = Clock::now();
   uint64_t bytes = 0;
+  // Our dispatch's T as the send kernel staged it (already sanitised to [0, maxT]).
+  int32_t T_ours = bell == 0 ? __atomic_load_n(cfg_.stage_T, __ATOMIC_RELAXED) : 0;
+  if (T_ours < 0 || T_ours > l.max_tokens) {
+    fail(Status::kInternalError, "dispatch: the send kernel staged T = " + std::to_string(T_ours));
+    T_ours = 0;
+  }
   for (int i = 1; i <= cfg_.nranks; ++i) {
     const int d = (cfg_.rank + i) % cfg_.nranks;  // self last
     if (!((cfg_.remote >> d) & 1u)) continue;
+    if (self_short(d)) {
+      on_remote_write(imm_encode(kind_of(bell), op, cfg_.rank));
+      continue;
+    }
     const uint8_t* seg = send_stage_ + l.stage_bytes * static_cast<size_t>(d);
     if (bell == 0) {
-      // T as the send kernel staged it (already sanitised to [0, maxT]).
-      int32_t T = __atomic_load_n(cfg_.stage_T, __ATOMIC_RELAXED);
-      if (T < 0 || T > l.max_tokens) {
-        fail(Status::kInternalError, "dispatch: the send kernel staged T = " + std::to_string(T) +
-                                         " for rank " + std::to_string(d));
-        T = 0;
-      }
-      const size_t len = l.stage_dispatch_bytes(T);
-      if (self_short(d)) {
-        on_remote_write(imm_encode(kind_of(bell), op, cfg_.rank));
-        continue;
-      }
+      const size_t len = l.stage_dispatch_bytes(T_ours);
       post_one(d, bell, seg, len, 0, op, false);
       bytes += len;
     } else {
@@ -203,10 +202,6 @@ void FabricProxy::post_phase(int bell, uint64_t op) {
       if (T < 0 || T > l.max_tokens) T = 0;  // d's recv kernel reported it; send the marker
       const size_t rows = static_cast<size_t>(T) * l.topk;
       const size_t len = rows > 0 ? rows * l.y_row_bytes : 16;
-      if (self_short(d)) {
-        on_remote_write(imm_encode(kind_of(bell), op, cfg_.rank));
-        continue;
-      }
       post_one(d, bell, seg + l.stage_off_comb, len, l.stage_off_comb, op, false);
       bytes += len;
     }

@@ -199,7 +199,7 @@ if [[ $skip != *" perf-fabric "* ]]; then
   ngpu=$(nvidia-smi -L | wc -l)
   ranks=$(( ngpu >= 2 ? 2 : 1 ))
   # The floor under the proxy path: a GPU <-> host-thread round trip through pinned memory.
-  if nvcc -O2 -arch=sm_90 -o "$out/gpu_host_rtt" tools/gpu_host_rtt.cu > "$out/gpu_host_rtt.log" 2>&1; then
+  if nvcc -O2 -std=c++20 -arch=sm_90 -I. -o "$out/gpu_host_rtt" tools/gpu_host_rtt.cu > "$out/gpu_host_rtt.log" 2>&1; then
     "$out/gpu_host_rtt" >> "$out/gpu_host_rtt.log" 2>&1
     grep "round trip" "$out/gpu_host_rtt.log" | tee -a "$summary"
   fi

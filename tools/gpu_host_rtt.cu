@@ -2,43 +2,35 @@
 // fabric path's doorbell (GPU -> proxy) and arrival flag (proxy -> GPU). Block 0 thread 0 stores
 // i to `bell` (st.release.sys); a host thread spinning on it stores i to `flag`; `pollers` blocks
 // (one thread each, as the ingest kernels poll) wait for it with ld.acquire.sys. Prints p50/p99.
-// Build and run on the GPU machine:  nvcc -O2 -arch=sm_90 -o /tmp/rtt tools/gpu_host_rtt.cu && /tmp/rtt
+// Build and run on the GPU machine (repo root):
+//   nvcc -O2 -std=c++20 -arch=sm_90 -I. -o /tmp/rtt tools/gpu_host_rtt.cu && /tmp/rtt
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <thread>
 #include <vector>
 
-__device__ __forceinline__ uint64_t ld_acq(const uint64_t* p) {
-  uint64_t v;
-  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_rel(uint64_t* p, uint64_t v) {
-  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ uint64_t gtimer() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
+#include "kernels/device_common.cuh"  // the kernels' own flag loads and stores
+
+using moefabric::moe::kern::global_timer_ns;
+using moefabric::moe::kern::ld_acquire_sys;
+using moefabric::moe::kern::st_release_sys;
 
 __global__ void ping(uint64_t* bell, const uint64_t* flag, int n, uint64_t* ns) {
   for (int i = 1; i <= n; ++i) {
-    const uint64_t t0 = gtimer();
-    if (blockIdx.x == 0) st_rel(bell, i);
-    while (ld_acq(flag) < static_cast<uint64_t>(i)) {
+    const uint64_t t0 = global_timer_ns();
+    if (blockIdx.x == 0) st_release_sys(bell, i);
+    while (ld_acquire_sys(flag) < static_cast<uint64_t>(i)) {
     }
-    if (blockIdx.x == 0) ns[i - 1] = gtimer() - t0;
+    if (blockIdx.x == 0) ns[i - 1] = global_timer_ns() - t0;
     __syncthreads();
   }
 }
 
-int main(int argc, char** argv) {
+int main() {
   const int n = 2000;
   for (int pollers : {1, 132}) {
     uint64_t *h = nullptr, *d = nullptr, *ns = nullptr;

@@ -69,7 +69,8 @@ namespace moefabric {
   X(moe_staging, "MOEFABRIC_MOE_STAGING", Str, "auto",                                          \
     "CUDA MoE backend, fabric peers: where packed tokens wait for the proxy's writes: device "  \
     "(GPU memory registered with FI_HMEM; the provider reads and writes it), host (pinned host " \
-    "memory the kernels store into over PCIe), auto (device when every rail grants FI_HMEM)")  \
+    "memory the kernels store into over PCIe), auto (device where MOEFABRIC_GDR gets FI_HMEM " \
+    "and the NIC writes GPU memory itself, else host)")                                          \
   X(topo_xml, "MOEFABRIC_TOPO_XML", Str, "",                                                     \
     "read the machine topology from this hwloc XML instead of the live machine")              \
   X(debug, "MOEFABRIC_DEBUG", Str, "WARN",                                                        \
