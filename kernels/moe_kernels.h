@@ -50,7 +50,6 @@ struct DevState {
   int32_t err_code;      // first error (CAS), mirrored into DevError
 };
 
-
 struct Args {
   CudaLayout l;
   uint8_t* local;          // this rank's receive block

@@ -18,7 +18,9 @@ cd "$(dirname "$0")/.."
 pb=.gpu-prebuilt
 if [ "${1:-}" = "--stage" ]; then
   d=${2:-/tmp/moefabric-prebuilt-build}
-  { [ -f "$d/build.ninja" ] || meson setup "$d" -Dbuildtype=release -Dcuda=enabled; } && ninja -C "$d" || exit 1
+  opts=(-Dbuildtype=release -Dcuda=enabled)
+  if [ -f "$d/build.ninja" ]; then meson configure "$d" "${opts[@]}"; else meson setup "$d" "${opts[@]}"; fi &&
+    ninja -C "$d" || exit 1
   rm -rf "$pb" && mkdir -p "$pb"/{perf,collectives,plugin/nccl,tests}
   cp -a "$d"/perf/moefabric-{moe-gpu-perf,nccl-perf,net-perf,run,topo} "$pb/perf/"
   cp -a "$d"/collectives/libmoefabric.so* "$pb/collectives/"
