@@ -100,6 +100,14 @@ void Net::release(Net* net) {
   pthread_mutex_unlock(&g_net_mu);
 }
 
+void Net::shutdown() {
+  pthread_mutex_lock(&g_net_mu);
+  Net* net = g_net;
+  g_net = nullptr;
+  pthread_mutex_unlock(&g_net_mu);
+  delete net;
+}
+
 Net::~Net() {
   stop_ = true;
   if (progress_thread_.joinable()) progress_thread_.join();

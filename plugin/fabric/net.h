@@ -39,6 +39,9 @@ class Net {
   // Opens (first call) or references (later calls) the process-wide instance.
   static Status acquire(Net** out, std::string* error);
   static void release(Net* net);
+  // Tears down the Net whatever references remain (NCCL before v11 never finalizes): the
+  // plugin's unload runs it, so no progress thread is left running code being unmapped.
+  static void shutdown();
   // The live instance without taking a reference (NCCL's devices()/getProperties() carry no
   // context); nullptr before the first acquire.
   static Net* current();

@@ -210,13 +210,14 @@ result_t set_net_attr(void* ctx, abi::net_attr_v11_t* attr) {
 }
 
 // ---- v10 / v9 / v8: one process-wide reference, taken by the single init NCCL makes --------
+Ctx* g_legacy_ctx = nullptr;  // trivially destructible; freed by unload()
+
 Ctx* legacy_ctx() {
-  static Ctx* ctx = nullptr;  // trivially destructible; NCCL never unloads a v10- plugin early
-  if (ctx == nullptr) {
+  if (g_legacy_ctx == nullptr) {
     Net* net = live_net();
-    if (net != nullptr) ctx = new Ctx{net, 0, abi::kTrafficClassUndef};
+    if (net != nullptr) g_legacy_ctx = new Ctx{net, 0, abi::kTrafficClassUndef};
   }
-  return ctx;
+  return g_legacy_ctx;
 }
 
 result_t init_legacy(abi::logger_t log_fn) {
@@ -276,6 +277,17 @@ result_t irecv_v8(void* recv_comm, int n, void** data, int* sizes, int* tags, vo
     s[i] = static_cast<size_t>(sizes[i]);
   }
   return irecv_v11(recv_comm, n, data, s, tags, mhandles, nullptr, request);
+}
+
+// Runs when the plugin is unloaded (dlclose) or the process exits. NCCL before v11 never
+// finalizes, and a v11 application may exit without destroying its communicators; both leave the
+// Net alive with its progress thread polling. Left running, that thread would execute unmapped
+// code after dlclose, or poll libfabric while libfabric's own destructor tears the providers down
+// at exit (libfabric is our dependency, so its destructor runs after this one).
+__attribute__((destructor)) void unload() {
+  Net::shutdown();
+  delete g_legacy_ctx;
+  g_legacy_ctx = nullptr;
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Functional tests of libnccl-net-moefabric.so, driven through its exported NCCL tables from
 // separate processes, over whatever provider the environment selects (the Meson suite runs this
 // binary once with tcp on loopback and once with shm).
+#include <dirent.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -517,5 +518,39 @@ TEST_CASE("plugin: v10 and v8 entry points", "[fabric]") {
     T_OK(v8->closeRecv(rc));
     T_OK(v8->closeListen(lc));
     return 0;
+  });
+}
+
+namespace {
+int task_count() {
+  int n = 0;
+  if (DIR* d = opendir("/proc/self/task")) {
+    while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return n;
+}
+}  // namespace
+
+// NCCL before v11 never finalizes, yet may dlclose the plugin after its last communicator; an
+// application may also exit without destroying them. The unload must stop the progress thread:
+// left running it executes unmapped code (this crashed every time before the fix).
+TEST_CASE("plugin: unloading after a legacy init stops every thread of ours", "[fabric]") {
+  run_ranks(1, [](OobChannel&, Plugin& pl) {
+    if (pl.close()) return 1;  // the driver's own v11 init: finalize and unload
+    const int baseline = task_count();
+    if (pl.open()) return 1;
+    auto* v10 = static_cast<const abi::net_v10_t*>(dlsym(pl.dl, "ncclNetPlugin_v10"));
+    T_CHECK(v10 != nullptr, "v10 table not exported");
+    T_OK(v10->init(quiet_logger, nullptr));
+    char h[abi::kHandleMaxSize] = {};
+    void* lc = nullptr;
+    T_OK(v10->listen(0, h, &lc));  // left open, as a process that exits early would
+    T_CHECK(task_count() > baseline, "no progress thread while the plugin is in use");
+    if (pl.close()) return 1;  // finalizes the v11 context only; the legacy reference remains
+    T_CHECK(task_count() == baseline, "%d thread(s) left running after dlclose (had %d)",
+            task_count(), baseline);
+    usleep(300 * 1000);  // past the progress thread's period (at most 100 ms)
+    return pl.open();    // a fresh load works; run_ranks closes it
   });
 }
