@@ -419,9 +419,26 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
   void *send_dev = nullptr, *recv_dev = nullptr;
   std::string why_host = mode == "host" ? "MOEFABRIC_MOE_STAGING=host" : "";
   if (ok && mode != "host") {
+    int order = cudaGPUDirectRDMAWritesOrderingNone;
     if (!proxy_->device_staging_ok(&why_host)) {
-      if (!proxy_->hmem())
-        why_host += pp.gdr == "0" ? " (MOEFABRIC_GDR=0)" : " (libfabric built without CUDA?)";
+      if (!proxy_->hmem()) {
+        const std::string& prov = proxy_->provider();
+        why_host += pp.gdr == "0" ? " (MOEFABRIC_GDR=0)"
+                    : pp.gdr == "auto" && prov != "efa" && prov != "verbs"
+                        ? " (MOEFABRIC_GDR=auto asks for FI_HMEM of efa and verbs only)"
+                        : " (libfabric built without CUDA?)";
+      }
+    } else if (!proxy_->hmem_async() &&
+               (cudaDeviceGetAttribute(&order, cudaDevAttrGPUDirectRDMAWritesOrdering, dev_) !=
+                    cudaSuccess ||
+                order < cudaGPUDirectRDMAWritesOrderingOwner)) {
+      // The NIC writes the staging itself and the proxy raises the arrival flag right after the
+      // write's completion, with no flush between: this GPU's kernels must see NIC writes in
+      // order on their own.
+      (void)cudaGetLastError();
+      why_host = "GPU " + std::to_string(dev_) + " does not order NIC writes to its memory for its "
+                 "own kernels (cudaDevAttrGPUDirectRDMAWritesOrdering " + std::to_string(order) +
+                 ", 100 needed)";
     } else {
       void *s = nullptr, *r = nullptr;
       cudaError_t e = cudaMalloc(&s, stage);

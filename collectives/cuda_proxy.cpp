@@ -14,7 +14,7 @@
 namespace moefabric::moe {
 namespace {
 
-constexpr int kBarrierRow = FabricProxy::kBells;  // arrived[] row and cookie class of destroy
+constexpr int kBarrierRow = FabricProxy::kBells;  // arrived[] row and cookie class of the barriers (init, destroy)
 
 WriteKind kind_of(int bell) {
   return bell == 0 ? WriteKind::kDispatchPrivate

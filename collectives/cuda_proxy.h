@@ -51,7 +51,7 @@ class FabricProxy : public fabric::RmaHandler {
     uint32_t remote = 0;  // bit r: rank r is a fabric peer (self included under FORCE_FABRIC)
     CudaLayout layout;
     const uint64_t* doorbell = nullptr;   // [kBells], written by the GPU
-    uint64_t* arrived = nullptr;          // [kBells + 1][R]; the last row is the destroy barrier
+    uint64_t* arrived = nullptr;          // [kBells + 1][R]; the last row counts barriers (init, destroy)
     const int32_t* stage_T = nullptr;     // [1 + R], written by the GPU
     volatile int32_t* abort_word = nullptr;  // set on a proxy failure: waiting kernels return
     int timeout_ms = 60000;

@@ -364,3 +364,25 @@ TEST_CASE("moe: a rank killed mid-dispatch is named by every survivor within the
   // Exactly rank 2 failed, and by its own SIGKILL.
   CHECK(res.report == "rank 2: killed by signal 9\n");
 }
+
+// Scripts often exit without destroying their comms. exit() then runs libfabric's destructor
+// while the proxy thread still polls its CQ: the library must stop its proxies first.
+TEST_CASE("moe: a process that exits without destroying its comm exits cleanly", "[moe]") {
+  auto res = moefabric::launch_fork(2, [&](OobChannel& oob) {
+    Shape s;
+    s.nranks = 2;
+    s.max_tokens = 16;
+    const int me = oob.rank();
+    ncclMoeComm_t moe = init(oob, s);
+    R_CHECK(moe != nullptr, "init");
+    Buffers b = alloc(s, moe, me);
+    std::string e = round_trip(oob, s, moe, make_input(s, me, 16, 5, Routing::kRandom), b);
+    R_CHECK(e.empty(), "round: %s", e.c_str());
+    R_CHECK(oob.barrier(), "barrier");
+    fflush(nullptr);
+    exit(0);  // not launch_fork's _exit: atexit handlers and library destructors run
+  }, 120);
+  INFO(res.report);
+  CHECK(res.report.empty());
+  CHECK(res.ok);
+}
