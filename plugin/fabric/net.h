@@ -40,7 +40,9 @@ class Net {
   static Status acquire(Net** out, std::string* error);
   static void release(Net* net);
   // Tears down the Net whatever references remain (NCCL before v11 never finalizes): the
-  // plugin's unload runs it, so no progress thread is left running code being unmapped.
+  // plugin's unload (dlclose, or process exit) runs it, so no thread of ours or of the provider
+  // is left running code being unmapped, or polling libfabric while libfabric's own destructor
+  // runs. An application still inside a call on another thread at that point loses either way.
   static void shutdown();
   // The live instance without taking a reference (NCCL's devices()/getProperties() carry no
   // context); nullptr before the first acquire.

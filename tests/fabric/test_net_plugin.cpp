@@ -522,20 +522,22 @@ TEST_CASE("plugin: v10 and v8 entry points", "[fabric]") {
 }
 
 namespace {
-int task_count() {
+int entries(const char* dir) {
   int n = 0;
-  if (DIR* d = opendir("/proc/self/task")) {
+  if (DIR* d = opendir(dir)) {
     while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
     closedir(d);
   }
   return n;
 }
+int task_count() { return entries("/proc/self/task"); }
+int fd_count() { return entries("/proc/self/fd") - 1; }  // less opendir's own
 }  // namespace
 
 // NCCL before v11 never finalizes, yet may dlclose the plugin after its last communicator; an
 // application may also exit without destroying them. The unload must stop the progress thread:
 // left running it executes unmapped code (this crashed every time before the fix).
-TEST_CASE("plugin: unloading after a legacy init stops every thread of ours", "[fabric]") {
+TEST_CASE("plugin: unloading after a legacy init leaves no thread or socket behind", "[fabric]") {
   run_ranks(1, [](OobChannel&, Plugin& pl) {
     if (pl.close()) return 1;  // the driver's own v11 init: finalize and unload
     const int baseline = task_count();
@@ -551,6 +553,18 @@ TEST_CASE("plugin: unloading after a legacy init stops every thread of ours", "[
     T_CHECK(task_count() == baseline, "%d thread(s) left running after dlclose (had %d)",
             task_count(), baseline);
     usleep(300 * 1000);  // past the progress thread's period (at most 100 ms)
-    return pl.open();    // a fresh load works; run_ranks closes it
+    // Everything closed before the unload (what NCCL does before it unloads the plugin): the
+    // unload closes the endpoints too, so no socket stays open (tcp has some; shm none).
+    const int fds = fd_count();
+    if (pl.open()) return 1;
+    v10 = static_cast<const abi::net_v10_t*>(dlsym(pl.dl, "ncclNetPlugin_v10"));
+    T_OK(v10->init(quiet_logger, nullptr));
+    T_OK(v10->listen(0, h, &lc));
+    T_OK(v10->closeListen(lc));
+    if (pl.close()) return 1;
+    T_CHECK(task_count() == baseline && fd_count() == fds,
+            "after close and unload: %d thread(s) (had %d), %d fd(s) (had %d)", task_count(), baseline,
+            fd_count(), fds);
+    return pl.open();  // a fresh load works; run_ranks closes it
   });
 }
