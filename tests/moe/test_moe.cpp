@@ -365,8 +365,9 @@ TEST_CASE("moe: a rank killed mid-dispatch is named by every survivor within the
   CHECK(res.report == "rank 2: killed by signal 9\n");
 }
 
-// Scripts often exit without destroying their comms. exit() then runs libfabric's destructor
-// while the proxy thread still polls its CQ: the library must stop its proxies first.
+// Scripts often exit without destroying their comms: exit() then runs the atexit handlers and
+// library destructors (libfabric's included) while the proxy thread is still alive. The process
+// must still exit cleanly, with status 0 and no signal.
 TEST_CASE("moe: a process that exits without destroying its comm exits cleanly", "[moe]") {
   auto res = moefabric::launch_fork(2, [&](OobChannel& oob) {
     Shape s;
