@@ -246,6 +246,10 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   for (int e = 0; e < rc.experts; ++e) owner_[e] = l_.owner(e);
   for (auto& v : arrivals_.seq) v = std::vector<std::atomic<uint64_t>>(nranks);
   overflow_off_ = std::vector<std::atomic<uint32_t>>(nranks);
+  for (auto& slot : hdr_) {
+    slot.resize(nranks);
+    for (HeaderCopy& c : slot) c.counts.assign(l_.local_count(rank), 0);
+  }
   sent_tokens_.assign(nranks, 0);
   sent_pairs_.assign(nranks, 0);
   combine_base_.assign(nranks, 0);
@@ -254,6 +258,7 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   src_pair_start_.assign(nranks + 1, 0);
   idx_copy_.reserve(static_cast<size_t>(rc.max_tokens) * rc.topk);
   row_of_pair_.reserve(l_.capacity_rows);
+  meta_copy_.reserve(static_cast<size_t>(nranks) * rc.max_tokens * (1 + rc.topk));
   MF_INFO(log::kInit,
           "moe comm rank %d/%d: E %d K %d H %d maxT %d %s, %zu MiB recv + %zu MiB send buffers "
           "over %s %s (%d rail(s): %s)",

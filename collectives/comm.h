@@ -48,6 +48,11 @@ Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
                     const ncclMoeConfig_t* cfg, const Params& params, ResolvedConfig* out,
                     std::string* error);
 
+// Tests only (tests/moe/test_moe_hostile.cpp): dispatch recv calls it after the arrivals are in
+// and before the unpack, standing in for a peer that rewrites its region after the proxy checked
+// it. Null in every other program.
+extern void (*g_test_before_unpack)(int rank, uint8_t* recv_block, const Layout& l);
+
 // The host backend's comm (and the RDMA protocol's owner).
 class Comm : public fabric::RmaHandler {
  public:
@@ -139,6 +144,15 @@ class Comm : public fabric::RmaHandler {
   std::atomic<uint64_t> cur_seq_{0};
   Arrivals arrivals_;
   std::vector<std::atomic<uint32_t>> overflow_off_;  // granted overflow offset per source
+  // What each source's dispatch header said, copied out of the receive block once by the proxy
+  // and checked there: the caller uses only these copies (a peer may rewrite its region at any
+  // time). Two slots by op parity: a peer one op ahead fills the other slot.
+  struct HeaderCopy {
+    DispatchHeader h{};
+    std::vector<uint32_t> counts;  // [local experts]
+  };
+  std::vector<HeaderCopy> hdr_[2];
+  const HeaderCopy& header_copy(int src, uint64_t seq) const { return hdr_[seq & 1][src]; }
   std::atomic<int> outstanding_[kNumKinds] = {};
   std::atomic<int> async_status_{0};
   std::atomic<bool> proxy_blocked_{false};  // proxy sleeps in the CQ: ring() must signal
@@ -171,6 +185,7 @@ class Comm : public fabric::RmaHandler {
   std::vector<uint32_t> src_pairs_;        // per source: rows it gets back
   std::vector<uint32_t> src_combine_base_; // per source: its combine_base for us
   std::vector<uint32_t> row_of_pair_;      // rows in return order, concatenated by source
+  std::vector<int32_t> meta_copy_;         // dispatch unpack: every record's (token, idx[K]), copied once
   std::vector<uint32_t> src_pair_start_;   // prefix over sources into row_of_pair_
   uint64_t dispatch_bytes_ = 0, combine_bytes_ = 0;
   uint32_t last_dispatch_writes_ = 0, last_combine_writes_ = 0;

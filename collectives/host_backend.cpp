@@ -9,6 +9,9 @@
 #include "plugin/common/log.h"
 
 namespace moefabric::moe {
+
+void (*g_test_before_unpack)(int rank, uint8_t* recv_block, const Layout& l) = nullptr;
+
 namespace {
 
 bool aligned(const void* p, size_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; }
@@ -152,40 +155,52 @@ Status Comm::dispatch_recv() {
   bool any = false;
   for (int s = 0; s < R_; ++s) {
     if (s == me_) continue;
-    const auto* h = reinterpret_cast<const DispatchHeader*>(recv_block_.get() + l_.private_offset(s));
-    rest[s] = h->ntokens > h->nprivate;
+    const DispatchHeader& h = header_copy(s, seq_).h;  // checked by the proxy
+    rest[s] = h.ntokens > h.nprivate;
     any |= rest[s];
   }
   if (any) MF_CHECK(wait_arrivals(WriteKind::kDispatchRest, seq_, "dispatch", &rest));
+  if (g_test_before_unpack != nullptr) g_test_before_unpack(me_, recv_block_.get(), l_);
   MF_CHECK(host_unpack_dispatch());
   phase_ = Phase::kDispatched;
   return Status::kOk;
 }
 
+// Every index that decides where bytes go (token, expert ids, counts) comes from memory peers
+// cannot write: our own send block, the proxy's checked header copies, and the record metadata
+// copied once here in pass 1, checked, and used from that copy in pass 2. The record's token
+// bytes are copied as data, and every row is bounded by the capacity before its copy.
 Status Comm::host_unpack_dispatch() {
   const int K = cfg_.topk, E = cfg_.experts;
   const int L = l_.local_count(me_), first = l_.first_expert(me_);
   const size_t nscale = l_.scales ? static_cast<size_t>(cfg_.hidden / cfg_.scale_block) : 0;
-  auto header = [&](int s) {
-    const uint8_t* base = s == me_ ? send_block_.get() + l_.send_offset(me_)
-                                   : recv_block_.get() + l_.private_offset(s);
-    return reinterpret_cast<const DispatchHeader*>(base);
+  const DispatchHeader* own = reinterpret_cast<const DispatchHeader*>(send_block_.get() + l_.send_offset(me_));
+  auto header = [&](int s) -> const DispatchHeader& { return s == me_ ? *own : header_copy(s, seq_).h; };
+  auto counts_of = [&](int s) -> const uint32_t* {
+    return s == me_ ? reinterpret_cast<const uint32_t*>(own + 1) : header_copy(s, seq_).counts.data();
   };
-  auto record = [&](int s, const DispatchHeader* h, uint32_t i) -> const uint8_t* {
-    if (s == me_ || i < h->nprivate)
-      return reinterpret_cast<const uint8_t*>(h) + l_.header_bytes + l_.record_bytes * i;
+  auto record = [&](int s, const DispatchHeader& h, uint32_t i) -> const uint8_t* {
+    if (s == me_ || i < h.nprivate)
+      return (s == me_ ? reinterpret_cast<const uint8_t*>(own)
+                       : recv_block_.get() + l_.private_offset(s)) +
+             l_.header_bytes + l_.record_bytes * i;
     return recv_block_.get() +
-           l_.overflow_offset(overflow_off_[s].load(std::memory_order_relaxed) + (i - h->nprivate));
+           l_.overflow_offset(overflow_off_[s].load(std::memory_order_relaxed) + (i - h.nprivate));
   };
-  // Pass 1: every record is checked against its header before anything is written.
+  // Pass 1: each record's metadata (token, K expert ids) is copied once and checked.
+  const size_t meta_ints = 1 + static_cast<size_t>(K);
   std::vector<uint32_t> total(L, 0), actual(L);
+  meta_copy_.clear();
   for (int s = 0; s < R_; ++s) {
-    const DispatchHeader* h = header(s);
-    const auto* counts = reinterpret_cast<const uint32_t*>(h + 1);
+    const DispatchHeader& h = header(s);
+    const uint32_t* counts = counts_of(s);
     std::fill(actual.begin(), actual.end(), 0);
     int prev = -1;
-    for (uint32_t i = 0; i < h->ntokens; ++i) {
-      const auto* meta = reinterpret_cast<const int32_t*>(record(s, h, i));
+    for (uint32_t i = 0; i < h.ntokens; ++i) {
+      const size_t at = meta_copy_.size();
+      meta_copy_.resize(at + meta_ints);
+      int32_t* meta = meta_copy_.data() + at;
+      std::memcpy(meta, record(s, h, i), sizeof(int32_t) * meta_ints);
       if (meta[0] <= prev || meta[0] >= cfg_.max_tokens)
         return fail(Status::kRemoteError, "dispatch: rank %d sent token index %d out of order or range",
                     s, meta[0]);
@@ -209,29 +224,32 @@ Status Comm::host_unpack_dispatch() {
       total[j] += counts[j];
     }
   }
-  std::vector<size_t> cursor(L);
+  std::vector<size_t> cursor(L), end(L);
   size_t off = 0;
   for (int j = 0; j < L; ++j) {
     cursor[j] = off;
+    end[j] = off + total[j];
     off += round_up(total[j], static_cast<size_t>(l_.alignment));
-    recv_counts_[j] = static_cast<int32_t>(total[j]);
   }
   if (off > l_.capacity_rows)
     return fail(Status::kInternalError, "dispatch: %zu rows exceed the capacity of %zu", off, l_.capacity_rows);
-  // Pass 2: rows go to their expert segments in (source, token, k) order.
+  for (int j = 0; j < L; ++j) recv_counts_[j] = static_cast<int32_t>(total[j]);
+  // Pass 2: rows go to their expert segments in (source, token, k) order, from the copies.
   auto* rx = static_cast<uint8_t*>(recv_x_);
   row_of_pair_.clear();
+  const int32_t* meta = meta_copy_.data();
   for (int s = 0; s < R_; ++s) {
-    const DispatchHeader* h = header(s);
+    const DispatchHeader& h = header(s);
     src_pair_start_[s] = static_cast<uint32_t>(row_of_pair_.size());
-    src_combine_base_[s] = h->combine_base;
-    for (uint32_t i = 0; i < h->ntokens; ++i) {
+    src_combine_base_[s] = h.combine_base;
+    for (uint32_t i = 0; i < h.ntokens; ++i, meta += meta_ints) {
       const uint8_t* rec = record(s, h, i);
-      const auto* meta = reinterpret_cast<const int32_t*>(rec);
       for (int k = 0; k < K; ++k) {
         int e = meta[1 + k];
         if (e < first || e >= first + L) continue;
-        size_t row = cursor[e - first]++;
+        const size_t row = cursor[e - first]++;
+        if (row >= end[e - first] || row >= l_.capacity_rows)
+          return fail(Status::kInternalError, "dispatch: row %zu of expert %d beyond its segment", row, e);
         std::memcpy(rx + l_.x_bytes * row, rec + l_.meta_bytes, l_.x_bytes);
         if (nscale)
           std::memcpy(recv_scales_ + nscale * row, rec + l_.meta_bytes + round_up(l_.x_bytes, 16),

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <climits>
-
 #include <cstring>
 
 #include "collectives/comm.h"
@@ -132,12 +131,16 @@ void Comm::on_remote_write(uint32_t imm) {
   uint8_t* send = send_block_.get();
   switch (f.kind) {
     case WriteKind::kDispatchPrivate: {
-      const auto* h = reinterpret_cast<const DispatchHeader*>(recv + l_.private_offset(f.src));
-      const auto* counts = reinterpret_cast<const uint32_t*>(h + 1);
-      if (!header_check(l_, *h, counts, f.src, f.seq, &why)) {
+      // Copied once, checked, and only the copy is used from here on (the caller's unpack too).
+      HeaderCopy& hc = hdr_[f.seq & 1][f.src];
+      const uint8_t* region = recv + l_.private_offset(f.src);
+      std::memcpy(&hc.h, region, sizeof(DispatchHeader));
+      std::memcpy(hc.counts.data(), region + sizeof(DispatchHeader), sizeof(uint32_t) * hc.counts.size());
+      if (!header_check(l_, hc.h, hc.counts.data(), f.src, f.seq, &why)) {
         proxy_fail(Status::kRemoteError, "dispatch: rank " + std::to_string(f.src) + " sent a " + why);
         return;
       }
+      const DispatchHeader* h = &hc.h;
       if (h->ntokens > h->nprivate) {
         if (grant_seq_ != f.seq) {
           grant_seq_ = f.seq;
@@ -161,20 +164,21 @@ void Comm::on_remote_write(uint32_t imm) {
       break;
     }
     case WriteKind::kGrant: {
-      const auto* g = reinterpret_cast<const Grant*>(recv + l_.ctrl_offset(f.src));
+      Grant g;  // the peer may rewrite its slot: one copy, checked, used
+      std::memcpy(&g, recv + l_.ctrl_offset(f.src), sizeof g);
       const auto* h = reinterpret_cast<const DispatchHeader*>(send + l_.send_offset(f.src));
-      if (g->seq != f.seq || h->seq != static_cast<uint32_t>(f.seq) || g->count != h->ntokens - h->nprivate ||
+      if (g.seq != f.seq || h->seq != static_cast<uint32_t>(f.seq) || g.count != h->ntokens - h->nprivate ||
           h->ntokens <= h->nprivate ||
-          static_cast<uint64_t>(g->offset) + g->count > l_.overflow_records) {
+          static_cast<uint64_t>(g.offset) + g.count > l_.overflow_records) {
         proxy_fail(Status::kRemoteError,
                    "dispatch: rank " + std::to_string(f.src) + " sent a malformed grant (seq " +
-                       std::to_string(g->seq) + ", offset " + std::to_string(g->offset) + ", count " +
-                       std::to_string(g->count) + ")");
+                       std::to_string(g.seq) + ", offset " + std::to_string(g.offset) + ", count " +
+                       std::to_string(g.count) + ")");
         return;
       }
       post(f.src, static_cast<int>(WriteKind::kDispatchRest),
            send + l_.send_offset(f.src) + l_.header_bytes + l_.record_bytes * h->nprivate,
-           l_.record_bytes * g->count, l_.overflow_offset(g->offset), WriteKind::kDispatchRest, f.seq);
+           l_.record_bytes * g.count, l_.overflow_offset(g.offset), WriteKind::kDispatchRest, f.seq);
       break;
     }
     default:

@@ -25,7 +25,7 @@ if [ "${1:-}" = "--stage" ]; then
   cp -a "$d"/perf/moefabric-{moe-gpu-perf,nccl-perf,net-perf,run,topo} "$pb/perf/"
   cp -a "$d"/collectives/libmoefabric.so* "$pb/collectives/"
   cp -a "$d"/plugin/nccl/libnccl-net-moefabric.so "$pb/plugin/nccl/"
-  cp -a "$d"/tests/test-moe-gpu "$pb/tests/"
+  cp -a "$d"/tests/test-moe-gpu "$d"/tests/test-moe-fuzz-gpu "$pb/tests/"
   grep -qx '/.gpu-prebuilt/' .git/info/exclude || echo '/.gpu-prebuilt/' >> .git/info/exclude
   git rev-parse HEAD > "$pb/COMMIT"; git status --short >> "$pb/COMMIT"
   du -sh "$pb"; exit 0

@@ -83,6 +83,14 @@ RankInput make_input(const Shape& s, int rank, int T, uint64_t seed, Routing rou
           row[k] = rng() % 2 ? static_cast<int>(rng() % std::max(1, s.local(0)))
                              : static_cast<int>(rng() % s.experts);
           break;
+        case Routing::kUniformDup:
+          row[k] = rng() % 10 == 0 ? -1 : static_cast<int>(rng() % s.experts);
+          break;
+        case Routing::kToOneRank: {
+          const int r = static_cast<int>(seed % static_cast<uint64_t>(s.nranks));
+          row[k] = s.first(r) + static_cast<int>(rng() % std::max(1, s.local(r)));
+          break;
+        }
       }
     }
   }
@@ -98,10 +106,10 @@ ExpectedLayout expected_layout(const Shape& s, const std::vector<RankInput>& all
       for (int t = 0; t < all[src].T; ++t)
         for (int k = 0; k < s.topk; ++k)
           if (all[src].idx[static_cast<size_t>(t) * s.topk + k] == first + j) {
-            ex.rows.emplace_back(src, t);
+            ex.rows.push_back({src, t, k});
             ++ex.counts[j];
           }
-    while (ex.rows.size() % s.alignment) ex.rows.emplace_back(-1, -1);
+    while (ex.rows.size() % s.alignment) ex.rows.push_back({-1, -1, -1});
   }
   return ex;
 }
@@ -114,7 +122,7 @@ std::string check_dispatch(const Shape& s, const std::vector<RankInput>& all, in
       return "expert " + std::to_string(s.first(me) + j) + ": count " + std::to_string(counts[j]) +
              ", expected " + std::to_string(ex.counts[j]);
   for (size_t r = 0; r < ex.rows.size(); ++r) {
-    auto [src, t] = ex.rows[r];
+    const int src = ex.rows[r].src, t = ex.rows[r].token;
     if (src < 0) continue;
     if (std::memcmp(recv_x + s.x_bytes() * r, all[src].x.data() + s.x_bytes() * t, s.x_bytes()) != 0)
       return "row " + std::to_string(r) + " differs from rank " + std::to_string(src) + " token " +
@@ -126,9 +134,10 @@ std::string check_dispatch(const Shape& s, const std::vector<RankInput>& all, in
   return "";
 }
 
-uint16_t expert_value(int expert, int src, int token, int col) {
-  uint64_t h = mix((static_cast<uint64_t>(expert) << 40) ^ (static_cast<uint64_t>(src) << 28) ^
-                   (static_cast<uint64_t>(token) << 14) ^ static_cast<uint64_t>(col));
+uint16_t expert_value(int expert, int src, int token, int k, int col) {
+  uint64_t h = mix((static_cast<uint64_t>(expert) << 44) ^ (static_cast<uint64_t>(src) << 32) ^
+                   (static_cast<uint64_t>(token) << 18) ^ (static_cast<uint64_t>(k) << 13) ^
+                   static_cast<uint64_t>(col));
   uint16_t sign = static_cast<uint16_t>((h & 1) << 15);
   uint16_t exp = static_cast<uint16_t>(118 + (h >> 1) % 14);  // finite, 2^-9 .. 2^4
   uint16_t mant = static_cast<uint16_t>((h >> 8) & 0x7f);
@@ -144,8 +153,9 @@ void fill_expert_y(const Shape& s, const std::vector<RankInput>& all, int me,
     size_t end = r + ex.counts[j];
     for (; r < end; ++r)
       for (int c = 0; c < s.hidden; ++c)
-        expert_y[r * s.hidden + c] = expert_value(s.first(me) + j, ex.rows[r].first, ex.rows[r].second, c);
-    while (r < ex.rows.size() && ex.rows[r].first < 0) {
+        expert_y[r * s.hidden + c] =
+            expert_value(s.first(me) + j, ex.rows[r].src, ex.rows[r].token, ex.rows[r].k, c);
+    while (r < ex.rows.size() && ex.rows[r].src < 0) {
       for (int c = 0; c < s.hidden; ++c) expert_y[r * s.hidden + c] = 0x7fc0;  // padding: NaN
       ++r;
     }
@@ -160,7 +170,7 @@ std::string check_combine(const Shape& s, const RankInput& mine, int me, const u
         int e = mine.idx[static_cast<size_t>(t) * s.topk + k];
         if (e < 0) continue;
         acc = std::fmaf(mine.w[static_cast<size_t>(t) * s.topk + k],
-                        from_bf16(expert_value(e, me, t, c)), acc);
+                        from_bf16(expert_value(e, me, t, k, c)), acc);
       }
       uint16_t want = to_bf16_rne(acc);
       uint16_t got = y[static_cast<size_t>(t) * s.hidden + c];

@@ -27,7 +27,11 @@ struct Shape {
   ncclMoeConfig_t config() const;
 };
 
-enum class Routing { kRandom, kOneExpert, kEmpty, kDuplicates, kSkewed };
+// kRandom: distinct experts per token, ~10% empty slots. kOneExpert: every slot on one expert
+// (seed % E). kEmpty: every slot -1. kDuplicates: experts 0..2 only, so tokens repeat them.
+// kSkewed: half the slots on rank 0's experts. kUniformDup: uniform with repeats allowed and ~10%
+// empty slots. kToOneRank: every slot on the experts of rank seed % R.
+enum class Routing { kRandom, kOneExpert, kEmpty, kDuplicates, kSkewed, kUniformDup, kToOneRank };
 
 struct RankInput {
   int T = 0;
@@ -39,10 +43,14 @@ struct RankInput {
 
 RankInput make_input(const Shape& s, int rank, int T, uint64_t seed, Routing routing);
 
-// Expected rows at rank `me`: (source rank, source token) per row, -1 for padding.
+// Expected rows at rank `me`, in the contract's order (source rank, source token, k); src -1 for
+// alignment padding.
+struct ExpectedRow {
+  int src, token, k;
+};
 struct ExpectedLayout {
   std::vector<int32_t> counts;
-  std::vector<std::pair<int, int>> rows;
+  std::vector<ExpectedRow> rows;
 };
 ExpectedLayout expected_layout(const Shape& s, const std::vector<RankInput>& all, int me);
 
@@ -51,8 +59,10 @@ std::string check_dispatch(const Shape& s, const std::vector<RankInput>& all, in
                            const ExpectedLayout& ex, const uint8_t* recv_x,
                            const float* recv_scales, const int32_t* counts);
 
-// The expert output the tests feed into combine: a function of (expert, source, token, column).
-uint16_t expert_value(int expert, int src, int token, int col);
+// The expert output the tests feed into combine: a function of (expert, source, token, k, column),
+// so that two rows of one token (the same expert picked twice) differ and a row returned to the
+// wrong (token, k) slot shows in y.
+uint16_t expert_value(int expert, int src, int token, int k, int col);
 void fill_expert_y(const Shape& s, const std::vector<RankInput>& all, int me,
                    const ExpectedLayout& ex, uint16_t* expert_y);
 std::string check_combine(const Shape& s, const RankInput& mine, int me, const uint16_t* y);

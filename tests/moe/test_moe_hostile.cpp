@@ -1,0 +1,149 @@
+// A peer that rewrites what it already wrote (host backend, real processes over the environment's
+// provider): after the proxy has checked a source's dispatch header, the source's region is
+// changed before the caller unpacks it. A rewritten header must change nothing (the unpack uses
+// the proxy's checked copy: results equal the reference, nothing is written past recvX, the comm
+// stays usable); a rewritten record is refused with an error naming the peer, before any byte of
+// recvX is written.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "collectives/comm.h"
+#include "collectives/engine.h"
+#include "plugin/common/launch.h"
+#include "tests/common/moe_reference.h"
+
+using namespace moetest;
+using moefabric::OobChannel;
+using moefabric::Status;
+namespace moe = moefabric::moe;
+
+namespace {
+
+#define H_CHECK(c, ...)                                                           \
+  do {                                                                            \
+    if (!(c)) {                                                                   \
+      fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", me, __FILE__, __LINE__, #c); \
+      fprintf(stderr, __VA_ARGS__);                                               \
+      fprintf(stderr, "\n");                                                      \
+      return 1;                                                                   \
+    }                                                                             \
+  } while (0)
+
+// Rank 0 sees every other source's header claim 8 more tokens (and private records) and 100
+// more rows for its first expert than it sent, after the proxy checked the header.
+void tamper_header(int rank, uint8_t* recv_block, const moe::Layout& l) {
+  if (rank != 0) return;
+  for (int s = 1; s < l.nranks; ++s) {
+    auto* h = reinterpret_cast<moe::DispatchHeader*>(recv_block + l.private_offset(s));
+    h->ntokens += 8;
+    h->nprivate += 8;
+    reinterpret_cast<uint32_t*>(h + 1)[0] += 100;
+  }
+}
+
+// Rank 0 sees rank 1's first record name a token index out of range: refused, naming rank 1.
+void tamper_record(int rank, uint8_t* recv_block, const moe::Layout& l) {
+  if (rank != 0) return;
+  auto* meta = reinterpret_cast<int32_t*>(recv_block + l.private_offset(1) + l.header_bytes);
+  meta[0] = l.max_tokens + 1000;
+}
+
+int hostile_round(OobChannel& oob, int ops) {
+  const int me = oob.rank();
+  Shape s;
+  s.nranks = oob.nranks();
+  s.experts = 6, s.topk = 3, s.hidden = 64, s.max_tokens = 24, s.max_private = 24;
+  ncclMoeConfig_t cfg = s.config();
+  std::unique_ptr<moe::Engine> eng;
+  std::string err;
+  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
+          "init: %s", err.c_str());
+  moe::g_test_before_unpack = tamper_header;
+  const size_t cap = eng->recv_capacity();
+  constexpr uint8_t kGuard = 0xa5;
+  for (int op = 0; op < ops; ++op) {
+    const RankInput in = make_input(s, me, 16, 40 + op, Routing::kUniformDup);
+    std::vector<RankInput> all;
+    H_CHECK(gather_inputs(&oob, s, in, &all), "gather");
+    const ExpectedLayout ex = expected_layout(s, all, me);
+    std::vector<uint8_t> rx(cap * s.x_bytes() + 4096, kGuard);
+    std::vector<int32_t> counts(s.local(me) + 4, -7);
+    const int32_t T = in.T;
+    Status st = eng->dispatch_send(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T, rx.data(),
+                                   nullptr, counts.data(), nullptr);
+    H_CHECK(st == Status::kOk, "dispatch send: %s", eng->last_error().c_str());
+    st = eng->dispatch_recv(nullptr);
+    H_CHECK(st == Status::kOk, "dispatch recv: %s", eng->last_error().c_str());
+    err = check_dispatch(s, all, me, ex, rx.data(), nullptr, counts.data());
+    H_CHECK(err.empty(), "op %d: dispatch after the peer rewrote its region: %s", op, err.c_str());
+    for (size_t i = cap * s.x_bytes(); i < rx.size(); ++i)
+      H_CHECK(rx[i] == kGuard, "op %d: byte %zu past recvX's capacity was written", op, i - cap * s.x_bytes());
+    std::vector<uint16_t> ey(cap * s.hidden, 0), y(static_cast<size_t>(s.max_tokens) * s.hidden, 0);
+    fill_expert_y(s, all, me, ex, ey.data());
+    H_CHECK(eng->combine_send(ey.data(), nullptr) == Status::kOk, "combine: %s", eng->last_error().c_str());
+    H_CHECK(eng->combine_recv(y.data(), nullptr) == Status::kOk, "combine: %s", eng->last_error().c_str());
+    err = check_combine(s, in, me, y.data());
+    H_CHECK(err.empty(), "op %d: combine: %s", op, err.c_str());
+  }
+  moe::g_test_before_unpack = nullptr;
+  H_CHECK(eng->destroy() == Status::kOk, "destroy: %s", eng->last_error().c_str());
+  return 0;
+}
+
+// Rank 0 refuses the rewritten record with an error naming rank 1, writes nothing past recvX,
+// and the comms are aborted.
+int hostile_record(OobChannel& oob) {
+  const int me = oob.rank();
+  Shape s;
+  s.nranks = oob.nranks();
+  s.experts = 6, s.topk = 3, s.hidden = 64, s.max_tokens = 24, s.max_private = 24;
+  ncclMoeConfig_t cfg = s.config();
+  cfg.timeoutMs = 3000;
+  std::unique_ptr<moe::Engine> eng;
+  std::string err;
+  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
+          "init: %s", err.c_str());
+  moe::g_test_before_unpack = tamper_record;
+  const size_t cap = eng->recv_capacity();
+  // Every token picks one of rank 0's experts, so rank 1's first record goes to rank 0.
+  const RankInput in = make_input(s, me, 16, 7, Routing::kSkewed);
+  std::vector<uint8_t> rx(cap * s.x_bytes() + 4096, 0xa5);
+  std::vector<int32_t> counts(s.local(me) + 4, -7);
+  std::vector<int32_t> idx(in.idx.size(), 0);  // expert 0 (rank 0) for every slot
+  const int32_t T = in.T;
+  Status st = eng->dispatch_send(in.x.data(), nullptr, idx.data(), in.w.data(), &T, rx.data(),
+                                 nullptr, counts.data(), nullptr);
+  H_CHECK(st == Status::kOk, "dispatch send: %s", eng->last_error().c_str());
+  if (me == 0) {
+    st = eng->dispatch_recv(nullptr);
+    H_CHECK(st != Status::kOk, "a rewritten record was accepted");
+    H_CHECK(eng->last_error().find("rank 1") != std::string::npos, "error does not name rank 1: %s",
+            eng->last_error().c_str());
+    for (size_t i = 0; i < rx.size(); ++i)
+      H_CHECK(rx[i] == 0xa5, "recvX byte %zu written by a refused dispatch", i);
+  }
+  moe::g_test_before_unpack = nullptr;
+  eng->abort();
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE("moe: a peer rewriting its records after the header check is refused, named",
+          "[moe][hostile]") {
+  auto res = moefabric::launch_fork(2, [](OobChannel& oob) { return hostile_record(oob); }, 60);
+  INFO(res.report);
+  REQUIRE(res.ok);
+}
+
+TEST_CASE("moe: a peer rewriting its header after the check changes nothing",
+          "[moe][hostile]") {
+  for (int n : {2, 3}) {
+    auto res = moefabric::launch_fork(n, [](OobChannel& oob) { return hostile_round(oob, 4); }, 120);
+    INFO("ranks " << n << ": " << res.report);
+    REQUIRE(res.ok);
+  }
+}
