@@ -1,7 +1,11 @@
 // The exported ncclMoe C API: argument checks that need no comm, the exception guard, and thin
 // calls into the backend's moe::Engine. Nothing here knows the protocol.
+#include <cstdint>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <string>
+#include <unordered_map>
 
 #include "collectives/bootstrap.h"
 #include "collectives/engine.h"
@@ -10,37 +14,83 @@
 using moefabric::Status;
 using moefabric::moe::Engine;
 
-struct ncclMoeComm {
-  std::unique_ptr<Engine> impl;
-};
-
 namespace {
 
 thread_local std::string g_init_error;
 
+// Live comms by handle. A handle is a token drawn from a counter that never repeats, not a
+// pointer the library dereferences, so a destroyed or aborted handle, a second destroy or a stray
+// value finds no entry and gets ncclInvalidArgument instead of touching freed memory. A call holds
+// its comm (shared_ptr) for its duration. The table is never destroyed, so that calls made while
+// the process exits stay safe.
+struct Registry {
+  std::mutex mu;
+  std::unordered_map<uintptr_t, std::shared_ptr<Engine>> live;
+  uintptr_t next = 0;
+};
+Registry& registry() {
+  static Registry* r = new Registry;
+  return *r;
+}
+constexpr uintptr_t kHandleBase = 0x4d6f450000000000ull;  // "MoE": far from heap addresses
+
+ncclMoeComm_t registry_add(std::unique_ptr<Engine> e) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> g(r.mu);
+  const uintptr_t h = kHandleBase + (++r.next << 4);
+  r.live.emplace(h, std::shared_ptr<Engine>(std::move(e)));
+  return reinterpret_cast<ncclMoeComm_t>(h);
+}
+std::shared_ptr<Engine> registry_find(ncclMoeComm_t moe) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> g(r.mu);
+  auto it = r.live.find(reinterpret_cast<uintptr_t>(moe));
+  return it == r.live.end() ? nullptr : it->second;
+}
+std::shared_ptr<Engine> registry_remove(ncclMoeComm_t moe) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> g(r.mu);
+  auto it = r.live.find(reinterpret_cast<uintptr_t>(moe));
+  if (it == r.live.end()) return nullptr;
+  std::shared_ptr<Engine> e = std::move(it->second);
+  r.live.erase(it);
+  return e;
+}
+ncclResult_t not_live(ncclMoeComm_t moe) {
+  g_init_error = moe == nullptr ? "ncclMoeComm_t is NULL"
+                                : "ncclMoeComm_t is not a live comm (destroyed, aborted, or never "
+                                  "returned by ncclMoeCommInit*)";
+  return ncclInvalidArgument;
+}
+
 ncclResult_t to_nccl(Status s) { return static_cast<ncclResult_t>(moefabric::status_to_nccl(s)); }
 
 template <class F>
-ncclResult_t guarded(ncclMoeComm_t moe, F&& f) {
-  if (moe == nullptr || !moe->impl) {
-    g_init_error = "NULL or destroyed ncclMoeComm_t";
-    return ncclInvalidArgument;
-  }
+ncclResult_t run_guarded(Engine& c, F&& f) {
   try {
-    return to_nccl(f(*moe->impl));
+    return to_nccl(f(c));
   } catch (const std::bad_alloc&) {
-    (void)moe->impl->fail(Status::kSystemError, "out of host memory");
+    (void)c.fail(Status::kSystemError, "out of host memory");
     return ncclSystemError;
   } catch (const std::exception& e) {
-    (void)moe->impl->fail(Status::kInternalError, "internal error: %s", e.what());
+    (void)c.fail(Status::kInternalError, "internal error: %s", e.what());
     return ncclInternalError;
   }
 }
 
+template <class F>
+ncclResult_t guarded(ncclMoeComm_t moe, F&& f) {
+  std::shared_ptr<Engine> c = registry_find(moe);
+  if (!c) return not_live(moe);
+  return run_guarded(*c, f);
+}
+
 ncclResult_t check_host_stream(ncclMoeComm_t moe, cudaStream_t stream, const char* fn) {
-  if (stream != nullptr && moe != nullptr && moe->impl && !moe->impl->on_device()) {
-    (void)moe->impl->fail(Status::kInvalidArgument,
-                          "%s: the host backend takes stream NULL (calls complete on return)", fn);
+  if (stream == nullptr) return ncclSuccess;
+  std::shared_ptr<Engine> c = registry_find(moe);
+  if (c && !c->on_device()) {
+    (void)c->fail(Status::kInvalidArgument,
+                  "%s: the host backend takes stream NULL (calls complete on return)", fn);
     return ncclInvalidArgument;
   }
   return ncclSuccess;
@@ -68,7 +118,7 @@ NCCL_MOE_API ncclResult_t ncclMoeCommInitAllGather(ncclMoeComm_t* moe, int nrank
                             "rank %d: %s", rank, err.c_str());
       return to_nccl(s);
     }
-    *moe = new ncclMoeComm{std::move(c)};
+    *moe = registry_add(std::move(c));
     g_init_error.clear();
     return ncclSuccess;
   } catch (const std::bad_alloc&) {
@@ -100,22 +150,24 @@ NCCL_MOE_API ncclResult_t ncclMoeCommInit(ncclMoeComm_t* moe, ncclComm_t comm,
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeCommDestroy(ncclMoeComm_t moe) {
-  if (moe == nullptr) return ncclInvalidArgument;
-  ncclResult_t r = guarded(moe, [](Engine& c) { return c.destroy(); });
-  delete moe;
+  std::shared_ptr<Engine> c = registry_remove(moe);
+  if (!c) return not_live(moe);
+  ncclResult_t r = run_guarded(*c, [](Engine& e) { return e.destroy(); });
+  if (r != ncclSuccess) g_init_error = "ncclMoeCommDestroy: " + c->last_error();
   return r;
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeCommAbort(ncclMoeComm_t moe) {
-  if (moe == nullptr) return ncclInvalidArgument;
-  if (moe->impl) moe->impl->abort();
-  delete moe;
+  std::shared_ptr<Engine> c = registry_remove(moe);
+  if (!c) return not_live(moe);
+  c->abort();
   return ncclSuccess;
 }
 
 NCCL_MOE_API const char* ncclMoeGetLastError(ncclMoeComm_t moe) {
-  if (moe == nullptr || !moe->impl) return g_init_error.c_str();
-  return moe->impl->last_error().c_str();
+  std::shared_ptr<Engine> c = moe != nullptr ? registry_find(moe) : nullptr;
+  // The comm's text stays valid while the comm lives (the caller holds the handle).
+  return c ? c->last_error().c_str() : g_init_error.c_str();
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeCommGetAsyncError(ncclMoeComm_t moe, ncclResult_t* err) {
@@ -184,7 +236,8 @@ NCCL_MOE_API ncclResult_t ncclMoeCombineRecv(void* y, ncclMoeComm_t moe, cudaStr
 NCCL_MOE_API ncclResult_t ncclMoeCombine(const void* expertY, void* y, ncclMoeComm_t moe,
                                          cudaStream_t stream) {
   // y is checked before anything is sent (always on the CUDA backend, where T is on the device).
-  if (moe != nullptr && moe->impl && y == nullptr && moe->impl->pending_tokens() != 0) {
+  std::shared_ptr<Engine> live = registry_find(moe);
+  if (live && y == nullptr && live->pending_tokens() != 0) {
     return guarded(moe, [&](Engine& c) {
       return c.fail(Status::kInvalidArgument, "combine: y is NULL");
     });

@@ -106,9 +106,13 @@ NCCL_MOE_API ncclResult_t ncclMoeCommInitAllGather(ncclMoeComm_t* moe, int nrank
 NCCL_MOE_API ncclResult_t ncclMoeCommDestroy(ncclMoeComm_t moe);
 /* Local: stops the proxy and frees everything; returns promptly even when peers are gone. */
 NCCL_MOE_API ncclResult_t ncclMoeCommAbort(ncclMoeComm_t moe);
+/* After Destroy or Abort the handle is dead: every call with it (a second Destroy included)
+ * returns ncclInvalidArgument, and ncclMoeGetLastError(handle) says so. Handles are never
+ * reused. */
 
 /* Text of the last error on this comm (phase, peer rank, provider text); "" when none. Valid
- * until the next call on the comm. NULL comm: the last init failure of the calling thread. */
+ * until the next call on the comm. NULL or dead comm: the calling thread's last init, destroy or
+ * dead-handle failure. */
 NCCL_MOE_API const char* ncclMoeGetLastError(ncclMoeComm_t moe);
 /* Errors found by the proxy or kernels (bad expert id, timeout, peer lost). Sticky. */
 NCCL_MOE_API ncclResult_t ncclMoeCommGetAsyncError(ncclMoeComm_t moe, ncclResult_t* err);

@@ -387,3 +387,45 @@ TEST_CASE("moe: a process that exits without destroying its comm exits cleanly",
   CHECK(res.report.empty());
   CHECK(res.ok);
 }
+
+TEST_CASE("moe: a destroyed or aborted comm is refused, never touched", "[moe]") {
+  run_ranks(2, [](OobChannel& oob) {
+    Shape s;
+    s.nranks = 2;
+    const int me = oob.rank();
+    for (int how = 0; how < 2; ++how) {
+      ncclMoeComm_t moe = init(oob, s);
+      R_CHECK(moe != nullptr, "init");
+      Buffers b = alloc(s, moe, me);
+      std::string e = round_trip(oob, s, moe, make_input(s, me, 8, 3, Routing::kRandom), b);
+      R_CHECK(e.empty(), "round: %s", e.c_str());
+      if (how == 0) R_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(moe));
+      else R_CHECK(ncclMoeCommAbort(moe) == ncclSuccess, "abort");
+      // Every entry point with the dead handle: ncclInvalidArgument and a text saying why.
+      const int32_t T = 0;
+      size_t rows = 0;
+      int first = 0, count = 0;
+      ncclResult_t ae = ncclSuccess;
+      ncclMoeStats_t st{};
+      st.size = sizeof st;
+      R_CHECK(ncclMoeCommDestroy(moe) == ncclInvalidArgument, "second destroy");
+      R_CHECK(ncclMoeCommAbort(moe) == ncclInvalidArgument, "abort after teardown");
+      R_CHECK(ncclMoeGetRecvCapacity(moe, &rows) == ncclInvalidArgument, "capacity");
+      R_CHECK(ncclMoeGetLocalExperts(moe, &first, &count) == ncclInvalidArgument, "local experts");
+      R_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclInvalidArgument, "async error");
+      R_CHECK(ncclMoeGetStats(moe, &st) == ncclInvalidArgument, "stats");
+      R_CHECK(ncclMoeDispatch(nullptr, nullptr, nullptr, nullptr, &T, b.recv_x.data(), nullptr,
+                              b.counts.data(), moe, nullptr) == ncclInvalidArgument, "dispatch");
+      R_CHECK(ncclMoeDispatchRecv(moe, nullptr) == ncclInvalidArgument, "dispatch recv");
+      R_CHECK(ncclMoeCombine(nullptr, b.y.data(), moe, nullptr) == ncclInvalidArgument, "combine");
+      R_CHECK(ncclMoeCombineRecv(b.y.data(), moe, nullptr) == ncclInvalidArgument, "combine recv");
+      const std::string text = ncclMoeGetLastError(moe);
+      R_CHECK(text.find("not a live comm") != std::string::npos, "text: %s", text.c_str());
+      R_CHECK(oob.barrier(), "barrier");
+    }
+    // A value that never was a handle.
+    int junk = 0;
+    R_CHECK(ncclMoeCommDestroy(reinterpret_cast<ncclMoeComm_t>(&junk)) == ncclInvalidArgument, "junk");
+    return 0;
+  });
+}
