@@ -119,10 +119,12 @@ void Comm::on_remote_write(uint32_t imm) {
   ImmFields f{};
   std::string why;
   if (!imm_decode(imm, cur_seq_.load(std::memory_order_acquire), R_, me_, &f, &why)) {
-    char hex[16];
-    snprintf(hex, sizeof hex, "%08x", imm);
-    proxy_fail(Status::kRemoteError,
-               std::string("proxy: rejected an incoming write (imm 0x") + hex + "): " + why);
+    // The immediate's source field is the only name the write carries here.
+    const int claimed = static_cast<int>(imm & 0xfffu);
+    char text[96];
+    snprintf(text, sizeof text, "proxy: rejected an incoming write from rank %d (imm 0x%08x): ",
+             claimed, imm);
+    proxy_fail(Status::kRemoteError, text + why);
     return;
   }
   MF_TRACE(log::kProxy, "rank %d: %s write from rank %d, seq %llu", me_, kind_name(f.kind), f.src,

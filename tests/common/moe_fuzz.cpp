@@ -39,11 +39,14 @@ std::string FuzzCase::describe() const {
   }
   char b[400];
   snprintf(b, sizeof b,
-           "seed 0x%016llx: R %d E %d K %d H %d %s%s align %d maxT %d P %d %s, routing %s, T [%s]",
+           "seed 0x%016llx: R %d E %d K %d H %d %s%s align %d maxT %d P %d %s, routing %s, T [%s], "
+           "%d op(s), %s stream%s",
            static_cast<unsigned long long>(seed), s.nranks, s.experts, s.topk, s.hidden,
            s.fp8 ? "fp8 sb" : "bf16", s.fp8 ? sb.c_str() : "",
            s.alignment, s.max_tokens, s.max_private, split ? "split" : "whole",
-           routing_name(routing), t.c_str());
+           routing_name(routing), t.c_str(), ops,
+           stream == 0 ? "non-blocking" : stream == 1 ? "blocking" : "legacy NULL",
+           sync_between ? ", host sync between dispatch and combine" : "");
   return b;
 }
 
@@ -100,11 +103,14 @@ FuzzCase fuzz_case(uint64_t seed, int R, const FuzzLimits& lim) {
   for (int r = 0; r < R; ++r) c.T[r] = tmode == 1 ? s.max_tokens : pick(0, s.max_tokens);
   if (tmode == 2) c.T[rng() % R] = 0;
   c.input_seed = rng();
+  c.ops = pick(1, 4);
+  c.stream = pick(0, 2);
+  c.sync_between = rng() % 2;
   return c;
 }
 
-RankInput fuzz_input(const FuzzCase& c, int rank) {
-  return make_input(c.shape, rank, c.T[rank], c.input_seed, c.routing);
+RankInput fuzz_input(const FuzzCase& c, int rank, int op) {
+  return make_input(c.shape, rank, c.T[rank], c.input_seed + static_cast<uint64_t>(op), c.routing);
 }
 
 std::vector<FuzzCase> fuzz_regressions(int R) {
@@ -112,11 +118,12 @@ std::vector<FuzzCase> fuzz_regressions(int R) {
   // A shape whose y came out wrong (alignment 4) or whose dispatch hung (alignment 1) on the CUDA
   // backend: E not a multiple of the suite's 8/16/32, top-3 with empty slots and repeated
   // experts, hidden 256, every rank at T = maxTokensPerRank = 16.
-  auto add = [&](bool fp8, int E, int align, bool split, uint64_t in) {
+  auto add = [&](bool fp8, int E, int align, bool split, uint64_t in, int stream, bool sync) {
     FuzzCase c;
     c.seed = 0x5eed000000000000ull | (static_cast<uint64_t>(fp8) << 32) |
              (static_cast<uint64_t>(E) << 16) | (static_cast<uint64_t>(align) << 8) |
-             (static_cast<uint64_t>(split) << 4) | in;
+             (static_cast<uint64_t>(split) << 4) | (static_cast<uint64_t>(stream) << 40) |
+             (static_cast<uint64_t>(sync) << 44) | in;
     Shape& s = c.shape;
     s.nranks = R;
     s.experts = std::max(E, R);
@@ -131,15 +138,20 @@ std::vector<FuzzCase> fuzz_regressions(int R) {
     c.routing = Routing::kUniformDup;
     c.T.assign(R, 16);
     c.input_seed = in;
+    c.ops = 4;
+    c.stream = stream;
+    c.sync_between = sync;
     out.push_back(c);
   };
-  for (uint64_t in = 1; in <= 2; ++in) {
-    add(true, 10, 4, true, in);
-    add(false, 10, 4, false, in);
-    add(false, 10, 1, false, in);
-    add(true, 10, 1, true, in);
-    add(true, 16, 4, true, in);
-  }
+  for (uint64_t in = 1; in <= 2; ++in)
+    for (int stream = 0; stream < 3; stream += 2) {
+      const bool sync = in == 2;
+      add(true, 10, 4, true, in, stream, sync);
+      add(false, 10, 4, false, in, stream, sync);
+      add(false, 10, 1, false, in, stream, sync);
+      add(true, 10, 1, true, in, stream, sync);
+      add(true, 16, 4, true, in, stream, sync);
+    }
   return out;
 }
 

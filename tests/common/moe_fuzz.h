@@ -17,7 +17,13 @@ struct FuzzCase {
   bool split = false;      // DispatchSend/Recv + CombineSend/Recv instead of the whole calls
   Routing routing = Routing::kRandom;
   std::vector<int> T;      // per rank, each in [0, max_tokens]
-  uint64_t input_seed = 0; // make_input(shape, rank, T[rank], input_seed, routing)
+  uint64_t input_seed = 0; // op o: make_input(shape, rank, T[rank], input_seed + o, routing)
+  int ops = 1;             // dispatch -> combine rounds on the same comms
+  // How the CUDA run orders its calls: stream 0 a non-blocking stream, 1 a blocking one, 2 the
+  // legacy NULL stream; sync_between: synchronise and read recvX back between dispatch and
+  // combine (as a caller that computes the experts on the host would).
+  int stream = 0;
+  bool sync_between = false;
   std::string describe() const;  // one line: every field, for the failure report
 };
 
@@ -34,7 +40,7 @@ struct FuzzLimits {
 FuzzCase fuzz_case(uint64_t seed, int nranks, const FuzzLimits& lim = {});
 
 // The inputs of `rank` for this case.
-RankInput fuzz_input(const FuzzCase& c, int rank);
+RankInput fuzz_input(const FuzzCase& c, int rank, int op = 0);
 
 // SplitMix64: the case seed of case i of a run with base seed `base` and `nranks` ranks.
 uint64_t fuzz_seed(uint64_t base, int nranks, uint64_t i);

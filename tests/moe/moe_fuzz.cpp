@@ -190,10 +190,20 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
   ok = ok && cudaMemcpy(rs.p, o->recv_scales.data(), z.sb, cudaMemcpyHostToDevice) == cudaSuccess;
   ok = ok && cudaMemcpy(rc.p, o->counts.data(), z.cb, cudaMemcpyHostToDevice) == cudaSuccess;
   ok = ok && cudaMemcpy(y.p, o->y.data(), z.yb, cudaMemcpyHostToDevice) == cudaSuccess;
-  ok = ok && cudaMemcpy(dey.p, ey.data(), ey.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess;
+  if (!c.sync_between)
+    ok = ok && cudaMemcpy(dey.p, ey.data(), ey.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess;
   if (!ok) return cuda_err("upload");
-  cudaStream_t st;
-  if (cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) != cudaSuccess) return cuda_err("stream");
+  cudaStream_t st = nullptr;  // c.stream 2: the legacy NULL stream
+  if (c.stream < 2 &&
+      cudaStreamCreateWithFlags(&st, c.stream == 0 ? cudaStreamNonBlocking : cudaStreamDefault) != cudaSuccess)
+    return cuda_err("stream");
+  // The expert rows go up after the dispatch when the caller syncs in between (as one computing
+  // them from recvX would), else before it.
+  if (c.sync_between) {
+    std::vector<uint16_t> zero(ey.size(), 0);
+    if (cudaMemcpy(dey.p, zero.data(), zero.size() * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+      return cuda_err("upload");
+  }
   const float* scp = s.fp8 ? sc.as<float>() : nullptr;
   float* rsp = s.fp8 ? rs.as<float>() : nullptr;
   ncclResult_t r;
@@ -207,13 +217,20 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
   }
   std::string err;
   if (r != ncclSuccess) err = std::string("CUDA dispatch: ") + ncclMoeGetLastError(moe);
+  if (err.empty() && c.sync_between) {
+    std::vector<uint8_t> peek(z.xb);
+    if (cudaStreamSynchronize(st) != cudaSuccess ||
+        cudaMemcpy(peek.data(), rx.p, z.xb, cudaMemcpyDeviceToHost) != cudaSuccess ||
+        cudaMemcpy(dey.p, ey.data(), ey.size() * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+      err = cuda_err("sync between dispatch and combine");
+  }
   if (err.empty()) {
     r = c.split ? ncclMoeCombineSend(dey.p, moe, st) : ncclMoeCombine(dey.p, y.p, moe, st);
     if (r == ncclSuccess && c.split) r = ncclMoeCombineRecv(y.p, moe, st);
     if (r != ncclSuccess) err = std::string("CUDA combine: ") + ncclMoeGetLastError(moe);
   }
   if (cudaStreamSynchronize(st) != cudaSuccess && err.empty()) err = cuda_err("cudaStreamSynchronize");
-  cudaStreamDestroy(st);
+  if (st != nullptr) cudaStreamDestroy(st);
   ncclResult_t ae = ncclSuccess;
   ncclMoeCommGetAsyncError(moe, &ae);
   if (ae != ncclSuccess && err.empty()) err = std::string("CUDA async error: ") + ncclMoeGetLastError(moe);
@@ -231,54 +248,67 @@ struct Options {
   int timeout_ms = 20000;
 };
 
-// One case on this rank: "" or what failed.
+// One case on this rank: "" or what failed. The comms live for all of the case's ops.
 std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
   const int me = oob.rank();
   const Shape& s = c.shape;
   std::string why;
   ncclMoeComm_t host = comm_init(oob, s, ncclMoeBackendHost, opt.timeout_ms, &why);
   if (!host) return why;
-  const RankInput in = fuzz_input(c, me);
-  std::vector<RankInput> all;
-  if (!gather_inputs(&oob, s, in, &all)) {
-    ncclMoeCommAbort(host);
-    return "gathering the inputs failed";
+  ncclMoeComm_t dev = nullptr;
+#if MFTEST_CUDA
+  if (opt.cuda) {
+    dev = comm_init(oob, s, ncclMoeBackendCuda, opt.timeout_ms, &why);
+    if (!dev) {
+      ncclMoeCommAbort(host);
+      return why;
+    }
   }
-  const ExpectedLayout ex = expected_layout(s, all, me);
+#endif
+  auto fail = [&](const std::string& e) {
+    ncclMoeCommAbort(host);
+    if (dev) ncclMoeCommAbort(dev);
+    return e;
+  };
   size_t cap = 0;
   ncclMoeGetRecvCapacity(host, &cap);
   const Sizes z(s, cap, me);
-  std::vector<uint16_t> ey(z.eyb / 2, 0);
-  fill_expert_y(s, all, me, ex, ey.data());
-  Out ho = z.guarded();
-  std::string err = run_host(c, host, in, ey, &ho);
-  if (err.empty()) err = check_reference(c, all, me, ex, z, ho);
-  if (!err.empty()) {
-    ncclMoeCommAbort(host);
-    return err;
-  }
-  if (ncclMoeCommDestroy(host) != ncclSuccess) return std::string("host destroy: ") + ncclMoeGetLastError(nullptr);
+  for (int op = 0; op < c.ops; ++op) {
+    const std::string at = c.ops > 1 ? "op " + std::to_string(op) + ": " : "";
+    const RankInput in = fuzz_input(c, me, op);
+    std::vector<RankInput> all;
+    if (!gather_inputs(&oob, s, in, &all)) return fail("gathering the inputs failed");
+    const ExpectedLayout ex = expected_layout(s, all, me);
+    std::vector<uint16_t> ey(z.eyb / 2, 0);
+    fill_expert_y(s, all, me, ex, ey.data());
+    Out ho = z.guarded();
+    std::string err = run_host(c, host, in, ey, &ho);
+    if (err.empty()) err = check_reference(c, all, me, ex, z, ho);
+    if (!err.empty()) return fail(at + err);
 #if MFTEST_CUDA
-  if (opt.cuda) {
-    ncclMoeComm_t dev = comm_init(oob, s, ncclMoeBackendCuda, opt.timeout_ms, &why);
-    if (!dev) return why;
-    size_t cap_d = 0;
-    ncclMoeGetRecvCapacity(dev, &cap_d);
-    if (cap_d != cap) err = "capacities differ: host " + std::to_string(cap) + ", CUDA " + std::to_string(cap_d);
-    Out dout;
-    if (err.empty()) err = run_cuda(c, dev, in, ey, z, &dout);
-    if (err.empty()) err = first_diff("recvExpertCounts", dout.counts, ho.counts, 4, "CUDA", "host");
-    if (err.empty()) err = first_diff("recvX", dout.recv_x, ho.recv_x, s.x_bytes(), "CUDA", "host");
-    if (err.empty() && s.fp8)
-      err = first_diff("recvScales", dout.recv_scales, ho.recv_scales, s.nscale() * 4, "CUDA", "host");
-    if (err.empty()) err = first_diff("y", dout.y, ho.y, static_cast<size_t>(s.hidden) * 2, "CUDA", "host");
-    if (!err.empty()) {
-      ncclMoeCommAbort(dev);
-      return err;
+    if (dev) {
+      size_t cap_d = 0;
+      ncclMoeGetRecvCapacity(dev, &cap_d);
+      if (cap_d != cap)
+        return fail("capacities differ: host " + std::to_string(cap) + ", CUDA " + std::to_string(cap_d));
+      Out dout;
+      err = run_cuda(c, dev, in, ey, z, &dout);
+      if (err.empty()) err = first_diff("recvExpertCounts", dout.counts, ho.counts, 4, "CUDA", "host");
+      if (err.empty()) err = first_diff("recvX", dout.recv_x, ho.recv_x, s.x_bytes(), "CUDA", "host");
+      if (err.empty() && s.fp8)
+        err = first_diff("recvScales", dout.recv_scales, ho.recv_scales, s.nscale() * 4, "CUDA", "host");
+      if (err.empty()) err = first_diff("y", dout.y, ho.y, static_cast<size_t>(s.hidden) * 2, "CUDA", "host");
+      if (!err.empty()) return fail(at + err);
     }
-    if (ncclMoeCommDestroy(dev) != ncclSuccess) return std::string("CUDA destroy: ") + ncclMoeGetLastError(nullptr);
-  }
 #endif
+  }
+  if (ncclMoeCommDestroy(host) != ncclSuccess) {
+    why = std::string("host destroy: ") + ncclMoeGetLastError(host);
+    if (dev) ncclMoeCommAbort(dev);
+    return why;
+  }
+  if (dev && ncclMoeCommDestroy(dev) != ncclSuccess)
+    return std::string("CUDA destroy: ") + ncclMoeGetLastError(dev);
   return "";
 }
 

@@ -6,13 +6,17 @@
 // recvX is written.
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "collectives/comm.h"
 #include "collectives/engine.h"
+#include "collectives/rails.h"
 #include "plugin/common/launch.h"
+#include "plugin/common/params.h"
 #include "tests/common/moe_reference.h"
 
 using namespace moetest;
@@ -130,7 +134,133 @@ int hostile_record(OobChannel& oob) {
   return 0;
 }
 
+// A fake rank 1 that joins rank 0's comm exactly as a real rank does (config agreement, its own
+// endpoint and registered blocks, the address allgather) and then writes `writes` random byte
+// runs at random offsets of rank 0's receive block, each with an immediate drawn by `round`:
+//   0 random kind and sequence bits (source field 1: the only name an immediate carries); 1 a
+//   dispatch header write of the current op (kind, seq 1, src 1) with random
+//   header bytes; 2 a grant for op 1 with random bytes; 3 replays and duplicates of valid-looking
+//   immediates of every kind and seq 0..3.
+struct NoHandler : moefabric::fabric::RmaHandler {
+  void on_remote_write(uint32_t) override {}
+  void on_write_done(uint64_t, Status, const char*) override {}
+};
+
+int fake_peer(OobChannel& oob, const Shape& s, const ncclMoeConfig_t& cfg, int round, int writes) {
+  const int me = oob.rank();
+  const moefabric::Params params = moefabric::Params::load();
+  moe::ResolvedConfig rc{};
+  std::string err;
+  H_CHECK(moe::config_agree(s.nranks, me, oob_allgather, &oob, &cfg, params, &rc, &err) == Status::kOk,
+          "config: %s", err.c_str());
+  moe::Layout l;
+  const char* why = nullptr;
+  H_CHECK(moe::layout_init(&l, s.nranks, me, rc.experts, rc.topk, rc.hidden, rc.max_tokens, 2, false,
+                           rc.scale_block, rc.alignment, rc.max_private, &why), "layout: %s", why);
+  std::unique_ptr<moefabric::fabric::RmaRails> ep;
+  moe::RailChoice choice;
+  H_CHECK(moe::open_rails(params, std::nullopt, &ep, &choice, &err) == Status::kOk, "rails: %s", err.c_str());
+  std::vector<uint8_t> recv(l.recv_block_bytes), send(1 << 16);
+  moefabric::fabric::RmaRails::Mr recv_mr, send_mr;
+  H_CHECK(ep->reg(recv.data(), recv.size(), &recv_mr, &err) == Status::kOk, "reg: %s", err.c_str());
+  H_CHECK(ep->reg(send.data(), send.size(), &send_mr, &err) == Status::kOk, "reg: %s", err.c_str());
+  moe::RailsAddr mine{};
+  moe::rails_addr(*ep, recv_mr, recv.data(), &mine);
+  std::vector<moe::RailsAddr> all(s.nranks);
+  H_CHECK(oob.allgather(&mine, all.data(), sizeof mine), "allgather");
+  moefabric::fabric::RmaRails::Peer peer;
+  H_CHECK(moe::rails_add_peer(*ep, all[0], 0, &peer, &err) == Status::kOk, "peer: %s", err.c_str());
+  std::mt19937_64 rng(1234 + round);
+  for (auto& b : send) b = static_cast<uint8_t>(rng());
+  NoHandler h;
+  const uint32_t kinds[] = {0, 1, 2, 3, 4};
+  for (int i = 0; i < writes; ++i) {
+    uint32_t imm = 0;
+    size_t off = 0, len = 16 * (1 + rng() % 64);
+    switch (round) {
+      case 0:
+        imm = (static_cast<uint32_t>(rng()) & ~(3u << 27) & ~0xfffu) | 1u;
+        off = rng() % l.recv_block_bytes;
+        break;
+      case 1:
+        imm = moe::imm_encode(moe::WriteKind::kDispatchPrivate, 1, 1);
+        off = l.private_offset(1);
+        len = std::min<size_t>(len, l.private_bytes);
+        break;
+      case 2:
+        imm = moe::imm_encode(moe::WriteKind::kGrant, 1, 1);
+        off = l.ctrl_offset(1);
+        len = 16;
+        break;
+      default:
+        imm = moe::imm_encode(static_cast<moe::WriteKind>(kinds[rng() % 5]), rng() % 4, 1);
+        off = rng() % l.recv_block_bytes;
+    }
+    if (off + len > l.recv_block_bytes) off = l.recv_block_bytes - len;
+    Status st;
+    while ((st = ep->write(peer, send.data() + rng() % (send.size() - len), len, send_mr,
+                           all[0].recv_base + off, imm, i, &err)) == Status::kAgain)
+      (void)ep->poll(&h, &err);
+    if (st != Status::kOk) break;  // rank 0 closed its endpoint after refusing us: done
+    (void)ep->poll(&h, &err);
+  }
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (ep->writes_in_flight() > 0 && std::chrono::steady_clock::now() < until) (void)ep->poll(&h, &err);
+  oob.barrier();  // rank 0 is done judging
+  ep->dereg(&recv_mr);
+  ep->dereg(&send_mr);
+  return 0;
+}
+
+// Rank 0 (the real library) under a fake rank 1 writing garbage: its dispatch must fail within
+// the timeout with an error naming rank 1, and nothing may crash or write outside its buffers.
+int hostile_writer(OobChannel& oob, int round) {
+  const int me = oob.rank();
+  Shape s;
+  s.nranks = oob.nranks();
+  s.experts = 6, s.topk = 2, s.hidden = 64, s.max_tokens = 16, s.max_private = 4;
+  ncclMoeConfig_t cfg = s.config();
+  cfg.timeoutMs = 3000;
+  if (me == 1) return fake_peer(oob, s, cfg, round, 3000);
+  std::unique_ptr<moe::Engine> eng;
+  std::string err;
+  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
+          "init: %s", err.c_str());
+  const size_t cap = eng->recv_capacity();
+  const RankInput in = make_input(s, me, 16, 3, Routing::kUniformDup);
+  std::vector<uint8_t> rx(cap * s.x_bytes() + 4096, 0xa5);
+  std::vector<int32_t> counts(s.local(me) + 4, -7);
+  std::vector<uint16_t> ey(cap * s.hidden, 0), y(static_cast<size_t>(s.max_tokens) * s.hidden, 0);
+  const int32_t T = in.T;
+  const auto t0 = std::chrono::steady_clock::now();
+  Status r = eng->dispatch_send(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T, rx.data(),
+                                nullptr, counts.data(), nullptr);
+  if (r == Status::kOk) r = eng->dispatch_recv(nullptr);
+  if (r == Status::kOk) r = eng->combine_send(ey.data(), nullptr);
+  if (r == Status::kOk) r = eng->combine_recv(y.data(), nullptr);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string text = eng->last_error();
+  H_CHECK(r != Status::kOk, "round %d: a round trip with a peer writing garbage succeeded", round);
+  H_CHECK(text.find("rank 1") != std::string::npos, "round %d: the error does not name rank 1: %s",
+          round, text.c_str());
+  H_CHECK(secs < 3.0 + 5.0, "round %d: the refusal took %.1f s (timeout 3 s)", round, secs);
+  for (size_t i = cap * s.x_bytes(); i < rx.size(); ++i)
+    H_CHECK(rx[i] == 0xa5, "round %d: byte %zu past recvX's capacity was written", round, i);
+  eng->abort();
+  oob.barrier();
+  return 0;
+}
+
 }  // namespace
+
+TEST_CASE("moe: a peer writing random bytes and immediates into our regions is refused, named",
+          "[moe][hostile]") {
+  for (int round = 0; round < 4; ++round) {
+    auto res = moefabric::launch_fork(2, [&](OobChannel& oob) { return hostile_writer(oob, round); }, 60);
+    INFO("round " << round << ": " << res.report);
+    REQUIRE(res.ok);
+  }
+}
 
 TEST_CASE("moe: a peer rewriting its records after the header check is refused, named",
           "[moe][hostile]") {
