@@ -210,7 +210,14 @@ void RmaRails::on_remote_write(uint32_t imm) {
     upper_->on_remote_write(imm);
     return;
   }
-  auto it = stripes_seen_.try_emplace(imm, 0).first;
+  auto it = stripes_seen_.find(imm);
+  if (it == stripes_seen_.end()) {
+    if (stripes_seen_.size() >= kMaxStripedPending) {
+      upper_->on_remote_write(imm);  // refused above: the stripe field is still set
+      return;
+    }
+    it = stripes_seen_.emplace(imm, 0).first;
+  }
   if (++it->second < k) return;
   stripes_seen_.erase(it);
   upper_->on_remote_write(imm & ~field);

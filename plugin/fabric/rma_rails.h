@@ -108,7 +108,16 @@ class RmaRails : private RmaHandler {
   size_t stripe_min_ = 0;
   unsigned rr_ = 0;
   RmaHandler* upper_ = nullptr;  // during poll/wait
+  // Striped immediates with some but not all stripes landed. Bounded: past kMaxStripedPending an
+  // immediate goes up as it came, stripe field set, and the protocol refuses it (a peer sending
+  // lone stripes of distinct immediates cannot grow this without limit).
+  static constexpr size_t kMaxStripedPending = 65536;
   std::unordered_map<uint32_t, int> stripes_seen_;  // striped immediate -> stripes landed
+
+ public:
+  size_t striped_pending() const { return stripes_seen_.size(); }
+
+ private:
   std::deque<Pending> pool_;
   std::vector<Pending*> free_;
   size_t inflight_ = 0;

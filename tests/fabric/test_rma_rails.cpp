@@ -62,11 +62,11 @@ struct Side {
   std::vector<uint8_t> buf;
   RmaRails::Mr mr;
   Recorder rec;
-  Side(int nrails, size_t bytes) : buf(bytes, 0) {
+  Side(int nrails, size_t bytes, int shift = kShift) : buf(bytes, 0) {
     std::string err;
     Params p = Params::load();
     p.stripe_min = 64 * 1024;
-    REQUIRE(RmaRails::open(p, nics(nrails), kShift, &rails, &err) == Status::kOk);
+    REQUIRE(RmaRails::open(p, nics(nrails), shift, &rails, &err) == Status::kOk);
     REQUIRE(rails->nrails() == nrails);
     REQUIRE(rails->reg(buf.data(), buf.size(), &mr, &err) == Status::kOk);
   }
@@ -151,6 +151,35 @@ TEST_CASE("rma rails: a peer with fewer rails gets whole writes on the shared on
   REQUIRE(a.rails->rail_bytes(0) == a.buf.size());
   REQUIRE(a.rails->rail_bytes(1) == 0);
   REQUIRE(b.rec.imms[0] == ((2u << 29) | 9u));
+}
+
+TEST_CASE("rma rails: lone stripes of distinct immediates do not grow the receiver's bookkeeping",
+          "[rails]") {
+  // The sender's stripe field sits elsewhere (shift 20), so it can send immediates whose bits
+  // 27-28 claim 2 stripes, one write each: a peer that never sends the other stripe.
+  Side rx(1, 4096), tx(1, 4096, 20);
+  RmaRails::Peer peer = connect(tx, rx);
+  std::string err;
+  const uint32_t n = 70000;
+  uint32_t sent = 0;
+  while (sent < n) {
+    const uint32_t imm = (1u << kShift) | sent;  // distinct, "2 stripes"
+    Status st = tx.rails->write(peer, tx.buf.data(), 16, tx.mr, rx.rails->remote_addr(rx.mr, rx.buf.data()),
+                                imm, sent, &err);
+    if (st == Status::kAgain) {
+      REQUIRE(drive(tx, rx, [&] { return true; }));
+      continue;
+    }
+    REQUIRE(st == Status::kOk);
+    ++sent;
+    if ((sent & 255) == 0) REQUIRE(drive(tx, rx, [&] { return tx.rails->writes_in_flight() < 64; }));
+  }
+  REQUIRE(drive(tx, rx, [&] { return tx.rec.done.size() == n && rx.rails->striped_pending() +
+                                                                     rx.rec.imms.size() == n; }));
+  CHECK(rx.rails->striped_pending() <= 65536);
+  // What did not fit went up as it came, stripe field set, for the protocol to refuse.
+  REQUIRE(!rx.rec.imms.empty());
+  for (uint32_t imm : rx.rec.imms) CHECK((imm >> kShift & 3u) == 1u);
 }
 
 TEST_CASE("rma rails: bad input is refused with a reason", "[rails]") {
