@@ -87,11 +87,17 @@ struct Bufs {
   }
   void upload(const Shape& s, const RankInput& in) const {
     cudaMemcpy(nt.p, &in.T, 4, cudaMemcpyHostToDevice);
-    if (in.T == 0) return;
+    if (in.T == 0) {
+      cudaDeviceSynchronize();
+      return;
+    }
     cudaMemcpy(x.p, in.x.data(), in.x.size(), cudaMemcpyHostToDevice);
     if (s.fp8) cudaMemcpy(sc.p, in.scales.data(), in.scales.size() * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(idx.p, in.idx.data(), in.idx.size() * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(w.p, in.w.data(), in.w.size() * 4, cudaMemcpyHostToDevice);
+    // Pageable uploads may still be in flight when cudaMemcpy returns, and the test's stream is
+    // non-blocking: fence them before a kernel reads them.
+    cudaDeviceSynchronize();
   }
   Out download() const {
     Out o;
@@ -206,6 +212,7 @@ int run_shape(OobChannel& oob, Shape s, const char* name) {
     b.upload(s, in);
     b.guard(st);
     CUDA_OK(cudaMemcpy(b.ey.p, ey.data(), ey.size() * 2, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaDeviceSynchronize());  // the pageable upload has landed before the kernels run
     ncclResult_t r = ncclMoeDispatch(b.x.p, s.fp8 ? b.sc.as<float>() : nullptr, b.idx.as<int32_t>(),
                                      b.w.as<float>(), b.nt.as<int32_t>(), b.rx.p,
                                      s.fp8 ? b.rs.as<float>() : nullptr, b.rc.as<int32_t>(), dev, st);

@@ -192,6 +192,9 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
   ok = ok && cudaMemcpy(y.p, o->y.data(), z.yb, cudaMemcpyHostToDevice) == cudaSuccess;
   if (!c.sync_between)
     ok = ok && cudaMemcpy(dey.p, ey.data(), ey.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess;
+  // A cudaMemcpy from pageable memory may return before its DMA has landed, and a non-blocking
+  // stream does not wait for the legacy stream: fence the uploads before any kernel reads them.
+  ok = ok && cudaDeviceSynchronize() == cudaSuccess;
   if (!ok) return cuda_err("upload");
   cudaStream_t st = nullptr;  // c.stream 2: the legacy NULL stream
   if (c.stream < 2 &&
@@ -221,7 +224,8 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
     std::vector<uint8_t> peek(z.xb);
     if (cudaStreamSynchronize(st) != cudaSuccess ||
         cudaMemcpy(peek.data(), rx.p, z.xb, cudaMemcpyDeviceToHost) != cudaSuccess ||
-        cudaMemcpy(dey.p, ey.data(), ey.size() * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+        cudaMemcpy(dey.p, ey.data(), ey.size() * 2, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaDeviceSynchronize() != cudaSuccess)
       err = cuda_err("sync between dispatch and combine");
   }
   if (err.empty()) {
@@ -273,6 +277,16 @@ std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
   size_t cap = 0;
   ncclMoeGetRecvCapacity(host, &cap);
   const Sizes z(s, cap, me);
+  // All ranks leave the case after the same op: a rank that failed alone must not leave the
+  // others waiting in the next op's allgathers.
+  auto agree = [&](const std::string& e) -> std::string {
+    int32_t mine = e.empty() ? 0 : 1;
+    std::vector<int32_t> all(oob.nranks());
+    if (!oob.allgather(&mine, all.data(), sizeof mine)) return e.empty() ? "allgather failed" : e;
+    for (int r = 0; r < oob.nranks(); ++r)
+      if (all[r] && e.empty()) return "(rank " + std::to_string(r) + " failed)";
+    return e;
+  };
   for (int op = 0; op < c.ops; ++op) {
     const std::string at = c.ops > 1 ? "op " + std::to_string(op) + ": " : "";
     const RankInput in = fuzz_input(c, me, op);
@@ -284,7 +298,8 @@ std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
     Out ho = z.guarded();
     std::string err = run_host(c, host, in, ey, &ho);
     if (err.empty()) err = check_reference(c, all, me, ex, z, ho);
-    if (!err.empty()) return fail(at + err);
+    err = agree(err.empty() ? err : at + err);
+    if (!err.empty()) return fail(err);
 #if MFTEST_CUDA
     if (dev) {
       size_t cap_d = 0;
@@ -298,7 +313,8 @@ std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
       if (err.empty() && s.fp8)
         err = first_diff("recvScales", dout.recv_scales, ho.recv_scales, s.nscale() * 4, "CUDA", "host");
       if (err.empty()) err = first_diff("y", dout.y, ho.y, static_cast<size_t>(s.hidden) * 2, "CUDA", "host");
-      if (!err.empty()) return fail(at + err);
+      err = agree(err.empty() ? err : at + err);
+      if (!err.empty()) return fail(err);
     }
 #endif
   }
