@@ -73,6 +73,9 @@ namespace moefabric {
     "and the NIC writes GPU memory itself, else host)")                                          \
   X(topo_xml, "MOEFABRIC_TOPO_XML", Str, "",                                                     \
     "read the machine topology from this hwloc XML instead of the live machine")              \
+  X(test_seq_start, "MOEFABRIC_TEST_SEQ_START", Int, "0",                                     \
+    "for tests only: first message and receive-group number of every net plugin connection "    \
+    "(both ends must set the same value; near 4294967296 it exercises the 32-bit wrap)")        \
   X(debug, "MOEFABRIC_DEBUG", Str, "WARN",                                                        \
     "log level outside NCCL: NONE, WARN, INFO, TRACE (inside NCCL use NCCL_DEBUG)")
 

@@ -50,6 +50,7 @@ Status Device::connect(void* handle, SendComm** out) {
     fresh->tagged = tagged_;
     fresh->listen_id = h.listen_id;
     fresh->connect_start = fresh->last_heard = Clock::now();
+    fresh->next_msg = fresh->cur_group = static_cast<uint32_t>(params_.test_seq_start);
     MF_CHECK(av_insert(h.addr, h.addr_len, &fresh->peer));
     fresh->rail_peer[0] = fresh->peer;
     if (alloc_comm_id(fresh.get()) == 0) {
@@ -158,6 +159,7 @@ Status Device::accept(ListenComm* lc, RecvComm** out) {
   for (int r = 0; r < p.nrails; ++r) c->rail_peer[r] = p.rail_peer[r];
   c->remote_id = p.src_comm;
   c->last_heard = Clock::now();
+  c->next_msg = c->next_group = static_cast<uint32_t>(params_.test_seq_start);
   if (alloc_comm_id(c.get()) == 0) {
     MF_WARN("%s: all %u comm ids in use", nic_.name.c_str(), wire::kMaxCommId);
     return Status::kSystemError;

@@ -98,7 +98,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   // Eager messages that arrived before this receive was posted.
   for (size_t k = 0; k < c->unexpected.size();) {
     Unexpected& u = c->unexpected[k];
-    if (u.msg_seq >= g.first_msg && u.msg_seq < g.first_msg + static_cast<uint32_t>(n)) {
+    if (wire::seq_in(u.msg_seq, g.first_msg, static_cast<uint32_t>(n))) {
       int idx = -1;
       for (int i = 0; i < n; ++i)
         if (g.e[i].tag == u.tag && !g.e[i].done && !g.e[i].size_known) idx = i;
@@ -135,7 +135,7 @@ void Device::deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* da
 
 void Device::on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data) {
   for (auto& g : c->groups) {
-    if (!g.in_use || m.msg_seq < g.first_msg || m.msg_seq >= g.first_msg + static_cast<uint32_t>(g.n)) continue;
+    if (!g.in_use || !wire::seq_in(m.msg_seq, g.first_msg, static_cast<uint32_t>(g.n))) continue;
     int idx = -1;
     for (int i = 0; i < g.n; ++i)
       if (g.e[i].tag == m.tag && !g.e[i].size_known) idx = i;
@@ -146,8 +146,10 @@ void Device::on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data)
     deliver_eager(c, &g, idx, data, m.size);
     return;
   }
-  if (m.msg_seq - c->next_msg >= (1u << 20)) {  // behind us: already matched once
-    fail_comm(c, Status::kRemoteError, "protocol error: stale eager message %u", m.msg_seq);
+  // Behind the posted receives (matched once already), or implausibly far ahead.
+  if (wire::seq_before(m.msg_seq, c->next_msg) || m.msg_seq - c->next_msg >= (1u << 20)) {
+    fail_comm(c, Status::kRemoteError, "protocol error: stale eager message %u (receives posted up to %u)",
+              m.msg_seq, c->next_msg);
     return;
   }
   c->unexpected.push_back({m.msg_seq, m.tag, std::vector<uint8_t>(data, data + m.size)});

@@ -53,7 +53,7 @@ void Device::send_advance(SendComm* c) {
     if (!g.known || g.seq != c->cur_group) return;
     if (!g.eager_marked) {
       g.eager_marked = true;
-      while (!c->eager.empty() && c->eager.front().msg_seq < g.first_msg + g.n) {
+      while (!c->eager.empty() && wire::seq_before(c->eager.front().msg_seq, g.first_msg + g.n)) {
         EagerRecord er = c->eager.front();
         c->eager.pop_front();
         int idx = -1;

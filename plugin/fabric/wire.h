@@ -125,6 +125,12 @@ struct ListenHandle {
 static_assert(sizeof(ListenHandle) == kHandleSize);
 inline constexpr uint64_t kStageMagic = 0x4d46434f4e4e4543ull;
 
+// Message and receive-group numbers count modulo 2^32 on both sides of a connection; a long-lived
+// connection wraps. Compare them only through these (signed distance of the unsigned counters).
+inline bool seq_before(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
+// s lies in [first, first + n) modulo 2^32.
+inline bool seq_in(uint32_t s, uint32_t first, uint32_t n) { return s - first < n; }
+
 // Every message fits one receive buffer: header + the largest fixed payload or eager data.
 inline constexpr size_t kMaxFixedPayload =
     sizeof(CtrlMsg) > sizeof(ConnectMsg)

@@ -34,6 +34,14 @@ void run_ranks(int n, const std::function<int(OobChannel&, Plugin&)>& body, int 
   REQUIRE(res.ok);
 }
 
+// Sets an environment variable for the ranks a test forks; restored when the test case ends,
+// failed or not.
+struct ScopedEnv {
+  std::string name;
+  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
+  ~ScopedEnv() { unsetenv(name.c_str()); }
+};
+
 struct Mr {
   std::vector<uint8_t> buf;
   void* mh = nullptr;
@@ -192,6 +200,104 @@ TEST_CASE("plugin: 32 requests in flight and grouped receives", "[fabric]") {
     T_CHECK(oob.barrier(&err), "%s", err.c_str());
     return close_mesh(pl, send, recv, listens);
   });
+}
+
+// Message and receive-group numbers are 32-bit and wrap on a long-lived connection. Both ends
+// start them 1237 short of 2^32 (MOEFABRIC_TEST_SEQ_START) and move ~4800 messages in both
+// directions. Each round posts 8 grouped receives (1..8 buffers), sends into them (written and
+// eager sizes), sends 24 eager messages into 8 receives not posted yet (stashed by the receiver,
+// or crossing their control entries), then posts those. The message numbers wrap one message
+// into round 20's unposted receives, inside a group; the group numbers wrap later. Before the
+// fix tcp failed the comm ("stale eager message") and shm hung there.
+TEST_CASE("plugin: sequence numbers wrap at 2^32", "[fabric]") {
+  constexpr int kFirst[8] = {1, 2, 3, 4, 5, 6, 7, 8};    // receives posted before the sends
+  constexpr int kSecond[8] = {3, 1, 2, 4, 5, 2, 6, 1};   // posted after 24 eager sends
+  constexpr int kRounds = 80, kWrapRound = 20;
+  static_assert(kRounds * 16 > kWrapRound * 60 + 37, "receive-group numbers wrap too");
+  // 60 messages a round with 8-buffer groups: the wrap falls on message 1 of kSecond[0].
+  ScopedEnv start("MOEFABRIC_TEST_SEQ_START", std::to_string((uint64_t{1} << 32) - (kWrapRound * 60 + 36 + 1)).c_str());
+  run_ranks(2, [&](OobChannel& oob, Plugin& pl) {
+    std::vector<void*> send, recv, listens;
+    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+    int me = oob.rank(), peer = 1 - me;
+    abi::properties_v11_t props = {};
+    T_OK(pl.v11->getProperties(0, &props));
+    const int G = props.maxRecvs;  // 1 on the tagged protocol
+    const size_t kSlot = 40000, kEagerSize = 4096;  // eager: within MOEFABRIC_EAGER_MAX's default
+    const int kMaxMsgs = 16 * 8;
+    Mr sb, rb;
+    if (reg(pl, send[peer], sb, kSlot * kMaxMsgs) || reg(pl, recv[peer], rb, kSlot * kMaxMsgs)) return 1;
+    std::vector<int> width;
+    for (int w : kFirst) width.push_back(std::min(w, G));
+    for (int w : kSecond) width.push_back(std::min(w, G));
+    std::vector<int> first_msg(16);
+    int nmsg = 0;
+    for (int r = 0; r < 16; ++r) nmsg += width[r], first_msg[r] = nmsg - width[r];
+    const int half = first_msg[8];  // messages into the receives posted first
+    std::mt19937 rng(7 + me);
+    std::string err;
+    for (int round = 0; round < kRounds; ++round) {
+      // Sizes agreed by both sides through the seed: every third message into the receives
+      // posted first is written, the rest eager (a larger send waits for its control entry).
+      std::mt19937 srng(5000 + round);
+      std::vector<size_t> sz(nmsg);
+      for (int k = 0; k < nmsg; ++k)
+        sz[k] = k < half && k % 3 == 1 ? kEagerSize + 1 + srng() % (kSlot - kEagerSize - 1)
+                                       : srng() % (kEagerSize + 1);
+      for (int k = 0; k < nmsg; ++k)
+        for (size_t i = 0; i < sz[k]; ++i) sb.buf[k * kSlot + i] = pattern(me, i, round * 1000 + k);
+      std::vector<void*> rreq(16), sreq(nmsg);
+      auto post_recvs = [&](int from, int to) {
+        for (int r = from; r < to; ++r) {
+          void* data[8];
+          size_t sizes[8];
+          int tags[8];
+          void* mh[8];
+          for (int g = 0; g < width[r]; ++g) {
+            data[g] = rb.buf.data() + (first_msg[r] + g) * kSlot;
+            sizes[g] = kSlot;
+            tags[g] = 100 + g;
+            mh[g] = rb.mh;
+          }
+          if (post_recv(pl, recv[peer], width[r], data, sizes, tags, mh, &rreq[r])) return 1;
+        }
+        return 0;
+      };
+      auto post_sends = [&](int from, int to) {
+        for (int r = from; r < to; ++r) {
+          std::vector<int> order(width[r]);
+          std::iota(order.begin(), order.end(), 0);
+          std::shuffle(order.begin(), order.end(), rng);  // tags pick the buffer inside a group
+          for (int g : order) {
+            int k = first_msg[r] + g;
+            if (post_send(pl, send[peer], sb.buf.data() + k * kSlot, sz[k], 100 + g, sb.mh, &sreq[k])) return 1;
+          }
+        }
+        return 0;
+      };
+      if (post_recvs(0, 8)) return 1;
+      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      if (post_sends(0, 16)) return 1;  // at most 24 eager messages run ahead of the receives
+      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      if (post_recvs(8, 16)) return 1;
+      for (void* q : sreq)
+        if (wait_req(pl.v11, q, nullptr, 30)) return 1;
+      for (int r = 0; r < 16; ++r) {
+        int got[8] = {};
+        if (wait_req(pl.v11, rreq[r], got, 30)) return 1;
+        for (int g = 0; g < width[r]; ++g) {
+          int k = first_msg[r] + g;
+          T_CHECK(got[g] == static_cast<int>(sz[k]), "round %d message %d: %d bytes, expected %zu", round,
+                  k, got[g], sz[k]);
+          for (size_t i = 0; i < sz[k]; ++i)
+            T_CHECK(rb.buf[k * kSlot + i] == pattern(peer, i, round * 1000 + k), "round %d message %d byte %zu wrong",
+                    round, k, i);
+        }
+      }
+    }
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    return close_mesh(pl, send, recv, listens);
+  }, 90);
 }
 
 TEST_CASE("plugin: 4 ranks, full mesh, many comms", "[fabric]") {

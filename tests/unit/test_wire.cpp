@@ -144,3 +144,14 @@ TEST_CASE("wire: v2 multi-rail handshake and control entries", "[wire]") {
   REQUIRE(msg_buffer_size(0) >= sizeof(MsgHeader) + sizeof(ConnectAckMsg));
   REQUIRE(msg_buffer_size(0) >= sizeof(MsgHeader) + sizeof(CtrlMsg));
 }
+
+TEST_CASE("wire: sequence comparisons hold across the 32-bit wrap", "[wire]") {
+  REQUIRE(seq_before(1, 2));
+  REQUIRE_FALSE(seq_before(2, 2));
+  REQUIRE(seq_before(0xffffffffu, 0));  // the last number before the wrap precedes 0
+  REQUIRE_FALSE(seq_before(3, 0xfffffffeu));
+  REQUIRE(seq_in(0xffffffffu, 0xfffffffeu, 4));  // a group straddling the wrap
+  REQUIRE(seq_in(1, 0xfffffffeu, 4));
+  REQUIRE_FALSE(seq_in(2, 0xfffffffeu, 4));
+  REQUIRE_FALSE(seq_in(0xfffffffdu, 0xfffffffeu, 4));
+}
