@@ -53,6 +53,7 @@ Status Device::connect(void* handle, SendComm** out) {
     fresh->next_msg = fresh->cur_group = static_cast<uint32_t>(params_.test_seq_start);
     MF_CHECK(av_insert(h.addr, h.addr_len, &fresh->peer));
     fresh->rail_peer[0] = fresh->peer;
+    fresh->peer_addr = rails_[0].addr_str(h.addr, h.addr_len);
     if (alloc_comm_id(fresh.get()) == 0) {
       MF_WARN("%s: all %u comm ids in use", nic_.name.c_str(), wire::kMaxCommId);
       return Status::kSystemError;
@@ -117,7 +118,8 @@ void Device::on_connect(const wire::MsgHeader& h, const wire::ConnectMsg& m) {
     (void)send_msg(nullptr, peer, wire::MsgType::kConnectAck, h.src_comm, 0, &ack, sizeof ack);
     return;
   }
-  ListenComm::Pending p = {peer, h.src_comm, m.flags, 1, {peer, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC}};
+  ListenComm::Pending p = {peer, h.src_comm, m.flags, 1, {peer, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC},
+                           rails_[0].addr_str(m.rails[0].addr, m.rails[0].len)};
   int n = std::min<int>(static_cast<int>(m.nrails), static_cast<int>(rails_.size()));
   for (int r = 1; r < n; ++r) {
     if (rails_[r].av_insert(m.rails[r].addr, m.rails[r].len, &p.rail_peer[r]) != Status::kOk) {
@@ -158,6 +160,7 @@ Status Device::accept(ListenComm* lc, RecvComm** out) {
   c->nrails = p.nrails;
   for (int r = 0; r < p.nrails; ++r) c->rail_peer[r] = p.rail_peer[r];
   c->remote_id = p.src_comm;
+  c->peer_addr = p.addr;
   c->last_heard = Clock::now();
   c->next_msg = c->next_group = static_cast<uint32_t>(params_.test_seq_start);
   if (alloc_comm_id(c.get()) == 0) {

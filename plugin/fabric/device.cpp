@@ -324,8 +324,9 @@ void Device::fail_comm(Comm* c, Status s, const char* fmt, ...) {
   va_end(ap);
   c->error = s;
   char full[700];
-  snprintf(full, sizeof full, "%s comm %u (peer rank %d) on %s: %s",
-           c->type == Comm::Type::kSend ? "send" : "recv", c->id, c->peer_rank, nic_.name.c_str(), text);
+  snprintf(full, sizeof full, "%s comm %u (peer rank %d at %s) on %s: %s",
+           c->type == Comm::Type::kSend ? "send" : "recv", c->id, c->peer_rank,
+           c->peer_addr.empty() ? "an unknown address" : c->peer_addr.c_str(), nic_.name.c_str(), text);
   c->error_text = full;
   if (!c->closed) MF_WARN("%s", full);
 }

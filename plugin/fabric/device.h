@@ -74,8 +74,13 @@ struct Comm {
   bool tagged = false;         // tagged data path (maxRecvs 1)
   Status error = Status::kOk;
   std::string error_text;
+  std::string peer_addr;        // the peer's rail-0 endpoint, printable (fi_av_straddr), for messages
   Clock::time_point last_heard{};
   Clock::time_point last_ping{};
+  // When check_liveness first saw the comm busy after it was idle: silence counts from here or
+  // from last_heard, whichever is later (an idle peer owes us nothing).
+  Clock::time_point busy_since{};
+  bool was_busy = false;
   explicit Comm(Type t) : type(t) {}
   virtual ~Comm() = default;
   virtual bool busy() const = 0;  // requests pending (liveness checks apply)
@@ -153,7 +158,11 @@ struct SendComm : Comm {
   std::deque<SendReq> reqs;        // stable addresses; grows on demand
   std::vector<SendReq*> free_reqs;
   int active = 0;
-  bool busy() const override { return active > 0 || !connected; }
+  // isend refused a message for want of the receiver's control entry (its receive is not
+  // posted, or 64 eager messages already wait for theirs): the peer owes us one, so liveness
+  // checks apply as for pending requests. Cleared by the next accepted isend or control entry.
+  bool waiting_ctrl = false;
+  bool busy() const override { return active > 0 || !connected || waiting_ctrl; }
 };
 
 struct Unexpected {
@@ -192,6 +201,7 @@ struct ListenComm {
     uint32_t flags;
     int nrails;
     fi_addr_t rail_peer[wire::kMaxRails];
+    std::string addr;  // printable rail-0 address
   };
   std::deque<Pending> pending;
 };
@@ -229,6 +239,9 @@ class Device {
   Status progress();
   // Pings silent peers of busy comms, fails comms past the peer timeout, reaps closed comms.
   void check_liveness(Clock::time_point now);
+  // check_liveness at most every 20 ms. The background thread rarely gets the lock while the
+  // application spins in isend/irecv/test, so those run it too.
+  void poll_liveness();
 
   // ---- messages --------------------------------------------------------------------------
   // Sends a control/eager message. kAgain when no bounce buffer is free (caller retries).

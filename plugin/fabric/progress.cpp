@@ -1,5 +1,6 @@
 // Completion-queue progress: completions and errors, incoming messages and immediates, the
 // queue of operations the provider refused with -FI_EAGAIN, and peer liveness.
+#include <algorithm>
 #include <cstring>
 
 #include <rdma/fi_errno.h>
@@ -247,6 +248,14 @@ void Device::handle_imm(uint32_t imm) {
   entry_check_done(rc, &g, static_cast<int>(m.idx));
 }
 
+void Device::poll_liveness() {
+  Clock::time_point now = Clock::now();
+  if (now - last_liveness_ > std::chrono::milliseconds(20)) {
+    last_liveness_ = now;
+    check_liveness(now);
+  }
+}
+
 void Device::check_liveness(Clock::time_point now) {
   auto ms = [](Clock::duration d) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
@@ -266,12 +275,19 @@ void Device::check_liveness(Clock::time_point now) {
                   static_cast<long long>(params_.connect_timeout_ms));
       continue;
     }
-    if (!c->busy()) continue;
+    if (!c->busy()) {
+      c->was_busy = false;
+      continue;
+    }
+    if (!c->was_busy) {
+      c->was_busy = true;
+      c->busy_since = now;
+    }
     if (c->nrails > 1) {
       check_rails(c, now);
       if (c->error != Status::kOk) continue;
     }
-    long long silent = ms(now - c->last_heard);
+    long long silent = ms(now - std::max(c->last_heard, c->busy_since));
     if (silent > params_.peer_timeout_ms) {
       fail_comm(c, Status::kRemoteError,
                 "peer silent for %lld ms with requests pending (MOEFABRIC_PEER_TIMEOUT_MS=%lld): "

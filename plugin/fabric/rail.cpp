@@ -98,6 +98,15 @@ Status Rail::av_insert(const uint8_t* peer_addr, size_t len, fi_addr_t* out) {
   return Status::kOk;
 }
 
+std::string Rail::addr_str(const uint8_t* peer_addr, size_t len) const {
+  char buf[160] = "";
+  size_t n = sizeof buf;
+  if (av == nullptr || fi_av_straddr(av.get(), peer_addr, buf, &n) == nullptr) return "an unprintable address";
+  buf[sizeof buf - 1] = '\0';
+  (void)len;
+  return buf;
+}
+
 namespace {
 std::atomic<TopoGroupsHook> g_topo_groups_hook{nullptr};  // trivially destructible
 }  // namespace

@@ -15,6 +15,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   *out = nullptr;
   if (n > 0) c->peer_rank = tags[0];
   MF_CHECK(progress());
+  poll_liveness();
   if (c->error != Status::kOk) {
     MF_WARN("%s", c->error_text.c_str());
     return c->error;
@@ -196,13 +197,7 @@ void Device::group_release(RecvComm* c, RecvGroup* g) {
 Status Device::test(Request* req, bool* done, size_t* sizes) {
   *done = false;
   MF_CHECK(progress());
-  // The background thread rarely gets the lock while the application spins in test(): run the
-  // liveness checks here too (cheap, rate-limited).
-  Clock::time_point now = Clock::now();
-  if (now - last_liveness_ > std::chrono::milliseconds(20)) {
-    last_liveness_ = now;
-    check_liveness(now);
-  }
+  poll_liveness();
   if (req->type == Request::Type::kSend) {
     auto* r = static_cast<SendReq*>(req);
     auto* c = static_cast<SendComm*>(r->comm);

@@ -95,6 +95,7 @@ void Device::on_ctrl(SendComm* c, const wire::CtrlMsg& m) {
   g.n = m.n;
   g.used = 0;
   std::memcpy(g.e, m.entries, sizeof(wire::CtrlEntry) * m.n);
+  c->waiting_ctrl = false;
   send_advance(c);
 }
 
@@ -111,6 +112,7 @@ Status Device::send_eager(SendComm* c, uint32_t s, int tag, void* data, size_t s
     return st == Status::kAgain ? Status::kOk : st;
   }
   ++c->next_msg;
+  c->waiting_ctrl = false;
   *out = r;
   return Status::kOk;
 }
@@ -119,6 +121,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   *out = nullptr;
   c->peer_rank = tag;
   MF_CHECK(progress());
+  poll_liveness();
   if (c->error != Status::kOk) {
     MF_WARN("%s", c->error_text.c_str());
     return c->error;
@@ -161,7 +164,10 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   bool known = g.known && g.seq == c->cur_group && c->eager.empty();
   if (!known) {
     bool host = mr == nullptr || mr->type == MemType::kHost;
-    if (size > eager_max_ || !host || c->eager.size() >= kEagerWindow || !tx_available(8)) return Status::kOk;
+    if (size > eager_max_ || !host || c->eager.size() >= kEagerWindow || !tx_available(8)) {
+      c->waiting_ctrl = true;  // NCCL calls again; the peer's liveness is checked meanwhile
+      return Status::kOk;
+    }
     MF_CHECK(send_eager(c, s, tag, data, size, out));
     if (*out != nullptr) c->eager.push_back({s, tag});
     return Status::kOk;
@@ -258,6 +264,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
     MF_CHECK(send_msg(c, c->peer, wire::MsgType::kFin, c->remote_id, c->id, &fin, sizeof fin, nullptr, 0, r));
   }
   send_advance(c);
+  c->waiting_ctrl = false;
   *out = r;
   return Status::kOk;
 }

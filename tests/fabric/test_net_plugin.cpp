@@ -498,6 +498,92 @@ TEST_CASE("plugin: a peer killed mid-transfer gives an error in bounded time", "
   REQUIRE(res.report.find("rank 1: killed by signal 9") != std::string::npos);
 }
 
+// What a peer's error names: its address as the provider prints it (tcp on lo: the loopback
+// address; shm: the region name, which holds the process id).
+std::string peer_name_part(int peer_pid) {
+  const char* prov = getenv("MOEFABRIC_PROVIDER");
+  return prov != nullptr && std::string(prov) == "shm" ? "moefabric-" + std::to_string(peer_pid) + "-"
+                                                       : std::string("127.0.0.1");
+}
+
+// A receiver that dies after connecting and before posting anything: messages larger than the
+// eager limit wait for control entries that never come, and isend hands out no request. That
+// wait counts as pending work: the peer timeout applies and isend fails naming the peer. Before
+// the fix isend kept returning success without a request for as long as it was called.
+TEST_CASE("plugin: a receiver killed before posting fails the sender's isend", "[fabric]") {
+  ScopedEnv timeout("MOEFABRIC_PEER_TIMEOUT_MS", "3000");
+  ScopedEnv keepalive("MOEFABRIC_KEEPALIVE_MS", "200");
+  auto res = moefabric::launch_fork(2, [](OobChannel& oob) {
+    g_rank = oob.rank();
+    Plugin pl;
+    if (pl.open(MOEFABRIC_PLUGIN_PATH, capture_logger)) return 1;
+    std::vector<void*> send, recv, listens;
+    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+    int me = oob.rank(), peer = 1 - me;
+    int pid = getpid(), pids[2] = {};
+    std::string err;
+    T_CHECK(oob.allgather(&pid, pids, sizeof pid, &err), "%s", err.c_str());
+    if (me == 1) raise(SIGKILL);  // connected, nothing posted
+    Mr sb;
+    if (reg(pl, send[peer], sb, 1 << 20)) return 1;
+    T_CHECK(!oob.barrier(&err), "rank 1 is still alive");  // returns once the launcher saw it die
+    g_warnings.clear();
+    auto start = Clock::now();
+    int rc = abi::kSuccess;
+    long calls = 0;
+    while (rc == abi::kSuccess && !deadline_passed(start, 20)) {
+      void* r = nullptr;
+      rc = pl.v11->isend(send[peer], sb.buf.data(), 1 << 20, me, sb.mh, nullptr, &r);
+      ++calls;
+      T_CHECK(r == nullptr, "isend to a dead receiver handed out a request");
+    }
+    double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    fprintf(stderr, "rank 0: isend failed with %d after %.2f s, %ld calls\n", rc, secs, calls);
+    T_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError,
+            "isend to a receiver that died before posting still succeeds after %.1f s (%ld calls)", secs, calls);
+    T_CHECK(secs < 10, "the dead receiver was detected after %.1f s (peer timeout 3 s)", secs);
+    const std::string want = peer_name_part(pids[1]);
+    T_CHECK(g_warnings.find(want) != std::string::npos, "the error does not name the peer (%s): %s",
+            want.c_str(), g_warnings.c_str());
+    (void)pl.v11->deregMr(send[peer], sb.mh);
+    (void)close_mesh(pl, send, recv, listens);
+    return pl.close();
+  }, 60);
+  INFO(res.report);
+  REQUIRE(res.report.find("rank 0") == std::string::npos);
+  REQUIRE(res.report.find("rank 1: killed by signal 9") != std::string::npos);
+}
+
+// The other side of the same rule: a receiver that is alive but posts late (its progress
+// thread answers the sender's pings) does not fail the sender waiting on it.
+TEST_CASE("plugin: a live receiver that posts after the peer timeout is waited for", "[fabric]") {
+  ScopedEnv timeout("MOEFABRIC_PEER_TIMEOUT_MS", "1500");
+  ScopedEnv keepalive("MOEFABRIC_KEEPALIVE_MS", "200");
+  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
+    std::vector<void*> send, recv, listens;
+    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+    int me = oob.rank(), peer = 1 - me;
+    const size_t kSize = 1 << 20;
+    Mr b;
+    if (reg(pl, me == 0 ? send[peer] : recv[peer], b, kSize)) return 1;
+    std::string err;
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    if (me == 1) {
+      usleep(4 * 1000 * 1000);  // more than twice the peer timeout without calling in
+      void* data = b.buf.data();
+      size_t sz = kSize;
+      int tag = peer;
+      void* r = nullptr;
+      if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &r) || wait_req(pl.v11, r, nullptr, 30)) return 1;
+    } else {
+      void* r = nullptr;
+      if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30)) return 1;
+    }
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    return close_mesh(pl, send, recv, listens);
+  });
+}
+
 TEST_CASE("plugin: a receiver that finalizes mid-write neither crashes nor hangs", "[fabric]") {
   // Rank 0 closes everything and finalizes once half of a large incoming write has landed, so
   // its endpoint closes with the write's payload still arriving. On tcp;ofi_rxm that crashes
