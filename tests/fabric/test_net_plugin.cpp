@@ -531,11 +531,16 @@ TEST_CASE("plugin: a receiver killed before posting fails the sender's isend", "
     auto start = Clock::now();
     int rc = abi::kSuccess;
     long calls = 0;
+    void* r = nullptr;  // the tagged protocol hands out a request at once: then test() fails
     while (rc == abi::kSuccess && !deadline_passed(start, 20)) {
-      void* r = nullptr;
-      rc = pl.v11->isend(send[peer], sb.buf.data(), 1 << 20, me, sb.mh, nullptr, &r);
+      if (r == nullptr) {
+        rc = pl.v11->isend(send[peer], sb.buf.data(), 1 << 20, me, sb.mh, nullptr, &r);
+      } else {
+        int done = 0;
+        rc = pl.v11->test(r, &done, nullptr);
+        T_CHECK(!done, "a send of 1 MiB to a dead receiver completed");
+      }
       ++calls;
-      T_CHECK(r == nullptr, "isend to a dead receiver handed out a request");
     }
     double secs = std::chrono::duration<double>(Clock::now() - start).count();
     fprintf(stderr, "rank 0: isend failed with %d after %.2f s, %ld calls\n", rc, secs, calls);
