@@ -65,6 +65,9 @@ Status Device::open(const Params& params, std::vector<NicInfo> rails, std::uniqu
     d->nic_.rma = d->nic_.rma && n.rma;
     d->nic_.split_imm = d->nic_.split_imm || n.split_imm;
     d->nic_.tagged = d->nic_.tagged && n.tagged;
+    d->nic_.source = d->nic_.source && n.source;
+    d->nic_.directed = d->nic_.directed && n.directed;
+    d->nic_.write_source = d->nic_.write_source && n.write_source;
   }
   const bool tagged = !d->nic_.rma || params.protocol == "tagged";
   d->nic_.speed_mbps = tagged ? n0.speed_mbps : speed;
@@ -108,6 +111,7 @@ Status Device::init(std::string* error) {
     mr_cache_->add_domain(rails_[r].domain.get(), rails_[r].ep.get(),
                           rails_[r].nic.info->domain_attr->mr_mode);
   cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
+  cq_src_.assign(cq_buf_.size(), FI_ADDR_NOTAVAIL);
   comms_.assign(wire::kMaxCommId + 1, nullptr);
   MF_CHECK(alloc_pools(error));
   MF_INFO(log::kInit | log::kNet,
@@ -248,8 +252,8 @@ Status Device::post(OpCtx* op) {
 Status Device::post_rx(int i) { return post(&rx_ops_[i]); }
 
 Status Device::send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t dst, uint32_t src,
-                        const void* payload, size_t len, const void* extra, size_t extra_len,
-                        SendReq* sreq) {
+                        uint64_t token, const void* payload, size_t len, const void* extra,
+                        size_t extra_len, SendReq* sreq) {
   if (tx_free_.empty()) return Status::kAgain;
   size_t total = sizeof(wire::MsgHeader) + len + extra_len;
   if (total > msg_size_) return Status::kInternalError;
@@ -258,7 +262,7 @@ Status Device::send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t
   OpCtx& op = tx_ops_[i];
   uint8_t* buf = tx_slab_.data() + msg_size_ * i;
   wire::MsgHeader h = {wire::kMagic, wire::kVersion, static_cast<uint8_t>(type), dst, src,
-                       static_cast<uint32_t>(len + extra_len)};
+                       static_cast<uint32_t>(len + extra_len), token};
   std::memcpy(buf, &h, sizeof h);
   if (len) std::memcpy(buf + sizeof h, payload, len);
   if (extra_len) std::memcpy(buf + sizeof h + len, extra, extra_len);

@@ -58,6 +58,8 @@ struct Comm {
   Type type;
   uint32_t id = 0;             // local id (immediates and message headers)
   uint32_t remote_id = 0;      // the peer comm's id
+  uint64_t token = 0;          // random; every message to this comm must carry it
+  uint64_t remote_token = 0;   // the peer comm's (the listen nonce until kConnectAck)
   Device* dev = nullptr;
   fi_addr_t peer = FI_ADDR_UNSPEC;  // rail 0's address of the peer (= rail_peer[0])
   int nrails = 1;                   // rails this connection uses (min of both sides)
@@ -148,6 +150,7 @@ struct EagerRecord {
 struct SendComm : Comm {
   SendComm() : Comm(Type::kSend) {}
   bool connected = false;
+  uint64_t stage_token = 0;        // random while connecting; the handle's scratch must match it
   Clock::time_point connect_start{};
   uint32_t listen_id = 0;
   uint32_t next_msg = 0;
@@ -194,6 +197,7 @@ struct RecvComm : Comm {
 
 struct ListenComm {
   uint32_t id = 0;
+  uint64_t nonce = 0;  // random; kConnect must carry it (wire::ListenHandle::nonce)
   Device* dev = nullptr;
   struct Pending {
     fi_addr_t peer;
@@ -202,12 +206,15 @@ struct ListenComm {
     int nrails;
     fi_addr_t rail_peer[wire::kMaxRails];
     std::string addr;  // printable rail-0 address
+    uint64_t token;    // the send comm's
   };
   std::deque<Pending> pending;
 };
 
 struct DeviceStats {
   uint64_t writes = 0, msgs_sent = 0, msgs_recv = 0, eagain = 0;
+  uint64_t connects_dropped = 0;  // kConnect without a listener's nonce
+  uint64_t foreign_dropped = 0;   // messages/writes naming a comm whose peer did not send them
 };
 
 class Device {
@@ -244,10 +251,17 @@ class Device {
   void poll_liveness();
 
   // ---- messages --------------------------------------------------------------------------
-  // Sends a control/eager message. kAgain when no bounce buffer is free (caller retries).
+  // Sends a control/eager message carrying the destination's `token` (MsgHeader::token). kAgain
+  // when no bounce buffer is free (caller retries). `comm` (may be nullptr) is charged for it.
   Status send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t dst, uint32_t src,
-                  const void* payload, size_t len, const void* extra = nullptr,
+                  uint64_t token, const void* payload, size_t len, const void* extra = nullptr,
                   size_t extra_len = 0, SendReq* sreq = nullptr);
+  // send_msg to c's peer comm (its address, id and token).
+  Status send_to_peer(Comm* c, wire::MsgType type, const void* payload, size_t len,
+                      const void* extra = nullptr, size_t extra_len = 0, SendReq* sreq = nullptr) {
+    return send_msg(c, c->peer, type, c->remote_id, c->id, c->remote_token, payload, len, extra,
+                    extra_len, sreq);
+  }
   bool tx_available(int n = 1) const { return static_cast<int>(tx_free_.size()) >= n; }
   Status post(OpCtx* op);  // posts (or queues on -FI_EAGAIN) the operation described by op
 
@@ -278,11 +292,16 @@ class Device {
   void quiesce(int timeout_ms);
   Status alloc_pools(std::string* error);
   Status post_rx(int i);
-  void handle_cq_entry(const fi_cq_data_entry& e);
+  // `src`: the sender's AV entry on `rail` when the provider reports it (NicAttrs::source).
+  void handle_cq_entry(int rail, const fi_cq_data_entry& e, fi_addr_t src);
   void handle_cq_error(int rail, const fi_cq_err_entry& e);
   void check_rails(Comm* c, Clock::time_point now);
-  void handle_msg(int rx_index, size_t len);
-  void handle_imm(uint32_t imm);
+  void handle_msg(int rx_index, size_t len, fi_addr_t src);
+  void handle_imm(int rail, uint32_t imm, fi_addr_t src);
+  // Whether what arrived for comm c on `rail` from `src` (checked: the provider reports sources)
+  // came from its peer: `token_ok` (messages: the header's token is c's) and the source is c's
+  // peer's AV entry. Else counts the drop and reports it (at 1, 2, 4, ... drops).
+  bool from_peer(Comm* c, int rail, fi_addr_t src, bool checked, bool token_ok, const char* what);
   void op_done(OpCtx* op, Status s, const char* text);
   uint32_t alloc_comm_id(Comm* c);
   void delete_comm(Comm* c);
@@ -334,6 +353,7 @@ class Device {
   std::map<uint32_t, ListenComm*> listens_;
   uint32_t next_listen_id_ = 1;
   std::vector<fi_cq_data_entry> cq_buf_;
+  std::vector<fi_addr_t> cq_src_;    // cq_buf_'s source addresses (fi_cq_readfrom)
   DeviceStats stats_;
   Clock::time_point last_liveness_{};
   friend struct DeviceTestAccess;

@@ -94,7 +94,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
     m.entries[i].size = sizes[i];
     m.entries[i].tag = tags[i];
   }
-  MF_CHECK(send_msg(c, c->peer, wire::MsgType::kCtrl, c->remote_id, c->id, &m,
+  MF_CHECK(send_to_peer(c, wire::MsgType::kCtrl, &m,
                     offsetof(wire::CtrlMsg, entries) + n * sizeof(wire::CtrlEntry)));
   // Eager messages that arrived before this receive was posted.
   for (size_t k = 0; k < c->unexpected.size();) {

@@ -106,7 +106,7 @@ Status Device::send_eager(SendComm* c, uint32_t s, int tag, void* data, size_t s
   if (r == nullptr) return Status::kOk;
   r->size = size;
   wire::EagerMsg m = {s, tag, size};
-  Status st = send_msg(c, c->peer, wire::MsgType::kEager, c->remote_id, c->id, &m, sizeof m, data, size, r);
+  Status st = send_to_peer(c, wire::MsgType::kEager, &m, sizeof m, data, size, r);
   if (st != Status::kOk) {
     sreq_release(c, r);
     return st == Status::kAgain ? Status::kOk : st;
@@ -261,7 +261,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   }
   if (!full) {
     wire::FinMsg fin = {g.seq, static_cast<uint16_t>(idx), static_cast<uint16_t>(nseg), size};
-    MF_CHECK(send_msg(c, c->peer, wire::MsgType::kFin, c->remote_id, c->id, &fin, sizeof fin, nullptr, 0, r));
+    MF_CHECK(send_to_peer(c, wire::MsgType::kFin, &fin, sizeof fin, nullptr, 0, r));
   }
   send_advance(c);
   c->waiting_ctrl = false;
@@ -274,7 +274,7 @@ void Device::send_error(Comm* c, uint32_t group_seq, Status s, const char* text)
   m.group_seq = group_seq;
   m.code = static_cast<uint16_t>(s);
   snprintf(m.text, sizeof m.text, "%s", text);
-  (void)send_msg(c, c->peer, wire::MsgType::kError, c->remote_id, c->id, &m, sizeof m);
+  (void)send_to_peer(c, wire::MsgType::kError, &m, sizeof m);
 }
 
 void Device::on_error_msg(Comm* c, const wire::ErrorMsg& m) {

@@ -14,6 +14,7 @@
 #include <random>
 #include <string>
 
+#include "plugin/fabric/wire.h"
 #include "tests/common/plugin_driver.h"
 
 using namespace mftest;
@@ -21,11 +22,12 @@ using moefabric::OobChannel;
 
 namespace {
 
-void run_ranks(int n, const std::function<int(OobChannel&, Plugin&)>& body, int timeout_s = 240) {
+void run_ranks(int n, const std::function<int(OobChannel&, Plugin&)>& body, int timeout_s = 240,
+               abi::logger_t logger = quiet_logger) {
   auto res = moefabric::launch_fork(n, [&](OobChannel& oob) {
     g_rank = oob.rank();
     Plugin pl;
-    if (pl.open() != 0) return 1;
+    if (pl.open(MOEFABRIC_PLUGIN_PATH, logger) != 0) return 1;
     int rc = body(oob, pl);
     if (rc != 0) return rc;
     return pl.close();
@@ -380,6 +382,135 @@ TEST_CASE("plugin: send larger than receive is an error, no hang", "[fabric]") {
       return close_mesh(pl, send, recv, listens);
     });
   }
+}
+
+// Listen handles come from other processes. connect() must survive any bytes: fully random
+// handles, handles whose fields past the listener's address are random, and a real handle whose
+// connect-in-progress scratch (the bytes connect() wrote into it) was corrupted. Before the fix
+// the scratch held a pointer that connect() dereferenced (SIGSEGV). Each such handle fails with
+// an error and the connect in progress still completes with the intact handle.
+TEST_CASE("plugin: random and corrupted listen handles fail cleanly", "[fabric]") {
+  run_ranks(1, [](OobChannel&, Plugin& pl) {
+    constexpr size_t H = abi::kHandleMaxSize;
+    namespace wire = moefabric::fabric::wire;
+    char good[H] = {};
+    void* lc = nullptr;
+    T_OK(pl.v11->listen(pl.ctx, 0, good, &lc));
+    std::mt19937_64 rng(99);
+    auto refused = [&](char* h, const char* what, int i) {
+      void* sc = nullptr;
+      int rc = pl.v11->connect(pl.ctx, 0, h, &sc, nullptr);
+      T_CHECK(rc != abi::kSuccess && sc == nullptr, "%s %d: connect returned %d, comm %p", what, i, rc, sc);
+      return 0;
+    };
+    for (int i = 0; i < 500; ++i) {
+      char h[H];
+      for (auto& b : h) b = static_cast<char>(rng());
+      if (refused(h, "random handle", i)) return 1;
+      // The listener's magic, version and address; every later byte random but a valid rail count.
+      std::memcpy(h, good, offsetof(wire::ListenHandle, addr) + wire::kMaxAddrLen);
+      h[offsetof(wire::ListenHandle, nrails)] = 1;
+      if (refused(h, "handle with random fields", i)) return 1;
+    }
+    char started[H];
+    std::memcpy(started, good, H);
+    void* sc = nullptr;
+    T_OK(pl.v11->connect(pl.ctx, 0, started, &sc, nullptr));
+    T_CHECK(sc == nullptr, "connected before the listener accepted");
+    std::vector<size_t> scratch;
+    for (size_t b = 0; b < H; ++b)
+      if (started[b] != good[b]) scratch.push_back(b);
+    T_CHECK(!scratch.empty(), "connect() left no state in the handle");
+    int accepted = 0;  // every word is tried (a crash shows whichever word causes it)
+    for (size_t word = 0; word < H / 8; ++word)
+      for (int k = 0; k < 50; ++k) {
+        char h[H];
+        std::memcpy(h, started, H);
+        bool any = false;
+        for (size_t b : scratch)
+          if (b / 8 == word) h[b] = static_cast<char>(rng()), any = true;
+        if (!any) break;
+        void* bad = nullptr;
+        if (pl.v11->connect(pl.ctx, 0, h, &bad, nullptr) == abi::kSuccess || bad != nullptr) ++accepted;
+      }
+    T_CHECK(accepted == 0, "%d handles with corrupted connect scratch were accepted", accepted);
+    void* rc = nullptr;
+    auto start = Clock::now();
+    while (!sc || !rc) {
+      if (!sc) T_OK(pl.v11->connect(pl.ctx, 0, started, &sc, nullptr));
+      if (!rc) T_OK(pl.v11->accept(lc, &rc, nullptr));
+      T_CHECK(!deadline_passed(start, 30), "the intact handle's connect did not complete");
+    }
+    T_OK(pl.v11->closeSend(sc));
+    T_OK(pl.v11->closeRecv(rc));
+    T_OK(pl.v11->closeListen(lc));
+    return 0;
+  });
+}
+
+// Whoever holds a listen handle may connect; whoever does not, may not, even knowing the
+// listener's address and listen id (both guessable). A handle forged from those (nonce 0) and the
+// real handle with one nonce bit flipped: their connects are dropped unanswered, connect() fails
+// after MOEFABRIC_CONNECT_TIMEOUT_MS, the listener accepts nothing from them and says so. Before
+// the fix the forged handle connected.
+TEST_CASE("plugin: a connect without the listener's nonce is refused", "[fabric]") {
+  ScopedEnv timeout("MOEFABRIC_CONNECT_TIMEOUT_MS", "2000");
+  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
+    constexpr size_t H = abi::kHandleMaxSize;
+    namespace wire = moefabric::fabric::wire;
+    int me = oob.rank();
+    char mine[H] = {}, all[2 * H];
+    void* lc = nullptr;
+    if (me == 1) T_OK(pl.v11->listen(pl.ctx, 0, mine, &lc));
+    std::string err;
+    T_CHECK(oob.allgather(mine, all, H, &err), "%s", err.c_str());
+    const char* real = all + H;
+    if (me == 0) {
+      char forged[H] = {}, wrong[H];
+      std::memcpy(forged, real, offsetof(wire::ListenHandle, addr) + wire::kMaxAddrLen);
+      forged[offsetof(wire::ListenHandle, nrails)] = 1;
+      std::memcpy(wrong, real, H);
+      wrong[offsetof(wire::ListenHandle, nonce)] ^= 1;
+      char* tries[2] = {forged, wrong};
+      int rc[2] = {abi::kSuccess, abi::kSuccess};
+      auto start = Clock::now();
+      while (rc[0] == abi::kSuccess || rc[1] == abi::kSuccess) {
+        for (int t = 0; t < 2; ++t) {
+          if (rc[t] != abi::kSuccess) continue;
+          void* sc = nullptr;
+          rc[t] = pl.v11->connect(pl.ctx, 0, tries[t], &sc, nullptr);
+          T_CHECK(sc == nullptr, "a handle %s connected", t == 0 ? "forged from the address" : "with a wrong nonce");
+        }
+        T_CHECK(!deadline_passed(start, 15), "connects without the nonce neither failed nor connected");
+      }
+      T_CHECK(rc[0] == abi::kRemoteError && rc[1] == abi::kRemoteError, "connects failed with %d / %d", rc[0], rc[1]);
+    }
+    // The listener accepts all along: the first (and only) connection it gets is the real
+    // handle's, made once the others failed.
+    void* sc = nullptr;
+    void* rcomm = nullptr;
+    auto start = Clock::now();
+    char h[H];
+    std::memcpy(h, real, H);
+    while (me == 0 ? !sc : !rcomm) {
+      if (me == 0) T_OK(pl.v11->connect(pl.ctx, 0, h, &sc, nullptr));
+      else T_OK(pl.v11->accept(lc, &rcomm, nullptr));
+      T_CHECK(!deadline_passed(start, 30), "the real handle did not connect");
+    }
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    if (me == 1) {
+      void* extra = nullptr;
+      T_OK(pl.v11->accept(lc, &extra, nullptr));
+      T_CHECK(extra == nullptr, "the listener accepted a second connection");
+      T_CHECK(g_warnings.find("wrong nonce") != std::string::npos, "no warning about the wrong nonce: %s",
+              g_warnings.c_str());
+      T_OK(pl.v11->closeRecv(rcomm));
+      T_OK(pl.v11->closeListen(lc));
+    } else {
+      T_OK(pl.v11->closeSend(sc));
+    }
+    return 0;
+  }, 120, capture_logger);
 }
 
 TEST_CASE("plugin: close with requests in flight, then finalize and reload", "[fabric]") {
