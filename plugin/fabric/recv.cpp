@@ -1,6 +1,7 @@
 // Receive side: grouped receives (up to 8 buffers, one request), control entries to the sender,
 // eager messages matched by sequence number (stashed when they arrive before the receive), and
 // completion from immediates + kFin. test() for both sides lives here too.
+#include <algorithm>
 #include <cstring>
 
 #include "plugin/common/log.h"
@@ -135,6 +136,7 @@ void Device::deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* da
 }
 
 void Device::on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data) {
+  if (c->error != Status::kOk) return;  // failed: nothing more is kept for it
   for (auto& g : c->groups) {
     if (!g.in_use || !wire::seq_in(m.msg_seq, g.first_msg, static_cast<uint32_t>(g.n))) continue;
     int idx = -1;
@@ -147,13 +149,26 @@ void Device::on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data)
     deliver_eager(c, &g, idx, data, m.size);
     return;
   }
-  // Behind the posted receives (matched once already), or implausibly far ahead.
-  if (wire::seq_before(m.msg_seq, c->next_msg) || m.msg_seq - c->next_msg >= (1u << 20)) {
+  // For a receive not posted yet: stashed, within the sender's window (wire::kEagerWindow), once
+  // per message number. Anything else is the peer breaking the protocol: the comm fails (and its
+  // stash goes), so a peer can hold at most kEagerWindow messages here.
+  if (wire::seq_before(m.msg_seq, c->next_msg)) {
     fail_comm(c, Status::kRemoteError, "protocol error: stale eager message %u (receives posted up to %u)",
               m.msg_seq, c->next_msg);
+  } else if (m.msg_seq - c->next_msg >= wire::kEagerWindow) {
+    fail_comm(c, Status::kRemoteError,
+              "protocol error: eager message %u is %u messages past the receives posted (%u); a sender "
+              "may run at most %u ahead",
+              m.msg_seq, m.msg_seq - c->next_msg, c->next_msg, wire::kEagerWindow);
+  } else if (std::any_of(c->unexpected.begin(), c->unexpected.end(),
+                         [&](const Unexpected& u) { return u.msg_seq == m.msg_seq; })) {
+    fail_comm(c, Status::kRemoteError, "protocol error: eager message %u sent twice", m.msg_seq);
+  } else {
+    c->unexpected.push_back({m.msg_seq, m.tag, std::vector<uint8_t>(data, data + m.size)});
     return;
   }
-  c->unexpected.push_back({m.msg_seq, m.tag, std::vector<uint8_t>(data, data + m.size)});
+  c->unexpected.clear();
+  c->unexpected.shrink_to_fit();
 }
 
 void Device::on_fin(RecvComm* c, const wire::FinMsg& m) {

@@ -10,10 +10,6 @@
 #include "plugin/fabric/device.h"
 
 namespace moefabric::fabric {
-namespace {
-constexpr size_t kEagerWindow = 64;
-}  // namespace
-
 uint64_t tagged_tag(uint32_t comm_id, uint32_t msg_seq) {
   return (static_cast<uint64_t>(comm_id) << 32) | msg_seq;
 }
@@ -164,7 +160,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   bool known = g.known && g.seq == c->cur_group && c->eager.empty();
   if (!known) {
     bool host = mr == nullptr || mr->type == MemType::kHost;
-    if (size > eager_max_ || !host || c->eager.size() >= kEagerWindow || !tx_available(8)) {
+    if (size > eager_max_ || !host || c->eager.size() >= wire::kEagerWindow || !tx_available(8)) {
       c->waiting_ctrl = true;  // NCCL calls again; the peer's liveness is checked meanwhile
       return Status::kOk;
     }

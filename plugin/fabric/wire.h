@@ -19,6 +19,11 @@ inline constexpr int kMaxSegments = 16;     // writes one message may be split i
 inline constexpr uint32_t kMaxCommId = 0xffff;
 inline constexpr size_t kHandleSize = 128;  // NCCL_NET_HANDLE_MAXSIZE
 inline constexpr int kMaxRails = 4;         // NICs (own endpoints) one device may stripe over
+// A sender sends eagerly at most this many messages whose control entries it has not seen, so
+// no eager message is ever this many messages or more past the first receive its receiver has
+// not posted. The receiver refuses one that is (it stashes at most kEagerWindow x eager max
+// bytes per comm for receives not posted yet).
+inline constexpr uint32_t kEagerWindow = 64;
 
 enum class MsgType : uint8_t {
   kConnect = 1,     // sender -> listener: open a connection

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <cstdarg>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -247,6 +248,89 @@ TEST_CASE("hostile: messages from an endpoint that is not the connection's peer 
     if (l.sc) H_CHECK(net_close_send(l.sc) == Status::kOk, "close");
     if (l.rc) H_CHECK(net_close_recv(l.rc) == Status::kOk, "close");
     if (l.lc) H_CHECK(net_close_listen(l.lc) == Status::kOk, "close");
+    return 0;
+  });
+}
+
+namespace {
+
+// Sends `count` eager messages of `size` bytes on the connected send comm `sc` (its token, its
+// endpoint: everything a receiver checks is right), numbered by seq(i).
+int flood_connected(Net* net, void* sc, int count, size_t size, const std::function<uint32_t(int)>& seq) {
+  Device* d = net->device(0);
+  auto* c = static_cast<SendComm*>(sc);
+  size = std::min(size, d->eager_max());
+  std::vector<uint8_t> data(size, 0xa5);
+  auto start = Clock::now();
+  for (int i = 0; i < count; ++i) {
+    wire::EagerMsg m = {seq(i), 0, size};
+    for (;;) {
+      std::lock_guard<std::mutex> lock(d->mu);
+      Status s = d->send_to_peer(c, wire::MsgType::kEager, &m, sizeof m, data.data(), size);
+      if (s == Status::kOk) break;
+      H_CHECK(s == Status::kAgain, "send failed");
+      H_CHECK(d->progress() == Status::kOk, "progress");
+      H_CHECK(!passed(start, 60), "flood stuck at message %d", i);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+// A connected peer (its token, its address) that ignores the eager window: on one comm it sends
+// 10,000 eager messages of 8 KiB numbered on past the receives (none posted), on another it sends
+// the 64 numbers the window allows over and over (10,000 messages). The receiver may keep at most
+// the window per comm: both comms fail with an error naming the peer's address and what it did,
+// memory stays flat. Before the fix all 20,000 were stashed (RSS +160 MiB) with no error.
+TEST_CASE("hostile: a connected peer running past the eager window fails its comm with memory bounded",
+          "[fabric][hostile]") {
+  run(2, [](OobChannel& oob, Net* net) {
+    const int me = oob.rank();
+    Link ahead, again;
+    if (link(oob, net, 1, 0, &ahead) || link(oob, net, 1, 0, &again)) return 1;
+    std::string err;
+    const long rss0 = testutil::rss_kib();
+    const uint64_t recv0 = me == 0 ? msgs_received(net) : 0;
+    constexpr int kFlood = 10000;
+    if (me == 1) {
+      const uint32_t first = static_cast<SendComm*>(ahead.sc)->next_msg;
+      if (flood_connected(net, ahead.sc, kFlood, 8192, [&](int i) { return first + static_cast<uint32_t>(i); }) ||
+          flood_connected(net, again.sc, kFlood, 8192,
+                          [&](int i) { return first + static_cast<uint32_t>(i) % wire::kEagerWindow; }))
+        return 1;
+    } else {
+      if (progress_until(net, recv0, 2 * kFlood)) return 1;
+      const long grown = testutil::rss_kib() - rss0;
+      fprintf(stderr, "rank 0: RSS grew by %ld KiB during the floods\n", grown);
+      H_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB: the stash is not bounded", grown);
+      for (Link* l : {&ahead, &again}) {
+        auto* rc = static_cast<RecvComm*>(l->rc);
+        std::vector<uint8_t> buf(8192);
+        void* mh = nullptr;
+        H_CHECK(net_reg_mr(rc, buf.data(), buf.size(), 1, &mh) == Status::kOk, "regMr");
+        void* data = buf.data();
+        size_t sz = buf.size();
+        int tag = 0;
+        void* req = nullptr;
+        Status s = net_irecv(rc, 1, &data, &sz, &tag, &mh, &req);
+        H_CHECK(s == Status::kRemoteError, "irecv on the abused comm %u returned %d, expected a remote error",
+                rc->id, static_cast<int>(s));
+        H_CHECK(net_dereg_mr(rc, mh) == Status::kOk, "deregMr");
+        const std::string w = warnings();
+        const std::string what = l == &ahead ? "messages past the receives posted" : "sent twice";
+        H_CHECK(w.find("comm " + std::to_string(rc->id) + " (peer rank") != std::string::npos &&
+                    w.find(rc->peer_addr) != std::string::npos && w.find(what) != std::string::npos,
+                "no error naming the peer (%s) and \"%s\":\n%s", rc->peer_addr.c_str(), what.c_str(), w.c_str());
+        H_CHECK(rc->unexpected.empty(), "a failed comm still holds %zu stashed messages", rc->unexpected.size());
+      }
+    }
+    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    for (Link* l : {&ahead, &again}) {
+      if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
+      if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
+      if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
+    }
     return 0;
   });
 }
