@@ -207,6 +207,8 @@ Status Device::accept(ListenComm* lc, RecvComm** out) {
   wire::ConnectAckMsg ack = {};
   ack.nrails = static_cast<uint32_t>(p.nrails);
   ack.token = c->token;
+  // net_reg_mr takes CUDA memory only where the NIC registers it (NicAttrs::hmem).
+  ack.flags = nic_.hmem ? 0 : wire::kConnectAckFlagHostOnly;
   for (int r = 1; r < p.nrails; ++r) {
     ack.rails[r].len = static_cast<uint32_t>(rails_[r].addr_len);
     std::memcpy(ack.rails[r].addr, rails_[r].addr, rails_[r].addr_len);

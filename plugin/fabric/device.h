@@ -142,6 +142,24 @@ struct SendGroup {
   wire::CtrlEntry e[wire::kMaxRecvs];
 };
 
+// How isend moves one message (the rdma protocol). Resources (bounce buffers, the eager window)
+// are checked apart; this is only what the buffers' memory types and sizes allow.
+enum class SendPath : uint8_t {
+  kWait,   // for the receiver's control entry (isend hands out no request; NCCL calls again)
+  kEager,  // in a message, copied by the receiver into its buffer
+  kWrite,  // RDMA write straight into the posted buffer
+};
+struct SendPathIn {
+  size_t size = 0;
+  MemType local = MemType::kHost;   // the send buffer's memory
+  bool known = false;               // the receive buffer's control entry has arrived
+  MemType remote = MemType::kHost;  // ... and its memory type (when known)
+  bool peer_host_only = false;      // the receiver's device takes no GPU receive buffers
+  size_t eager_max = 0;             // MOEFABRIC_EAGER_MAX as the device applies it
+  size_t eager_known_max = 0;       // MOEFABRIC_EAGER_KNOWN as the device applies it
+};
+SendPath send_path(const SendPathIn& in);
+
 struct EagerRecord {
   uint32_t msg_seq;
   int tag;
@@ -151,6 +169,7 @@ struct SendComm : Comm {
   SendComm() : Comm(Type::kSend) {}
   bool connected = false;
   uint64_t stage_token = 0;        // random while connecting; the handle's scratch must match it
+  bool peer_host_only = false;     // kConnectAckFlagHostOnly: eager before the control entry
   Clock::time_point connect_start{};
   uint32_t listen_id = 0;
   uint32_t next_msg = 0;

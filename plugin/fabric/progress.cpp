@@ -201,6 +201,7 @@ void Device::handle_msg(int rx_index, size_t len, fi_addr_t src) {
             } else if (!s->connected) {
               s->remote_id = h.src_comm;
               s->remote_token = m.token;
+              s->peer_host_only = (m.flags & wire::kConnectAckFlagHostOnly) != 0;
               on_connect_ack(s, m);
               s->connected = s->error == Status::kOk;
             }

@@ -94,6 +94,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
     for (int r = 0; r < c->nrails; ++r) m.entries[i].key[r] = mrs[i] ? mrs[i]->key_on[r] : 0;
     m.entries[i].size = sizes[i];
     m.entries[i].tag = tags[i];
+    m.entries[i].mem_type = mrs[i] != nullptr && mrs[i]->type == MemType::kCuda ? wire::kMemCuda : wire::kMemHost;
   }
   MF_CHECK(send_to_peer(c, wire::MsgType::kCtrl, &m,
                     offsetof(wire::CtrlMsg, entries) + n * sizeof(wire::CtrlEntry)));
@@ -119,6 +120,13 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
 
 void Device::deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* data, size_t size) {
   RecvEntry& en = g->e[idx];
+  if (en.mr != nullptr && en.mr->type == MemType::kCuda) {
+    // Never memcpy into device memory: the ctrl entry said CUDA, so the sender had to write.
+    g->error = Status::kRemoteError;
+    fail_comm(c, Status::kRemoteError, "protocol error: eager message for GPU receive buffer %d of group %u",
+              idx, g->seq);
+    return;
+  }
   if (size > en.posted) {
     char text[160];
     snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %zu bytes",

@@ -14,6 +14,16 @@ uint64_t tagged_tag(uint32_t comm_id, uint32_t msg_seq) {
   return (static_cast<uint64_t>(comm_id) << 32) | msg_seq;
 }
 
+// Eager data is copied by the receiver with a plain memcpy, so it only ever goes to a host
+// receive buffer: with the entry known, by its memory type; before that, only to a receiver
+// whose device takes no GPU buffers at all (kConnectAckFlagHostOnly). A GPU receive buffer is
+// always written by the NIC (the plugin needs no CUDA copies of its own).
+SendPath send_path(const SendPathIn& in) {
+  const bool host = in.local == MemType::kHost;
+  if (!in.known) return in.size <= in.eager_max && host && in.peer_host_only ? SendPath::kEager : SendPath::kWait;
+  return in.size <= in.eager_known_max && host && in.remote == MemType::kHost ? SendPath::kEager : SendPath::kWrite;
+}
+
 SendReq* Device::sreq_alloc(SendComm* c) {
   if (c->free_reqs.empty()) {
     if (c->reqs.size() >= 1024) return nullptr;
@@ -157,10 +167,15 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
 
   send_advance(c);
   SendGroup& g = c->groups[c->cur_group % wire::kGroupRing];
-  bool known = g.known && g.seq == c->cur_group && c->eager.empty();
-  if (!known) {
-    bool host = mr == nullptr || mr->type == MemType::kHost;
-    if (size > eager_max_ || !host || c->eager.size() >= wire::kEagerWindow || !tx_available(8)) {
+  SendPathIn path = {};
+  path.size = size;
+  path.local = mr != nullptr ? mr->type : MemType::kHost;
+  path.eager_max = eager_max_;
+  path.eager_known_max = eager_known_max_;
+  path.peer_host_only = c->peer_host_only;
+  path.known = g.known && g.seq == c->cur_group && c->eager.empty();
+  if (!path.known) {
+    if (send_path(path) != SendPath::kEager || c->eager.size() >= wire::kEagerWindow || !tx_available(8)) {
       c->waiting_ctrl = true;  // NCCL calls again; the peer's liveness is checked meanwhile
       return Status::kOk;
     }
@@ -180,6 +195,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
     return Status::kInvalidUsage;
   }
   const wire::CtrlEntry& en = g.e[idx];
+  path.remote = en.mem_type == wire::kMemCuda ? MemType::kCuda : MemType::kHost;
   if (size > en.size) {
     char text[160];
     snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %llu bytes",
@@ -191,7 +207,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   // Small host messages may go eagerly with the entry known (MOEFABRIC_EAGER_KNOWN): the
   // receiver matches them to the posted buffer as it does an eager message that crossed its
   // control entry; the entry is used here.
-  if (size <= eager_known_max_ && (mr == nullptr || mr->type == MemType::kHost) && tx_available(8)) {
+  if (send_path(path) == SendPath::kEager && tx_available(8)) {
     MF_CHECK(send_eager(c, s, tag, data, size, out));
     if (*out != nullptr) {
       g.used |= static_cast<uint8_t>(1u << idx);

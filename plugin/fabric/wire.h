@@ -67,6 +67,9 @@ struct ConnectMsg {
   RailAddr rails[kMaxRails];  // sender endpoint names (rail 0 first)
 };
 inline constexpr uint32_t kConnectFlagTagged = 1;  // sender uses the tagged data path
+// connect-ack: the listener's device registers no GPU memory, so every receive buffer it will
+// post is host memory and the sender may send eagerly before seeing a control entry.
+inline constexpr uint32_t kConnectAckFlagHostOnly = 1;
 
 struct ConnectAckMsg {
   uint32_t status;       // 0 = accepted
@@ -83,10 +86,13 @@ struct CtrlEntry {
                          // same on every rail: one buffer registered once per rail's domain)
   uint64_t size;         // posted size in bytes
   int32_t tag;
-  uint32_t reserved;
+  uint8_t mem_type;      // kMemHost / kMemCuda: eager data is only ever copied into host memory
+  uint8_t reserved[3];
   uint64_t key[kMaxRails];  // MR key on each rail's domain (unused rails 0)
 };
 static_assert(sizeof(CtrlEntry) == 56);
+inline constexpr uint8_t kMemHost = 0;
+inline constexpr uint8_t kMemCuda = 1;
 
 struct CtrlMsg {
   uint32_t group_seq;    // receive group number on this connection (0, 1, 2, ...)

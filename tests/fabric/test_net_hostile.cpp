@@ -254,16 +254,16 @@ TEST_CASE("hostile: messages from an endpoint that is not the connection's peer 
 
 namespace {
 
-// Sends `count` eager messages of `size` bytes on the connected send comm `sc` (its token, its
-// endpoint: everything a receiver checks is right), numbered by seq(i).
-int flood_connected(Net* net, void* sc, int count, size_t size, const std::function<uint32_t(int)>& seq) {
+// Sends `count` eager messages of `size` bytes with `tag` on the connected send comm `sc` (its
+// token, its endpoint: everything a receiver checks is right), numbered by seq(i).
+int flood_connected(Net* net, void* sc, int count, size_t size, int tag, const std::function<uint32_t(int)>& seq) {
   Device* d = net->device(0);
   auto* c = static_cast<SendComm*>(sc);
   size = std::min(size, d->eager_max());
   std::vector<uint8_t> data(size, 0xa5);
   auto start = Clock::now();
   for (int i = 0; i < count; ++i) {
-    wire::EagerMsg m = {seq(i), 0, size};
+    wire::EagerMsg m = {seq(i), tag, size};
     for (;;) {
       std::lock_guard<std::mutex> lock(d->mu);
       Status s = d->send_to_peer(c, wire::MsgType::kEager, &m, sizeof m, data.data(), size);
@@ -295,8 +295,8 @@ TEST_CASE("hostile: a connected peer running past the eager window fails its com
     constexpr int kFlood = 10000;
     if (me == 1) {
       const uint32_t first = static_cast<SendComm*>(ahead.sc)->next_msg;
-      if (flood_connected(net, ahead.sc, kFlood, 8192, [&](int i) { return first + static_cast<uint32_t>(i); }) ||
-          flood_connected(net, again.sc, kFlood, 8192,
+      if (flood_connected(net, ahead.sc, kFlood, 8192, 0, [&](int i) { return first + static_cast<uint32_t>(i); }) ||
+          flood_connected(net, again.sc, kFlood, 8192, 0,
                           [&](int i) { return first + static_cast<uint32_t>(i) % wire::kEagerWindow; }))
         return 1;
     } else {
@@ -327,6 +327,111 @@ TEST_CASE("hostile: a connected peer running past the eager window fails its com
     }
     H_CHECK(oob.barrier(&err), "%s", err.c_str());
     for (Link* l : {&ahead, &again}) {
+      if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
+      if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
+      if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
+    }
+    return 0;
+  });
+}
+
+namespace {
+
+// Progresses the send comm until the control entry of its next receive group has arrived.
+int wait_ctrl(Net* net, void* sc) {
+  Device* d = net->device(0);
+  auto* c = static_cast<SendComm*>(sc);
+  auto start = Clock::now();
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(d->mu);
+      H_CHECK(d->progress() == Status::kOk, "progress");
+      const SendGroup& g = c->groups[c->cur_group % wire::kGroupRing];
+      if (g.known && g.seq == c->cur_group) return 0;
+    }
+    H_CHECK(!passed(start, 30), "no control entry in 30 s");
+  }
+}
+
+}  // namespace
+
+// Eager data is copied with a plain memcpy, so it must never be bound for GPU memory. This
+// machine has no GPU: the receive buffers are host memory the test marks as CUDA (the plugin's
+// decisions read only MrEntry::type). A connected peer that sends an eager message into such a
+// buffer anyway fails the comm and the buffer is left alone (before the fix it was memcpy'd into);
+// an honest 100-byte send into one arrives by RDMA write, no message (before the fix tcp sent it
+// eagerly: MOEFABRIC_EAGER_KNOWN).
+TEST_CASE("hostile: eager data for a GPU receive buffer is refused and never copied", "[fabric][hostile]") {
+  run(2, [](OobChannel& oob, Net* net) {
+    const int me = oob.rank();
+    Link rogue, honest;
+    if (link(oob, net, 1, 0, &rogue) || link(oob, net, 1, 0, &honest)) return 1;
+    std::string err;
+    constexpr size_t kSize = 100;
+    std::vector<uint8_t> buf(2 * kSize, 0);
+    void* rmh[2] = {};
+    void* rreq[2] = {};
+    if (me == 0) {
+      Link* links[2] = {&rogue, &honest};
+      for (int k = 0; k < 2; ++k) {
+        H_CHECK(net_reg_mr(links[k]->rc, buf.data() + k * kSize, kSize, 1, &rmh[k]) == Status::kOk, "regMr");
+        static_cast<MrEntry*>(rmh[k])->type = MemType::kCuda;  // a GPU buffer, as far as the plugin knows
+        void* data = buf.data() + k * kSize;
+        size_t sz = kSize;
+        int tag = 1;
+        while (!rreq[k]) H_CHECK(net_irecv(links[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk, "irecv");
+      }
+    }
+    H_CHECK(oob.barrier(&err), "%s", err.c_str());  // receives posted, control entries on their way
+    if (me == 1) {
+      if (wait_ctrl(net, rogue.sc) || wait_ctrl(net, honest.sc)) return 1;
+      const uint32_t first = static_cast<SendComm*>(rogue.sc)->next_msg;
+      if (flood_connected(net, rogue.sc, 1, kSize, 1, [&](int) { return first; })) return 1;
+      std::vector<uint8_t> src(kSize, 0x77);
+      void* smh = nullptr;
+      H_CHECK(net_reg_mr(honest.sc, src.data(), kSize, 1, &smh) == Status::kOk, "regMr");
+      void* sreq = nullptr;
+      auto start = Clock::now();
+      while (!sreq) {
+        H_CHECK(net_isend(honest.sc, src.data(), kSize, 1, smh, &sreq) == Status::kOk, "isend");
+        H_CHECK(!passed(start, 30), "isend not accepted");
+      }
+      int done = 0;
+      while (!done) {
+        H_CHECK(net_test(sreq, &done, nullptr) == Status::kOk, "honest send failed");
+        H_CHECK(!passed(start, 30), "honest send not complete");
+      }
+      H_CHECK(net_dereg_mr(honest.sc, smh) == Status::kOk, "deregMr");
+    } else {
+      auto start = Clock::now();
+      Status s = Status::kOk;
+      int done = 0;
+      while (s == Status::kOk && !done) {
+        s = net_test(rreq[0], &done, nullptr);
+        H_CHECK(!passed(start, 10), "the eager message for a GPU buffer was neither refused nor delivered");
+      }
+      H_CHECK(s == Status::kRemoteError, "eager data for a GPU receive buffer: test() returned %d, done %d",
+              static_cast<int>(s), done);
+      for (size_t i = 0; i < kSize; ++i) H_CHECK(buf[i] == 0, "the GPU receive buffer was written (byte %zu)", i);
+      const std::string w = warnings();
+      H_CHECK(w.find("eager message for GPU receive buffer") != std::string::npos, "not reported:\n%s", w.c_str());
+      const uint64_t msgs_before = msgs_received(net);  // the rogue's message is in
+      done = 0;
+      size_t sizes[wire::kMaxRecvs] = {};
+      while (!done) {
+        H_CHECK(net_test(rreq[1], &done, sizes) == Status::kOk, "honest receive failed");
+        H_CHECK(!passed(start, 30), "honest receive not complete");
+      }
+      H_CHECK(sizes[0] == kSize, "received %zu bytes", sizes[0]);
+      for (size_t i = 0; i < kSize; ++i) H_CHECK(buf[kSize + i] == 0x77, "byte %zu of the honest send", i);
+      H_CHECK(msgs_received(net) == msgs_before, "the honest send into a GPU buffer came as a message, not a write");
+      for (int k = 0; k < 2; ++k) {
+        static_cast<MrEntry*>(rmh[k])->type = MemType::kHost;
+        H_CHECK(net_dereg_mr(k == 0 ? rogue.rc : honest.rc, rmh[k]) == Status::kOk, "deregMr");
+      }
+    }
+    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    for (Link* l : {&rogue, &honest}) {
       if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
       if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
       if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");

@@ -174,3 +174,16 @@ TEST_CASE("wire: v3 credentials: listen nonce, comm tokens, handle scratch", "[w
   REQUIRE(h.token == 0x1234);
   REQUIRE(ok.size() <= msg_buffer_size(0));
 }
+
+TEST_CASE("wire: v3 ctrl entries carry the receive buffer's memory type", "[wire]") {
+  static_assert(sizeof(CtrlEntry) == 56 && offsetof(CtrlEntry, mem_type) == 20);
+  MsgHeader h;
+  CtrlMsg c = {};
+  c.n = 2;
+  c.entries[1].mem_type = kMemCuda;
+  auto ok = make(MsgType::kCtrl, &c, offsetof(CtrlMsg, entries) + 2 * sizeof(CtrlEntry));
+  REQUIRE(parse_check(ok.data(), ok.size(), &h) == nullptr);
+  c.entries[1].mem_type = 7;
+  auto bad = make(MsgType::kCtrl, &c, offsetof(CtrlMsg, entries) + 2 * sizeof(CtrlEntry));
+  REQUIRE(parse_check(bad.data(), bad.size(), &h) != nullptr);
+}
