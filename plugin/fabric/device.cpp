@@ -103,13 +103,13 @@ Status Device::init(std::string* error) {
                          ? std::min(eager_max_, static_cast<size_t>(params_.eager_known))
                          : (nic_.split_imm ? eager_max_ : 0);
 
-  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   Rail& r0 = rails_[0];
   mr_cache_ = std::make_unique<MrCache>(r0.domain.get(), r0.ep.get(), fi->domain_attr->mr_mode,
-                                        params_.mr_cache, page);
+                                        fi->domain_attr->mr_key_size, params_.mr_cache);
   for (size_t r = 1; r < rails_.size(); ++r)
     mr_cache_->add_domain(rails_[r].domain.get(), rails_[r].ep.get(),
-                          rails_[r].nic.info->domain_attr->mr_mode);
+                          rails_[r].nic.info->domain_attr->mr_mode,
+                          rails_[r].nic.info->domain_attr->mr_key_size);
   cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
   cq_src_.assign(cq_buf_.size(), FI_ADDR_NOTAVAIL);
   comms_.assign(wire::kMaxCommId + 1, nullptr);
@@ -132,8 +132,11 @@ Status Device::alloc_pools(std::string* error) {
   int ntx = static_cast<int>(std::clamp<int64_t>(params_.tx_buffers, 16, 65536));
   rx_slab_.assign(msg_size_ * nrx, 0);
   tx_slab_.assign(msg_size_ * ntx, 0);
-  MF_CHECK(mr_cache_->acquire(rx_slab_.data(), rx_slab_.size(), MemType::kHost, -1, -1, 0, &rx_mr_, error));
-  MF_CHECK(mr_cache_->acquire(tx_slab_.data(), tx_slab_.size(), MemType::kHost, -1, -1, 0, &tx_mr_, error));
+  // Message buffers are filled by fi_recv and read by fi_send: no peer accesses them remotely.
+  MF_CHECK(mr_cache_->acquire(rx_slab_.data(), rx_slab_.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0,
+                              &rx_mr_, error));
+  MF_CHECK(mr_cache_->acquire(tx_slab_.data(), tx_slab_.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0,
+                              &tx_mr_, error));
   rx_ops_.resize(nrx);
   tx_ops_.resize(ntx);
   for (int i = 0; i < ntx; ++i) {
@@ -300,6 +303,10 @@ size_t Device::live_comms() const {
 }
 
 void Device::delete_comm(Comm* c) {
+  if (c->type == Comm::Type::kRecv)
+    for (RecvGroup& g : static_cast<RecvComm*>(c)->groups)
+      for (int i = 0; g.in_use && i < g.n; ++i)
+        if (g.e[i].wmr != nullptr) mr_cache_->release(g.e[i].wmr);
   if (c->id != 0 && c->id < comms_.size() && comms_[c->id] == c) comms_[c->id] = nullptr;
   delete c;
 }

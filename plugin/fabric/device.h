@@ -111,6 +111,9 @@ struct RecvEntry {
   size_t received = 0;
   int tag = 0;
   MrEntry* mr = nullptr;
+  // The writable registration of [buf, buf+posted) this receive took because `mr` (registered
+  // through a send comm) gives peers no write access; released with the group.
+  MrEntry* wmr = nullptr;
   uint8_t writes_got = 0;
   uint8_t nseg = 0;
   bool nseg_known = false;

@@ -42,6 +42,21 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   RecvGroup& g = c->groups[c->next_group % wire::kGroupRing];
   if (g.in_use) return Status::kOk;            // ring full: NCCL retries
   if (!c->tagged && !tx_available(2)) return Status::kOk;
+  // Peers write only into registrations with remote write (those made through a receive comm).
+  // NCCL's handles are not tied to a comm (regIsGlobal), so a buffer registered through a send
+  // comm gets a writable registration of exactly its bytes for this receive.
+  MrEntry* wmr[wire::kMaxRecvs] = {};
+  for (int i = 0; i < n && !c->tagged; ++i) {
+    if (sizes[i] == 0 || mrs[i]->access == MrAccess::kRemoteWrite) continue;
+    std::string error;
+    Status s = mr_cache_->acquire(data[i], sizes[i], mrs[i]->type, MrAccess::kRemoteWrite, -1, -1, 0, &wmr[i], &error);
+    if (s != Status::kOk) {
+      for (int j = 0; j < i; ++j) mr_cache_->release(wmr[j]);
+      MF_WARN("irecv on %s (peer rank %d): buffer %d was registered through a send comm and cannot be "
+              "registered for the peer's writes: %s", nic_.name.c_str(), c->peer_rank, i, error.c_str());
+      return s;
+    }
+  }
 
   g.comm = c;
   g.in_use = true;
@@ -61,6 +76,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
     en.posted = sizes[i];
     en.tag = tags[i];
     en.mr = mrs[i];
+    en.wmr = wmr[i];
   }
   ++c->next_group;
   c->next_msg += static_cast<uint32_t>(n);
@@ -90,8 +106,9 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   m.first_msg = g.first_msg;
   m.n = static_cast<uint16_t>(n);
   for (int i = 0; i < n; ++i) {
-    m.entries[i].addr = mrs[i] ? mrs[i]->remote_addr(data[i]) : 0;
-    for (int r = 0; r < c->nrails; ++r) m.entries[i].key[r] = mrs[i] ? mrs[i]->key_on[r] : 0;
+    const MrEntry* w = wmr[i] != nullptr ? wmr[i] : mrs[i];
+    m.entries[i].addr = w ? w->remote_addr(data[i]) : 0;
+    for (int r = 0; r < c->nrails; ++r) m.entries[i].key[r] = w ? w->key_on[r] : 0;
     m.entries[i].size = sizes[i];
     m.entries[i].tag = tags[i];
     m.entries[i].mem_type = mrs[i] != nullptr && mrs[i]->type == MemType::kCuda ? wire::kMemCuda : wire::kMemHost;
@@ -213,6 +230,11 @@ void Device::group_check_done(RecvComm* c, RecvGroup* g) {
 }
 
 void Device::group_release(RecvComm* c, RecvGroup* g) {
+  for (int i = 0; i < g->n; ++i)
+    if (g->e[i].wmr != nullptr) {
+      mr_cache_->release(g->e[i].wmr);
+      g->e[i].wmr = nullptr;
+    }
   g->in_use = false;
   --c->active;
 }

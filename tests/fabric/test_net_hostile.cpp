@@ -2,6 +2,7 @@
 // plugin ships). The hostile side calls Device::send_msg itself to send what an honest plugin
 // never would; the victim runs the ordinary paths and must stay bounded and healthy, and report
 // the abuse naming where it came from. Run over tcp on lo and over shm like test-net-plugin.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdarg>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include "plugin/common/launch.h"
 #include "plugin/fabric/device.h"
 #include "plugin/fabric/net.h"
+#include "plugin/fabric/rma.h"
 #include "tests/common/proc.h"
 
 using namespace moefabric;
@@ -432,6 +434,209 @@ TEST_CASE("hostile: eager data for a GPU receive buffer is refused and never cop
     }
     H_CHECK(oob.barrier(&err), "%s", err.c_str());
     for (Link* l : {&rogue, &honest}) {
+      if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
+      if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
+      if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
+    }
+    return 0;
+  });
+}
+
+namespace moefabric::fabric {
+// The device's message buffers, for the registration checks (device.h befriends this).
+struct DeviceTestAccess {
+  static const MrEntry* rx_mr(Device* d) { return d->rx_mr_; }
+  static const MrEntry* tx_mr(Device* d) { return d->tx_mr_; }
+};
+}  // namespace moefabric::fabric
+
+namespace {
+
+struct WriteResults : RmaHandler {
+  int done = 0;
+  Status status = Status::kOk;
+  void on_remote_write(uint32_t) override {}
+  void on_write_done(uint64_t, Status s, const char*) override { ++done, status = s; }
+};
+
+// What the victim tells the attacker: a stronger attacker than one that has only the listen
+// handle, it also knows where the buffers are (the virtual-address providers, shm, need that to
+// aim at all; tcp addresses by offset, where 0 is in every registration).
+struct Targets {
+  uint64_t raddr[4];  // receive buffer, send buffer, message receive buffers, message send buffers
+  uint64_t recv_key;  // the receive buffer's real key (for the control write)
+  uint64_t send_key;  // the send buffer's real key
+  uint64_t past_end;  // the address just past the receive buffer
+};
+constexpr int kTargets = 4;
+
+// A process outside every connection, writing 8 bytes of 0xee into the victim with whatever
+// address and key it likes. The victim's memory is the verdict; completions differ by provider.
+// tcp completes a plain write once it is sent, and a rejected write drops the connection, which
+// tcp;ofi_rxm 1.17 does not make again: there every write is delivery-complete (its status is
+// the target's) and a rejection opens a new endpoint, so every guess reaches the victim. On shm
+// a delivery-complete write with a bad key never completes, and each plain write is checked on
+// its own: plain writes; the verdict is the victim's.
+struct Attacker {
+  Params params;
+  wire::ListenHandle victim_handle;
+  std::unique_ptr<RmaEndpoint> ep;
+  fi_addr_t victim = FI_ADDR_UNSPEC;
+  MrEntry* mr = nullptr;
+  std::vector<uint8_t> src = std::vector<uint8_t>(8, 0xee);
+  bool shm = false;
+
+  int open() {
+    std::vector<NicInfo> nics;
+    std::string err;
+    H_CHECK(nic_discover(rma_params(params), &nics, &err) == Status::kOk, "%s", err.c_str());
+    shm = nics[0].provider == "shm";
+    H_CHECK(RmaEndpoint::open_nic(params, std::move(nics[0]), &ep, &err) == Status::kOk, "%s", err.c_str());
+    H_CHECK(ep->insert_peer(victim_handle.addr, victim_handle.addr_len, &victim, &err) == Status::kOk, "%s",
+            err.c_str());
+    H_CHECK(ep->mr_cache().acquire(src.data(), src.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0, &mr, &err) ==
+                Status::kOk, "%s", err.c_str());
+    return 0;
+  }
+  void close() {
+    if (ep && mr) ep->mr_cache().release(mr);
+    mr = nullptr;
+    ep.reset();
+  }
+  // *landed: 1 the target took it, 0 it refused it, -1 unknown here (shm).
+  int write(uint64_t raddr, uint64_t key, int* landed) {
+    if (!ep && open()) return 1;
+    std::string err;
+    WriteResults res;
+    // kind 3 in the immediate: not the net plugin's, so the victim drops the notification
+    H_CHECK(ep->write(victim, src.data(), src.size(), mr->desc, raddr, key, 3u, 0, &err, !shm) == Status::kOk,
+            "write: %s", err.c_str());
+    auto start = Clock::now();
+    while (res.done == 0) {
+      H_CHECK(ep->poll(&res, &err) == Status::kOk, "poll: %s", err.c_str());
+      H_CHECK(!passed(start, 30), "a write never completed");
+    }
+    *landed = shm ? -1 : res.status == Status::kOk;
+    if (*landed == 0) close();
+    return 0;
+  }
+};
+
+bool is_ee(const void* p) {
+  uint64_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v == 0xeeeeeeeeeeeeeeeeull;
+}
+
+}  // namespace
+
+// Registrations: only receive buffers are writable by peers, exactly their bytes, under keys no
+// one can guess. Rank 0 (the victim) has a connection each way with rank 1 and registers a
+// 100-byte receive buffer inside a page and a send buffer; their access flags and extent are
+// checked. Rank 2 has rank 0's listen handle and the buffers' addresses and writes with guessed
+// keys 1..K at the receive buffer, the send buffer and both message buffer slabs; then with the
+// real keys at the send buffer and just past the receive buffer; then (control) at the receive
+// buffer with its key, delivered. Only the control writes may land. Before the fix keys were 1, 2,
+// 3, ... (the message slabs 1 and 2), every registration remotely writable and readable, and host
+// registrations widened to whole pages. K is 1000 on tcp; on shm 200, because libfabric 1.17's shm
+// leaks a command credit per rejected write and wedges after ~1000 (see docs/wire-protocol.md).
+TEST_CASE("hostile: only receive buffers are writable by peers, exactly, under unguessable keys", "[fabric][hostile]") {
+  run(3, [](OobChannel& oob, Net* net) {
+    const int me = oob.rank();
+    Link in, out;
+    if (link(oob, net, 1, 0, &in) || link(oob, net, 0, 1, &out)) return 1;
+    std::vector<uint8_t> rbuf(8192, 0), sbuf(4096, 0x11);
+    uint8_t* recv_at = rbuf.data() + 1000;  // 100 bytes inside a page, neighbours on both sides
+    constexpr size_t kRecv = 100;
+    void* rmh = nullptr;
+    void* smh = nullptr;
+    Device* d = net->device(0);
+    const MrEntry* rx = DeviceTestAccess::rx_mr(d);
+    const MrEntry* tx = DeviceTestAccess::tx_mr(d);
+    Targets t = {};
+    if (me == 0) {
+      H_CHECK(net_reg_mr(in.rc, recv_at, kRecv, 1, &rmh) == Status::kOk, "regMr(recv)");
+      H_CHECK(net_reg_mr(out.sc, sbuf.data(), sbuf.size(), 1, &smh) == Status::kOk, "regMr(send)");
+      auto* r = static_cast<const MrEntry*>(rmh);
+      auto* s = static_cast<const MrEntry*>(smh);
+      constexpr uint64_t kRemote = FI_REMOTE_READ | FI_REMOTE_WRITE;
+      H_CHECK((r->fi_access & kRemote) == FI_REMOTE_WRITE, "receive buffer access 0x%llx",
+              static_cast<unsigned long long>(r->fi_access));
+      for (const MrEntry* e : {s, rx, tx})
+        H_CHECK((e->fi_access & kRemote) == 0, "a send-side or message buffer registration has remote access 0x%llx",
+                static_cast<unsigned long long>(e->fi_access & kRemote));
+      H_CHECK(r->base == reinterpret_cast<uintptr_t>(recv_at) && r->len == kRecv,
+              "the receive buffer is registered as %zu bytes at %+lld from it", r->len,
+              static_cast<long long>(r->base - reinterpret_cast<uintptr_t>(recv_at)));
+      t.raddr[0] = r->remote_addr(recv_at);
+      t.raddr[1] = s->remote_addr(sbuf.data());
+      t.raddr[2] = rx->remote_addr(reinterpret_cast<void*>(rx->base));
+      t.raddr[3] = tx->remote_addr(reinterpret_cast<void*>(tx->base));
+      t.recv_key = r->key;
+      t.send_key = s->key;
+      t.past_end = r->remote_addr(recv_at + kRecv);
+    }
+    std::vector<Targets> all(oob.nranks());
+    std::string err;
+    H_CHECK(oob.allgather(&t, all.data(), sizeof t, &err), "%s", err.c_str());
+    t = all[0];
+    if (me == 2) {
+      Attacker a;
+      a.params = net->params();
+      a.victim_handle = in.handle;
+      if (a.open()) return 1;
+      const uint64_t guesses = a.shm ? 200 : 1000;
+      std::vector<std::pair<uint64_t, uint64_t>> to;
+      for (int k = 0; k < kTargets; ++k)
+        for (uint64_t key = 1; key <= guesses; ++key) to.push_back({t.raddr[k], key});
+      std::sort(to.begin(), to.end());  // tcp addresses every registration's start as offset 0
+      to.erase(std::unique(to.begin(), to.end()), to.end());
+      to.push_back({t.raddr[1], t.send_key});  // the send buffer's own key
+      to.push_back({t.past_end, t.recv_key});   // the receive buffer's key, one byte too far
+      auto start = Clock::now();
+      int landed = 0;
+      for (const auto& [raddr, key] : to) {
+        int l = 0;
+        if (a.write(raddr, key, &l)) return 1;
+        H_CHECK(l != 1, "a write with key %llu at 0x%llx landed", static_cast<unsigned long long>(key),
+                static_cast<unsigned long long>(raddr));
+        landed += l == 1;
+      }
+      fprintf(stderr, "rank 2: %zu writes with guessed or misused keys in %.1f s\n", to.size(),
+              std::chrono::duration<double>(Clock::now() - start).count());
+      // Control: the receive buffer takes a write with its key (the attack path works). It is the
+      // last write: once the victim sees it, it has seen every one above.
+      int l = 0;
+      if (a.write(t.raddr[0], t.recv_key, &l)) return 1;
+      H_CHECK(l != 0, "the control write with the receive buffer's own key failed");
+      a.close();
+    }
+    if (me == 0) {
+      // Drives the device (as NCCL's proxy would) until the attacker's last write has landed.
+      auto start = Clock::now();
+      while (!is_ee(recv_at)) {
+        {
+          std::lock_guard<std::mutex> lock(d->mu);
+          H_CHECK(d->progress() == Status::kOk, "progress");
+        }
+        H_CHECK(!passed(start, 120), "the control write never landed");
+      }
+    }
+    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    if (me == 0) {
+      // The control write at the receive buffer's start; nothing else anywhere.
+      for (size_t i = 0; i < rbuf.size(); ++i) {
+        const bool control = i >= 1000 && i < 1008;
+        H_CHECK(rbuf[i] == (control ? 0xee : 0), "receive-side byte %zu is 0x%02x%s", i, rbuf[i],
+                i >= 1100 && i < 1108 ? " (just past the receive buffer)" : "");
+      }
+      for (size_t i = 0; i < sbuf.size(); ++i) H_CHECK(sbuf[i] == 0x11, "send buffer byte %zu was written", i);
+      H_CHECK(!is_ee(reinterpret_cast<void*>(rx->base)), "a guessed key wrote into the message receive buffers");
+      H_CHECK(!is_ee(reinterpret_cast<void*>(tx->base)), "a guessed key wrote into the message send buffers");
+      H_CHECK(net_dereg_mr(in.rc, rmh) == Status::kOk && net_dereg_mr(out.sc, smh) == Status::kOk, "deregMr");
+    }
+    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    for (Link* l : {&in, &out}) {
       if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
       if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
       if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");

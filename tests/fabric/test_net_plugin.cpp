@@ -513,6 +513,40 @@ TEST_CASE("plugin: a connect without the listener's nonce is refused", "[fabric]
   }, 120, capture_logger);
 }
 
+// Registrations through a send comm give peers no access, yet NCCL's handles are not tied to a
+// comm (regIsGlobal): one used for a receive still works (the receive takes a writable
+// registration of exactly its bytes), on the write path and the eager path, many times.
+TEST_CASE("plugin: a buffer registered through a send comm can be received into", "[fabric]") {
+  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
+    std::vector<void*> send, recv, listens;
+    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+    int me = oob.rank(), peer = 1 - me;
+    const size_t kSize = 100000;
+    Mr sb, rb;
+    if (reg(pl, send[peer], sb, kSize) || reg(pl, send[peer], rb, kSize)) return 1;  // both via the send comm
+    std::string err;
+    for (int round = 0; round < 20; ++round) {
+      const size_t n = round % 2 ? 100 : kSize;  // eager and written
+      for (size_t i = 0; i < n; ++i) sb.buf[i] = pattern(me, i, round);
+      void* data = rb.buf.data();
+      size_t sz = kSize;
+      int tag = peer;
+      void *rreq = nullptr, *sreq = nullptr;
+      if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &rreq)) return 1;
+      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      if (post_send(pl, send[peer], sb.buf.data(), n, me, sb.mh, &sreq)) return 1;
+      int got = -1;
+      if (wait_req(pl.v11, sreq, nullptr, 30) || wait_req(pl.v11, rreq, &got, 30)) return 1;
+      T_CHECK(got == static_cast<int>(n), "round %d: %d bytes", round, got);
+      for (size_t i = 0; i < n; ++i) T_CHECK(rb.buf[i] == pattern(peer, i, round), "round %d byte %zu", round, i);
+    }
+    T_OK(pl.v11->deregMr(send[peer], sb.mh));
+    T_OK(pl.v11->deregMr(send[peer], rb.mh));
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    return close_mesh(pl, send, recv, listens);
+  });
+}
+
 TEST_CASE("plugin: close with requests in flight, then finalize and reload", "[fabric]") {
   run_ranks(2, [](OobChannel& oob, Plugin& pl) {
     for (int iter = 0; iter < 3; ++iter) {
