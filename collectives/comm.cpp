@@ -212,8 +212,8 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   proxy_cpus_ = rails.proxy_cpus;
   proxy_cpus_why_ = rails.cpus_why;
   rails_why_ = rails.why;
-  if (s == Status::kOk) s = ep_->reg(recv_block_.get(), l_.recv_block_bytes, &recv_mr_, &err);
-  if (s == Status::kOk) s = ep_->reg(send_block_.get(), l_.send_block_bytes, &send_mr_, &err);
+  if (s == Status::kOk) s = ep_->reg(recv_block_.get(), l_.recv_block_bytes, fabric::MrAccess::kRemoteWrite, &recv_mr_, &err);
+  if (s == Status::kOk) s = ep_->reg(send_block_.get(), l_.send_block_bytes, fabric::MrAccess::kLocal, &send_mr_, &err);
   if (s == Status::kOk) {
     registrations_ = ep_->registrations();
     rails_addr(*ep_, recv_mr_, recv_block_.get(), &mine);

@@ -61,8 +61,9 @@ Status FabricProxy::attach(uint8_t* send_stage, uint8_t* recv_stage, int cuda_de
     return Status::kInvalidUsage;
   }
   const size_t bytes = cfg_.layout.stage_bytes * static_cast<size_t>(cfg_.nranks);
-  MF_CHECK(ep_->reg(send_stage, bytes, &send_mr_, error, cuda_device));
-  if (Status s = ep_->reg(recv_stage, bytes, &recv_mr_, error, cuda_device); s != Status::kOk) {
+  MF_CHECK(ep_->reg(send_stage, bytes, fabric::MrAccess::kLocal, &send_mr_, error, cuda_device));
+  if (Status s = ep_->reg(recv_stage, bytes, fabric::MrAccess::kRemoteWrite, &recv_mr_, error, cuda_device);
+      s != Status::kOk) {
     ep_->dereg(&send_mr_);
     return s;
   }

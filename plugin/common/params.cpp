@@ -89,6 +89,7 @@ Params Params::load() {
   in_range("MOEFABRIC_STRIPE_MIN", &p.stripe_min, 0, int64_t{1} << 40, 262144, "");
   in_range("MOEFABRIC_EAGER_MAX", &p.eager_max, 0, int64_t{1} << 20, 8192, "");
   in_range("MOEFABRIC_EAGER_KNOWN", &p.eager_known, -1, int64_t{1} << 20, -1, " (by provider)");
+  in_range("MOEFABRIC_TEST_SEQ_START", &p.test_seq_start, 0, (int64_t{1} << 32) - 1, 0, "");
   return p;
 }
 

@@ -44,7 +44,7 @@ namespace moefabric {
     "send each write's immediate in its own zero-byte write: auto (tcp;ofi_rxm), 0, 1")         \
   X(cq_read_count, "MOEFABRIC_CQ_READ_COUNT", Int, "32", "completions read per fi_cq_read call") \
   X(mr_cache, "MOEFABRIC_MR_CACHE", Bool, "1",                                                    \
-    "cache memory registrations (page-aligned, refcounted)")                                     \
+    "cache memory registrations (refcounted; each covers exactly the caller's bytes)")           \
   X(gdr, "MOEFABRIC_GDR", Str, "auto",                                                            \
     "advertise CUDA pointers to NCCL: auto (when the provider has FI_HMEM and CUDA loads), 0, 1") \
   X(keepalive_ms, "MOEFABRIC_KEEPALIVE_MS", Int, "1000",                                          \
@@ -73,6 +73,9 @@ namespace moefabric {
     "and the NIC writes GPU memory itself, else host)")                                          \
   X(topo_xml, "MOEFABRIC_TOPO_XML", Str, "",                                                     \
     "read the machine topology from this hwloc XML instead of the live machine")              \
+  X(test_seq_start, "MOEFABRIC_TEST_SEQ_START", Int, "0",                                     \
+    "for tests only: first message and receive-group number of every net plugin connection "    \
+    "(both ends must set the same value; near 4294967296 it exercises the 32-bit wrap)")        \
   X(debug, "MOEFABRIC_DEBUG", Str, "WARN",                                                        \
     "log level outside NCCL: NONE, WARN, INFO, TRACE (inside NCCL use NCCL_DEBUG)")
 

@@ -65,6 +65,9 @@ Status Device::open(const Params& params, std::vector<NicInfo> rails, std::uniqu
     d->nic_.rma = d->nic_.rma && n.rma;
     d->nic_.split_imm = d->nic_.split_imm || n.split_imm;
     d->nic_.tagged = d->nic_.tagged && n.tagged;
+    d->nic_.source = d->nic_.source && n.source;
+    d->nic_.directed = d->nic_.directed && n.directed;
+    d->nic_.write_source = d->nic_.write_source && n.write_source;
   }
   const bool tagged = !d->nic_.rma || params.protocol == "tagged";
   d->nic_.speed_mbps = tagged ? n0.speed_mbps : speed;
@@ -100,14 +103,15 @@ Status Device::init(std::string* error) {
                          ? std::min(eager_max_, static_cast<size_t>(params_.eager_known))
                          : (nic_.split_imm ? eager_max_ : 0);
 
-  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   Rail& r0 = rails_[0];
   mr_cache_ = std::make_unique<MrCache>(r0.domain.get(), r0.ep.get(), fi->domain_attr->mr_mode,
-                                        params_.mr_cache, page);
+                                        fi->domain_attr->mr_key_size, params_.mr_cache);
   for (size_t r = 1; r < rails_.size(); ++r)
     mr_cache_->add_domain(rails_[r].domain.get(), rails_[r].ep.get(),
-                          rails_[r].nic.info->domain_attr->mr_mode);
+                          rails_[r].nic.info->domain_attr->mr_mode,
+                          rails_[r].nic.info->domain_attr->mr_key_size);
   cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
+  cq_src_.assign(cq_buf_.size(), FI_ADDR_NOTAVAIL);
   comms_.assign(wire::kMaxCommId + 1, nullptr);
   MF_CHECK(alloc_pools(error));
   MF_INFO(log::kInit | log::kNet,
@@ -128,8 +132,11 @@ Status Device::alloc_pools(std::string* error) {
   int ntx = static_cast<int>(std::clamp<int64_t>(params_.tx_buffers, 16, 65536));
   rx_slab_.assign(msg_size_ * nrx, 0);
   tx_slab_.assign(msg_size_ * ntx, 0);
-  MF_CHECK(mr_cache_->acquire(rx_slab_.data(), rx_slab_.size(), MemType::kHost, -1, -1, 0, &rx_mr_, error));
-  MF_CHECK(mr_cache_->acquire(tx_slab_.data(), tx_slab_.size(), MemType::kHost, -1, -1, 0, &tx_mr_, error));
+  // Message buffers are filled by fi_recv and read by fi_send: no peer accesses them remotely.
+  MF_CHECK(mr_cache_->acquire(rx_slab_.data(), rx_slab_.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0,
+                              &rx_mr_, error));
+  MF_CHECK(mr_cache_->acquire(tx_slab_.data(), tx_slab_.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0,
+                              &tx_mr_, error));
   rx_ops_.resize(nrx);
   tx_ops_.resize(ntx);
   for (int i = 0; i < ntx; ++i) {
@@ -248,8 +255,8 @@ Status Device::post(OpCtx* op) {
 Status Device::post_rx(int i) { return post(&rx_ops_[i]); }
 
 Status Device::send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t dst, uint32_t src,
-                        const void* payload, size_t len, const void* extra, size_t extra_len,
-                        SendReq* sreq) {
+                        uint64_t token, const void* payload, size_t len, const void* extra,
+                        size_t extra_len, SendReq* sreq) {
   if (tx_free_.empty()) return Status::kAgain;
   size_t total = sizeof(wire::MsgHeader) + len + extra_len;
   if (total > msg_size_) return Status::kInternalError;
@@ -258,7 +265,7 @@ Status Device::send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t
   OpCtx& op = tx_ops_[i];
   uint8_t* buf = tx_slab_.data() + msg_size_ * i;
   wire::MsgHeader h = {wire::kMagic, wire::kVersion, static_cast<uint8_t>(type), dst, src,
-                       static_cast<uint32_t>(len + extra_len)};
+                       static_cast<uint32_t>(len + extra_len), token};
   std::memcpy(buf, &h, sizeof h);
   if (len) std::memcpy(buf + sizeof h, payload, len);
   if (extra_len) std::memcpy(buf + sizeof h + len, extra, extra_len);
@@ -296,6 +303,10 @@ size_t Device::live_comms() const {
 }
 
 void Device::delete_comm(Comm* c) {
+  if (c->type == Comm::Type::kRecv)
+    for (RecvGroup& g : static_cast<RecvComm*>(c)->groups)
+      for (int i = 0; g.in_use && i < g.n; ++i)
+        if (g.e[i].wmr != nullptr) mr_cache_->release(g.e[i].wmr);
   if (c->id != 0 && c->id < comms_.size() && comms_[c->id] == c) comms_[c->id] = nullptr;
   delete c;
 }
@@ -324,8 +335,9 @@ void Device::fail_comm(Comm* c, Status s, const char* fmt, ...) {
   va_end(ap);
   c->error = s;
   char full[700];
-  snprintf(full, sizeof full, "%s comm %u (peer rank %d) on %s: %s",
-           c->type == Comm::Type::kSend ? "send" : "recv", c->id, c->peer_rank, nic_.name.c_str(), text);
+  snprintf(full, sizeof full, "%s comm %u (peer rank %d at %s) on %s: %s",
+           c->type == Comm::Type::kSend ? "send" : "recv", c->id, c->peer_rank,
+           c->peer_addr.empty() ? "an unknown address" : c->peer_addr.c_str(), nic_.name.c_str(), text);
   c->error_text = full;
   if (!c->closed) MF_WARN("%s", full);
 }

@@ -58,6 +58,8 @@ struct Comm {
   Type type;
   uint32_t id = 0;             // local id (immediates and message headers)
   uint32_t remote_id = 0;      // the peer comm's id
+  uint64_t token = 0;          // random; every message to this comm must carry it
+  uint64_t remote_token = 0;   // the peer comm's (the listen nonce until kConnectAck)
   Device* dev = nullptr;
   fi_addr_t peer = FI_ADDR_UNSPEC;  // rail 0's address of the peer (= rail_peer[0])
   int nrails = 1;                   // rails this connection uses (min of both sides)
@@ -74,8 +76,13 @@ struct Comm {
   bool tagged = false;         // tagged data path (maxRecvs 1)
   Status error = Status::kOk;
   std::string error_text;
+  std::string peer_addr;        // the peer's rail-0 endpoint, printable (fi_av_straddr), for messages
   Clock::time_point last_heard{};
   Clock::time_point last_ping{};
+  // When check_liveness first saw the comm busy after it was idle: silence counts from here or
+  // from last_heard, whichever is later (an idle peer owes us nothing).
+  Clock::time_point busy_since{};
+  bool was_busy = false;
   explicit Comm(Type t) : type(t) {}
   virtual ~Comm() = default;
   virtual bool busy() const = 0;  // requests pending (liveness checks apply)
@@ -104,6 +111,9 @@ struct RecvEntry {
   size_t received = 0;
   int tag = 0;
   MrEntry* mr = nullptr;
+  // The writable registration of [buf, buf+posted) this receive took because `mr` (registered
+  // through a send comm) gives peers no write access; released with the group.
+  MrEntry* wmr = nullptr;
   uint8_t writes_got = 0;
   uint8_t nseg = 0;
   bool nseg_known = false;
@@ -135,6 +145,24 @@ struct SendGroup {
   wire::CtrlEntry e[wire::kMaxRecvs];
 };
 
+// How isend moves one message (the rdma protocol). Resources (bounce buffers, the eager window)
+// are checked apart; this is only what the buffers' memory types and sizes allow.
+enum class SendPath : uint8_t {
+  kWait,   // for the receiver's control entry (isend hands out no request; NCCL calls again)
+  kEager,  // in a message, copied by the receiver into its buffer
+  kWrite,  // RDMA write straight into the posted buffer
+};
+struct SendPathIn {
+  size_t size = 0;
+  MemType local = MemType::kHost;   // the send buffer's memory
+  bool known = false;               // the receive buffer's control entry has arrived
+  MemType remote = MemType::kHost;  // ... and its memory type (when known)
+  bool peer_host_only = false;      // the receiver's device takes no GPU receive buffers
+  size_t eager_max = 0;             // MOEFABRIC_EAGER_MAX as the device applies it
+  size_t eager_known_max = 0;       // MOEFABRIC_EAGER_KNOWN as the device applies it
+};
+SendPath send_path(const SendPathIn& in);
+
 struct EagerRecord {
   uint32_t msg_seq;
   int tag;
@@ -143,6 +171,8 @@ struct EagerRecord {
 struct SendComm : Comm {
   SendComm() : Comm(Type::kSend) {}
   bool connected = false;
+  uint64_t stage_token = 0;        // random while connecting; the handle's scratch must match it
+  bool peer_host_only = false;     // kConnectAckFlagHostOnly: eager before the control entry
   Clock::time_point connect_start{};
   uint32_t listen_id = 0;
   uint32_t next_msg = 0;
@@ -153,7 +183,11 @@ struct SendComm : Comm {
   std::deque<SendReq> reqs;        // stable addresses; grows on demand
   std::vector<SendReq*> free_reqs;
   int active = 0;
-  bool busy() const override { return active > 0 || !connected; }
+  // isend refused a message for want of the receiver's control entry (its receive is not
+  // posted, or 64 eager messages already wait for theirs): the peer owes us one, so liveness
+  // checks apply as for pending requests. Cleared by the next accepted isend or control entry.
+  bool waiting_ctrl = false;
+  bool busy() const override { return active > 0 || !connected || waiting_ctrl; }
 };
 
 struct Unexpected {
@@ -185,6 +219,7 @@ struct RecvComm : Comm {
 
 struct ListenComm {
   uint32_t id = 0;
+  uint64_t nonce = 0;  // random; kConnect must carry it (wire::ListenHandle::nonce)
   Device* dev = nullptr;
   struct Pending {
     fi_addr_t peer;
@@ -192,12 +227,16 @@ struct ListenComm {
     uint32_t flags;
     int nrails;
     fi_addr_t rail_peer[wire::kMaxRails];
+    std::string addr;  // printable rail-0 address
+    uint64_t token;    // the send comm's
   };
   std::deque<Pending> pending;
 };
 
 struct DeviceStats {
   uint64_t writes = 0, msgs_sent = 0, msgs_recv = 0, eagain = 0;
+  uint64_t connects_dropped = 0;  // kConnect without a listener's nonce
+  uint64_t foreign_dropped = 0;   // messages/writes naming a comm whose peer did not send them
 };
 
 class Device {
@@ -229,12 +268,22 @@ class Device {
   Status progress();
   // Pings silent peers of busy comms, fails comms past the peer timeout, reaps closed comms.
   void check_liveness(Clock::time_point now);
+  // check_liveness at most every 20 ms. The background thread rarely gets the lock while the
+  // application spins in isend/irecv/test, so those run it too.
+  void poll_liveness();
 
   // ---- messages --------------------------------------------------------------------------
-  // Sends a control/eager message. kAgain when no bounce buffer is free (caller retries).
+  // Sends a control/eager message carrying the destination's `token` (MsgHeader::token). kAgain
+  // when no bounce buffer is free (caller retries). `comm` (may be nullptr) is charged for it.
   Status send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t dst, uint32_t src,
-                  const void* payload, size_t len, const void* extra = nullptr,
+                  uint64_t token, const void* payload, size_t len, const void* extra = nullptr,
                   size_t extra_len = 0, SendReq* sreq = nullptr);
+  // send_msg to c's peer comm (its address, id and token).
+  Status send_to_peer(Comm* c, wire::MsgType type, const void* payload, size_t len,
+                      const void* extra = nullptr, size_t extra_len = 0, SendReq* sreq = nullptr) {
+    return send_msg(c, c->peer, type, c->remote_id, c->id, c->remote_token, payload, len, extra,
+                    extra_len, sreq);
+  }
   bool tx_available(int n = 1) const { return static_cast<int>(tx_free_.size()) >= n; }
   Status post(OpCtx* op);  // posts (or queues on -FI_EAGAIN) the operation described by op
 
@@ -265,11 +314,16 @@ class Device {
   void quiesce(int timeout_ms);
   Status alloc_pools(std::string* error);
   Status post_rx(int i);
-  void handle_cq_entry(const fi_cq_data_entry& e);
+  // `src`: the sender's AV entry on `rail` when the provider reports it (NicAttrs::source).
+  void handle_cq_entry(int rail, const fi_cq_data_entry& e, fi_addr_t src);
   void handle_cq_error(int rail, const fi_cq_err_entry& e);
   void check_rails(Comm* c, Clock::time_point now);
-  void handle_msg(int rx_index, size_t len);
-  void handle_imm(uint32_t imm);
+  void handle_msg(int rx_index, size_t len, fi_addr_t src);
+  void handle_imm(int rail, uint32_t imm, fi_addr_t src);
+  // Whether what arrived for comm c on `rail` from `src` (checked: the provider reports sources)
+  // came from its peer: `token_ok` (messages: the header's token is c's) and the source is c's
+  // peer's AV entry. Else counts the drop and reports it (at 1, 2, 4, ... drops).
+  bool from_peer(Comm* c, int rail, fi_addr_t src, bool checked, bool token_ok, const char* what);
   void op_done(OpCtx* op, Status s, const char* text);
   uint32_t alloc_comm_id(Comm* c);
   void delete_comm(Comm* c);
@@ -321,6 +375,7 @@ class Device {
   std::map<uint32_t, ListenComm*> listens_;
   uint32_t next_listen_id_ = 1;
   std::vector<fi_cq_data_entry> cq_buf_;
+  std::vector<fi_addr_t> cq_src_;    // cq_buf_'s source addresses (fi_cq_readfrom)
   DeviceStats stats_;
   Clock::time_point last_liveness_{};
   friend struct DeviceTestAccess;

@@ -172,15 +172,24 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
     fi_info* list = nullptr;
     int rc = -FI_ENODATA;
     bool hmem = false;
+    // With the sender's address in receive completions (FI_SOURCE; FI_DIRECTED_RECV on the
+    // tagged path) where the provider has it, else without (no source checks; logged).
+    auto getinfo = [&](bool want_hmem, bool want_tagged) {
+      for (int source = 1; source >= 0; --source) {
+        InfoPtr hints = nic_hints(prov, want_hmem, want_tagged);
+        if (source) hints->caps |= FI_SOURCE | (want_tagged ? FI_DIRECTED_RECV : 0);
+        int r = fi_getinfo(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), nullptr, nullptr, 0, hints.get(), &list);
+        if (r == 0 || source == 0) return r;
+      }
+      return -FI_ENODATA;
+    };
     for (int attempt = hmem_wanted ? 0 : 1; attempt < 2 && rc != 0; ++attempt) {
-      InfoPtr hints = nic_hints(prov, attempt == 0, tagged);
-      rc = fi_getinfo(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), nullptr, nullptr, 0, hints.get(), &list);
+      rc = getinfo(attempt == 0, tagged);
       hmem = rc == 0 && attempt == 0;
     }
     if (rc != 0 && !tagged && params.protocol == "auto") {
       // No usable RMA (or no 32-bit remote CQ data): fall back to tagged messaging.
-      InfoPtr hints = nic_hints(prov, false, true);
-      rc = fi_getinfo(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), nullptr, nullptr, 0, hints.get(), &list);
+      rc = getinfo(false, true);
     }
     tried += (tried.empty() ? "" : ", ") + prov + " (" + fi_strerror(-rc) + ")";
     if (rc != 0) continue;
@@ -209,6 +218,12 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
       nic.rma = (fi->caps & FI_RMA) && fi->domain_attr->cq_data_size >= 4;
       nic.tagged = (fi->caps & FI_TAGGED) != 0;
       nic.split_imm = nic.rma && imm_write_needs_split(fi, params.split_imm);
+      nic.source = (fi->caps & FI_SOURCE) != 0;
+      nic.directed = nic.source && (fi->caps & FI_DIRECTED_RECV) != 0;
+      nic.write_source = nic.source && provider == "shm";
+      if (!nic.source)
+        MF_WARN("%s (%s): no FI_SOURCE: messages on a connection are not checked against its peer's "
+                "address", domain.c_str(), provider.c_str());
       seen.insert(domain);
       found.push_back(std::move(nic));
     }

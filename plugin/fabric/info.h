@@ -28,6 +28,14 @@ struct NicAttrs {
   // immediate (ordered by FI_ORDER_WAW). See imm_write_needs_split() in info.cpp.
   bool split_imm = false;
   bool tagged = false;
+  // Receive completions name the sending endpoint's AV entry (FI_SOURCE): messages on a
+  // connection are accepted only from its peer. The tagged path also matches by sender
+  // (FI_DIRECTED_RECV) when `directed`.
+  bool source = false;
+  bool directed = false;
+  // Completions of incoming writes carry the writer's AV entry too (shm; tcp;ofi_rxm reports no
+  // source for remote writes, libfabric 1.17-2.x, so their immediates cannot be checked there).
+  bool write_source = false;
 };
 
 struct NicInfo : NicAttrs {

@@ -5,34 +5,35 @@
 #include <rdma/fi_errno.h>
 
 #include "plugin/common/log.h"
+#include "plugin/common/random.h"
 
 namespace moefabric::fabric {
 
-MrCache::MrCache(fid_domain* domain, fid_ep* ep, uint64_t mr_mode, bool enabled, size_t page_size)
-    : doms_{{domain, ep, mr_mode}}, mr_mode_(mr_mode), enabled_(enabled), page_(page_size) {}
+MrCache::MrCache(fid_domain* domain, fid_ep* ep, uint64_t mr_mode, size_t key_size, bool enabled)
+    : doms_{{domain, ep, mr_mode, key_size}}, mr_mode_(mr_mode), enabled_(enabled) {}
 
-void MrCache::add_domain(fid_domain* domain, fid_ep* ep, uint64_t mr_mode) {
-  if (doms_.size() < static_cast<size_t>(kMrMaxDomains)) doms_.push_back({domain, ep, mr_mode});
+void MrCache::add_domain(fid_domain* domain, fid_ep* ep, uint64_t mr_mode, size_t key_size) {
+  if (doms_.size() < static_cast<size_t>(kMrMaxDomains)) doms_.push_back({domain, ep, mr_mode, key_size});
 }
 
 MrCache::~MrCache() {
   for (MrEntry* e : entries_) delete e;
 }
 
-Status MrCache::acquire(void* addr, size_t len, MemType type, int cuda_device, int dmabuf_fd,
-                        uint64_t dmabuf_offset, MrEntry** out, std::string* error) {
-  uintptr_t start = reinterpret_cast<uintptr_t>(addr);
-  uintptr_t end = start + len;
-  if (len == 0) end = start + 1;  // NCCL may register empty buffers; cover one byte
-  // Host memory is registered by whole pages so neighbouring buffers share one MR; device memory
-  // exactly as given (its pages belong to the allocator).
-  if (type == MemType::kHost && dmabuf_fd < 0) {
-    start &= ~(static_cast<uintptr_t>(page_) - 1);
-    end = (end + page_ - 1) & ~(static_cast<uintptr_t>(page_) - 1);
-  }
+uint64_t MrCache::fi_access(MrAccess access) {
+  // Local use in every role (NCCL may send from a buffer it registered for receiving); remote
+  // write only where peers write; remote read never (no protocol of ours reads remotely).
+  const uint64_t local = FI_SEND | FI_RECV | FI_WRITE | FI_READ;
+  return access == MrAccess::kRemoteWrite ? local | FI_REMOTE_WRITE : local;
+}
+
+Status MrCache::acquire(void* addr, size_t len, MemType type, MrAccess access, int cuda_device,
+                        int dmabuf_fd, uint64_t dmabuf_offset, MrEntry** out, std::string* error) {
+  const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
+  const uintptr_t end = start + len;
   if (enabled_ && dmabuf_fd < 0) {
     for (MrEntry* e : entries_) {
-      if (e->type == type && e->base <= start && e->base + e->len >= end) {
+      if (e->type == type && e->access >= access && e->base <= start && e->base + e->len >= end) {
         ++e->refs;
         ++stats_.hits;
         *out = e;
@@ -43,14 +44,18 @@ Status MrCache::acquire(void* addr, size_t len, MemType type, int cuda_device, i
 
   auto e = std::make_unique<MrEntry>();
   e->base = start;
-  e->len = end - start;
+  e->len = len;
   e->type = type;
+  e->access = access;
+  e->fi_access = fi_access(access);
   e->refs = 1;
   e->virt_addr = (mr_mode_ & FI_MR_VIRT_ADDR) != 0;
 
-  for (size_t d = 0; d < doms_.size(); ++d) {
+  // NCCL registers empty buffers too: nothing of the process is exposed for them (no operation
+  // on an empty message touches memory, so no descriptor or key is needed).
+  for (size_t d = 0; len > 0 && d < doms_.size(); ++d) {
     MrPtr& slot = d == 0 ? e->mr : e->more_mr[d - 1];
-    Status s = reg_one(doms_[d], type, cuda_device, dmabuf_fd, dmabuf_offset, addr, len, start, end,
+    Status s = reg_one(doms_[d], type, e->fi_access, cuda_device, dmabuf_fd, dmabuf_offset, addr, len,
                        &slot, error);
     if (s != Status::kOk) {
       if (doms_.size() > 1) *error += " (rail " + std::to_string(d) + ")";
@@ -61,22 +66,20 @@ Status MrCache::acquire(void* addr, size_t len, MemType type, int cuda_device, i
   }
   e->desc = e->desc_on[0];
   e->key = e->key_on[0];
-  ++stats_.registrations;
+  if (len > 0) ++stats_.registrations;
   *out = e.get();
   entries_.push_back(e.release());
   stats_.live = entries_.size();
   return Status::kOk;
 }
 
-Status MrCache::reg_one(const Dom& dom, MemType type, int cuda_device, int dmabuf_fd,
-                        uint64_t dmabuf_offset, void* addr, size_t len, uintptr_t start,
-                        uintptr_t end, MrPtr* out, std::string* error) {
-  struct iovec iov = {reinterpret_cast<void*>(start), end - start};
+Status MrCache::reg_one(const Dom& dom, MemType type, uint64_t access, int cuda_device, int dmabuf_fd,
+                        uint64_t dmabuf_offset, void* addr, size_t len, MrPtr* out, std::string* error) {
+  struct iovec iov = {addr, len};
   struct fi_mr_attr attr = {};
   attr.mr_iov = &iov;
   attr.iov_count = 1;
-  attr.access = FI_SEND | FI_RECV | FI_WRITE | FI_READ | FI_REMOTE_WRITE | FI_REMOTE_READ;
-  attr.requested_key = (dom.mr_mode & FI_MR_PROV_KEY) ? 0 : next_key_++;
+  attr.access = access;
   attr.iface = FI_HMEM_SYSTEM;
   uint64_t flags = 0;
   if (type == MemType::kCuda) {
@@ -98,17 +101,28 @@ Status MrCache::reg_one(const Dom& dom, MemType type, int cuda_device, int dmabu
     flags |= FI_MR_DMABUF;
   }
 #else
-  (void)dmabuf_offset, (void)addr, (void)len;
+  (void)dmabuf_offset;
   if (dmabuf_fd >= 0) {
     *error = "this libfabric build has no DMA-BUF registration (FI_MR_DMABUF)";
     return Status::kInvalidUsage;
   }
 #endif
   fid_mr* mr = nullptr;
-  int rc = fi_mr_regattr(dom.domain, &attr, flags, &mr);
+  int rc = -FI_ENOKEY;
+  // Where the provider does not choose keys we do, at random (a peer that learnt one key, or
+  // none, cannot guess another); a clash with a key in use is retried.
+  for (int attempt = 0; attempt < 4 && rc == -FI_ENOKEY; ++attempt) {
+    attr.requested_key = 0;
+    if (!(dom.mr_mode & FI_MR_PROV_KEY)) {
+      MF_CHECK(random_bytes(&attr.requested_key, sizeof attr.requested_key));
+      if (dom.key_size > 0 && dom.key_size < sizeof(uint64_t))
+        attr.requested_key &= (uint64_t{1} << (8 * dom.key_size)) - 1;
+    }
+    rc = fi_mr_regattr(dom.domain, &attr, flags, &mr);
+  }
   if (rc != 0) {
     *error = std::string("fi_mr_regattr(") + (type == MemType::kCuda ? "cuda" : "host") +
-             ", " + std::to_string(end - start) + " bytes) failed: " + fi_strerror(-rc);
+             ", " + std::to_string(len) + " bytes) failed: " + fi_strerror(-rc);
     return Status::kSystemError;
   }
   out->reset(mr);

@@ -1,7 +1,11 @@
-// Memory registration and the per-domain registration cache: page-aligned, refcounted, keyed by
-// address range and memory type. Honours the mr_mode the provider returned: application keys
-// when there is no FI_MR_PROV_KEY, MR offsets when there is no FI_MR_VIRT_ADDR, descriptors for
-// FI_MR_LOCAL, endpoint binding for FI_MR_ENDPOINT.
+// Memory registration and the per-domain registration cache: refcounted, keyed by address range,
+// memory type and access. Registrations cover exactly the caller's bytes (never widened to
+// pages: no provider we use requires it, and a widened MR would let a peer write whatever shares
+// the pages), and only what peers must write gets remote write access (receive buffers); nothing
+// gets remote read. Honours the mr_mode the provider returned: application keys when there is no
+// FI_MR_PROV_KEY (random 64-bit values from getrandom, so a key cannot be guessed from another),
+// MR offsets when there is no FI_MR_VIRT_ADDR, descriptors for FI_MR_LOCAL, endpoint binding for
+// FI_MR_ENDPOINT.
 #pragma once
 
 #include <cstddef>
@@ -16,6 +20,11 @@ namespace moefabric::fabric {
 
 enum class MemType : uint8_t { kHost = 0, kCuda = 1 };
 
+// What peers may do to a registration: nothing (send buffers, message buffers: local access
+// only), or RDMA-write into it (receive buffers). A cached registration with remote write also
+// serves a request for local access (the bytes are exposed already).
+enum class MrAccess : uint8_t { kLocal = 0, kRemoteWrite = 1 };
+
 inline constexpr int kMrMaxDomains = 4;  // = wire::kMaxRails
 
 // One buffer registered on every domain of its cache (every rail of a multi-rail device).
@@ -29,8 +38,10 @@ struct MrEntry {
   void* desc_on[kMrMaxDomains] = {};
   uint64_t key_on[kMrMaxDomains] = {};
   uintptr_t base = 0;      // first registered byte
-  size_t len = 0;
+  size_t len = 0;          // 0: an empty buffer, registered nowhere (mr null, keys 0)
   MemType type = MemType::kHost;
+  MrAccess access = MrAccess::kLocal;
+  uint64_t fi_access = 0;  // the FI_* access flags it was registered with
   int refs = 0;
   // Address a peer uses to reach `p` inside this MR.
   uint64_t remote_addr(const void* p) const {
@@ -47,16 +58,21 @@ struct MrCacheStats {
 
 class MrCache {
  public:
-  MrCache(fid_domain* domain, fid_ep* ep, uint64_t mr_mode, bool enabled, size_t page_size);
+  // mr_mode and key_size (bytes of an application key: domain_attr->mr_key_size) are the
+  // domain's as the provider returned them.
+  MrCache(fid_domain* domain, fid_ep* ep, uint64_t mr_mode, size_t key_size, bool enabled);
   ~MrCache();
   // Registers every later buffer on this domain too (a further rail; call before the first
-  // acquire; at most kMrMaxDomains in all). mr_mode is that domain's.
-  void add_domain(fid_domain* domain, fid_ep* ep, uint64_t mr_mode);
+  // acquire; at most kMrMaxDomains in all).
+  void add_domain(fid_domain* domain, fid_ep* ep, uint64_t mr_mode, size_t key_size);
   int domains() const { return static_cast<int>(doms_.size()); }
-  // Registers [addr, addr+len) (or finds a cached registration covering it). cuda_device >= 0
-  // with type kCuda registers device memory through FI_HMEM_CUDA; dmabuf_fd >= 0 uses DMA-BUF.
-  Status acquire(void* addr, size_t len, MemType type, int cuda_device, int dmabuf_fd,
+  // Registers exactly [addr, addr+len) with `access` (or finds a cached registration covering it
+  // with at least that access). cuda_device >= 0 with type kCuda registers device memory through
+  // FI_HMEM_CUDA; dmabuf_fd >= 0 uses DMA-BUF.
+  Status acquire(void* addr, size_t len, MemType type, MrAccess access, int cuda_device, int dmabuf_fd,
                  uint64_t dmabuf_offset, MrEntry** out, std::string* error);
+  // The libfabric access flags a registration with `access` gets.
+  static uint64_t fi_access(MrAccess access);
   void release(MrEntry* e);
   const MrCacheStats& stats() const { return stats_; }
   bool needs_desc() const { return (mr_mode_ & FI_MR_LOCAL) != 0; }
@@ -66,16 +82,14 @@ class MrCache {
     fid_domain* domain;
     fid_ep* ep;
     uint64_t mr_mode;
+    size_t key_size;
   };
-  Status reg_one(const Dom& d, MemType type, int cuda_device, int dmabuf_fd, uint64_t dmabuf_offset,
-                 void* addr, size_t len, uintptr_t start, uintptr_t end, MrPtr* mr,
-                 std::string* error);
+  Status reg_one(const Dom& d, MemType type, uint64_t access, int cuda_device, int dmabuf_fd,
+                 uint64_t dmabuf_offset, void* addr, size_t len, MrPtr* mr, std::string* error);
 
   std::vector<Dom> doms_;
   uint64_t mr_mode_;
   bool enabled_;
-  size_t page_;
-  uint64_t next_key_ = 1;
   std::vector<MrEntry*> entries_;
   MrCacheStats stats_;
 };

@@ -258,10 +258,14 @@ Status net_reg_mr_dmabuf(void* comm, void* data, size_t size, int ptr_type, uint
     MF_WARN("regMr: unsupported pointer type %d", ptr_type);
     return Status::kInvalidArgument;
   }
+  // Peers write only into receive buffers: registrations through a receive comm get remote
+  // write, those through a send comm none (an irecv with one of those gets a writable one).
+  const MrAccess access =
+      static_cast<Comm*>(comm)->type == Comm::Type::kRecv ? MrAccess::kRemoteWrite : MrAccess::kLocal;
   std::lock_guard<std::mutex> lock(d->mu);
   MrEntry* e = nullptr;
   std::string error;
-  Status s = d->mr_cache().acquire(data, size, type, cuda_dev, fd, offset, &e, &error);
+  Status s = d->mr_cache().acquire(data, size, type, access, cuda_dev, fd, offset, &e, &error);
   if (s != Status::kOk) {
     MF_WARN("%s: %s", d->nic().name.c_str(), error.c_str());
     return s;

@@ -1,5 +1,6 @@
 // Completion-queue progress: completions and errors, incoming messages and immediates, the
 // queue of operations the provider refused with -FI_EAGAIN, and peer liveness.
+#include <algorithm>
 #include <cstring>
 
 #include <rdma/fi_errno.h>
@@ -26,9 +27,11 @@ Status Device::progress() {
     ssize_t rc = cq_drain(
         rail.cq.get(), cq_buf_, 64,
         [&](size_t n) {
-          for (size_t i = 0; i < n; ++i) handle_cq_entry(cq_buf_[i]);
+          for (size_t i = 0; i < n; ++i)
+            handle_cq_entry(rail.index, cq_buf_[i], nic_.source ? cq_src_[i] : FI_ADDR_NOTAVAIL);
         },
-        [&](const fi_cq_err_entry& err) { handle_cq_error(rail.index, err); }, &failed);
+        [&](const fi_cq_err_entry& err) { handle_cq_error(rail.index, err); }, &failed,
+        nic_.source ? &cq_src_ : nullptr);
     if (rc < 0) {
       MF_WARN("%s on %s (rail %d, %s) failed: %s", failed, nic_.name.c_str(), rail.index,
               rail.nic.domain.c_str(), fi_strerror(static_cast<int>(-rc)));
@@ -38,24 +41,31 @@ Status Device::progress() {
   return Status::kOk;
 }
 
-void Device::handle_cq_entry(const fi_cq_data_entry& e) {
+void Device::handle_cq_entry(int rail, const fi_cq_data_entry& e, fi_addr_t src) {
   // Incoming RDMA write with immediate: no context of ours (providers differ in the flags they
   // set, and tcp reports len 0, so only the immediate is trusted).
   if ((e.flags & FI_REMOTE_WRITE) || (e.op_context == nullptr && (e.flags & FI_REMOTE_CQ_DATA))) {
-    handle_imm(static_cast<uint32_t>(e.data));
+    handle_imm(rail, static_cast<uint32_t>(e.data), src);
     return;
   }
   auto* op = static_cast<OpCtx*>(e.op_context);
   if (op == nullptr) return;
   switch (op->kind) {
     case OpKind::kRxMsg:
-      handle_msg(op->idx, e.len);
+      handle_msg(op->idx, e.len, src);
       return;
     case OpKind::kTRecv: {
       RecvGroup* g = op->rgroup;
       RecvComm* c = static_cast<RecvComm*>(op->comm);
       --c->inflight;
       --trecv_inflight_;
+      // With FI_DIRECTED_RECV the provider matched the peer only; without it, data from another
+      // endpoint that guessed the tag has landed: the receive fails rather than returning it.
+      if (!c->closed && !from_peer(c, 0, src, nic_.source, true, "tagged message")) {
+        g->error = Status::kRemoteError;
+        fail_comm(c, Status::kRemoteError, "a tagged message for this comm came from an endpoint "
+                  "that is not its peer");
+      }
       RecvEntry& en = g->e[op->idx];
       en.received = e.len;
       en.size_known = en.nseg_known = true;
@@ -134,7 +144,28 @@ void Device::handle_cq_error(int rail, const fi_cq_err_entry& e) {
   op_done(op, s, text);
 }
 
-void Device::handle_msg(int rx_index, size_t len) {
+bool Device::from_peer(Comm* c, int rail, fi_addr_t src, bool checked, bool token_ok, const char* what) {
+  const bool src_ok = !checked || src == c->rail_peer[rail];
+  if (src_ok && token_ok) return true;
+  // Another peer of ours, or an endpoint we never inserted. Dropped (the comm stays healthy: a
+  // stranger cannot fail it) and reported at 1, 2, 4, 8, ... drops. Where the token is wrong the
+  // source the provider reports may be stale (shm and tcp;ofi_rxm name no source for an
+  // endpoint outside the AV, and the CQ slot keeps an older one), so it is only "reported".
+  ++stats_.foreign_dropped;
+  if ((stats_.foreign_dropped & (stats_.foreign_dropped - 1)) == 0) {
+    std::string from = "an endpoint not in our address vector";
+    if (!checked) from = "an endpoint the provider does not name";
+    else if (src != FI_ADDR_NOTAVAIL) from = rails_[rail].lookup_str(src);
+    MF_WARN("%s: dropped a %s for %s comm %u (peer rank %d at %s) from %s%s (%s; %llu dropped so far)",
+            nic_.name.c_str(), what, c->type == Comm::Type::kSend ? "send" : "recv", c->id, c->peer_rank,
+            c->peer_addr.empty() ? "an unknown address" : c->peer_addr.c_str(), src_ok ? "(reportedly) " : "",
+            from.c_str(), src_ok ? "without the connection's token" : "not its peer",
+            static_cast<unsigned long long>(stats_.foreign_dropped));
+  }
+  return false;
+}
+
+void Device::handle_msg(int rx_index, size_t len, fi_addr_t src) {
   ++stats_.msgs_recv;
   const uint8_t* buf = static_cast<const uint8_t*>(rx_ops_[rx_index].buf);
   wire::MsgHeader h;
@@ -155,6 +186,8 @@ void Device::handle_msg(int rx_index, size_t len) {
     if (c == nullptr || c->closed || (c->remote_id != 0 && c->remote_id != h.src_comm)) {
       MF_TRACE(log::kNet, "%s: message type %u for unknown or closed comm %u dropped",
                nic_.name.c_str(), h.type, h.dst_comm);
+    } else if (!from_peer(c, 0, src, nic_.source, h.token == c->token, "message")) {
+      // dropped and counted
     } else {
       c->last_heard = Clock::now();
       switch (type) {
@@ -167,6 +200,8 @@ void Device::handle_msg(int rx_index, size_t len) {
               fail_comm(c, Status::kRemoteError, "listener refused the connection (status %u)", m.status);
             } else if (!s->connected) {
               s->remote_id = h.src_comm;
+              s->remote_token = m.token;
+              s->peer_host_only = (m.flags & wire::kConnectAckFlagHostOnly) != 0;
               on_connect_ack(s, m);
               s->connected = s->error == Status::kOk;
             }
@@ -194,7 +229,7 @@ void Device::handle_msg(int rx_index, size_t len) {
         case wire::MsgType::kPing: {
           wire::PingMsg m;
           std::memcpy(&m, p, sizeof m);
-          (void)send_msg(c, c->peer, wire::MsgType::kPong, c->remote_id, c->id, &m, sizeof m);
+          (void)send_to_peer(c, wire::MsgType::kPong, &m, sizeof m);
           break;
         }
         case wire::MsgType::kPong:
@@ -213,7 +248,7 @@ void Device::handle_msg(int rx_index, size_t len) {
   (void)post_rx(rx_index);
 }
 
-void Device::handle_imm(uint32_t imm) {
+void Device::handle_imm(int rail, uint32_t imm, fi_addr_t src) {
   wire::Imm m = wire::imm_decode(imm);
   if (m.kind != 0) {
     MF_WARN("%s: write with immediate of unknown kind %u dropped", nic_.name.c_str(), m.kind);
@@ -224,6 +259,7 @@ void Device::handle_imm(uint32_t imm) {
     MF_TRACE(log::kNet, "%s: write for unknown or closed comm %u dropped", nic_.name.c_str(), m.comm);
     return;
   }
+  if (!from_peer(c, rail, src, nic_.write_source, true, "write")) return;
   auto* rc = static_cast<RecvComm*>(c);
   rc->last_heard = Clock::now();
   RecvGroup& g = rc->groups[m.slot];
@@ -247,6 +283,14 @@ void Device::handle_imm(uint32_t imm) {
   entry_check_done(rc, &g, static_cast<int>(m.idx));
 }
 
+void Device::poll_liveness() {
+  Clock::time_point now = Clock::now();
+  if (now - last_liveness_ > std::chrono::milliseconds(20)) {
+    last_liveness_ = now;
+    check_liveness(now);
+  }
+}
+
 void Device::check_liveness(Clock::time_point now) {
   auto ms = [](Clock::duration d) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
@@ -266,12 +310,19 @@ void Device::check_liveness(Clock::time_point now) {
                   static_cast<long long>(params_.connect_timeout_ms));
       continue;
     }
-    if (!c->busy()) continue;
+    if (!c->busy()) {
+      c->was_busy = false;
+      continue;
+    }
+    if (!c->was_busy) {
+      c->was_busy = true;
+      c->busy_since = now;
+    }
     if (c->nrails > 1) {
       check_rails(c, now);
       if (c->error != Status::kOk) continue;
     }
-    long long silent = ms(now - c->last_heard);
+    long long silent = ms(now - std::max(c->last_heard, c->busy_since));
     if (silent > params_.peer_timeout_ms) {
       fail_comm(c, Status::kRemoteError,
                 "peer silent for %lld ms with requests pending (MOEFABRIC_PEER_TIMEOUT_MS=%lld): "
@@ -279,7 +330,7 @@ void Device::check_liveness(Clock::time_point now) {
                 silent, static_cast<long long>(params_.peer_timeout_ms));
     } else if (silent > params_.keepalive_ms && ms(now - c->last_ping) > params_.keepalive_ms) {
       wire::PingMsg m = {static_cast<uint64_t>(now.time_since_epoch().count())};
-      if (send_msg(c, c->peer, wire::MsgType::kPing, c->remote_id, c->id, &m, sizeof m) == Status::kOk)
+      if (send_to_peer(c, wire::MsgType::kPing, &m, sizeof m) == Status::kOk)
         c->last_ping = now;
     }
   }

@@ -98,6 +98,23 @@ Status Rail::av_insert(const uint8_t* peer_addr, size_t len, fi_addr_t* out) {
   return Status::kOk;
 }
 
+std::string Rail::addr_str(const uint8_t* peer_addr, size_t len) const {
+  char buf[160] = "";
+  size_t n = sizeof buf;
+  if (av == nullptr || fi_av_straddr(av.get(), peer_addr, buf, &n) == nullptr) return "an unprintable address";
+  buf[sizeof buf - 1] = '\0';
+  (void)len;
+  return buf;
+}
+
+std::string Rail::lookup_str(fi_addr_t a) const {
+  uint8_t name[wire::kMaxAddrLen];
+  size_t len = sizeof name;
+  if (av == nullptr || fi_av_lookup(av.get(), a, name, &len) != 0 || len > sizeof name)
+    return "AV entry " + std::to_string(a);
+  return addr_str(name, len);
+}
+
 namespace {
 std::atomic<TopoGroupsHook> g_topo_groups_hook{nullptr};  // trivially destructible
 }  // namespace

@@ -32,6 +32,10 @@ struct Rail {
   Status open(int rail_index, NicInfo nic_info, std::string* error);
   // Inserts (once) a peer endpoint name into this rail's AV.
   Status av_insert(const uint8_t* peer_addr, size_t len, fi_addr_t* out);
+  // A peer endpoint name as the provider prints it (fi_av_straddr), for messages.
+  std::string addr_str(const uint8_t* peer_addr, size_t len) const;
+  // The same for an entry of this rail's AV (fi_av_lookup, then fi_av_straddr).
+  std::string lookup_str(fi_addr_t a) const;
   // Releases the endpoint (cancels everything in flight) before MRs and the domain go.
   void close_endpoint() { ep.reset(); }
 };

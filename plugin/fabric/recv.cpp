@@ -1,6 +1,7 @@
 // Receive side: grouped receives (up to 8 buffers, one request), control entries to the sender,
 // eager messages matched by sequence number (stashed when they arrive before the receive), and
 // completion from immediates + kFin. test() for both sides lives here too.
+#include <algorithm>
 #include <cstring>
 
 #include "plugin/common/log.h"
@@ -15,6 +16,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   *out = nullptr;
   if (n > 0) c->peer_rank = tags[0];
   MF_CHECK(progress());
+  poll_liveness();
   if (c->error != Status::kOk) {
     MF_WARN("%s", c->error_text.c_str());
     return c->error;
@@ -40,6 +42,21 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   RecvGroup& g = c->groups[c->next_group % wire::kGroupRing];
   if (g.in_use) return Status::kOk;            // ring full: NCCL retries
   if (!c->tagged && !tx_available(2)) return Status::kOk;
+  // Peers write only into registrations with remote write (those made through a receive comm).
+  // NCCL's handles are not tied to a comm (regIsGlobal), so a buffer registered through a send
+  // comm gets a writable registration of exactly its bytes for this receive.
+  MrEntry* wmr[wire::kMaxRecvs] = {};
+  for (int i = 0; i < n && !c->tagged; ++i) {
+    if (sizes[i] == 0 || mrs[i]->access == MrAccess::kRemoteWrite) continue;
+    std::string error;
+    Status s = mr_cache_->acquire(data[i], sizes[i], mrs[i]->type, MrAccess::kRemoteWrite, -1, -1, 0, &wmr[i], &error);
+    if (s != Status::kOk) {
+      for (int j = 0; j < i; ++j) mr_cache_->release(wmr[j]);
+      MF_WARN("irecv on %s (peer rank %d): buffer %d was registered through a send comm and cannot be "
+              "registered for the peer's writes: %s", nic_.name.c_str(), c->peer_rank, i, error.c_str());
+      return s;
+    }
+  }
 
   g.comm = c;
   g.in_use = true;
@@ -59,6 +76,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
     en.posted = sizes[i];
     en.tag = tags[i];
     en.mr = mrs[i];
+    en.wmr = wmr[i];
   }
   ++c->next_group;
   c->next_msg += static_cast<uint32_t>(n);
@@ -88,17 +106,19 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   m.first_msg = g.first_msg;
   m.n = static_cast<uint16_t>(n);
   for (int i = 0; i < n; ++i) {
-    m.entries[i].addr = mrs[i] ? mrs[i]->remote_addr(data[i]) : 0;
-    for (int r = 0; r < c->nrails; ++r) m.entries[i].key[r] = mrs[i] ? mrs[i]->key_on[r] : 0;
+    const MrEntry* w = wmr[i] != nullptr ? wmr[i] : mrs[i];
+    m.entries[i].addr = w ? w->remote_addr(data[i]) : 0;
+    for (int r = 0; r < c->nrails; ++r) m.entries[i].key[r] = w ? w->key_on[r] : 0;
     m.entries[i].size = sizes[i];
     m.entries[i].tag = tags[i];
+    m.entries[i].mem_type = mrs[i] != nullptr && mrs[i]->type == MemType::kCuda ? wire::kMemCuda : wire::kMemHost;
   }
-  MF_CHECK(send_msg(c, c->peer, wire::MsgType::kCtrl, c->remote_id, c->id, &m,
+  MF_CHECK(send_to_peer(c, wire::MsgType::kCtrl, &m,
                     offsetof(wire::CtrlMsg, entries) + n * sizeof(wire::CtrlEntry)));
   // Eager messages that arrived before this receive was posted.
   for (size_t k = 0; k < c->unexpected.size();) {
     Unexpected& u = c->unexpected[k];
-    if (u.msg_seq >= g.first_msg && u.msg_seq < g.first_msg + static_cast<uint32_t>(n)) {
+    if (wire::seq_in(u.msg_seq, g.first_msg, static_cast<uint32_t>(n))) {
       int idx = -1;
       for (int i = 0; i < n; ++i)
         if (g.e[i].tag == u.tag && !g.e[i].done && !g.e[i].size_known) idx = i;
@@ -117,6 +137,13 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
 
 void Device::deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* data, size_t size) {
   RecvEntry& en = g->e[idx];
+  if (en.mr != nullptr && en.mr->type == MemType::kCuda) {
+    // Never memcpy into device memory: the ctrl entry said CUDA, so the sender had to write.
+    g->error = Status::kRemoteError;
+    fail_comm(c, Status::kRemoteError, "protocol error: eager message for GPU receive buffer %d of group %u",
+              idx, g->seq);
+    return;
+  }
   if (size > en.posted) {
     char text[160];
     snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %zu bytes",
@@ -134,8 +161,9 @@ void Device::deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* da
 }
 
 void Device::on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data) {
+  if (c->error != Status::kOk) return;  // failed: nothing more is kept for it
   for (auto& g : c->groups) {
-    if (!g.in_use || m.msg_seq < g.first_msg || m.msg_seq >= g.first_msg + static_cast<uint32_t>(g.n)) continue;
+    if (!g.in_use || !wire::seq_in(m.msg_seq, g.first_msg, static_cast<uint32_t>(g.n))) continue;
     int idx = -1;
     for (int i = 0; i < g.n; ++i)
       if (g.e[i].tag == m.tag && !g.e[i].size_known) idx = i;
@@ -146,11 +174,26 @@ void Device::on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data)
     deliver_eager(c, &g, idx, data, m.size);
     return;
   }
-  if (m.msg_seq - c->next_msg >= (1u << 20)) {  // behind us: already matched once
-    fail_comm(c, Status::kRemoteError, "protocol error: stale eager message %u", m.msg_seq);
+  // For a receive not posted yet: stashed, within the sender's window (wire::kEagerWindow), once
+  // per message number. Anything else is the peer breaking the protocol: the comm fails (and its
+  // stash goes), so a peer can hold at most kEagerWindow messages here.
+  if (wire::seq_before(m.msg_seq, c->next_msg)) {
+    fail_comm(c, Status::kRemoteError, "protocol error: stale eager message %u (receives posted up to %u)",
+              m.msg_seq, c->next_msg);
+  } else if (m.msg_seq - c->next_msg >= wire::kEagerWindow) {
+    fail_comm(c, Status::kRemoteError,
+              "protocol error: eager message %u is %u messages past the receives posted (%u); a sender "
+              "may run at most %u ahead",
+              m.msg_seq, m.msg_seq - c->next_msg, c->next_msg, wire::kEagerWindow);
+  } else if (std::any_of(c->unexpected.begin(), c->unexpected.end(),
+                         [&](const Unexpected& u) { return u.msg_seq == m.msg_seq; })) {
+    fail_comm(c, Status::kRemoteError, "protocol error: eager message %u sent twice", m.msg_seq);
+  } else {
+    c->unexpected.push_back({m.msg_seq, m.tag, std::vector<uint8_t>(data, data + m.size)});
     return;
   }
-  c->unexpected.push_back({m.msg_seq, m.tag, std::vector<uint8_t>(data, data + m.size)});
+  c->unexpected.clear();
+  c->unexpected.shrink_to_fit();
 }
 
 void Device::on_fin(RecvComm* c, const wire::FinMsg& m) {
@@ -187,6 +230,11 @@ void Device::group_check_done(RecvComm* c, RecvGroup* g) {
 }
 
 void Device::group_release(RecvComm* c, RecvGroup* g) {
+  for (int i = 0; i < g->n; ++i)
+    if (g->e[i].wmr != nullptr) {
+      mr_cache_->release(g->e[i].wmr);
+      g->e[i].wmr = nullptr;
+    }
   g->in_use = false;
   --c->active;
 }
@@ -194,13 +242,7 @@ void Device::group_release(RecvComm* c, RecvGroup* g) {
 Status Device::test(Request* req, bool* done, size_t* sizes) {
   *done = false;
   MF_CHECK(progress());
-  // The background thread rarely gets the lock while the application spins in test(): run the
-  // liveness checks here too (cheap, rate-limited).
-  Clock::time_point now = Clock::now();
-  if (now - last_liveness_ > std::chrono::milliseconds(20)) {
-    last_liveness_ = now;
-    check_liveness(now);
-  }
+  poll_liveness();
   if (req->type == Request::Type::kSend) {
     auto* r = static_cast<SendReq*>(req);
     auto* c = static_cast<SendComm*>(r->comm);

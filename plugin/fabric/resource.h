@@ -41,13 +41,15 @@ const char* fi_error_text(int rc);
 const char* cq_error_text(fid_cq* cq, const fi_cq_err_entry& e, char* buf, size_t len);
 
 // Drains `cq` for up to `rounds` batches of buf.size(): successful entries go to on_entries(n)
-// (in buf), error entries to on_error(err). Returns 0 when the CQ is empty or the rounds are
-// spent, else the negative libfabric code of the failed call, named in *failed.
+// (in buf; with `src`, of buf's size, each entry's source address in it: fi_cq_readfrom), error
+// entries to on_error(err). Returns 0 when the CQ is empty or the rounds are spent, else the
+// negative libfabric code of the failed call, named in *failed.
 template <class OnEntries, class OnError>
 ssize_t cq_drain(fid_cq* cq, std::vector<fi_cq_data_entry>& buf, int rounds, OnEntries&& on_entries,
-                 OnError&& on_error, const char** failed) {
+                 OnError&& on_error, const char** failed, std::vector<fi_addr_t>* src = nullptr) {
   for (int r = 0; r < rounds; ++r) {
-    ssize_t n = fi_cq_read(cq, buf.data(), buf.size());
+    ssize_t n = src != nullptr ? fi_cq_readfrom(cq, buf.data(), buf.size(), src->data())
+                               : fi_cq_read(cq, buf.data(), buf.size());
     if (n == -FI_EAGAIN) return 0;
     if (n == -FI_EAVAIL) {
       fi_cq_err_entry err = {};
@@ -61,7 +63,7 @@ ssize_t cq_drain(fid_cq* cq, std::vector<fi_cq_data_entry>& buf, int rounds, OnE
       continue;
     }
     if (n < 0) {
-      *failed = "fi_cq_read";
+      *failed = src != nullptr ? "fi_cq_readfrom" : "fi_cq_read";
       return n;
     }
     on_entries(static_cast<size_t>(n));

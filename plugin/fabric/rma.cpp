@@ -70,8 +70,7 @@ Status RmaEndpoint::init(std::string* error) {
   addr_len_ = sizeof addr_;
   if ((rc = fi_getname(&ep->fid, addr_, &addr_len_)) != 0) return fail("fi_getname", rc);
   max_write_ = fi->ep_attr->max_msg_size > 0 ? fi->ep_attr->max_msg_size : SIZE_MAX;
-  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  mr_cache_ = std::make_unique<MrCache>(domain, ep, fi->domain_attr->mr_mode, true, page);
+  mr_cache_ = std::make_unique<MrCache>(domain, ep, fi->domain_attr->mr_mode, fi->domain_attr->mr_key_size, true);
   cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
   rx_slab_.assign(kRxBuffers * kRxBufferBytes, 0);
   for (int i = 0; i < kRxBuffers; ++i) {

@@ -80,11 +80,11 @@ bool RmaRails::hmem_async() const {
   return false;
 }
 
-Status RmaRails::reg(void* buf, size_t len, Mr* out, std::string* error, int cuda_device) {
+Status RmaRails::reg(void* buf, size_t len, MrAccess access, Mr* out, std::string* error, int cuda_device) {
   *out = Mr{};
   const MemType type = cuda_device >= 0 ? MemType::kCuda : MemType::kHost;
   for (size_t i = 0; i < eps_.size(); ++i) {
-    Status s = eps_[i]->mr_cache().acquire(buf, len, type, cuda_device, -1, 0, &out->rail[i], error);
+    Status s = eps_[i]->mr_cache().acquire(buf, len, type, access, cuda_device, -1, 0, &out->rail[i], error);
     if (s != Status::kOk) {
       if (eps_.size() > 1) *error = "rail " + std::to_string(i) + " (" + eps_[i]->nic().name + "): " + *error;
       dereg(out);

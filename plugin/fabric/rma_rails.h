@@ -65,8 +65,9 @@ class RmaRails : private RmaHandler {
 
   void local_addr(Addr* out) const;
   // Registers memory on every rail (through each rail's MR cache): host memory, or with
-  // `cuda_device` >= 0 that GPU's memory (FI_HMEM_CUDA; every rail must have hmem()).
-  Status reg(void* buf, size_t len, Mr* out, std::string* error, int cuda_device = -1);
+  // `cuda_device` >= 0 that GPU's memory (FI_HMEM_CUDA; every rail must have hmem()). Only
+  // memory peers write into gets MrAccess::kRemoteWrite.
+  Status reg(void* buf, size_t len, MrAccess access, Mr* out, std::string* error, int cuda_device = -1);
   // Every rail registers GPU memory (FI_HMEM granted).
   bool hmem() const;
   // Some rail fills GPU memory with host-issued copies that may still run after their

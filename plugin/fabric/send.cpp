@@ -10,12 +10,18 @@
 #include "plugin/fabric/device.h"
 
 namespace moefabric::fabric {
-namespace {
-constexpr size_t kEagerWindow = 64;
-}  // namespace
-
 uint64_t tagged_tag(uint32_t comm_id, uint32_t msg_seq) {
   return (static_cast<uint64_t>(comm_id) << 32) | msg_seq;
+}
+
+// Eager data is copied by the receiver with a plain memcpy, so it only ever goes to a host
+// receive buffer: with the entry known, by its memory type; before that, only to a receiver
+// whose device takes no GPU buffers at all (kConnectAckFlagHostOnly). A GPU receive buffer is
+// always written by the NIC (the plugin needs no CUDA copies of its own).
+SendPath send_path(const SendPathIn& in) {
+  const bool host = in.local == MemType::kHost;
+  if (!in.known) return in.size <= in.eager_max && host && in.peer_host_only ? SendPath::kEager : SendPath::kWait;
+  return in.size <= in.eager_known_max && host && in.remote == MemType::kHost ? SendPath::kEager : SendPath::kWrite;
 }
 
 SendReq* Device::sreq_alloc(SendComm* c) {
@@ -53,7 +59,7 @@ void Device::send_advance(SendComm* c) {
     if (!g.known || g.seq != c->cur_group) return;
     if (!g.eager_marked) {
       g.eager_marked = true;
-      while (!c->eager.empty() && c->eager.front().msg_seq < g.first_msg + g.n) {
+      while (!c->eager.empty() && wire::seq_before(c->eager.front().msg_seq, g.first_msg + g.n)) {
         EagerRecord er = c->eager.front();
         c->eager.pop_front();
         int idx = -1;
@@ -95,6 +101,7 @@ void Device::on_ctrl(SendComm* c, const wire::CtrlMsg& m) {
   g.n = m.n;
   g.used = 0;
   std::memcpy(g.e, m.entries, sizeof(wire::CtrlEntry) * m.n);
+  c->waiting_ctrl = false;
   send_advance(c);
 }
 
@@ -105,12 +112,13 @@ Status Device::send_eager(SendComm* c, uint32_t s, int tag, void* data, size_t s
   if (r == nullptr) return Status::kOk;
   r->size = size;
   wire::EagerMsg m = {s, tag, size};
-  Status st = send_msg(c, c->peer, wire::MsgType::kEager, c->remote_id, c->id, &m, sizeof m, data, size, r);
+  Status st = send_to_peer(c, wire::MsgType::kEager, &m, sizeof m, data, size, r);
   if (st != Status::kOk) {
     sreq_release(c, r);
     return st == Status::kAgain ? Status::kOk : st;
   }
   ++c->next_msg;
+  c->waiting_ctrl = false;
   *out = r;
   return Status::kOk;
 }
@@ -119,6 +127,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   *out = nullptr;
   c->peer_rank = tag;
   MF_CHECK(progress());
+  poll_liveness();
   if (c->error != Status::kOk) {
     MF_WARN("%s", c->error_text.c_str());
     return c->error;
@@ -158,10 +167,18 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
 
   send_advance(c);
   SendGroup& g = c->groups[c->cur_group % wire::kGroupRing];
-  bool known = g.known && g.seq == c->cur_group && c->eager.empty();
-  if (!known) {
-    bool host = mr == nullptr || mr->type == MemType::kHost;
-    if (size > eager_max_ || !host || c->eager.size() >= kEagerWindow || !tx_available(8)) return Status::kOk;
+  SendPathIn path = {};
+  path.size = size;
+  path.local = mr != nullptr ? mr->type : MemType::kHost;
+  path.eager_max = eager_max_;
+  path.eager_known_max = eager_known_max_;
+  path.peer_host_only = c->peer_host_only;
+  path.known = g.known && g.seq == c->cur_group && c->eager.empty();
+  if (!path.known) {
+    if (send_path(path) != SendPath::kEager || c->eager.size() >= wire::kEagerWindow || !tx_available(8)) {
+      c->waiting_ctrl = true;  // NCCL calls again; the peer's liveness is checked meanwhile
+      return Status::kOk;
+    }
     MF_CHECK(send_eager(c, s, tag, data, size, out));
     if (*out != nullptr) c->eager.push_back({s, tag});
     return Status::kOk;
@@ -178,6 +195,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
     return Status::kInvalidUsage;
   }
   const wire::CtrlEntry& en = g.e[idx];
+  path.remote = en.mem_type == wire::kMemCuda ? MemType::kCuda : MemType::kHost;
   if (size > en.size) {
     char text[160];
     snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %llu bytes",
@@ -189,7 +207,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   // Small host messages may go eagerly with the entry known (MOEFABRIC_EAGER_KNOWN): the
   // receiver matches them to the posted buffer as it does an eager message that crossed its
   // control entry; the entry is used here.
-  if (size <= eager_known_max_ && (mr == nullptr || mr->type == MemType::kHost) && tx_available(8)) {
+  if (send_path(path) == SendPath::kEager && tx_available(8)) {
     MF_CHECK(send_eager(c, s, tag, data, size, out));
     if (*out != nullptr) {
       g.used |= static_cast<uint8_t>(1u << idx);
@@ -255,9 +273,10 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   }
   if (!full) {
     wire::FinMsg fin = {g.seq, static_cast<uint16_t>(idx), static_cast<uint16_t>(nseg), size};
-    MF_CHECK(send_msg(c, c->peer, wire::MsgType::kFin, c->remote_id, c->id, &fin, sizeof fin, nullptr, 0, r));
+    MF_CHECK(send_to_peer(c, wire::MsgType::kFin, &fin, sizeof fin, nullptr, 0, r));
   }
   send_advance(c);
+  c->waiting_ctrl = false;
   *out = r;
   return Status::kOk;
 }
@@ -267,7 +286,7 @@ void Device::send_error(Comm* c, uint32_t group_seq, Status s, const char* text)
   m.group_seq = group_seq;
   m.code = static_cast<uint16_t>(s);
   snprintf(m.text, sizeof m.text, "%s", text);
-  (void)send_msg(c, c->peer, wire::MsgType::kError, c->remote_id, c->id, &m, sizeof m);
+  (void)send_to_peer(c, wire::MsgType::kError, &m, sizeof m);
 }
 
 void Device::on_error_msg(Comm* c, const wire::ErrorMsg& m) {

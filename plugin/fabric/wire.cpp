@@ -37,6 +37,8 @@ const char* parse_check(const void* buf, size_t len, MsgHeader* hdr) {
       if (m.n < 1 || m.n > kMaxRecvs) return "ctrl group width out of range";
       if (hdr->payload != offsetof(CtrlMsg, entries) + m.n * sizeof(CtrlEntry))
         return "ctrl length does not match its width";
+      for (int i = 0; i < m.n; ++i)
+        if (m.entries[i].mem_type != kMemHost && m.entries[i].mem_type != kMemCuda) return "unknown memory type";
       return nullptr;
     }
     case MsgType::kFin: {

@@ -1,6 +1,6 @@
 // Everything that crosses the network between two moefabric endpoints (net plugin protocol,
-// version 2: multi-rail devices). docs/wire-protocol.md describes the protocol; this header is its single source of
-// truth. All integers are little-endian (every supported host is). Every field read off the wire
+// version 3: listen nonces; v2 added multi-rail devices). docs/wire-protocol.md describes the
+// protocol; this header is its single source of truth. All integers are little-endian (every supported host is). Every field read off the wire
 // is validated (wire_parse_*) before use.
 #pragma once
 
@@ -11,7 +11,7 @@
 namespace moefabric::fabric::wire {
 
 inline constexpr uint16_t kMagic = 0x464d;  // "MF"
-inline constexpr uint8_t kVersion = 2;
+inline constexpr uint8_t kVersion = 3;
 inline constexpr size_t kMaxAddrLen = 64;   // endpoint names (EFA 32 B, tcp sockaddr_in6 28 B)
 inline constexpr int kMaxRecvs = 8;         // grouped receive width
 inline constexpr int kGroupRing = 64;       // receive groups in flight per connection (>= 2*32)
@@ -19,6 +19,11 @@ inline constexpr int kMaxSegments = 16;     // writes one message may be split i
 inline constexpr uint32_t kMaxCommId = 0xffff;
 inline constexpr size_t kHandleSize = 128;  // NCCL_NET_HANDLE_MAXSIZE
 inline constexpr int kMaxRails = 4;         // NICs (own endpoints) one device may stripe over
+// A sender sends eagerly at most this many messages whose control entries it has not seen, so
+// no eager message is ever this many messages or more past the first receive its receiver has
+// not posted. The receiver refuses one that is (it stashes at most kEagerWindow x eager max
+// bytes per comm for receives not posted yet).
+inline constexpr uint32_t kEagerWindow = 64;
 
 enum class MsgType : uint8_t {
   kConnect = 1,     // sender -> listener: open a connection
@@ -38,8 +43,12 @@ struct MsgHeader {
   uint32_t dst_comm;     // comm id at the destination (listen id for kConnect)
   uint32_t src_comm;     // comm id at the source
   uint32_t payload;      // bytes after the header
+  // The destination's credential: its comm's random token (learnt in the handshake), or for
+  // kConnect the listen handle's nonce. A message without it is dropped: comm ids are small
+  // integers, and not every provider names the sender of a message from outside its AV.
+  uint64_t token;
 };
-static_assert(sizeof(MsgHeader) == 16);
+static_assert(sizeof(MsgHeader) == 24);
 
 // One rail's endpoint name, for fi_av_insert on the peer's endpoint of the same rail.
 struct RailAddr {
@@ -54,15 +63,20 @@ struct ConnectMsg {
   uint32_t flags;        // kConnectFlag*
   uint32_t nrails;       // 1..kMaxRails: sender's rails, addresses below
   uint64_t max_write;    // sender's largest write, informational
+  uint64_t token;        // the send comm's token: the listener's messages to it carry it
   RailAddr rails[kMaxRails];  // sender endpoint names (rail 0 first)
 };
 inline constexpr uint32_t kConnectFlagTagged = 1;  // sender uses the tagged data path
+// connect-ack: the listener's device registers no GPU memory, so every receive buffer it will
+// post is host memory and the sender may send eagerly before seeing a control entry.
+inline constexpr uint32_t kConnectAckFlagHostOnly = 1;
 
 struct ConnectAckMsg {
   uint32_t status;       // 0 = accepted
   uint32_t flags;
   uint32_t nrails;       // rails the connection uses (<= both sides'); 1 when refused
   uint32_t reserved;
+  uint64_t token;        // the receive comm's token (0 when refused)
   RailAddr rails[kMaxRails];  // listener endpoint names of rails 1..nrails-1 (rail 0 unused:
                               // the sender has it from the listen handle)
 };
@@ -72,10 +86,13 @@ struct CtrlEntry {
                          // same on every rail: one buffer registered once per rail's domain)
   uint64_t size;         // posted size in bytes
   int32_t tag;
-  uint32_t reserved;
+  uint8_t mem_type;      // kMemHost / kMemCuda: eager data is only ever copied into host memory
+  uint8_t reserved[3];
   uint64_t key[kMaxRails];  // MR key on each rail's domain (unused rails 0)
 };
 static_assert(sizeof(CtrlEntry) == 56);
+inline constexpr uint8_t kMemHost = 0;
+inline constexpr uint8_t kMemCuda = 1;
 
 struct CtrlMsg {
   uint32_t group_seq;    // receive group number on this connection (0, 1, 2, ...)
@@ -110,20 +127,31 @@ struct ErrorMsg {
   char text[112];        // NUL-terminated
 };
 
-// The 128-byte NCCL listen handle. Bytes past `stage` are scratch for connect() between calls.
+// The 128-byte NCCL listen handle. Whoever holds it may connect (the nonce is the credential),
+// so it travels only over the job's own bootstrap. stage_* are the connecting process's scratch
+// between its non-blocking connect() calls (NCCL hands the same buffer back): a comm table id
+// and a token that must both match, never a pointer, so a corrupted or forged handle is refused.
 struct ListenHandle {
   uint16_t magic;
   uint8_t version;
   uint8_t addr_len;
   uint32_t listen_id;
   uint8_t addr[kMaxAddrLen];
-  uint64_t stage_magic;  // kStageMagic while a connect is in progress
-  uint64_t stage_comm;   // in-progress send comm (local pointer, only meaningful to us)
+  uint64_t nonce;        // random per listener (getrandom); kConnect carries it as its token
   uint8_t nrails;        // listener's rails; rails 1.. send their addresses in kConnectAck
-  uint8_t reserved[kHandleSize - 89];
+  uint8_t reserved0[3];
+  uint32_t stage_comm;   // connect in progress: the send comm's id in the connector's table
+  uint64_t stage_token;  // ... and its random token; 0 = no connect in progress
+  uint8_t reserved[kHandleSize - 96];
 };
 static_assert(sizeof(ListenHandle) == kHandleSize);
-inline constexpr uint64_t kStageMagic = 0x4d46434f4e4e4543ull;
+static_assert(offsetof(ListenHandle, nonce) == 72 && offsetof(ListenHandle, stage_token) == 88);
+
+// Message and receive-group numbers count modulo 2^32 on both sides of a connection; a long-lived
+// connection wraps. Compare them only through these (signed distance of the unsigned counters).
+inline bool seq_before(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
+// s lies in [first, first + n) modulo 2^32.
+inline bool seq_in(uint32_t s, uint32_t first, uint32_t n) { return s - first < n; }
 
 // Every message fits one receive buffer: header + the largest fixed payload or eager data.
 inline constexpr size_t kMaxFixedPayload =

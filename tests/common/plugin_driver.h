@@ -10,6 +10,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "plugin/common/launch.h"
@@ -50,16 +51,30 @@ inline void quiet_logger(int level, unsigned long, const char* file, int line, c
   va_end(ap);
 }
 
+// The plugin's warnings since the last clear, one per line (tests that check what an error
+// names install this logger; it also prints what quiet_logger prints).
+inline std::string g_warnings;
+inline void capture_logger(int level, unsigned long, const char* file, int line, const char* fmt, ...) {
+  if (level > 2 && !getenv("MFTEST_VERBOSE")) return;
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  if (level == 2) g_warnings += std::string(buf) + "\n";
+  fprintf(stderr, "[nccl-log %d] %s:%d %s\n", level, file, line, buf);
+}
+
 struct Plugin {
   void* dl = nullptr;
   const abi::net_v11_t* v11 = nullptr;
   void* ctx = nullptr;
-  int open(const char* path = MOEFABRIC_PLUGIN_PATH) {
+  int open(const char* path = MOEFABRIC_PLUGIN_PATH, abi::logger_t logger = quiet_logger) {
     dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     T_CHECK(dl != nullptr, "dlopen(%s): %s", path, dlerror());
     v11 = static_cast<const abi::net_v11_t*>(dlsym(dl, "ncclNetPlugin_v11"));
     T_CHECK(v11 != nullptr, "ncclNetPlugin_v11 not exported");
-    T_OK(v11->init(&ctx, 0x1234, nullptr, quiet_logger, nullptr));
+    T_OK(v11->init(&ctx, 0x1234, nullptr, logger, nullptr));
     return 0;
   }
   int close() {

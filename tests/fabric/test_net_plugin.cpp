@@ -14,6 +14,7 @@
 #include <random>
 #include <string>
 
+#include "plugin/fabric/wire.h"
 #include "tests/common/plugin_driver.h"
 
 using namespace mftest;
@@ -21,11 +22,12 @@ using moefabric::OobChannel;
 
 namespace {
 
-void run_ranks(int n, const std::function<int(OobChannel&, Plugin&)>& body, int timeout_s = 240) {
+void run_ranks(int n, const std::function<int(OobChannel&, Plugin&)>& body, int timeout_s = 240,
+               abi::logger_t logger = quiet_logger) {
   auto res = moefabric::launch_fork(n, [&](OobChannel& oob) {
     g_rank = oob.rank();
     Plugin pl;
-    if (pl.open() != 0) return 1;
+    if (pl.open(MOEFABRIC_PLUGIN_PATH, logger) != 0) return 1;
     int rc = body(oob, pl);
     if (rc != 0) return rc;
     return pl.close();
@@ -33,6 +35,14 @@ void run_ranks(int n, const std::function<int(OobChannel&, Plugin&)>& body, int 
   INFO(res.report);
   REQUIRE(res.ok);
 }
+
+// Sets an environment variable for the ranks a test forks; restored when the test case ends,
+// failed or not.
+struct ScopedEnv {
+  std::string name;
+  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
+  ~ScopedEnv() { unsetenv(name.c_str()); }
+};
 
 struct Mr {
   std::vector<uint8_t> buf;
@@ -194,6 +204,104 @@ TEST_CASE("plugin: 32 requests in flight and grouped receives", "[fabric]") {
   });
 }
 
+// Message and receive-group numbers are 32-bit and wrap on a long-lived connection. Both ends
+// start them 1237 short of 2^32 (MOEFABRIC_TEST_SEQ_START) and move ~4800 messages in both
+// directions. Each round posts 8 grouped receives (1..8 buffers), sends into them (written and
+// eager sizes), sends 24 eager messages into 8 receives not posted yet (stashed by the receiver,
+// or crossing their control entries), then posts those. The message numbers wrap one message
+// into round 20's unposted receives, inside a group; the group numbers wrap later. Before the
+// fix tcp failed the comm ("stale eager message") and shm hung there.
+TEST_CASE("plugin: sequence numbers wrap at 2^32", "[fabric]") {
+  constexpr int kFirst[8] = {1, 2, 3, 4, 5, 6, 7, 8};    // receives posted before the sends
+  constexpr int kSecond[8] = {3, 1, 2, 4, 5, 2, 6, 1};   // posted after 24 eager sends
+  constexpr int kRounds = 80, kWrapRound = 20;
+  static_assert(kRounds * 16 > kWrapRound * 60 + 37, "receive-group numbers wrap too");
+  // 60 messages a round with 8-buffer groups: the wrap falls on message 1 of kSecond[0].
+  ScopedEnv start("MOEFABRIC_TEST_SEQ_START", std::to_string((uint64_t{1} << 32) - (kWrapRound * 60 + 36 + 1)).c_str());
+  run_ranks(2, [&](OobChannel& oob, Plugin& pl) {
+    std::vector<void*> send, recv, listens;
+    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+    int me = oob.rank(), peer = 1 - me;
+    abi::properties_v11_t props = {};
+    T_OK(pl.v11->getProperties(0, &props));
+    const int G = props.maxRecvs;  // 1 on the tagged protocol
+    const size_t kSlot = 40000, kEagerSize = 4096;  // eager: within MOEFABRIC_EAGER_MAX's default
+    const int kMaxMsgs = 16 * 8;
+    Mr sb, rb;
+    if (reg(pl, send[peer], sb, kSlot * kMaxMsgs) || reg(pl, recv[peer], rb, kSlot * kMaxMsgs)) return 1;
+    std::vector<int> width;
+    for (int w : kFirst) width.push_back(std::min(w, G));
+    for (int w : kSecond) width.push_back(std::min(w, G));
+    std::vector<int> first_msg(16);
+    int nmsg = 0;
+    for (int r = 0; r < 16; ++r) nmsg += width[r], first_msg[r] = nmsg - width[r];
+    const int half = first_msg[8];  // messages into the receives posted first
+    std::mt19937 rng(7 + me);
+    std::string err;
+    for (int round = 0; round < kRounds; ++round) {
+      // Sizes agreed by both sides through the seed: every third message into the receives
+      // posted first is written, the rest eager (a larger send waits for its control entry).
+      std::mt19937 srng(5000 + round);
+      std::vector<size_t> sz(nmsg);
+      for (int k = 0; k < nmsg; ++k)
+        sz[k] = k < half && k % 3 == 1 ? kEagerSize + 1 + srng() % (kSlot - kEagerSize - 1)
+                                       : srng() % (kEagerSize + 1);
+      for (int k = 0; k < nmsg; ++k)
+        for (size_t i = 0; i < sz[k]; ++i) sb.buf[k * kSlot + i] = pattern(me, i, round * 1000 + k);
+      std::vector<void*> rreq(16), sreq(nmsg);
+      auto post_recvs = [&](int from, int to) {
+        for (int r = from; r < to; ++r) {
+          void* data[8];
+          size_t sizes[8];
+          int tags[8];
+          void* mh[8];
+          for (int g = 0; g < width[r]; ++g) {
+            data[g] = rb.buf.data() + (first_msg[r] + g) * kSlot;
+            sizes[g] = kSlot;
+            tags[g] = 100 + g;
+            mh[g] = rb.mh;
+          }
+          if (post_recv(pl, recv[peer], width[r], data, sizes, tags, mh, &rreq[r])) return 1;
+        }
+        return 0;
+      };
+      auto post_sends = [&](int from, int to) {
+        for (int r = from; r < to; ++r) {
+          std::vector<int> order(width[r]);
+          std::iota(order.begin(), order.end(), 0);
+          std::shuffle(order.begin(), order.end(), rng);  // tags pick the buffer inside a group
+          for (int g : order) {
+            int k = first_msg[r] + g;
+            if (post_send(pl, send[peer], sb.buf.data() + k * kSlot, sz[k], 100 + g, sb.mh, &sreq[k])) return 1;
+          }
+        }
+        return 0;
+      };
+      if (post_recvs(0, 8)) return 1;
+      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      if (post_sends(0, 16)) return 1;  // at most 24 eager messages run ahead of the receives
+      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      if (post_recvs(8, 16)) return 1;
+      for (void* q : sreq)
+        if (wait_req(pl.v11, q, nullptr, 30)) return 1;
+      for (int r = 0; r < 16; ++r) {
+        int got[8] = {};
+        if (wait_req(pl.v11, rreq[r], got, 30)) return 1;
+        for (int g = 0; g < width[r]; ++g) {
+          int k = first_msg[r] + g;
+          T_CHECK(got[g] == static_cast<int>(sz[k]), "round %d message %d: %d bytes, expected %zu", round,
+                  k, got[g], sz[k]);
+          for (size_t i = 0; i < sz[k]; ++i)
+            T_CHECK(rb.buf[k * kSlot + i] == pattern(peer, i, round * 1000 + k), "round %d message %d byte %zu wrong",
+                    round, k, i);
+        }
+      }
+    }
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    return close_mesh(pl, send, recv, listens);
+  }, 90);
+}
+
 TEST_CASE("plugin: 4 ranks, full mesh, many comms", "[fabric]") {
   run_ranks(4, [](OobChannel& oob, Plugin& pl) {
     const int kMeshes = 4;  // several comms per peer pair, like NCCL channels
@@ -274,6 +382,169 @@ TEST_CASE("plugin: send larger than receive is an error, no hang", "[fabric]") {
       return close_mesh(pl, send, recv, listens);
     });
   }
+}
+
+// Listen handles come from other processes. connect() must survive any bytes: fully random
+// handles, handles whose fields past the listener's address are random, and a real handle whose
+// connect-in-progress scratch (the bytes connect() wrote into it) was corrupted. Before the fix
+// the scratch held a pointer that connect() dereferenced (SIGSEGV). Each such handle fails with
+// an error and the connect in progress still completes with the intact handle.
+TEST_CASE("plugin: random and corrupted listen handles fail cleanly", "[fabric]") {
+  run_ranks(1, [](OobChannel&, Plugin& pl) {
+    constexpr size_t H = abi::kHandleMaxSize;
+    namespace wire = moefabric::fabric::wire;
+    char good[H] = {};
+    void* lc = nullptr;
+    T_OK(pl.v11->listen(pl.ctx, 0, good, &lc));
+    std::mt19937_64 rng(99);
+    auto refused = [&](char* h, const char* what, int i) {
+      void* sc = nullptr;
+      int rc = pl.v11->connect(pl.ctx, 0, h, &sc, nullptr);
+      T_CHECK(rc != abi::kSuccess && sc == nullptr, "%s %d: connect returned %d, comm %p", what, i, rc, sc);
+      return 0;
+    };
+    for (int i = 0; i < 500; ++i) {
+      char h[H];
+      for (auto& b : h) b = static_cast<char>(rng());
+      if (refused(h, "random handle", i)) return 1;
+      // The listener's magic, version and address; every later byte random but a valid rail count.
+      std::memcpy(h, good, offsetof(wire::ListenHandle, addr) + wire::kMaxAddrLen);
+      h[offsetof(wire::ListenHandle, nrails)] = 1;
+      if (refused(h, "handle with random fields", i)) return 1;
+    }
+    char started[H];
+    std::memcpy(started, good, H);
+    void* sc = nullptr;
+    T_OK(pl.v11->connect(pl.ctx, 0, started, &sc, nullptr));
+    T_CHECK(sc == nullptr, "connected before the listener accepted");
+    std::vector<size_t> scratch;
+    for (size_t b = 0; b < H; ++b)
+      if (started[b] != good[b]) scratch.push_back(b);
+    T_CHECK(!scratch.empty(), "connect() left no state in the handle");
+    int accepted = 0;  // every word is tried (a crash shows whichever word causes it)
+    for (size_t word = 0; word < H / 8; ++word)
+      for (int k = 0; k < 50; ++k) {
+        char h[H];
+        std::memcpy(h, started, H);
+        bool any = false;
+        for (size_t b : scratch)
+          if (b / 8 == word) h[b] = static_cast<char>(rng()), any = true;
+        if (!any) break;
+        void* bad = nullptr;
+        if (pl.v11->connect(pl.ctx, 0, h, &bad, nullptr) == abi::kSuccess || bad != nullptr) ++accepted;
+      }
+    T_CHECK(accepted == 0, "%d handles with corrupted connect scratch were accepted", accepted);
+    void* rc = nullptr;
+    auto start = Clock::now();
+    while (!sc || !rc) {
+      if (!sc) T_OK(pl.v11->connect(pl.ctx, 0, started, &sc, nullptr));
+      if (!rc) T_OK(pl.v11->accept(lc, &rc, nullptr));
+      T_CHECK(!deadline_passed(start, 30), "the intact handle's connect did not complete");
+    }
+    T_OK(pl.v11->closeSend(sc));
+    T_OK(pl.v11->closeRecv(rc));
+    T_OK(pl.v11->closeListen(lc));
+    return 0;
+  });
+}
+
+// Whoever holds a listen handle may connect; whoever does not, may not, even knowing the
+// listener's address and listen id (both guessable). A handle forged from those (nonce 0) and the
+// real handle with one nonce bit flipped: their connects are dropped unanswered, connect() fails
+// after MOEFABRIC_CONNECT_TIMEOUT_MS, the listener accepts nothing from them and says so. Before
+// the fix the forged handle connected.
+TEST_CASE("plugin: a connect without the listener's nonce is refused", "[fabric]") {
+  ScopedEnv timeout("MOEFABRIC_CONNECT_TIMEOUT_MS", "2000");
+  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
+    constexpr size_t H = abi::kHandleMaxSize;
+    namespace wire = moefabric::fabric::wire;
+    int me = oob.rank();
+    char mine[H] = {}, all[2 * H];
+    void* lc = nullptr;
+    if (me == 1) T_OK(pl.v11->listen(pl.ctx, 0, mine, &lc));
+    std::string err;
+    T_CHECK(oob.allgather(mine, all, H, &err), "%s", err.c_str());
+    const char* real = all + H;
+    if (me == 0) {
+      char forged[H] = {}, wrong[H];
+      std::memcpy(forged, real, offsetof(wire::ListenHandle, addr) + wire::kMaxAddrLen);
+      forged[offsetof(wire::ListenHandle, nrails)] = 1;
+      std::memcpy(wrong, real, H);
+      wrong[offsetof(wire::ListenHandle, nonce)] ^= 1;
+      char* tries[2] = {forged, wrong};
+      int rc[2] = {abi::kSuccess, abi::kSuccess};
+      auto start = Clock::now();
+      while (rc[0] == abi::kSuccess || rc[1] == abi::kSuccess) {
+        for (int t = 0; t < 2; ++t) {
+          if (rc[t] != abi::kSuccess) continue;
+          void* sc = nullptr;
+          rc[t] = pl.v11->connect(pl.ctx, 0, tries[t], &sc, nullptr);
+          T_CHECK(sc == nullptr, "a handle %s connected", t == 0 ? "forged from the address" : "with a wrong nonce");
+        }
+        T_CHECK(!deadline_passed(start, 15), "connects without the nonce neither failed nor connected");
+      }
+      T_CHECK(rc[0] == abi::kRemoteError && rc[1] == abi::kRemoteError, "connects failed with %d / %d", rc[0], rc[1]);
+    }
+    // The listener accepts all along: the first (and only) connection it gets is the real
+    // handle's, made once the others failed.
+    void* sc = nullptr;
+    void* rcomm = nullptr;
+    auto start = Clock::now();
+    char h[H];
+    std::memcpy(h, real, H);
+    while (me == 0 ? !sc : !rcomm) {
+      if (me == 0) T_OK(pl.v11->connect(pl.ctx, 0, h, &sc, nullptr));
+      else T_OK(pl.v11->accept(lc, &rcomm, nullptr));
+      T_CHECK(!deadline_passed(start, 30), "the real handle did not connect");
+    }
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    if (me == 1) {
+      void* extra = nullptr;
+      T_OK(pl.v11->accept(lc, &extra, nullptr));
+      T_CHECK(extra == nullptr, "the listener accepted a second connection");
+      T_CHECK(g_warnings.find("wrong nonce") != std::string::npos, "no warning about the wrong nonce: %s",
+              g_warnings.c_str());
+      T_OK(pl.v11->closeRecv(rcomm));
+      T_OK(pl.v11->closeListen(lc));
+    } else {
+      T_OK(pl.v11->closeSend(sc));
+    }
+    return 0;
+  }, 120, capture_logger);
+}
+
+// Registrations through a send comm give peers no access, yet NCCL's handles are not tied to a
+// comm (regIsGlobal): one used for a receive still works (the receive takes a writable
+// registration of exactly its bytes), on the write path and the eager path, many times.
+TEST_CASE("plugin: a buffer registered through a send comm can be received into", "[fabric]") {
+  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
+    std::vector<void*> send, recv, listens;
+    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+    int me = oob.rank(), peer = 1 - me;
+    const size_t kSize = 100000;
+    Mr sb, rb;
+    if (reg(pl, send[peer], sb, kSize) || reg(pl, send[peer], rb, kSize)) return 1;  // both via the send comm
+    std::string err;
+    for (int round = 0; round < 20; ++round) {
+      const size_t n = round % 2 ? 100 : kSize;  // eager and written
+      for (size_t i = 0; i < n; ++i) sb.buf[i] = pattern(me, i, round);
+      void* data = rb.buf.data();
+      size_t sz = kSize;
+      int tag = peer;
+      void *rreq = nullptr, *sreq = nullptr;
+      if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &rreq)) return 1;
+      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      if (post_send(pl, send[peer], sb.buf.data(), n, me, sb.mh, &sreq)) return 1;
+      int got = -1;
+      if (wait_req(pl.v11, sreq, nullptr, 30) || wait_req(pl.v11, rreq, &got, 30)) return 1;
+      T_CHECK(got == static_cast<int>(n), "round %d: %d bytes", round, got);
+      for (size_t i = 0; i < n; ++i) T_CHECK(rb.buf[i] == pattern(peer, i, round), "round %d byte %zu", round, i);
+    }
+    T_OK(pl.v11->deregMr(send[peer], sb.mh));
+    T_OK(pl.v11->deregMr(send[peer], rb.mh));
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    return close_mesh(pl, send, recv, listens);
+  });
 }
 
 TEST_CASE("plugin: close with requests in flight, then finalize and reload", "[fabric]") {
@@ -390,6 +661,97 @@ TEST_CASE("plugin: a peer killed mid-transfer gives an error in bounded time", "
   // rank 1 is expected to die by SIGKILL; rank 0 must exit 0.
   REQUIRE(res.report.find("rank 0") == std::string::npos);
   REQUIRE(res.report.find("rank 1: killed by signal 9") != std::string::npos);
+}
+
+// What a peer's error names: its address as the provider prints it (tcp on lo: the loopback
+// address; shm: the region name, which holds the process id).
+std::string peer_name_part(int peer_pid) {
+  const char* prov = getenv("MOEFABRIC_PROVIDER");
+  return prov != nullptr && std::string(prov) == "shm" ? "moefabric-" + std::to_string(peer_pid) + "-"
+                                                       : std::string("127.0.0.1");
+}
+
+// A receiver that dies after connecting and before posting anything: messages larger than the
+// eager limit wait for control entries that never come, and isend hands out no request. That
+// wait counts as pending work: the peer timeout applies and isend fails naming the peer. Before
+// the fix isend kept returning success without a request for as long as it was called.
+TEST_CASE("plugin: a receiver killed before posting fails the sender's isend", "[fabric]") {
+  ScopedEnv timeout("MOEFABRIC_PEER_TIMEOUT_MS", "3000");
+  ScopedEnv keepalive("MOEFABRIC_KEEPALIVE_MS", "200");
+  auto res = moefabric::launch_fork(2, [](OobChannel& oob) {
+    g_rank = oob.rank();
+    Plugin pl;
+    if (pl.open(MOEFABRIC_PLUGIN_PATH, capture_logger)) return 1;
+    std::vector<void*> send, recv, listens;
+    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+    int me = oob.rank(), peer = 1 - me;
+    int pid = getpid(), pids[2] = {};
+    std::string err;
+    T_CHECK(oob.allgather(&pid, pids, sizeof pid, &err), "%s", err.c_str());
+    if (me == 1) raise(SIGKILL);  // connected, nothing posted
+    Mr sb;
+    if (reg(pl, send[peer], sb, 1 << 20)) return 1;
+    T_CHECK(!oob.barrier(&err), "rank 1 is still alive");  // returns once the launcher saw it die
+    g_warnings.clear();
+    auto start = Clock::now();
+    int rc = abi::kSuccess;
+    long calls = 0;
+    void* r = nullptr;  // the tagged protocol hands out a request at once: then test() fails
+    while (rc == abi::kSuccess && !deadline_passed(start, 20)) {
+      if (r == nullptr) {
+        rc = pl.v11->isend(send[peer], sb.buf.data(), 1 << 20, me, sb.mh, nullptr, &r);
+      } else {
+        int done = 0;
+        rc = pl.v11->test(r, &done, nullptr);
+        T_CHECK(!done, "a send of 1 MiB to a dead receiver completed");
+      }
+      ++calls;
+    }
+    double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    fprintf(stderr, "rank 0: isend failed with %d after %.2f s, %ld calls\n", rc, secs, calls);
+    T_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError,
+            "isend to a receiver that died before posting still succeeds after %.1f s (%ld calls)", secs, calls);
+    T_CHECK(secs < 10, "the dead receiver was detected after %.1f s (peer timeout 3 s)", secs);
+    const std::string want = peer_name_part(pids[1]);
+    T_CHECK(g_warnings.find(want) != std::string::npos, "the error does not name the peer (%s): %s",
+            want.c_str(), g_warnings.c_str());
+    (void)pl.v11->deregMr(send[peer], sb.mh);
+    (void)close_mesh(pl, send, recv, listens);
+    return pl.close();
+  }, 60);
+  INFO(res.report);
+  REQUIRE(res.report.find("rank 0") == std::string::npos);
+  REQUIRE(res.report.find("rank 1: killed by signal 9") != std::string::npos);
+}
+
+// The other side of the same rule: a receiver that is alive but posts late (its progress
+// thread answers the sender's pings) does not fail the sender waiting on it.
+TEST_CASE("plugin: a live receiver that posts after the peer timeout is waited for", "[fabric]") {
+  ScopedEnv timeout("MOEFABRIC_PEER_TIMEOUT_MS", "1500");
+  ScopedEnv keepalive("MOEFABRIC_KEEPALIVE_MS", "200");
+  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
+    std::vector<void*> send, recv, listens;
+    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+    int me = oob.rank(), peer = 1 - me;
+    const size_t kSize = 1 << 20;
+    Mr b;
+    if (reg(pl, me == 0 ? send[peer] : recv[peer], b, kSize)) return 1;
+    std::string err;
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    if (me == 1) {
+      usleep(4 * 1000 * 1000);  // more than twice the peer timeout without calling in
+      void* data = b.buf.data();
+      size_t sz = kSize;
+      int tag = peer;
+      void* r = nullptr;
+      if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &r) || wait_req(pl.v11, r, nullptr, 30)) return 1;
+    } else {
+      void* r = nullptr;
+      if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30)) return 1;
+    }
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    return close_mesh(pl, send, recv, listens);
+  });
 }
 
 TEST_CASE("plugin: a receiver that finalizes mid-write neither crashes nor hangs", "[fabric]") {

@@ -68,7 +68,7 @@ struct Side {
     p.stripe_min = 64 * 1024;
     REQUIRE(RmaRails::open(p, nics(nrails), shift, &rails, &err) == Status::kOk);
     REQUIRE(rails->nrails() == nrails);
-    REQUIRE(rails->reg(buf.data(), buf.size(), &mr, &err) == Status::kOk);
+    REQUIRE(rails->reg(buf.data(), buf.size(), MrAccess::kRemoteWrite, &mr, &err) == Status::kOk);
   }
   ~Side() { rails->dereg(&mr); }
 };

@@ -25,7 +25,7 @@ TEST_CASE("wire: immediate round-trips every field", "[wire]") {
 namespace {
 std::vector<uint8_t> make(MsgType t, const void* p, size_t n) {
   std::vector<uint8_t> b(sizeof(MsgHeader) + n);
-  MsgHeader h = {kMagic, kVersion, static_cast<uint8_t>(t), 1, 2, static_cast<uint32_t>(n)};
+  MsgHeader h = {kMagic, kVersion, static_cast<uint8_t>(t), 1, 2, static_cast<uint32_t>(n), 0x1234};
   std::memcpy(b.data(), &h, sizeof h);
   if (n) std::memcpy(b.data() + sizeof h, p, n);
   return b;
@@ -93,7 +93,7 @@ TEST_CASE("wire: random bytes never pass as a message with an inconsistent lengt
 
 TEST_CASE("wire: v2 multi-rail handshake and control entries", "[wire]") {
   MsgHeader h;
-  REQUIRE(kVersion == 2);
+  REQUIRE(kVersion >= 2);
   ConnectMsg cm = {};
   cm.nrails = 2;
   cm.rails[0].len = 16;
@@ -143,4 +143,47 @@ TEST_CASE("wire: v2 multi-rail handshake and control entries", "[wire]") {
   REQUIRE(msg_buffer_size(0) >= sizeof(MsgHeader) + sizeof(ConnectMsg));
   REQUIRE(msg_buffer_size(0) >= sizeof(MsgHeader) + sizeof(ConnectAckMsg));
   REQUIRE(msg_buffer_size(0) >= sizeof(MsgHeader) + sizeof(CtrlMsg));
+}
+
+TEST_CASE("wire: sequence comparisons hold across the 32-bit wrap", "[wire]") {
+  REQUIRE(seq_before(1, 2));
+  REQUIRE_FALSE(seq_before(2, 2));
+  REQUIRE(seq_before(0xffffffffu, 0));  // the last number before the wrap precedes 0
+  REQUIRE_FALSE(seq_before(3, 0xfffffffeu));
+  REQUIRE(seq_in(0xffffffffu, 0xfffffffeu, 4));  // a group straddling the wrap
+  REQUIRE(seq_in(1, 0xfffffffeu, 4));
+  REQUIRE_FALSE(seq_in(2, 0xfffffffeu, 4));
+  REQUIRE_FALSE(seq_in(0xfffffffdu, 0xfffffffeu, 4));
+}
+
+TEST_CASE("wire: v3 credentials: listen nonce, comm tokens, handle scratch", "[wire]") {
+  REQUIRE(kVersion == 3);
+  static_assert(sizeof(MsgHeader) == 24 && offsetof(MsgHeader, token) == 16);
+  static_assert(sizeof(ListenHandle) == kHandleSize);
+  // The listener's address fields keep their v2 offsets; the nonce follows them, then the
+  // connector's scratch (a comm id and token, no pointer).
+  static_assert(offsetof(ListenHandle, addr) == 8 && offsetof(ListenHandle, nonce) == 8 + kMaxAddrLen);
+  static_assert(offsetof(ListenHandle, stage_comm) == 84 && offsetof(ListenHandle, stage_token) == 88);
+  static_assert(offsetof(ConnectMsg, token) == 16 && offsetof(ConnectAckMsg, token) == 16);
+  MsgHeader h;
+  ConnectMsg cm = {};
+  cm.nrails = 1;
+  cm.rails[0].len = 16;
+  auto ok = make(MsgType::kConnect, &cm, sizeof cm);
+  REQUIRE(parse_check(ok.data(), ok.size(), &h) == nullptr);
+  REQUIRE(h.token == 0x1234);
+  REQUIRE(ok.size() <= msg_buffer_size(0));
+}
+
+TEST_CASE("wire: v3 ctrl entries carry the receive buffer's memory type", "[wire]") {
+  static_assert(sizeof(CtrlEntry) == 56 && offsetof(CtrlEntry, mem_type) == 20);
+  MsgHeader h;
+  CtrlMsg c = {};
+  c.n = 2;
+  c.entries[1].mem_type = kMemCuda;
+  auto ok = make(MsgType::kCtrl, &c, offsetof(CtrlMsg, entries) + 2 * sizeof(CtrlEntry));
+  REQUIRE(parse_check(ok.data(), ok.size(), &h) == nullptr);
+  c.entries[1].mem_type = 7;
+  auto bad = make(MsgType::kCtrl, &c, offsetof(CtrlMsg, entries) + 2 * sizeof(CtrlEntry));
+  REQUIRE(parse_check(bad.data(), bad.size(), &h) != nullptr);
 }
