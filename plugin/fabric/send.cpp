@@ -285,7 +285,9 @@ void Device::send_error(Comm* c, uint32_t group_seq, Status s, const char* text)
   wire::ErrorMsg m = {};
   m.group_seq = group_seq;
   m.code = static_cast<uint16_t>(s);
-  snprintf(m.text, sizeof m.text, "%s", text);
+  // Cut to the message's text field (NUL-terminated; the rest of the field stays zero).
+  const size_t n = strnlen(text, sizeof m.text - 1);
+  std::memcpy(m.text, text, n);
   (void)send_to_peer(c, wire::MsgType::kError, &m, sizeof m);
 }
 

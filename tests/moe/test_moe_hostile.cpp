@@ -162,8 +162,8 @@ int fake_peer(OobChannel& oob, const Shape& s, const ncclMoeConfig_t& cfg, int r
   H_CHECK(moe::open_rails(params, std::nullopt, &ep, &choice, &err) == Status::kOk, "rails: %s", err.c_str());
   std::vector<uint8_t> recv(l.recv_block_bytes), send(1 << 16);
   moefabric::fabric::RmaRails::Mr recv_mr, send_mr;
-  H_CHECK(ep->reg(recv.data(), recv.size(), &recv_mr, &err) == Status::kOk, "reg: %s", err.c_str());
-  H_CHECK(ep->reg(send.data(), send.size(), &send_mr, &err) == Status::kOk, "reg: %s", err.c_str());
+  H_CHECK(ep->reg(recv.data(), recv.size(), moefabric::fabric::MrAccess::kRemoteWrite, &recv_mr, &err) == Status::kOk, "reg: %s", err.c_str());
+  H_CHECK(ep->reg(send.data(), send.size(), moefabric::fabric::MrAccess::kLocal, &send_mr, &err) == Status::kOk, "reg: %s", err.c_str());
   moe::RailsAddr mine{};
   moe::rails_addr(*ep, recv_mr, recv.data(), &mine);
   std::vector<moe::RailsAddr> all(s.nranks);
