@@ -170,7 +170,7 @@ std::string cuda_err(const char* what) {
 
 // The CUDA backend on the same inputs, outputs guarded alike, downloaded into *o.
 std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
-                     const std::vector<uint16_t>& ey, const Sizes& z, Out* o) {
+                     const std::vector<uint16_t>& ey, const Sizes& z, bool fence, Out* o) {
   const Shape& s = c.shape;
   const size_t T = static_cast<size_t>(in.T);
   Dev x(s.x_bytes() * T), sc(s.nscale() * 4 * T), idx(T * s.topk * 4), w(T * s.topk * 4), nt(4),
@@ -194,7 +194,7 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
     ok = ok && cudaMemcpy(dey.p, ey.data(), ey.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess;
   // A cudaMemcpy from pageable memory may return before its DMA has landed, and a non-blocking
   // stream does not wait for the legacy stream: fence the uploads before any kernel reads them.
-  ok = ok && cudaDeviceSynchronize() == cudaSuccess;
+  if (fence) ok = ok && cudaDeviceSynchronize() == cudaSuccess;
   if (!ok) return cuda_err("upload");
   cudaStream_t st = nullptr;  // c.stream 2: the legacy NULL stream
   if (c.stream < 2 &&
@@ -225,7 +225,7 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
     if (cudaStreamSynchronize(st) != cudaSuccess ||
         cudaMemcpy(peek.data(), rx.p, z.xb, cudaMemcpyDeviceToHost) != cudaSuccess ||
         cudaMemcpy(dey.p, ey.data(), ey.size() * 2, cudaMemcpyHostToDevice) != cudaSuccess ||
-        cudaDeviceSynchronize() != cudaSuccess)
+        (fence && cudaDeviceSynchronize() != cudaSuccess))
       err = cuda_err("sync between dispatch and combine");
   }
   if (err.empty()) {
@@ -250,6 +250,7 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
 struct Options {
   bool cuda = false;
   int timeout_ms = 20000;
+  bool upload_fence = true;  // --no-upload-fence: show what a caller that skips it sees
 };
 
 // One case on this rank: "" or what failed. The comms live for all of the case's ops.
@@ -307,7 +308,7 @@ std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
       if (cap_d != cap)
         return fail("capacities differ: host " + std::to_string(cap) + ", CUDA " + std::to_string(cap_d));
       Out dout;
-      err = run_cuda(c, dev, in, ey, z, &dout);
+      err = run_cuda(c, dev, in, ey, z, opt.upload_fence, &dout);
       if (err.empty()) err = first_diff("recvExpertCounts", dout.counts, ho.counts, 4, "CUDA", "host");
       if (err.empty()) err = first_diff("recvX", dout.recv_x, ho.recv_x, s.x_bytes(), "CUDA", "host");
       if (err.empty() && s.fp8)
@@ -387,6 +388,7 @@ int main(int argc, char** argv) {
   int timeout_ms = 20000;
   int budget_s = 0;
   bool no_regressions = false;
+  bool no_upload_fence = false;
   app.add_option("-n,--cases", cases, "random cases per rank count (and per mode)")->capture_default_str();
   app.add_option("-s,--seed", seed, "base seed of the random cases (printed; 0 = from the clock)")->capture_default_str();
   app.add_option("-r,--ranks", ranks_s, "rank counts, comma-separated (ranks share the GPUs round robin)")->capture_default_str();
@@ -395,6 +397,9 @@ int main(int argc, char** argv) {
   app.add_option("--budget", budget_s, "stop drawing new cases after this many seconds (0 = no limit)")->capture_default_str();
   app.add_flag("--no-regressions", no_regressions, "skip the fixed regression cases");
 #if MFTEST_CUDA
+  app.add_flag("--no-upload-fence", no_upload_fence,
+               "skip the harness's cudaDeviceSynchronize after its pageable uploads (shows the race "
+               "a caller who breaks the stream order of docs/moe-api.md sees: expect failures)");
   app.add_option("-m,--modes", modes_s,
                  "CUDA path modes: nvlink (CUDA IPC), fabric (MOEFABRIC_FORCE_FABRIC=1), node1 "
                  "(MOEFABRIC_NODE_SIZE=1, 2+ ranks)")->capture_default_str();
@@ -416,6 +421,7 @@ int main(int argc, char** argv) {
   }
   Options opt;
   opt.timeout_ms = timeout_ms;
+  opt.upload_fence = !no_upload_fence;
   std::vector<std::string> modes = {"host"};
 #if MFTEST_CUDA
   opt.cuda = true;
