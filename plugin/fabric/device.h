@@ -235,6 +235,9 @@ struct ListenComm {
 
 struct DeviceStats {
   uint64_t writes = 0, msgs_sent = 0, msgs_recv = 0, eagain = 0;
+  uint64_t imms_recv = 0;          // incoming writes with an immediate, any kind
+  uint64_t malformed_dropped = 0;  // messages that did not parse (from no connection's peer) and
+                                   // writes with an immediate of a kind not ours
   uint64_t connects_dropped = 0;  // kConnect without a listener's nonce
   uint64_t foreign_dropped = 0;   // messages/writes naming a comm whose peer did not send them
 };
@@ -319,6 +322,7 @@ class Device {
   void handle_cq_error(int rail, const fi_cq_err_entry& e);
   void check_rails(Comm* c, Clock::time_point now);
   void handle_msg(int rx_index, size_t len, fi_addr_t src);
+  void on_malformed(const wire::MsgHeader& h, size_t len, fi_addr_t src, const char* why);
   void handle_imm(int rail, uint32_t imm, fi_addr_t src);
   // Whether what arrived for comm c on `rail` from `src` (checked: the provider reports sources)
   // came from its peer: `token_ok` (messages: the header's token is c's) and the source is c's

@@ -95,39 +95,66 @@ InfoPtr nic_hints(const std::string& provider, bool want_hmem, bool want_tagged)
 
 namespace {
 constexpr char kShmPrefix[] = "moefabric-";
+}  // namespace
 
-// Regions of ours left in /dev/shm by processes that died without closing (SIGKILL).
-void remove_stale_shm_regions() {
-  DIR* d = opendir("/dev/shm");
+// This process's PID namespace (the inode number of /proc/self/ns/pid), 0 if unknown.
+uint64_t pid_namespace_id() {
+  char link[64] = {};
+  ssize_t n = readlink("/proc/self/ns/pid", link, sizeof link - 1);
+  unsigned long long ino = 0;
+  if (n > 0 && sscanf(link, "pid:[%llu]", &ino) == 1) return ino;
+  return 0;
+}
+
+std::string shm_region_name(uint64_t pidns, int pid, uint32_t random, unsigned n) {
+  char name[80];
+  snprintf(name, sizeof name, "%s%llx-%d-%08x-%u", kShmPrefix, static_cast<unsigned long long>(pidns), pid,
+           random, n);
+  return name;
+}
+
+bool shm_region_stale(const char* name, uint64_t pidns, const std::function<bool(long)>& pid_alive) {
+  if (pidns == 0 || strncmp(name, kShmPrefix, sizeof kShmPrefix - 1) != 0) return false;
+  char* end = nullptr;
+  const unsigned long long ns = strtoull(name + sizeof kShmPrefix - 1, &end, 16);
+  if (end == nullptr || *end != '-' || ns != pidns) return false;  // another namespace's, or unknown
+  const long pid = strtol(end + 1, &end, 10);
+  if (end == nullptr || *end != '-' || pid <= 0) return false;
+  return !pid_alive(pid);
+}
+
+// Regions of ours left in /dev/shm by processes that died without closing (SIGKILL). Only those
+// of our own PID namespace: /dev/shm may be shared between containers whose pids mean other
+// processes (or none) here, and unlinking a live process's region would cut it off.
+void remove_stale_shm_regions(const char* dir) {
+  DIR* d = opendir(dir);
   if (d == nullptr) return;
+  const uint64_t ns = pid_namespace_id();
+  auto alive = [](long pid) { return kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH; };
   while (dirent* e = readdir(d)) {
-    if (strncmp(e->d_name, kShmPrefix, sizeof kShmPrefix - 1) != 0) continue;
-    long pid = strtol(e->d_name + sizeof kShmPrefix - 1, nullptr, 10);
-    if (pid <= 0 || kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
-    std::string path = std::string("/dev/shm/") + e->d_name;
+    if (!shm_region_stale(e->d_name, ns, alive)) continue;
+    std::string path = std::string(dir) + "/" + e->d_name;
     if (unlink(path.c_str()) == 0) MF_INFO(log::kInit, "removed stale shm region %s", path.c_str());
   }
   closedir(d);
 }
-}  // namespace
 
 // shm names each endpoint's region after the process id by default, so a new process that gets
 // the pid of one killed earlier finds its region still there and fi_enable fails with EBUSY.
-// Name ours "moefabric-<pid>-<random>-<n>" instead, and clear regions of dead processes first.
+// Name ours shm_region_name() instead (PID namespace, pid, random, counter), and clear regions
+// of dead processes of our namespace first.
 void set_unique_shm_name(fi_info* fi) {
   if (fi->fabric_attr == nullptr || fi->fabric_attr->prov_name == nullptr ||
       std::string(fi->fabric_attr->prov_name) != "shm" || fi->addr_format != FI_ADDR_STR)
     return;
   static std::once_flag once;
   static std::atomic<unsigned> counter{0};
-  std::call_once(once, remove_stale_shm_regions);
+  std::call_once(once, [] { remove_stale_shm_regions("/dev/shm"); });
   std::random_device rd;
-  char name[64];
-  snprintf(name, sizeof name, "%s%d-%08x-%u", kShmPrefix, static_cast<int>(getpid()), rd(),
-           counter.fetch_add(1));
+  const std::string name = shm_region_name(pid_namespace_id(), static_cast<int>(getpid()), rd(), counter.fetch_add(1));
   free(fi->src_addr);
-  fi->src_addr = strdup(name);
-  fi->src_addrlen = strlen(name) + 1;
+  fi->src_addr = strdup(name.c_str());
+  fi->src_addrlen = name.size() + 1;
 }
 
 // tcp;ofi_rxm (libfabric 1.17 through at least 2.x): when a connection closes while the payload

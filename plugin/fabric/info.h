@@ -2,6 +2,8 @@
 // will number them.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -59,6 +61,14 @@ bool imm_write_needs_split(const fi_info* fi, const std::string& mode);
 // On shm: gives the endpoint a region name no other process can hold (see info.cpp). Call on
 // the fi_info passed to fi_endpoint.
 void set_unique_shm_name(fi_info* fi);
+// The pieces of it: this process's PID namespace id (0 unknown); the region name
+// "moefabric-<pidns hex>-<pid>-<random>-<n>"; whether a region named so is a dead process's of
+// namespace `pidns` (never one of another namespace, of an unknown one, or not ours); and the
+// sweep of `dir` (/dev/shm) that unlinks those.
+uint64_t pid_namespace_id();
+std::string shm_region_name(uint64_t pidns, int pid, uint32_t random, unsigned n);
+bool shm_region_stale(const char* name, uint64_t pidns, const std::function<bool(long)>& pid_alive);
+void remove_stale_shm_regions(const char* dir);
 
 // The fi_info hints moefabric uses for `provider` (exposed for the perf tool's raw baseline).
 InfoPtr nic_hints(const std::string& provider, bool want_hmem, bool want_tagged);

@@ -165,22 +165,44 @@ bool Device::from_peer(Comm* c, int rail, fi_addr_t src, bool checked, bool toke
   return false;
 }
 
+// A message that does not parse. One from a connection's peer (its token, its address) is that
+// peer breaking the protocol: the comm fails, naming it. Anything else is dropped and reported
+// at 1, 2, 4, 8, ... drops (a stranger can neither fail a comm nor flood the log).
+void Device::on_malformed(const wire::MsgHeader& h, size_t len, fi_addr_t src, const char* why) {
+  if (len >= sizeof h && h.magic == wire::kMagic) {
+    Comm* c = comm_lookup(h.dst_comm);
+    const bool src_ok = !nic_.source || src == (c != nullptr ? c->rail_peer[0] : FI_ADDR_UNSPEC);
+    if (c != nullptr && !c->closed && c->error == Status::kOk && src_ok && h.token == c->token &&
+        (c->remote_id == 0 || c->remote_id == h.src_comm)) {
+      fail_comm(c, Status::kRemoteError, "protocol error: malformed message of type %u (%zu bytes): %s", h.type,
+                len, why);
+      return;
+    }
+  }
+  ++stats_.malformed_dropped;
+  if ((stats_.malformed_dropped & (stats_.malformed_dropped - 1)) == 0) {
+    const std::string from = !nic_.source                 ? std::string("an endpoint the provider does not name")
+                             : src == FI_ADDR_NOTAVAIL ? std::string("an endpoint not in our address vector")
+                                                       : rails_[0].lookup_str(src);
+    MF_WARN("%s: dropped a malformed message (%zu bytes) from %s: %s (%llu dropped so far)", nic_.name.c_str(), len,
+            from.c_str(), why, static_cast<unsigned long long>(stats_.malformed_dropped));
+  }
+}
+
 void Device::handle_msg(int rx_index, size_t len, fi_addr_t src) {
   ++stats_.msgs_recv;
-  const uint8_t* buf = static_cast<const uint8_t*>(rx_ops_[rx_index].buf);
-  wire::MsgHeader h;
-  const char* bad = wire::parse_check(buf, len, &h);
+  // One copy of what the peer sent, checked; only the copy is used below (the eager data is
+  // copied once more, to its destination, and never interpreted).
+  wire::Msg m;
+  const char* bad = wire::parse(rx_ops_[rx_index].buf, len, &m);
   if (bad != nullptr) {
-    MF_WARN("%s: dropped malformed message (%zu bytes): %s", nic_.name.c_str(), len, bad);
+    on_malformed(m.h, len, src, bad);
     (void)post_rx(rx_index);
     return;
   }
-  const uint8_t* p = buf + sizeof h;
-  auto type = static_cast<wire::MsgType>(h.type);
-  if (type == wire::MsgType::kConnect) {
-    wire::ConnectMsg m;
-    std::memcpy(&m, p, sizeof m);
-    on_connect(h, m);
+  const wire::MsgHeader& h = m.h;
+  if (m.type() == wire::MsgType::kConnect) {
+    on_connect(h, m.body.connect);
   } else {
     Comm* c = comm_lookup(h.dst_comm);
     if (c == nullptr || c->closed || (c->remote_id != 0 && c->remote_id != h.src_comm)) {
@@ -190,57 +212,40 @@ void Device::handle_msg(int rx_index, size_t len, fi_addr_t src) {
       // dropped and counted
     } else {
       c->last_heard = Clock::now();
-      switch (type) {
+      switch (m.type()) {
         case wire::MsgType::kConnectAck: {
-          wire::ConnectAckMsg m;
-          std::memcpy(&m, p, sizeof m);
+          const wire::ConnectAckMsg& a = m.body.ack;
           if (c->type == Comm::Type::kSend) {
             auto* s = static_cast<SendComm*>(c);
-            if (m.status != 0) {
-              fail_comm(c, Status::kRemoteError, "listener refused the connection (status %u)", m.status);
+            if (a.status != 0) {
+              fail_comm(c, Status::kRemoteError, "listener refused the connection (status %u)", a.status);
             } else if (!s->connected) {
               s->remote_id = h.src_comm;
-              s->remote_token = m.token;
-              s->peer_host_only = (m.flags & wire::kConnectAckFlagHostOnly) != 0;
-              on_connect_ack(s, m);
+              s->remote_token = a.token;
+              s->peer_host_only = (a.flags & wire::kConnectAckFlagHostOnly) != 0;
+              on_connect_ack(s, a);
               s->connected = s->error == Status::kOk;
             }
           }
           break;
         }
-        case wire::MsgType::kCtrl: {
-          wire::CtrlMsg m = {};
-          std::memcpy(&m, p, h.payload);
-          if (c->type == Comm::Type::kSend) on_ctrl(static_cast<SendComm*>(c), m);
+        case wire::MsgType::kCtrl:
+          if (c->type == Comm::Type::kSend) on_ctrl(static_cast<SendComm*>(c), m.body.ctrl);
           break;
-        }
-        case wire::MsgType::kFin: {
-          wire::FinMsg m;
-          std::memcpy(&m, p, sizeof m);
-          if (c->type == Comm::Type::kRecv) on_fin(static_cast<RecvComm*>(c), m);
+        case wire::MsgType::kFin:
+          if (c->type == Comm::Type::kRecv) on_fin(static_cast<RecvComm*>(c), m.body.fin);
           break;
-        }
-        case wire::MsgType::kEager: {
-          wire::EagerMsg m;
-          std::memcpy(&m, p, sizeof m);
-          if (c->type == Comm::Type::kRecv) on_eager(static_cast<RecvComm*>(c), m, p + sizeof m);
+        case wire::MsgType::kEager:
+          if (c->type == Comm::Type::kRecv) on_eager(static_cast<RecvComm*>(c), m.body.eager, m.eager_data);
           break;
-        }
-        case wire::MsgType::kPing: {
-          wire::PingMsg m;
-          std::memcpy(&m, p, sizeof m);
-          (void)send_to_peer(c, wire::MsgType::kPong, &m, sizeof m);
+        case wire::MsgType::kPing:
+          (void)send_to_peer(c, wire::MsgType::kPong, &m.body.ping, sizeof m.body.ping);
           break;
-        }
         case wire::MsgType::kPong:
-          break;
-        case wire::MsgType::kError: {
-          wire::ErrorMsg m;
-          std::memcpy(&m, p, sizeof m);
-          on_error_msg(c, m);
-          break;
-        }
         case wire::MsgType::kConnect:
+          break;
+        case wire::MsgType::kError:
+          on_error_msg(c, m.body.error);
           break;
       }
     }
@@ -249,9 +254,13 @@ void Device::handle_msg(int rx_index, size_t len, fi_addr_t src) {
 }
 
 void Device::handle_imm(int rail, uint32_t imm, fi_addr_t src) {
+  ++stats_.imms_recv;
   wire::Imm m = wire::imm_decode(imm);
-  if (m.kind != 0) {
-    MF_WARN("%s: write with immediate of unknown kind %u dropped", nic_.name.c_str(), m.kind);
+  if (m.kind != 0) {  // reported at 1, 2, 4, ... drops
+    const uint64_t n = ++stats_.malformed_dropped;
+    if ((n & (n - 1)) == 0)
+      MF_WARN("%s: write with immediate of unknown kind %u dropped (%llu malformed dropped so far)",
+              nic_.name.c_str(), m.kind, static_cast<unsigned long long>(stats_.malformed_dropped));
     return;
   }
   Comm* c = comm_lookup(m.comm);
@@ -269,8 +278,23 @@ void Device::handle_imm(int rail, uint32_t imm, fi_addr_t src) {
     return;
   }
   RecvEntry& en = g.e[m.idx];
+  // Every write of a message counts once: a replayed or duplicated immediate (more writes than
+  // the message's segments, or one for a message already complete) is the peer's fault.
+  if (en.done || (en.nseg_known && en.writes_got >= en.nseg)) {
+    fail_comm(rc, Status::kRemoteError,
+              "protocol error: write %u for group slot %u index %u, a message of %u segments%s "
+              "(replayed or duplicated immediate)",
+              en.writes_got + 1u, m.slot, m.idx, en.nseg_known ? en.nseg : m.nseg, en.done ? " already complete" : "");
+    return;
+  }
   if (en.nseg_known && en.nseg != m.nseg) {
-    fail_comm(rc, Status::kRemoteError, "protocol error: inconsistent segment count");
+    fail_comm(rc, Status::kRemoteError, "protocol error: inconsistent segment count (%u, then %u)", en.nseg, m.nseg);
+    return;
+  }
+  if (m.full && en.size_known && en.received != en.posted) {
+    fail_comm(rc, Status::kRemoteError,
+              "protocol error: a write says group slot %u index %u fills its %zu bytes, its fin said %zu",
+              m.slot, m.idx, en.posted, en.received);
     return;
   }
   en.nseg = static_cast<uint8_t>(m.nseg);

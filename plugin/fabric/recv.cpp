@@ -203,6 +203,11 @@ void Device::on_fin(RecvComm* c, const wire::FinMsg& m) {
     return;
   }
   RecvEntry& en = g.e[m.idx];
+  if (en.size_known) {  // a second fin, or a fin for a message whose writes said it was full
+    fail_comm(c, Status::kRemoteError, "protocol error: a second size for group %u index %u (fin replayed?)",
+              m.group_seq, m.idx);
+    return;
+  }
   if (m.size > en.posted || (en.nseg_known && en.nseg != m.nseg)) {
     fail_comm(c, Status::kRemoteError, "protocol error: fin size %llu / %u segments for a %zu-byte buffer",
               static_cast<unsigned long long>(m.size), m.nseg, en.posted);

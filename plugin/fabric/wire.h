@@ -184,8 +184,31 @@ inline Imm imm_decode(uint32_t v) {
              v & 3u};
 }
 
-// Checks a received message: magic, version, type, and that the payload length matches the
-// type. Returns nullptr on success, else a static string naming the problem.
-const char* parse_check(const void* buf, size_t len, MsgHeader* hdr);
+// A received message as the receiver uses it: the header and the fixed part of the payload,
+// copied once out of the receive buffer and checked on the copy. Nothing of the fixed part is
+// read from the receive buffer again. An eager message's data is the one exception: it is not
+// interpreted, only copied once more (to the posted buffer or the stash), by pointer and
+// length (eager_data, eager.size) that lie inside the received bytes.
+struct Msg {
+  MsgHeader h;
+  union {
+    ConnectMsg connect;
+    ConnectAckMsg ack;
+    CtrlMsg ctrl;
+    FinMsg fin;
+    EagerMsg eager;
+    PingMsg ping;
+    ErrorMsg error;
+  } body;
+  const uint8_t* eager_data;
+  MsgType type() const { return static_cast<MsgType>(h.type); }
+};
+
+// Copies the received message at buf (len bytes) into *m and checks the copy: magic, version,
+// type, the payload length the type asks for, counts and indices in range (ctrl width, fin
+// index and segments, rails and address lengths, memory types), eager size = the bytes that
+// came, and an error text NUL-terminated. Returns nullptr on success, else a static string
+// naming the problem (then *m is not to be used).
+const char* parse(const void* buf, size_t len, Msg* m);
 
 }  // namespace moefabric::fabric::wire

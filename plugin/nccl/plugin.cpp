@@ -1,7 +1,13 @@
 // NCCL net-plugin adapters: ncclNetPlugin_v11 (NCCL 2.28+) and v10/v9/v8 tables for older
 // NCCLs, each member a few lines onto moefabric::fabric's one internal API. Every exported entry
-// runs inside guard(), which turns exceptions into ncclInternalError.
+// runs inside guard(), which turns exceptions into ncclInternalError and keeps the unload from
+// tearing the state down under a call in progress.
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -28,8 +34,20 @@ struct Ctx {
 
 result_t to_result(Status s) { return static_cast<result_t>(status_to_nccl(s)); }
 
+// Calls inside the plugin right now, and whether it is being unloaded. A call counts itself in
+// before it looks at the flag, the unload sets the flag before it counts the calls (both
+// sequentially consistent), so once the unload sees no call inside, every later call sees the
+// flag and returns without touching the state the unload frees.
+std::atomic<int> g_inside{0};
+std::atomic<bool> g_unloading{false};
+
 template <class F>
 result_t guard(const char* what, F&& f) {
+  g_inside.fetch_add(1);
+  struct Leave {
+    ~Leave() { g_inside.fetch_sub(1); }
+  } leave;
+  if (g_unloading.load()) return abi::kInternalError;  // no logging: NCCL's logger may be gone
   try {
     return to_result(f());
   } catch (const std::bad_alloc&) {
@@ -284,7 +302,19 @@ result_t irecv_v8(void* recv_comm, int n, void** data, int* sizes, int* tags, vo
 // Net alive with its progress thread polling. Left running, that thread would execute unmapped
 // code after dlclose, or poll libfabric while libfabric's own destructor tears the providers down
 // at exit (libfabric is our dependency, so its destructor runs after this one).
+// Another thread of the application may still be inside a call (a proxy thread polling test()
+// while main returns): the unload waits for it to leave, at most Device::kCloseLingerMs; later
+// calls return ncclInternalError at once. A call still inside after that (stuck in the provider)
+// keeps the state alive: it is left allocated rather than freed under the call.
 __attribute__((destructor)) void unload() {
+  g_unloading.store(true);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(fabric::Device::kCloseLingerMs);
+  while (g_inside.load() > 0 && std::chrono::steady_clock::now() < until) usleep(1000);
+  if (g_inside.load() > 0) {
+    fprintf(stderr, "NET/moefabric: unloaded with %d call(s) still inside it after %d ms; its state is left allocated\n",
+            g_inside.load(), fabric::Device::kCloseLingerMs);
+    return;
+  }
   Net::shutdown();
   delete g_legacy_ctx;
   g_legacy_ctx = nullptr;

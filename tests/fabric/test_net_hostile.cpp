@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -645,4 +646,193 @@ TEST_CASE("hostile: only receive buffers are writable by peers, exactly, under u
     }
     return 0;
   }, 300);
+}
+
+namespace {
+
+uint64_t imms_received(Net* net) {
+  Device* d = net->device(0);
+  std::lock_guard<std::mutex> lock(d->mu);
+  return d->stats().imms_recv;
+}
+
+// The fixed payload length of a message type (what parse expects), or a random one.
+size_t random_length(std::mt19937_64& rng, int type) {
+  switch (rng() % 2 ? type : 0) {
+    case 1: return sizeof(wire::ConnectMsg);
+    case 2: return sizeof(wire::ConnectAckMsg);
+    case 3: return offsetof(wire::CtrlMsg, entries) + (1 + rng() % wire::kMaxRecvs) * sizeof(wire::CtrlEntry);
+    case 4: return sizeof(wire::FinMsg);
+    case 5: return sizeof(wire::EagerMsg) + rng() % 300;
+    case 6:
+    case 7: return sizeof(wire::PingMsg);
+    case 8: return sizeof(wire::ErrorMsg);
+    default: return rng() % 600;
+  }
+}
+
+// Posts one zero-byte write carrying `imm` from this rank's device to the receive buffer of c's
+// current group, on the connection's own endpoint (so the receiver takes it as the peer's), and
+// waits for it to complete here.
+int write_imm(Net* net, SendComm* c, const wire::CtrlEntry& e, MrEntry* src, uint8_t* buf, uint32_t imm) {
+  Device* d = net->device(0);
+  OpCtx op;
+  op.kind = OpKind::kWrite;
+  op.comm = c;  // counted in its inflight: done when that drops back
+  op.buf = buf;
+  op.len = 0;
+  op.desc = src->desc_on[0];
+  op.peer = c->rail_peer[0];
+  op.raddr = e.addr;
+  op.key = e.key[0];
+  op.data = imm;
+  op.imm = true;
+  auto start = Clock::now();
+  decltype(c->inflight) before = 0;
+  {
+    std::lock_guard<std::mutex> lock(d->mu);
+    before = c->inflight++;
+    ++c->rail_writes[0];
+    H_CHECK(d->post(&op) == Status::kOk, "post");
+  }
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(d->mu);
+      H_CHECK(d->progress() == Status::kOk, "progress");
+      if (c->inflight == before) return 0;
+    }
+    H_CHECK(!passed(start, 30), "a write with an immediate never completed");
+  }
+}
+
+}  // namespace
+
+// The real receive paths fed garbage by a connected peer (its token, its endpoint: every check a
+// receiver makes on the sender passes). On one connection it sends 3,000 messages of random
+// types, lengths and bytes (half of them the right length for their type, so the field checks
+// run: ctrl widths, fin indices, eager sizes, error texts); on another, after one honest write
+// that completes the posted receive, it replays that write's immediate and then sends 300 random
+// immediates naming the connection. The receiver must not crash or write outside its buffers
+// (ASan/UBSan in CI), must fail both connections with errors naming the peer, keep its memory,
+// and go on serving a third connection from the same peer. Before the fix a replayed immediate
+// counted as another write of a finished message (an 8-bit counter the peer drives) and the
+// receive completed as if nothing had happened; a second fin rewrote a finished size.
+TEST_CASE("hostile: random messages and replayed immediates from a connected peer fail its comm, named",
+          "[fabric][hostile]") {
+  run(2, [](OobChannel& oob, Net* net) {
+    const int me = oob.rank();
+    Link noise, replay, honest;
+    if (link(oob, net, 1, 0, &noise) || link(oob, net, 1, 0, &replay) || link(oob, net, 1, 0, &honest)) return 1;
+    std::string err;
+    constexpr size_t kSize = 4096;
+    constexpr int kMsgs = 3000, kRandomImms = 300, kReplays = 5;
+    std::vector<uint8_t> guard(4 * kSize, 0x3c);  // receive buffers at kSize and 2 kSize
+    void* rmh[2] = {};
+    void* rreq[2] = {};
+    Link* victims[2] = {&noise, &replay};
+    const uint64_t seed = 0x4057113 ^ static_cast<uint64_t>(Clock::now().time_since_epoch().count());
+    if (me == 0) {
+      fprintf(stderr, "rank 1's random stream: seed 0x%llx\n", static_cast<unsigned long long>(seed));
+      for (int k = 0; k < 2; ++k) {
+        uint8_t* at = guard.data() + (k + 1) * kSize;
+        H_CHECK(net_reg_mr(victims[k]->rc, at, kSize, 1, &rmh[k]) == Status::kOk, "regMr");
+        void* data = at;
+        size_t sz = kSize;
+        int tag = 1;
+        while (!rreq[k]) H_CHECK(net_irecv(victims[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk, "irecv");
+      }
+    }
+    uint64_t seeds[2] = {seed, 0};
+    std::vector<uint64_t> all(2 * oob.nranks());
+    H_CHECK(oob.allgather(seeds, all.data(), sizeof seeds, &err), "%s", err.c_str());
+    const long rss0 = testutil::rss_kib();
+    const uint64_t msgs0 = me == 0 ? msgs_received(net) : 0, imms0 = me == 0 ? imms_received(net) : 0;
+    if (me == 1) {
+      std::mt19937_64 rng(all[0]);
+      Device* d = net->device(0);
+      auto* nc = static_cast<SendComm*>(noise.sc);
+      auto* rc = static_cast<SendComm*>(replay.sc);
+      if (wait_ctrl(net, noise.sc) || wait_ctrl(net, replay.sc)) return 1;
+      const SendGroup& ng = nc->groups[nc->cur_group % wire::kGroupRing];
+      std::vector<uint8_t> payload(600);
+      auto start = Clock::now();
+      for (int i = 0; i < kMsgs; ++i) {
+        const int type = 1 + static_cast<int>(rng() % 9);  // 9: no such type
+        const size_t len = std::min(random_length(rng, type), d->eager_max() + sizeof(wire::EagerMsg));
+        for (auto& b : payload) b = static_cast<uint8_t>(rng());
+        if (rng() % 2) {  // plausible numbers for the connection's current group
+          const uint32_t seqs[2] = {ng.seq, ng.first_msg};
+          std::memcpy(payload.data(), &seqs[rng() % 2], 4);
+        }
+        for (;;) {
+          std::lock_guard<std::mutex> lock(d->mu);
+          Status s = d->send_to_peer(nc, static_cast<wire::MsgType>(type), payload.data(), len);
+          if (s == Status::kOk) break;
+          H_CHECK(s == Status::kAgain, "send_to_peer failed");
+          H_CHECK(d->progress() == Status::kOk, "progress");
+          H_CHECK(!passed(start, 60), "stuck at message %d", i);
+        }
+      }
+      // The replay connection: one honest write that fills the posted buffer, the same immediate
+      // again, then random ones naming the connection.
+      const wire::CtrlEntry e = rc->groups[rc->cur_group % wire::kGroupRing].e[0];
+      std::vector<uint8_t> src(16, 0);
+      void* smh = nullptr;
+      H_CHECK(net_reg_mr(rc, src.data(), src.size(), 1, &smh) == Status::kOk, "regMr");
+      const wire::Imm honest_imm = {rc->remote_id, rc->cur_group % wire::kGroupRing, 0, true, 1, 0};
+      for (int i = 0; i < 1 + kReplays + kRandomImms; ++i) {
+        uint32_t imm = wire::imm_encode(honest_imm);
+        if (i > kReplays) imm = (rc->remote_id << 16) | (static_cast<uint32_t>(rng()) & 0xfffcu);  // kind 0
+        if (write_imm(net, rc, e, static_cast<MrEntry*>(smh), src.data(), imm)) return 1;
+      }
+      H_CHECK(net_dereg_mr(rc, smh) == Status::kOk, "deregMr");
+    } else {
+      // Driven as NCCL's proxy would, without testing the requests (a replay must not find the
+      // receive already handed back), until every message and immediate has arrived.
+      Device* d = net->device(0);
+      auto start = Clock::now();
+      while (msgs_received(net) - msgs0 < static_cast<uint64_t>(kMsgs) ||
+             imms_received(net) - imms0 < static_cast<uint64_t>(1 + kReplays + kRandomImms)) {
+        {
+          std::lock_guard<std::mutex> lock(d->mu);
+          H_CHECK(d->progress() == Status::kOk, "progress");
+        }
+        H_CHECK(!passed(start, 90), "%llu of %d messages and %llu of %d immediates arrived",
+                static_cast<unsigned long long>(msgs_received(net) - msgs0), kMsgs,
+                static_cast<unsigned long long>(imms_received(net) - imms0), 1 + kReplays + kRandomImms);
+      }
+      const long grown = testutil::rss_kib() - rss0;
+      fprintf(stderr, "rank 0: RSS grew by %ld KiB\n", grown);
+      H_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB", grown);
+      const std::string w = warnings();
+      for (int k = 0; k < 2; ++k) {
+        auto* rc = static_cast<RecvComm*>(victims[k]->rc);
+        int done = 0;
+        Status s = net_test(rreq[k], &done, nullptr);
+        H_CHECK(s == Status::kRemoteError, "%s connection: test() returned %d, done %d; the comm should have failed",
+                k == 0 ? "random-message" : "replay", static_cast<int>(s), done);
+        H_CHECK(w.find("recv comm " + std::to_string(rc->id) + " (peer rank") != std::string::npos &&
+                    w.find(rc->peer_addr) != std::string::npos,
+                "no error naming the peer (%s) for comm %u:\n%s", rc->peer_addr.c_str(), rc->id, w.c_str());
+        if (k == 1)
+          H_CHECK(rc->error_text.find("replayed or duplicated immediate") != std::string::npos,
+                  "the replay failed the comm for another reason: %s", rc->error_text.c_str());
+        H_CHECK(rc->unexpected.size() <= wire::kEagerWindow, "comm %u stashes %zu messages", rc->id,
+                rc->unexpected.size());
+      }
+      for (size_t i = 0; i < guard.size(); ++i)
+        if (i < kSize || i >= 3 * kSize) H_CHECK(guard[i] == 0x3c, "byte %zu outside the receive buffers was written", i);
+      for (int k = 0; k < 2; ++k) H_CHECK(net_dereg_mr(victims[k]->rc, rmh[k]) == Status::kOk, "deregMr");
+    }
+    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    // The peer's third connection is unharmed, eager and by write.
+    if (transfer(oob, honest, 1, 0, 100, 3) || transfer(oob, honest, 1, 0, 100000, 4)) return 1;
+    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    for (Link* l : {&noise, &replay, &honest}) {
+      if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
+      if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
+      if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
+    }
+    return 0;
+  });
 }

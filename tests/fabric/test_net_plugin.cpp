@@ -7,12 +7,14 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <fstream>
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "plugin/fabric/wire.h"
 #include "tests/common/plugin_driver.h"
@@ -895,6 +897,34 @@ int entries(const char* dir) {
 int task_count() { return entries("/proc/self/task"); }
 int fd_count() { return entries("/proc/self/fd") - 1; }  // less opendir's own
 }  // namespace
+
+// The process exits (main returns) while another thread is still calling the plugin, as NCCL's
+// proxy thread may be: the unload at exit waits for the call in progress to leave and every later
+// call returns an error at once, touching nothing freed. Before the fix the unload freed the
+// devices under the caller (heap use-after-free under ASan, a crash or hang without). The
+// process must exit cleanly; its exit status is the verdict.
+TEST_CASE("plugin: exiting while another thread is inside a call is clean", "[fabric]") {
+  run_ranks(1, [](OobChannel&, Plugin& pl) {
+    char h[abi::kHandleMaxSize] = {};
+    void* lc = nullptr;
+    T_OK(pl.v11->listen(pl.ctx, 0, h, &lc));
+    static std::atomic<long> calls{0};
+    std::thread([v11 = pl.v11, lc] {
+      for (;;) {  // what a proxy thread does while it waits for a peer: poll, ask, poll
+        void* rc = nullptr;
+        abi::properties_v11_t props;
+        int n = 0;
+        (void)v11->accept(lc, &rc, nullptr);
+        (void)v11->devices(&n);
+        (void)v11->getProperties(0, &props);
+        calls.fetch_add(1);
+      }
+    }).detach();
+    while (calls.load() < 1000) usleep(100);
+    exit(0);  // runs the plugin's unload with the thread still calling; never returns
+    return 1;
+  });
+}
 
 // NCCL before v11 never finalizes, yet may dlclose the plugin after its last communicator; an
 // application may also exit without destroying them. The unload must stop the progress thread:

@@ -6,6 +6,7 @@
 // writes; and that the caller's immediate may not use the stripe bits. Also: a plugin device made of
 // two such rails keeps every attribute of its NICs.
 #include <catch2/catch.hpp>
+#include <sys/mman.h>
 
 #include <chrono>
 #include <cstring>
@@ -225,4 +226,46 @@ TEST_CASE("device: a multi-rail device keeps every attribute of its NICs", "[rai
     REQUIRE(Device::open(tagged, std::move(rails), &dev, &err) == Status::kOk);
     REQUIRE(dev->nic().speed_mbps == 1000);
   }
+}
+
+// The registration cache after the caller frees and reuses memory. The cache holds a
+// registration only while someone holds it (refcounted; the last dereg unregisters it), so
+// memory deregistered, unmapped and mapped again at the same address (new pages: what verbs and
+// efa pin is physical) is registered anew and writes land in the new pages. A cache hit happens
+// only while the old registration is still held, which the dereg-before-free contract rules out.
+TEST_CASE("rma rails: memory freed and mapped again at the same address is registered anew", "[rails][mr]") {
+  constexpr size_t kLen = 64 * 1024;
+  Side a(1, kLen), b(1, 4096);
+  std::memset(a.buf.data(), 0x6d, kLen);
+  void* p = mmap(nullptr, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(p != MAP_FAILED);
+  std::string err;
+  for (int round = 0; round < 3; ++round) {
+    if (round > 0) {  // free the pages and take new ones at the same address
+      REQUIRE(munmap(p, kLen) == 0);
+      void* q = mmap(p, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+      REQUIRE(q == p);
+      for (size_t i = 0; i < kLen; ++i) REQUIRE(static_cast<uint8_t*>(p)[i] == 0);  // fresh pages
+    }
+    const uint64_t regs = b.rails->registrations();
+    RmaRails::Mr mr;
+    REQUIRE(b.rails->reg(p, kLen, MrAccess::kRemoteWrite, &mr, &err) == Status::kOk);
+    REQUIRE(b.rails->registrations() == regs + 1);  // not a stale hit
+    RmaRails::Mr held;  // a second holder of the same range shares it ...
+    REQUIRE(b.rails->reg(p, kLen, MrAccess::kRemoteWrite, &held, &err) == Status::kOk);
+    REQUIRE(b.rails->registrations() == regs + 1);
+    b.rails->dereg(&held);  // ... and leaves it registered for the first
+    RmaRails::Addr addr;
+    b.rails->local_addr(&addr);
+    RmaRails::Peer to_b;
+    REQUIRE(a.rails->add_peer(addr, b.rails->keys(mr), &to_b, &err) == Status::kOk);
+    const size_t n0 = b.rec.imms.size();
+    REQUIRE(a.rails->write(to_b, a.buf.data(), kLen, a.mr, b.rails->remote_addr(mr, p), 7u + round,
+                           static_cast<uint64_t>(round), &err, true) == Status::kOk);
+    REQUIRE(drive(a, b, [&] { return b.rec.imms.size() == n0 + 1 && a.rec.done.size() == static_cast<size_t>(round + 1); }));
+    REQUIRE(a.rec.errors == 0);
+    for (size_t i = 0; i < kLen; ++i) REQUIRE(static_cast<uint8_t*>(p)[i] == 0x6d);
+    b.rails->dereg(&mr);
+  }
+  REQUIRE(munmap(p, kLen) == 0);
 }

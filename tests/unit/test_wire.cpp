@@ -30,9 +30,16 @@ std::vector<uint8_t> make(MsgType t, const void* p, size_t n) {
   if (n) std::memcpy(b.data() + sizeof h, p, n);
   return b;
 }
+// The header of a message that parses (the tests below look at lengths and headers only).
+const char* parse_check(const void* buf, size_t len, MsgHeader* h) {
+  Msg m;
+  const char* bad = parse(buf, len, &m);
+  *h = m.h;
+  return bad;
+}
 }  // namespace
 
-TEST_CASE("wire: parse_check accepts well-formed and rejects malformed messages", "[wire]") {
+TEST_CASE("wire: parse accepts well-formed and rejects malformed messages", "[wire]") {
   MsgHeader h;
   CtrlMsg c = {};
   c.n = 3;
@@ -186,4 +193,35 @@ TEST_CASE("wire: v3 ctrl entries carry the receive buffer's memory type", "[wire
   c.entries[1].mem_type = 7;
   auto bad = make(MsgType::kCtrl, &c, offsetof(CtrlMsg, entries) + 2 * sizeof(CtrlEntry));
   REQUIRE(parse_check(bad.data(), bad.size(), &h) != nullptr);
+}
+
+// The receiver acts on one copy: what parse checked is what the handler gets, whatever happens
+// to the receive buffer afterwards, and the error text is always terminated.
+TEST_CASE("wire: parse hands out a checked copy, not the receive buffer", "[wire]") {
+  CtrlMsg c = {};
+  c.n = 2;
+  c.entries[0].size = 100;
+  auto buf = make(MsgType::kCtrl, &c, offsetof(CtrlMsg, entries) + 2 * sizeof(CtrlEntry));
+  Msg m;
+  REQUIRE(parse(buf.data(), buf.size(), &m) == nullptr);
+  // A later change of the width in the buffer (to 200, past kMaxRecvs) reaches nothing.
+  const uint16_t wide = 200;
+  std::memcpy(buf.data() + sizeof(MsgHeader) + offsetof(CtrlMsg, n), &wide, sizeof wide);
+  REQUIRE(m.body.ctrl.n == 2);
+  REQUIRE(m.body.ctrl.entries[0].size == 100);
+  REQUIRE(m.type() == MsgType::kCtrl);
+
+  ErrorMsg e;
+  std::memset(&e, 'x', sizeof e);  // no terminator anywhere
+  auto eb = make(MsgType::kError, &e, sizeof e);
+  REQUIRE(parse(eb.data(), eb.size(), &m) == nullptr);
+  REQUIRE(std::strlen(m.body.error.text) == sizeof m.body.error.text - 1);
+
+  std::vector<uint8_t> eager(sizeof(EagerMsg) + 5, 7);
+  EagerMsg em = {3, 1, 5};
+  std::memcpy(eager.data(), &em, sizeof em);
+  auto gb = make(MsgType::kEager, eager.data(), eager.size());
+  REQUIRE(parse(gb.data(), gb.size(), &m) == nullptr);
+  REQUIRE(m.eager_data == gb.data() + sizeof(MsgHeader) + sizeof(EagerMsg));
+  REQUIRE(m.body.eager.size == 5);
 }
