@@ -6,7 +6,7 @@
 #include <string>
 
 #include "include/moefabric/nccl_moe.h"
-#include "plugin/common/status.h"
+#include "common/status.h"
 
 namespace moefabric::moe {
 

@@ -13,7 +13,7 @@
 #include <cstring>
 
 #include "collectives/engine.h"
-#include "plugin/common/log.h"
+#include "common/log.h"
 
 namespace moefabric::moe {
 namespace {

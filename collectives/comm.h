@@ -16,9 +16,9 @@
 #include "collectives/layout.h"
 #include "collectives/protocol.h"
 #include "include/moefabric/nccl_moe.h"
-#include "plugin/common/params.h"
-#include "plugin/common/status.h"
-#include "plugin/fabric/rma_rails.h"
+#include "common/params.h"
+#include "common/status.h"
+#include "fabric/rma_rails.h"
 #include "topology/topology.h"
 
 namespace moefabric::moe {

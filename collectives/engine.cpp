@@ -5,7 +5,7 @@
 #include <cstdio>
 
 #include "collectives/comm.h"
-#include "plugin/common/params.h"
+#include "common/params.h"
 
 namespace moefabric::moe {
 namespace {

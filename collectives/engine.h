@@ -8,7 +8,7 @@
 #include <string>
 
 #include "include/moefabric/nccl_moe.h"
-#include "plugin/common/status.h"
+#include "common/status.h"
 
 namespace moefabric {
 struct Params;

@@ -13,7 +13,7 @@
 
 #include "collectives/comm.h"
 #include "collectives/rails.h"
-#include "plugin/common/log.h"
+#include "common/log.h"
 
 namespace moefabric::moe {
 namespace {

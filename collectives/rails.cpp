@@ -6,8 +6,8 @@
 #include <algorithm>
 
 #include "collectives/protocol.h"
-#include "plugin/common/log.h"
-#include "plugin/fabric/rail.h"
+#include "common/log.h"
+#include "fabric/rail.h"
 #include "topology/fabric_nics.h"
 #include "topology/topology.h"
 

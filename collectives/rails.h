@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "plugin/common/params.h"
-#include "plugin/common/status.h"
-#include "plugin/fabric/info.h"
-#include "plugin/fabric/rma_rails.h"
+#include "common/params.h"
+#include "common/status.h"
+#include "fabric/info.h"
+#include "fabric/rma_rails.h"
 #include "topology/topology.h"
 
 namespace moefabric::moe {

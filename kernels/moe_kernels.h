@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "collectives/cuda_layout.h"
+#include "kernels/layout.h"
 
 namespace moefabric::moe::kern {
 

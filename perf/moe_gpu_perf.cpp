@@ -26,7 +26,7 @@
 
 #include "include/moefabric/nccl_moe.h"
 #include "perf/moe_gpu_routes.h"
-#include "plugin/common/launch.h"
+#include "common/launch.h"
 
 namespace {
 

@@ -24,9 +24,9 @@
 #include <cuda_runtime.h>
 #endif
 
-#include "plugin/common/launch.h"
-#include "plugin/fabric/info.h"
-#include "plugin/fabric/net.h"
+#include "common/launch.h"
+#include "fabric/info.h"
+#include "plugin/net/net.h"
 
 namespace {
 

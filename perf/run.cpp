@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "plugin/common/launch.h"
+#include "common/launch.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Run a command as N local moefabric ranks"};

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "plugin/common/params.h"
-#include "plugin/fabric/info.h"
+#include "common/params.h"
+#include "fabric/info.h"
 #include "topology/topology.h"
 
 namespace {

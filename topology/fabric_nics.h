@@ -4,7 +4,7 @@
 
 #include <vector>
 
-#include "plugin/fabric/info.h"
+#include "fabric/info.h"
 #include "topology/topology.h"
 
 namespace moefabric::topo {

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "plugin/common/status.h"
+#include "common/status.h"
 
 namespace moefabric::topo {
 

@@ -12,9 +12,10 @@
 #include <exception>
 #include <new>
 
-#include "plugin/common/log.h"
-#include "plugin/fabric/net.h"
+#include "common/log.h"
+#include "plugin/net/net.h"
 #include "plugin/nccl/net_abi.h"
+#include "plugin/nccl/net_topo.h"
 #include "topology/fabric_nics.h"
 #include "topology/topology.h"
 
@@ -77,7 +78,7 @@ Status acquire_net(abi::logger_t log_fn, Net** out) {
   std::string error;
   Status s = Net::acquire(out, &error);
   if (s != Status::kOk) MF_WARN("init failed: %s", error.c_str());
-  else (*out)->install_nccl_topo();  // multi-rail devices only; before NCCL reads its topology
+  else fabric::install_nccl_topo(**out);  // multi-rail devices only; before NCCL reads its topology
   return s;
 }
 
@@ -101,6 +102,7 @@ result_t finalize_v11(void* ctx) {
     Net* net = c->net;
     delete c;
     Net::release(net);  // the last one joins the progress thread and closes every NIC
+    if (Net::current() == nullptr) fabric::uninstall_nccl_topo();
     return Status::kOk;
   });
 }
@@ -316,6 +318,7 @@ __attribute__((destructor)) void unload() {
     return;
   }
   Net::shutdown();
+  fabric::uninstall_nccl_topo();
   delete g_legacy_ctx;
   g_legacy_ctx = nullptr;
 }

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <random>
 
-#include "plugin/common/launch.h"
+#include "common/launch.h"
 
 namespace moetest {
 namespace {

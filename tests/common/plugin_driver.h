@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "plugin/common/launch.h"
+#include "common/launch.h"
 #include "plugin/nccl/net_abi.h"
 
 namespace mftest {

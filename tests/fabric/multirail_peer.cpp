@@ -17,7 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "plugin/fabric/net.h"
+#include "plugin/net/net.h"
+#include "plugin/nccl/net_topo.h"
 
 namespace {
 
@@ -232,7 +233,7 @@ int main(int argc, char** argv) {
          p.name.c_str(), net->device(0)->nrails(), p.speed_mbps, p.provider.c_str());
   fflush(stdout);
   if (topo) {
-    printf("%s", net->nccl_topo().c_str());
+    printf("%s", fabric::nccl_topo_of(*net).c_str());
     return 0;
   }
   int rc = o.role == "send" ? run_send(o, net) : run_recv(o, net);

@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "plugin/common/launch.h"
-#include "plugin/fabric/device.h"
-#include "plugin/fabric/net.h"
-#include "plugin/fabric/rma.h"
+#include "common/launch.h"
+#include "plugin/net/device.h"
+#include "plugin/net/net.h"
+#include "fabric/rma.h"
 #include "tests/common/proc.h"
 
 using namespace moefabric;

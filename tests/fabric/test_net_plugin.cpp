@@ -16,7 +16,7 @@
 #include <string>
 #include <thread>
 
-#include "plugin/fabric/wire.h"
+#include "plugin/net/wire.h"
 #include "tests/common/plugin_driver.h"
 
 using namespace mftest;

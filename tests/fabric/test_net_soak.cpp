@@ -5,9 +5,9 @@
 #include <fstream>
 #include <string>
 
-#include "plugin/common/launch.h"
+#include "common/launch.h"
 #include "tests/common/proc.h"
-#include "plugin/fabric/net.h"
+#include "plugin/net/net.h"
 
 using namespace moefabric;
 using namespace moefabric::fabric;

@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "plugin/common/params.h"
-#include "plugin/fabric/device.h"
-#include "plugin/fabric/info.h"
-#include "plugin/fabric/rma_rails.h"
+#include "common/params.h"
+#include "plugin/net/device.h"
+#include "fabric/info.h"
+#include "fabric/rma_rails.h"
 
 using namespace moefabric;
 using namespace moefabric::fabric;

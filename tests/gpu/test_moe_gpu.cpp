@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "include/moefabric/nccl_moe.h"
-#include "plugin/common/launch.h"
+#include "common/launch.h"
 #include "tests/common/moe_reference.h"
 #include "tests/gpu/fake_expert.h"
 

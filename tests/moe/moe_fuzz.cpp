@@ -21,7 +21,7 @@
 #include <CLI/CLI.hpp>
 
 #include "include/moefabric/nccl_moe.h"
-#include "plugin/common/launch.h"
+#include "common/launch.h"
 #include "tests/common/moe_fuzz.h"
 #include "tests/common/moe_reference.h"
 

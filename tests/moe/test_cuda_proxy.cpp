@@ -1,4 +1,4 @@
-// The CUDA backend's fabric proxy (collectives/cuda_proxy.h) without a GPU: each rank is a process
+// The CUDA backend's fabric proxy (collectives/cuda/cuda_proxy.h) without a GPU: each rank is a process
 // whose "kernels" are this test's host code. It fills the staging segments, rings the doorbells
 // in plain host memory exactly as the send kernels do, waits on the arrival flags as the ingest
 // kernels do, and checks every byte that landed, over the libfabric provider the environment
@@ -15,10 +15,10 @@
 #include <thread>
 #include <vector>
 
-#include "collectives/cuda_layout.h"
-#include "collectives/cuda_proxy.h"
-#include "plugin/common/launch.h"
-#include "plugin/common/params.h"
+#include "kernels/layout.h"
+#include "collectives/cuda/cuda_proxy.h"
+#include "common/launch.h"
+#include "common/params.h"
 
 using namespace moefabric;
 using namespace moefabric::moe;

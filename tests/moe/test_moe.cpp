@@ -13,7 +13,7 @@
 #include <string>
 
 #include "include/moefabric/nccl_moe.h"
-#include "plugin/common/launch.h"
+#include "common/launch.h"
 #include "tests/common/moe_reference.h"
 
 using namespace moetest;

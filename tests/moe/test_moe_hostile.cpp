@@ -15,8 +15,8 @@
 #include "collectives/comm.h"
 #include "collectives/engine.h"
 #include "collectives/rails.h"
-#include "plugin/common/launch.h"
-#include "plugin/common/params.h"
+#include "common/launch.h"
+#include "common/params.h"
 #include "tests/common/moe_reference.h"
 
 using namespace moetest;

@@ -11,7 +11,7 @@
 #include <string>
 
 #include "include/moefabric/nccl_moe.h"
-#include "plugin/common/launch.h"
+#include "common/launch.h"
 #include "tests/common/proc.h"
 #include "tests/common/moe_reference.h"
 

@@ -4,7 +4,7 @@
 
 #include <cstring>
 
-#include "collectives/cuda_layout.h"
+#include "kernels/layout.h"
 #include "collectives/engine.h"
 #include "collectives/layout.h"
 

@@ -1,7 +1,7 @@
 // What each kind of registration lets a peer do (libfabric access flags), without a NIC.
 #include <catch2/catch.hpp>
 
-#include "plugin/fabric/mr.h"
+#include "fabric/mr.h"
 
 using namespace moefabric::fabric;
 

@@ -3,7 +3,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "plugin/common/params.h"
+#include "common/params.h"
 
 TEST_CASE("params: defaults, parsing and bad values", "[params]") {
   unsetenv("MOEFABRIC_EAGER_MAX");

@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "plugin/fabric/rail.h"
+#include "fabric/rail.h"
 
 using namespace moefabric;
 using namespace moefabric::fabric;

@@ -4,7 +4,7 @@
 // would have to copy it there with a plain memcpy), whatever the sizes.
 #include <catch2/catch.hpp>
 
-#include "plugin/fabric/device.h"
+#include "plugin/net/device.h"
 
 using namespace moefabric::fabric;
 

@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "plugin/fabric/info.h"
+#include "fabric/info.h"
 
 using namespace moefabric::fabric;
 

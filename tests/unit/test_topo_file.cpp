@@ -6,7 +6,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "plugin/fabric/topo_file.h"
+#include "plugin/nccl/topo_file.h"
 
 using namespace moefabric;
 using namespace moefabric::fabric;

@@ -3,7 +3,7 @@
 #include <random>
 #include <vector>
 
-#include "plugin/fabric/wire.h"
+#include "plugin/net/wire.h"
 
 using namespace moefabric::fabric::wire;
 
