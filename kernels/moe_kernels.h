@@ -60,7 +60,7 @@ struct Args {
   int blocks;              // grid of every kernel, equal on all ranks
   int64_t timeout_ns;
   // Fabric peers (bit r of `remote`: rank r is reached through the host proxy). The staging
-  // segments (cuda_layout.h) are GPU memory the provider reads and writes (FI_HMEM), or device
+  // segments (kernels/layout.h) are GPU memory the provider reads and writes (FI_HMEM), or device
   // views of pinned, mapped host memory (MOEFABRIC_MOE_STAGING); the control words are always
   // pinned host memory.
   uint32_t remote;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MoE CUDA backend on the GPU machine, in one call (see ../shared/gpu/README.md): build
+# The MoE CUDA backend on the GPU machine, in one call (dependencies staged into .gpu-deps, see docs/cuda-backend.md): build
 # build-gpu with -Dcuda=enabled, run the gpu suite (CUDA backend vs host backend, bit for bit,
 # and 1000 CUDA-graph replays), compute-sanitizer memcheck and racecheck on the quick
 # configuration, then the latency sweep (moefabric-moe-gpu-perf) with its NCCL all_to_all and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (see ../shared/gpu/README.md): build with CUDA, run the CPU suites
+# One call on the GPU machine (dependencies staged into .gpu-deps, see docs/cuda-backend.md): build with CUDA, run the CPU suites
 # there, then NCCL all_reduce/all_to_all between the GPUs with every GPU its own "node" through
 # moefabric (shm, then tcp on lo) and through NCCL's Socket transport, all in the same call.
 # Usage (from the repo root, .gpu-deps carried):  tools/gpu-run.sh [max-bytes]

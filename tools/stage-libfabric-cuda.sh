@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds libfabric with CUDA support (FI_HMEM_CUDA: shm moves GPU buffers by CUDA IPC) into
-# .gpu-deps/libfabric-cuda, to travel with a GPU-machine run next to the Debian packages that
-# ../shared/gpu/stage-deps.sh stages. Debian's libfabric is built without CUDA, so with it the
+# .gpu-deps/libfabric-cuda, to travel with a GPU-machine run next to the staged Debian packages
+# of .gpu-deps. Debian's libfabric is built without CUDA, so with it the
 # plugin can only offer host buffers over shm/tcp.
 #
 # Usage (on the development machine, from the repo root):

@@ -1,5 +1,5 @@
 // The CUDA backend: an ncclMoe comm whose ranks are GPUs. Each rank allocates one receive block
-// (cuda_layout.h), exports it through CUDA IPC over the bootstrap allgather and maps the blocks of
+// (kernels/layout.h), exports it through CUDA IPC over the bootstrap allgather and maps the blocks of
 // the peers of its node; the kernels (kernels/) store straight into those over NVLink and signal
 // with system-scope releases. Peers on other nodes (or every peer, with MOEFABRIC_FORCE_FABRIC;
 // nodes of MOEFABRIC_NODE_SIZE ranks) are fabric peers: the kernels stage what goes to them in

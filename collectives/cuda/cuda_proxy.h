@@ -1,5 +1,5 @@
 // The CUDA backend's fabric proxy: one host thread per comm that owns a libfabric RMA endpoint
-// (fabric/rma.h) and moves the staging segments of cuda_layout.h between ranks. The GPU
+// (fabric/rma.h) and moves the staging segments of kernels/layout.h between ranks. The GPU
 // kernels are its only clients and talk to it through pinned host memory alone:
 //
 //   doorbell[b]       u64 written by the last block of a send kernel: ops whose phase b is

@@ -6,7 +6,7 @@
  * on the include path it is used; otherwise ABI-identical declarations of the few NCCL types
  * used here are provided (include nccl.h before this header if you include it at all).
  *
- * Contract: ../shared/MOE_API.md (kept in docs/moe-api.md). Threading: one comm is driven by one
+ * Contract: docs/moe-api.md. Threading: one comm is driven by one
  * host thread at a time; different comms are independent.
  */
 #ifndef MOEFABRIC_NCCL_MOE_H_

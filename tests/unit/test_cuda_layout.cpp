@@ -1,4 +1,4 @@
-// The CUDA backend's receive-block layout (cuda_layout.h, shared with the kernels) and backend
+// The CUDA backend's receive-block layout (kernels/layout.h, shared with the kernels) and backend
 // selection, on the CPU.
 #include <catch2/catch.hpp>
 
