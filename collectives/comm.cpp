@@ -282,9 +282,9 @@ void Comm::abort() {
   send_block_.reset();
 }
 
-Status Comm::destroy() {
+Status Comm::destroy(bool idle) {
   Status result = Status::kOk;
-  if (async_error() == Status::kOk && phase_ == Phase::kIdle && R_ > 1) {
+  if (async_error() == Status::kOk && idle && R_ > 1) {
     // Every peer has stopped writing into our buffers once its barrier write arrives.
     uint64_t seq = ++seq_;
     cur_seq_.store(seq);

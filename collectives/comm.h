@@ -35,8 +35,6 @@ struct PeerInfo {
   uint64_t recv_base = 0;        // remote address (or offset) of the peer's receive block
 };
 
-enum class Phase : uint8_t { kIdle, kDispatchSent, kDispatched, kCombineSent };
-
 // Written by the proxy thread, read by the caller.
 struct Arrivals {
   std::vector<std::atomic<uint64_t>> seq[kNumKinds];  // last full seq seen per (kind, source)
@@ -62,15 +60,17 @@ class Comm : public fabric::RmaHandler {
                        std::string* error);
   ~Comm() override;
 
-  // C API bodies (api.cpp adapts them).
-  Status dispatch_send(const void* x, const float* scales, const int32_t* idx, const float* w,
-                       const int32_t* ntokens, void* recv_x, float* recv_scales,
-                       int32_t* recv_counts);
+  // The data movement of the C API's calls, after the Engine (engine.h) checked the arguments
+  // and the op's phase: T tokens of host memory.
+  Status dispatch_send(const void* x, const float* scales, const int32_t* idx, const float* w, int T,
+                       void* recv_x, float* recv_scales, int32_t* recv_counts);
   Status dispatch_recv();
   Status combine_send(const void* expert_y);
   Status combine_recv(void* y);
-  Status destroy();  // collective barrier, then teardown
-  void abort();      // local teardown
+  Status destroy(bool idle);  // collective barrier (when idle and healthy), then teardown
+  void abort();               // local teardown
+  Status check_usable();      // the async error, if any
+  int64_t pending_rows() const { return static_cast<int64_t>(row_of_pair_.size()); }
 
   const Layout& layout() const { return l_; }
   int pending_tokens() const { return T_; }
@@ -86,7 +86,6 @@ class Comm : public fabric::RmaHandler {
   Comm() = default;
   Status setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
                std::string* error);
-  Status check_usable();
 
   // proxy (proxy.cpp)
   struct Command {
@@ -169,7 +168,6 @@ class Comm : public fabric::RmaHandler {
   std::atomic<uint32_t> grants_sent_{0};
 
   // the op in flight (caller thread)
-  Phase phase_ = Phase::kIdle;
   uint64_t seq_ = 0;  // current op
   uint64_t ops_ = 0;
   int T_ = 0;

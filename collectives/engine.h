@@ -22,32 +22,71 @@ struct ResolvedConfig {
       max_private, backend, timeout_ms;
 };
 
+// Where a comm is in its dispatch -> combine cycle (one op in flight per comm).
+enum class OpPhase : uint8_t { kIdle, kDispatchSent, kDispatched, kCombineSent };
+const char* op_phase_text(OpPhase p);
+
+// The pointers of one dispatch call, as the caller passed them.
+struct DispatchCall {
+  const void* x;
+  const float* scales;
+  const int32_t* idx;
+  const float* w;
+  const int32_t* ntokens;
+  void* recv_x;
+  float* recv_scales;
+  int32_t* recv_counts;
+  cudaStream_t stream;
+};
+
+// One comm. The Engine owns what both backends share: the op state machine, the argument checks
+// (one set of rules and messages; those that read the caller's memory only where it is host
+// memory, the kernels check the rest on the device) and error recording. A backend only moves
+// data (move_*), after the checks passed, and the phase advances when it succeeds.
 class Engine {
  public:
   virtual ~Engine() = default;
 
   // C API bodies. `stream` is NULL for the host backend (api.cpp checks it).
-  virtual Status dispatch_send(const void* x, const float* scales, const int32_t* idx,
-                               const float* w, const int32_t* ntokens, void* recv_x,
-                               float* recv_scales, int32_t* recv_counts, cudaStream_t stream) = 0;
-  virtual Status dispatch_recv(cudaStream_t stream) = 0;
-  virtual Status combine_send(const void* expert_y, cudaStream_t stream) = 0;
-  virtual Status combine_recv(void* y, cudaStream_t stream) = 0;
-  virtual Status destroy() = 0;  // collective, then local teardown
-  virtual void abort() = 0;      // local teardown
+  Status dispatch_send(const void* x, const float* scales, const int32_t* idx, const float* w,
+                       const int32_t* ntokens, void* recv_x, float* recv_scales, int32_t* recv_counts,
+                       cudaStream_t stream);
+  Status dispatch_recv(cudaStream_t stream);
+  Status combine_send(const void* expert_y, cudaStream_t stream);
+  Status combine_recv(void* y, cudaStream_t stream);
+  Status destroy();      // collective (when idle and healthy), then local teardown
+  virtual void abort() = 0;  // local teardown
+  OpPhase phase() const { return phase_; }
 
   virtual bool on_device() const = 0;  // pointers are device memory, calls are stream-ordered
+  virtual const ResolvedConfig& config() const = 0;
   virtual size_t recv_capacity() const = 0;
   virtual int first_expert() const = 0;
   virtual int local_experts() const = 0;
   // Host-side knowledge of the op in flight: T when the host knows it (host backend), else -1.
   virtual int pending_tokens() const = 0;
+  // Expert rows the pending combine sends (host backend), else -1.
+  virtual int64_t pending_rows() const = 0;
   virtual Status async_error() = 0;
   virtual const std::string& last_error() const = 0;
   virtual void stats(ncclMoeStats_t* s) const = 0;
   // Records an error (last error; sticky async error unless it is a usage error); returns `s`.
   virtual Status record_error(Status s, const char* text) = 0;
   Status fail(Status s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+
+ protected:
+  // An earlier failure that makes the comm unusable (aborted, async error); `starts_op`: the
+  // call begins a new op (a reported input error blocks only those).
+  virtual Status check_usable(bool starts_op) = 0;
+  virtual Status move_dispatch_send(const DispatchCall& c) = 0;
+  virtual Status move_dispatch_recv(cudaStream_t stream) = 0;
+  virtual Status move_combine_send(const void* expert_y, cudaStream_t stream) = 0;
+  virtual Status move_combine_recv(void* y, cudaStream_t stream) = 0;
+  virtual Status move_destroy(bool idle) = 0;
+
+ private:
+  Status check_dispatch(const DispatchCall& c);
+  OpPhase phase_ = OpPhase::kIdle;
 };
 
 // Collective over `fn`: resolves the config (Auto -> CUDA where a GPU is current), checks it

@@ -65,7 +65,6 @@ class DeviceScope {
   bool restore_ = false;
 };
 
-bool aligned(const void* p, size_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; }
 
 std::string cuda_text(cudaError_t e) {
   return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
@@ -106,8 +105,6 @@ const char* phase_name(int32_t p) {
   return "?";
 }
 
-enum class OpPhase : uint8_t { kIdle, kDispatchSent, kDispatched, kCombineSent };
-
 class CudaComm final : public Engine {
  public:
   static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
@@ -115,16 +112,11 @@ class CudaComm final : public Engine {
                        std::unique_ptr<Engine>* out, std::string* error);
   ~CudaComm() override { abort(); }
 
-  Status dispatch_send(const void* x, const float* scales, const int32_t* idx, const float* w,
-                       const int32_t* ntokens, void* recv_x, float* recv_scales,
-                       int32_t* recv_counts, cudaStream_t stream) override;
-  Status dispatch_recv(cudaStream_t stream) override;
-  Status combine_send(const void* expert_y, cudaStream_t stream) override;
-  Status combine_recv(void* y, cudaStream_t stream) override;
-  Status destroy() override;
   void abort() override;
 
   bool on_device() const override { return true; }
+  const ResolvedConfig& config() const override { return cfg_; }
+  int64_t pending_rows() const override { return -1; }
   size_t recv_capacity() const override { return args_.l.capacity_rows; }
   int first_expert() const override { return args_.l.first_expert(me_); }
   int local_experts() const override { return args_.l.local_count(me_); }
@@ -140,7 +132,12 @@ class CudaComm final : public Engine {
                std::string* error);
   // starts_op: a dispatch send (a new op). The later calls of an op in flight go on after an input
   // error the kernels absorbed, so that peers are not left waiting for this rank.
-  Status check_usable(bool starts_op);
+  Status check_usable(bool starts_op) override;
+  Status move_dispatch_send(const DispatchCall& c) override;
+  Status move_dispatch_recv(cudaStream_t stream) override;
+  Status move_combine_send(const void* expert_y, cudaStream_t stream) override;
+  Status move_combine_recv(void* y, cudaStream_t stream) override;
+  Status move_destroy(bool idle) override;
   Status launched(cudaError_t e, const char* what);
   // Which ranks are fabric peers (bit r), from every rank's host and the fabric switches.
   Status choose_paths(const std::vector<InitBlob>& all, std::string* error);
@@ -168,7 +165,6 @@ class CudaComm final : public Engine {
   bool input_error_ = false;    // the sticky error is bad input the kernels absorbed (op completes)
   bool launch_failed_ = false;  // a launch failed: peers may be waiting for kernels that never ran
 
-  OpPhase phase_ = OpPhase::kIdle;
   uint64_t ops_ = 0;
   Status sticky_ = Status::kOk;
   std::string last_error_, async_text_;
@@ -579,81 +575,38 @@ Status CudaComm::launched(cudaError_t e, const char* what) {
   return fail(Status::kCudaError, "%s: kernel launch failed: %s", what, cuda_text(e).c_str());
 }
 
-Status CudaComm::dispatch_send(const void* x, const float* scales, const int32_t* idx,
-                               const float* w, const int32_t* ntokens, void* recv_x,
-                               float* recv_scales, int32_t* recv_counts, cudaStream_t stream) {
-  MF_CHECK(check_usable(true));
-  if (phase_ != OpPhase::kIdle)
-    return fail(Status::kInvalidUsage,
-                "dispatch: a dispatch or combine is still in flight; one dispatch->combine per comm");
-  const bool fp8 = args_.l.nscale > 0;
-  if (ntokens == nullptr) return fail(Status::kInvalidArgument, "dispatch: numTokens is NULL");
-  if (recv_x == nullptr || recv_counts == nullptr)
-    return fail(Status::kInvalidArgument, "dispatch: %s is NULL",
-                recv_x ? "recvExpertCounts" : "recvX");
-  if (fp8 && recv_scales == nullptr)
-    return fail(Status::kInvalidArgument, "dispatch: recvScales is NULL with fp8 dispatch");
-  if (!fp8 && scales != nullptr)
-    return fail(Status::kInvalidArgument, "dispatch: xScales must be NULL for bf16 dispatch");
-  if ((x && !aligned(x, 16)) || !aligned(recv_x, 16))
-    return fail(Status::kInvalidArgument, "dispatch: %s is not 16-byte aligned",
-                (x && !aligned(x, 16)) ? "x" : "recvX");
-  if ((scales && !aligned(scales, 4)) || (recv_scales && !aligned(recv_scales, 4)) ||
-      (idx && !aligned(idx, 4)) || (w && !aligned(w, 4)) || !aligned(recv_counts, 4) ||
-      !aligned(ntokens, 4))
-    return fail(Status::kInvalidArgument,
-                "dispatch: a scale, index, weight, count or numTokens pointer is not 4-byte aligned");
+Status CudaComm::move_dispatch_send(const DispatchCall& c) {
   DeviceScope scope(dev_);
-  args_.x = x;
-  args_.x_scales = scales;
-  args_.idx = idx;
-  args_.weights = w;
-  args_.ntokens = ntokens;
-  args_.recv_x = recv_x;
-  args_.recv_scales = recv_scales;
-  args_.recv_counts = recv_counts;
-  MF_CHECK(launched(kern::launch_dispatch_send(args_, stream), "dispatch send"));
-  phase_ = OpPhase::kDispatchSent;
-  return Status::kOk;
+  args_.x = c.x;
+  args_.x_scales = c.scales;
+  args_.idx = c.idx;
+  args_.weights = c.w;
+  args_.ntokens = c.ntokens;
+  args_.recv_x = c.recv_x;
+  args_.recv_scales = c.recv_scales;
+  args_.recv_counts = c.recv_counts;
+  return launched(kern::launch_dispatch_send(args_, c.stream), "dispatch send");
 }
 
-Status CudaComm::dispatch_recv(cudaStream_t stream) {
-  MF_CHECK(check_usable(false));
-  if (phase_ != OpPhase::kDispatchSent)
-    return fail(Status::kInvalidUsage, "dispatch recv: no dispatch send in flight");
+Status CudaComm::move_dispatch_recv(cudaStream_t stream) {
   DeviceScope scope(dev_);
   if (remote_ != 0)
     MF_CHECK(launched(kern::launch_fabric_ingest_dispatch(args_, stream), "dispatch recv (fabric)"));
-  MF_CHECK(launched(kern::launch_dispatch_recv(args_, stream), "dispatch recv"));
-  phase_ = OpPhase::kDispatched;
-  return Status::kOk;
+  return launched(kern::launch_dispatch_recv(args_, stream), "dispatch recv");
 }
 
-Status CudaComm::combine_send(const void* expert_y, cudaStream_t stream) {
-  MF_CHECK(check_usable(false));
-  if (phase_ != OpPhase::kDispatched)
-    return fail(Status::kInvalidUsage, "combine: no completed dispatch to combine");
-  if (expert_y != nullptr && !aligned(expert_y, 16))
-    return fail(Status::kInvalidArgument, "combine: expertY is not 16-byte aligned");
+Status CudaComm::move_combine_send(const void* expert_y, cudaStream_t stream) {
   DeviceScope scope(dev_);
   args_.expert_y = expert_y;
-  MF_CHECK(launched(kern::launch_combine_send(args_, stream), "combine send"));
-  phase_ = OpPhase::kCombineSent;
-  return Status::kOk;
+  return launched(kern::launch_combine_send(args_, stream), "combine send");
 }
 
-Status CudaComm::combine_recv(void* y, cudaStream_t stream) {
-  MF_CHECK(check_usable(false));
-  if (phase_ != OpPhase::kCombineSent)
-    return fail(Status::kInvalidUsage, "combine recv: no combine send in flight");
-  if (y == nullptr || !aligned(y, 16))
-    return fail(Status::kInvalidArgument, "combine: y is %s", y ? "not 16-byte aligned" : "NULL");
+Status CudaComm::move_combine_recv(void* y, cudaStream_t stream) {
   DeviceScope scope(dev_);
   args_.y = y;
   if (remote_ != 0)
     MF_CHECK(launched(kern::launch_fabric_ingest_combine(args_, stream), "combine recv (fabric)"));
   MF_CHECK(launched(kern::launch_combine_recv(args_, stream), "combine recv"));
-  phase_ = OpPhase::kIdle;
   ++ops_;
   return Status::kOk;
 }
@@ -666,11 +619,11 @@ bool peers_in_step(const volatile kern::DevError* e) {
          c == kern::kErrNullInput;
 }
 
-Status CudaComm::destroy() {
+Status CudaComm::move_destroy(bool idle) {
   Status result = Status::kOk;
   const bool in_step = err_ && peers_in_step(err_.get()) &&
                        (async_error() == Status::kOk || !launch_failed_);
-  if (!torn_down_ && in_step && phase_ == OpPhase::kIdle && (R_ > 1 || proxy_)) {
+  if (!torn_down_ && in_step && idle && (R_ > 1 || proxy_)) {
     // Every op this rank launched is done; then no peer stores into our block once every rank
     // has passed the barrier.
     DeviceScope scope(dev_);

@@ -1,4 +1,4 @@
-// The op flow (argument checks, phases, waits) and the host backend: packing tokens per
+// The host backend's data movement (after the Engine's checks, engine.h): packing tokens per
 // destination rank, laying received tokens out expert-major, and the combine reduction, done on
 // the calling CPU thread. This is the bit-exact reference the CUDA backend is checked against.
 #include <algorithm>
@@ -12,62 +12,9 @@ namespace moefabric::moe {
 
 void (*g_test_before_unpack)(int rank, uint8_t* recv_block, const Layout& l) = nullptr;
 
-namespace {
-
-bool aligned(const void* p, size_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; }
-
-const char* phase_text(Phase p) {
-  switch (p) {
-    case Phase::kIdle: return "no op in flight";
-    case Phase::kDispatchSent: return "a dispatch send in flight";
-    case Phase::kDispatched: return "a dispatch waiting for its combine";
-    case Phase::kCombineSent: return "a combine send in flight";
-  }
-  return "?";
-}
-
-}  // namespace
-
-Status Comm::dispatch_send(const void* x, const float* scales, const int32_t* idx, const float* w,
-                           const int32_t* ntokens, void* recv_x, float* recv_scales,
-                           int32_t* recv_counts) {
-  MF_CHECK(check_usable());
-  if (phase_ != Phase::kIdle)
-    return fail(Status::kInvalidUsage,
-                "dispatch: the comm has %s; one dispatch->combine in flight per comm",
-                phase_text(phase_));
-  if (ntokens == nullptr) return fail(Status::kInvalidArgument, "dispatch: numTokens is NULL");
-  const int T = *ntokens;
-  const int K = cfg_.topk, E = cfg_.experts;
-  if (T < 0 || T > cfg_.max_tokens)
-    return fail(Status::kInvalidArgument, "dispatch: numTokens %d outside [0, maxTokensPerRank=%d]",
-                T, cfg_.max_tokens);
-  if (T > 0) {
-    if (x == nullptr) return fail(Status::kInvalidArgument, "dispatch: x is NULL");
-    if (idx == nullptr) return fail(Status::kInvalidArgument, "dispatch: topkIdx is NULL");
-    if (w == nullptr) return fail(Status::kInvalidArgument, "dispatch: topkWeights is NULL");
-    if (l_.scales && scales == nullptr)
-      return fail(Status::kInvalidArgument, "dispatch: xScales is NULL with fp8 dispatch");
-  }
-  if (!l_.scales && scales != nullptr)
-    return fail(Status::kInvalidArgument, "dispatch: xScales must be NULL for bf16 dispatch");
-  if (recv_x == nullptr || recv_counts == nullptr)
-    return fail(Status::kInvalidArgument, "dispatch: %s is NULL", recv_x ? "recvExpertCounts" : "recvX");
-  if (l_.scales && recv_scales == nullptr)
-    return fail(Status::kInvalidArgument, "dispatch: recvScales is NULL with fp8 dispatch");
-  if ((x && !aligned(x, 16)) || !aligned(recv_x, 16))
-    return fail(Status::kInvalidArgument, "dispatch: %s is not 16-byte aligned",
-                (x && !aligned(x, 16)) ? "x" : "recvX");
-  if ((scales && !aligned(scales, 4)) || (recv_scales && !aligned(recv_scales, 4)) ||
-      (idx && !aligned(idx, 4)) || (w && !aligned(w, 4)) || !aligned(recv_counts, 4))
-    return fail(Status::kInvalidArgument, "dispatch: a scale, index, weight or count array is "
-                                          "not 4-byte aligned");
-  for (int64_t i = 0; i < static_cast<int64_t>(T) * K; ++i)
-    if (idx[i] < -1 || idx[i] >= E)
-      return fail(Status::kInvalidArgument,
-                  "dispatch: topkIdx[%lld][%lld] = %d is not an expert (numExperts %d; -1 = empty)",
-                  static_cast<long long>(i / K), static_cast<long long>(i % K), idx[i], E);
-
+Status Comm::dispatch_send(const void* x, const float* scales, const int32_t* idx, const float* w, int T,
+                           void* recv_x, float* recv_scales, int32_t* recv_counts) {
+  const int K = cfg_.topk;
   // The previous op's writes from the send buffer must have completed locally.
   MF_CHECK(wait_local_writes(static_cast<int>(WriteKind::kDispatchPrivate), "dispatch"));
   MF_CHECK(wait_local_writes(static_cast<int>(WriteKind::kDispatchRest), "dispatch"));
@@ -81,7 +28,6 @@ Status Comm::dispatch_send(const void* x, const float* scales, const int32_t* id
   recv_counts_ = recv_counts;
   MF_CHECK(host_pack_dispatch(x, scales, idx, T));
   ring(WriteKind::kDispatchPrivate, seq_);
-  phase_ = Phase::kDispatchSent;
   return Status::kOk;
 }
 
@@ -146,10 +92,6 @@ Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_
 }
 
 Status Comm::dispatch_recv() {
-  MF_CHECK(check_usable());
-  if (phase_ != Phase::kDispatchSent)
-    return fail(Status::kInvalidUsage, "dispatch recv: no dispatch send in flight (%s)",
-                phase_text(phase_));
   MF_CHECK(wait_arrivals(WriteKind::kDispatchPrivate, seq_, "dispatch"));
   std::vector<bool> rest(R_, false);
   bool any = false;
@@ -162,7 +104,6 @@ Status Comm::dispatch_recv() {
   if (any) MF_CHECK(wait_arrivals(WriteKind::kDispatchRest, seq_, "dispatch", &rest));
   if (g_test_before_unpack != nullptr) g_test_before_unpack(me_, recv_block_.get(), l_);
   MF_CHECK(host_unpack_dispatch());
-  phase_ = Phase::kDispatched;
   return Status::kOk;
 }
 
@@ -264,14 +205,6 @@ Status Comm::host_unpack_dispatch() {
 }
 
 Status Comm::combine_send(const void* expert_y) {
-  MF_CHECK(check_usable());
-  if (phase_ != Phase::kDispatched)
-    return fail(Status::kInvalidUsage, "combine: no completed dispatch to combine (%s)",
-                phase_text(phase_));
-  if (expert_y == nullptr && !row_of_pair_.empty())
-    return fail(Status::kInvalidArgument, "combine: expertY is NULL");
-  if (expert_y != nullptr && !aligned(expert_y, 16))
-    return fail(Status::kInvalidArgument, "combine: expertY is not 16-byte aligned");
   MF_CHECK(wait_local_writes(static_cast<int>(WriteKind::kCombine), "combine"));
   host_pack_combine(expert_y);
   combine_bytes_ = 0;
@@ -279,7 +212,6 @@ Status Comm::combine_send(const void* expert_y) {
     if (s != me_) combine_bytes_ += l_.y_row_bytes * src_pairs_[s];
   last_combine_writes_ = R_ > 1 ? 1 : 0;
   ring(WriteKind::kCombine, seq_);
-  phase_ = Phase::kCombineSent;
   return Status::kOk;
 }
 
@@ -296,15 +228,8 @@ void Comm::host_pack_combine(const void* expert_y) {
 }
 
 Status Comm::combine_recv(void* y) {
-  MF_CHECK(check_usable());
-  if (phase_ != Phase::kCombineSent)
-    return fail(Status::kInvalidUsage, "combine recv: no combine send in flight (%s)",
-                phase_text(phase_));
-  if (T_ > 0 && (y == nullptr || !aligned(y, 16)))
-    return fail(Status::kInvalidArgument, "combine: y is %s", y ? "not 16-byte aligned" : "NULL");
   MF_CHECK(wait_arrivals(WriteKind::kCombine, seq_, "combine"));
   host_reduce_combine(y);
-  phase_ = Phase::kIdle;
   ++ops_;
   return Status::kOk;
 }
