@@ -1,7 +1,9 @@
-// moefabric's own declaration of NCCL's external net-plugin ABI (NCCL 2.28.9: ncclNet v8..v11).
+// moefabric's own declaration of NCCL's external net-plugin ABI (NCCL 2.28.9: ncclNet v8..v11;
+// NCCL 2.30: ncclNet v12).
 //
 // Written from the documented layout (docs: shared/reference/nccl-net-plugin.md section 1) and
-// checked against NCCL's headers at tag v2.28.9-1; no NCCL header is included or copied. NCCL
+// checked against NCCL's headers at tag v2.28.9-1 (v8..v11) and v2.30.7-1 (v12, read from NCCL's
+// public repository: no NCCL 2.30 is installed here); no NCCL header is included or copied. NCCL
 // dlopens the plugin and reads the exported structs byte for byte, so every type, field order
 // and argument type here is part of the contract. tests/unit/test_net_abi.cpp pins sizes and
 // offsets for x86-64 LP64; change this file only together with those numbers.
@@ -31,7 +33,7 @@ enum result_t : int {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Constants (nccl_net.h, net_device.h, net_v11.h).
+// Constants (nccl_net.h, net_device.h, net_v11.h, net_v12.h).
 inline constexpr std::size_t kHandleMaxSize = 128;  // bytes of the listen handle NCCL exchanges
 inline constexpr int kMaxRequests = 32;             // outstanding requests per comm
 inline constexpr int kPtrHost = 0x1;                // ptrSupport / regMr type: host memory
@@ -45,17 +47,19 @@ inline constexpr std::uintptr_t kMultiRequest = 0x2;  // defined, unused by the 
 inline constexpr std::size_t kMaxNetSizeBytes = std::size_t{1} << 40;
 // 1 GiB: the transfer cap NCCL assumes (and enforces) for v8 plugins, whose sizes are int.
 inline constexpr std::size_t kMaxNetSizeV8 = std::size_t{1} << 30;
-inline constexpr int kMaxDevsPerNic = 4;  // physical devices per fused vNIC; fixed at 4 for
-                                          // v9..v11 (v12 / NCCL 2.30 uses 8)
+inline constexpr int kMaxDevsPerNic = 4;     // physical devices per fused vNIC, v9..v11
+inline constexpr int kMaxDevsPerNicV12 = 8;  // the same for v12 (NCCL 2.30)
 inline constexpr int kTrafficClassUndef = -1;       // comm_config_v11_t::trafficClass "not set"
 inline constexpr std::int32_t kNetAttrUndef = -1;   // net_attr_v11_t fields "not set" (op/algo/
                                                     // proto hold it as 0xffffffff)
+inline constexpr int kNetIdUndef = -1;  // properties_v12_t railId / planeId "not known"
 
 // netDeviceType values (ncclNetDeviceType). A host plugin reports kNetDeviceHost.
 inline constexpr int kNetDeviceHost = 0;
 inline constexpr int kNetDeviceUnpack = 1;      // GPU-side unpack; needs kNetDeviceUnpackVersion
 inline constexpr int kNetDeviceGinProxy = 2;    // GIN plugin properties only
 inline constexpr int kNetDeviceGinGdaki = 3;    // GIN plugin properties only
+inline constexpr int kNetDeviceGinGpi = 4;      // GIN plugin properties only (NCCL 2.30)
 inline constexpr int kNetDeviceUnpackVersion = 0x7;
 
 // Logger levels (ncclDebugLogLevel).
@@ -99,7 +103,7 @@ inline constexpr int kProfilerNetEventUpdateAndStop = 3;  // update, then close
 using logger_t = void (*)(int level, unsigned long flags, const char* file, int line,
                           const char* fmt, ...);
 
-// ncclProfilerCallback_t (v10, v11). eHandle: in/out event handle; type: kProfilerNetEvent*;
+// ncclProfilerCallback_t (v10..v12). eHandle: in/out event handle; type: kProfilerNetEvent*;
 // pHandle: the per-operation profiler handle NCCL passed to isend/irecv (opaque); pluginId:
 // plugin-defined event id/version; extData: plugin-defined payload for the profiler plugin.
 using profiler_callback_t = result_t (*)(void** eHandle, int type, void* pHandle,
@@ -114,11 +118,46 @@ struct vdevice_props_t {
   int devs[kMaxDevsPerNic];  // physical device indices
 };
 
-// ncclNetCommConfig_v10/v11_t (identical): per-communicator network configuration.
+// ncclNetVDeviceProps_v12_t: vdevice_props_t with room for kMaxDevsPerNicV12 children.
+struct vdevice_props_v12_t {
+  int ndevs;                    // number of valid entries in devs
+  int devs[kMaxDevsPerNicV12];  // physical device indices
+};
+
+// ncclNetCommConfig_v10/v11/v12_t (identical): per-communicator network configuration.
 struct comm_config_v11_t {
   int trafficClass;  // QoS / traffic class value, plugin-interpreted; kTrafficClassUndef = unset
 };
 using comm_config_v10_t = comm_config_v11_t;
+using comm_config_v12_t = comm_config_v11_t;
+
+// ncclNetProperties_v12_t: v11 with the wider vProps (every later field moves by 16 bytes) and
+// the NIC's rail and plane at the end.
+struct properties_v12_t {
+  char* name;                  // device name; unique per device
+  char* pciPath;               // /sys path of the PCI function
+  std::uint64_t guid;          // NIC chip id
+  int ptrSupport;              // kPtrHost | kPtrCuda | kPtrDmabuf
+  int regIsGlobal;             // 1 = MRs not tied to a comm
+  int forceFlush;              // 1 = always iflush GDR receives
+  int speed;                   // port speed, Mbps
+  int port;                    // port number
+  float latency;               // network latency, microseconds
+  int maxComms;                // max comms per device
+  int maxRecvs;                // max n of a grouped irecv
+  int netDeviceType;           // ncclNetDeviceType enum
+  int netDeviceVersion;        // device offload version
+  vdevice_props_v12_t vProps;  // fused vNIC children (up to 8)
+  std::size_t maxP2pBytes;     // largest single p2p transfer, bytes
+  std::size_t maxCollBytes;    // largest single collective transfer, bytes
+  int maxMultiRequestSize;     // max requests in one multi-request
+  // Rail of the NIC: NCCL treats NICs of equal railId as one rail (a ring may enter on one and
+  // leave on the other without crossNic, also across hosts); kNetIdUndef = unknown.
+  std::int16_t railId;
+  // Network plane: NCCL never connects NICs of two different defined planes; kNetIdUndef =
+  // unknown.
+  std::int16_t planeId;
+};
 
 // ncclNetProperties_v11_t: filled by getProperties().
 struct properties_v11_t {
@@ -197,8 +236,11 @@ struct net_attr_v11_t {
   std::uint32_t algo;   // bitmask of 1 << NCCL algorithm; all-ones = unset (always for p2p)
   std::uint32_t proto;  // bitmask of 1 << NCCL protocol; all-ones = unset (always for p2p)
 };
+// ncclNetCommAttr_v12_t, ncclNetAttr_v12_t: unchanged from v11.
+using net_comm_attr_v12_t = net_comm_attr_v11_t;
+using net_attr_v12_t = net_attr_v11_t;
 
-// ncclNetDeviceHandle_v7.._v11_t (one layout for all): device-offload handle returned through
+// ncclNetDeviceHandle_v7.._v12_t (one layout for all): device-offload handle returned through
 // connect()/accept()'s sendDevComm/recvDevComm. Host plugins never fill it.
 struct device_handle_t {
   int netDeviceType;       // ncclNetDeviceType enum
@@ -209,9 +251,9 @@ struct device_handle_t {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Function tables, exported as ncclNetPlugin_v11 / _v10 / _v9 / _v8. Every callable returns
-// result_t. Non-blocking contracts: connect/accept return kSuccess with a NULL comm until ready;
-// isend/irecv return kSuccess with *request == NULL for "retry later".
+// Function tables, exported as ncclNetPlugin_v12 / _v11 / _v10 / _v9 / _v8. Every callable
+// returns result_t. Non-blocking contracts: connect/accept return kSuccess with a NULL comm until
+// ready; isend/irecv return kSuccess with *request == NULL for "retry later".
 
 // ncclNet_v11_t (NCCL 2.28-2.29): per-communicator init/finalize with a context.
 struct net_v11_t {
@@ -267,6 +309,40 @@ struct net_v11_t {
   result_t (*finalize)(void* ctx);
   // Traffic-shape hints for ctx. May be NULL.
   result_t (*setNetAttr)(void* ctx, net_attr_v11_t* netAttr);
+};
+
+// ncclNet_v12_t (NCCL 2.30+): v11's members in v11's order; only the properties and vNIC
+// structs they point to changed. Members without a comment behave as in net_v11_t.
+struct net_v12_t {
+  const char* name;  // plugin name
+  result_t (*init)(void** ctx, std::uint64_t commId, comm_config_v12_t* config,
+                   logger_t logFunction, profiler_callback_t profFunction);  // per communicator
+  result_t (*devices)(int* ndev);                               // *ndev = device count
+  result_t (*getProperties)(int dev, properties_v12_t* props);  // 128-byte props
+  result_t (*listen)(void* ctx, int dev, void* handle, void** listenComm);
+  result_t (*connect)(void* ctx, int dev, void* handle, void** sendComm,
+                      device_handle_t** sendDevComm);
+  result_t (*accept)(void* listenComm, void** recvComm, device_handle_t** recvDevComm);
+  result_t (*regMr)(void* comm, void* data, std::size_t size, int type, void** mhandle);
+  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type,
+                          std::uint64_t offset, int fd, void** mhandle);  // may be NULL
+  result_t (*deregMr)(void* comm, void* mhandle);
+  result_t (*isend)(void* sendComm, void* data, std::size_t size, int tag, void* mhandle,
+                    void* pHandle, void** request);
+  result_t (*irecv)(void* recvComm, int n, void** data, std::size_t* sizes, int* tags,
+                    void** mhandles, void** pHandles, void** request);
+  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles,
+                     void** request);
+  result_t (*test)(void* request, int* done, int* sizes);
+  result_t (*closeSend)(void* sendComm);
+  result_t (*closeRecv)(void* recvComm);
+  result_t (*closeListen)(void* listenComm);
+  result_t (*getDeviceMr)(void* comm, void* mhandle, void** dptr_mhandle);  // offload only
+  result_t (*irecvConsumed)(void* recvComm, int n, void* request);         // offload only
+  // Up to kMaxDevsPerNicV12 children. May be NULL (NCCL then uses the physical devices).
+  result_t (*makeVDevice)(int* d, vdevice_props_v12_t* props);
+  result_t (*finalize)(void* ctx);                            // per-communicator teardown
+  result_t (*setNetAttr)(void* ctx, net_attr_v12_t* netAttr);  // may be NULL
 };
 
 // ncclNet_v10_t (NCCL 2.26-2.27): process-wide init, comm config passed to each connect, no ctx.

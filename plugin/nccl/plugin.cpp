@@ -1,7 +1,7 @@
-// NCCL net-plugin adapters: ncclNetPlugin_v11 (NCCL 2.28+) and v10/v9/v8 tables for older
-// NCCLs, each member a few lines onto moefabric::fabric's one internal API. Every exported entry
-// runs inside guard(), which turns exceptions into ncclInternalError and keeps the unload from
-// tearing the state down under a call in progress.
+// NCCL net-plugin adapters: ncclNetPlugin_v12 (NCCL 2.30+), ncclNetPlugin_v11 (NCCL 2.28-2.29)
+// and v10/v9/v8 tables for older NCCLs, each member a few lines onto moefabric::fabric's one
+// internal API. Every exported entry runs inside guard(), which turns exceptions into
+// ncclInternalError and keeps the unload from tearing the state down under a call in progress.
 #include <unistd.h>
 
 #include <atomic>
@@ -151,11 +151,29 @@ Status fill_v9plus(int dev, P* p) {
   return Status::kOk;
 }
 
+template <class P>
+Status fill_v11plus(int dev, P* p) {
+  std::memset(p, 0, sizeof *p);
+  MF_CHECK(fill_v9plus(dev, p));
+  p->maxMultiRequestSize = 1;
+  return Status::kOk;
+}
+
 result_t get_properties_v11(int dev, abi::properties_v11_t* p) {
+  return guard("getProperties", [&] { return fill_v11plus(dev, p); });
+}
+
+// v12 adds the NIC's rail and plane. Each moefabric device (one NIC, or the rails of one GPU
+// fused into one device) is its own rail, numbered by its device index: NCCL then keeps a ring
+// that enters a node on device d leaving it on device d (as it does by NIC without a rail id),
+// and takes device d of every host for one rail, which holds on a rail-optimized fabric where
+// every host enumerates its GPUs' NICs in the same order. One plane (0) for all: NCCL refuses a
+// path between two NICs only when their planes differ.
+result_t get_properties_v12(int dev, abi::properties_v12_t* p) {
   return guard("getProperties", [&] {
-    std::memset(p, 0, sizeof *p);
-    MF_CHECK(fill_v9plus(dev, p));
-    p->maxMultiRequestSize = 1;
+    MF_CHECK(fill_v11plus(dev, p));
+    p->railId = static_cast<int16_t>(dev <= INT16_MAX ? dev : abi::kNetIdUndef);
+    p->planeId = 0;
     return Status::kOk;
   });
 }
@@ -323,6 +341,39 @@ __attribute__((destructor)) void unload() {
   g_legacy_ctx = nullptr;
 }
 
+// ncclNetPlugin_v12 and _v11: one set of adapters, v12's comm config and net attributes being
+// v11's structs; only getProperties differs. makeVDevice stays NULL, as in v10 and v9: NCCL
+// (2.30 too) then uses the physical devices as they are, and moefabric already fuses the rails of
+// one GPU into one device itself (MOEFABRIC_RAILS, the topology grouping), so there is nothing
+// left for NCCL to merge.
+template <class Table>
+constexpr Table ctx_table(decltype(Table::getProperties) get_properties) {
+  return Table{
+      .name = "moefabric",
+      .init = init_v11,
+      .devices = devices,
+      .getProperties = get_properties,
+      .listen = listen_v11,
+      .connect = connect_v11,
+      .accept = accept_any,
+      .regMr = reg_mr,
+      .regMrDmaBuf = reg_mr_dmabuf,
+      .deregMr = dereg_mr,
+      .isend = isend_v11,
+      .irecv = irecv_v11,
+      .iflush = iflush,
+      .test = test,
+      .closeSend = close_send,
+      .closeRecv = close_recv,
+      .closeListen = close_listen,
+      .getDeviceMr = nullptr,
+      .irecvConsumed = nullptr,
+      .makeVDevice = nullptr,
+      .finalize = finalize_v11,
+      .setNetAttr = set_net_attr,
+  };
+}
+
 }  // namespace
 }  // namespace moefabric::nccl
 
@@ -330,35 +381,16 @@ using namespace moefabric::nccl;  // NOLINT: the export tables below name the ad
 
 extern "C" {
 
+MF_EXPORT extern const abi::net_v12_t ncclNetPlugin_v12;
 MF_EXPORT extern const abi::net_v11_t ncclNetPlugin_v11;
 MF_EXPORT extern const abi::net_v10_t ncclNetPlugin_v10;
 MF_EXPORT extern const abi::net_v9_t ncclNetPlugin_v9;
 MF_EXPORT extern const abi::net_v8_t ncclNetPlugin_v8;
 
-const abi::net_v11_t ncclNetPlugin_v11 = {
-    .name = "moefabric",
-    .init = init_v11,
-    .devices = devices,
-    .getProperties = get_properties_v11,
-    .listen = listen_v11,
-    .connect = connect_v11,
-    .accept = accept_any,
-    .regMr = reg_mr,
-    .regMrDmaBuf = reg_mr_dmabuf,
-    .deregMr = dereg_mr,
-    .isend = isend_v11,
-    .irecv = irecv_v11,
-    .iflush = iflush,
-    .test = test,
-    .closeSend = close_send,
-    .closeRecv = close_recv,
-    .closeListen = close_listen,
-    .getDeviceMr = nullptr,
-    .irecvConsumed = nullptr,
-    .makeVDevice = nullptr,
-    .finalize = finalize_v11,
-    .setNetAttr = set_net_attr,
-};
+// The per-communicator tables are built at compile time (constinit: in the library's data when
+// NCCL dlsyms them, no constructor to run first).
+constinit const abi::net_v12_t ncclNetPlugin_v12 = ctx_table<abi::net_v12_t>(get_properties_v12);
+constinit const abi::net_v11_t ncclNetPlugin_v11 = ctx_table<abi::net_v11_t>(get_properties_v11);
 
 const abi::net_v10_t ncclNetPlugin_v10 = {
     .name = "moefabric",

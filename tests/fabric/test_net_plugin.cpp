@@ -885,6 +885,89 @@ TEST_CASE("plugin: v10 and v8 entry points", "[fabric]") {
   });
 }
 
+// The v12 table (NCCL 2.30+) with a context of its own next to the driver's v11 one: its
+// properties (v11's plus rail and plane, vProps at its new width), then one connection and one
+// transfer made and checked through v12 members only.
+TEST_CASE("plugin: v12 entry points", "[fabric]") {
+  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
+    auto* v12 = static_cast<const abi::net_v12_t*>(dlsym(pl.dl, "ncclNetPlugin_v12"));
+    T_CHECK(v12 != nullptr, "ncclNetPlugin_v12 not exported");
+    T_CHECK(std::string(v12->name) == "moefabric", "name is %s", v12->name);
+    T_CHECK(v12->makeVDevice == nullptr && v12->getDeviceMr == nullptr && v12->irecvConsumed == nullptr,
+            "v12 offers vNIC or device-offload members");
+    void* ctx = nullptr;
+    abi::comm_config_v12_t cfg = {abi::kTrafficClassUndef};
+    T_OK(v12->init(&ctx, 0x5678, &cfg, quiet_logger, nullptr));
+    int ndev = 0, ndev11 = 0;
+    T_OK(v12->devices(&ndev));
+    T_OK(pl.v11->devices(&ndev11));
+    T_CHECK(ndev >= 1 && ndev == ndev11, "v12 %d device(s), v11 %d", ndev, ndev11);
+    for (int d = 0; d < ndev; ++d) {
+      abi::properties_v12_t p = {};
+      abi::properties_v11_t q = {};
+      T_OK(v12->getProperties(d, &p));
+      T_OK(pl.v11->getProperties(d, &q));
+      T_CHECK(p.name == q.name && p.pciPath == q.pciPath && p.guid == q.guid, "device %d: identity differs", d);
+      T_CHECK(p.ptrSupport == q.ptrSupport && p.regIsGlobal == q.regIsGlobal && p.forceFlush == q.forceFlush &&
+                  p.speed == q.speed && p.port == q.port && p.latency == q.latency && p.maxComms == q.maxComms &&
+                  p.maxRecvs == q.maxRecvs && p.netDeviceType == q.netDeviceType &&
+                  p.netDeviceVersion == q.netDeviceVersion,
+              "device %d: properties differ from v11's", d);
+      T_CHECK(p.vProps.ndevs == 1 && p.vProps.devs[0] == d, "device %d: vProps", d);
+      T_CHECK(p.maxP2pBytes == q.maxP2pBytes && p.maxCollBytes == q.maxCollBytes && p.maxMultiRequestSize == 1,
+              "device %d: sizes", d);
+      T_CHECK(p.railId == d && p.planeId == 0, "device %d: rail %d plane %d", d, p.railId, p.planeId);
+    }
+    abi::properties_v12_t p = {};
+    T_CHECK(v12->getProperties(ndev, &p) != abi::kSuccess, "out-of-range device accepted");
+    abi::net_attr_v12_t attr = {{4, 1, 2, 1}, {4, 1, 2, 1}, 1U << 1, ~0U, ~0U};
+    T_OK(v12->setNetAttr(ctx, &attr));
+
+    int me = oob.rank(), peer = 1 - me;
+    char h[abi::kHandleMaxSize] = {}, all[2 * abi::kHandleMaxSize];
+    void* lc = nullptr;
+    T_OK(v12->listen(ctx, 0, h, &lc));
+    std::string err;
+    T_CHECK(oob.allgather(h, all, sizeof h, &err), "%s", err.c_str());
+    void *sc = nullptr, *rc = nullptr;
+    auto start = Clock::now();
+    while (!sc || !rc) {
+      if (!sc) T_OK(v12->connect(ctx, 0, all + peer * sizeof h, &sc, nullptr));
+      if (!rc) T_OK(v12->accept(lc, &rc, nullptr));
+      T_CHECK(!deadline_passed(start, 30), "v12 connect did not finish");
+    }
+    constexpr int kSize = 70000;  // sent: kSize - 1 into a kSize receive
+    std::vector<uint8_t> sb(kSize), rb(kSize);
+    for (int i = 0; i < kSize; ++i) sb[i] = pattern(me, i, 12);
+    void *smh = nullptr, *rmh = nullptr;
+    T_OK(v12->regMr(sc, sb.data(), sb.size(), abi::kPtrHost, &smh));
+    T_OK(v12->regMr(rc, rb.data(), rb.size(), abi::kPtrHost, &rmh));
+    void *rq = nullptr, *sq = nullptr;
+    void* data = rb.data();
+    size_t rsz = kSize;
+    int tag = peer;
+    while (!rq) T_OK(v12->irecv(rc, 1, &data, &rsz, &tag, &rmh, nullptr, &rq));
+    while (!sq) T_OK(v12->isend(sc, sb.data(), kSize - 1, me, smh, nullptr, &sq));
+    int sdone = 0, rdone = 0, sent = 0, got = 0;
+    start = Clock::now();
+    while (!sdone || !rdone) {
+      if (!sdone) T_OK(v12->test(sq, &sdone, &sent));
+      if (!rdone) T_OK(v12->test(rq, &rdone, &got));
+      T_CHECK(!deadline_passed(start, 30), "v12 transfer did not finish");
+    }
+    T_CHECK(sent == kSize - 1 && got == kSize - 1, "v12 sizes: sent %d, received %d", sent, got);
+    for (int i = 0; i < kSize - 1; ++i) T_CHECK(rb[i] == pattern(peer, i, 12), "v12 byte %d", i);
+    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    T_OK(v12->deregMr(sc, smh));
+    T_OK(v12->deregMr(rc, rmh));
+    T_OK(v12->closeSend(sc));
+    T_OK(v12->closeRecv(rc));
+    T_OK(v12->closeListen(lc));
+    T_OK(v12->finalize(ctx));
+    return 0;
+  });
+}
+
 namespace {
 int entries(const char* dir) {
   int n = 0;

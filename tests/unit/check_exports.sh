@@ -7,7 +7,7 @@ got=$(nm -D --defined-only "$lib" | awk '{print $3}' | grep -v '^_init$\|^_fini$
 if [ "${2:-plugin}" = moe ]; then
   want="ncclMoeCombine ncclMoeCombineRecv ncclMoeCombineSend ncclMoeCommAbort ncclMoeCommDestroy ncclMoeCommGetAsyncError ncclMoeCommInit ncclMoeCommInitAllGather ncclMoeDispatch ncclMoeDispatchRecv ncclMoeDispatchSend ncclMoeGetLastError ncclMoeGetLocalExperts ncclMoeGetRecvCapacity ncclMoeGetStats "
 else
-  want="ncclNetPlugin_v10 ncclNetPlugin_v11 ncclNetPlugin_v8 ncclNetPlugin_v9 "
+  want="ncclNetPlugin_v10 ncclNetPlugin_v11 ncclNetPlugin_v12 ncclNetPlugin_v8 ncclNetPlugin_v9 "
 fi
 if [ "$got" != "$want" ]; then
   echo "exported symbols differ:"; echo " got:  $got"; echo " want: $want"; exit 1

@@ -1,6 +1,8 @@
-// Pins plugin/nccl/net_abi.h to NCCL 2.28.9's net-plugin ABI on LP64 (x86-64; aarch64 gives the
-// same numbers). Every expected number below was computed by hand from NCCL's v2.28.9-1 layout
-// and cross-checked once against NCCL's own headers in a throwaway build outside this repo.
+// Pins plugin/nccl/net_abi.h to NCCL 2.28.9's net-plugin ABI (v8..v11) and NCCL 2.30's v12 on
+// LP64 (x86-64; aarch64 gives the same numbers). Every expected number below was computed by hand
+// from NCCL's v2.28.9-1 layout and cross-checked once against NCCL's own headers in a throwaway
+// build outside this repo; the v12 numbers were computed by hand from NCCL's v2.30.7-1 headers
+// (no NCCL 2.30 is installed here to build against).
 // The checks are compile-time (STATIC_REQUIRE = static_assert + a reported assertion): an ABI
 // break fails the build.
 #include <catch2/catch.hpp>
@@ -62,6 +64,8 @@ TEST_CASE("abi: plugin constants", "[abi]") {
   STATIC_REQUIRE(abi::kMaxNetSizeBytes == 1099511627776ULL);  // 1 TiB
   STATIC_REQUIRE(abi::kMaxNetSizeV8 == 1073741824ULL);        // 1 GiB
   STATIC_REQUIRE(abi::kMaxDevsPerNic == 4);
+  STATIC_REQUIRE(abi::kMaxDevsPerNicV12 == 8);
+  STATIC_REQUIRE(abi::kNetIdUndef == -1);
   STATIC_REQUIRE(abi::kTrafficClassUndef == -1);
   STATIC_REQUIRE(abi::kNetAttrUndef == -1);
   STATIC_REQUIRE(static_cast<std::uint32_t>(abi::kNetAttrUndef) == 0xffffffffU);
@@ -69,6 +73,7 @@ TEST_CASE("abi: plugin constants", "[abi]") {
   STATIC_REQUIRE(abi::kNetDeviceUnpack == 1);
   STATIC_REQUIRE(abi::kNetDeviceGinProxy == 2);
   STATIC_REQUIRE(abi::kNetDeviceGinGdaki == 3);
+  STATIC_REQUIRE(abi::kNetDeviceGinGpi == 4);
   STATIC_REQUIRE(abi::kNetDeviceUnpackVersion == 7);
   STATIC_REQUIRE(abi::kProfilerNetEventStart == 0);
   STATIC_REQUIRE(abi::kProfilerNetEventStop == 1);
@@ -117,16 +122,25 @@ TEST_CASE("abi: vdevice_props_t layout", "[abi]") {
   MF_ABI_FIELD(T, devs, 4, 16);
 }
 
+TEST_CASE("abi: vdevice_props_v12_t layout", "[abi]") {
+  using T = abi::vdevice_props_v12_t;
+  MF_ABI_STRUCT(T, 36, 4);
+  MF_ABI_FIELD(T, ndevs, 0, 4);
+  MF_ABI_FIELD(T, devs, 4, 32);
+}
+
 TEST_CASE("abi: comm_config_v11_t layout", "[abi]") {
   using T = abi::comm_config_v11_t;
   MF_ABI_STRUCT(T, 4, 4);
   MF_ABI_FIELD(T, trafficClass, 0, 4);
   STATIC_REQUIRE(std::is_same_v<abi::comm_config_v10_t, abi::comm_config_v11_t>);
+  STATIC_REQUIRE(std::is_same_v<abi::comm_config_v12_t, abi::comm_config_v11_t>);
 }
 
-TEST_CASE("abi: properties_v11_t layout", "[abi]") {
-  using T = abi::properties_v11_t;
-  MF_ABI_STRUCT(T, 112, 8);
+// v9..v12 share their first 64 bytes (name .. netDeviceVersion); they differ from vProps on.
+TEMPLATE_TEST_CASE("abi: properties v9..v12, the shared head", "[abi]", abi::properties_v10_t,
+                   abi::properties_v11_t, abi::properties_v12_t) {
+  using T = TestType;
   MF_ABI_FIELD(T, name, 0, 8);
   MF_ABI_FIELD(T, pciPath, 8, 8);
   MF_ABI_FIELD(T, guid, 16, 8);
@@ -140,14 +154,35 @@ TEST_CASE("abi: properties_v11_t layout", "[abi]") {
   MF_ABI_FIELD(T, maxRecvs, 52, 4);
   MF_ABI_FIELD(T, netDeviceType, 56, 4);
   MF_ABI_FIELD(T, netDeviceVersion, 60, 4);
-  MF_ABI_FIELD(T, vProps, 64, 20);  // 84..88 is padding
-  MF_ABI_FIELD(T, maxP2pBytes, 88, 8);
-  MF_ABI_FIELD(T, maxCollBytes, 96, 8);
-  MF_ABI_FIELD(T, maxMultiRequestSize, 104, 4);  // 108..112 is tail padding
   STATIC_REQUIRE(std::is_same_v<decltype(T::name), char*>);
   STATIC_REQUIRE(std::is_same_v<decltype(T::pciPath), char*>);
   STATIC_REQUIRE(std::is_same_v<decltype(T::guid), std::uint64_t>);
   STATIC_REQUIRE(std::is_same_v<decltype(T::latency), float>);
+}
+
+TEST_CASE("abi: properties_v12_t layout", "[abi]") {
+  using T = abi::properties_v12_t;
+  MF_ABI_STRUCT(T, 128, 8);
+  MF_ABI_FIELD(T, vProps, 64, 36);  // 8 children; 100..104 is padding
+  MF_ABI_FIELD(T, maxP2pBytes, 104, 8);
+  MF_ABI_FIELD(T, maxCollBytes, 112, 8);
+  MF_ABI_FIELD(T, maxMultiRequestSize, 120, 4);
+  MF_ABI_FIELD(T, railId, 124, 2);
+  MF_ABI_FIELD(T, planeId, 126, 2);  // no tail padding
+  STATIC_REQUIRE(std::is_same_v<decltype(T::vProps), abi::vdevice_props_v12_t>);
+  STATIC_REQUIRE(std::is_same_v<decltype(T::maxP2pBytes), std::size_t>);
+  STATIC_REQUIRE(std::is_same_v<decltype(T::maxCollBytes), std::size_t>);
+  STATIC_REQUIRE(std::is_same_v<decltype(T::railId), std::int16_t>);
+  STATIC_REQUIRE(std::is_same_v<decltype(T::planeId), std::int16_t>);
+}
+
+TEST_CASE("abi: properties_v11_t layout", "[abi]") {
+  using T = abi::properties_v11_t;
+  MF_ABI_STRUCT(T, 112, 8);
+  MF_ABI_FIELD(T, vProps, 64, 20);  // 84..88 is padding
+  MF_ABI_FIELD(T, maxP2pBytes, 88, 8);
+  MF_ABI_FIELD(T, maxCollBytes, 96, 8);
+  MF_ABI_FIELD(T, maxMultiRequestSize, 104, 4);  // 108..112 is tail padding
   STATIC_REQUIRE(std::is_same_v<decltype(T::vProps), abi::vdevice_props_t>);
   STATIC_REQUIRE(std::is_same_v<decltype(T::maxP2pBytes), std::size_t>);
   STATIC_REQUIRE(std::is_same_v<decltype(T::maxCollBytes), std::size_t>);
@@ -157,23 +192,9 @@ TEST_CASE("abi: properties_v10_t (= v9) layout", "[abi]") {
   using T = abi::properties_v10_t;
   STATIC_REQUIRE(std::is_same_v<abi::properties_v9_t, abi::properties_v10_t>);
   MF_ABI_STRUCT(T, 104, 8);
-  MF_ABI_FIELD(T, name, 0, 8);
-  MF_ABI_FIELD(T, pciPath, 8, 8);
-  MF_ABI_FIELD(T, guid, 16, 8);
-  MF_ABI_FIELD(T, ptrSupport, 24, 4);
-  MF_ABI_FIELD(T, regIsGlobal, 28, 4);
-  MF_ABI_FIELD(T, forceFlush, 32, 4);
-  MF_ABI_FIELD(T, speed, 36, 4);
-  MF_ABI_FIELD(T, port, 40, 4);
-  MF_ABI_FIELD(T, latency, 44, 4);
-  MF_ABI_FIELD(T, maxComms, 48, 4);
-  MF_ABI_FIELD(T, maxRecvs, 52, 4);
-  MF_ABI_FIELD(T, netDeviceType, 56, 4);
-  MF_ABI_FIELD(T, netDeviceVersion, 60, 4);
   MF_ABI_FIELD(T, vProps, 64, 20);
   MF_ABI_FIELD(T, maxP2pBytes, 88, 8);
   MF_ABI_FIELD(T, maxCollBytes, 96, 8);
-  STATIC_REQUIRE(std::is_same_v<decltype(T::latency), float>);
   STATIC_REQUIRE(std::is_same_v<decltype(T::maxP2pBytes), std::size_t>);
 }
 
@@ -214,6 +235,8 @@ TEST_CASE("abi: net_attr_v11_t layout", "[abi]") {
   STATIC_REQUIRE(std::is_same_v<decltype(T::op), std::uint32_t>);
   STATIC_REQUIRE(std::is_same_v<decltype(T::algo), std::uint32_t>);
   STATIC_REQUIRE(std::is_same_v<decltype(T::proto), std::uint32_t>);
+  STATIC_REQUIRE(std::is_same_v<abi::net_comm_attr_v12_t, abi::net_comm_attr_v11_t>);
+  STATIC_REQUIRE(std::is_same_v<abi::net_attr_v12_t, abi::net_attr_v11_t>);
 }
 
 TEST_CASE("abi: device_handle_t layout", "[abi]") {
@@ -226,8 +249,9 @@ TEST_CASE("abi: device_handle_t layout", "[abi]") {
   MF_ABI_FIELD(T, needsProxyProgress, 24, 4);  // 28..32 is tail padding
 }
 
-TEST_CASE("abi: net_v11_t slots", "[abi]") {
-  using T = abi::net_v11_t;
+// v12 keeps v11's members in v11's order: one list pins both.
+TEMPLATE_TEST_CASE("abi: net_v11_t and net_v12_t slots", "[abi]", abi::net_v11_t, abi::net_v12_t) {
+  using T = TestType;
   MF_ABI_STRUCT(T, 176, 8);
   MF_ABI_SLOT(T, name, 0);
   MF_ABI_SLOT(T, init, 8);
@@ -339,13 +363,33 @@ using std::uint64_t;
 #define MF_ABI_SIG(T, f, ...) \
   STATIC_REQUIRE(std::is_same_v<decltype(T::f), result_t (*)(__VA_ARGS__)>)
 
-TEST_CASE("abi: net_v11_t signatures", "[abi]") {
-  using T = abi::net_v11_t;
+// The structs each of the two versions passes; every other argument is the same in both.
+template <class T>
+struct ctx_args;
+template <>
+struct ctx_args<abi::net_v11_t> {
+  using config = abi::comm_config_v11_t;
+  using props = abi::properties_v11_t;
+  using vprops = abi::vdevice_props_t;
+  using attr = abi::net_attr_v11_t;
+};
+template <>
+struct ctx_args<abi::net_v12_t> {
+  using config = abi::comm_config_v12_t;
+  using props = abi::properties_v12_t;
+  using vprops = abi::vdevice_props_v12_t;
+  using attr = abi::net_attr_v12_t;
+};
+
+TEMPLATE_TEST_CASE("abi: net_v11_t and net_v12_t signatures", "[abi]", abi::net_v11_t,
+                   abi::net_v12_t) {
+  using T = TestType;
+  using A = ctx_args<T>;
   STATIC_REQUIRE(std::is_same_v<decltype(T::name), const char*>);
-  MF_ABI_SIG(T, init, void**, uint64_t, abi::comm_config_v11_t*, abi::logger_t,
+  MF_ABI_SIG(T, init, void**, uint64_t, typename A::config*, abi::logger_t,
              abi::profiler_callback_t);
   MF_ABI_SIG(T, devices, int*);
-  MF_ABI_SIG(T, getProperties, int, abi::properties_v11_t*);
+  MF_ABI_SIG(T, getProperties, int, typename A::props*);
   MF_ABI_SIG(T, listen, void*, int, void*, void**);
   MF_ABI_SIG(T, connect, void*, int, void*, void**, dh**);
   MF_ABI_SIG(T, accept, void*, void**, dh**);
@@ -361,9 +405,9 @@ TEST_CASE("abi: net_v11_t signatures", "[abi]") {
   MF_ABI_SIG(T, closeListen, void*);
   MF_ABI_SIG(T, getDeviceMr, void*, void*, void**);
   MF_ABI_SIG(T, irecvConsumed, void*, int, void*);
-  MF_ABI_SIG(T, makeVDevice, int*, abi::vdevice_props_t*);
+  MF_ABI_SIG(T, makeVDevice, int*, typename A::vprops*);
   MF_ABI_SIG(T, finalize, void*);
-  MF_ABI_SIG(T, setNetAttr, void*, abi::net_attr_v11_t*);
+  MF_ABI_SIG(T, setNetAttr, void*, typename A::attr*);
 }
 
 TEST_CASE("abi: net_v10_t signatures", "[abi]") {
