@@ -1,6 +1,8 @@
 // Comm lifetime: config resolution and the cross-rank check, bootstrap over the caller's
 // allgather, buffers and registrations, destroy/abort, errors and bounded waits.
 #include "collectives/comm.h"
+
+#include "collectives/agree.h"
 #include "collectives/rails.h"
 
 #include <linux/futex.h>
@@ -22,10 +24,8 @@ constexpr uint32_t kBlobMagic = 0x4d664231u;
 
 struct CfgBlob {
   uint32_t magic;
-  int32_t valid;
   int32_t nranks;
   ResolvedConfig rc;
-  char why[192];
 };
 
 
@@ -134,32 +134,15 @@ Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   ResolvedConfig rc{};
   std::string why;
   Status local = resolve(cfg, nranks, params, &rc, &why);
-  CfgBlob mine{};
-  mine.magic = kBlobMagic;
-  mine.valid = local == Status::kOk ? 1 : 0;
-  mine.nranks = nranks;
-  mine.rc = rc;
-  snprintf(mine.why, sizeof mine.why, "%s", why.c_str());
-  std::vector<CfgBlob> all(static_cast<size_t>(nranks));
-  ncclResult_t ar = fn(&mine, all.data(), sizeof(CfgBlob), ctx);
-  if (ar != ncclSuccess) {
-    *error = "init: the allgather callback failed (" + std::to_string(ar) + ")";
-    return Status::kSystemError;
-  }
-  if (local != Status::kOk) {
-    *error = why;
-    return local;
-  }
+  const CfgBlob mine{kBlobMagic, nranks, rc};
+  std::vector<CfgBlob> all;
+  MF_CHECK(agree(fn, ctx, nranks, {"init", "agreeing on the config", "rejected its config", Status::kInvalidUsage},
+                 local, why, mine, &all, error));
   for (int r = 0; r < nranks; ++r) {
     const CfgBlob& b = all[r];
     if (b.magic != kBlobMagic || b.nranks != nranks) {
       *error = "init: rank " + std::to_string(r) + " sent a malformed bootstrap record (nranks " +
                std::to_string(b.nranks) + ")";
-      return Status::kInvalidUsage;
-    }
-    if (!b.valid) {
-      *error = "init: rank " + std::to_string(r) + " rejected its config: " +
-               std::string(b.why, strnlen(b.why, sizeof b.why));
       return Status::kInvalidUsage;
     }
     if (const char* f = config_diff(rc, b.rc)) {
@@ -217,25 +200,12 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   if (s == Status::kOk) {
     registrations_ = ep_->registrations();
     rails_addr(*ep_, recv_mr_, recv_block_.get(), &mine);
-  } else {
-    snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
   }
-  std::vector<RailsAddr> all(static_cast<size_t>(nranks));
-  if (fn(&mine, all.data(), sizeof(RailsAddr), ctx) != ncclSuccess) {
-    *error = "init: the allgather callback failed while exchanging addresses";
-    return Status::kSystemError;
-  }
-  if (s != Status::kOk) {
-    *error = "init: " + err;
-    return s;
-  }
+  std::vector<RailsAddr> all;
+  MF_CHECK(agree(fn, ctx, nranks, {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError},
+                 s, err, mine, &all, error));
   peers_.resize(nranks);
   for (int r = 0; r < nranks; ++r) {
-    if (!all[r].ok) {
-      *error = "init: rank " + std::to_string(r) + " could not set up its transport: " +
-               std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
-      return Status::kSystemError;
-    }
     peers_[r].recv_base = all[r].recv_base;
     if (r != rank && rails_add_peer(*ep_, all[r], r, &peers_[r].rails, &err) != Status::kOk) {
       *error = "init: " + err;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "kernels/layout.h"
+#include "collectives/agree.h"
 #include "collectives/cuda/cuda_proxy.h"
 #include "collectives/engine.h"
 #include "kernels/moe_kernels.h"
@@ -81,17 +82,10 @@ void host_id(char* out, size_t n) {
 }
 
 struct InitBlob {
-  int32_t ok;
   int32_t sm_count;
   int32_t force_fabric, node_size;  // must agree on all ranks
   char host[128];
-  char why[192];
   cudaIpcMemHandle_t handle;
-};
-
-struct OkBlob {
-  int32_t ok;
-  char why[192];
 };
 
 const char* phase_name(int32_t p) {
@@ -226,43 +220,25 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   ok = ok && cuda_ok(cudaStreamCreateWithFlags(&internal_, cudaStreamNonBlocking), "cudaStreamCreate");
   ok = ok && cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize (init)");
   ok = ok && cuda_ok(cudaIpcGetMemHandle(&mine.handle, block_.get()), "cudaIpcGetMemHandle");
-  mine.ok = ok ? 1 : 0;
   mine.sm_count = sms;
   mine.force_fabric = params_.force_fabric ? 1 : 0;
   mine.node_size = static_cast<int32_t>(params_.node_size);
   host_id(mine.host, sizeof mine.host);
-  snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
-
-  std::vector<InitBlob> all(static_cast<size_t>(nranks));
-  if (fn(&mine, all.data(), sizeof(InitBlob), ctx) != ncclSuccess) {
-    *error = "init (CUDA backend): the allgather callback failed while exchanging IPC handles";
-    return Status::kSystemError;
-  }
-  if (!ok) {
-    *error = "init (CUDA backend): " + err;
-    return Status::kCudaError;
-  }
+  std::vector<InitBlob> all;
+  MF_CHECK(agree(fn, ctx, nranks,
+                 {"init (CUDA backend)", "exchanging IPC handles", "could not set up", Status::kSystemError},
+                 ok ? Status::kOk : Status::kCudaError, err, mine, &all, error));
   int blocks = sms;
-  for (int r = 0; r < nranks; ++r) {
-    if (!all[r].ok) {
-      *error = "init (CUDA backend): rank " + std::to_string(r) + " could not set up: " +
-               std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
-      return Status::kSystemError;
-    }
-    blocks = std::min(blocks, static_cast<int>(all[r].sm_count));
-  }
+  for (int r = 0; r < nranks; ++r) blocks = std::min(blocks, static_cast<int>(all[r].sm_count));
   MF_CHECK(choose_paths(all, error));
   args_.blocks = std::max(1, blocks);
   args_.timeout_ns = static_cast<int64_t>(rc.timeout_ms) * 1000000;
   if (remote_ != 0) MF_CHECK(fabric_setup(fn, ctx, error));
   // Map every NVLink peer's block; all ranks learn whether everyone succeeded.
   std::vector<uint8_t*> bases(nranks, nullptr);
-  OkBlob mapped{1, {}};
-  if (!fabric_error_.empty()) {
-    mapped.ok = 0;
-    snprintf(mapped.why, sizeof mapped.why, "%s", fabric_error_.c_str());
-  }
-  for (int r = 0; r < nranks && mapped.ok; ++r) {
+  bool mapped = fabric_error_.empty();
+  std::string map_err = fabric_error_;
+  for (int r = 0; r < nranks && mapped; ++r) {
     if (r == rank) {
       bases[r] = block_.get();
       continue;
@@ -272,30 +248,23 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
     cudaError_t e = cudaIpcOpenMemHandle(&m->ptr, all[r].handle, cudaIpcMemLazyEnablePeerAccess);
     if (e != cudaSuccess) {
       m->ptr = nullptr;
-      mapped.ok = 0;
-      snprintf(mapped.why, sizeof mapped.why,
-               "opening rank %d's receive block over CUDA IPC failed (%s): the GPUs need peer "
-               "access (NVLink or PCIe P2P)", r, cuda_text(e).c_str());
+      mapped = false;
+      map_err = "opening rank " + std::to_string(r) + "'s receive block over CUDA IPC failed (" + cuda_text(e) +
+                "): the GPUs need peer access (NVLink or PCIe P2P)";
       (void)cudaGetLastError();
       break;
     }
     bases[r] = static_cast<uint8_t*>(m->ptr);
     mapped_.push_back(std::move(m));
   }
-  if (mapped.ok)
-    mapped.ok = cudaMemcpy(peers_dev_.get(), bases.data(), sizeof(uint8_t*) * nranks,
-                           cudaMemcpyHostToDevice) == cudaSuccess;
-  std::vector<OkBlob> oks(static_cast<size_t>(nranks));
-  if (fn(&mapped, oks.data(), sizeof(OkBlob), ctx) != ncclSuccess) {
-    *error = "init (CUDA backend): the allgather callback failed after mapping peers";
-    return Status::kSystemError;
+  if (mapped && cudaMemcpy(peers_dev_.get(), bases.data(), sizeof(uint8_t*) * nranks, cudaMemcpyHostToDevice) !=
+                    cudaSuccess) {
+    mapped = false;
+    map_err = "cudaMemcpy of the peer table failed";
   }
-  for (int r = 0; r < nranks; ++r)
-    if (!oks[r].ok) {
-      *error = "init (CUDA backend): rank " + std::to_string(r) + ": " +
-               std::string(oks[r].why, strnlen(oks[r].why, sizeof oks[r].why));
-      return Status::kSystemError;
-    }
+  std::vector<int32_t> unused;
+  MF_CHECK(agree(fn, ctx, nranks, {"init (CUDA backend)", "mapping peers", "failed", Status::kSystemError},
+                 mapped ? Status::kOk : Status::kSystemError, map_err, int32_t{0}, &unused, error));
   // Every fabric path once before any kernel waits on one (see FabricProxy::barrier).
   if (proxy_) {
     std::string text;
@@ -477,25 +446,13 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
     if (!ok && err.empty()) err = "cudaHostGetDevicePointer failed on the fabric staging";
     ok = ok && proxy_->attach(send_stage_.get(), recv_stage_.get(), -1, &err) == Status::kOk;
   }
-  if (ok) {
-    proxy_->local_addr(&mine);
-  } else {
-    mine.ok = 0;
-    snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
-  }
-  std::vector<FabricProxy::Addr> all(static_cast<size_t>(R_));
-  if (fn(&mine, all.data(), sizeof(FabricProxy::Addr), ctx) != ncclSuccess) {
-    *error = "init (CUDA backend): the allgather callback failed while exchanging fabric addresses";
-    return Status::kSystemError;
-  }
+  if (ok) proxy_->local_addr(&mine);
   // Every rank reaches the same verdict here (a rank that leaves alone would strand its NVLink
   // peers in the next allgather).
-  for (int r = 0; r < R_; ++r)
-    if (!all[r].ok) {
-      *error = "init (CUDA backend, fabric path): rank " + std::to_string(r) + ": " +
-               std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
-      return Status::kSystemError;
-    }
+  std::vector<FabricProxy::Addr> all;
+  MF_CHECK(agree(fn, ctx, R_,
+                 {"init (CUDA backend, fabric path)", "exchanging fabric addresses", "failed", Status::kSystemError},
+                 ok ? Status::kOk : Status::kSystemError, err, mine, &all, error));
   // A local failure from here on is reported through the mapping allgather that follows.
   if (proxy_->start(all, &err) != Status::kOk) fabric_error_ = "fabric path: " + err;
   args_.remote = remote_;

@@ -308,7 +308,7 @@ TEST_CASE("moe: invalid and mismatched configs fail init on every rank", "[moe]"
       const char* msg = ncclMoeGetLastError(nullptr);
       // The rank whose own config is invalid reports the specific problem; the others report
       // which rank rejected it.
-      bool own = std::strncmp(msg, "invalid config", 14) == 0;
+      bool own = std::strncmp(msg, "init: invalid config", 20) == 0;
       R_CHECK(r != ncclSuccess && moe == nullptr, "%s: init succeeded", bad.name);
       if (own) {
         R_CHECK(r == ncclInvalidArgument, "%s: own invalid config gave %d (%s)", bad.name, r, msg);
