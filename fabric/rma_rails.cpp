@@ -8,11 +8,11 @@
 #include <thread>
 
 #include "common/log.h"
+#include "fabric/stripe.h"
 
 namespace moefabric::fabric {
 
 namespace {
-constexpr size_t kStripeAlign = 128;
 }
 
 Status RmaRails::open(const Params& params, std::vector<NicInfo> rails, int stripe_shift,
@@ -142,14 +142,11 @@ Status RmaRails::write(const Peer& peer, const void* buf, size_t len, const Mr& 
     return Status::kInternalError;
   }
   const int n = peer.nrails;
-  // Stripes: ceil(len / n) rounded up to 128 B; fewer than n when len is small.
-  int k = 1;
-  size_t chunk = len;
-  if (n > 1 && len >= stripe_min_) {
-    chunk = (len + n - 1) / n;
-    chunk = (chunk + kStripeAlign - 1) / kStripeAlign * kStripeAlign;
-    k = static_cast<int>((len + chunk - 1) / chunk);
-  }
+  // Stripes (fabric/stripe.h): one per rail at most, as the immediate's stripe field counts them.
+  StripePlan plan;
+  (void)plan_stripes(len, n, stripe_min_, 0, n, &plan);  // cannot fail: no max_write
+  const int k = plan.striped ? plan.nseg : 1;
+  const size_t chunk = plan.striped ? plan.seg : len;
   Pending* p = pending_alloc();
   p->cookie = cookie;
   p->parts = k;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "common/log.h"
+#include "fabric/stripe.h"
 #include "plugin/net/device.h"
 
 namespace moefabric::fabric {
@@ -215,24 +216,16 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
     }
     return Status::kOk;
   }
-  // Segments: at most max_write each. Multi-rail: a message of at least stripe_min_ is cut
-  // into a multiple of the rails' count of 128-byte aligned stripes, segment i on rail
-  // i % nrails; a smaller one goes whole on the next rail in turn.
+  // Segments: at most max_write each; multi-rail: striped over the rails (fabric/stripe.h).
   const int nr = c->nrails;
-  size_t nseg = size == 0 ? 0 : (size + max_write_ - 1) / max_write_;
-  const bool stripe = nr > 1 && size >= stripe_min_ && size >= static_cast<size_t>(nr) * 128;
-  if (stripe) {
-    size_t want = (std::max(nseg, static_cast<size_t>(nr)) + nr - 1) / nr * nr;
-    size_t cap = static_cast<size_t>(wire::kMaxSegments) / nr * nr;
-    nseg = std::max(nseg, std::min(want, cap));
-  }
-  if (nseg > static_cast<size_t>(wire::kMaxSegments)) {
+  StripePlan plan;
+  if (!plan_stripes(size, nr, stripe_min_, max_write_, wire::kMaxSegments, &plan)) {
     MF_WARN("isend of %zu bytes exceeds %d segments of %zu bytes", size, wire::kMaxSegments, max_write_);
     return Status::kInvalidArgument;
   }
-  size_t seg = nseg ? (size + nseg - 1) / nseg : 0;
-  seg = (seg + 127) & ~size_t{127};  // 128-byte aligned stripes
-  if (seg) nseg = (size + seg - 1) / seg;  // rounding up may leave fewer, never empty, segments
+  const bool stripe = plan.striped;
+  const size_t seg = plan.seg;
+  const size_t nseg = static_cast<size_t>(plan.nseg);
   const int whole_rail = nr > 1 && !stripe ? static_cast<int>(c->next_rail++ % nr) : 0;
   bool full = size == en.size && size > 0;
   if (!full && !tx_available(4)) return Status::kOk;
