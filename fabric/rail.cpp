@@ -10,7 +10,7 @@
 
 namespace moefabric::fabric {
 
-Status Rail::open(int rail_index, NicInfo nic_info, std::string* error) {
+Status Rail::open(int rail_index, NicInfo nic_info, const EndpointOptions& opt, std::string* error) {
   index = rail_index;
   nic = std::move(nic_info);
   fi_info* fi = nic.info.get();
@@ -43,8 +43,14 @@ Status Rail::open(int rail_index, NicInfo nic_info, std::string* error) {
   fi_cq_attr cq_attr = {};
   cq_attr.format = FI_CQ_FORMAT_DATA;
   cq_attr.size = 0;
+  cq_attr.wait_obj = opt.wait_fd ? FI_WAIT_FD : FI_WAIT_NONE;
   fid_cq* q = nullptr;
   rc = fi_cq_open(dom, &cq_attr, &q, nullptr);
+  if (rc != 0 && opt.wait_fd) {  // no wait fd on this provider: a polled CQ
+    cq_attr.wait_obj = FI_WAIT_NONE;
+    rc = fi_cq_open(dom, &cq_attr, &q, nullptr);
+  }
+  can_block = cq_attr.wait_obj != FI_WAIT_NONE;
   if (rc != 0) {
     *error = where + ": fi_cq_open: " + fi_strerror(-rc);
     return Status::kSystemError;
@@ -60,7 +66,7 @@ Status Rail::open(int rail_index, NicInfo nic_info, std::string* error) {
   }
   ep.reset(e);
 #ifdef FI_OPT_CUDA_API_PERMITTED
-  if (nic.provider == "efa") {
+  if (opt.forbid_cuda_api && nic.provider == "efa") {
     bool permitted = false;
     (void)fi_setopt(&e->fid, FI_OPT_ENDPOINT, FI_OPT_CUDA_API_PERMITTED, &permitted, sizeof permitted);
   }

@@ -15,6 +15,14 @@
 
 namespace moefabric::fabric {
 
+// How an endpoint is opened beyond what every user gets.
+struct EndpointOptions {
+  bool wait_fd = false;          // a CQ with a wait fd (fi_cq_sread, epoll), when the provider has one
+  bool forbid_cuda_api = false;  // efa: no CUDA calls inside the provider (NCCL's rule for plugins)
+};
+
+// One endpoint on one NIC, the only way endpoints are opened (the net plugin's devices and the
+// MoE library's RMA endpoints alike).
 struct Rail {
   int index = 0;
   NicInfo nic;
@@ -25,11 +33,12 @@ struct Rail {
   EpPtr ep;  // declared last: closed first
   uint8_t addr[kMaxAddrLen] = {};
   size_t addr_len = 0;
+  bool can_block = false;  // the CQ has a wait fd
   std::map<std::string, fi_addr_t> av_cache;  // endpoint name -> AV entry
 
   // Opens fabric, domain, AV (table), CQ (data format) and an enabled endpoint on `nic`.
   // `error` names the rail's NIC and the failing call.
-  Status open(int rail_index, NicInfo nic_info, std::string* error);
+  Status open(int rail_index, NicInfo nic_info, const EndpointOptions& opt, std::string* error);
   // Inserts (once) a peer endpoint name into this rail's AV.
   Status av_insert(const uint8_t* peer_addr, size_t len, fi_addr_t* out);
   // A peer endpoint name as the provider prints it (fi_av_straddr), for messages.

@@ -17,7 +17,7 @@ constexpr int kRxBuffers = 64;
 constexpr size_t kRxBufferBytes = 64;
 }  // namespace
 
-Status RmaEndpoint::open_nic(const Params& params, NicInfo nic, std::unique_ptr<RmaEndpoint>* out,
+Status RmaEndpoint::open_nic(const Params& params, NicInfo nic, int index, std::unique_ptr<RmaEndpoint>* out,
                              std::string* error) {
   if (!nic.rma) {
     *error = "provider " + nic.provider + " (" + nic.name +
@@ -26,49 +26,21 @@ Status RmaEndpoint::open_nic(const Params& params, NicInfo nic, std::unique_ptr<
   }
   std::unique_ptr<RmaEndpoint> e(new RmaEndpoint());
   e->params_ = rma_params(params);
-  e->nic_ = std::move(nic);
-  MF_CHECK(e->init(error));
+  MF_CHECK(e->init(index, std::move(nic), error));
   *out = std::move(e);
   return Status::kOk;
 }
 
-Status RmaEndpoint::init(std::string* error) {
-  fi_info* fi = nic_.info.get();
+Status RmaEndpoint::init(int index, NicInfo nic, std::string* error) {
+  // A wait fd lets an idle proxy sleep in fi_cq_sread (epoll, not a spin).
+  MF_CHECK(rail_.open(index, std::move(nic), EndpointOptions{true, false}, error));
+  fi_info* fi = rail_.nic.info.get();
+  fid_domain* domain = rail_.domain.get();
+  fid_ep* ep = rail_.ep.get();
   auto fail = [&](const char* what, int rc) {
-    *error = std::string(what) + " on " + nic_.name + ": " + fi_strerror(-rc);
+    *error = std::string(what) + " on " + rail_.nic.name + ": " + fi_strerror(-rc);
     return Status::kSystemError;
   };
-  fid_fabric* fabric = nullptr;
-  int rc = fi_fabric(fi->fabric_attr, &fabric, nullptr);
-  if (rc != 0) return fail("fi_fabric", rc);
-  fabric_.reset(fabric);
-  fid_domain* domain = nullptr;
-  if ((rc = fi_domain(fabric, fi, &domain, nullptr)) != 0) return fail("fi_domain", rc);
-  domain_.reset(domain);
-  fi_av_attr av_attr = {};
-  av_attr.type = FI_AV_TABLE;
-  fid_av* av = nullptr;
-  if ((rc = fi_av_open(domain, &av_attr, &av, nullptr)) != 0) return fail("fi_av_open", rc);
-  av_.reset(av);
-  fi_cq_attr cq_attr = {};
-  cq_attr.format = FI_CQ_FORMAT_DATA;
-  cq_attr.wait_obj = FI_WAIT_FD;  // lets an idle proxy sleep in fi_cq_sread (epoll, not a spin)
-  fid_cq* cq = nullptr;
-  if ((rc = fi_cq_open(domain, &cq_attr, &cq, nullptr)) != 0) {
-    cq_attr.wait_obj = FI_WAIT_NONE;
-    if ((rc = fi_cq_open(domain, &cq_attr, &cq, nullptr)) != 0) return fail("fi_cq_open", rc);
-  }
-  can_block_ = cq_attr.wait_obj != FI_WAIT_NONE;
-  cq_.reset(cq);
-  fid_ep* ep = nullptr;
-  set_unique_shm_name(fi);
-  if ((rc = fi_endpoint(domain, fi, &ep, nullptr)) != 0) return fail("fi_endpoint", rc);
-  ep_.reset(ep);
-  if ((rc = fi_ep_bind(ep, &av->fid, 0)) != 0) return fail("fi_ep_bind(av)", rc);
-  if ((rc = fi_ep_bind(ep, &cq->fid, FI_TRANSMIT | FI_RECV)) != 0) return fail("fi_ep_bind(cq)", rc);
-  if ((rc = fi_enable(ep)) != 0) return fail("fi_enable", rc);
-  addr_len_ = sizeof addr_;
-  if ((rc = fi_getname(&ep->fid, addr_, &addr_len_)) != 0) return fail("fi_getname", rc);
   max_write_ = fi->ep_attr->max_msg_size > 0 ? fi->ep_attr->max_msg_size : SIZE_MAX;
   mr_cache_ = std::make_unique<MrCache>(domain, ep, fi->domain_attr->mr_mode, fi->domain_attr->mr_key_size, true);
   cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
@@ -82,27 +54,23 @@ Status RmaEndpoint::init(std::string* error) {
     if (r != 0) return fail("fi_recv", static_cast<int>(r));
   }
   MF_INFO(log::kInit, "rma endpoint %s: provider %s, max write %zu B, blocking CQ %d, mr_mode 0x%llx%s",
-          nic_.name.c_str(), nic_.provider.c_str(), max_write_, can_block_ ? 1 : 0,
+          rail_.nic.name.c_str(), rail_.nic.provider.c_str(), max_write_, rail_.can_block ? 1 : 0,
           static_cast<unsigned long long>(fi->domain_attr->mr_mode),
-          nic_.split_imm ? ", immediates in separate zero-byte writes" : "");
+          rail_.nic.split_imm ? ", immediates in separate zero-byte writes" : "");
   return Status::kOk;
 }
 
 RmaEndpoint::~RmaEndpoint() {
-  ep_.reset();  // cancels everything in flight
+  rail_.close_endpoint();  // cancels everything in flight
   mr_cache_.reset();
-  cq_.reset();
-  av_.reset();
-  domain_.reset();
-  fabric_.reset();
 }
 
 Status RmaEndpoint::insert_peer(const uint8_t* addr, size_t len, fi_addr_t* out,
                                 std::string* error) {
   (void)len;
-  int n = fi_av_insert(av_.get(), addr, 1, out, 0, nullptr);
+  int n = fi_av_insert(rail_.av.get(), addr, 1, out, 0, nullptr);
   if (n != 1) {
-    *error = "fi_av_insert failed on " + nic_.name;
+    *error = "fi_av_insert failed on " + rail_.nic.name;
     return Status::kSystemError;
   }
   return Status::kOk;
@@ -119,9 +87,9 @@ void RmaEndpoint::ctx_free(WriteCtx* w) { ctx_free_.push_back(w); }
 
 ssize_t RmaEndpoint::post_raw(WriteCtx* w) {
   if (w->parent != nullptr)  // payload half of a split write
-    return fi_write(ep_.get(), w->buf, w->len, w->desc, w->peer, w->raddr, w->key, &w->fi);
+    return fi_write(rail_.ep.get(), w->buf, w->len, w->desc, w->peer, w->raddr, w->key, &w->fi);
   if (!w->delivered)
-    return fi_writedata(ep_.get(), w->buf, w->len, w->desc, w->imm, w->peer, w->raddr, w->key, &w->fi);
+    return fi_writedata(rail_.ep.get(), w->buf, w->len, w->desc, w->imm, w->peer, w->raddr, w->key, &w->fi);
   iovec iov{const_cast<void*>(w->buf), w->len};
   fi_rma_iov riov{w->raddr, w->len, w->key};
   fi_msg_rma msg{};
@@ -133,11 +101,11 @@ ssize_t RmaEndpoint::post_raw(WriteCtx* w) {
   msg.rma_iov_count = 1;
   msg.context = &w->fi;
   msg.data = w->imm;
-  ssize_t rc = fi_writemsg(ep_.get(), &msg, FI_REMOTE_CQ_DATA | FI_COMPLETION | FI_DELIVERY_COMPLETE);
+  ssize_t rc = fi_writemsg(rail_.ep.get(), &msg, FI_REMOTE_CQ_DATA | FI_COMPLETION | FI_DELIVERY_COMPLETE);
   if (rc != 0 && rc != -FI_EAGAIN) {
     // Provider without delivery-complete writes: plain write (the caller lingers instead).
     w->delivered = false;
-    return fi_writedata(ep_.get(), w->buf, w->len, w->desc, w->imm, w->peer, w->raddr, w->key, &w->fi);
+    return fi_writedata(rail_.ep.get(), w->buf, w->len, w->desc, w->imm, w->peer, w->raddr, w->key, &w->fi);
   }
   return rc;
 }
@@ -206,7 +174,7 @@ Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* des
   w->imm = imm;
   w->cookie = cookie;
   w->delivered = delivered;
-  if (nic_.split_imm && len > 0) {  // payload first, then the immediate with no payload
+  if (rail_.nic.split_imm && len > 0) {  // payload first, then the immediate with no payload
     WriteCtx* p = ctx_alloc();
     *p = *w;
     p->parent = w;
@@ -250,7 +218,7 @@ for (size_t i = 0; i < n; ++i) {
         h->on_remote_write(static_cast<uint32_t>(e.data));
       }
       if (w != nullptr)
-        (void)fi_recv(ep_.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
+        (void)fi_recv(rail_.ep.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
                       nullptr, FI_ADDR_UNSPEC, &w->fi);
       continue;
     }
@@ -265,31 +233,31 @@ for (size_t i = 0; i < n; ++i) {
 }
 
 Status RmaEndpoint::wait(RmaHandler* h, int timeout_ms, std::string* error) {
-  if (!can_block_ || !queued_.empty()) {
+  if (!rail_.can_block || !queued_.empty()) {
     usleep(50);
     return poll(h, error);
   }
-  ssize_t n = fi_cq_sread(cq_.get(), cq_buf_.data(), cq_buf_.size(), nullptr, timeout_ms);
+  ssize_t n = fi_cq_sread(rail_.cq.get(), cq_buf_.data(), cq_buf_.size(), nullptr, timeout_ms);
   if (n > 0) handle_entries(h, static_cast<size_t>(n));
   return poll(h, error);  // errors (-FI_EAVAIL) and the rest
 }
 
 int RmaEndpoint::wait_fd() {
-  if (!can_block_ || !queued_.empty()) return -1;
+  if (!rail_.can_block || !queued_.empty()) return -1;
   if (wait_fd_ == -2) {
     int fd = -1;
-    wait_fd_ = fi_control(&cq_->fid, FI_GETWAIT, &fd) == 0 ? fd : -1;
+    wait_fd_ = fi_control(&rail_.cq->fid, FI_GETWAIT, &fd) == 0 ? fd : -1;
   }
   return wait_fd_;
 }
 
 bool RmaEndpoint::try_wait() {
-  fid* f = &cq_->fid;
-  return fi_trywait(fabric_.get(), &f, 1) == FI_SUCCESS;
+  fid* f = &rail_.cq->fid;
+  return fi_trywait(rail_.fabric.get(), &f, 1) == FI_SUCCESS;
 }
 
 void RmaEndpoint::signal() {
-  if (can_block_) (void)fi_cq_signal(cq_.get());
+  if (rail_.can_block) (void)fi_cq_signal(rail_.cq.get());
 }
 
 Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
@@ -313,16 +281,16 @@ Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
   retry_.clear();
   const char* failed = nullptr;
   ssize_t rc = cq_drain(
-      cq_.get(), cq_buf_, 16, [&](size_t n) { handle_entries(h, n); },
+      rail_.cq.get(), cq_buf_, 16, [&](size_t n) { handle_entries(h, n); },
       [&](const fi_cq_err_entry& err) {
         char text[512];
-        cq_error_text(cq_.get(), err, text, sizeof text);
+        cq_error_text(rail_.cq.get(), err, text, sizeof text);
         auto* w = static_cast<WriteCtx*>(err.op_context);
         if (w == nullptr) {
-          MF_WARN("%s: incoming operation failed: %s", nic_.name.c_str(), text);
+          MF_WARN("%s: incoming operation failed: %s", rail_.nic.name.c_str(), text);
         } else if (w->rx) {
           if (err.err != FI_ECANCELED)
-            (void)fi_recv(ep_.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
+            (void)fi_recv(rail_.ep.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
                           nullptr, FI_ADDR_UNSPEC, &w->fi);
         } else {
           part_done(w, Status::kRemoteError, text, h);

@@ -15,6 +15,7 @@
 #include "common/status.h"
 #include "fabric/info.h"
 #include "fabric/mr.h"
+#include "fabric/rail.h"
 #include "fabric/resource.h"
 
 namespace moefabric::fabric {
@@ -44,15 +45,15 @@ class RmaEndpoint {
  public:
   // Opens `nic` (one of nic_discover's results for the provider MOEFABRIC_PROVIDER / FI_PROVIDER /
   // the default order selects). Requires RMA with 4-byte remote CQ data.
-  static Status open_nic(const Params& params, NicInfo nic, std::unique_ptr<RmaEndpoint>* out,
+  static Status open_nic(const Params& params, NicInfo nic, int index, std::unique_ptr<RmaEndpoint>* out,
                          std::string* error);
   ~RmaEndpoint();
   RmaEndpoint(const RmaEndpoint&) = delete;
   RmaEndpoint& operator=(const RmaEndpoint&) = delete;
 
-  const NicInfo& nic() const { return nic_; }
-  const uint8_t* addr() const { return addr_; }
-  size_t addr_len() const { return addr_len_; }
+  const NicInfo& nic() const { return rail_.nic; }
+  const uint8_t* addr() const { return rail_.addr; }
+  size_t addr_len() const { return rail_.addr_len; }
   size_t max_write() const { return max_write_; }
   MrCache& mr_cache() { return *mr_cache_; }
   const RmaStats& stats() const { return stats_; }
@@ -102,7 +103,7 @@ class RmaEndpoint {
     char text[200] = "";
   };
   RmaEndpoint() = default;
-  Status init(std::string* error);
+  Status init(int index, NicInfo nic, std::string* error);
   Status post(WriteCtx* w, std::string* error);
   ssize_t post_raw(WriteCtx* w);
   Status submit(WriteCtx* w, std::string* error);  // posts, or queues behind refused writes
@@ -113,15 +114,8 @@ class RmaEndpoint {
   void ctx_free(WriteCtx* w);
 
   Params params_;
-  NicInfo nic_;
-  FabricPtr fabric_;
-  DomainPtr domain_;
-  AvPtr av_;
-  CqPtr cq_;
-  EpPtr ep_;
+  Rail rail_;  // the endpoint (fabric/rail.h opens every endpoint)
   std::unique_ptr<MrCache> mr_cache_;
-  uint8_t addr_[kMaxAddrLen] = {};
-  size_t addr_len_ = 0;
   size_t max_write_ = 0;
   // Receives some providers (tcp;ofi_rxm) consume for each incoming immediate.
   std::vector<uint8_t> rx_slab_;
@@ -133,7 +127,6 @@ class RmaEndpoint {
   std::deque<WriteCtx*> retry_;    // poll()'s scratch
   std::vector<fi_cq_data_entry> cq_buf_;
   size_t inflight_ = 0;
-  bool can_block_ = false;
   int wait_fd_ = -2;  // -2: not asked yet
   RmaStats stats_;
 };

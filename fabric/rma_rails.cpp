@@ -32,7 +32,7 @@ Status RmaRails::open(const Params& params, std::vector<NicInfo> rails, int stri
   for (size_t i = 0; i < rails.size(); ++i) {
     std::unique_ptr<RmaEndpoint> ep;
     const std::string name = rails[i].name;
-    Status s = RmaEndpoint::open_nic(params, std::move(rails[i]), &ep, error);
+    Status s = RmaEndpoint::open_nic(params, std::move(rails[i]), static_cast<int>(i), &ep, error);
     if (s != Status::kOk) {
       if (rails.size() > 1) *error = "rail " + std::to_string(i) + " (" + name + "): " + *error;
       return s;

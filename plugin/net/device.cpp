@@ -55,7 +55,7 @@ Status Device::open(const Params& params, std::vector<NicInfo> rails, std::uniqu
   d->nic_.speed_mbps = tagged ? n0.speed_mbps : speed;
   d->rails_.resize(rails.size());
   for (size_t r = 0; r < rails.size(); ++r)
-    MF_CHECK(d->rails_[r].open(static_cast<int>(r), std::move(rails[r]), error));
+    MF_CHECK(d->rails_[r].open(static_cast<int>(r), std::move(rails[r]), EndpointOptions{false, true}, error));
   MF_CHECK(d->init(error));
   *out = std::move(d);
   return Status::kOk;

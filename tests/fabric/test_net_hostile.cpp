@@ -492,7 +492,7 @@ struct Attacker {
     std::string err;
     H_CHECK(nic_discover(rma_params(params), &nics, &err) == Status::kOk, "%s", err.c_str());
     shm = nics[0].provider == "shm";
-    H_CHECK(RmaEndpoint::open_nic(params, std::move(nics[0]), &ep, &err) == Status::kOk, "%s", err.c_str());
+    H_CHECK(RmaEndpoint::open_nic(params, std::move(nics[0]), 0, &ep, &err) == Status::kOk, "%s", err.c_str());
     H_CHECK(ep->insert_peer(victim_handle.addr, victim_handle.addr_len, &victim, &err) == Status::kOk, "%s",
             err.c_str());
     H_CHECK(ep->mr_cache().acquire(src.data(), src.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0, &mr, &err) ==

@@ -667,10 +667,20 @@ TEST_CASE("plugin: a peer killed mid-transfer gives an error in bounded time", "
 
 // What a peer's error names: its address as the provider prints it (tcp on lo: the loopback
 // address; shm: the region name, which holds the process id).
+// The shm region name prefix of process `pid` of our PID namespace (fabric/info.h's
+// shm_region_name: moefabric-<pidns hex>-<pid>-<random>-<n>).
+std::string shm_name_prefix(int pid) {
+  char link[64] = {};
+  unsigned long long ns = 0;
+  if (readlink("/proc/self/ns/pid", link, sizeof link - 1) > 0) sscanf(link, "pid:[%llu]", &ns);
+  char buf[64];
+  snprintf(buf, sizeof buf, "moefabric-%llx-%d-", ns, pid);
+  return buf;
+}
+
 std::string peer_name_part(int peer_pid) {
   const char* prov = getenv("MOEFABRIC_PROVIDER");
-  return prov != nullptr && std::string(prov) == "shm" ? "moefabric-" + std::to_string(peer_pid) + "-"
-                                                       : std::string("127.0.0.1");
+  return prov != nullptr && std::string(prov) == "shm" ? shm_name_prefix(peer_pid) : std::string("127.0.0.1");
 }
 
 // A receiver that dies after connecting and before posting anything: messages larger than the
@@ -821,7 +831,7 @@ TEST_CASE("plugin: shm regions of killed processes are removed, names never coll
   if (dead == 0) _exit(0);
   REQUIRE(dead > 0);
   REQUIRE(waitpid(dead, nullptr, 0) == dead);
-  std::string stale = "/dev/shm/moefabric-" + std::to_string(dead) + "-00000000-0";
+  std::string stale = "/dev/shm/" + shm_name_prefix(dead) + "00000000-0";
   { std::ofstream(stale) << "left by a killed process"; }
   REQUIRE(access(stale.c_str(), F_OK) == 0);
   run_ranks(2, [](OobChannel& oob, Plugin& pl) {
