@@ -114,8 +114,7 @@ Status RmaEndpoint::post(WriteCtx* w, std::string* error) {
   ssize_t rc = post_raw(w);
   if (rc == -FI_EAGAIN) {
     ++stats_.eagain;
-    queued_.push_back(w);
-    ++queued_peers_[w->peer];
+    queued_.push(w, w->peer);
     return Status::kOk;
   }
   if (rc != 0) {
@@ -128,9 +127,8 @@ Status RmaEndpoint::post(WriteCtx* w, std::string* error) {
 }
 
 Status RmaEndpoint::submit(WriteCtx* w, std::string* error) {
-  if (queued_peers_.count(w->peer) != 0) {  // keep posting order per peer
-    queued_.push_back(w);
-    ++queued_peers_[w->peer];
+  if (queued_.holds(w->peer)) {  // keep posting order per peer
+    queued_.push(w, w->peer);
     return Status::kOk;
   }
   return post(w, error);
@@ -263,22 +261,13 @@ void RmaEndpoint::signal() {
 Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
   // Repost refused writes, oldest first; a peer that refuses again keeps the rest of its
   // writes queued behind, other peers go on.
-  if (!queued_.empty()) retry_.swap(queued_);
-  queued_peers_.clear();
-  for (WriteCtx* w : retry_) {
-    ssize_t rc = queued_peers_.count(w->peer) != 0 ? -FI_EAGAIN : post_raw(w);
-    if (rc == -FI_EAGAIN) {
-      queued_.push_back(w);
-      ++queued_peers_[w->peer];
-      continue;
-    }
-    if (rc != 0) {
-      part_done(w, Status::kSystemError, fi_strerror(static_cast<int>(-rc)), h);
-      continue;
-    }
-    if (w->parent == nullptr) ++stats_.writes;
-  }
-  retry_.clear();
+  queued_.retry([&](WriteCtx* w) {
+    ssize_t rc = post_raw(w);
+    if (rc == -FI_EAGAIN) return rc;
+    if (rc != 0) part_done(w, Status::kSystemError, fi_strerror(static_cast<int>(-rc)), h);
+    else if (w->parent == nullptr) ++stats_.writes;
+    return rc;
+  });
   const char* failed = nullptr;
   ssize_t rc = cq_drain(
       rail_.cq.get(), cq_buf_, 16, [&](size_t n) { handle_entries(h, n); },

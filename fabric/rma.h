@@ -16,6 +16,7 @@
 #include "fabric/info.h"
 #include "fabric/mr.h"
 #include "fabric/rail.h"
+#include "fabric/retry_queue.h"
 #include "fabric/resource.h"
 
 namespace moefabric::fabric {
@@ -122,9 +123,7 @@ class RmaEndpoint {
   std::deque<WriteCtx> rx_ctx_;
   std::deque<WriteCtx> ctx_pool_;  // stable addresses
   std::vector<WriteCtx*> ctx_free_;
-  std::deque<WriteCtx*> queued_;   // refused with -FI_EAGAIN, oldest first
-  std::unordered_map<fi_addr_t, int> queued_peers_;  // entries of queued_ per peer
-  std::deque<WriteCtx*> retry_;    // poll()'s scratch
+  RetryQueue<WriteCtx> queued_;  // refused with -FI_EAGAIN
   std::vector<fi_cq_data_entry> cq_buf_;
   size_t inflight_ = 0;
   int wait_fd_ = -2;  // -2: not asked yet

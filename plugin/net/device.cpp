@@ -178,42 +178,38 @@ Device::~Device() {
   rails_.clear();
 }
 
-Status Device::post(OpCtx* op) {
-  ssize_t rc = 0;
+ssize_t Device::post_raw(OpCtx* op) {
   fid_ep* ep = rails_[op->rail].ep.get();
-  const uint64_t pkey = op->peer ^ (static_cast<uint64_t>(op->rail) << 56);
-  if (pending_peers_.count(pkey) != 0) {
-    // Keep posting order per peer behind operations the provider refused (a split write's
-    // immediate must not overtake its payload); other peers are not held up.
-    rc = -FI_EAGAIN;
-  } else switch (op->kind) {
+  switch (op->kind) {
     case OpKind::kRxMsg:
-      rc = fi_recv(ep, op->buf, op->len, op->desc, FI_ADDR_UNSPEC, &op->fi);
-      break;
+      return fi_recv(ep, op->buf, op->len, op->desc, FI_ADDR_UNSPEC, &op->fi);
     case OpKind::kTxMsg:
-      rc = fi_send(ep, op->buf, op->len, op->desc, op->peer, &op->fi);
-      break;
+      return fi_send(ep, op->buf, op->len, op->desc, op->peer, &op->fi);
     case OpKind::kWrite:
-      rc = op->imm ? fi_writedata(ep, op->buf, op->len, op->desc, op->data, op->peer,
-                                  op->raddr, op->key, &op->fi)
-                   : fi_write(ep, op->buf, op->len, op->desc, op->peer, op->raddr, op->key,
-                              &op->fi);
-      break;
+      return op->imm ? fi_writedata(ep, op->buf, op->len, op->desc, op->data, op->peer, op->raddr, op->key,
+                                    &op->fi)
+                     : fi_write(ep, op->buf, op->len, op->desc, op->peer, op->raddr, op->key, &op->fi);
     case OpKind::kTSend:
-      rc = fi_tsend(ep, op->buf, op->len, op->desc, op->peer, op->tag, &op->fi);
-      break;
+      return fi_tsend(ep, op->buf, op->len, op->desc, op->peer, op->tag, &op->fi);
     case OpKind::kTRecv:
-      rc = fi_trecv(ep, op->buf, op->len, op->desc, op->peer, op->tag, 0, &op->fi);
-      break;
+      return fi_trecv(ep, op->buf, op->len, op->desc, op->peer, op->tag, 0, &op->fi);
   }
+  return -FI_EINVAL;
+}
+
+Status Device::post(OpCtx* op) {
+  const uint64_t pkey = peer_key(op);
+  // Posting order per peer is kept behind operations the provider refused.
+  const ssize_t rc = retry_.holds(pkey) ? -FI_EAGAIN : post_raw(op);
   if (rc == -FI_EAGAIN) {
-    if (pending_peers_[pkey]++ == 0) ++stats_.eagain;
-    op->next_pending = nullptr;
-    if (pending_tail_) pending_tail_->next_pending = op;
-    else pending_head_ = op;
-    pending_tail_ = op;
+    if (!retry_.holds(pkey)) ++stats_.eagain;
+    retry_.push(op, pkey);
     return Status::kOk;
   }
+  return posted(op, rc);
+}
+
+Status Device::posted(OpCtx* op, ssize_t rc) {
   if (rc != 0) {
     const char* what = op->kind == OpKind::kWrite ? (op->imm ? "fi_writedata" : "fi_write") : op->kind == OpKind::kTSend ? "fi_tsend"
                        : op->kind == OpKind::kTRecv ? "fi_trecv" : op->kind == OpKind::kTxMsg ? "fi_send" : "fi_recv";

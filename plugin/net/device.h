@@ -21,6 +21,7 @@
 #include "fabric/mr.h"
 #include "fabric/rail.h"
 #include "fabric/resource.h"
+#include "fabric/retry_queue.h"
 #include "plugin/net/wire.h"
 
 namespace moefabric::fabric {
@@ -50,7 +51,6 @@ struct OpCtx {
   uint64_t raddr = 0, key = 0, data = 0, tag = 0;
   bool imm = true;         // kWrite: `data` goes as remote CQ data (false: payload half of a split)
   uint8_t rail = 0;        // endpoint it is posted on (`peer` is an address in that rail's AV)
-  OpCtx* next_pending = nullptr;
 };
 
 struct Comm {
@@ -289,6 +289,10 @@ class Device {
   }
   bool tx_available(int n = 1) const { return static_cast<int>(tx_free_.size()) >= n; }
   Status post(OpCtx* op);  // posts (or queues on -FI_EAGAIN) the operation described by op
+  ssize_t post_raw(OpCtx* op);  // the provider call alone
+  // After the provider call: a failure fails the op (or, for a receive buffer, the device).
+  Status posted(OpCtx* op, ssize_t rc);
+  static uint64_t peer_key(const OpCtx* op) { return op->peer ^ (static_cast<uint64_t>(op->rail) << 56); }
 
   // ---- comms (connection.cpp) ------------------------------------------------------------
   Status listen(void* handle, ListenComm** out);
@@ -370,9 +374,7 @@ class Device {
   std::vector<int> tx_free_;
 
   int trecv_inflight_ = 0;           // tagged receives posted and not completed
-  std::unordered_map<uint64_t, int> pending_peers_;  // queued operations per (rail, peer)
-  OpCtx* pending_head_ = nullptr;
-  OpCtx* pending_tail_ = nullptr;
+  RetryQueue<OpCtx> retry_;  // refused operations, per (rail, peer) order (peer_key)
 
   std::vector<Comm*> comms_;         // id -> comm (owning; see delete_comm)
   uint32_t next_comm_id_ = 1;

@@ -12,14 +12,16 @@ namespace moefabric::fabric {
 
 Status Device::progress() {
   // Post what the provider refused earlier, oldest first.
-  OpCtx* op = pending_head_;
-  pending_head_ = pending_tail_ = nullptr;
-  pending_peers_.clear();  // rebuilt as refused operations queue up again
-  while (op != nullptr) {
-    OpCtx* next = op->next_pending;
-    MF_CHECK(post(op));
-    op = next;
-  }
+  Status failed = Status::kOk;
+  retry_.retry([&](OpCtx* op) {
+    const ssize_t rc = post_raw(op);
+    if (rc != -FI_EAGAIN) {
+      Status s = posted(op, rc);
+      if (failed == Status::kOk) failed = s;
+    }
+    return rc;
+  });
+  MF_CHECK(failed);
   // Every rail's CQ: writes striped over the rails complete (and their immediates arrive) on
   // the rail they went over; the receive side counts them per message whatever the rail.
   for (Rail& rail : rails_) {
