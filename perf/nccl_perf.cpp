@@ -308,7 +308,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("-w,--warmup,--warmup_iters", c.warmup, "warmup iterations")->check(CLI::NonNegativeNumber);
   perf::add_check(app, &c.check, "verify results on the host");
-  app.add_flag("--no-check{false}", c.check, "same as -c 0")->default_str("");
+  app.add_flag_callback("--no-check", [&c] { c.check = false; }, "same as -c 0");
   app.add_option("-J,--json", c.jsonFile, "also write the results as JSON to this file (docs/perf-json.md)")->type_name("FILE");
   app.add_option("--label", c.label, "free text for the preamble and JSON, e.g. moefabric/shm");
   app.add_option("-T,--timeout", c.timeoutSec, "fail if a rank makes no progress for SEC seconds")
