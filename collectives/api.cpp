@@ -100,6 +100,15 @@ ncclResult_t check_host_stream(ncclMoeComm_t moe, cudaStream_t stream, const cha
 
 extern "C" {
 
+NCCL_MOE_API ncclResult_t ncclMoeGetVersion(int* version) {
+  if (version == nullptr) {
+    g_init_error = "ncclMoeGetVersion: version is NULL";
+    return ncclInvalidArgument;
+  }
+  *version = NCCL_MOE_VERSION_CODE;
+  return ncclSuccess;
+}
+
 NCCL_MOE_API ncclResult_t ncclMoeCommInitAllGather(ncclMoeComm_t* moe, int nranks, int rank,
                                                    ncclMoeAllGather_t fn, void* ctx,
                                                    const ncclMoeConfig_t* cfg) {

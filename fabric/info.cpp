@@ -3,6 +3,8 @@
 #include <climits>
 #include <csignal>
 #include <dirent.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <random>
 #include <unistd.h>
 #include <cstdlib>
@@ -30,6 +32,32 @@ std::vector<std::string> split_list(const std::string& s) {
   while (std::getline(ss, item, ','))
     if (!item.empty()) out.push_back(item);
   return out;
+}
+
+// What this machine has, for an error that found nothing usable: every libfabric provider (no
+// filter) and every network interface, "down" marked.
+std::string machine_inventory() {
+  std::set<std::string> provs;
+  fi_info* list = nullptr;
+  if (fi_getinfo(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), nullptr, nullptr, 0, nullptr, &list) == 0) {
+    for (fi_info* fi = list; fi != nullptr; fi = fi->next)
+      if (fi->fabric_attr != nullptr && fi->fabric_attr->prov_name != nullptr) provs.insert(fi->fabric_attr->prov_name);
+    fi_freeinfo(list);
+  }
+  std::set<std::string> ifs;
+  ifaddrs* ifa = nullptr;
+  if (getifaddrs(&ifa) == 0) {
+    for (ifaddrs* i = ifa; i != nullptr; i = i->ifa_next)
+      if (i->ifa_name != nullptr) ifs.insert(std::string(i->ifa_name) + ((i->ifa_flags & IFF_UP) ? "" : " (down)"));
+    freeifaddrs(ifa);
+  }
+  auto join = [](const std::set<std::string>& v) {
+    std::string o;
+    for (const auto& x : v) o += (o.empty() ? "" : ", ") + x;
+    return o.empty() ? std::string("none") : o;
+  };
+  return "libfabric providers on this machine: " + join(provs) + "; network interfaces: " + join(ifs) +
+         " (pick with MOEFABRIC_PROVIDER, MOEFABRIC_TCP_IFACE)";
 }
 
 std::string realpath_str(const std::string& p) {
@@ -281,7 +309,7 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
     *out = std::move(found);
     return Status::kOk;
   }
-  *error = "no usable libfabric provider; tried " + tried;
+  *error = "no usable libfabric provider; tried " + tried + ". " + machine_inventory();
   return Status::kSystemError;
 }
 

@@ -14,19 +14,20 @@
 #include <CLI/CLI.hpp>
 #include <cuda_runtime.h>
 #include <nccl.h>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "include/moefabric/nccl_moe.h"
 #include "perf/moe_gpu_routes.h"
+#include "perf/perf_tool.h"
 #include "common/launch.h"
+
+namespace perf = moefabric::perf;
 
 namespace {
 
@@ -128,12 +129,15 @@ double peer_copy_us(int me, int dev, size_t bytes) {
   return pct(v, 0.5);
 }
 
-std::vector<Row> run_rank(OobChannel& oob, const Opts& o) {
+std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name) {
   const int R = oob.nranks(), me = oob.rank();
   int ndev = 0;
   CK(cudaGetDeviceCount(&ndev));
   const int dev = me % ndev;
   CK(cudaSetDevice(dev));
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, dev));
+  *gpu_name = prop.name;
   // NCCL communicator, then the MoE comm bootstrapped over it.
   ncclUniqueId id{};
   if (me == 0) NK(ncclGetUniqueId(&id));
@@ -370,14 +374,15 @@ void header(const Opts& o) {
 int main(int argc, char** argv) {
   Opts o;
   CLI::App app{"ncclMoe CUDA backend dispatch/combine latency over NVLink, in CUDA graphs"};
-  app.add_option("-n,--ranks", o.ranks, "ranks (one process and GPU each)")->check(CLI::Range(1, 32));
-  app.add_option("-t,--tokens", o.tokens, "tokens per rank to sweep")->delimiter(',');
+  perf::init_app(app, argc, argv);
+  app.add_option("-r,--ranks", o.ranks, "ranks (one process and GPU each)")->check(CLI::Range(1, 32));
+  app.add_option("--tokens", o.tokens, "tokens per rank to sweep")->delimiter(',');
   app.add_option("--hidden", o.hidden, "hidden size");
   app.add_option("-k,--topk", o.topk, "top-k");
   app.add_option("-E,--experts", o.experts, "experts");
-  app.add_option("--dtype", o.dtype, "dispatch type")->check(CLI::IsMember({"bf16", "fp8"}));
-  app.add_option("-i,--iters", o.iters, "timed iterations per row")->check(CLI::PositiveNumber);
-  app.add_option("-w,--warmup", o.warmup, "untimed iterations per row")->check(CLI::NonNegativeNumber);
+  app.add_option("-d,--dtype", o.dtype, "dispatch type")->check(CLI::IsMember({"bf16", "fp8"}));
+  app.add_option("-n,--iters", o.iters, "timed iterations per row")->check(CLI::PositiveNumber);
+  app.add_option("-w,--warmup,--warmup_iters", o.warmup, "untimed iterations per row")->check(CLI::NonNegativeNumber);
   app.add_flag("--no-nccl", o.no_nccl, "skip the NCCL all_to_all baseline");
   app.add_flag("--breakdown", o.breakdown,
                "also time each half-call (split API) and an empty kernel on the same grid");
@@ -386,8 +391,8 @@ int main(int argc, char** argv) {
                "MOEFABRIC_PROVIDER, e.g. shm)");
   app.add_option("--node-size", o.node_size, "sets MOEFABRIC_NODE_SIZE (0: leave it)")
       ->check(CLI::Range(0, 4096));
-  app.add_option("--json", o.json, "also write the rows as JSON to this file");
-  app.add_option("--timeout", o.timeout, "seconds before the ranks are killed");
+  app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")->type_name("FILE");
+  app.add_option("-T,--timeout", o.timeout, "seconds before the ranks are killed")->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   // The forked ranks inherit these.
   if (o.fabric) setenv("MOEFABRIC_FORCE_FABRIC", "1", 1);
@@ -395,18 +400,30 @@ int main(int argc, char** argv) {
   header(o);
   std::vector<Row> out;
   auto res = moefabric::launch_fork(o.ranks, [&](OobChannel& ch) {
-    std::vector<Row> rows = run_rank(ch, o);
+    std::string gpu;
+    std::vector<Row> rows = run_rank(ch, o, &gpu);
     if (ch.rank() == 0 && !o.json.empty()) {
-      nlohmann::json j = nlohmann::json::array();
+      const char* path = o.fabric ? "fabric" : o.node_size > 0 ? "nodes" : "nvlink";
+      perf::Json results = perf::Json::array();
       for (const Row& r : rows)
-        j.push_back({{"tokens", r.T}, {"dispatch_bytes_per_peer", r.bytes}, {"dispatch_p50_us", r.d50},
-                     {"dispatch_p99_us", r.d99}, {"combine_p50_us", r.c50}, {"combine_p99_us", r.c99},
-                     {"slowest_rank_dispatch_p50_us", r.slow_d50}, {"slowest_rank", r.slow_rank},
-                     {"nccl_a2a_dispatch_p50_us", r.n_d50}, {"nccl_a2a_combine_p50_us", r.n_c50},
-                     {"peer_copy_us", r.peer_us}, {"peer_copy_GBps", r.peer_gbs},
-                     {"proxy_post_p50_us", r.post50}, {"proxy_combine_post_p50_us", r.cpost50},
-                     {"path", o.fabric ? "fabric" : o.node_size > 0 ? "nodes" : "nvlink"}});
-      std::ofstream(o.json) << j.dump(2) << "\n";
+        results.push_back({{"tokens", r.T}, {"dispatch_bytes_per_peer", r.bytes}, {"dispatch_p50_us", r.d50},
+                           {"dispatch_p99_us", r.d99}, {"combine_p50_us", r.c50}, {"combine_p99_us", r.c99},
+                           {"slowest_rank_dispatch_p50_us", r.slow_d50}, {"slowest_rank", r.slow_rank},
+                           {"nccl_a2a_dispatch_p50_us", r.n_d50}, {"nccl_a2a_combine_p50_us", r.n_c50},
+                           {"peer_copy_us", r.peer_us}, {"peer_copy_GBps", r.peer_gbs},
+                           {"proxy_post_p50_us", r.post50}, {"proxy_combine_post_p50_us", r.cpost50},
+                           {"path", path}});
+      int v = 0;
+      perf::Meta meta{"moefabric-moe-gpu-perf"};
+      meta.gpu = gpu;
+      if (ncclGetVersion(&v) == ncclSuccess) meta.nccl_version = perf::nccl_version_string(v);
+      if (o.fabric || o.node_size > 0) meta.provider = perf::moe_provider();
+      perf::Json config = {{"backend", "cuda"}, {"path", path}, {"ranks", o.ranks}, {"hidden", o.hidden},
+                           {"topk", o.topk}, {"experts", o.experts}, {"dtype", o.dtype}, {"iters", o.iters},
+                           {"warmup", o.warmup}, {"node_size", o.node_size}, {"nccl_baseline", !o.no_nccl}};
+      std::string err;
+      if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
+        fprintf(stderr, "moefabric-moe-gpu-perf: %s\n", err.c_str());
     }
     return 0;
   }, o.timeout);

@@ -1,10 +1,9 @@
 // moefabric-moe-perf: ncclMoe dispatch/combine latency sweep, nccl-tests style. Run it under
 // moefabric-run (moefabric-run -n 4 moefabric-moe-perf) or let it fork its own ranks
-// (--ranks 2,4,8). One row per point: dispatch, combine and total p50/p99 pooled over all
+// (-r 2,4,8). One row per point: dispatch, combine and total p50/p99 pooled over all
 // ranks' iterations, the slowest rank, DeepEP-style GB/s and the proxy's posting cost.
 // perf/PERFORMANCE.md defines every column.
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,7 +17,10 @@
 
 #include "include/moefabric/nccl_moe.h"
 #include "common/launch.h"
+#include "perf/perf_tool.h"
 #include "tests/common/moe_reference.h"
+
+namespace perf = moefabric::perf;
 
 namespace {
 
@@ -202,18 +204,27 @@ void header(const Opts& o, const char* mode) {
   fflush(stdout);
 }
 
-void write_json(const Opts& o, const std::vector<Point>& rows) {
+// Writes the JSON file: `prior` (rows of earlier rank counts of this run) and `rows`.
+void write_json(const Opts& o, const perf::Json& prior, const std::vector<Point>& rows) {
   if (o.json.empty()) return;
-  nlohmann::json j = nlohmann::json::array();
+  perf::Json results = prior;
   for (const Point& p : rows)
-    j.push_back({{"ranks", p.ranks}, {"tokens", p.tokens}, {"hidden", p.hidden}, {"topk", p.topk},
-                 {"experts", p.experts}, {"type", p.dtype}, {"dispatch_p50_us", p.d50},
-                 {"dispatch_p99_us", p.d99}, {"combine_p50_us", p.c50}, {"combine_p99_us", p.c99},
-                 {"total_p50_us", p.t50}, {"total_p99_us", p.t99}, {"slowest_rank_total_p50_us", p.slow_t50},
-                 {"slowest_rank", p.slow_rank}, {"dispatch_GBps", p.d_gbs}, {"combine_GBps", p.c_gbs},
-                 {"proxy_post_us", p.post50}, {"combine_post_us", p.cpost50},
-                 {"dispatch_writes_per_peer", p.dw}, {"combine_writes_per_peer", p.cw}, {"wrong", p.wrong}});
-  std::ofstream(o.json) << j.dump(2) << "\n";
+    results.push_back({{"ranks", p.ranks}, {"tokens", p.tokens}, {"hidden", p.hidden}, {"topk", p.topk},
+                       {"experts", p.experts}, {"type", p.dtype}, {"dispatch_p50_us", p.d50},
+                       {"dispatch_p99_us", p.d99}, {"combine_p50_us", p.c50}, {"combine_p99_us", p.c99},
+                       {"total_p50_us", p.t50}, {"total_p99_us", p.t99}, {"slowest_rank_total_p50_us", p.slow_t50},
+                       {"slowest_rank", p.slow_rank}, {"dispatch_GBps", p.d_gbs}, {"combine_GBps", p.c_gbs},
+                       {"proxy_post_us", p.post50}, {"combine_post_us", p.cpost50},
+                       {"dispatch_writes_per_peer", p.dw}, {"combine_writes_per_peer", p.cw},
+                       {"wrong", p.wrong >= 0 ? perf::Json(p.wrong) : perf::Json(nullptr)}});
+  perf::Meta meta{"moefabric-moe-perf"};
+  meta.provider = perf::moe_provider();
+  perf::Json config = {{"backend", "host"}, {"iters", o.iters}, {"warmup", o.warmup},
+                       {"max_private_tokens", o.max_private >= 0 ? perf::Json(o.max_private) : perf::Json(nullptr)},
+                       {"check", o.check}};
+  std::string err;
+  if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
+    fprintf(stderr, "moefabric-moe-perf: %s\n", err.c_str());
 }
 
 }  // namespace
@@ -221,18 +232,19 @@ void write_json(const Opts& o, const std::vector<Point>& rows) {
 int main(int argc, char** argv) {
   Opts o;
   CLI::App app{"ncclMoe dispatch/combine latency sweep (host backend)"};
-  app.add_option("-n,--ranks", o.ranks, "rank counts to sweep when not under moefabric-run")->delimiter(',');
-  app.add_option("-t,--tokens", o.tokens, "tokens per rank")->delimiter(',');
+  perf::init_app(app, argc, argv);
+  app.add_option("-r,--ranks", o.ranks, "rank counts to sweep when not under moefabric-run")->delimiter(',');
+  app.add_option("--tokens", o.tokens, "tokens per rank")->delimiter(',');
   app.add_option("--hidden", o.hidden, "hidden sizes")->delimiter(',');
   app.add_option("-k,--topk", o.topk, "top-k values")->delimiter(',');
   app.add_option("-E,--experts", o.experts, "expert counts")->delimiter(',');
-  app.add_option("--dtype", o.dtypes, "dispatch types: bf16, fp8")->delimiter(',')->check(CLI::IsMember({"bf16", "fp8"}));
-  app.add_option("-i,--iters", o.iters, "timed iterations per point")->check(CLI::PositiveNumber);
-  app.add_option("-w,--warmup", o.warmup, "untimed iterations per point")->check(CLI::NonNegativeNumber);
-  app.add_option("--max-private", o.max_private, "maxPrivateTokens (default: the library's)");
-  app.add_flag("-c,--check", o.check, "verify one iteration per point against the reference");
-  app.add_option("--json", o.json, "also write the rows as JSON to this file");
-  app.add_option("--timeout", o.timeout, "seconds before a self-launched sweep is killed");
+  app.add_option("-d,--dtype", o.dtypes, "dispatch types: bf16, fp8")->delimiter(',')->check(CLI::IsMember({"bf16", "fp8"}));
+  app.add_option("-n,--iters", o.iters, "timed iterations per point")->check(CLI::PositiveNumber);
+  app.add_option("-w,--warmup,--warmup_iters", o.warmup, "untimed iterations per point")->check(CLI::NonNegativeNumber);
+  app.add_option("--max-private", o.max_private, "maxPrivateTokens (-1: the library's default)");
+  perf::add_check(app, &o.check, "verify one iteration per point against the reference");
+  app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")->type_name("FILE");
+  app.add_option("-T,--timeout", o.timeout, "seconds before a self-launched sweep is killed")->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   for (int t : o.tokens)
     if (t < 0 || t > (1 << 20)) {
@@ -244,10 +256,12 @@ int main(int argc, char** argv) {
   if (moefabric::oob_from_env(&oob)) {
     if (oob->rank() == 0) header(o, "under moefabric-run");
     std::vector<Point> rows = run_rank(*oob, o);
-    if (oob->rank() == 0) write_json(o, rows);
+    if (oob->rank() == 0) write_json(o, perf::Json::array(), rows);
     return 0;
   }
   header(o, "self-launched ranks");
+  // One JSON file for the whole sweep: each rank count's rank 0 rewrites it with the rows so far.
+  perf::Json prior = perf::Json::array();
   for (int R : o.ranks) {
     if (R < 1) {
       fprintf(stderr, "moefabric-moe-perf: bad rank count %d\n", R);
@@ -255,16 +269,17 @@ int main(int argc, char** argv) {
     }
     auto res = moefabric::launch_fork(R, [&](OobChannel& ch) {
       std::vector<Point> rows = run_rank(ch, o);
-      if (ch.rank() == 0 && !o.json.empty()) {
-        Opts oj = o;
-        oj.json = o.json + (o.ranks.size() > 1 ? "." + std::to_string(R) : "");
-        write_json(oj, rows);
-      }
+      if (ch.rank() == 0) write_json(o, prior, rows);
       return 0;
     }, o.timeout);
     if (!res.ok) {
       fprintf(stderr, "moefabric-moe-perf: %d ranks failed:\n%s", R, res.report.c_str());
       return 1;
+    }
+    if (!o.json.empty()) {
+      std::ifstream f(o.json);
+      perf::Json doc = perf::Json::parse(f, nullptr, false);
+      if (!doc.is_discarded() && doc.contains("results")) prior = doc["results"];
     }
   }
   printf("# done\n");

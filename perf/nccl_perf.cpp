@@ -11,9 +11,6 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -28,11 +25,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <map>
-#include <regex>
 #include <string>
 #include <vector>
+
+#include "perf/perf_tool.h"
+
+namespace perf = moefabric::perf;
 
 namespace {
 
@@ -67,8 +66,8 @@ const char* opName(int op) { return op == kAllReduce ? "all_reduce" : "all_to_al
 
 struct Config {
   int ranks = 0;
-  size_t minBytes = 8, maxBytes = size_t(256) << 20;
-  int factor = 2, warmup = 5, iters = 20, timeoutSec = 120;
+  perf::Sweep sweep;
+  int warmup = 5, iters = 20, timeoutSec = 120;
   std::string op = "all", jsonFile, label;
   bool check = true;
 };
@@ -115,10 +114,10 @@ size_t countFor(int op, size_t bytes, int n) {
 
 std::vector<size_t> sizeList(const Config& c, int op, int n) {
   std::vector<size_t> out;
-  for (size_t b = c.minBytes; b <= c.maxBytes; b *= size_t(c.factor)) {
+  for (size_t b = c.sweep.min_bytes; b <= c.sweep.max_bytes; b *= size_t(c.sweep.factor)) {
     size_t cnt = countFor(op, b, n);
     if (cnt > 0 && (out.empty() || out.back() != cnt)) out.push_back(cnt);
-    if (b > c.maxBytes / size_t(c.factor)) break;  // avoid overflow
+    if (b > c.sweep.max_bytes / size_t(c.sweep.factor)) break;  // avoid overflow
   }
   return out;
 }
@@ -176,7 +175,7 @@ void waitStream(cudaStream_t s) {
   std::vector<int> ops;
   if (c.op != "all_to_all") ops.push_back(kAllReduce);
   if (c.op != "all_reduce") ops.push_back(kAllToAll);
-  size_t maxCount = countFor(kAllReduce, c.maxBytes, n);
+  size_t maxCount = countFor(kAllReduce, c.sweep.max_bytes, n);
   float *sendBuf = nullptr, *recvBuf = nullptr;
   CUDACHECK(cudaMalloc(&sendBuf, maxCount * sizeof(float)));
   CUDACHECK(cudaMalloc(&recvBuf, maxCount * sizeof(float)));
@@ -295,59 +294,46 @@ int probeGpus(int timeoutSec, std::string& err) {
 const char* kEnvVars[] = {"NCCL_NET", "NCCL_NET_PLUGIN", "NCCL_P2P_DISABLE",
                           "NCCL_SHM_DISABLE", "FI_PROVIDER", "MOEFABRIC_PROVIDER"};
 
-// Parses "8", "64K", "256M", "1G" (binary multiples; "KB"/"KiB" also accepted) into a byte count.
-std::string parseSize(std::string& s) {
-  std::smatch m;
-  if (!std::regex_match(s, m, std::regex(R"((\d{1,18})([kKmMgG]?)i?[bB]?)")))
-    return "invalid size '" + s + "' (e.g. 8, 64K, 256M, 1G)";
-  int shift = m[2].length() ? 10 * int(std::string("KMG").find(char(std::toupper(m.str(2)[0]))) + 1) : 0;
-  unsigned long long v = std::stoull(m.str(1));
-  if (v > (~0ULL >> shift)) return "size '" + s + "' is too large";
-  s = std::to_string(v << shift);
-  return {};
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Config c;
   CLI::App app{"moefabric-nccl-perf: NCCL all_reduce / all_to_all bandwidth test, one process per GPU"};
-  CLI::Validator sizeV(parseSize, "SIZE[K|M|G]", "size");
-  app.add_option("-n,--ranks", c.ranks, "number of ranks, one process each (default: visible GPUs)")
+  perf::init_app(app, argc, argv);
+  app.add_option("-r,--ranks", c.ranks, "number of ranks, one process each (0: the visible GPUs)")
+      ->check(CLI::NonNegativeNumber);
+  perf::add_sweep(app, &c.sweep, 1 << 20);
+  app.add_option("--op", c.op, "operation")->check(CLI::IsMember({"all_reduce", "all_to_all", "all"}));
+  app.add_option("-n,--iters", c.iters, "timed iterations (a quarter for sizes >= 64 MiB)")
       ->check(CLI::PositiveNumber);
-  app.option_defaults()->always_capture_default();  // show defaults in --help from here on
-  app.add_option("-b,--min-bytes", c.minBytes, "smallest size, bytes per rank")->transform(sizeV);
-  app.add_option("-e,--max-bytes", c.maxBytes, "largest size, bytes per rank")->transform(sizeV);
-  app.add_option("-f,--factor", c.factor, "size multiplication factor")->check(CLI::Range(2, 1 << 20));
-  app.add_option("-o,--op", c.op, "operation")->check(CLI::IsMember({"all_reduce", "all_to_all", "all"}));
-  app.add_option("-w,--warmup", c.warmup, "warmup iterations")->check(CLI::NonNegativeNumber);
-  app.add_option("-i,--iters", c.iters, "timed iterations (a quarter for sizes >= 64 MiB)")
-      ->check(CLI::PositiveNumber);
-  app.add_flag("--check,!--no-check", c.check, "verify results on the host (default: on)");
-  app.add_option("--json", c.jsonFile, "also write the results as JSON to FILE");
+  app.add_option("-w,--warmup,--warmup_iters", c.warmup, "warmup iterations")->check(CLI::NonNegativeNumber);
+  perf::add_check(app, &c.check, "verify results on the host");
+  app.add_flag_callback("--no-check", [&c] { c.check = false; }, "same as -c 0");
+  app.add_option("-J,--json", c.jsonFile, "also write the results as JSON to this file (docs/perf-json.md)")->type_name("FILE");
   app.add_option("--label", c.label, "free text for the preamble and JSON, e.g. moefabric/shm");
-  app.add_option("--timeout", c.timeoutSec, "fail if a rank makes no progress for SEC seconds")
+  app.add_option("-T,--timeout", c.timeoutSec, "fail if a rank makes no progress for SEC seconds")
       ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
-  if (c.minBytes < 1 || c.minBytes > c.maxBytes) {
-    std::fprintf(stderr, "error: need 1 <= --min-bytes <= --max-bytes\n");
-    return 2;
-  }
 
   signal(SIGPIPE, SIG_IGN);  // a dead child must surface as an error, not kill us
-  using Json = nlohmann::ordered_json;
-  Json js{{"tool", "moefabric-nccl-perf"}, {"label", c.label}, {"op", c.op}, {"check", c.check}};
-  for (const char* v : kEnvVars) js["env"][v] = std::getenv(v) ? Json(std::getenv(v)) : Json(nullptr);
+  using Json = perf::Json;
+  perf::Meta meta{"moefabric-nccl-perf"};
+  Json config{{"label", c.label}, {"op", c.op}, {"check", c.check}, {"min_bytes", c.sweep.min_bytes},
+              {"max_bytes", c.sweep.max_bytes}, {"step_factor", c.sweep.factor}, {"iters", c.iters},
+              {"warmup", c.warmup}};
+  for (const char* v : kEnvVars) config["env"][v] = std::getenv(v) ? Json(std::getenv(v)) : Json(nullptr);
+  Json results = Json::array(), summary = Json::object();
   // Every exit path after argument parsing goes through here, so --json always gets a record.
   auto finish = [&](int rc, const std::string& failure) {
     if (!failure.empty()) std::fprintf(stderr, "moefabric-nccl-perf: FAILED: %s\n", failure.c_str());
     if (c.jsonFile.empty()) return rc;
-    js["error"] = failure.empty() ? Json(nullptr) : Json(failure);
-    js["exit_code"] = rc;
-    std::ofstream f(c.jsonFile);
-    f << js.dump(2) << "\n";
-    if (f) return rc;
-    std::fprintf(stderr, "moefabric-nccl-perf: cannot write %s\n", c.jsonFile.c_str());
+    Json doc = perf::document(meta, config, results);
+    summary["error"] = failure.empty() ? Json(nullptr) : Json(failure);
+    summary["exit_code"] = rc;
+    doc["summary"] = summary;
+    std::string err;
+    if (perf::write_json(c.jsonFile, doc, &err)) return rc;
+    std::fprintf(stderr, "moefabric-nccl-perf: %s\n", err.c_str());
     return rc ? rc : 3;
   };
 
@@ -404,10 +390,9 @@ int main(int argc, char** argv) {
     return finish(3, std::string("ncclGetUniqueId: ") + ncclGetErrorString(nr) + " (" +
                          ncclGetLastError(nullptr) + ")");
   }
-  std::string verStr = std::to_string(ver / 10000) + "." + std::to_string(ver / 100 % 100) + "." +
-                       std::to_string(ver % 100);
-  js["nccl_version"] = verStr;
-  js["ranks"] = n;
+  const std::string verStr = perf::nccl_version_string(ver);
+  meta.nccl_version = verStr;
+  config["ranks"] = n;
   for (int fd : idFds) {
     if (write(fd, &id, sizeof id) != ssize_t(sizeof id)) { /* that child is gone: reaped below */ }
     close(fd);
@@ -424,13 +409,13 @@ int main(int argc, char** argv) {
   double busSum = 0;
   std::string failure;
   Clock::time_point killAt = Clock::time_point::max(), giveUpAt = Clock::time_point::max();
-  js["rows"] = Json::array();
 
   auto printPreamble = [&] {
     std::printf("# moefabric-nccl-perf  NCCL %s  label \"%s\"\n", verStr.c_str(), c.label.c_str());
-    std::printf("# ranks %d  op %s  bytes %zu..%zu x%d  warmup %d  iters %d  check %s  timeout %d s\n", n,
-                c.op.c_str(), c.minBytes, c.maxBytes, c.factor, c.warmup, c.iters, c.check ? "on" : "off",
-                c.timeoutSec);
+    std::printf("# ranks %d  op %s  bytes %llu..%llu x%d  warmup %d  iters %d  check %s  timeout %d s\n", n,
+                c.op.c_str(), static_cast<unsigned long long>(c.sweep.min_bytes),
+                static_cast<unsigned long long>(c.sweep.max_bytes), c.sweep.factor, c.warmup, c.iters,
+                c.check ? "on" : "off", c.timeoutSec);
     std::printf("# env");
     for (const char* v : kEnvVars) std::printf(" %s=%s", v, std::getenv(v) ? std::getenv(v) : "<unset>");
     std::printf("\n");
@@ -438,7 +423,8 @@ int main(int argc, char** argv) {
     for (const Msg& m : info) {
       std::printf("#  rank %2d  host %s  pid %d  device %d  %s  [%s]\n", m.rank, m.host, m.pid, m.dev, m.gpu,
                   m.bus);
-      js["rank_info"].push_back({{"rank", m.rank}, {"host", m.host}, {"pid", m.pid}, {"device", m.dev},
+      if (m.rank == 0) meta.gpu = m.gpu;
+      config["rank_info"].push_back({{"rank", m.rank}, {"host", m.host}, {"pid", m.pid}, {"device", m.dev},
                                  {"gpu", m.gpu}, {"pci_bus_id", m.bus}});
     }
     const char* fmt = "#%11s  %12s  %6s  %10s  %5s  %10s  %10s  %7s  %7s  %6s\n";
@@ -467,7 +453,7 @@ int main(int argc, char** argv) {
     totalWrong += wrong;
     busSum += busbw;
     ++rows;
-    js["rows"].push_back({{"op", opName(m0.op)}, {"bytes", m0.bytes}, {"count", m0.count}, {"type", "float"},
+    results.push_back({{"op", opName(m0.op)}, {"bytes", m0.bytes}, {"count", m0.count}, {"type", "float"},
                           {"iters", m0.iters}, {"time_us", avg}, {"min_time_us", mn}, {"algbw_gbps", algbw},
                           {"busbw_gbps", busbw}, {"wrong", c.check ? Json(wrong) : Json(nullptr)}});
   };
@@ -559,7 +545,7 @@ int main(int argc, char** argv) {
     std::printf("# Avg bus bandwidth    : %.3f\n#\n", avgBus);
     std::fflush(stdout);
   }
-  js["out_of_bounds"] = totalWrong;
-  js["avg_busbw_gbps"] = avgBus;
+  summary["out_of_bounds"] = totalWrong;
+  summary["avg_busbw_gbps"] = avgBus;
   return finish(rc, failure);
 }

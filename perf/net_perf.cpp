@@ -2,7 +2,6 @@
 // transport (the same code NCCL drives) between two local processes, with a raw libfabric
 // baseline (plain fi_writedata on the same provider and NIC) in the same run.
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include <rdma/fabric.h>
 #include <rdma/fi_cm.h>
@@ -16,7 +15,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -26,6 +24,7 @@
 
 #include "common/launch.h"
 #include "fabric/info.h"
+#include "perf/perf_tool.h"
 #include "plugin/net/net.h"
 
 namespace {
@@ -35,25 +34,21 @@ using namespace moefabric::fabric;
 using Clock = std::chrono::steady_clock;
 
 struct Opts {
-  size_t min_bytes = 8, max_bytes = 256u << 20;
-  int factor = 2, warmup = 5, iters = 0, window = 16, timeout = 300;
+  perf::Sweep sweep;
+  int warmup = 5, iters = 0, window = 16, timeout = 300;
   bool raw = true, check = false, gpu = false;
   std::string json;
 };
 
+// What rank 0 tells the parent through the pipe: a Hello once connected, then one Row per size.
+struct Hello {
+  char provider[64], nic[64], gpu[256];
+};
 struct Row {
   size_t bytes;
   double lat_plugin = 0, lat_raw = 0, bw_plugin = 0, bw_raw = 0;
   long wrong = 0;
 };
-
-size_t parse_size(const std::string& s) {
-  size_t pos = 0;
-  double v = std::stod(s, &pos);
-  char u = pos < s.size() ? static_cast<char>(toupper(s[pos])) : 0;
-  double m = u == 'K' ? 1024.0 : u == 'M' ? 1048576.0 : u == 'G' ? 1073741824.0 : 1.0;
-  return static_cast<size_t>(v * m);
-}
 
 int lat_iters(const Opts& o, size_t s) {
   if (o.iters > 0) return o.iters;
@@ -291,6 +286,29 @@ struct RawPath {
 
 double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+double ratio(double a, double b) { return b > 0 ? a / b : 0; }
+
+void print_header(const Opts& o, const Hello& h, bool raw) {
+  printf("# moefabric-net-perf: 2 processes on this host, provider %s, NIC %s\n", h.provider, h.nic);
+  printf("# sizes %llu..%llu x%d, window %d, warmup %d, iters %s, raw baseline %s, buffers in %s memory%s%s\n",
+         static_cast<unsigned long long>(o.sweep.min_bytes), static_cast<unsigned long long>(o.sweep.max_bytes),
+         o.sweep.factor, o.window, o.warmup, o.iters > 0 ? std::to_string(o.iters).c_str() : "auto",
+         raw ? "fi_writedata" : o.raw ? "off (provider without FI_RMA)" : "off", o.gpu ? "GPU" : "host",
+         h.gpu[0] ? ", " : "", h.gpu);
+  for (const char* v : {"MOEFABRIC_PROVIDER", "MOEFABRIC_TCP_IFACE", "MOEFABRIC_PROTOCOL", "MOEFABRIC_EAGER_MAX", "MOEFABRIC_GDR", "FI_PROVIDER"})
+    if (getenv(v)) printf("# %s=%s\n", v, getenv(v));
+  printf("#\n# %12s %14s %12s %10s %15s %12s %9s %7s\n", "size", "lat_plugin", "lat_raw", "lat_ratio",
+         "bw_plugin", "bw_raw", "bw_ratio", "#wrong");
+  printf("# %12s %14s %12s %10s %15s %12s %9s %7s\n", "(B)", "(us)", "(us)", "", "(GB/s)", "(GB/s)", "", "");
+  fflush(stdout);
+}
+
+void print_row(const Row& x) {
+  printf("  %12zu %14.2f %12.2f %10.2f %15.3f %12.3f %9.2f %7ld\n", x.bytes, x.lat_plugin, x.lat_raw,
+         ratio(x.lat_plugin, x.lat_raw), x.bw_plugin, x.bw_raw, ratio(x.bw_plugin, x.bw_raw), x.wrong);
+  fflush(stdout);
+}
+
 int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, int out_fd) {
   int rank = oob.rank();
   auto deadline = Clock::now() + std::chrono::seconds(o.timeout);
@@ -306,7 +324,7 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
     if (!pp.rc && net_accept(pp.lc, &pp.rc) != Status::kOk) die(rank, "accept", "failed");
     if (Clock::now() > deadline) die(rank, "connect", "timed out");
   }
-  size_t maxb = std::max<size_t>(o.max_bytes, 64);
+  size_t maxb = std::max<size_t>(o.sweep.max_bytes, 64);
 #ifdef MOEFABRIC_NET_PERF_CUDA
   if (o.gpu) {
     int ndev = 0;
@@ -322,11 +340,22 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
 
   RawPath raw{rank, deadline};
   std::vector<NicInfo> nics;
-  bool do_raw = o.raw;
-  if (do_raw) {
-    if (nic_discover(net->params(), &nics, &err) != Status::kOk) die(rank, "raw discover", err);
-    if (!(nics[0].info->caps & FI_RMA)) do_raw = false;
-    else raw.open(nics[0].info.get(), rbuf.data() + maxb, maxb, o.gpu, oob);
+  if (nic_discover(net->params(), &nics, &err) != Status::kOk) die(rank, "discover", err);
+  bool do_raw = o.raw && (nics[0].info->caps & FI_RMA);
+  if (do_raw) raw.open(nics[0].info.get(), rbuf.data() + maxb, maxb, o.gpu, oob);
+  if (rank == 0) {
+    Hello hello{};
+    snprintf(hello.provider, sizeof hello.provider, "%s", nics[0].provider.c_str());
+    snprintf(hello.nic, sizeof hello.nic, "%s", nics[0].domain.c_str());
+#ifdef MOEFABRIC_NET_PERF_CUDA
+    cudaDeviceProp prop{};
+    int dev = 0;
+    if (o.gpu && cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
+      snprintf(hello.gpu, sizeof hello.gpu, "%s", prop.name);
+#endif
+    if (::write(out_fd, &hello, sizeof hello) != static_cast<ssize_t>(sizeof hello))
+      die(rank, "report", "pipe to the parent closed");
+    print_header(o, hello, do_raw);
   }
 
   for (size_t s : sizes) {
@@ -408,8 +437,11 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
       }
       row.bw_raw = static_cast<double>(s) * o.window * bi / secs(Clock::now() - t0) / 1e9;
     }
-    if (rank == 0 && ::write(out_fd, &row, sizeof row) != static_cast<ssize_t>(sizeof row))
-      die(rank, "report", "pipe to the parent closed");
+    if (rank == 0) {
+      print_row(row);  // as soon as it is measured
+      if (::write(out_fd, &row, sizeof row) != static_cast<ssize_t>(sizeof row))
+        die(rank, "report", "pipe to the parent closed");
+    }
     if (rank == 1 && row.wrong) die(rank, "check", std::to_string(row.wrong) + " wrong bytes at size " + std::to_string(s));
   }
   if (!oob.barrier(&err)) die(rank, "final barrier", err);
@@ -427,26 +459,23 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
 
 int main(int argc, char** argv) {
   Opts o;
-  std::string minb = "8", maxb = "256M", provider, iface;
+  std::string provider, iface;
   CLI::App app{"moefabric-net-perf: NCCL net plugin transport vs raw libfabric, two local processes"};
-  app.add_option("-b,--min-bytes", minb, "smallest message (K/M/G suffixes)");
-  app.add_option("-e,--max-bytes", maxb, "largest message");
-  app.add_option("-f,--factor", o.factor, "size multiplier")->check(CLI::Range(2, 1024));
-  app.add_option("-w,--warmup", o.warmup, "warm-up iterations per size");
-  app.add_option("-i,--iters", o.iters, "iterations per size (default: scaled to the size)");
+  perf::init_app(app, argc, argv);
+  perf::add_sweep(app, &o.sweep, 1024);
+  app.add_option("-n,--iters", o.iters, "timed iterations per size (0: scaled to the size)")->check(CLI::NonNegativeNumber);
+  app.add_option("-w,--warmup,--warmup_iters", o.warmup, "warm-up iterations per size")->check(CLI::NonNegativeNumber);
+  perf::add_check(app, &o.check, "verify the ping-pong payloads");
+  app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")->type_name("FILE");
+  app.add_option("-T,--timeout", o.timeout, "seconds before a stalled run is killed")->check(CLI::PositiveNumber);
   app.add_option("--window", o.window, "messages in flight for bandwidth")->check(CLI::Range(1, 32));
   app.add_option("--provider", provider, "libfabric provider (sets MOEFABRIC_PROVIDER)");
   app.add_option("--iface", iface, "tcp interface (sets MOEFABRIC_TCP_IFACE)");
-  app.add_option("--json", o.json, "write the rows as JSON to this file");
-  app.add_option("--timeout", o.timeout, "seconds before a stalled run is killed");
-  app.add_flag("--check", o.check, "verify ping-pong payloads");
   app.add_flag("--gpu", o.gpu, "message buffers in GPU memory (rank r on GPU r mod count; sets MOEFABRIC_GDR=1)");
   bool no_raw = false;
   app.add_flag("--no-raw", no_raw, "skip the raw libfabric baseline");
   CLI11_PARSE(app, argc, argv);
   o.raw = !no_raw;
-  o.min_bytes = parse_size(minb);
-  o.max_bytes = parse_size(maxb);
   if (!provider.empty()) setenv("MOEFABRIC_PROVIDER", provider.c_str(), 1);
   if (!iface.empty()) setenv("MOEFABRIC_TCP_IFACE", iface.c_str(), 1);
 #ifndef MOEFABRIC_NET_PERF_CUDA
@@ -458,8 +487,10 @@ int main(int argc, char** argv) {
   if (o.gpu) setenv("MOEFABRIC_GDR", "1", 0);
 
   std::vector<size_t> sizes;
-  for (size_t s = o.min_bytes; s <= o.max_bytes; s = std::max(s * o.factor, s + 1)) sizes.push_back(s);
+  for (size_t s = o.sweep.min_bytes; s <= o.sweep.max_bytes; s = std::max(s * o.sweep.factor, s + 1)) sizes.push_back(s);
 
+  // Rank 0 prints the header and each row as it is measured; the parent gets them through the
+  // pipe for the summary and the JSON file.
   int pfd[2];
   if (pipe(pfd) != 0) return 2;
   auto res = launch_fork(2, [&](OobChannel& oob) {
@@ -468,48 +499,55 @@ int main(int argc, char** argv) {
   }, o.timeout + 30);
   ::close(pfd[1]);
 
-  Params params = Params::load();
-  std::vector<NicInfo> nics;
-  std::string err;
-  std::string prov = "?", dom = "?";
-  if (nic_discover(params, &nics, &err) == Status::kOk) prov = nics[0].provider, dom = nics[0].domain;
-  printf("# moefabric-net-perf: 2 processes on this host, provider %s, NIC %s\n", prov.c_str(), dom.c_str());
-  printf("# sizes %zu..%zu x%d, window %d, warmup %d, raw baseline %s, buffers in %s memory\n", o.min_bytes,
-         o.max_bytes, o.factor, o.window, o.warmup, o.raw ? "fi_writedata" : "off", o.gpu ? "GPU" : "host");
-  for (const char* v : {"MOEFABRIC_PROVIDER", "MOEFABRIC_TCP_IFACE", "MOEFABRIC_PROTOCOL", "MOEFABRIC_EAGER_MAX", "MOEFABRIC_GDR", "FI_PROVIDER"})
-    if (getenv(v)) printf("# %s=%s\n", v, getenv(v));
-  printf("#\n# %12s %14s %12s %10s %15s %12s %9s %7s\n", "size", "lat_plugin", "lat_raw", "lat_ratio",
-         "bw_plugin", "bw_raw", "bw_ratio", "#wrong");
-  printf("# %12s %14s %12s %10s %15s %12s %9s %7s\n", "(B)", "(us)", "(us)", "", "(GB/s)", "(GB/s)", "", "");
-  nlohmann::json js = {{"tool", "moefabric-net-perf"}, {"provider", prov}, {"nic", dom},
-                       {"buffers", o.gpu ? "gpu" : "host"}, {"rows", nlohmann::json::array()}};
+  Hello hello{};
+  bool connected = read(pfd[0], &hello, sizeof hello) == static_cast<ssize_t>(sizeof hello);
   std::vector<Row> rows;
   Row r;
-  long wrong = 0;
-  while (read(pfd[0], &r, sizeof r) == static_cast<ssize_t>(sizeof r)) rows.push_back(r);
+  while (connected && read(pfd[0], &r, sizeof r) == static_cast<ssize_t>(sizeof r)) rows.push_back(r);
   ::close(pfd[0]);
   // Rows come from rank 0 (it checks what rank 1 sent); rank 1 fails the run on a bad byte.
+  // A target is judged only against a raw baseline measured in this run at the sizes it names.
+  long wrong = 0;
+  int bw_points = 0, lat_points = 0;
   bool met_bw = true, met_lat = true;
+  perf::Json results = perf::Json::array();
   for (const Row& x : rows) {
-    double lr = x.lat_raw > 0 ? x.lat_plugin / x.lat_raw : 0, br = x.bw_raw > 0 ? x.bw_plugin / x.bw_raw : 0;
-    printf("  %12zu %14.2f %12.2f %10.2f %15.3f %12.3f %9.2f %7ld\n", x.bytes, x.lat_plugin, x.lat_raw, lr,
-           x.bw_plugin, x.bw_raw, br, x.wrong);
     wrong += x.wrong;
-    if (x.bw_raw > 0 && x.bytes >= (1u << 20) && br < 0.9) met_bw = false;
-    if (x.lat_raw > 0 && x.bytes <= 4096 && x.lat_plugin - x.lat_raw > 2.0) met_lat = false;
-    js["rows"].push_back({{"bytes", x.bytes}, {"lat_plugin_us", x.lat_plugin}, {"lat_raw_us", x.lat_raw},
-                          {"bw_plugin_gbps", x.bw_plugin}, {"bw_raw_gbps", x.bw_raw}, {"wrong", x.wrong}});
+    if (x.bw_raw > 0 && x.bytes >= (1u << 20)) ++bw_points, met_bw &= ratio(x.bw_plugin, x.bw_raw) >= 0.9;
+    if (x.lat_raw > 0 && x.bytes <= 4096) ++lat_points, met_lat &= x.lat_plugin - x.lat_raw <= 2.0;
+    results.push_back({{"bytes", x.bytes}, {"lat_plugin_us", x.lat_plugin}, {"lat_raw_us", x.lat_raw},
+                       {"bw_plugin_gbps", x.bw_plugin}, {"bw_raw_gbps", x.bw_raw}, {"wrong", x.wrong}});
   }
-  if (rows.empty())
-    printf("# Targets: no rows measured\n");
-  else
-    printf("# Targets: bandwidth >= 0.90 x raw at >= 1 MiB: %s; latency within 2 us of raw up to 4 KiB: %s\n",
-           met_bw ? "met" : "not met", met_lat ? "met" : "not met");
-  printf("# Out of bounds values : %ld %s\n", wrong, wrong ? "FAILED" : "OK");
-  if (!o.json.empty()) std::ofstream(o.json) << js.dump(2) << "\n";
-  if (!res.ok) {
-    fprintf(stderr, "moefabric-net-perf: FAILED\n%s", res.report.c_str());
-    return 2;
+  auto verdict = [](int points, bool met) { return points == 0 ? nullptr : met ? "met" : "not met"; };
+  const char *bw_verdict = verdict(bw_points, met_bw), *lat_verdict = verdict(lat_points, met_lat);
+  const char* none = "no raw baseline measured";
+  if (connected) {  // else the ranks said why on stderr
+    if (rows.empty())
+      printf("# Targets: no rows measured\n");
+    else
+      printf("# Targets: bandwidth >= 0.90 x raw at >= 1 MiB: %s; latency within 2 us of raw up to 4 KiB: %s\n",
+             bw_verdict ? bw_verdict : none, lat_verdict ? lat_verdict : none);
+    printf("# Out of bounds values : %ld %s\n", wrong, wrong ? "FAILED" : "OK");
+    fflush(stdout);
   }
-  return (wrong || rows.size() != sizes.size()) ? 1 : 0;
+  const int rc = !res.ok ? 2 : (wrong || rows.size() != sizes.size()) ? 1 : 0;
+  if (!o.json.empty()) {
+    perf::Meta meta{"moefabric-net-perf"};
+    if (connected) meta.provider = hello.provider;
+    if (hello.gpu[0]) meta.gpu = hello.gpu;
+    perf::Json config = {{"nic", connected ? perf::Json(hello.nic) : perf::Json(nullptr)},
+                         {"buffers", o.gpu ? "gpu" : "host"}, {"min_bytes", o.sweep.min_bytes},
+                         {"max_bytes", o.sweep.max_bytes}, {"step_factor", o.sweep.factor},
+                         {"iters", o.iters > 0 ? perf::Json(o.iters) : perf::Json("auto")},
+                         {"warmup", o.warmup}, {"window", o.window}, {"raw_baseline", o.raw},
+                         {"check", o.check}};
+    perf::Json doc = perf::document(meta, config, results);
+    auto or_null = [](const char* v) { return v ? perf::Json(v) : perf::Json(nullptr); };
+    doc["summary"] = {{"wrong", wrong}, {"bandwidth_target", or_null(bw_verdict)},
+                      {"latency_target", or_null(lat_verdict)}, {"exit_code", rc}};
+    std::string err;
+    if (!perf::write_json(o.json, doc, &err)) fprintf(stderr, "moefabric-net-perf: %s\n", err.c_str());
+  }
+  if (!res.ok) fprintf(stderr, "moefabric-net-perf: FAILED\n%s", res.report.c_str());
+  return rc;
 }

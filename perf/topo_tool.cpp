@@ -9,6 +9,7 @@
 
 #include "common/params.h"
 #include "fabric/info.h"
+#include "perf/perf_tool.h"
 #include "topology/topology.h"
 
 namespace {
@@ -44,11 +45,12 @@ bool live_nics(const moefabric::Params& params, std::vector<moefabric::topo::Nic
 
 int main(int argc, char** argv) {
   CLI::App app{"GPU <-> NIC <-> NUMA <-> CPU affinity as moefabric sees it"};
+  moefabric::perf::init_app(app, argc, argv);
   std::string xml;
   bool json = false, hwloc_nics = false;
   app.add_option("-x,--xml", xml, "hwloc XML to read instead of the live machine "
                                    "(default: MOEFABRIC_TOPO_XML)");
-  app.add_flag("-j,--json", json, "print JSON instead of the table");
+  app.add_flag("-j,--json", json, "print JSON instead of the table (with the perf tools' \"metadata\" object)");
   app.add_flag("--hwloc-nics", hwloc_nics,
                "take NICs from hwloc's network PCI devices instead of libfabric (always so with --xml)");
   app.footer("Environment: MOEFABRIC_PROVIDER / FI_PROVIDER pick the libfabric NICs, "
@@ -71,7 +73,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (json) {
-    fputs(topo->json().c_str(), stdout);
+    // The perf tools' metadata first (docs/perf-json.md), then the topology's own fields.
+    moefabric::perf::Meta meta{"moefabric-topo"};
+    if (opts.nics_given && !opts.nics.empty()) meta.provider = opts.nics[0].provider;
+    moefabric::perf::Json doc = {{"metadata", moefabric::perf::metadata(meta)}};
+    doc.update(moefabric::perf::Json::parse(topo->json()));
+    fputs((doc.dump(2) + "\n").c_str(), stdout);
   } else {
     printf("# %s\n", note.c_str());
     fputs(topo->table().c_str(), stdout);

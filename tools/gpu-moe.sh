@@ -6,7 +6,7 @@
 # peer-copy baselines. Logs go to $OUT/gpu-moe-logs.tgz (default /tmp/moefabric-gpu-out) with
 # summary.txt beside it; a short table is printed last.
 # Usage (from the repo root, .gpu-deps carried):  tools/gpu-moe.sh [perf options...]
-#   e.g. tools/gpu-moe.sh -t 1,8,32,128,512,1024,4096 -i 1000
+#   e.g. tools/gpu-moe.sh --tokens 1,8,32,128,512,1024,4096 -n 1000
 # Steps: test (NVLink mode), fabric (the same checks with MOEFABRIC_FORCE_FABRIC=1 and, on two
 # GPUs, MOEFABRIC_NODE_SIZE=1, over libfabric shm; staging in host memory, then in GPU memory
 # when .gpu-deps/libfabric-cuda is there), sanitize, perf (NVLink sweep), perf-fabric
@@ -170,7 +170,7 @@ if [[ $skip != *" profile "* ]]; then
   if [ -n "$nsys_bin" ]; then
     echo "== nsys: kernel times of moefabric-moe-gpu-perf (1 rank, fp8, T=1 and 128)"
     timeout 240 "$nsys_bin" profile -t cuda --cuda-graph-trace=node -o "$out/prof" -f true \
-      "$perf_bin" -n 1 --dtype fp8 -t 1,128 -i 100 -w 10 --no-nccl > "$out/profile.log" 2>&1
+      "$perf_bin" -r 1 -d fp8 --tokens 1,128 -n 100 -w 10 --no-nccl > "$out/profile.log" 2>&1
     "$nsys_bin" stats --report cuda_gpu_kern_sum --format csv -o "$out/prof" "$out/prof.nsys-rep" >> "$out/profile.log" 2>&1
     note "nsys kernel summary (ns): $(ls "$out"/prof*kern_sum*.csv 2>/dev/null | head -n 1)"
     for f in "$out"/prof*kern_sum*.csv; do [ -f "$f" ] && cut -d, -f2-9 "$f" | tee -a "$summary"; done
@@ -184,9 +184,9 @@ if [[ $skip != *" perf "* ]]; then
   ranks=$(( ngpu >= 2 ? 2 : 1 ))
   echo "== moefabric-moe-gpu-perf ($ranks ranks)"
   perf_args=("$@")
-  [ ${#perf_args[@]} -eq 0 ] && perf_args=(-t 1,8,32,128,512,1024,4096 -i 1000)
+  [ ${#perf_args[@]} -eq 0 ] && perf_args=(--tokens 1,8,32,128,512,1024,4096 -n 1000)
   for dt in fp8 bf16; do
-    timeout 300 "$perf_bin" -n "$ranks" --dtype "$dt" "${perf_args[@]}" --json "$out/perf-$dt.json" \
+    timeout 300 "$perf_bin" -r "$ranks" -d "$dt" "${perf_args[@]}" -J "$out/perf-$dt.json" \
       > "$out/perf-$dt.log" 2>&1
     rc=$?
     note "perf $dt dispatch (rc=$rc):"
@@ -212,8 +212,8 @@ if [[ $skip != *" perf-fabric "* ]]; then
       senv=("${fabric_env[@]}")
     fi
     echo "== moefabric-moe-gpu-perf --fabric ($ranks ranks, shm, staging $staging)"
-    env "${senv[@]}" timeout 240 "$perf_bin" -n "$ranks" --dtype fp8 --fabric --no-nccl \
-      -t "$fab_t" -i 300 --json "$out/perf-fabric-fp8-$staging.json" > "$out/perf-fabric-fp8-$staging.log" 2>&1
+    env "${senv[@]}" timeout 240 "$perf_bin" -r "$ranks" -d fp8 --fabric --no-nccl \
+      --tokens "$fab_t" -n 300 -J "$out/perf-fabric-fp8-$staging.json" > "$out/perf-fabric-fp8-$staging.log" 2>&1
     rc=$?
     note "perf fp8, every peer through the fabric proxy over shm, staging in $staging memory (rc=$rc; post/cpost: proxy posting cost):"
     grep -v '^# [EM]' "$out/perf-fabric-fp8-$staging.log" | grep -v 'NCCL INFO' | tee -a "$summary" | tail -n 0
@@ -223,13 +223,16 @@ if [[ $skip != *" perf-fabric "* ]]; then
   [ -f "$nv" ] || nv=$(tar -xzOf "$final/gpu-moe-logs.tgz" ./perf-fp8.json > /tmp/moefabric-nv.json 2>/dev/null && echo /tmp/moefabric-nv.json)
   python3 - "${nv:-}" "$out"/perf-fabric-fp8-*.json <<'PY' | tee -a "$summary"
 import json, sys
+def rows(path):  # docs/perf-json.md: the rows under "results" (a bare list before moefabric-perf/1)
+    d = json.load(open(path))
+    return d["results"] if isinstance(d, dict) else d
 try:
-    nv = {x["tokens"]: x for x in json.load(open(sys.argv[1]))}[128]
+    nv = {x["tokens"]: x for x in rows(sys.argv[1])}[128]
 except Exception:
     nv = None
 for path in sys.argv[2:]:
     try:
-        r = {x["tokens"]: x for x in json.load(open(path))}[128]
+        r = {x["tokens"]: x for x in rows(path)}[128]
     except Exception:
         print("%s: no T=128 row" % path)
         continue

@@ -56,15 +56,15 @@ step() {  # seconds, label, log, command...: runs while the budget lasts, prints
 p=$pb/perf
 plugin=$PWD/$pb/plugin/nccl/libnccl-net-moefabric.so
 nccl=(env NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1 NCCL_SOCKET_IFNAME=lo)
-step 22 "EP2 NVLink fp8" ep2-fp8.log $p/moefabric-moe-gpu-perf -n 2 --dtype fp8 -t 1,128,512 -i 300 -w 20 --json "$out/ep2-fp8.json"
-step 22 "EP2 NVLink bf16" ep2-bf16.log $p/moefabric-moe-gpu-perf -n 2 --dtype bf16 -t 1,128,512 -i 300 -w 20 --json "$out/ep2-bf16.json"
+step 22 "EP2 NVLink fp8" ep2-fp8.log $p/moefabric-moe-gpu-perf -r 2 -d fp8 --tokens 1,128,512 -n 300 -w 20 -J "$out/ep2-fp8.json"
+step 22 "EP2 NVLink bf16" ep2-bf16.log $p/moefabric-moe-gpu-perf -r 2 -d bf16 --tokens 1,128,512 -n 300 -w 20 -J "$out/ep2-bf16.json"
 step 22 "NCCL moefabric shm" nccl-shm.log "${nccl[@]}" NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=shm \
-  $p/moefabric-nccl-perf -n 2 -b 8 -f 8 -e 64M -i 10 --label moefabric-shm --json "$out/nccl-shm.json"
+  $p/moefabric-nccl-perf -r 2 -b 8 -f 8 -e 64M -n 10 --label moefabric-shm -J "$out/nccl-shm.json"
 step 22 "NCCL Socket" nccl-socket.log "${nccl[@]}" NCCL_NET_PLUGIN=none NCCL_NET=Socket \
-  $p/moefabric-nccl-perf -n 2 -b 8 -f 8 -e 64M -i 10 --label socket --json "$out/nccl-socket.json"
+  $p/moefabric-nccl-perf -r 2 -b 8 -f 8 -e 64M -n 10 --label socket -J "$out/nccl-socket.json"
 step 35 "gpu suite EP2 on two GPUs (--quick)" test-gpu-ep2.log env MOEFABRIC_TIMEOUT_MS=20000 $pb/tests/test-moe-gpu --ranks 2 --quick
 step 22 "NCCL moefabric tcp" nccl-tcp.log "${nccl[@]}" NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo \
-  $p/moefabric-nccl-perf -n 2 -b 8 -f 8 -e 64M -i 10 --label moefabric-tcp --json "$out/nccl-tcp.json"
+  $p/moefabric-nccl-perf -r 2 -b 8 -f 8 -e 64M -n 10 --label moefabric-tcp -J "$out/nccl-tcp.json"
 step 20 "EP2 fabric proxy across the GPUs (node size 1, shm)" ep2-node1.log env MOEFABRIC_PROVIDER=shm \
-  $p/moefabric-moe-gpu-perf -n 2 --dtype fp8 --node-size 1 --no-nccl -t 1,128 -i 200 -w 20
+  $p/moefabric-moe-gpu-perf -r 2 -d fp8 --node-size 1 --no-nccl --tokens 1,128 -n 200 -w 20
 echo "done in $((SECONDS - start)) s"

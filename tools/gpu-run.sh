@@ -56,8 +56,8 @@ common=(NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_IB_DISABLE=1 NCCL_SOCKET_IFNA
 run() {  # label, env...
   local label=$1; shift
   echo "== $label"
-  env "${common[@]}" "$@" timeout 280 "$perf" -n "$ngpu" -e "$max" --label "$label" \
-      --json "$out/nccl-$label.json" > "$out/nccl-$label.log" 2>&1
+  env "${common[@]}" "$@" timeout 280 "$perf" -r "$ngpu" -e "$max" --label "$label" \
+      -J "$out/nccl-$label.json" > "$out/nccl-$label.log" 2>&1
   local rc=$?
   grep -E "via NET|NET/Plugin|Using network|GPU Direct|GDR" "$out/nccl-$label.log" | head -n 5
   grep -v "NCCL INFO" "$out/nccl-$label.log" | tail -n 30
@@ -85,7 +85,7 @@ if [[ $skip != *" topo-nccl "* ]] && [ -x "$perf" ]; then
   echo "== NCCL with a 2-rail device ($nic+lo over tcp), one rank: does NCCL load the plugin's topology?"
   env NCCL_NET_PLUGIN="$plugin" NCCL_NET=moefabric MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$nic+lo" \
       NCCL_TOPO_DUMP_FILE="$out/nccl-topo-dump.xml" NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,GRAPH,NET,ENV \
-      timeout 120 "$perf" -n 1 -b 8 -e 1K --label topo-2rail > "$out/nccl-topo-2rail.log" 2>&1
+      timeout 120 "$perf" -r 1 -b 8 -e 1K --label topo-2rail > "$out/nccl-topo-2rail.log" 2>&1
   rc=$?
   grep -E "TOPO_FILE|NET/Plugin|moefabric.*rail|Loading topology|WARN" "$out/nccl-topo-2rail.log" | grep -v "^#" | head -n 12
   has=no
@@ -113,10 +113,10 @@ fi
 
 np=build-gpu/perf/moefabric-net-perf
 if [[ $skip != *" net-perf "* ]]; then
-MOEFABRIC_PROVIDER=shm timeout 150 $np -e 64M --check > "$out/net-perf-shm.log" 2>&1
+MOEFABRIC_PROVIDER=shm timeout 150 $np -e 64M -c 1 > "$out/net-perf-shm.log" 2>&1
 MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo timeout 150 $np -e 64M > "$out/net-perf-tcp.log" 2>&1
 # The plugin moving GPU buffers over shm (both processes on GPU rank mod count).
-[ ${#gdr_env[@]} -gt 0 ] && env "${gdr_env[@]}" timeout 150 $np --gpu -e 64M --check > "$out/net-perf-shm-gpu.log" 2>&1
+[ ${#gdr_env[@]} -gt 0 ] && env "${gdr_env[@]}" timeout 150 $np --gpu -e 64M -c 1 > "$out/net-perf-shm-gpu.log" 2>&1
 for f in "$out"/net-perf-*.log; do [ -f "$f" ] && { echo "== $(basename "$f")"; grep -v '^# [MF]' "$f" | tail -n 40; }; done
 fi
 if [ ${#nccl_json[@]} -gt 0 ]; then

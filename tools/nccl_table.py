@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Side-by-side table of moefabric-nccl-perf --json files: busbw and time per op and size, each
-run against the last file (the baseline)."""
+"""Side-by-side table of moefabric-nccl-perf -J files (docs/perf-json.md): busbw and time per op
+and size, each run against the last file (the baseline)."""
 import json
 import sys
 
@@ -13,8 +13,7 @@ for path in sys.argv[1:]:
         print(f"# {path}: {e}")
 if not runs:
     sys.exit(1)
-base = runs[-1]
-labels = [r.get("label", "?") for r in runs]
+labels = [r.get("config", {}).get("label") or "?" for r in runs]
 print("# busbw in GB/s, time in us; ratio = run / " + labels[-1])
 hdr = f"{'op':>10} {'bytes':>10}"
 for l in labels:
@@ -24,7 +23,7 @@ for l in labels[:-1]:
 print(hdr)
 rows = {}
 for i, r in enumerate(runs):
-    for row in r.get("rows", []):
+    for row in r.get("results", []):
         rows.setdefault((row["op"], row["bytes"]), {})[i] = row
 for (op, nbytes) in sorted(rows, key=lambda k: (k[0], k[1])):
     cells = rows[(op, nbytes)]
@@ -41,6 +40,9 @@ for (op, nbytes) in sorted(rows, key=lambda k: (k[0], k[1])):
         else:
             line += f" {'-':>12}"
     print(line)
-for r in runs:
-    print(f"# {r.get('label')}: exit {r.get('exit_code')}, error {r.get('error')}, "
-          f"out of bounds {r.get('out_of_bounds')}, avg busbw {r.get('avg_busbw_gbps')}")
+for label, r in zip(labels, runs):
+    s = r.get("summary", {})
+    m = r["metadata"]
+    print(f"# {label}: exit {s.get('exit_code')}, error {s.get('error')}, "
+          f"out of bounds {s.get('out_of_bounds')}, avg busbw {s.get('avg_busbw_gbps')}; "
+          f"NCCL {m.get('nccl_version')}, {m.get('gpu')}, moefabric {m.get('version')} ({m.get('commit')})")

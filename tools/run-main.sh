@@ -17,9 +17,8 @@ ninja -C build > build.log 2>&1 \
   || { grep -E -A12 'FAILED|error' build.log | head -n 60; echo "run-main: build failed (log: build.log)"; exit 1; }
 max=${MAX_BYTES:-64M}
 echo "== moefabric-moe-perf: 4 ranks, host backend, provider tcp on lo =="
-MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo build/perf/moefabric-run -n 4 \
-  build/perf/moefabric-moe-perf --check --tokens 1,8,32,128 --hidden 2048 --topk 8 --experts 64 \
-  --dtype fp8,bf16 --iters 50
+MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo build/perf/moefabric-run -n 4 -- \
+  build/perf/moefabric-moe-perf -c 1 --tokens 1,8,32,128 --hidden 2048 -k 8 -E 64 -d fp8,bf16 -n 50
 echo
 echo "== moefabric-net-perf: provider tcp on lo =="
 MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE=lo build/perf/moefabric-net-perf -e "$max" "$@"

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <hwloc.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -127,15 +128,6 @@ int bridges_below(hwloc_obj_t o, hwloc_obj_t anc) {
   for (hwloc_obj_t p = o->parent; p != nullptr && p != anc; p = p->parent)
     if (is_bridge(p)) ++n;
   return n;
-}
-
-std::string json_str(const std::string& s) {
-  std::string o = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\';
-    o += c;
-  }
-  return o + "\"";
 }
 
 }  // namespace
@@ -501,31 +493,22 @@ std::string Topology::table() const {
 }
 
 std::string Topology::json() const {
-  std::ostringstream o;
-  o << "{\"source\": " << json_str(source_) << ", \"hwloc\": " << json_str(HWLOC_VERSION)
-    << ", \"numa_nodes\": " << numa_nodes_ << ", \"cores\": " << cores_
-    << ", \"gpu_source\": " << json_str(gpu_source_) << ",\n \"nics\": [";
+  nlohmann::ordered_json j = {{"source", source_}, {"hwloc", HWLOC_VERSION}, {"numa_nodes", numa_nodes_},
+                              {"cores", cores_}, {"gpu_source", gpu_source_},
+                              {"nics", nlohmann::ordered_json::array()}, {"gpus", nlohmann::ordered_json::array()}};
   for (size_t n = 0; n < nics_.size(); ++n) {
     const Nic& x = nics_[n];
-    o << (n ? ",\n  " : "\n  ") << "{\"index\": " << n << ", \"name\": " << json_str(x.name)
-      << ", \"provider\": " << json_str(x.provider) << ", \"speed_mbps\": " << x.speed_mbps
-      << ", \"pci\": " << (x.pci ? json_str(x.pci->str()) : "null") << ", \"numa\": " << x.numa
-      << ", \"pci_path\": " << json_str(x.pci_path) << "}";
+    j["nics"].push_back({{"index", n}, {"name", x.name}, {"provider", x.provider}, {"speed_mbps", x.speed_mbps},
+                         {"pci", x.pci ? nlohmann::ordered_json(x.pci->str()) : nullptr}, {"numa", x.numa},
+                         {"pci_path", x.pci_path}});
   }
-  o << "],\n \"gpus\": [";
-  for (size_t g = 0; g < gpus_.size(); ++g) {
-    const Gpu& x = gpus_[g];
-    o << (g ? ",\n  " : "\n  ") << "{\"index\": " << x.index << ", \"pci\": " << json_str(x.pci.str())
-      << ", \"numa\": " << x.numa << ", \"proxy_cpus\": [";
-    for (size_t i = 0; i < x.proxy_cpus.size(); ++i) o << (i ? ", " : "") << x.proxy_cpus[i];
-    o << "], \"rails\": [";
-    for (size_t i = 0; i < x.rails.size(); ++i) o << (i ? ", " : "") << x.rails[i];
-    o << "], \"path\": [";
-    for (size_t i = 0; i < x.path.size(); ++i) o << (i ? ", " : "") << json_str(path_name(x.path[i]));
-    o << "]}";
+  for (const Gpu& x : gpus_) {
+    nlohmann::ordered_json path = nlohmann::ordered_json::array();
+    for (auto p : x.path) path.push_back(path_name(p));
+    j["gpus"].push_back({{"index", x.index}, {"pci", x.pci.str()}, {"numa", x.numa}, {"proxy_cpus", x.proxy_cpus},
+                         {"rails", x.rails}, {"path", path}});
   }
-  o << "]}\n";
-  return o.str();
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic,

@@ -45,9 +45,22 @@ typedef struct CUstream_st* cudaStream_t;
 #define NCCL_MOE_API
 #endif
 
+/* This header's library version, encoded like NCCL's: major*10000 + minor*100 + patch (meson's
+ * project version; the build checks that they agree). Compile time:
+ * #if NCCL_MOE_VERSION_CODE >= NCCL_MOE_VERSION(0, 2, 0); run time: ncclMoeGetVersion. */
+#define NCCL_MOE_MAJOR 0
+#define NCCL_MOE_MINOR 1
+#define NCCL_MOE_PATCH 0
+#define NCCL_MOE_VERSION(X, Y, Z) ((X) * 10000 + (Y) * 100 + (Z))
+#define NCCL_MOE_VERSION_CODE NCCL_MOE_VERSION(NCCL_MOE_MAJOR, NCCL_MOE_MINOR, NCCL_MOE_PATCH)
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The loaded library's version, encoded as NCCL_MOE_VERSION_CODE (it may differ from the header
+ * an application was compiled with). version NULL: ncclInvalidArgument. */
+NCCL_MOE_API ncclResult_t ncclMoeGetVersion(int* version);
 
 /* Opaque communicator for one expert-parallel group. */
 typedef struct ncclMoeComm* ncclMoeComm_t;

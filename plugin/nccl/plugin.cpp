@@ -13,6 +13,7 @@
 #include <new>
 
 #include "common/log.h"
+#include "common/version.h"
 #include "plugin/net/net.h"
 #include "plugin/nccl/net_abi.h"
 #include "plugin/nccl/net_topo.h"
@@ -74,6 +75,7 @@ std::vector<std::vector<std::string>> topo_groups(const Params& params,
 
 Status acquire_net(abi::logger_t log_fn, Net** out) {
   log::set_sink(reinterpret_cast<log::Sink>(log_fn));
+  MF_INFO(log::kInit, "moefabric %s (%s)", MOEFABRIC_VERSION, MOEFABRIC_COMMIT);
   fabric::set_topo_groups_hook(&topo_groups);
   std::string error;
   Status s = Net::acquire(out, &error);

@@ -146,10 +146,10 @@ echo "multirail bandwidth over veth+tcp, $SIZE-byte messages: 1 rail $BW1 GB/s, 
 moe() {  # <name> <ifaces A> <ifaces B>
   local dir=$WORK/moe-$1
   mkdir -p "$dir"
-  timeout -k 5 200 "$MOERUN" -n 2 -t 180 sh -c '
+  timeout -k 5 200 "$MOERUN" -n 2 -T 180 -- sh -c '
     if [ "$MOEFABRIC_RANK" = 0 ]; then ns=$1 ifs=$2; else ns=$3 ifs=$4; fi
     exec ip netns exec "$ns" env MOEFABRIC_PROVIDER=tcp MOEFABRIC_TCP_IFACE="$ifs" MOEFABRIC_DEBUG=INFO \
-      MOEFABRIC_DEBUG_SUBSYS=INIT "$5" --check -t 512 --hidden 7168 -E 16 -k 4 --dtype bf16 -i 12 -w 2 \
+      MOEFABRIC_DEBUG_SUBSYS=INIT "$5" -c 1 --tokens 512 --hidden 7168 -E 16 -k 4 -d bf16 -n 12 -w 2 \
       2>"$6/rank$MOEFABRIC_RANK.err"' sh "$NSA" "$2" "$NSB" "$3" "$MOEPERF" "$dir" >"$dir/out" 2>"$dir/run.err"
   MOE_RC=$?
   MOE_ROW=$(grep -v '^#' "$dir/out" | tail -n 1)
