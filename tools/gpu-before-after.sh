@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # "Nothing may get slower", on the GPU machine in one call: the same MoE latency rows from two
 # staged builds, interleaved (before, after, before, after) so that drift on the machine hits
-# both alike. Each build is a tools/gpu-prebuilt.sh --stage folder (carry both).
+# both alike. Each build is a tools/gpu-prebuilt.sh --stage folder (carry both). Only long
+# option names both builds know are used.
 #   tools/gpu-before-after.sh BEFORE_DIR AFTER_DIR [rounds, default 2]
 # Prints one table: p50 µs per row for each build and the ratio after/before.
 set -uo pipefail
@@ -24,8 +25,8 @@ for r in $(seq 1 "$rounds"); do
     for row in "${rows[@]}"; do
       name=${row%%:*} args=${row#*:}
       # shellcheck disable=SC2086
-      LD_LIBRARY_PATH=$dir/collectives:$LD_LIBRARY_PATH timeout 120 "$dir/perf/moefabric-moe-gpu-perf" -n "$n" \
-        -t 1,128,512 -i 200 -w 20 --no-nccl $args --json "$out/$side-$r-${name// /-}.json" \
+      LD_LIBRARY_PATH=$dir/collectives:$LD_LIBRARY_PATH timeout 120 "$dir/perf/moefabric-moe-gpu-perf" --ranks "$n" \
+        --tokens 1,128,512 --iters 200 --warmup 20 --no-nccl $args --json "$out/$side-$r-${name// /-}.json" \
         > "$out/$side-$r-${name// /-}.log" 2>&1 || echo "$side $name round $r failed (see $out)"
     done
   done
