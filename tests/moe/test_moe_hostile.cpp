@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "collectives/agree.h"
 #include "collectives/comm.h"
 #include "collectives/engine.h"
 #include "collectives/rails.h"
@@ -166,8 +167,11 @@ int fake_peer(OobChannel& oob, const Shape& s, const ncclMoeConfig_t& cfg, int r
   H_CHECK(ep->reg(send.data(), send.size(), moefabric::fabric::MrAccess::kLocal, &send_mr, &err) == Status::kOk, "reg: %s", err.c_str());
   moe::RailsAddr mine{};
   moe::rails_addr(*ep, recv_mr, recv.data(), &mine);
-  std::vector<moe::RailsAddr> all(s.nranks);
-  H_CHECK(oob.allgather(&mine, all.data(), sizeof mine), "allgather");
+  std::vector<moe::RailsAddr> all;
+  H_CHECK(moe::agree(oob_allgather, &oob, s.nranks,
+                     {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError},
+                     Status::kOk, "", mine, &all, &err) == Status::kOk,
+          "address exchange: %s", err.c_str());
   moefabric::fabric::RmaRails::Peer peer;
   H_CHECK(moe::rails_add_peer(*ep, all[0], 0, &peer, &err) == Status::kOk, "peer: %s", err.c_str());
   std::mt19937_64 rng(1234 + round);
