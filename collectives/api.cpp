@@ -123,8 +123,8 @@ NCCL_MOE_API ncclResult_t ncclMoeCommInitAllGather(ncclMoeComm_t* moe, int nrank
     Status s = moefabric::moe::engine_create(nranks, rank, fn, ctx, cfg, &c, &err);
     if (s != Status::kOk) {
       g_init_error = err;
-      moefabric::log::write(moefabric::log::kWarn, moefabric::log::kInit, __FILE__, __LINE__,
-                            "rank %d: %s", rank, err.c_str());
+      moefabric::log::write(moefabric::log::kWarn, moefabric::log::kInit, __FILE__, __LINE__, "rank %d: %s",
+                            rank, err.c_str());
       return to_nccl(s);
     }
     *moe = registry_add(std::move(c));
@@ -139,8 +139,7 @@ NCCL_MOE_API ncclResult_t ncclMoeCommInitAllGather(ncclMoeComm_t* moe, int nrank
   }
 }
 
-NCCL_MOE_API ncclResult_t ncclMoeCommInit(ncclMoeComm_t* moe, ncclComm_t comm,
-                                          const ncclMoeConfig_t* cfg) {
+NCCL_MOE_API ncclResult_t ncclMoeCommInit(ncclMoeComm_t* moe, ncclComm_t comm, const ncclMoeConfig_t* cfg) {
   if (moe == nullptr || comm == nullptr) {
     g_init_error = "ncclMoeCommInit: moe or comm is NULL";
     return ncclInvalidArgument;
@@ -204,15 +203,14 @@ NCCL_MOE_API ncclResult_t ncclMoeGetLocalExperts(ncclMoeComm_t moe, int* first, 
   });
 }
 
-NCCL_MOE_API ncclResult_t ncclMoeDispatchSend(const void* x, const float* xScales,
-                                              const int32_t* topkIdx, const float* topkWeights,
-                                              const int32_t* numTokens, void* recvX,
-                                              float* recvScales, int32_t* recvExpertCounts,
-                                              ncclMoeComm_t moe, cudaStream_t stream) {
+NCCL_MOE_API ncclResult_t ncclMoeDispatchSend(const void* x, const float* xScales, const int32_t* topkIdx,
+                                              const float* topkWeights, const int32_t* numTokens, void* recvX,
+                                              float* recvScales, int32_t* recvExpertCounts, ncclMoeComm_t moe,
+                                              cudaStream_t stream) {
   if (ncclResult_t r = check_host_stream(moe, stream, "dispatch"); r != ncclSuccess) return r;
   return guarded(moe, [&](Engine& c) {
-    return c.dispatch_send(x, xScales, topkIdx, topkWeights, numTokens, recvX, recvScales,
-                           recvExpertCounts, stream);
+    return c.dispatch_send(x, xScales, topkIdx, topkWeights, numTokens, recvX, recvScales, recvExpertCounts,
+                           stream);
   });
 }
 
@@ -221,18 +219,16 @@ NCCL_MOE_API ncclResult_t ncclMoeDispatchRecv(ncclMoeComm_t moe, cudaStream_t st
   return guarded(moe, [&](Engine& c) { return c.dispatch_recv(stream); });
 }
 
-NCCL_MOE_API ncclResult_t ncclMoeDispatch(const void* x, const float* xScales,
-                                          const int32_t* topkIdx, const float* topkWeights,
-                                          const int32_t* numTokens, void* recvX, float* recvScales,
-                                          int32_t* recvExpertCounts, ncclMoeComm_t moe,
+NCCL_MOE_API ncclResult_t ncclMoeDispatch(const void* x, const float* xScales, const int32_t* topkIdx,
+                                          const float* topkWeights, const int32_t* numTokens, void* recvX,
+                                          float* recvScales, int32_t* recvExpertCounts, ncclMoeComm_t moe,
                                           cudaStream_t stream) {
-  ncclResult_t r = ncclMoeDispatchSend(x, xScales, topkIdx, topkWeights, numTokens, recvX,
-                                       recvScales, recvExpertCounts, moe, stream);
+  ncclResult_t r = ncclMoeDispatchSend(x, xScales, topkIdx, topkWeights, numTokens, recvX, recvScales,
+                                       recvExpertCounts, moe, stream);
   return r != ncclSuccess ? r : ncclMoeDispatchRecv(moe, stream);
 }
 
-NCCL_MOE_API ncclResult_t ncclMoeCombineSend(const void* expertY, ncclMoeComm_t moe,
-                                             cudaStream_t stream) {
+NCCL_MOE_API ncclResult_t ncclMoeCombineSend(const void* expertY, ncclMoeComm_t moe, cudaStream_t stream) {
   if (ncclResult_t r = check_host_stream(moe, stream, "combine"); r != ncclSuccess) return r;
   return guarded(moe, [&](Engine& c) { return c.combine_send(expertY, stream); });
 }
@@ -247,9 +243,7 @@ NCCL_MOE_API ncclResult_t ncclMoeCombine(const void* expertY, void* y, ncclMoeCo
   // y is checked before anything is sent (always on the CUDA backend, where T is on the device).
   std::shared_ptr<Engine> live = registry_find(moe);
   if (live && y == nullptr && live->pending_tokens() != 0) {
-    return guarded(moe, [&](Engine& c) {
-      return c.fail(Status::kInvalidArgument, "combine: y is NULL");
-    });
+    return guarded(moe, [&](Engine& c) { return c.fail(Status::kInvalidArgument, "combine: y is NULL"); });
   }
   ncclResult_t r = ncclMoeCombineSend(expertY, moe, stream);
   return r != ncclSuccess ? r : ncclMoeCombineRecv(y, moe, stream);

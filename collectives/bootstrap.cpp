@@ -39,8 +39,9 @@ Status nccl_bootstrap_open(ncclComm_t comm, NcclBootstrap* b, std::string* error
             resolve(&api->comm_user_rank, "ncclCommUserRank", nccl) &&
             resolve(&api->all_gather, "ncclAllGather", nccl);
   if (!ok) {
-    *error = "NCCL is not loaded in this process and libnccl.so.2 could not be opened, so there "
-             "is no NCCL communicator to bootstrap over (use ncclMoeCommInitAllGather)";
+    *error =
+        "NCCL is not loaded in this process and libnccl.so.2 could not be opened, so there "
+        "is no NCCL communicator to bootstrap over (use ncclMoeCommInitAllGather)";
     return Status::kInvalidUsage;
   }
   ok = resolve(&api->malloc, "cudaMalloc", cudart) && resolve(&api->free, "cudaFree", cudart) &&
@@ -70,8 +71,8 @@ ncclResult_t nccl_bootstrap_allgather(const void* send, void* recv, size_t bytes
   if (api->malloc(&dsend, bytes) == 0 && api->malloc(&drecv, bytes * b->nranks) == 0 &&
       api->memcpy(dsend, send, bytes, kH2D) == 0) {
     r = api->all_gather(dsend, drecv, bytes, ncclUint8, b->comm, nullptr);
-    if (r == ncclSuccess && (api->stream_sync(nullptr) != 0 ||
-                             api->memcpy(recv, drecv, bytes * b->nranks, kD2H) != 0))
+    if (r == ncclSuccess &&
+        (api->stream_sync(nullptr) != 0 || api->memcpy(recv, drecv, bytes * b->nranks, kD2H) != 0))
       r = ncclUnhandledCudaError;
   }
   if (dsend) api->free(dsend);

@@ -28,7 +28,6 @@ struct CfgBlob {
   ResolvedConfig rc;
 };
 
-
 bool is_set(int v) { return v != NCCL_MOE_UNDEF_INT; }
 
 // Fills defaults and validates one rank's config (everything that can be checked locally).
@@ -60,8 +59,8 @@ Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, Resol
   rc->backend = is_set(c->backend) ? c->backend : ncclMoeBackendAuto;
   rc->timeout_ms = is_set(c->timeoutMs) ? c->timeoutMs : static_cast<int32_t>(params.timeout_ms);
   if (rc->experts < nranks || rc->experts > (1 << 20))
-    return bad("numExperts " + std::to_string(rc->experts) + " must be in [nranks=" +
-               std::to_string(nranks) + ", 1048576]");
+    return bad("numExperts " + std::to_string(rc->experts) + " must be in [nranks=" + std::to_string(nranks) +
+               ", 1048576]");
   if (rc->topk < 1 || rc->topk > kMaxTopk)
     return bad("numTopk " + std::to_string(rc->topk) + " must be in [1, 16]");
   if (rc->hidden < 16 || rc->hidden % 16 != 0 || rc->hidden > 65536)
@@ -73,8 +72,7 @@ Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, Resol
                " unsupported (ncclBfloat16 or ncclFloat8e4m3)");
   if (rc->combine_type != ncclBfloat16)
     return bad("combineType " + std::to_string(rc->combine_type) + " unsupported (ncclBfloat16)");
-  if (rc->dispatch_type == ncclFloat8e4m3 &&
-      (rc->scale_block < 1 || rc->hidden % rc->scale_block != 0))
+  if (rc->dispatch_type == ncclFloat8e4m3 && (rc->scale_block < 1 || rc->hidden % rc->scale_block != 0))
     return bad("hidden " + std::to_string(rc->hidden) + " is not a multiple of scaleBlock " +
                std::to_string(rc->scale_block));
   if (rc->alignment < 1 || rc->alignment > 4096)
@@ -121,12 +119,11 @@ Block block_alloc(size_t bytes) {
 
 }  // namespace
 
-Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                    const ncclMoeConfig_t* cfg, const Params& params, ResolvedConfig* out,
-                    std::string* error) {
+Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ncclMoeConfig_t* cfg,
+                    const Params& params, ResolvedConfig* out, std::string* error) {
   if (nranks < 1 || nranks > kMaxRanks || rank < 0 || rank >= nranks || fn == nullptr) {
-    *error = "invalid arguments: nranks " + std::to_string(nranks) + ", rank " +
-             std::to_string(rank) + (fn == nullptr ? ", allgather function NULL" : "") +
+    *error = "invalid arguments: nranks " + std::to_string(nranks) + ", rank " + std::to_string(rank) +
+             (fn == nullptr ? ", allgather function NULL" : "") +
              " (need 1 <= nranks <= 4096, 0 <= rank < nranks)";
     return Status::kInvalidArgument;
   }
@@ -136,8 +133,9 @@ Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   Status local = resolve(cfg, nranks, params, &rc, &why);
   const CfgBlob mine{kBlobMagic, nranks, rc};
   std::vector<CfgBlob> all;
-  MF_CHECK(agree(fn, ctx, nranks, {"init", "agreeing on the config", "rejected its config", Status::kInvalidUsage},
-                 local, why, mine, &all, error));
+  MF_CHECK(agree(fn, ctx, nranks,
+                 {"init", "agreeing on the config", "rejected its config", Status::kInvalidUsage}, local, why,
+                 mine, &all, error));
   for (int r = 0; r < nranks; ++r) {
     const CfgBlob& b = all[r];
     if (b.magic != kBlobMagic || b.nranks != nranks) {
@@ -146,9 +144,8 @@ Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
       return Status::kInvalidUsage;
     }
     if (const char* f = config_diff(rc, b.rc)) {
-      *error = std::string("init: config mismatch: ") + f + " differs between rank " +
-               std::to_string(rank) + " and rank " + std::to_string(r) +
-               " (configs must match on all ranks)";
+      *error = std::string("init: config mismatch: ") + f + " differs between rank " + std::to_string(rank) +
+               " and rank " + std::to_string(r) + " (configs must match on all ranks)";
       return Status::kInvalidUsage;
     }
   }
@@ -156,9 +153,8 @@ Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   return Status::kOk;
 }
 
-Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                    const ResolvedConfig& rc, const Params& params, std::unique_ptr<Comm>* out,
-                    std::string* error) {
+Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+                    const Params& params, std::unique_ptr<Comm>* out, std::string* error) {
   std::unique_ptr<Comm> c(new Comm());
   c->params_ = params;
   MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error));
@@ -166,8 +162,8 @@ Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   return Status::kOk;
 }
 
-Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                   const ResolvedConfig& rc, std::string* error) {
+Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+                   std::string* error) {
   cfg_ = rc;
   R_ = nranks;
   me_ = rank;
@@ -176,8 +172,8 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   bool fp8 = rc.dispatch_type == ncclFloat8e4m3;
   std::string err;
   Status s = Status::kOk;
-  if (!layout_init(&l_, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2,
-                   fp8, rc.scale_block, rc.alignment, rc.max_private, &why)) {
+  if (!layout_init(&l_, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2, fp8,
+                   rc.scale_block, rc.alignment, rc.max_private, &why)) {
     err = why;
     s = Status::kInvalidArgument;
   }
@@ -195,15 +191,18 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   proxy_cpus_ = rails.proxy_cpus;
   proxy_cpus_why_ = rails.cpus_why;
   rails_why_ = rails.why;
-  if (s == Status::kOk) s = ep_->reg(recv_block_.get(), l_.recv_block_bytes, fabric::MrAccess::kRemoteWrite, &recv_mr_, &err);
-  if (s == Status::kOk) s = ep_->reg(send_block_.get(), l_.send_block_bytes, fabric::MrAccess::kLocal, &send_mr_, &err);
+  if (s == Status::kOk)
+    s = ep_->reg(recv_block_.get(), l_.recv_block_bytes, fabric::MrAccess::kRemoteWrite, &recv_mr_, &err);
+  if (s == Status::kOk)
+    s = ep_->reg(send_block_.get(), l_.send_block_bytes, fabric::MrAccess::kLocal, &send_mr_, &err);
   if (s == Status::kOk) {
     registrations_ = ep_->registrations();
     rails_addr(*ep_, recv_mr_, recv_block_.get(), &mine);
   }
   std::vector<RailsAddr> all;
-  MF_CHECK(agree(fn, ctx, nranks, {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError},
-                 s, err, mine, &all, error));
+  MF_CHECK(agree(fn, ctx, nranks,
+                 {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError}, s,
+                 err, mine, &all, error));
   peers_.resize(nranks);
   for (int r = 0; r < nranks; ++r) {
     peers_[r].recv_base = all[r].recv_base;
@@ -296,13 +295,11 @@ void Comm::sleep_for_event(uint32_t seen) {
   timespec ts{0, 1000000};  // 1 ms: deadlines stay checked even without events
   waiters_.fetch_add(1, std::memory_order_seq_cst);
   if (wake_seq_.load(std::memory_order_seq_cst) == seen)
-    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&wake_seq_), FUTEX_WAIT_PRIVATE, seen, &ts,
-            nullptr, 0);
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&wake_seq_), FUTEX_WAIT_PRIVATE, seen, &ts, nullptr, 0);
   waiters_.fetch_sub(1, std::memory_order_seq_cst);
 }
 
-Status Comm::wait_arrivals(WriteKind kind, uint64_t seq, const char* phase,
-                           const std::vector<bool>* only) {
+Status Comm::wait_arrivals(WriteKind kind, uint64_t seq, const char* phase, const std::vector<bool>* only) {
   const auto& arr = arrivals_.seq[static_cast<int>(kind)];
   const auto start = Clock::now();
   auto deadline = start + std::chrono::milliseconds(cfg_.timeout_ms);
@@ -323,8 +320,8 @@ Status Comm::wait_arrivals(WriteKind kind, uint64_t seq, const char* phase,
         }
       if (n > 8) missing += " and " + std::to_string(n - 8) + " more";
       return fail(Status::kRemoteError,
-                  "%s: timed out after %d ms waiting for %s from rank%s %s (peer stalled or lost)",
-                  phase, cfg_.timeout_ms, kind_name(kind), n > 1 ? "s" : "", missing.c_str());
+                  "%s: timed out after %d ms waiting for %s from rank%s %s (peer stalled or lost)", phase,
+                  cfg_.timeout_ms, kind_name(kind), n > 1 ? "s" : "", missing.c_str());
     }
     if (Clock::now() - start > kCallerSpin) sleep_for_event(seen);
   }

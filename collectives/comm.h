@@ -42,9 +42,8 @@ struct Arrivals {
 
 // Resolves and validates the caller's config, then checks through one allgather that every
 // rank resolved the same one (all ranks fail together, naming the first mismatch).
-Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                    const ncclMoeConfig_t* cfg, const Params& params, ResolvedConfig* out,
-                    std::string* error);
+Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ncclMoeConfig_t* cfg,
+                    const Params& params, ResolvedConfig* out, std::string* error);
 
 // Tests only (tests/moe/test_moe_hostile.cpp): dispatch recv calls it after the arrivals are in
 // and before the unpack, standing in for a peer that rewrites its region after the proxy checked
@@ -55,9 +54,8 @@ extern void (*g_test_before_unpack)(int rank, uint8_t* recv_block, const Layout&
 class Comm : public fabric::RmaHandler {
  public:
   // Collective: buffers, endpoint, address exchange, proxy. `rc` comes from config_agree.
-  static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                       const ResolvedConfig& rc, const Params& params, std::unique_ptr<Comm>* out,
-                       std::string* error);
+  static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+                       const Params& params, std::unique_ptr<Comm>* out, std::string* error);
   ~Comm() override;
 
   // The data movement of the C API's calls, after the Engine (engine.h) checked the arguments
@@ -124,7 +122,7 @@ class Comm : public fabric::RmaHandler {
   std::vector<int> owner_;  // expert -> rank
 
   std::unique_ptr<fabric::RmaRails> ep_;  // the rails of this rank's NIC group
-  std::vector<int> proxy_cpus_;     // affinity of the proxy thread (empty: not pinned)
+  std::vector<int> proxy_cpus_;           // affinity of the proxy thread (empty: not pinned)
   std::string proxy_cpus_why_;
   std::string rails_why_;
   Block recv_block_, send_block_;
@@ -137,9 +135,9 @@ class Comm : public fabric::RmaHandler {
   std::atomic<bool> stop_{false};
   std::mutex cmd_mu_;
   std::deque<Command> cmds_;
-  uint64_t cmds_rung_ = 0;                 // caller: commands handed over
-  std::atomic<uint64_t> cmds_done_{0};     // proxy: commands executed (all their writes posted)
-  uint64_t last_ticket_[kNumKinds] = {};   // caller: ticket of the last command per kind
+  uint64_t cmds_rung_ = 0;                // caller: commands handed over
+  std::atomic<uint64_t> cmds_done_{0};    // proxy: commands executed (all their writes posted)
+  uint64_t last_ticket_[kNumKinds] = {};  // caller: ticket of the last command per kind
   std::atomic<uint64_t> cur_seq_{0};
   Arrivals arrivals_;
   std::vector<std::atomic<uint32_t>> overflow_off_;  // granted overflow offset per source
@@ -172,19 +170,19 @@ class Comm : public fabric::RmaHandler {
   uint64_t ops_ = 0;
   int T_ = 0;
   const float* weights_ = nullptr;
-  std::vector<int32_t> idx_copy_;          // [T, K] of the op in flight
-  std::vector<uint32_t> sent_tokens_;      // per destination
-  std::vector<uint32_t> sent_pairs_;       // per destination
-  std::vector<uint32_t> combine_base_;     // per destination: where its returns land here
+  std::vector<int32_t> idx_copy_;       // [T, K] of the op in flight
+  std::vector<uint32_t> sent_tokens_;   // per destination
+  std::vector<uint32_t> sent_pairs_;    // per destination
+  std::vector<uint32_t> combine_base_;  // per destination: where its returns land here
   void* recv_x_ = nullptr;
   float* recv_scales_ = nullptr;
   int32_t* recv_counts_ = nullptr;
   // dispatch results needed by combine
-  std::vector<uint32_t> src_pairs_;        // per source: rows it gets back
-  std::vector<uint32_t> src_combine_base_; // per source: its combine_base for us
-  std::vector<uint32_t> row_of_pair_;      // rows in return order, concatenated by source
-  std::vector<int32_t> meta_copy_;         // dispatch unpack: every record's (token, idx[K]), copied once
-  std::vector<uint32_t> src_pair_start_;   // prefix over sources into row_of_pair_
+  std::vector<uint32_t> src_pairs_;         // per source: rows it gets back
+  std::vector<uint32_t> src_combine_base_;  // per source: its combine_base for us
+  std::vector<uint32_t> row_of_pair_;       // rows in return order, concatenated by source
+  std::vector<int32_t> meta_copy_;          // dispatch unpack: every record's (token, idx[K]), copied once
+  std::vector<uint32_t> src_pair_start_;    // prefix over sources into row_of_pair_
   uint64_t dispatch_bytes_ = 0, combine_bytes_ = 0;
   uint32_t last_dispatch_writes_ = 0, last_combine_writes_ = 0;
 

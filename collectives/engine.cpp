@@ -49,10 +49,14 @@ bool aligned(const void* p, size_t a) { return (reinterpret_cast<uintptr_t>(p) %
 
 const char* op_phase_text(OpPhase p) {
   switch (p) {
-    case OpPhase::kIdle: return "no op in flight";
-    case OpPhase::kDispatchSent: return "a dispatch send in flight";
-    case OpPhase::kDispatched: return "a dispatch waiting for its combine";
-    case OpPhase::kCombineSent: return "a combine send in flight";
+    case OpPhase::kIdle:
+      return "no op in flight";
+    case OpPhase::kDispatchSent:
+      return "a dispatch send in flight";
+    case OpPhase::kDispatched:
+      return "a dispatch waiting for its combine";
+    case OpPhase::kCombineSent:
+      return "a combine send in flight";
   }
   return "?";
 }
@@ -113,7 +117,8 @@ Status Engine::dispatch_send(const void* x, const float* scales, const int32_t* 
 Status Engine::dispatch_recv(cudaStream_t stream) {
   MF_CHECK(check_usable(false));
   if (phase_ != OpPhase::kDispatchSent)
-    return fail(Status::kInvalidUsage, "dispatch recv: no dispatch send in flight (%s)", op_phase_text(phase_));
+    return fail(Status::kInvalidUsage, "dispatch recv: no dispatch send in flight (%s)",
+                op_phase_text(phase_));
   MF_CHECK(move_dispatch_recv(stream));
   phase_ = OpPhase::kDispatched;
   return Status::kOk;
@@ -122,8 +127,10 @@ Status Engine::dispatch_recv(cudaStream_t stream) {
 Status Engine::combine_send(const void* expert_y, cudaStream_t stream) {
   MF_CHECK(check_usable(false));
   if (phase_ != OpPhase::kDispatched)
-    return fail(Status::kInvalidUsage, "combine: no completed dispatch to combine (%s)", op_phase_text(phase_));
-  if (expert_y == nullptr && pending_rows() > 0) return fail(Status::kInvalidArgument, "combine: expertY is NULL");
+    return fail(Status::kInvalidUsage, "combine: no completed dispatch to combine (%s)",
+                op_phase_text(phase_));
+  if (expert_y == nullptr && pending_rows() > 0)
+    return fail(Status::kInvalidArgument, "combine: expertY is NULL");
   if (expert_y != nullptr && !aligned(expert_y, 16))
     return fail(Status::kInvalidArgument, "combine: expertY is not 16-byte aligned");
   MF_CHECK(move_combine_send(expert_y, stream));
@@ -154,9 +161,8 @@ Status Engine::fail(Status s, const char* fmt, ...) {
   return record_error(s, buf);
 }
 
-Status engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                     const ncclMoeConfig_t* cfg, std::unique_ptr<Engine>* out,
-                     std::string* error) {
+Status engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ncclMoeConfig_t* cfg,
+                     std::unique_ptr<Engine>* out, std::string* error) {
   const Params params = Params::load();
   ResolvedConfig rc{};
   MF_CHECK(config_agree(nranks, rank, fn, ctx, cfg, params, &rc, error));

@@ -18,8 +18,8 @@ namespace moefabric::moe {
 
 // Resolved, validated configuration (what ranks compare at init). `backend` is never Auto.
 struct ResolvedConfig {
-  int32_t experts, topk, hidden, max_tokens, dispatch_type, combine_type, scale_block, alignment,
-      max_private, backend, timeout_ms;
+  int32_t experts, topk, hidden, max_tokens, dispatch_type, combine_type, scale_block, alignment, max_private,
+      backend, timeout_ms;
 };
 
 // Where a comm is in its dispatch -> combine cycle (one op in flight per comm).
@@ -54,7 +54,7 @@ class Engine {
   Status dispatch_recv(cudaStream_t stream);
   Status combine_send(const void* expert_y, cudaStream_t stream);
   Status combine_recv(void* y, cudaStream_t stream);
-  Status destroy();      // collective (when idle and healthy), then local teardown
+  Status destroy();          // collective (when idle and healthy), then local teardown
   virtual void abort() = 0;  // local teardown
   OpPhase phase() const { return phase_; }
 
@@ -91,17 +91,15 @@ class Engine {
 
 // Collective over `fn`: resolves the config (Auto -> CUDA where a GPU is current), checks it
 // matches on all ranks, and creates the backend's comm.
-Status engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                     const ncclMoeConfig_t* cfg, std::unique_ptr<Engine>* out,
-                     std::string* error);
+Status engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ncclMoeConfig_t* cfg,
+                     std::unique_ptr<Engine>* out, std::string* error);
 
 // True when the CUDA backend can run here: built with CUDA and the calling thread's current
 // device is a GPU. Otherwise false with *why ("this build has no CUDA backend", "no GPU: ...").
 bool cuda_backend_probe(std::string* why);
 
 // The CUDA backend's comm (cuda_backend.cpp; a stub that fails in builds without CUDA).
-Status cuda_engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                          const ResolvedConfig& rc, const Params& params,
-                          std::unique_ptr<Engine>* out, std::string* error);
+Status cuda_engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+                          const Params& params, std::unique_ptr<Engine>* out, std::string* error);
 
 }  // namespace moefabric::moe

@@ -4,9 +4,9 @@
 
 namespace moefabric::moe {
 
-bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden,
-                 int max_tokens, int elt_bytes, bool scales, int scale_block, int alignment,
-                 int max_private, const char** why) {
+bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden, int max_tokens,
+                 int elt_bytes, bool scales, int scale_block, int alignment, int max_private,
+                 const char** why) {
   *l = Layout{};
   l->nranks = nranks;
   l->rank = rank;
@@ -27,8 +27,7 @@ bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hid
   l->record_bytes = l->meta_bytes + round_up(l->x_bytes, 16) + round_up(l->scale_bytes, 16);
   l->header_bytes = round_up(sizeof(DispatchHeader) + 4 * static_cast<size_t>(l->max_local), 64);
   l->private_bytes = round_up(l->header_bytes + l->record_bytes * l->max_private, 64);
-  l->overflow_records =
-      static_cast<size_t>(nranks - 1) * static_cast<size_t>(max_tokens - l->max_private);
+  l->overflow_records = static_cast<size_t>(nranks - 1) * static_cast<size_t>(max_tokens - l->max_private);
   l->y_row_bytes = static_cast<size_t>(hidden) * 2;
   // A token may name one expert in several slots, so each token can add up to K rows here.
   l->capacity_rows = static_cast<size_t>(nranks) * max_tokens * topk +
@@ -57,8 +56,7 @@ bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hid
   l->send_block_bytes = round_up(off, 4096);
 
   // The wire carries record offsets and row counts in 32 bits; one write must fit the provider.
-  if (l->overflow_records > UINT32_MAX || l->combine_rows > UINT32_MAX ||
-      l->capacity_rows > UINT32_MAX) {
+  if (l->overflow_records > UINT32_MAX || l->combine_rows > UINT32_MAX || l->capacity_rows > UINT32_MAX) {
     *why = "buffer sizes exceed the 32-bit wire fields (reduce maxTokensPerRank or numTopk)";
     return false;
   }

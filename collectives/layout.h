@@ -18,18 +18,18 @@ MF_HD constexpr size_t round_up(size_t v, size_t a) { return a == 0 ? v : (v + a
 
 inline constexpr uint32_t kHeaderMagic = 0x4d664448u;  // "MfDH"
 inline constexpr int kMaxTopk = 16;
-inline constexpr int kMaxRanks = 4096;                  // 12 bits of the immediate
+inline constexpr int kMaxRanks = 4096;  // 12 bits of the immediate
 
 // What travels in front of each peer's private region (one per source at the receiver).
 struct DispatchHeader {
   uint32_t magic;
-  uint32_t seq;          // full op sequence number
+  uint32_t seq;  // full op sequence number
   uint32_t src_rank;
-  uint32_t ntokens;      // tokens packed for this destination
-  uint32_t nprivate;     // min(ntokens, maxPrivateTokens): records in this write
-  uint32_t npairs;       // (token, k) pairs the destination holds = combine rows it returns
-  uint32_t combine_base; // row offset of those returns in the source's combine region
-  uint32_t nlocal;       // destination's local expert count (cross-check)
+  uint32_t ntokens;       // tokens packed for this destination
+  uint32_t nprivate;      // min(ntokens, maxPrivateTokens): records in this write
+  uint32_t npairs;        // (token, k) pairs the destination holds = combine rows it returns
+  uint32_t combine_base;  // row offset of those returns in the source's combine region
+  uint32_t nlocal;        // destination's local expert count (cross-check)
   // followed by uint32_t counts[nlocal]: pairs per local expert of the destination
 };
 
@@ -37,30 +37,28 @@ struct DispatchHeader {
 struct Layout {
   int nranks = 0, rank = 0;
   int experts = 0, topk = 0, hidden = 0, max_tokens = 0;
-  int elt_bytes = 2;           // dispatch element size (bf16 2, fp8 1)
+  int elt_bytes = 2;  // dispatch element size (bf16 2, fp8 1)
   int scale_block = 128;
-  bool scales = false;         // fp8: fp32 scales travel with the token
+  bool scales = false;  // fp8: fp32 scales travel with the token
   int alignment = 1;
-  int max_private = 0;         // P, clamped to max_tokens
-  int max_local = 0;           // ceil(E / R)
+  int max_private = 0;  // P, clamped to max_tokens
+  int max_local = 0;    // ceil(E / R)
 
   size_t meta_bytes = 0, x_bytes = 0, scale_bytes = 0, record_bytes = 0;
-  size_t header_bytes = 0;     // DispatchHeader + counts, padded to 64
-  size_t private_bytes = 0;    // header + P records: one per source
-  size_t overflow_records = 0; // shared overflow capacity (records)
-  size_t y_row_bytes = 0;      // combine row (bf16 H)
-  size_t capacity_rows = 0;    // recvX / expertY rows (worst case)
-  size_t combine_rows = 0;     // combine region rows at the home rank: max_tokens * K
-  size_t ctrl_slot_bytes = 32; // per peer: grant (16) + scratch for empty writes / barrier (16)
+  size_t header_bytes = 0;      // DispatchHeader + counts, padded to 64
+  size_t private_bytes = 0;     // header + P records: one per source
+  size_t overflow_records = 0;  // shared overflow capacity (records)
+  size_t y_row_bytes = 0;       // combine row (bf16 H)
+  size_t capacity_rows = 0;     // recvX / expertY rows (worst case)
+  size_t combine_rows = 0;      // combine region rows at the home rank: max_tokens * K
+  size_t ctrl_slot_bytes = 32;  // per peer: grant (16) + scratch for empty writes / barrier (16)
 
   // regions a peer writes into (offsets inside the one registered receive block)
   size_t off_private = 0, off_overflow = 0, off_combine = 0, off_ctrl = 0, recv_block_bytes = 0;
   // send side (registered too): per destination header + max_tokens records; combine staging
   size_t send_stride = 0, off_send = 0, off_csend = 0, off_grant_out = 0, send_block_bytes = 0;
 
-  MF_HD int first_expert(int r) const {
-    return static_cast<int>(static_cast<int64_t>(r) * experts / nranks);
-  }
+  MF_HD int first_expert(int r) const { return static_cast<int>(static_cast<int64_t>(r) * experts / nranks); }
   MF_HD int local_count(int r) const { return first_expert(r + 1) - first_expert(r); }
   MF_HD int owner(int e) const {
     // largest r with first_expert(r) <= e
@@ -76,8 +74,8 @@ struct Layout {
 
 // Fills every derived field from the resolved configuration. Returns false (with *why) when the
 // sizes overflow what one registration or the 32-bit wire fields can carry.
-bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden,
-                 int max_tokens, int elt_bytes, bool scales, int scale_block, int alignment,
-                 int max_private, const char** why);
+bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden, int max_tokens,
+                 int elt_bytes, bool scales, int scale_block, int alignment, int max_private,
+                 const char** why);
 
 }  // namespace moefabric::moe

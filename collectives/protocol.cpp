@@ -4,11 +4,16 @@ namespace moefabric::moe {
 
 const char* kind_name(WriteKind k) {
   switch (k) {
-    case WriteKind::kDispatchPrivate: return "dispatch (counts + private tokens)";
-    case WriteKind::kDispatchRest: return "dispatch (granted tokens)";
-    case WriteKind::kGrant: return "dispatch grant";
-    case WriteKind::kCombine: return "combine";
-    case WriteKind::kBarrier: return "destroy barrier";
+    case WriteKind::kDispatchPrivate:
+      return "dispatch (counts + private tokens)";
+    case WriteKind::kDispatchRest:
+      return "dispatch (granted tokens)";
+    case WriteKind::kGrant:
+      return "dispatch grant";
+    case WriteKind::kCombine:
+      return "combine";
+    case WriteKind::kBarrier:
+      return "destroy barrier";
   }
   return "unknown";
 }
@@ -26,19 +31,20 @@ bool imm_decode(uint32_t imm, uint64_t cur, int nranks, int self, ImmFields* out
     return false;
   }
   if (src >= nranks || src == self) {
-    *why = "immediate names source rank " + std::to_string(src) + " (comm has " +
-           std::to_string(nranks) + " ranks, self " + std::to_string(self) + ")";
+    *why = "immediate names source rank " + std::to_string(src) + " (comm has " + std::to_string(nranks) +
+           " ranks, self " + std::to_string(self) + ")";
     return false;
   }
   // Closest value to cur with the same low bits.
   const uint64_t mod = uint64_t{1} << kSeqBits;
   uint64_t base = cur & ~static_cast<uint64_t>(kSeqMask);
   uint64_t best = base | s;
-  if (best > cur + mod / 2) best -= mod;
-  else if (best + mod / 2 < cur) best += mod;
+  if (best > cur + mod / 2)
+    best -= mod;
+  else if (best + mod / 2 < cur)
+    best += mod;
   if (best + 1 < cur || best > cur + 1 || best == 0) {
-    *why = "sequence " + std::to_string(best) + " is not within one op of ours (" +
-           std::to_string(cur) + ")";
+    *why = "sequence " + std::to_string(best) + " is not within one op of ours (" + std::to_string(cur) + ")";
     return false;
   }
   out->kind = static_cast<WriteKind>(kind);
@@ -47,20 +53,22 @@ bool imm_decode(uint32_t imm, uint64_t cur, int nranks, int self, ImmFields* out
   return true;
 }
 
-bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* counts, int src,
-                  uint64_t seq, std::string* why) {
+bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* counts, int src, uint64_t seq,
+                  std::string* why) {
   auto bad = [&](const std::string& w) {
     *why = "malformed dispatch header: " + w;
     return false;
   };
   if (h.magic != kHeaderMagic) return bad("bad magic");
-  if (h.seq != static_cast<uint32_t>(seq)) return bad("sequence " + std::to_string(h.seq) +
-                                                      ", expected " + std::to_string(seq));
-  if (h.src_rank != static_cast<uint32_t>(src)) return bad("claims source rank " + std::to_string(h.src_rank));
+  if (h.seq != static_cast<uint32_t>(seq))
+    return bad("sequence " + std::to_string(h.seq) + ", expected " + std::to_string(seq));
+  if (h.src_rank != static_cast<uint32_t>(src))
+    return bad("claims source rank " + std::to_string(h.src_rank));
   if (h.ntokens > static_cast<uint32_t>(l.max_tokens))
     return bad(std::to_string(h.ntokens) + " tokens > maxTokensPerRank " + std::to_string(l.max_tokens));
   uint32_t np = h.ntokens < static_cast<uint32_t>(l.max_private) ? h.ntokens : l.max_private;
-  if (h.nprivate != np) return bad("nprivate " + std::to_string(h.nprivate) + ", expected " + std::to_string(np));
+  if (h.nprivate != np)
+    return bad("nprivate " + std::to_string(h.nprivate) + ", expected " + std::to_string(np));
   if (h.nlocal != static_cast<uint32_t>(l.local_count(l.rank)))
     return bad("expert count " + std::to_string(h.nlocal) + " disagrees with ours");
   if (static_cast<uint64_t>(h.npairs) > static_cast<uint64_t>(h.ntokens) * l.topk)
@@ -70,7 +78,9 @@ bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* coun
   if (h.ntokens > 0 && h.npairs == 0) return bad("tokens without experts");
   uint64_t sum = 0;
   for (uint32_t j = 0; j < h.nlocal; ++j) sum += counts[j];
-  if (sum != h.npairs) return bad("per-expert counts sum to " + std::to_string(sum) + ", header says " + std::to_string(h.npairs));
+  if (sum != h.npairs)
+    return bad("per-expert counts sum to " + std::to_string(sum) + ", header says " +
+               std::to_string(h.npairs));
   return true;
 }
 

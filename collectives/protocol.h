@@ -53,7 +53,7 @@ struct Grant {
 
 // Checks a dispatch header from `src` for op `seq`. On success the header is safe to use: every
 // size and offset it implies lies inside our regions.
-bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* counts, int src,
-                  uint64_t seq, std::string* why);
+bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* counts, int src, uint64_t seq,
+                  std::string* why);
 
 }  // namespace moefabric::moe

@@ -45,8 +45,8 @@ void Comm::wake_waiters() {
   if (!events_.exchange(false, std::memory_order_acq_rel)) return;
   wake_seq_.fetch_add(1, std::memory_order_release);
   if (waiters_.load(std::memory_order_seq_cst) > 0)
-    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&wake_seq_), FUTEX_WAKE_PRIVATE, INT32_MAX,
-            nullptr, nullptr, 0);
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&wake_seq_), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr,
+            nullptr, 0);
 }
 
 void Comm::proxy_fail(Status s, const std::string& text) {
@@ -59,17 +59,16 @@ void Comm::proxy_fail(Status s, const std::string& text) {
   events_.store(true, std::memory_order_release);
 }
 
-void Comm::post(int peer, int cls, const void* src, size_t len, uint64_t remote_off,
-                WriteKind kind, uint64_t seq) {
+void Comm::post(int peer, int cls, const void* src, size_t len, uint64_t remote_off, WriteKind kind,
+                uint64_t seq) {
   std::string err;
   outstanding_[cls].fetch_add(1, std::memory_order_relaxed);
   Status s = ep_->write(peers_[peer].rails, src, len, send_mr_, peers_[peer].recv_base + remote_off,
-                        imm_encode(kind, seq, me_), cookie_of(cls, peer), &err,
-                        kind == WriteKind::kBarrier);
+                        imm_encode(kind, seq, me_), cookie_of(cls, peer), &err, kind == WriteKind::kBarrier);
   if (s != Status::kOk) {
     outstanding_[cls].fetch_sub(1, std::memory_order_release);
-    proxy_fail(Status::kRemoteError, std::string("proxy: posting ") + kind_name(kind) +
-                                         " write to rank " + std::to_string(peer) + " failed: " + err);
+    proxy_fail(Status::kRemoteError, std::string("proxy: posting ") + kind_name(kind) + " write to rank " +
+                                         std::to_string(peer) + " failed: " + err);
   }
 }
 
@@ -122,8 +121,8 @@ void Comm::on_remote_write(uint32_t imm) {
     // The immediate's source field is the only name the write carries here.
     const int claimed = static_cast<int>(imm & 0xfffu);
     char text[96];
-    snprintf(text, sizeof text, "proxy: rejected an incoming write from rank %d (imm 0x%08x): ",
-             claimed, imm);
+    snprintf(text, sizeof text, "proxy: rejected an incoming write from rank %d (imm 0x%08x): ", claimed,
+             imm);
     proxy_fail(Status::kRemoteError, text + why);
     return;
   }
@@ -151,8 +150,8 @@ void Comm::on_remote_write(uint32_t imm) {
         }
         uint32_t count = h->ntokens - h->nprivate;
         if (static_cast<uint64_t>(grant_bump_) + count > l_.overflow_records) {
-          proxy_fail(Status::kInternalError, "dispatch: overflow region exhausted granting rank " +
-                                                 std::to_string(f.src));
+          proxy_fail(Status::kInternalError,
+                     "dispatch: overflow region exhausted granting rank " + std::to_string(f.src));
           return;
         }
         overflow_off_[f.src].store(grant_bump_, std::memory_order_relaxed);
@@ -170,12 +169,11 @@ void Comm::on_remote_write(uint32_t imm) {
       std::memcpy(&g, recv + l_.ctrl_offset(f.src), sizeof g);
       const auto* h = reinterpret_cast<const DispatchHeader*>(send + l_.send_offset(f.src));
       if (g.seq != f.seq || h->seq != static_cast<uint32_t>(f.seq) || g.count != h->ntokens - h->nprivate ||
-          h->ntokens <= h->nprivate ||
-          static_cast<uint64_t>(g.offset) + g.count > l_.overflow_records) {
-        proxy_fail(Status::kRemoteError,
-                   "dispatch: rank " + std::to_string(f.src) + " sent a malformed grant (seq " +
-                       std::to_string(g.seq) + ", offset " + std::to_string(g.offset) + ", count " +
-                       std::to_string(g.count) + ")");
+          h->ntokens <= h->nprivate || static_cast<uint64_t>(g.offset) + g.count > l_.overflow_records) {
+        proxy_fail(Status::kRemoteError, "dispatch: rank " + std::to_string(f.src) +
+                                             " sent a malformed grant (seq " + std::to_string(g.seq) +
+                                             ", offset " + std::to_string(g.offset) + ", count " +
+                                             std::to_string(g.count) + ")");
         return;
       }
       post(f.src, static_cast<int>(WriteKind::kDispatchRest),
@@ -195,8 +193,8 @@ void Comm::on_write_done(uint64_t cookie, Status s, const char* text) {
   int peer = static_cast<int>(cookie & 0xffffffffu);
   outstanding_[cls].fetch_sub(1, std::memory_order_release);
   events_.store(true, std::memory_order_release);
-  MF_TRACE(log::kProxy, "rank %d: %s write to rank %d done (%s)", me_,
-           kind_name(static_cast<WriteKind>(cls)), peer, status_name(s));
+  MF_TRACE(log::kProxy, "rank %d: %s write to rank %d done (%s)", me_, kind_name(static_cast<WriteKind>(cls)),
+           peer, status_name(s));
   if (s != Status::kOk && !stop_.load(std::memory_order_relaxed))
     proxy_fail(Status::kRemoteError, std::string(kind_name(static_cast<WriteKind>(cls))) +
                                          ": write to rank " + std::to_string(peer) +
@@ -238,8 +236,7 @@ void Comm::proxy_loop() {
         std::lock_guard<std::mutex> g(cmd_mu_);
         empty = cmds_.empty();
       }
-      if (empty && !stop_.load(std::memory_order_acquire) &&
-          ep_->wait(this, 1, &err) != Status::kOk)
+      if (empty && !stop_.load(std::memory_order_acquire) && ep_->wait(this, 1, &err) != Status::kOk)
         proxy_fail(Status::kSystemError, "proxy: " + err);
       proxy_blocked_.store(false, std::memory_order_seq_cst);
       wake_waiters();

@@ -38,7 +38,8 @@ Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gp
   std::vector<std::vector<int>> groups;
   MF_CHECK(fabric::rail_groups(spec, nics, topo_groups, &groups, error));
   if (groups.empty()) {
-    *error = "no NIC left after grouping (" + (spec.empty() ? std::string("no NIC found") : "spec " + spec) + ")";
+    *error =
+        "no NIC left after grouping (" + (spec.empty() ? std::string("no NIC found") : "spec " + spec) + ")";
     return Status::kSystemError;
   }
   size_t pick = 0;
@@ -57,8 +58,11 @@ Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gp
             break;
           }
         }
-    if (found) why = "the rails of GPU " + gpu->str() + " per " + t->source();
-    else why += gi < 0 ? "; GPU " + gpu->str() + " not in the topology" : "; none of GPU " + gpu->str() + "'s rails is in a group";
+    if (found)
+      why = "the rails of GPU " + gpu->str() + " per " + t->source();
+    else
+      why += gi < 0 ? "; GPU " + gpu->str() + " not in the topology"
+                    : "; none of GPU " + gpu->str() + "'s rails is in a group";
   }
   const int nic0 = groups[pick][0];
   for (int k : groups[pick]) out->nics.push_back(std::move(nics[k]));
@@ -83,8 +87,7 @@ Status open_rails(const Params& params, const std::optional<topo::PciAddr>& gpu,
   return s;
 }
 
-void rails_addr(fabric::RmaRails& ep, const fabric::RmaRails::Mr& recv_mr, const void* recv,
-                RailsAddr* out) {
+void rails_addr(fabric::RmaRails& ep, const fabric::RmaRails::Mr& recv_mr, const void* recv, RailsAddr* out) {
   *out = RailsAddr{};
   out->ok = 1;
   ep.local_addr(&out->addr);

@@ -36,15 +36,14 @@ Status open_rails(const Params& params, const std::optional<topo::PciAddr>& gpu,
 // What each rank contributes to the init allgather for its proxy endpoint (fixed size).
 struct RailsAddr {
   int32_t ok;
-  uint64_t recv_base;               // remote address (or offset) of the receive region
+  uint64_t recv_base;  // remote address (or offset) of the receive region
   fabric::RmaRails::Addr addr;
   fabric::RmaRails::Keys recv_keys;
-  char why[192];                    // when !ok
+  char why[192];  // when !ok
 };
 
 // This rank's record: its endpoint and the receive region `recv` inside `recv_mr`.
-void rails_addr(fabric::RmaRails& ep, const fabric::RmaRails::Mr& recv_mr, const void* recv,
-                RailsAddr* out);
+void rails_addr(fabric::RmaRails& ep, const fabric::RmaRails::Mr& recv_mr, const void* recv, RailsAddr* out);
 // Rank r's record into `out` (r's record must be ok); the error names the rank.
 Status rails_add_peer(fabric::RmaRails& ep, const RailsAddr& a, int r, fabric::RmaRails::Peer* out,
                       std::string* error);

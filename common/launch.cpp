@@ -120,10 +120,13 @@ LaunchResult launch_fork(int nranks, const std::function<int(OobChannel&)>& fn, 
   LaunchResult res;
   std::vector<int> fds;
   std::vector<pid_t> pids;
-  if (!spawn(nranks, [&](int r, int fd) {
-        OobChannel oob(r, nranks, fd);
-        return fn(oob);
-      }, &fds, &pids, &res.report))
+  if (!spawn(
+          nranks,
+          [&](int r, int fd) {
+            OobChannel oob(r, nranks, fd);
+            return fn(oob);
+          },
+          &fds, &pids, &res.report))
     return res;
   return relay(nranks, fds, pids, timeout_s);
 }
@@ -132,17 +135,20 @@ LaunchResult launch_exec(int nranks, char* const* argv, int timeout_s) {
   LaunchResult res;
   std::vector<int> fds;
   std::vector<pid_t> pids;
-  if (!spawn(nranks, [&](int r, int fd) {
-        // The channel survives exec: clear close-on-exec on this one fd only.
-        int flags = fcntl(fd, F_GETFD);
-        if (flags >= 0) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
-        setenv("MOEFABRIC_RANK", std::to_string(r).c_str(), 1);
-        setenv("MOEFABRIC_NRANKS", std::to_string(nranks).c_str(), 1);
-        setenv("MOEFABRIC_OOB_FD", std::to_string(fd).c_str(), 1);
-        execvp(argv[0], argv);
-        fprintf(stderr, "moefabric-run: rank %d: cannot run %s: %s\n", r, argv[0], strerror(errno));
-        return 127;
-      }, &fds, &pids, &res.report))
+  if (!spawn(
+          nranks,
+          [&](int r, int fd) {
+            // The channel survives exec: clear close-on-exec on this one fd only.
+            int flags = fcntl(fd, F_GETFD);
+            if (flags >= 0) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+            setenv("MOEFABRIC_RANK", std::to_string(r).c_str(), 1);
+            setenv("MOEFABRIC_NRANKS", std::to_string(nranks).c_str(), 1);
+            setenv("MOEFABRIC_OOB_FD", std::to_string(fd).c_str(), 1);
+            execvp(argv[0], argv);
+            fprintf(stderr, "moefabric-run: rank %d: cannot run %s: %s\n", r, argv[0], strerror(errno));
+            return 127;
+          },
+          &fds, &pids, &res.report))
     return res;
   return relay(nranks, fds, pids, timeout_s);
 }
@@ -196,8 +202,10 @@ LaunchResult relay(int nranks, std::vector<int>& fds, std::vector<pid_t>& pids, 
     std::vector<int> who;
     for (int r = 0; r < nranks; ++r)
       if (open[r] && !has[r]) pfd.push_back({fds[r], POLLIN, 0}), who.push_back(r);
-    if (!pfd.empty()) poll(pfd.data(), pfd.size(), 50);
-    else usleep(20000);
+    if (!pfd.empty())
+      poll(pfd.data(), pfd.size(), 50);
+    else
+      usleep(20000);
     for (size_t i = 0; i < pfd.size(); ++i) {
       if (!(pfd[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       int r = who[i];
@@ -240,7 +248,10 @@ LaunchResult relay(int nranks, std::vector<int>& fds, std::vector<pid_t>& pids, 
   res.ok = true;
   for (int r = 0; r < nranks; ++r) {
     int st = status[r];
-    if (st == -1) { res.ok = false; continue; }
+    if (st == -1) {
+      res.ok = false;
+      continue;
+    }
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) continue;
     res.ok = false;
     if (WIFEXITED(st))

@@ -12,14 +12,22 @@ namespace moefabric {
 
 const char* status_name(Status s) {
   switch (s) {
-    case Status::kOk: return "success";
-    case Status::kCudaError: return "unhandled CUDA error";
-    case Status::kSystemError: return "system error";
-    case Status::kInternalError: return "internal error";
-    case Status::kInvalidArgument: return "invalid argument";
-    case Status::kInvalidUsage: return "invalid usage";
-    case Status::kRemoteError: return "remote error";
-    case Status::kAgain: return "try again";
+    case Status::kOk:
+      return "success";
+    case Status::kCudaError:
+      return "unhandled CUDA error";
+    case Status::kSystemError:
+      return "system error";
+    case Status::kInternalError:
+      return "internal error";
+    case Status::kInvalidArgument:
+      return "invalid argument";
+    case Status::kInvalidUsage:
+      return "invalid usage";
+    case Status::kRemoteError:
+      return "remote error";
+    case Status::kAgain:
+      return "try again";
   }
   return "unknown status";
 }
@@ -54,8 +62,7 @@ int stderr_level() {
   return l;
 }
 
-void vwrite(int level, unsigned long flags, const char* file, int line, const char* fmt,
-            va_list ap) {
+void vwrite(int level, unsigned long flags, const char* file, int line, const char* fmt, va_list ap) {
   Sink sink = g_sink.load(std::memory_order_acquire);
   char msg[1024];
   vsnprintf(msg, sizeof msg, fmt, ap);

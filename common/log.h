@@ -11,8 +11,7 @@ enum Level : int { kNone = 0, kVersion = 1, kWarn = 2, kInfo = 3, kAbort = 4, kT
 // NCCL's subsystem flags (the ones we use).
 enum Flags : unsigned long { kInit = 1, kNet = 16, kGraph = 32, kEnv = 128, kAlloc = 256, kProxy = 1024 };
 
-using Sink = void (*)(int level, unsigned long flags, const char* file, int line, const char* fmt,
-                      ...);
+using Sink = void (*)(int level, unsigned long flags, const char* file, int line, const char* fmt, ...);
 
 // Route messages to NCCL's logger (nullptr: back to stderr). Thread-safe.
 void set_sink(Sink sink);
@@ -24,8 +23,7 @@ void set_prefix(const char* prefix);
 
 void write(int level, unsigned long flags, const char* file, int line, const char* fmt, ...)
     __attribute__((format(printf, 5, 6)));
-void vwrite(int level, unsigned long flags, const char* file, int line, const char* fmt,
-            va_list ap);
+void vwrite(int level, unsigned long flags, const char* file, int line, const char* fmt, va_list ap);
 
 }  // namespace moefabric::log
 

@@ -40,8 +40,7 @@ void parse(const char* env, const char* def, bool* out) {
   const char* v = raw(env, def);
   if (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on")) {
     *out = true;
-  } else if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no") ||
-             !strcasecmp(v, "off")) {
+  } else if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off")) {
     *out = false;
   } else {
     MF_WARN("%s=\"%s\" is not a boolean; using the default %s", env, v, def);

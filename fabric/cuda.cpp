@@ -9,9 +9,9 @@ namespace {
 // CUDA driver API subset (the plugin declares what it uses; it never includes cuda.h).
 using CuResult = int;
 constexpr CuResult kSuccess = 0;
-constexpr CuResult kNotReady = 600;          // CUDA_ERROR_NOT_READY
-constexpr unsigned kEventDisableTiming = 2;  // CU_EVENT_DISABLE_TIMING
-constexpr int kPointerDeviceOrdinal = 9;     // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+constexpr CuResult kNotReady = 600;                        // CUDA_ERROR_NOT_READY
+constexpr unsigned kEventDisableTiming = 2;                // CU_EVENT_DISABLE_TIMING
+constexpr int kPointerDeviceOrdinal = 9;                   // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
 void* const kStreamLegacy = reinterpret_cast<void*>(0x1);  // CU_STREAM_LEGACY
 
 struct Driver {
@@ -54,7 +54,8 @@ const Driver& driver() {
 
 std::string describe(const char* call, CuResult rc) {
   const char* text = nullptr;
-  if (driver().get_error_string == nullptr || driver().get_error_string(rc, &text) != kSuccess) text = nullptr;
+  if (driver().get_error_string == nullptr || driver().get_error_string(rc, &text) != kSuccess)
+    text = nullptr;
   return std::string(call) + " failed: " + (text ? text : "CUDA error " + std::to_string(rc));
 }
 
@@ -71,7 +72,8 @@ int device_of(const void* ptr) {
   const Driver& d = driver();
   if (!d.ok) return -1;
   int ordinal = -1;
-  if (d.pointer_get_attribute(&ordinal, kPointerDeviceOrdinal, reinterpret_cast<unsigned long long>(ptr)) != kSuccess)
+  if (d.pointer_get_attribute(&ordinal, kPointerDeviceOrdinal, reinterpret_cast<unsigned long long>(ptr)) !=
+      kSuccess)
     return -1;
   return ordinal;
 }

@@ -41,14 +41,16 @@ std::string machine_inventory() {
   fi_info* list = nullptr;
   if (fi_getinfo(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), nullptr, nullptr, 0, nullptr, &list) == 0) {
     for (fi_info* fi = list; fi != nullptr; fi = fi->next)
-      if (fi->fabric_attr != nullptr && fi->fabric_attr->prov_name != nullptr) provs.insert(fi->fabric_attr->prov_name);
+      if (fi->fabric_attr != nullptr && fi->fabric_attr->prov_name != nullptr)
+        provs.insert(fi->fabric_attr->prov_name);
     fi_freeinfo(list);
   }
   std::set<std::string> ifs;
   ifaddrs* ifa = nullptr;
   if (getifaddrs(&ifa) == 0) {
     for (ifaddrs* i = ifa; i != nullptr; i = i->ifa_next)
-      if (i->ifa_name != nullptr) ifs.insert(std::string(i->ifa_name) + ((i->ifa_flags & IFF_UP) ? "" : " (down)"));
+      if (i->ifa_name != nullptr)
+        ifs.insert(std::string(i->ifa_name) + ((i->ifa_flags & IFF_UP) ? "" : " (down)"));
     freeifaddrs(ifa);
   }
   auto join = [](const std::set<std::string>& v) {
@@ -81,8 +83,7 @@ bool is_tcp_like(const std::string& prov) {
 // Fills pci_path/speed/guid from libfabric's NIC attributes, falling back to sysfs.
 void describe(NicInfo* nic) {
   const fi_info* fi = nic->info.get();
-  if (fi->nic != nullptr && fi->nic->bus_attr != nullptr &&
-      fi->nic->bus_attr->bus_type == FI_BUS_PCI) {
+  if (fi->nic != nullptr && fi->nic->bus_attr != nullptr && fi->nic->bus_attr->bus_type == FI_BUS_PCI) {
     const auto& pci = fi->nic->bus_attr->attr.pci;
     char bdf[64];
     snprintf(bdf, sizeof bdf, "/sys/bus/pci/devices/%04x:%02x:%02x.%x", pci.domain_id, pci.bus_id,
@@ -179,7 +180,8 @@ void set_unique_shm_name(fi_info* fi) {
   static std::atomic<unsigned> counter{0};
   std::call_once(once, [] { remove_stale_shm_regions("/dev/shm"); });
   std::random_device rd;
-  const std::string name = shm_region_name(pid_namespace_id(), static_cast<int>(getpid()), rd(), counter.fetch_add(1));
+  const std::string name =
+      shm_region_name(pid_namespace_id(), static_cast<int>(getpid()), rd(), counter.fetch_add(1));
   free(fi->src_addr);
   fi->src_addr = strdup(name.c_str());
   fi->src_addrlen = name.size() + 1;
@@ -233,7 +235,8 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
       for (int source = 1; source >= 0; --source) {
         InfoPtr hints = nic_hints(prov, want_hmem, want_tagged);
         if (source) hints->caps |= FI_SOURCE | (want_tagged ? FI_DIRECTED_RECV : 0);
-        int r = fi_getinfo(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), nullptr, nullptr, 0, hints.get(), &list);
+        int r = fi_getinfo(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), nullptr, nullptr, 0, hints.get(),
+                           &list);
         if (r == 0 || source == 0) return r;
       }
       return -FI_ENODATA;
@@ -277,8 +280,10 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
       nic.directed = nic.source && (fi->caps & FI_DIRECTED_RECV) != 0;
       nic.write_source = nic.source && provider == "shm";
       if (!nic.source)
-        MF_WARN("%s (%s): no FI_SOURCE: messages on a connection are not checked against its peer's "
-                "address", domain.c_str(), provider.c_str());
+        MF_WARN(
+            "%s (%s): no FI_SOURCE: messages on a connection are not checked against its peer's "
+            "address",
+            domain.c_str(), provider.c_str());
       seen.insert(domain);
       found.push_back(std::move(nic));
     }

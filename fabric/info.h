@@ -21,11 +21,11 @@ struct NicAttrs {
   std::string pci_path;  // /sys/devices/... of the PCI function, empty when none
   uint64_t guid = 0;
   int speed_mbps = 0;
-  bool hmem = false;     // provider registers device memory (FI_HMEM)
+  bool hmem = false;  // provider registers device memory (FI_HMEM)
   // Device memory is moved by host-issued CUDA copies (shm, tcp), whose completions can precede
   // the bytes landing: receives into GPU memory need a fence (iflush, forceFlush).
   bool hmem_async = false;
-  bool rma = false;      // FI_RMA with remote CQ data usable
+  bool rma = false;  // FI_RMA with remote CQ data usable
   // Post each write with immediate as a plain write followed by a zero-byte write carrying the
   // immediate (ordered by FI_ORDER_WAW). See imm_write_needs_split() in info.cpp.
   bool split_imm = false;

@@ -27,8 +27,8 @@ uint64_t MrCache::fi_access(MrAccess access) {
   return access == MrAccess::kRemoteWrite ? local | FI_REMOTE_WRITE : local;
 }
 
-Status MrCache::acquire(void* addr, size_t len, MemType type, MrAccess access, int cuda_device,
-                        int dmabuf_fd, uint64_t dmabuf_offset, MrEntry** out, std::string* error) {
+Status MrCache::acquire(void* addr, size_t len, MemType type, MrAccess access, int cuda_device, int dmabuf_fd,
+                        uint64_t dmabuf_offset, MrEntry** out, std::string* error) {
   const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   const uintptr_t end = start + len;
   if (enabled_ && dmabuf_fd < 0) {
@@ -55,8 +55,8 @@ Status MrCache::acquire(void* addr, size_t len, MemType type, MrAccess access, i
   // on an empty message touches memory, so no descriptor or key is needed).
   for (size_t d = 0; len > 0 && d < doms_.size(); ++d) {
     MrPtr& slot = d == 0 ? e->mr : e->more_mr[d - 1];
-    Status s = reg_one(doms_[d], type, e->fi_access, cuda_device, dmabuf_fd, dmabuf_offset, addr, len,
-                       &slot, error);
+    Status s =
+        reg_one(doms_[d], type, e->fi_access, cuda_device, dmabuf_fd, dmabuf_offset, addr, len, &slot, error);
     if (s != Status::kOk) {
       if (doms_.size() > 1) *error += " (rail " + std::to_string(d) + ")";
       return s;
@@ -121,8 +121,8 @@ Status MrCache::reg_one(const Dom& dom, MemType type, uint64_t access, int cuda_
     rc = fi_mr_regattr(dom.domain, &attr, flags, &mr);
   }
   if (rc != 0) {
-    *error = std::string("fi_mr_regattr(") + (type == MemType::kCuda ? "cuda" : "host") +
-             ", " + std::to_string(len) + " bytes) failed: " + fi_strerror(-rc);
+    *error = std::string("fi_mr_regattr(") + (type == MemType::kCuda ? "cuda" : "host") + ", " +
+             std::to_string(len) + " bytes) failed: " + fi_strerror(-rc);
     return Status::kSystemError;
   }
   out->reset(mr);

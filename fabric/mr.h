@@ -38,8 +38,8 @@ struct MrEntry {
   MrPtr more_mr[kMrMaxDomains - 1];  // domains 1..
   void* desc_on[kMrMaxDomains] = {};
   uint64_t key_on[kMrMaxDomains] = {};
-  uintptr_t base = 0;      // first registered byte
-  size_t len = 0;          // 0: an empty buffer, registered nowhere (mr null, keys 0)
+  uintptr_t base = 0;  // first registered byte
+  size_t len = 0;      // 0: an empty buffer, registered nowhere (mr null, keys 0)
   MemType type = MemType::kHost;
   MrAccess access = MrAccess::kLocal;
   uint64_t fi_access = 0;  // the FI_* access flags it was registered with
@@ -54,7 +54,7 @@ struct MrEntry {
 struct MrCacheStats {
   uint64_t registrations = 0;  // fi_mr_reg calls
   uint64_t hits = 0;
-  size_t live = 0;             // entries currently registered
+  size_t live = 0;  // entries currently registered
 };
 
 class MrCache {

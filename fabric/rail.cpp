@@ -71,8 +71,8 @@ Status Rail::open(int rail_index, NicInfo nic_info, const EndpointOptions& opt, 
     (void)fi_setopt(&e->fid, FI_OPT_ENDPOINT, FI_OPT_CUDA_API_PERMITTED, &permitted, sizeof permitted);
   }
 #endif
-  if ((rc = fi_ep_bind(e, &a->fid, 0)) != 0 ||
-      (rc = fi_ep_bind(e, &q->fid, FI_TRANSMIT | FI_RECV)) != 0 || (rc = fi_enable(e)) != 0) {
+  if ((rc = fi_ep_bind(e, &a->fid, 0)) != 0 || (rc = fi_ep_bind(e, &q->fid, FI_TRANSMIT | FI_RECV)) != 0 ||
+      (rc = fi_enable(e)) != 0) {
     *error = where + ": endpoint bind/enable: " + fi_strerror(-rc);
     return Status::kSystemError;
   }
@@ -107,7 +107,8 @@ Status Rail::av_insert(const uint8_t* peer_addr, size_t len, fi_addr_t* out) {
 std::string Rail::addr_str(const uint8_t* peer_addr, size_t len) const {
   char buf[160] = "";
   size_t n = sizeof buf;
-  if (av == nullptr || fi_av_straddr(av.get(), peer_addr, buf, &n) == nullptr) return "an unprintable address";
+  if (av == nullptr || fi_av_straddr(av.get(), peer_addr, buf, &n) == nullptr)
+    return "an unprintable address";
   buf[sizeof buf - 1] = '\0';
   (void)len;
   return buf;
@@ -179,8 +180,8 @@ Status rail_groups(const std::string& spec, const std::vector<NicInfo>& nics,
         g.push_back(i);
       }
       if (g.size() > static_cast<size_t>(kMaxRails)) {
-        *error = "rail spec '" + spec + "': device '" + dev + "' has more than " +
-                 std::to_string(kMaxRails) + " rails";
+        *error = "rail spec '" + spec + "': device '" + dev + "' has more than " + std::to_string(kMaxRails) +
+                 " rails";
         return Status::kInvalidUsage;
       }
       if (!g.empty()) out->push_back(std::move(g));

@@ -33,7 +33,7 @@ struct Rail {
   EpPtr ep;  // declared last: closed first
   uint8_t addr[kMaxAddrLen] = {};
   size_t addr_len = 0;
-  bool can_block = false;  // the CQ has a wait fd
+  bool can_block = false;                     // the CQ has a wait fd
   std::map<std::string, fi_addr_t> av_cache;  // endpoint name -> AV entry
 
   // Opens fabric, domain, AV (table), CQ (data format) and an enabled endpoint on `nic`.

@@ -21,8 +21,7 @@ const char* cq_error_text(fid_cq* cq, const fi_cq_err_entry& e, char* buf, size_
     const char* t = fi_cq_strerror(cq, e.prov_errno, e.err_data, prov, sizeof prov);
     if (t != prov && t != nullptr) snprintf(prov, sizeof prov, "%s", t);
   }
-  snprintf(buf, len, "%s%s%s%s", fi_strerror(e.err), prov[0] ? " (provider: " : "", prov,
-           prov[0] ? ")" : "");
+  snprintf(buf, len, "%s%s%s%s", fi_strerror(e.err), prov[0] ? " (provider: " : "", prov, prov[0] ? ")" : "");
   return buf;
 }
 

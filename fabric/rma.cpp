@@ -42,15 +42,16 @@ Status RmaEndpoint::init(int index, NicInfo nic, std::string* error) {
     return Status::kSystemError;
   };
   max_write_ = fi->ep_attr->max_msg_size > 0 ? fi->ep_attr->max_msg_size : SIZE_MAX;
-  mr_cache_ = std::make_unique<MrCache>(domain, ep, fi->domain_attr->mr_mode, fi->domain_attr->mr_key_size, true);
+  mr_cache_ =
+      std::make_unique<MrCache>(domain, ep, fi->domain_attr->mr_mode, fi->domain_attr->mr_key_size, true);
   cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
   rx_slab_.assign(kRxBuffers * kRxBufferBytes, 0);
   for (int i = 0; i < kRxBuffers; ++i) {
     WriteCtx& w = rx_ctx_.emplace_back();
     w.rx = true;
     w.rx_index = i;
-    ssize_t r = fi_recv(ep, rx_slab_.data() + kRxBufferBytes * i, kRxBufferBytes, nullptr,
-                        FI_ADDR_UNSPEC, &w.fi);
+    ssize_t r =
+        fi_recv(ep, rx_slab_.data() + kRxBufferBytes * i, kRxBufferBytes, nullptr, FI_ADDR_UNSPEC, &w.fi);
     if (r != 0) return fail("fi_recv", static_cast<int>(r));
   }
   MF_INFO(log::kInit, "rma endpoint %s: provider %s, max write %zu B, blocking CQ %d, mr_mode 0x%llx%s",
@@ -65,8 +66,7 @@ RmaEndpoint::~RmaEndpoint() {
   mr_cache_.reset();
 }
 
-Status RmaEndpoint::insert_peer(const uint8_t* addr, size_t len, fi_addr_t* out,
-                                std::string* error) {
+Status RmaEndpoint::insert_peer(const uint8_t* addr, size_t len, fi_addr_t* out, std::string* error) {
   (void)len;
   int n = fi_av_insert(rail_.av.get(), addr, 1, out, 0, nullptr);
   if (n != 1) {
@@ -118,8 +118,7 @@ Status RmaEndpoint::post(WriteCtx* w, std::string* error) {
     return Status::kOk;
   }
   if (rc != 0) {
-    *error = std::string(w->parent ? "fi_write: " : "fi_writedata: ") +
-             fi_strerror(static_cast<int>(-rc));
+    *error = std::string(w->parent ? "fi_write: " : "fi_writedata: ") + fi_strerror(static_cast<int>(-rc));
     return Status::kSystemError;
   }
   if (w->parent == nullptr) ++stats_.writes;
@@ -154,8 +153,7 @@ void RmaEndpoint::part_done(WriteCtx* w, Status s, const char* text, RmaHandler*
 }
 
 Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* desc, uint64_t raddr,
-                          uint64_t key, uint32_t imm, uint64_t cookie, std::string* error,
-                          bool delivered) {
+                          uint64_t key, uint32_t imm, uint64_t cookie, std::string* error, bool delivered) {
   if (len > max_write_) {
     *error = "write of " + std::to_string(len) + " B exceeds the provider's limit of " +
              std::to_string(max_write_) + " B";
@@ -205,7 +203,7 @@ Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* des
 }
 
 void RmaEndpoint::handle_entries(RmaHandler* h, size_t n) {
-for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < n; ++i) {
     const fi_cq_data_entry& e = cq_buf_[i];
     // Providers differ in the flags and contexts they report for incoming writes, so only our
     // own receives (FI_RECV) and our own writes have contexts we trust.
@@ -216,8 +214,8 @@ for (size_t i = 0; i < n; ++i) {
         h->on_remote_write(static_cast<uint32_t>(e.data));
       }
       if (w != nullptr)
-        (void)fi_recv(rail_.ep.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes,
-                      nullptr, FI_ADDR_UNSPEC, &w->fi);
+        (void)fi_recv(rail_.ep.get(), rx_slab_.data() + kRxBufferBytes * w->rx_index, kRxBufferBytes, nullptr,
+                      FI_ADDR_UNSPEC, &w->fi);
       continue;
     }
     if (e.flags & (FI_REMOTE_WRITE | FI_REMOTE_CQ_DATA)) {
@@ -264,8 +262,10 @@ Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
   queued_.retry([&](WriteCtx* w) {
     ssize_t rc = post_raw(w);
     if (rc == -FI_EAGAIN) return rc;
-    if (rc != 0) part_done(w, Status::kSystemError, fi_strerror(static_cast<int>(-rc)), h);
-    else if (w->parent == nullptr) ++stats_.writes;
+    if (rc != 0)
+      part_done(w, Status::kSystemError, fi_strerror(static_cast<int>(-rc)), h);
+    else if (w->parent == nullptr)
+      ++stats_.writes;
     return rc;
   });
   const char* failed = nullptr;

@@ -64,9 +64,8 @@ class RmaEndpoint {
   // kSystemError with *error set.
   // `delivered`: complete only once the target has processed the write (FI_DELIVERY_COMPLETE),
   // for the last write before an endpoint closes.
-  Status write(fi_addr_t peer, const void* buf, size_t len, void* desc, uint64_t raddr,
-               uint64_t key, uint32_t imm, uint64_t cookie, std::string* error,
-               bool delivered = false);
+  Status write(fi_addr_t peer, const void* buf, size_t len, void* desc, uint64_t raddr, uint64_t key,
+               uint32_t imm, uint64_t cookie, std::string* error, bool delivered = false);
   // Reposts queued writes, drains the CQ into `h`. Returns kSystemError only when the CQ itself
   // fails; per-operation errors go to on_write_done.
   Status poll(RmaHandler* h, std::string* error);

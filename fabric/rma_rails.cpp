@@ -12,14 +12,13 @@
 
 namespace moefabric::fabric {
 
-namespace {
-}
+namespace {}
 
 Status RmaRails::open(const Params& params, std::vector<NicInfo> rails, int stripe_shift,
                       std::unique_ptr<RmaRails>* out, std::string* error) {
   if (rails.empty() || rails.size() > static_cast<size_t>(kMaxRails)) {
-    *error = "a rail group needs 1 to " + std::to_string(kMaxRails) + " NICs, not " +
-             std::to_string(rails.size());
+    *error =
+        "a rail group needs 1 to " + std::to_string(kMaxRails) + " NICs, not " + std::to_string(rails.size());
     return Status::kInvalidArgument;
   }
   if (stripe_shift < 0 || stripe_shift > 30) {
@@ -110,8 +109,8 @@ RmaRails::Keys RmaRails::keys(const Mr& mr) const {
 
 Status RmaRails::add_peer(const Addr& addr, const Keys& keys, Peer* out, std::string* error) {
   if (addr.nrails < 1 || addr.nrails > static_cast<uint32_t>(kMaxRails)) {
-    *error = "peer announced " + std::to_string(addr.nrails) + " rails (1.." +
-             std::to_string(kMaxRails) + " expected)";
+    *error = "peer announced " + std::to_string(addr.nrails) + " rails (1.." + std::to_string(kMaxRails) +
+             " expected)";
     return Status::kInvalidArgument;
   }
   *out = Peer{};
@@ -155,8 +154,8 @@ Status RmaRails::write(const Peer& peer, const void* buf, size_t len, const Mr& 
   const uint64_t token = reinterpret_cast<uintptr_t>(p);
   if (k == 1) {
     const int i = n > 1 ? static_cast<int>(rr_++ % static_cast<unsigned>(n)) : 0;
-    Status s = eps_[i]->write(peer.addr[i], buf, len, mr.desc(i), raddr, peer.key[i], imm, token,
-                              error, delivered);
+    Status s =
+        eps_[i]->write(peer.addr[i], buf, len, mr.desc(i), raddr, peer.key[i], imm, token, error, delivered);
     if (s != Status::kOk) {
       free_.push_back(p);
       return s;

@@ -80,15 +80,15 @@ class RmaRails : private RmaHandler {
 
   // One logical write of `len` bytes from `buf` (inside `mr`) to the peer's `raddr` (inside the
   // registration `peer.key` names), with immediate `imm`. `delivered` as in RmaEndpoint::write.
-  Status write(const Peer& peer, const void* buf, size_t len, const Mr& mr, uint64_t raddr,
-               uint32_t imm, uint64_t cookie, std::string* error, bool delivered = false);
+  Status write(const Peer& peer, const void* buf, size_t len, const Mr& mr, uint64_t raddr, uint32_t imm,
+               uint64_t cookie, std::string* error, bool delivered = false);
   Status poll(RmaHandler* h, std::string* error);
   // As RmaEndpoint::wait on one rail; with several rails a short nap, then a poll of all.
   Status wait(RmaHandler* h, int timeout_ms, std::string* error);
   void signal();
   size_t writes_in_flight() const { return inflight_; }
-  RmaStats stats() const;                       // summed over the rails
-  uint64_t registrations();                     // MR registrations made, summed over the rails
+  RmaStats stats() const;                                      // summed over the rails
+  uint64_t registrations();                                    // MR registrations made, summed over the rails
   uint64_t rail_bytes(int i) const { return rail_bytes_[i]; }  // bytes posted on rail i
 
  private:
@@ -97,7 +97,7 @@ class RmaRails : private RmaHandler {
     int parts = 0;
     bool silent = false;  // failed to post: the caller has the error, no completion goes up
     Status status = Status::kOk;
-    std::string text;     // the first error's text
+    std::string text;  // the first error's text
   };
   RmaRails() = default;
   void on_remote_write(uint32_t imm) override;

@@ -35,7 +35,8 @@ inline bool plan_stripes(size_t len, int nrails, size_t stripe_min, size_t max_w
   size_t seg = (len + nseg - 1) / nseg;
   if (out->striped || nseg > 1) seg = (seg + kStripeAlign - 1) / kStripeAlign * kStripeAlign;
   // Alignment must not push a segment past max_write (one not a multiple of 128).
-  if (max_write != 0 && seg > max_write) seg = std::max(kStripeAlign, max_write / kStripeAlign * kStripeAlign);
+  if (max_write != 0 && seg > max_write)
+    seg = std::max(kStripeAlign, max_write / kStripeAlign * kStripeAlign);
   out->seg = seg;
   out->nseg = static_cast<int>((len + seg - 1) / seg);  // rounding up may leave fewer segments
   return max_segs <= 0 || out->nseg <= max_segs;

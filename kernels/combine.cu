@@ -23,8 +23,7 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
   uint32_t total = a.st->total_rows;
   if (total > l.capacity_rows) total = 0;
   if (total > 0 && a.expert_y == nullptr) {
-    if (blockIdx.x == 0 && threadIdx.x == 0)
-      report_error(a, kErrNullInput, kPhaseCombineSend, l.rank, 4);
+    if (blockIdx.x == 0 && threadIdx.x == 0) report_error(a, kErrNullInput, kPhaseCombineSend, l.rank, 4);
     total = 0;
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -46,8 +45,10 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
     if (s >= static_cast<uint32_t>(l.nranks)) continue;
     uint8_t* dst = is_remote(a, s) ? send_segment(a, s) + l.stage_combine_offset(code % per_src)
                                    : a.peers[s] + l.combine_offset(code % per_src);
-    if (whole) warp_copy16<kSrcLocal>(dst, ey + yb * r, yb, lane);
-    else warp_copy_chunk<kSrcLocal>(dst, ey + yb * r, yb, c, lane);
+    if (whole)
+      warp_copy16<kSrcLocal>(dst, ey + yb * r, yb, lane);
+    else
+      warp_copy_chunk<kSrcLocal>(dst, ey + yb * r, yb, c, lane);
   }
   signal_peers(a, l.ccount_offset(l.rank), &a.st->csend_done, kBellCombine);
 }
@@ -76,8 +77,10 @@ __global__ void __launch_bounds__(kThreads) fabric_ingest_combine_kernel(const _
     if (!is_remote(a, o)) continue;
     const uint8_t* src = recv_segment(a, o) + l.stage_combine_offset(tk);
     uint8_t* dst = a.local + l.combine_offset(tk);
-    if (a.stage_dev) warp_copy_chunk<kSrcPeer>(dst, src, l.y_row_bytes, c, lane);
-    else warp_copy_chunk<kSrcSys>(dst, src, l.y_row_bytes, c, lane);
+    if (a.stage_dev)
+      warp_copy_chunk<kSrcPeer>(dst, src, l.y_row_bytes, c, lane);
+    else
+      warp_copy_chunk<kSrcSys>(dst, src, l.y_row_bytes, c, lane);
   }
   count_fabric_sources(a, l.off_ccount);
 }
@@ -91,8 +94,7 @@ __global__ void __launch_bounds__(kThreads) combine_recv_kernel(const __grid_con
   int T = *reinterpret_cast<const int32_t*>(a.local + l.ntok_offset(l.rank));
   if (T < 0 || T > l.max_tokens) T = 0;
   if (T > 0 && (a.weights == nullptr || a.y == nullptr)) {
-    if (blockIdx.x == 0 && threadIdx.x == 0)
-      report_error(a, kErrNullInput, kPhaseCombineRecv, l.rank, 2);
+    if (blockIdx.x == 0 && threadIdx.x == 0) report_error(a, kErrNullInput, kPhaseCombineRecv, l.rank, 2);
     T = 0;
   }
   const int32_t* idx = reinterpret_cast<const int32_t*>(a.local + l.idx_offset(l.rank));
@@ -146,8 +148,7 @@ __global__ void barrier_kernel(const __grid_constant__ Args a) {
   const bool nvlink = threadIdx.x < static_cast<unsigned>(a.l.nranks) && !is_remote(a, threadIdx.x);
   if (nvlink) {
     __threadfence_system();
-    red_release_sys_add(
-        reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + a.l.bcount_offset(a.l.rank)), 1);
+    red_release_sys_add(reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + a.l.bcount_offset(a.l.rank)), 1);
   }
   __syncthreads();
   if (nvlink)

@@ -59,8 +59,7 @@ __device__ __forceinline__ uint64_t global_timer_ns() {
 }
 
 // First error wins; the host reads DevError without a CUDA call.
-__device__ inline void report_error(const Args& a, int32_t code, int32_t phase, int32_t peer,
-                                    int32_t value) {
+__device__ inline void report_error(const Args& a, int32_t code, int32_t phase, int32_t peer, int32_t value) {
   if (atomicCAS(&a.st->err_code, 0, code) != 0) return;
   volatile DevError* e = a.err;
   e->phase = phase;
@@ -73,8 +72,8 @@ __device__ inline void report_error(const Args& a, int32_t code, int32_t phase, 
 
 // Waits until *counter reaches target (wrap-safe), for at most timeout_ns or until the host
 // aborts. False after reporting the timeout (the caller goes on; its results are undefined).
-__device__ inline bool wait_counter(const Args& a, const uint64_t* counter, uint64_t target,
-                                    int32_t phase, int32_t peer, int64_t extra_ns = 0) {
+__device__ inline bool wait_counter(const Args& a, const uint64_t* counter, uint64_t target, int32_t phase,
+                                    int32_t peer, int64_t extra_ns = 0) {
   if (static_cast<int64_t>(ld_acquire_sys(counter) - target) >= 0) return true;
   const uint64_t start = global_timer_ns();
   for (uint32_t spin = 1;; ++spin) {
@@ -105,8 +104,7 @@ __device__ inline bool wait_counter(const Args& a, const uint64_t* counter, uint
 // the receiver's (or the proxy's) acquire. Only the last block pays for a system-scope fence.
 // (Checked by the gpu suite with EP2 across two H200s over NVLink, 1000 graph replays, and with EP2
 // sharing one H100; racecheck clean on both.)
-__device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer, uint64_t* done,
-                                    int bell) {
+__device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer, uint64_t* done, int bell) {
   __shared__ unsigned long long s_op;  // op number when this block is the op's last, else 0
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -127,8 +125,8 @@ __device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer
 // Block-wide wait for every source's counter at `base` to reach `target`.
 __device__ inline void wait_all_sources(const Args& a, size_t base, uint64_t target, int32_t phase) {
   if (threadIdx.x < static_cast<unsigned>(a.l.nranks))
-    wait_counter(a, reinterpret_cast<const uint64_t*>(a.local + base + 8 * threadIdx.x), target,
-                 phase, static_cast<int32_t>(threadIdx.x));
+    wait_counter(a, reinterpret_cast<const uint64_t*>(a.local + base + 8 * threadIdx.x), target, phase,
+                 static_cast<int32_t>(threadIdx.x));
   __syncthreads();
 }
 
@@ -144,8 +142,8 @@ __device__ inline void wait_fabric_sources(const Args& a, int bell, uint64_t epo
   if (blockIdx.x == 0) {
     bool ok = true;
     if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && is_remote(a, threadIdx.x))
-      ok = wait_counter(a, a.arrived + static_cast<size_t>(bell) * a.l.nranks + threadIdx.x, epoch,
-                        phase, static_cast<int32_t>(threadIdx.x));
+      ok = wait_counter(a, a.arrived + static_cast<size_t>(bell) * a.l.nranks + threadIdx.x, epoch, phase,
+                        static_cast<int32_t>(threadIdx.x));
     if (__syncthreads_and(ok) && threadIdx.x == 0)
       asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(go), "l"(epoch) : "memory");
   } else if (threadIdx.x == 0) {
@@ -173,15 +171,17 @@ __device__ inline void count_fabric_sources(const Args& a, size_t base) {
 inline constexpr int kSrcLocal = 0, kSrcPeer = 1, kSrcSys = 2;
 template <int kSrc>
 __device__ __forceinline__ int4 load16(const int4* p) {
-  if constexpr (kSrc == kSrcSys) return ld_sys_v4(p);
-  else if constexpr (kSrc == kSrcPeer) return __ldcg(p);
-  else return __ldg(p);
+  if constexpr (kSrc == kSrcSys)
+    return ld_sys_v4(p);
+  else if constexpr (kSrc == kSrcPeer)
+    return __ldcg(p);
+  else
+    return __ldg(p);
 }
 
 // A warp copies `bytes` (a multiple of 16, both ends 16-byte aligned) from src to dst.
 template <int kSrc>
-__device__ __forceinline__ void warp_copy16(uint8_t* dst, const uint8_t* src, size_t bytes,
-                                            int lane) {
+__device__ __forceinline__ void warp_copy16(uint8_t* dst, const uint8_t* src, size_t bytes, int lane) {
   const int4* s = reinterpret_cast<const int4*>(src);
   int4* d = reinterpret_cast<int4*>(dst);
   const size_t n = bytes / 16;
@@ -204,8 +204,8 @@ __host__ __device__ __forceinline__ int chunks_of(size_t bytes) {
 
 // Chunk `c` of a row of `bytes` (a multiple of 16, both ends 16-byte aligned), by one warp.
 template <int kSrc>
-__device__ __forceinline__ void warp_copy_chunk(uint8_t* dst, const uint8_t* src, size_t bytes,
-                                                int c, int lane) {
+__device__ __forceinline__ void warp_copy_chunk(uint8_t* dst, const uint8_t* src, size_t bytes, int c,
+                                                int lane) {
   const int4* s = reinterpret_cast<const int4*>(src);
   int4* d = reinterpret_cast<int4*>(dst);
   const size_t n = bytes / 16;

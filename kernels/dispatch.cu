@@ -22,11 +22,11 @@ __device__ int tokens_of_call(const Args& a) {
     return 0;
   }
   if (T > 0) {
-    const int which = a.x == nullptr ? 0
-                      : a.idx == nullptr ? 1
-                      : a.weights == nullptr ? 2
+    const int which = a.x == nullptr                              ? 0
+                      : a.idx == nullptr                          ? 1
+                      : a.weights == nullptr                      ? 2
                       : (a.l.nscale > 0 && a.x_scales == nullptr) ? 3
-                                                                   : -1;
+                                                                  : -1;
     if (which >= 0) {
       if (first) report_error(a, kErrNullInput, kPhaseDispatchSend, a.l.rank, which);
       return 0;
@@ -146,8 +146,10 @@ __global__ void __launch_bounds__(kThreads) fabric_ingest_dispatch_kernel(const 
       if (!__any_sync(0xffffffffu, mine)) continue;
       const uint8_t* src = seg + l.stage_token_offset(T, t);
       uint8_t* dst = a.local + l.token_offset(s, t);
-      if (a.stage_dev) warp_copy_chunk<kSrcPeer>(dst, src, l.slot_bytes, c, lane);
-      else warp_copy_chunk<kSrcSys>(dst, src, l.slot_bytes, c, lane);
+      if (a.stage_dev)
+        warp_copy_chunk<kSrcPeer>(dst, src, l.slot_bytes, c, lane);
+      else
+        warp_copy_chunk<kSrcSys>(dst, src, l.slot_bytes, c, lane);
     }
   }
   count_fabric_sources(a, l.off_dcount);
@@ -301,8 +303,7 @@ cudaError_t launch_recv(const Args& a, cudaStream_t stream) {
   const size_t smem = recv_smem_bytes(a);
   if (smem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(dispatch_recv_kernel<Elt>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
   dispatch_recv_kernel<Elt><<<a.blocks, kThreads, smem, stream>>>(a);
@@ -325,8 +326,7 @@ cudaError_t launch_fabric_ingest_dispatch(const Args& a, cudaStream_t stream) {
 }
 
 cudaError_t launch_dispatch_recv(const Args& a, cudaStream_t stream) {
-  return a.l.elt_bytes == 1 ? launch_recv<__nv_fp8_e4m3>(a, stream)
-                            : launch_recv<__nv_bfloat16>(a, stream);
+  return a.l.elt_bytes == 1 ? launch_recv<__nv_fp8_e4m3>(a, stream) : launch_recv<__nv_bfloat16>(a, stream);
 }
 
 }  // namespace moefabric::moe::kern

@@ -28,7 +28,7 @@
 
 namespace moefabric::moe {
 
-inline constexpr int kCudaMaxRanks = 32;        // destination sets are 32-bit masks
+inline constexpr int kCudaMaxRanks = 32;           // destination sets are 32-bit masks
 inline constexpr int kCudaMaxLocalExperts = 4096;  // per-expert counters live in shared memory
 
 struct CudaLayout {
@@ -36,13 +36,11 @@ struct CudaLayout {
   int experts = 0, topk = 0, hidden = 0, max_tokens = 0;
   int elt_bytes = 2, scale_block = 128, nscale = 0, alignment = 1, max_local = 0;
   size_t x_bytes = 0, scale_bytes = 0, slot_bytes = 0, y_row_bytes = 0, capacity_rows = 0;
-  size_t off_dcount = 0, off_ccount = 0, off_bcount = 0, off_ntok = 0, off_idx = 0, off_tok = 0,
-         off_comb = 0, block_bytes = 0;
+  size_t off_dcount = 0, off_ccount = 0, off_bcount = 0, off_ntok = 0, off_idx = 0, off_tok = 0, off_comb = 0,
+         block_bytes = 0;
   size_t stage_off_comb = 0, stage_bytes = 0;  // fabric staging segments (see above)
 
-  MF_HD int first_expert(int r) const {
-    return static_cast<int>(static_cast<int64_t>(r) * experts / nranks);
-  }
+  MF_HD int first_expert(int r) const { return static_cast<int>(static_cast<int64_t>(r) * experts / nranks); }
   MF_HD int local_count(int r) const { return first_expert(r + 1) - first_expert(r); }
   MF_HD int owner(int e) const {
     return static_cast<int>((static_cast<int64_t>(e + 1) * nranks + experts - 1) / experts) - 1;
@@ -59,9 +57,7 @@ struct CudaLayout {
   }
   MF_HD size_t combine_offset(size_t tk) const { return off_comb + y_row_bytes * tk; }
   // Staging segments (fabric peers): offsets inside one segment.
-  MF_HD size_t stage_token_base(int T) const {
-    return round_up(16 + 4 * static_cast<size_t>(T) * topk, 16);
-  }
+  MF_HD size_t stage_token_base(int T) const { return round_up(16 + 4 * static_cast<size_t>(T) * topk, 16); }
   MF_HD size_t stage_token_offset(int T, int t) const {
     return stage_token_base(T) + slot_bytes * static_cast<size_t>(t);
   }
@@ -71,9 +67,9 @@ struct CudaLayout {
 
 // Fills every derived field; false with *why when the configuration is beyond what the CUDA
 // backend supports (ranks, local experts, 32-bit row indices).
-inline bool cuda_layout_init(CudaLayout* l, int nranks, int rank, int experts, int topk,
-                             int hidden, int max_tokens, int elt_bytes, bool scales,
-                             int scale_block, int alignment, const char** why) {
+inline bool cuda_layout_init(CudaLayout* l, int nranks, int rank, int experts, int topk, int hidden,
+                             int max_tokens, int elt_bytes, bool scales, int scale_block, int alignment,
+                             const char** why) {
   *l = CudaLayout{};
   l->nranks = nranks;
   l->rank = rank;

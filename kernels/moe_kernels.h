@@ -24,11 +24,11 @@ enum Phase : int32_t {
 };
 enum ErrCode : int32_t {
   kErrNone = 0,
-  kErrTimeout = 1,     // peer = the rank whose stores never completed
-  kErrBadExpert = 2,   // value = the expert id (treated as -1)
-  kErrBadTokens = 3,   // value = numTokens (treated as 0)
-  kErrNullInput = 4,   // value: 0 x, 1 topkIdx, 2 topkWeights, 3 xScales, 4 expertY
-  kErrPeerData = 5,    // peer sent T out of range (value)
+  kErrTimeout = 1,    // peer = the rank whose stores never completed
+  kErrBadExpert = 2,  // value = the expert id (treated as -1)
+  kErrBadTokens = 3,  // value = numTokens (treated as 0)
+  kErrNullInput = 4,  // value: 0 x, 1 topkIdx, 2 topkWeights, 3 xScales, 4 expertY
+  kErrPeerData = 5,   // peer sent T out of range (value)
   kErrAborted = 6,
 };
 struct DevError {
@@ -41,34 +41,34 @@ enum Bell : int { kBellDispatch = 0, kBellCombine = 1, kBells = 2 };
 
 // This rank's device-side state (local memory, zeroed at init).
 struct DevState {
-  uint64_t seq;          // ops completed (bumped by the last block of combine recv)
-  uint64_t crecv_done;   // combine-recv blocks finished, all ops
-  uint64_t dsend_done;   // dispatch-send blocks finished, all ops (fabric doorbell)
-  uint64_t csend_done;   // combine-send blocks finished, all ops (fabric doorbell)
+  uint64_t seq;                // ops completed (bumped by the last block of combine recv)
+  uint64_t crecv_done;         // combine-recv blocks finished, all ops
+  uint64_t dsend_done;         // dispatch-send blocks finished, all ops (fabric doorbell)
+  uint64_t csend_done;         // combine-send blocks finished, all ops (fabric doorbell)
   uint64_t fabric_go[kBells];  // op whose fabric arrivals block 0 of the ingest kernel has seen
-  uint32_t total_rows;   // rows of the last dispatch, padding included
-  int32_t err_code;      // first error (CAS), mirrored into DevError
+  uint32_t total_rows;         // rows of the last dispatch, padding included
+  int32_t err_code;            // first error (CAS), mirrored into DevError
 };
 
 struct Args {
   CudaLayout l;
-  uint8_t* local;          // this rank's receive block
-  uint8_t* const* peers;   // device array [R]: every rank's receive block mapped here
+  uint8_t* local;         // this rank's receive block
+  uint8_t* const* peers;  // device array [R]: every rank's receive block mapped here
   DevState* st;
-  DevError* err;           // host-mapped
-  uint32_t* row_src;       // [capacity_rows]: (source * maxT + token) * K + k, ~0 for padding
-  int blocks;              // grid of every kernel, equal on all ranks
+  DevError* err;      // host-mapped
+  uint32_t* row_src;  // [capacity_rows]: (source * maxT + token) * K + k, ~0 for padding
+  int blocks;         // grid of every kernel, equal on all ranks
   int64_t timeout_ns;
   // Fabric peers (bit r of `remote`: rank r is reached through the host proxy). The staging
   // segments (kernels/layout.h) are GPU memory the provider reads and writes (FI_HMEM), or device
   // views of pinned, mapped host memory (MOEFABRIC_MOE_STAGING); the control words are always
   // pinned host memory.
   uint32_t remote;
-  bool stage_dev;            // the segments are GPU memory (else pinned host memory)
-  uint8_t* send_stage;       // [R][stage_bytes]: segment d holds what goes to rank d
-  const uint8_t* recv_stage; // [R][stage_bytes]: segment s holds what rank s wrote to us
-  uint64_t* doorbell;        // [kBells]: ops whose send kernel finished (written by the last block)
-  const uint64_t* arrived;   // [kBells][R]: per source, the last op whose write landed (proxy)
+  bool stage_dev;             // the segments are GPU memory (else pinned host memory)
+  uint8_t* send_stage;        // [R][stage_bytes]: segment d holds what goes to rank d
+  const uint8_t* recv_stage;  // [R][stage_bytes]: segment s holds what rank s wrote to us
+  uint64_t* doorbell;         // [kBells]: ops whose send kernel finished (written by the last block)
+  const uint64_t* arrived;    // [kBells][R]: per source, the last op whose write landed (proxy)
   // [1 + R]: [0] the T this rank's dispatch staged (dispatch send), [1 + s] fabric source s's T
   // (dispatch ingest). The proxy sizes its writes from these: it never reads the segments.
   int32_t* stage_T;

@@ -54,15 +54,15 @@ struct Row {
   _exit(2);
 }
 
-#define CK(call)                                                                       \
-  do {                                                                                 \
-    cudaError_t e_ = (call);                                                           \
+#define CK(call)                                                                        \
+  do {                                                                                  \
+    cudaError_t e_ = (call);                                                            \
     if (e_ != cudaSuccess) die(me, std::string(#call) + ": " + cudaGetErrorString(e_)); \
   } while (0)
-#define NK(call)                                                                         \
-  do {                                                                                   \
-    ncclResult_t r_ = (call);                                                            \
-    if (r_ != ncclSuccess) die(me, std::string(#call) + ": " + ncclGetErrorString(r_));  \
+#define NK(call)                                                                        \
+  do {                                                                                  \
+    ncclResult_t r_ = (call);                                                           \
+    if (r_ != ncclSuccess) die(me, std::string(#call) + ": " + ncclGetErrorString(r_)); \
   } while (0)
 
 double pct(std::vector<double> v, double p) {
@@ -80,8 +80,7 @@ void* dev_alloc(int me, size_t bytes) {
 }
 
 // Grouped send/recv: all_to_all with `bytes` to every rank.
-void all_to_all(int me, const void* send, void* recv, size_t bytes, int R, ncclComm_t comm,
-                cudaStream_t st) {
+void all_to_all(int me, const void* send, void* recv, size_t bytes, int R, ncclComm_t comm, cudaStream_t st) {
   NK(ncclGroupStart());
   for (int p = 0; p < R; ++p) {
     NK(ncclSend(static_cast<const uint8_t*>(send) + bytes * p, bytes, ncclUint8, p, comm, st));
@@ -175,7 +174,8 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
   void* ey = dev_alloc(me, cap * o.hidden * 2);
   void* y = dev_alloc(me, static_cast<size_t>(maxT) * o.hidden * 2);
   auto* one = static_cast<float*>(dev_alloc(me, 4));
-  const size_t a2a_max = static_cast<size_t>(maxT) * std::max(xb + nscale * 4, static_cast<size_t>(o.topk) * o.hidden * 2);
+  const size_t a2a_max =
+      static_cast<size_t>(maxT) * std::max(xb + nscale * 4, static_cast<size_t>(o.topk) * o.hidden * 2);
   void* a2a_s = dev_alloc(me, a2a_max * R);
   void* a2a_r = dev_alloc(me, a2a_max * R);
   cudaStream_t st;
@@ -185,17 +185,18 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
   std::vector<Row> rows;
   for (int T : o.tokens) {
     CK(cudaMemcpy(nt, &T, 4, cudaMemcpyHostToDevice));
-    const size_t d_bytes = static_cast<size_t>(T) * (xb + nscale * 4);                 // per peer
-    const size_t c_bytes = static_cast<size_t>(T) * o.topk * o.hidden * 2 / R;        // per peer
+    const size_t d_bytes = static_cast<size_t>(T) * (xb + nscale * 4);          // per peer
+    const size_t c_bytes = static_cast<size_t>(T) * o.topk * o.hidden * 2 / R;  // per peer
     auto capture = [&](bool moe_graph) {
       cudaGraph_t g;
       cudaGraphExec_t ge;
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
       if (moe_graph) CK(routes_launch(idx, w, nt, o.topk, o.experts, me, counter, st));
-      NK(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, nccl, st));  // align the ranks
+      NK(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, nccl, st));    // align the ranks
       CK(cudaEventRecordWithFlags(ev[0], st, cudaEventRecordExternal));  // a timing node in the graph
       if (moe_graph) {
-        if (ncclMoeDispatch(x, fp8 ? sc : nullptr, idx, w, nt, rx, fp8 ? rs : nullptr, rc, moe, st) != ncclSuccess)
+        if (ncclMoeDispatch(x, fp8 ? sc : nullptr, idx, w, nt, rx, fp8 ? rs : nullptr, rc, moe, st) !=
+            ncclSuccess)
           die(me, std::string("dispatch: ") + ncclMoeGetLastError(moe));
       } else {
         all_to_all(me, a2a_s, a2a_r, d_bytes, R, nccl, st);
@@ -291,10 +292,10 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
       CK(cudaGraphExecDestroy(ge));
       for (auto& x : e) cudaEventDestroy(x);
       if (me == 0)
-        printf("# breakdown T=%d (rank 0, p50 us): dispatch send %.1f, recv %.1f; combine send %.1f, "
-               "recv %.1f; empty kernel %dx512 %.1f\n",
-               T, pct(part[0], .5), pct(part[1], .5), pct(part[2], .5), pct(part[3], .5), sms,
-               pct(part[4], .5));
+        printf(
+            "# breakdown T=%d (rank 0, p50 us): dispatch send %.1f, recv %.1f; combine send %.1f, "
+            "recv %.1f; empty kernel %dx512 %.1f\n",
+            T, pct(part[0], .5), pct(part[1], .5), pct(part[2], .5), pct(part[3], .5), sms, pct(part[4], .5));
     }
     const double peer = me == 0 && R > 1 ? peer_copy_us(me, dev, d_bytes) : -1;
     // Pool at rank 0.
@@ -330,14 +331,16 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
     row.peer_gbs = peer > 0 ? d_bytes / (peer * 1e3) : 0;
     rows.push_back(row);
     auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-    printf("%7d %10.0f %9.1f %9.1f %9.1f %9.1f %9.1f %4d %9.1f %9.1f %6.2f %6.2f %9.1f %8.1f %6.2f %8.1f %8.2f %8.2f\n",
-           T, row.bytes, row.d50, row.d99, row.c50, row.c99, row.slow_d50, row.slow_rank, row.n_d50,
-           row.n_c50, ratio(row.d50, row.n_d50), ratio(row.c50, row.n_c50), row.peer_us,
-           row.peer_gbs, ratio(row.d50, row.peer_us), row.d50 > 0 ? row.bytes / (row.d50 * 1e3) : 0,
-           row.post50, row.cpost50);
+    printf(
+        "%7d %10.0f %9.1f %9.1f %9.1f %9.1f %9.1f %4d %9.1f %9.1f %6.2f %6.2f %9.1f %8.1f %6.2f %8.1f %8.2f "
+        "%8.2f\n",
+        T, row.bytes, row.d50, row.d99, row.c50, row.c99, row.slow_d50, row.slow_rank, row.n_d50, row.n_c50,
+        ratio(row.d50, row.n_d50), ratio(row.c50, row.n_c50), row.peer_us, row.peer_gbs,
+        ratio(row.d50, row.peer_us), row.d50 > 0 ? row.bytes / (row.d50 * 1e3) : 0, row.post50, row.cpost50);
     fflush(stdout);
   }
-  if (ncclMoeCommDestroy(moe) != ncclSuccess) die(me, std::string("destroy: ") + ncclMoeGetLastError(nullptr));
+  if (ncclMoeCommDestroy(moe) != ncclSuccess)
+    die(me, std::string("destroy: ") + ncclMoeGetLastError(nullptr));
   ncclCommDestroy(nccl);
   return rows;
 }
@@ -348,8 +351,9 @@ void header(const Opts& o) {
   int v = 0;
   ncclGetVersion(&v);
   const std::string path = o.fabric ? "every peer through the fabric proxy (MOEFABRIC_FORCE_FABRIC=1)"
-                           : o.node_size > 0 ? "nodes of " + std::to_string(o.node_size) + " ranks (MOEFABRIC_NODE_SIZE)"
-                                             : std::string("NVLink");
+                           : o.node_size > 0
+                               ? "nodes of " + std::to_string(o.node_size) + " ranks (MOEFABRIC_NODE_SIZE)"
+                               : std::string("NVLink");
   const char* prov = getenv("MOEFABRIC_PROVIDER");
   const char* staging = getenv("MOEFABRIC_MOE_STAGING");
   const std::string via = o.fabric || o.node_size > 0
@@ -358,14 +362,16 @@ void header(const Opts& o) {
                               : "";
   printf("# moefabric-moe-gpu-perf: CUDA backend (%s%s), host %s, NCCL %d, %d ranks\n", path.c_str(),
          via.c_str(), host, v, o.ranks);
-  printf("# E %d, top-%d, hidden %d, %s dispatch, bf16 combine; %d iters + %d warmup per row, each a CUDA\n"
-         "# graph replay with fresh device-side routing; times between CUDA events, p50/p99 pooled over ranks\n",
-         o.experts, o.topk, o.hidden, o.dtype.c_str(), o.iters, o.warmup);
-  printf("#\n# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s %8s %8s\n", "T", "disp_B", "disp_p50",
-         "disp_p99", "comb_p50", "comb_p99", "slow_d50", "slow", "a2a_d50", "a2a_c50", "d/a2a", "c/a2a",
-         "peer_cp", "peer", "d/cp", "disp", "post", "cpost");
-  printf("# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s %8s %8s\n", "", "(/peer)", "(us)", "(us)",
-         "(us)", "(us)", "(us)", "rank", "(us)", "(us)", "", "", "(us)", "(GB/s)", "", "(GB/s)", "(us)", "(us)");
+  printf(
+      "# E %d, top-%d, hidden %d, %s dispatch, bf16 combine; %d iters + %d warmup per row, each a CUDA\n"
+      "# graph replay with fresh device-side routing; times between CUDA events, p50/p99 pooled over ranks\n",
+      o.experts, o.topk, o.hidden, o.dtype.c_str(), o.iters, o.warmup);
+  printf("#\n# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s %8s %8s\n", "T", "disp_B",
+         "disp_p50", "disp_p99", "comb_p50", "comb_p99", "slow_d50", "slow", "a2a_d50", "a2a_c50", "d/a2a",
+         "c/a2a", "peer_cp", "peer", "d/cp", "disp", "post", "cpost");
+  printf("# %5s %10s %9s %9s %9s %9s %9s %4s %9s %9s %6s %6s %9s %8s %6s %8s %8s %8s\n", "", "(/peer)",
+         "(us)", "(us)", "(us)", "(us)", "(us)", "rank", "(us)", "(us)", "", "", "(us)", "(GB/s)", "",
+         "(GB/s)", "(us)", "(us)");
   fflush(stdout);
 }
 
@@ -382,7 +388,8 @@ int main(int argc, char** argv) {
   app.add_option("-E,--experts", o.experts, "experts");
   app.add_option("-d,--dtype", o.dtype, "dispatch type")->check(CLI::IsMember({"bf16", "fp8"}));
   app.add_option("-n,--iters", o.iters, "timed iterations per row")->check(CLI::PositiveNumber);
-  app.add_option("-w,--warmup,--warmup_iters", o.warmup, "untimed iterations per row")->check(CLI::NonNegativeNumber);
+  app.add_option("-w,--warmup,--warmup_iters", o.warmup, "untimed iterations per row")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--no-nccl", o.no_nccl, "skip the NCCL all_to_all baseline");
   app.add_flag("--breakdown", o.breakdown,
                "also time each half-call (split API) and an empty kernel on the same grid");
@@ -391,42 +398,63 @@ int main(int argc, char** argv) {
                "MOEFABRIC_PROVIDER, e.g. shm)");
   app.add_option("--node-size", o.node_size, "sets MOEFABRIC_NODE_SIZE (0: leave it)")
       ->check(CLI::Range(0, 4096));
-  app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")->type_name("FILE");
-  app.add_option("-T,--timeout", o.timeout, "seconds before the ranks are killed")->check(CLI::PositiveNumber);
+  app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")
+      ->type_name("FILE");
+  app.add_option("-T,--timeout", o.timeout, "seconds before the ranks are killed")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   // The forked ranks inherit these.
   if (o.fabric) setenv("MOEFABRIC_FORCE_FABRIC", "1", 1);
   if (o.node_size > 0) setenv("MOEFABRIC_NODE_SIZE", std::to_string(o.node_size).c_str(), 1);
   header(o);
   std::vector<Row> out;
-  auto res = moefabric::launch_fork(o.ranks, [&](OobChannel& ch) {
-    std::string gpu;
-    std::vector<Row> rows = run_rank(ch, o, &gpu);
-    if (ch.rank() == 0 && !o.json.empty()) {
-      const char* path = o.fabric ? "fabric" : o.node_size > 0 ? "nodes" : "nvlink";
-      perf::Json results = perf::Json::array();
-      for (const Row& r : rows)
-        results.push_back({{"tokens", r.T}, {"dispatch_bytes_per_peer", r.bytes}, {"dispatch_p50_us", r.d50},
-                           {"dispatch_p99_us", r.d99}, {"combine_p50_us", r.c50}, {"combine_p99_us", r.c99},
-                           {"slowest_rank_dispatch_p50_us", r.slow_d50}, {"slowest_rank", r.slow_rank},
-                           {"nccl_a2a_dispatch_p50_us", r.n_d50}, {"nccl_a2a_combine_p50_us", r.n_c50},
-                           {"peer_copy_us", r.peer_us}, {"peer_copy_GBps", r.peer_gbs},
-                           {"proxy_post_p50_us", r.post50}, {"proxy_combine_post_p50_us", r.cpost50},
-                           {"path", path}});
-      int v = 0;
-      perf::Meta meta{"moefabric-moe-gpu-perf"};
-      meta.gpu = gpu;
-      if (ncclGetVersion(&v) == ncclSuccess) meta.nccl_version = perf::nccl_version_string(v);
-      if (o.fabric || o.node_size > 0) meta.provider = perf::moe_provider();
-      perf::Json config = {{"backend", "cuda"}, {"path", path}, {"ranks", o.ranks}, {"hidden", o.hidden},
-                           {"topk", o.topk}, {"experts", o.experts}, {"dtype", o.dtype}, {"iters", o.iters},
-                           {"warmup", o.warmup}, {"node_size", o.node_size}, {"nccl_baseline", !o.no_nccl}};
-      std::string err;
-      if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
-        fprintf(stderr, "moefabric-moe-gpu-perf: %s\n", err.c_str());
-    }
-    return 0;
-  }, o.timeout);
+  auto res = moefabric::launch_fork(
+      o.ranks,
+      [&](OobChannel& ch) {
+        std::string gpu;
+        std::vector<Row> rows = run_rank(ch, o, &gpu);
+        if (ch.rank() == 0 && !o.json.empty()) {
+          const char* path = o.fabric ? "fabric" : o.node_size > 0 ? "nodes" : "nvlink";
+          perf::Json results = perf::Json::array();
+          for (const Row& r : rows)
+            results.push_back({{"tokens", r.T},
+                               {"dispatch_bytes_per_peer", r.bytes},
+                               {"dispatch_p50_us", r.d50},
+                               {"dispatch_p99_us", r.d99},
+                               {"combine_p50_us", r.c50},
+                               {"combine_p99_us", r.c99},
+                               {"slowest_rank_dispatch_p50_us", r.slow_d50},
+                               {"slowest_rank", r.slow_rank},
+                               {"nccl_a2a_dispatch_p50_us", r.n_d50},
+                               {"nccl_a2a_combine_p50_us", r.n_c50},
+                               {"peer_copy_us", r.peer_us},
+                               {"peer_copy_GBps", r.peer_gbs},
+                               {"proxy_post_p50_us", r.post50},
+                               {"proxy_combine_post_p50_us", r.cpost50},
+                               {"path", path}});
+          int v = 0;
+          perf::Meta meta{"moefabric-moe-gpu-perf"};
+          meta.gpu = gpu;
+          if (ncclGetVersion(&v) == ncclSuccess) meta.nccl_version = perf::nccl_version_string(v);
+          if (o.fabric || o.node_size > 0) meta.provider = perf::moe_provider();
+          perf::Json config = {{"backend", "cuda"},
+                               {"path", path},
+                               {"ranks", o.ranks},
+                               {"hidden", o.hidden},
+                               {"topk", o.topk},
+                               {"experts", o.experts},
+                               {"dtype", o.dtype},
+                               {"iters", o.iters},
+                               {"warmup", o.warmup},
+                               {"node_size", o.node_size},
+                               {"nccl_baseline", !o.no_nccl}};
+          std::string err;
+          if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
+            fprintf(stderr, "moefabric-moe-gpu-perf: %s\n", err.c_str());
+        }
+        return 0;
+      },
+      o.timeout);
   if (!res.ok) {
     fprintf(stderr, "moefabric-moe-gpu-perf: failed:\n%s", res.report.c_str());
     return 1;

@@ -9,8 +9,8 @@ __device__ uint64_t mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-__global__ void routes_kernel(int32_t* idx, float* w, const int32_t* ntokens, int topk,
-                              int experts, int rank, uint64_t* counter) {
+__global__ void routes_kernel(int32_t* idx, float* w, const int32_t* ntokens, int topk, int experts, int rank,
+                              uint64_t* counter) {
   const uint64_t round = *counter;
   const int T = *ntokens;
   for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < T; t += gridDim.x * blockDim.x) {
@@ -37,8 +37,8 @@ __global__ void empty_kernel() {}
 
 }  // namespace
 
-cudaError_t routes_launch(int32_t* idx, float* w, const int32_t* ntokens, int topk, int experts,
-                          int rank, uint64_t* counter, cudaStream_t stream) {
+cudaError_t routes_launch(int32_t* idx, float* w, const int32_t* ntokens, int topk, int experts, int rank,
+                          uint64_t* counter, cudaStream_t stream) {
   routes_kernel<<<1, 1024, 0, stream>>>(idx, w, ntokens, topk, experts, rank, counter);
   return cudaGetLastError();
 }

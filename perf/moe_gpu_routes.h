@@ -7,8 +7,8 @@
 
 #include <cstdint>
 
-cudaError_t routes_launch(int32_t* idx, float* w, const int32_t* ntokens, int topk, int experts,
-                          int rank, uint64_t* counter, cudaStream_t stream);
+cudaError_t routes_launch(int32_t* idx, float* w, const int32_t* ntokens, int topk, int experts, int rank,
+                          uint64_t* counter, cudaStream_t stream);
 
 // An empty kernel on `blocks` x `threads` (the grid the MoE kernels use): the floor one kernel
 // launch costs inside a graph, for --breakdown.

@@ -100,8 +100,8 @@ std::vector<Point> run_rank(OobChannel& oob, const Opts& o) {
               ExpectedLayout ex = expected_layout(s, all, me);
               int32_t t = T;
               if (ncclMoeDispatch(in[0].x.data(), s.fp8 ? in[0].scales.data() : nullptr, in[0].idx.data(),
-                                  in[0].w.data(), &t, rx.data(), s.fp8 ? rs.data() : nullptr,
-                                  counts.data(), moe, nullptr) != ncclSuccess)
+                                  in[0].w.data(), &t, rx.data(), s.fp8 ? rs.data() : nullptr, counts.data(),
+                                  moe, nullptr) != ncclSuccess)
                 die(me, std::string("dispatch: ") + ncclMoeGetLastError(moe));
               wrong += !check_dispatch(s, all, me, ex, rx.data(), rs.data(), counts.data()).empty();
               fill_expert_y(s, all, me, ex, ey.data());
@@ -118,7 +118,8 @@ std::vector<Point> run_rank(OobChannel& oob, const Opts& o) {
               if (!oob.barrier()) die(me, "barrier failed (a rank exited)");
               auto t0 = Clock::now();
               if (ncclMoeDispatch(x.x.data(), s.fp8 ? x.scales.data() : nullptr, x.idx.data(), x.w.data(), &t,
-                                  rx.data(), s.fp8 ? rs.data() : nullptr, counts.data(), moe, nullptr) != ncclSuccess)
+                                  rx.data(), s.fp8 ? rs.data() : nullptr, counts.data(), moe,
+                                  nullptr) != ncclSuccess)
                 die(me, std::string("dispatch: ") + ncclMoeGetLastError(moe));
               auto t1 = Clock::now();
               if (ncclMoeCombine(ey.data(), y.data(), moe, nullptr) != ncclSuccess)
@@ -168,17 +169,37 @@ std::vector<Point> run_rank(OobChannel& oob, const Opts& o) {
               sel_all += b[4 * n];
               wrong_all += static_cast<long>(b[4 * n + 1]);
             }
-            Point pt{R, T, H, K, E, dt, pct(D, .5), pct(D, .99), pct(C, .5), pct(C, .99), pct(TT, .5),
-                     pct(TT, .99), slow, slow_rank, 0, 0, pct(P, .5), pct(CP, .5),
-                     st.dispatchWritesMaxPeer, st.combineWritesMaxPeer, o.check ? wrong_all : -1};
+            Point pt{R,
+                     T,
+                     H,
+                     K,
+                     E,
+                     dt,
+                     pct(D, .5),
+                     pct(D, .99),
+                     pct(C, .5),
+                     pct(C, .99),
+                     pct(TT, .5),
+                     pct(TT, .99),
+                     slow,
+                     slow_rank,
+                     0,
+                     0,
+                     pct(P, .5),
+                     pct(CP, .5),
+                     st.dispatchWritesMaxPeer,
+                     st.combineWritesMaxPeer,
+                     o.check ? wrong_all : -1};
             const double tok_bytes = static_cast<double>(s.x_bytes() + s.nscale() * 4);
             pt.d_gbs = sel_all / R * tok_bytes / (pt.d50 * 1e3);
             pt.c_gbs = sel_all / R * H * 2.0 / (pt.c50 * 1e3);
             rows.push_back(pt);
-            printf("%6d %6d %6d %4d %6d %5s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %4d %8.2f %8.2f %8.1f %8.1f %3u/%u %6s\n",
-                   R, T, H, K, E, dt.c_str(), pt.d50, pt.d99, pt.c50, pt.c99, pt.t50, pt.t99, pt.slow_t50,
-                   pt.slow_rank, pt.d_gbs, pt.c_gbs, pt.post50, pt.cpost50, pt.dw, pt.cw,
-                   o.check ? std::to_string(wrong_all).c_str() : "-");
+            printf(
+                "%6d %6d %6d %4d %6d %5s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %4d %8.2f %8.2f %8.1f "
+                "%8.1f %3u/%u %6s\n",
+                R, T, H, K, E, dt.c_str(), pt.d50, pt.d99, pt.c50, pt.c99, pt.t50, pt.t99, pt.slow_t50,
+                pt.slow_rank, pt.d_gbs, pt.c_gbs, pt.post50, pt.cpost50, pt.dw, pt.cw,
+                o.check ? std::to_string(wrong_all).c_str() : "-");
             fflush(stdout);
           }
           if (ncclMoeCommDestroy(moe) != ncclSuccess)
@@ -191,16 +212,17 @@ void header(const Opts& o, const char* mode) {
   char host[256] = "";
   gethostname(host, sizeof host - 1);
   const char* prov = getenv("MOEFABRIC_PROVIDER");
-  printf("# moefabric-moe-perf: backend host, provider %s, host %s, %s\n", prov ? prov : "(default)", host, mode);
+  printf("# moefabric-moe-perf: backend host, provider %s, host %s, %s\n", prov ? prov : "(default)", host,
+         mode);
   printf("# iters %d, warmup %d, maxPrivateTokens %s, check %s\n", o.iters, o.warmup,
          o.max_private < 0 ? "default" : std::to_string(o.max_private).c_str(), o.check ? "on" : "off");
   printf("#\n# %6s %6s %6s %4s %6s %5s %9s %9s %9s %9s %9s %9s %9s %4s %8s %8s %8s %8s %5s %6s\n", "ranks",
          "tokens", "hidden", "topk", "experts", "type", "disp_p50", "disp_p99", "comb_p50", "comb_p99",
          "tot_p50", "tot_p99", "slow_p50", "slow", "disp_GBs", "comb_GBs", "post_us", "cpost_us", "wr",
          "#wrong");
-  printf("# %6s %6s %6s %4s %6s %5s %9s %9s %9s %9s %9s %9s %9s %4s %8s %8s %8s %8s %5s %6s\n", "", "", "", "", "",
-         "", "(us)", "(us)", "(us)", "(us)", "(us)", "(us)", "(us)", "rank", "(GB/s)", "(GB/s)", "(us)", "(us)",
-         "d/c", "");
+  printf("# %6s %6s %6s %4s %6s %5s %9s %9s %9s %9s %9s %9s %9s %4s %8s %8s %8s %8s %5s %6s\n", "", "", "",
+         "", "", "", "(us)", "(us)", "(us)", "(us)", "(us)", "(us)", "(us)", "rank", "(GB/s)", "(GB/s)",
+         "(us)", "(us)", "d/c", "");
   fflush(stdout);
 }
 
@@ -209,19 +231,35 @@ void write_json(const Opts& o, const perf::Json& prior, const std::vector<Point>
   if (o.json.empty()) return;
   perf::Json results = prior;
   for (const Point& p : rows)
-    results.push_back({{"ranks", p.ranks}, {"tokens", p.tokens}, {"hidden", p.hidden}, {"topk", p.topk},
-                       {"experts", p.experts}, {"type", p.dtype}, {"dispatch_p50_us", p.d50},
-                       {"dispatch_p99_us", p.d99}, {"combine_p50_us", p.c50}, {"combine_p99_us", p.c99},
-                       {"total_p50_us", p.t50}, {"total_p99_us", p.t99}, {"slowest_rank_total_p50_us", p.slow_t50},
-                       {"slowest_rank", p.slow_rank}, {"dispatch_GBps", p.d_gbs}, {"combine_GBps", p.c_gbs},
-                       {"proxy_post_us", p.post50}, {"combine_post_us", p.cpost50},
-                       {"dispatch_writes_per_peer", p.dw}, {"combine_writes_per_peer", p.cw},
+    results.push_back({{"ranks", p.ranks},
+                       {"tokens", p.tokens},
+                       {"hidden", p.hidden},
+                       {"topk", p.topk},
+                       {"experts", p.experts},
+                       {"type", p.dtype},
+                       {"dispatch_p50_us", p.d50},
+                       {"dispatch_p99_us", p.d99},
+                       {"combine_p50_us", p.c50},
+                       {"combine_p99_us", p.c99},
+                       {"total_p50_us", p.t50},
+                       {"total_p99_us", p.t99},
+                       {"slowest_rank_total_p50_us", p.slow_t50},
+                       {"slowest_rank", p.slow_rank},
+                       {"dispatch_GBps", p.d_gbs},
+                       {"combine_GBps", p.c_gbs},
+                       {"proxy_post_us", p.post50},
+                       {"combine_post_us", p.cpost50},
+                       {"dispatch_writes_per_peer", p.dw},
+                       {"combine_writes_per_peer", p.cw},
                        {"wrong", p.wrong >= 0 ? perf::Json(p.wrong) : perf::Json(nullptr)}});
   perf::Meta meta{"moefabric-moe-perf"};
   meta.provider = perf::moe_provider();
-  perf::Json config = {{"backend", "host"}, {"iters", o.iters}, {"warmup", o.warmup},
-                       {"max_private_tokens", o.max_private >= 0 ? perf::Json(o.max_private) : perf::Json(nullptr)},
-                       {"check", o.check}};
+  perf::Json config = {
+      {"backend", "host"},
+      {"iters", o.iters},
+      {"warmup", o.warmup},
+      {"max_private_tokens", o.max_private >= 0 ? perf::Json(o.max_private) : perf::Json(nullptr)},
+      {"check", o.check}};
   std::string err;
   if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
     fprintf(stderr, "moefabric-moe-perf: %s\n", err.c_str());
@@ -238,13 +276,18 @@ int main(int argc, char** argv) {
   app.add_option("--hidden", o.hidden, "hidden sizes")->delimiter(',');
   app.add_option("-k,--topk", o.topk, "top-k values")->delimiter(',');
   app.add_option("-E,--experts", o.experts, "expert counts")->delimiter(',');
-  app.add_option("-d,--dtype", o.dtypes, "dispatch types: bf16, fp8")->delimiter(',')->check(CLI::IsMember({"bf16", "fp8"}));
+  app.add_option("-d,--dtype", o.dtypes, "dispatch types: bf16, fp8")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"bf16", "fp8"}));
   app.add_option("-n,--iters", o.iters, "timed iterations per point")->check(CLI::PositiveNumber);
-  app.add_option("-w,--warmup,--warmup_iters", o.warmup, "untimed iterations per point")->check(CLI::NonNegativeNumber);
+  app.add_option("-w,--warmup,--warmup_iters", o.warmup, "untimed iterations per point")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-private", o.max_private, "maxPrivateTokens (-1: the library's default)");
   perf::add_check(app, &o.check, "verify one iteration per point against the reference");
-  app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")->type_name("FILE");
-  app.add_option("-T,--timeout", o.timeout, "seconds before a self-launched sweep is killed")->check(CLI::PositiveNumber);
+  app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")
+      ->type_name("FILE");
+  app.add_option("-T,--timeout", o.timeout, "seconds before a self-launched sweep is killed")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   for (int t : o.tokens)
     if (t < 0 || t > (1 << 20)) {
@@ -267,11 +310,14 @@ int main(int argc, char** argv) {
       fprintf(stderr, "moefabric-moe-perf: bad rank count %d\n", R);
       return 2;
     }
-    auto res = moefabric::launch_fork(R, [&](OobChannel& ch) {
-      std::vector<Point> rows = run_rank(ch, o);
-      if (ch.rank() == 0) write_json(o, prior, rows);
-      return 0;
-    }, o.timeout);
+    auto res = moefabric::launch_fork(
+        R,
+        [&](OobChannel& ch) {
+          std::vector<Point> rows = run_rank(ch, o);
+          if (ch.rank() == 0) write_json(o, prior, rows);
+          return 0;
+        },
+        o.timeout);
     if (!res.ok) {
       fprintf(stderr, "moefabric-moe-perf: %d ranks failed:\n%s", R, res.report.c_str());
       return 1;

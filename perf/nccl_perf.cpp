@@ -46,19 +46,19 @@ ncclComm_t g_comm = nullptr;
 }
 
 [[noreturn]] void fail(const char* file, int line, const char* kind, const char* err, const char* call) {
-  std::fprintf(stderr, "%s:%d rank %d: %s error '%s' in %s (NCCL last error: %s)\n", file, line, g_rank,
-               kind, err, call, ncclGetLastError(g_comm));
+  std::fprintf(stderr, "%s:%d rank %d: %s error '%s' in %s (NCCL last error: %s)\n", file, line, g_rank, kind,
+               err, call, ncclGetLastError(g_comm));
   die();
 }
-#define CUDACHECK(cmd)                                                                      \
-  do {                                                                                      \
-    cudaError_t e_ = (cmd);                                                                 \
-    if (e_ != cudaSuccess) fail(__FILE__, __LINE__, "CUDA", cudaGetErrorString(e_), #cmd);  \
+#define CUDACHECK(cmd)                                                                     \
+  do {                                                                                     \
+    cudaError_t e_ = (cmd);                                                                \
+    if (e_ != cudaSuccess) fail(__FILE__, __LINE__, "CUDA", cudaGetErrorString(e_), #cmd); \
   } while (0)
-#define NCCLCHECK(cmd)                                                                      \
-  do {                                                                                      \
-    ncclResult_t r_ = (cmd);                                                                \
-    if (r_ != ncclSuccess) fail(__FILE__, __LINE__, "NCCL", ncclGetErrorString(r_), #cmd);  \
+#define NCCLCHECK(cmd)                                                                     \
+  do {                                                                                     \
+    ncclResult_t r_ = (cmd);                                                               \
+    if (r_ != ncclSuccess) fail(__FILE__, __LINE__, "NCCL", ncclGetErrorString(r_), #cmd); \
   } while (0)
 
 enum Op : int { kAllReduce = 0, kAllToAll = 1 };
@@ -89,8 +89,12 @@ void sendMsg(int fd, Msg m) {
   while (left > 0) {
     ssize_t w = write(fd, p, left);
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) { std::fprintf(stderr, "rank %d: lost pipe to parent\n", g_rank); die(); }
-    p += w; left -= size_t(w);
+    if (w <= 0) {
+      std::fprintf(stderr, "rank %d: lost pipe to parent\n", g_rank);
+      die();
+    }
+    p += w;
+    left -= size_t(w);
   }
 }
 
@@ -100,7 +104,8 @@ bool readAll(int fd, void* buf, size_t len) {
     ssize_t r = read(fd, p, len);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
-    p += r; len -= size_t(r);
+    p += r;
+    len -= size_t(r);
   }
   return true;
 }
@@ -238,8 +243,13 @@ void waitStream(cudaStream_t s) {
           wrong += host[i] != want;
         }
       }
-      sendMsg(outFd, Msg{.type = kResult, .op = op, .iters = iters, .bytes = bytes, .count = count,
-                         .wrong = wrong, .avgUs = 1e3 * double(totalMs) / iters,
+      sendMsg(outFd, Msg{.type = kResult,
+                         .op = op,
+                         .iters = iters,
+                         .bytes = bytes,
+                         .count = count,
+                         .wrong = wrong,
+                         .avgUs = 1e3 * double(totalMs) / iters,
                          .minUs = 1e3 * double(minMs)});
     }
   }
@@ -291,8 +301,8 @@ int probeGpus(int timeoutSec, std::string& err) {
   return rep.count;
 }
 
-const char* kEnvVars[] = {"NCCL_NET", "NCCL_NET_PLUGIN", "NCCL_P2P_DISABLE",
-                          "NCCL_SHM_DISABLE", "FI_PROVIDER", "MOEFABRIC_PROVIDER"};
+const char* kEnvVars[] = {"NCCL_NET",         "NCCL_NET_PLUGIN", "NCCL_P2P_DISABLE",
+                          "NCCL_SHM_DISABLE", "FI_PROVIDER",     "MOEFABRIC_PROVIDER"};
 
 }  // namespace
 
@@ -308,8 +318,10 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("-w,--warmup,--warmup_iters", c.warmup, "warmup iterations")->check(CLI::NonNegativeNumber);
   perf::add_check(app, &c.check, "verify results on the host");
-  app.add_flag_callback("--no-check", [&c] { c.check = false; }, "same as -c 0");
-  app.add_option("-J,--json", c.jsonFile, "also write the results as JSON to this file (docs/perf-json.md)")->type_name("FILE");
+  app.add_flag_callback(
+      "--no-check", [&c] { c.check = false; }, "same as -c 0");
+  app.add_option("-J,--json", c.jsonFile, "also write the results as JSON to this file (docs/perf-json.md)")
+      ->type_name("FILE");
   app.add_option("--label", c.label, "free text for the preamble and JSON, e.g. moefabric/shm");
   app.add_option("-T,--timeout", c.timeoutSec, "fail if a rank makes no progress for SEC seconds")
       ->check(CLI::PositiveNumber);
@@ -318,8 +330,13 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);  // a dead child must surface as an error, not kill us
   using Json = perf::Json;
   perf::Meta meta{"moefabric-nccl-perf"};
-  Json config{{"label", c.label}, {"op", c.op}, {"check", c.check}, {"min_bytes", c.sweep.min_bytes},
-              {"max_bytes", c.sweep.max_bytes}, {"step_factor", c.sweep.factor}, {"iters", c.iters},
+  Json config{{"label", c.label},
+              {"op", c.op},
+              {"check", c.check},
+              {"min_bytes", c.sweep.min_bytes},
+              {"max_bytes", c.sweep.max_bytes},
+              {"step_factor", c.sweep.factor},
+              {"iters", c.iters},
               {"warmup", c.warmup}};
   for (const char* v : kEnvVars) config["env"][v] = std::getenv(v) ? Json(std::getenv(v)) : Json(nullptr);
   Json results = Json::array(), summary = Json::object();
@@ -394,7 +411,8 @@ int main(int argc, char** argv) {
   meta.nccl_version = verStr;
   config["ranks"] = n;
   for (int fd : idFds) {
-    if (write(fd, &id, sizeof id) != ssize_t(sizeof id)) { /* that child is gone: reaped below */ }
+    if (write(fd, &id, sizeof id) != ssize_t(sizeof id)) { /* that child is gone: reaped below */
+    }
     close(fd);
   }
 
@@ -424,8 +442,12 @@ int main(int argc, char** argv) {
       std::printf("#  rank %2d  host %s  pid %d  device %d  %s  [%s]\n", m.rank, m.host, m.pid, m.dev, m.gpu,
                   m.bus);
       if (m.rank == 0) meta.gpu = m.gpu;
-      config["rank_info"].push_back({{"rank", m.rank}, {"host", m.host}, {"pid", m.pid}, {"device", m.dev},
-                                 {"gpu", m.gpu}, {"pci_bus_id", m.bus}});
+      config["rank_info"].push_back({{"rank", m.rank},
+                                     {"host", m.host},
+                                     {"pid", m.pid},
+                                     {"device", m.dev},
+                                     {"gpu", m.gpu},
+                                     {"pci_bus_id", m.bus}});
     }
     const char* fmt = "#%11s  %12s  %6s  %10s  %5s  %10s  %10s  %7s  %7s  %6s\n";
     std::printf("#\n");
@@ -453,9 +475,16 @@ int main(int argc, char** argv) {
     totalWrong += wrong;
     busSum += busbw;
     ++rows;
-    results.push_back({{"op", opName(m0.op)}, {"bytes", m0.bytes}, {"count", m0.count}, {"type", "float"},
-                          {"iters", m0.iters}, {"time_us", avg}, {"min_time_us", mn}, {"algbw_gbps", algbw},
-                          {"busbw_gbps", busbw}, {"wrong", c.check ? Json(wrong) : Json(nullptr)}});
+    results.push_back({{"op", opName(m0.op)},
+                       {"bytes", m0.bytes},
+                       {"count", m0.count},
+                       {"type", "float"},
+                       {"iters", m0.iters},
+                       {"time_us", avg},
+                       {"min_time_us", mn},
+                       {"algbw_gbps", algbw},
+                       {"busbw_gbps", busbw},
+                       {"wrong", c.check ? Json(wrong) : Json(nullptr)}});
   };
 
   auto describe = [&](size_t r) {

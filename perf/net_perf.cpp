@@ -94,7 +94,8 @@ struct Buffer {
   // Makes the first `len` bytes of `host` the buffer's contents (GPU: copies them over).
   void push(size_t len) {
 #ifdef MOEFABRIC_NET_PERF_CUDA
-    if (gpu && cudaMemcpy(p, host.data(), len, cudaMemcpyHostToDevice) != cudaSuccess) die(rank, "cudaMemcpy", "upload failed");
+    if (gpu && cudaMemcpy(p, host.data(), len, cudaMemcpyHostToDevice) != cudaSuccess)
+      die(rank, "cudaMemcpy", "upload failed");
 #else
     (void)len;
 #endif
@@ -102,7 +103,8 @@ struct Buffer {
   // Brings the first `len` bytes into `host` (GPU: copies them back).
   void pull(size_t len) {
 #ifdef MOEFABRIC_NET_PERF_CUDA
-    if (gpu && cudaMemcpy(host.data(), p, len, cudaMemcpyDeviceToHost) != cudaSuccess) die(rank, "cudaMemcpy", "download failed");
+    if (gpu && cudaMemcpy(host.data(), p, len, cudaMemcpyDeviceToHost) != cudaSuccess)
+      die(rank, "cudaMemcpy", "download failed");
 #else
     (void)len;
 #endif
@@ -240,8 +242,10 @@ struct RawPath {
     }
     if (n < 0) die(rank, "raw fi_cq_read", fi_strerror(static_cast<int>(-n)));
     for (ssize_t i = 0; i < n; ++i) {
-      if (e[i].flags & (FI_REMOTE_CQ_DATA | FI_REMOTE_WRITE)) ++remote;
-      else if (!(e[i].flags & FI_RECV)) --local_pending;
+      if (e[i].flags & (FI_REMOTE_CQ_DATA | FI_REMOTE_WRITE))
+        ++remote;
+      else if (!(e[i].flags & FI_RECV))
+        --local_pending;
       if (e[i].flags & FI_RECV) {
         auto* ctx = static_cast<fi_context2*>(e[i].op_context);
         size_t k = static_cast<size_t>(ctx - rx_ctx.data());
@@ -270,7 +274,8 @@ struct RawPath {
 #ifdef MOEFABRIC_NET_PERF_CUDA
     // The provider's copies into GPU memory run on the legacy stream and may still be in flight
     // (the same fence the plugin's iflush waits for).
-    if (gpu && cudaStreamSynchronize(cudaStreamLegacy) != cudaSuccess) die(rank, what, "cudaStreamSynchronize failed");
+    if (gpu && cudaStreamSynchronize(cudaStreamLegacy) != cudaSuccess)
+      die(rank, what, "cudaStreamSynchronize failed");
 #endif
   }
   void drain_local() {
@@ -290,12 +295,16 @@ double ratio(double a, double b) { return b > 0 ? a / b : 0; }
 
 void print_header(const Opts& o, const Hello& h, bool raw) {
   printf("# moefabric-net-perf: 2 processes on this host, provider %s, NIC %s\n", h.provider, h.nic);
-  printf("# sizes %llu..%llu x%d, window %d, warmup %d, iters %s, raw baseline %s, buffers in %s memory%s%s\n",
-         static_cast<unsigned long long>(o.sweep.min_bytes), static_cast<unsigned long long>(o.sweep.max_bytes),
-         o.sweep.factor, o.window, o.warmup, o.iters > 0 ? std::to_string(o.iters).c_str() : "auto",
-         raw ? "fi_writedata" : o.raw ? "off (provider without FI_RMA)" : "off", o.gpu ? "GPU" : "host",
-         h.gpu[0] ? ", " : "", h.gpu);
-  for (const char* v : {"MOEFABRIC_PROVIDER", "MOEFABRIC_TCP_IFACE", "MOEFABRIC_PROTOCOL", "MOEFABRIC_EAGER_MAX", "MOEFABRIC_GDR", "FI_PROVIDER"})
+  printf(
+      "# sizes %llu..%llu x%d, window %d, warmup %d, iters %s, raw baseline %s, buffers in %s memory%s%s\n",
+      static_cast<unsigned long long>(o.sweep.min_bytes), static_cast<unsigned long long>(o.sweep.max_bytes),
+      o.sweep.factor, o.window, o.warmup, o.iters > 0 ? std::to_string(o.iters).c_str() : "auto",
+      raw     ? "fi_writedata"
+      : o.raw ? "off (provider without FI_RMA)"
+              : "off",
+      o.gpu ? "GPU" : "host", h.gpu[0] ? ", " : "", h.gpu);
+  for (const char* v : {"MOEFABRIC_PROVIDER", "MOEFABRIC_TCP_IFACE", "MOEFABRIC_PROTOCOL",
+                        "MOEFABRIC_EAGER_MAX", "MOEFABRIC_GDR", "FI_PROVIDER"})
     if (getenv(v)) printf("# %s=%s\n", v, getenv(v));
   printf("#\n# %12s %14s %12s %10s %15s %12s %9s %7s\n", "size", "lat_plugin", "lat_raw", "lat_ratio",
          "bw_plugin", "bw_raw", "bw_ratio", "#wrong");
@@ -320,7 +329,8 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
   if (net_listen(net, 0, h, &pp.lc) != Status::kOk) die(rank, "listen", "failed");
   if (!oob.allgather(h, hall, 128, &err)) die(rank, "handle exchange", err);
   while (!pp.sc || !pp.rc) {
-    if (!pp.sc && net_connect(net, 0, hall + (1 - rank) * 128, &pp.sc) != Status::kOk) die(rank, "connect", "failed");
+    if (!pp.sc && net_connect(net, 0, hall + (1 - rank) * 128, &pp.sc) != Status::kOk)
+      die(rank, "connect", "failed");
     if (!pp.rc && net_accept(pp.lc, &pp.rc) != Status::kOk) die(rank, "accept", "failed");
     if (Clock::now() > deadline) die(rank, "connect", "timed out");
   }
@@ -336,7 +346,8 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
   int ptr_type = o.gpu ? 2 /* NCCL_PTR_CUDA */ : 1 /* NCCL_PTR_HOST */;
   if (net_reg_mr(pp.sc, sbuf.data(), sbuf.n, ptr_type, &pp.smh) != Status::kOk ||
       net_reg_mr(pp.rc, rbuf.data(), rbuf.n, ptr_type, &pp.rmh) != Status::kOk)
-    die(rank, "regMr", o.gpu ? "failed for GPU memory (MOEFABRIC_GDR=1 and a provider with FI_HMEM CUDA needed)" : "failed");
+    die(rank, "regMr",
+        o.gpu ? "failed for GPU memory (MOEFABRIC_GDR=1 and a provider with FI_HMEM CUDA needed)" : "failed");
 
   RawPath raw{rank, deadline};
   std::vector<NicInfo> nics;
@@ -442,7 +453,8 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
       if (::write(out_fd, &row, sizeof row) != static_cast<ssize_t>(sizeof row))
         die(rank, "report", "pipe to the parent closed");
     }
-    if (rank == 1 && row.wrong) die(rank, "check", std::to_string(row.wrong) + " wrong bytes at size " + std::to_string(s));
+    if (rank == 1 && row.wrong)
+      die(rank, "check", std::to_string(row.wrong) + " wrong bytes at size " + std::to_string(s));
   }
   if (!oob.barrier(&err)) die(rank, "final barrier", err);
   if (do_raw) raw.close();
@@ -463,15 +475,20 @@ int main(int argc, char** argv) {
   CLI::App app{"moefabric-net-perf: NCCL net plugin transport vs raw libfabric, two local processes"};
   perf::init_app(app, argc, argv);
   perf::add_sweep(app, &o.sweep, 1024);
-  app.add_option("-n,--iters", o.iters, "timed iterations per size (0: scaled to the size)")->check(CLI::NonNegativeNumber);
-  app.add_option("-w,--warmup,--warmup_iters", o.warmup, "warm-up iterations per size")->check(CLI::NonNegativeNumber);
+  app.add_option("-n,--iters", o.iters, "timed iterations per size (0: scaled to the size)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("-w,--warmup,--warmup_iters", o.warmup, "warm-up iterations per size")
+      ->check(CLI::NonNegativeNumber);
   perf::add_check(app, &o.check, "verify the ping-pong payloads");
-  app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")->type_name("FILE");
-  app.add_option("-T,--timeout", o.timeout, "seconds before a stalled run is killed")->check(CLI::PositiveNumber);
+  app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")
+      ->type_name("FILE");
+  app.add_option("-T,--timeout", o.timeout, "seconds before a stalled run is killed")
+      ->check(CLI::PositiveNumber);
   app.add_option("--window", o.window, "messages in flight for bandwidth")->check(CLI::Range(1, 32));
   app.add_option("--provider", provider, "libfabric provider (sets MOEFABRIC_PROVIDER)");
   app.add_option("--iface", iface, "tcp interface (sets MOEFABRIC_TCP_IFACE)");
-  app.add_flag("--gpu", o.gpu, "message buffers in GPU memory (rank r on GPU r mod count; sets MOEFABRIC_GDR=1)");
+  app.add_flag("--gpu", o.gpu,
+               "message buffers in GPU memory (rank r on GPU r mod count; sets MOEFABRIC_GDR=1)");
   bool no_raw = false;
   app.add_flag("--no-raw", no_raw, "skip the raw libfabric baseline");
   CLI11_PARSE(app, argc, argv);
@@ -487,16 +504,20 @@ int main(int argc, char** argv) {
   if (o.gpu) setenv("MOEFABRIC_GDR", "1", 0);
 
   std::vector<size_t> sizes;
-  for (size_t s = o.sweep.min_bytes; s <= o.sweep.max_bytes; s = std::max(s * o.sweep.factor, s + 1)) sizes.push_back(s);
+  for (size_t s = o.sweep.min_bytes; s <= o.sweep.max_bytes; s = std::max(s * o.sweep.factor, s + 1))
+    sizes.push_back(s);
 
   // Rank 0 prints the header and each row as it is measured; the parent gets them through the
   // pipe for the summary and the JSON file.
   int pfd[2];
   if (pipe(pfd) != 0) return 2;
-  auto res = launch_fork(2, [&](OobChannel& oob) {
-    ::close(pfd[0]);
-    return run_rank(oob, o, sizes, pfd[1]);
-  }, o.timeout + 30);
+  auto res = launch_fork(
+      2,
+      [&](OobChannel& oob) {
+        ::close(pfd[0]);
+        return run_rank(oob, o, sizes, pfd[1]);
+      },
+      o.timeout + 30);
   ::close(pfd[1]);
 
   Hello hello{};
@@ -515,8 +536,12 @@ int main(int argc, char** argv) {
     wrong += x.wrong;
     if (x.bw_raw > 0 && x.bytes >= (1u << 20)) ++bw_points, met_bw &= ratio(x.bw_plugin, x.bw_raw) >= 0.9;
     if (x.lat_raw > 0 && x.bytes <= 4096) ++lat_points, met_lat &= x.lat_plugin - x.lat_raw <= 2.0;
-    results.push_back({{"bytes", x.bytes}, {"lat_plugin_us", x.lat_plugin}, {"lat_raw_us", x.lat_raw},
-                       {"bw_plugin_gbps", x.bw_plugin}, {"bw_raw_gbps", x.bw_raw}, {"wrong", x.wrong}});
+    results.push_back({{"bytes", x.bytes},
+                       {"lat_plugin_us", x.lat_plugin},
+                       {"lat_raw_us", x.lat_raw},
+                       {"bw_plugin_gbps", x.bw_plugin},
+                       {"bw_raw_gbps", x.bw_raw},
+                       {"wrong", x.wrong}});
   }
   auto verdict = [](int points, bool met) { return points == 0 ? nullptr : met ? "met" : "not met"; };
   const char *bw_verdict = verdict(bw_points, met_bw), *lat_verdict = verdict(lat_points, met_lat);
@@ -525,8 +550,9 @@ int main(int argc, char** argv) {
     if (rows.empty())
       printf("# Targets: no rows measured\n");
     else
-      printf("# Targets: bandwidth >= 0.90 x raw at >= 1 MiB: %s; latency within 2 us of raw up to 4 KiB: %s\n",
-             bw_verdict ? bw_verdict : none, lat_verdict ? lat_verdict : none);
+      printf(
+          "# Targets: bandwidth >= 0.90 x raw at >= 1 MiB: %s; latency within 2 us of raw up to 4 KiB: %s\n",
+          bw_verdict ? bw_verdict : none, lat_verdict ? lat_verdict : none);
     printf("# Out of bounds values : %ld %s\n", wrong, wrong ? "FAILED" : "OK");
     fflush(stdout);
   }
@@ -536,15 +562,21 @@ int main(int argc, char** argv) {
     if (connected) meta.provider = hello.provider;
     if (hello.gpu[0]) meta.gpu = hello.gpu;
     perf::Json config = {{"nic", connected ? perf::Json(hello.nic) : perf::Json(nullptr)},
-                         {"buffers", o.gpu ? "gpu" : "host"}, {"min_bytes", o.sweep.min_bytes},
-                         {"max_bytes", o.sweep.max_bytes}, {"step_factor", o.sweep.factor},
+                         {"buffers", o.gpu ? "gpu" : "host"},
+                         {"min_bytes", o.sweep.min_bytes},
+                         {"max_bytes", o.sweep.max_bytes},
+                         {"step_factor", o.sweep.factor},
                          {"iters", o.iters > 0 ? perf::Json(o.iters) : perf::Json("auto")},
-                         {"warmup", o.warmup}, {"window", o.window}, {"raw_baseline", o.raw},
+                         {"warmup", o.warmup},
+                         {"window", o.window},
+                         {"raw_baseline", o.raw},
                          {"check", o.check}};
     perf::Json doc = perf::document(meta, config, results);
     auto or_null = [](const char* v) { return v ? perf::Json(v) : perf::Json(nullptr); };
-    doc["summary"] = {{"wrong", wrong}, {"bandwidth_target", or_null(bw_verdict)},
-                      {"latency_target", or_null(lat_verdict)}, {"exit_code", rc}};
+    doc["summary"] = {{"wrong", wrong},
+                      {"bandwidth_target", or_null(bw_verdict)},
+                      {"latency_target", or_null(lat_verdict)},
+                      {"exit_code", rc}};
     std::string err;
     if (!perf::write_json(o.json, doc, &err)) fprintf(stderr, "moefabric-net-perf: %s\n", err.c_str());
   }

@@ -32,7 +32,9 @@ std::string size_str(uint64_t v) {
 
 }  // namespace
 
-std::string version_line() { return std::string("moefabric ") + MOEFABRIC_VERSION + " (" + MOEFABRIC_COMMIT + ")"; }
+std::string version_line() {
+  return std::string("moefabric ") + MOEFABRIC_VERSION + " (" + MOEFABRIC_COMMIT + ")";
+}
 
 void init_app(CLI::App& app, int argc, char** argv) {
   app.set_version_flag("--version", version_line());
@@ -55,7 +57,8 @@ void add_sweep(CLI::App& app, Sweep* s, int max_factor) {
   app.parse_complete_callback([s] {
     if (s->min_bytes < 1) throw CLI::ValidationError("-b,--min-bytes", "must be at least 1 byte");
     if (s->min_bytes > s->max_bytes)
-      throw CLI::ValidationError("-b,--min-bytes", std::to_string(s->min_bytes) + " is larger than -e,--max-bytes " +
+      throw CLI::ValidationError("-b,--min-bytes", std::to_string(s->min_bytes) +
+                                                       " is larger than -e,--max-bytes " +
                                                        std::to_string(s->max_bytes) + ": need min <= max");
   });
 }
@@ -76,7 +79,8 @@ CLI::Option* add_check(CLI::App& app, bool* check, const std::string& what) {
               n = std::stol(v, &end);
             } catch (const std::exception&) {
             }
-            if (end != v.size() || n < 0) throw CLI::ValidationError("-c,--check", "takes 0 or 1, not '" + v + "'");
+            if (end != v.size() || n < 0)
+              throw CLI::ValidationError("-c,--check", "takes 0 or 1, not '" + v + "'");
             *check = n != 0;
           },
           what + " (0/1; -c alone: 1; default " + (dflt ? "1" : "0") + ")")

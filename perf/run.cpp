@@ -18,12 +18,14 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc && argv[i][0] == '-' && std::strcmp(argv[i], "--") != 0; ++i) {
     if (std::strcmp(argv[i], "-np") == 0) argv[i] = const_cast<char*>("--np");
     const std::string a = argv[i];
-    if (a == "-n" || a == "-r" || a == "--np" || a == "--ranks" || a == "-T" || a == "--timeout") ++i;  // its value
+    if (a == "-n" || a == "-r" || a == "--np" || a == "--ranks" || a == "-T" || a == "--timeout")
+      ++i;  // its value
   }
   CLI::App app{"Run a command as N local moefabric ranks: moefabric-run [OPTIONS] [--] COMMAND [ARGS...]"};
   moefabric::perf::init_app(app, argc, argv);
   int n = 2, timeout = 3600;
-  app.add_option("-n,-r,--np,--ranks", n, "number of ranks (processes), as mpirun -n / -np")->check(CLI::Range(1, 4096));
+  app.add_option("-n,-r,--np,--ranks", n, "number of ranks (processes), as mpirun -n / -np")
+      ->check(CLI::Range(1, 4096));
   app.add_option("-T,--timeout", timeout, "seconds before every rank is killed")->check(CLI::PositiveNumber);
   app.prefix_command();  // everything after the options (or after "--") is the command
   app.footer("Example: moefabric-run -n 4 -- moefabric-moe-perf -c 1");

@@ -36,8 +36,8 @@ bool live_nics(const moefabric::Params& params, std::vector<moefabric::topo::Nic
     out->push_back(std::move(d));
   }
   *note = std::to_string(nics.size()) + " NIC(s) from libfabric provider " +
-          (nics.empty() ? std::string("-") : nics[0].provider) + ", " +
-          std::to_string(rdma.size()) + " RDMA device(s) from rdma-core";
+          (nics.empty() ? std::string("-") : nics[0].provider) + ", " + std::to_string(rdma.size()) +
+          " RDMA device(s) from rdma-core";
   return true;
 }
 
@@ -48,13 +48,16 @@ int main(int argc, char** argv) {
   moefabric::perf::init_app(app, argc, argv);
   std::string xml;
   bool json = false, hwloc_nics = false;
-  app.add_option("-x,--xml", xml, "hwloc XML to read instead of the live machine "
-                                   "(default: MOEFABRIC_TOPO_XML)");
-  app.add_flag("-j,--json", json, "print JSON instead of the table (with the perf tools' \"metadata\" object)");
+  app.add_option("-x,--xml", xml,
+                 "hwloc XML to read instead of the live machine "
+                 "(default: MOEFABRIC_TOPO_XML)");
+  app.add_flag("-j,--json", json,
+               "print JSON instead of the table (with the perf tools' \"metadata\" object)");
   app.add_flag("--hwloc-nics", hwloc_nics,
                "take NICs from hwloc's network PCI devices instead of libfabric (always so with --xml)");
-  app.footer("Environment: MOEFABRIC_PROVIDER / FI_PROVIDER pick the libfabric NICs, "
-             "MOEFABRIC_TCP_IFACE restricts tcp, MOEFABRIC_TOPO_XML as --xml.");
+  app.footer(
+      "Environment: MOEFABRIC_PROVIDER / FI_PROVIDER pick the libfabric NICs, "
+      "MOEFABRIC_TCP_IFACE restricts tcp, MOEFABRIC_TOPO_XML as --xml.");
   CLI11_PARSE(app, argc, argv);
   moefabric::Params params = moefabric::Params::load();
   if (xml.empty()) xml = params.topo_xml;

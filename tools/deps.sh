@@ -2,7 +2,7 @@
 # Installs what moefabric needs to build and test on Debian/Ubuntu (no-op when present).
 set -euo pipefail
 pkgs=(meson ninja-build g++ pkgconf libfabric-dev libfabric-bin libhwloc-dev hwloc catch2
-      libcli11-dev nlohmann-json3-dev libibverbs-dev iproute2)
+      libcli11-dev nlohmann-json3-dev libibverbs-dev iproute2 clang-format)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -35,13 +35,13 @@ __global__ void ping(uint64_t* bell, const uint64_t* flag, int n, uint64_t* ns) 
   }
 }
 
-#define CHECK_CUDA(call)                                                              \
-  do {                                                                                \
-    cudaError_t e_ = (call);                                                          \
-    if (e_ != cudaSuccess) {                                                          \
-      fprintf(stderr, "%s failed: %s\n", #call, cudaGetErrorString(e_));               \
-      return 1;                                                                       \
-    }                                                                                 \
+#define CHECK_CUDA(call)                                                 \
+  do {                                                                   \
+    cudaError_t e_ = (call);                                             \
+    if (e_ != cudaSuccess) {                                             \
+      fprintf(stderr, "%s failed: %s\n", #call, cudaGetErrorString(e_)); \
+      return 1;                                                          \
+    }                                                                    \
   } while (0)
 
 int main() {

@@ -67,11 +67,16 @@ std::optional<PciAddr> PciAddr::from_sysfs_path(const std::string& path) {
 
 const char* path_name(Path p) {
   switch (p) {
-    case Path::kPix: return "PIX";
-    case Path::kPxb: return "PXB";
-    case Path::kPhb: return "PHB";
-    case Path::kNode: return "NODE";
-    case Path::kSys: return "SYS";
+    case Path::kPix:
+      return "PIX";
+    case Path::kPxb:
+      return "PXB";
+    case Path::kPhb:
+      return "PHB";
+    case Path::kNode:
+      return "NODE";
+    case Path::kSys:
+      return "SYS";
   }
   return "?";
 }
@@ -229,8 +234,8 @@ Status Topology::build(const Options& opts, std::string* error) {
     return Status::kInvalidArgument;
   }
   if (hwloc_topology_load(topo) != 0) {
-    *error = "hwloc could not load the " + (live ? std::string("live topology") : opts.xml) +
-             ": " + strerror(errno);
+    *error = "hwloc could not load the " + (live ? std::string("live topology") : opts.xml) + ": " +
+             strerror(errno);
     return Status::kSystemError;
   }
   source_ = live ? "live machine" : opts.xml;
@@ -240,7 +245,8 @@ Status Topology::build(const Options& opts, std::string* error) {
   numa_nodes_ = nnodes;
   int max_node = -1;
   for (int i = 0; i < nnodes; ++i)
-    max_node = std::max(max_node, static_cast<int>(hwloc_get_obj_by_type(topo, HWLOC_OBJ_NUMANODE, i)->os_index));
+    max_node =
+        std::max(max_node, static_cast<int>(hwloc_get_obj_by_type(topo, HWLOC_OBJ_NUMANODE, i)->os_index));
   numa_cpus_.assign(static_cast<size_t>(max_node + 1), {});
   cores_ = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
   for (int c = 0; c < cores_; ++c) {
@@ -390,8 +396,7 @@ Status Topology::build(const Options& opts, std::string* error) {
 }
 
 std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
-                                                      const std::vector<NicDesc>& nics,
-                                                      std::string* why) {
+                                                      const std::vector<NicDesc>& nics, std::string* why) {
   int on_pci = 0;
   for (const NicDesc& n : nics) on_pci += n.pci.has_value();
   if (on_pci < 2) {
@@ -439,10 +444,10 @@ int Topology::gpu_by_pci(const PciAddr& pci) const {
 
 std::string Topology::table() const {
   std::ostringstream o;
-  o << "# moefabric-topo: " << source_ << " (hwloc " << HWLOC_VERSION << "), " << numa_nodes_
-    << " NUMA node" << (numa_nodes_ == 1 ? "" : "s") << ", " << cores_ << " cores, " << gpus_.size()
-    << " GPU" << (gpus_.size() == 1 ? "" : "s") << ", " << nics_.size() << " NIC"
-    << (nics_.size() == 1 ? "" : "s") << "\n";
+  o << "# moefabric-topo: " << source_ << " (hwloc " << HWLOC_VERSION << "), " << numa_nodes_ << " NUMA node"
+    << (numa_nodes_ == 1 ? "" : "s") << ", " << cores_ << " cores, " << gpus_.size() << " GPU"
+    << (gpus_.size() == 1 ? "" : "s") << ", " << nics_.size() << " NIC" << (nics_.size() == 1 ? "" : "s")
+    << "\n";
   char line[512];
   if (gpus_.empty()) {
     o << "# no GPU found (GPUs from " << gpu_source_ << ")\n";
@@ -476,15 +481,14 @@ std::string Topology::table() const {
         << (g.rails.empty() ? "none" : path_name(g.path[g.rails[0]])) << ")\n";
     }
   }
-  snprintf(line, sizeof line, "%-6s %-14s %-12s %-10s %-13s %-5s %s\n", "NIC", "name", "provider",
-           "speed", "bus id", "NUMA", "pciPath");
+  snprintf(line, sizeof line, "%-6s %-14s %-12s %-10s %-13s %-5s %s\n", "NIC", "name", "provider", "speed",
+           "bus id", "NUMA", "pciPath");
   o << line;
   for (size_t n = 0; n < nics_.size(); ++n) {
     const Nic& x = nics_[n];
     std::string speed = x.speed_mbps > 0 ? std::to_string(x.speed_mbps / 1000) + " Gbps" : "-";
-    snprintf(line, sizeof line, "%-6s %-14s %-12s %-10s %-13s %-5s %s\n",
-             ("NIC" + std::to_string(n)).c_str(), x.name.c_str(),
-             x.provider.empty() ? "-" : x.provider.c_str(), speed.c_str(),
+    snprintf(line, sizeof line, "%-6s %-14s %-12s %-10s %-13s %-5s %s\n", ("NIC" + std::to_string(n)).c_str(),
+             x.name.c_str(), x.provider.empty() ? "-" : x.provider.c_str(), speed.c_str(),
              x.pci ? x.pci->str().c_str() : "virtual", x.numa >= 0 ? std::to_string(x.numa).c_str() : "-",
              x.pci_path.empty() ? "-" : x.pci_path.c_str());
     o << line;
@@ -493,26 +497,38 @@ std::string Topology::table() const {
 }
 
 std::string Topology::json() const {
-  nlohmann::ordered_json j = {{"source", source_}, {"hwloc", HWLOC_VERSION}, {"numa_nodes", numa_nodes_},
-                              {"cores", cores_}, {"gpu_source", gpu_source_},
-                              {"nics", nlohmann::ordered_json::array()}, {"gpus", nlohmann::ordered_json::array()}};
+  nlohmann::ordered_json j = {{"source", source_},
+                              {"hwloc", HWLOC_VERSION},
+                              {"numa_nodes", numa_nodes_},
+                              {"cores", cores_},
+                              {"gpu_source", gpu_source_},
+                              {"nics", nlohmann::ordered_json::array()},
+                              {"gpus", nlohmann::ordered_json::array()}};
   for (size_t n = 0; n < nics_.size(); ++n) {
     const Nic& x = nics_[n];
-    j["nics"].push_back({{"index", n}, {"name", x.name}, {"provider", x.provider}, {"speed_mbps", x.speed_mbps},
-                         {"pci", x.pci ? nlohmann::ordered_json(x.pci->str()) : nullptr}, {"numa", x.numa},
+    j["nics"].push_back({{"index", n},
+                         {"name", x.name},
+                         {"provider", x.provider},
+                         {"speed_mbps", x.speed_mbps},
+                         {"pci", x.pci ? nlohmann::ordered_json(x.pci->str()) : nullptr},
+                         {"numa", x.numa},
                          {"pci_path", x.pci_path}});
   }
   for (const Gpu& x : gpus_) {
     nlohmann::ordered_json path = nlohmann::ordered_json::array();
     for (auto p : x.path) path.push_back(path_name(p));
-    j["gpus"].push_back({{"index", x.index}, {"pci", x.pci.str()}, {"numa", x.numa}, {"proxy_cpus", x.proxy_cpus},
-                         {"rails", x.rails}, {"path", path}});
+    j["gpus"].push_back({{"index", x.index},
+                         {"pci", x.pci.str()},
+                         {"numa", x.numa},
+                         {"proxy_cpus", x.proxy_cpus},
+                         {"rails", x.rails},
+                         {"path", path}});
   }
   return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
-std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic,
-                            const std::optional<PciAddr>& gpu_pci, std::string* why) {
+std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic, const std::optional<PciAddr>& gpu_pci,
+                            std::string* why) {
   Options o;
   o.xml = xml;
   o.nics_given = true;

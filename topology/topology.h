@@ -32,41 +32,41 @@ struct PciAddr {
 
 // How a GPU reaches a NIC, in nvidia-smi topo's words, closest first.
 enum class Path : int {
-  kPix = 0,  // through at most one PCIe switch
-  kPxb = 1,  // through several PCIe bridges, without the host bridge
-  kPhb = 2,  // through a PCIe host bridge
-  kNode = 3, // between host bridges of one NUMA node
-  kSys = 4,  // across the SMP interconnect between NUMA nodes (or a virtual NIC)
+  kPix = 0,   // through at most one PCIe switch
+  kPxb = 1,   // through several PCIe bridges, without the host bridge
+  kPhb = 2,   // through a PCIe host bridge
+  kNode = 3,  // between host bridges of one NUMA node
+  kSys = 4,   // across the SMP interconnect between NUMA nodes (or a virtual NIC)
 };
 const char* path_name(Path p);
 
 // A NIC as the caller sees it (libfabric domain, RDMA device or netdev).
 struct NicDesc {
-  std::string name;               // rdmap79s0, mlx5_0, eth0, lo
-  std::string provider;           // efa, verbs, tcp, shm; empty when taken from hwloc
-  std::optional<PciAddr> pci;     // none: virtual (lo, veth, shm)
-  int speed_mbps = 0;             // 0: unknown
+  std::string name;            // rdmap79s0, mlx5_0, eth0, lo
+  std::string provider;        // efa, verbs, tcp, shm; empty when taken from hwloc
+  std::optional<PciAddr> pci;  // none: virtual (lo, veth, shm)
+  int speed_mbps = 0;          // 0: unknown
 };
 
 struct Nic : NicDesc {
-  int numa = -1;                  // -1: unknown / virtual
-  std::string pci_path;           // /sys/devices/pci0000:4e/.../0000:4f:00.0; empty when virtual
+  int numa = -1;         // -1: unknown / virtual
+  std::string pci_path;  // /sys/devices/pci0000:4e/.../0000:4f:00.0; empty when virtual
 };
 
 struct Gpu {
-  int index = 0;                  // CUDA ordinal (or hwloc order without CUDA)
+  int index = 0;  // CUDA ordinal (or hwloc order without CUDA)
   PciAddr pci;
   int numa = -1;
-  std::vector<Path> path;         // path[i]: to nics()[i]
-  std::vector<int> rails;         // indices into nics(): every NIC at the closest path
-  std::vector<int> proxy_cpus;    // OS cpu indices (one PU per core) for this GPU's proxy
+  std::vector<Path> path;       // path[i]: to nics()[i]
+  std::vector<int> rails;       // indices into nics(): every NIC at the closest path
+  std::vector<int> proxy_cpus;  // OS cpu indices (one PU per core) for this GPU's proxy
 };
 
 struct Options {
-  std::string xml;                // hwloc XML instead of the live machine
-  bool nics_given = false;        // use `nics` (else hwloc's network PCI devices)
+  std::string xml;          // hwloc XML instead of the live machine
+  bool nics_given = false;  // use `nics` (else hwloc's network PCI devices)
   std::vector<NicDesc> nics;
-  bool gpus_given = false;        // use `gpus` (else CUDA, else hwloc's NVIDIA devices)
+  bool gpus_given = false;  // use `gpus` (else CUDA, else hwloc's NVIDIA devices)
   std::vector<PciAddr> gpus;
 };
 
@@ -121,16 +121,15 @@ std::vector<NicDesc> rdma_devices();
 // Where an MoE proxy thread should run: the cores of `gpu_pci`'s slice when that GPU is known,
 // else every core of the NIC's NUMA node; empty when the topology says nothing (virtual NIC,
 // no NUMA information). `why` says which rule applied. Honours MOEFABRIC_TOPO_XML via `xml`.
-std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic,
-                            const std::optional<PciAddr>& gpu_pci, std::string* why);
+std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic, const std::optional<PciAddr>& gpu_pci,
+                            std::string* why);
 
 // NICs that are the rails of one GPU, by name: one group per GPU with two or more rails (GPUs
 // sharing the same rails give one group), for grouping NICs into multi-rail devices. Empty, with
 // `why` saying so, when fewer than two NICs are on PCI, no GPU is found or the topology cannot be
 // read. Honours MOEFABRIC_TOPO_XML via `xml`.
 std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
-                                                      const std::vector<NicDesc>& nics,
-                                                      std::string* why);
+                                                      const std::vector<NicDesc>& nics, std::string* why);
 
 // PCI bus ids of the CUDA devices in CUDA's order, through the driver API loaded at run time.
 // nullopt when the driver does not load or reports no device.

@@ -66,7 +66,6 @@ class DeviceScope {
   bool restore_ = false;
 };
 
-
 std::string cuda_text(cudaError_t e) {
   return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
 }
@@ -90,20 +89,24 @@ struct InitBlob {
 
 const char* phase_name(int32_t p) {
   switch (p) {
-    case kern::kPhaseDispatchSend: return "dispatch send";
-    case kern::kPhaseDispatchRecv: return "dispatch recv";
-    case kern::kPhaseCombineSend: return "combine send";
-    case kern::kPhaseCombineRecv: return "combine recv";
-    case kern::kPhaseBarrier: return "destroy";
+    case kern::kPhaseDispatchSend:
+      return "dispatch send";
+    case kern::kPhaseDispatchRecv:
+      return "dispatch recv";
+    case kern::kPhaseCombineSend:
+      return "combine send";
+    case kern::kPhaseCombineRecv:
+      return "combine recv";
+    case kern::kPhaseBarrier:
+      return "destroy";
   }
   return "?";
 }
 
 class CudaComm final : public Engine {
  public:
-  static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                       const ResolvedConfig& rc, const Params& params,
-                       std::unique_ptr<Engine>* out, std::string* error);
+  static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+                       const Params& params, std::unique_ptr<Engine>* out, std::string* error);
   ~CudaComm() override { abort(); }
 
   void abort() override;
@@ -152,7 +155,7 @@ class CudaComm final : public Engine {
   uint32_t remote_ = 0;
   PinnedPtr<uint8_t> send_stage_, recv_stage_;    // host staging
   DevicePtr<uint8_t> send_dstage_, recv_dstage_;  // GPU staging (FI_HMEM)
-  PinnedPtr<uint64_t> ctrl_;  // doorbell[kBells], then arrived[kBells + 1][R]
+  PinnedPtr<uint64_t> ctrl_;                      // doorbell[kBells], then arrived[kBells + 1][R]
   std::unique_ptr<FabricProxy> proxy_;
   cudaStream_t internal_ = nullptr;
   bool torn_down_ = false;
@@ -164,9 +167,8 @@ class CudaComm final : public Engine {
   std::string last_error_, async_text_;
 };
 
-Status CudaComm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                        const ResolvedConfig& rc, const Params& params,
-                        std::unique_ptr<Engine>* out, std::string* error) {
+Status CudaComm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+                        const Params& params, std::unique_ptr<Engine>* out, std::string* error) {
   std::unique_ptr<CudaComm> c(new CudaComm());
   c->params_ = params;
   MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error));
@@ -174,8 +176,8 @@ Status CudaComm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   return Status::kOk;
 }
 
-Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                       const ResolvedConfig& rc, std::string* error) {
+Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+                       std::string* error) {
   cfg_ = rc;
   R_ = nranks;
   me_ = rank;
@@ -189,13 +191,13 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   const bool fp8 = rc.dispatch_type == ncclFloat8e4m3;
   const char* why = nullptr;
   CudaLayout& l = args_.l;
-  bool ok = cuda_layout_init(&l, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens,
-                             fp8 ? 1 : 2, fp8, rc.scale_block, rc.alignment, &why);
+  bool ok = cuda_layout_init(&l, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2,
+                             fp8, rc.scale_block, rc.alignment, &why);
   if (!ok) err = why;
   ok = ok && cuda_ok(cudaGetDevice(&dev_), "cudaGetDevice");
   int sms = 0;
-  ok = ok && cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev_),
-                     "cudaDeviceGetAttribute");
+  ok = ok &&
+       cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev_), "cudaDeviceGetAttribute");
   void* p = nullptr;
   if (ok && cuda_ok(cudaMalloc(&p, l.block_bytes), "cudaMalloc (receive block)"))
     block_.reset(static_cast<uint8_t*>(p));
@@ -209,8 +211,8 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
   if (ok && row_src_ && cuda_ok(cudaMalloc(&p, sizeof(uint8_t*) * nranks), "cudaMalloc (peers)"))
     peers_dev_.reset(static_cast<uint8_t**>(p));
   ok = ok && peers_dev_;
-  if (ok && cuda_ok(cudaHostAlloc(&p, sizeof(kern::DevError), cudaHostAllocMapped),
-                    "cudaHostAlloc (error word)")) {
+  if (ok &&
+      cuda_ok(cudaHostAlloc(&p, sizeof(kern::DevError), cudaHostAllocMapped), "cudaHostAlloc (error word)")) {
     err_.reset(static_cast<kern::DevError*>(p));
     std::memset(p, 0, sizeof(kern::DevError));
   }
@@ -249,16 +251,16 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
     if (e != cudaSuccess) {
       m->ptr = nullptr;
       mapped = false;
-      map_err = "opening rank " + std::to_string(r) + "'s receive block over CUDA IPC failed (" + cuda_text(e) +
-                "): the GPUs need peer access (NVLink or PCIe P2P)";
+      map_err = "opening rank " + std::to_string(r) + "'s receive block over CUDA IPC failed (" +
+                cuda_text(e) + "): the GPUs need peer access (NVLink or PCIe P2P)";
       (void)cudaGetLastError();
       break;
     }
     bases[r] = static_cast<uint8_t*>(m->ptr);
     mapped_.push_back(std::move(m));
   }
-  if (mapped && cudaMemcpy(peers_dev_.get(), bases.data(), sizeof(uint8_t*) * nranks, cudaMemcpyHostToDevice) !=
-                    cudaSuccess) {
+  if (mapped && cudaMemcpy(peers_dev_.get(), bases.data(), sizeof(uint8_t*) * nranks,
+                           cudaMemcpyHostToDevice) != cudaSuccess) {
     mapped = false;
     map_err = "cudaMemcpy of the peer table failed";
   }
@@ -282,12 +284,12 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
           "moe comm rank %d/%d: CUDA backend on device %d, E %d K %d H %d maxT %d %s, %zu MiB "
           "receive block over CUDA IPC, %d blocks per kernel, %d fabric peer(s)%s%s",
           rank, nranks, dev_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? "fp8" : "bf16",
-          l.block_bytes >> 20, args_.blocks, __builtin_popcount(remote_),
-          proxy_ ? " over " : "",
-          proxy_ ? (proxy_->provider() + " " + proxy_->rails() +
-                    (proxy_->device_staging() ? ", staging in GPU memory" : ", staging in pinned host memory"))
-                       .c_str()
-                 : "");
+          l.block_bytes >> 20, args_.blocks, __builtin_popcount(remote_), proxy_ ? " over " : "",
+          proxy_
+              ? (proxy_->provider() + " " + proxy_->rails() +
+                 (proxy_->device_staging() ? ", staging in GPU memory" : ", staging in pinned host memory"))
+                    .c_str()
+              : "");
   return Status::kOk;
 }
 
@@ -298,11 +300,13 @@ Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* err
   const InitBlob& mine = all[me_];
   for (int r = 0; r < R_; ++r)
     if (all[r].force_fabric != mine.force_fabric || all[r].node_size != mine.node_size) {
-      *error = "init (CUDA backend): MOEFABRIC_FORCE_FABRIC / MOEFABRIC_NODE_SIZE differ between "
-               "rank " + std::to_string(me_) + " (" + std::to_string(mine.force_fabric) + ", " +
-               std::to_string(mine.node_size) + ") and rank " + std::to_string(r) + " (" +
-               std::to_string(all[r].force_fabric) + ", " + std::to_string(all[r].node_size) +
-               "): set them alike on every rank";
+      *error =
+          "init (CUDA backend): MOEFABRIC_FORCE_FABRIC / MOEFABRIC_NODE_SIZE differ between "
+          "rank " +
+          std::to_string(me_) + " (" + std::to_string(mine.force_fabric) + ", " +
+          std::to_string(mine.node_size) + ") and rank " + std::to_string(r) + " (" +
+          std::to_string(all[r].force_fabric) + ", " + std::to_string(all[r].node_size) +
+          "): set them alike on every rank";
       return Status::kInvalidUsage;
     }
   auto same_host = [&](int a, int b) {
@@ -343,8 +347,9 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
     void* p = nullptr;
     cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
     if (e != cudaSuccess) {
-      if (err.empty()) err = std::string("cudaHostAlloc (") + what + ", " + std::to_string(bytes) +
-                             " B) failed: " + cuda_text(e);
+      if (err.empty())
+        err = std::string("cudaHostAlloc (") + what + ", " + std::to_string(bytes) +
+              " B) failed: " + cuda_text(e);
       return false;
     }
     std::memset(p, 0, bytes);
@@ -394,16 +399,16 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
                         : " (libfabric built without CUDA?)";
       }
     } else if (!proxy_->hmem_async() &&
-               (cudaDeviceGetAttribute(&order, cudaDevAttrGPUDirectRDMAWritesOrdering, dev_) !=
-                    cudaSuccess ||
+               (cudaDeviceGetAttribute(&order, cudaDevAttrGPUDirectRDMAWritesOrdering, dev_) != cudaSuccess ||
                 order < cudaGPUDirectRDMAWritesOrderingOwner)) {
       // The NIC writes the staging itself and the proxy raises the arrival flag right after the
       // write's completion, with no flush between: this GPU's kernels must see NIC writes in
       // order on their own.
       (void)cudaGetLastError();
-      why_host = "GPU " + std::to_string(dev_) + " does not order NIC writes to its memory for its "
-                 "own kernels (cudaDevAttrGPUDirectRDMAWritesOrdering " + std::to_string(order) +
-                 ", 100 needed)";
+      why_host = "GPU " + std::to_string(dev_) +
+                 " does not order NIC writes to its memory for its "
+                 "own kernels (cudaDevAttrGPUDirectRDMAWritesOrdering " +
+                 std::to_string(order) + ", 100 needed)";
     } else {
       void *s = nullptr, *r = nullptr;
       cudaError_t e = cudaMalloc(&s, stage);
@@ -450,9 +455,10 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
   // Every rank reaches the same verdict here (a rank that leaves alone would strand its NVLink
   // peers in the next allgather).
   std::vector<FabricProxy::Addr> all;
-  MF_CHECK(agree(fn, ctx, R_,
-                 {"init (CUDA backend, fabric path)", "exchanging fabric addresses", "failed", Status::kSystemError},
-                 ok ? Status::kOk : Status::kSystemError, err, mine, &all, error));
+  MF_CHECK(agree(
+      fn, ctx, R_,
+      {"init (CUDA backend, fabric path)", "exchanging fabric addresses", "failed", Status::kSystemError},
+      ok ? Status::kOk : Status::kSystemError, err, mine, &all, error));
   // A local failure from here on is reported through the mapping allgather that follows.
   if (proxy_->start(all, &err) != Status::kOk) fabric_error_ = "fabric path: " + err;
   args_.remote = remote_;
@@ -497,22 +503,21 @@ Status CudaComm::async_error() {
       input_error_ = true;
       return fail(Status::kRemoteError,
                   "%s: topkIdx holds %d, not an expert (numExperts %d; -1 = empty); the slot was "
-                  "treated as empty", phase_name(phase), value, cfg_.experts);
+                  "treated as empty",
+                  phase_name(phase), value, cfg_.experts);
     case kern::kErrBadTokens:
-      return fail(Status::kRemoteError,
-                  "%s: numTokens %d outside [0, maxTokensPerRank=%d]; nothing was sent",
+      return fail(Status::kRemoteError, "%s: numTokens %d outside [0, maxTokensPerRank=%d]; nothing was sent",
                   phase_name(phase), value, cfg_.max_tokens);
     case kern::kErrNullInput: {
       static const char* const names[] = {"x", "topkIdx", "topkWeights", "xScales", "expertY"};
-      return fail(Status::kRemoteError, "%s: %s is NULL with tokens to move",
-                  phase_name(phase), value >= 0 && value < 5 ? names[value] : "an input");
+      return fail(Status::kRemoteError, "%s: %s is NULL with tokens to move", phase_name(phase),
+                  value >= 0 && value < 5 ? names[value] : "an input");
     }
     case kern::kErrPeerData:
       return fail(Status::kRemoteError, "%s: rank %d announced %d tokens (maxTokensPerRank %d)",
                   phase_name(phase), peer, value, cfg_.max_tokens);
     case kern::kErrAborted:
-      return fail(Status::kRemoteError, "%s: aborted while waiting for rank %d",
-                  phase_name(phase), peer);
+      return fail(Status::kRemoteError, "%s: aborted while waiting for rank %d", phase_name(phase), peer);
   }
   return fail(Status::kInternalError, "%s: device error %d", phase_name(phase), code);
 }
@@ -578,8 +583,7 @@ bool peers_in_step(const volatile kern::DevError* e) {
 
 Status CudaComm::move_destroy(bool idle) {
   Status result = Status::kOk;
-  const bool in_step = err_ && peers_in_step(err_.get()) &&
-                       (async_error() == Status::kOk || !launch_failed_);
+  const bool in_step = err_ && peers_in_step(err_.get()) && (async_error() == Status::kOk || !launch_failed_);
   if (!torn_down_ && in_step && idle && (R_ > 1 || proxy_)) {
     // Every op this rank launched is done; then no peer stores into our block once every rank
     // has passed the barrier.
@@ -651,9 +655,8 @@ bool cuda_backend_probe(std::string* why) {
   return true;
 }
 
-Status cuda_engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx,
-                          const ResolvedConfig& rc, const Params& params,
-                          std::unique_ptr<Engine>* out, std::string* error) {
+Status cuda_engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
+                          const Params& params, std::unique_ptr<Engine>* out, std::string* error) {
   return CudaComm::create(nranks, rank, fn, ctx, rc, params, out, error);
 }
 

@@ -14,29 +14,31 @@
 namespace moefabric::moe {
 namespace {
 
-constexpr int kBarrierRow = FabricProxy::kBells;  // arrived[] row and cookie class of the barriers (init, destroy)
+constexpr int kBarrierRow =
+    FabricProxy::kBells;  // arrived[] row and cookie class of the barriers (init, destroy)
 
 WriteKind kind_of(int bell) {
-  return bell == 0 ? WriteKind::kDispatchPrivate
-                   : bell == 1 ? WriteKind::kCombine : WriteKind::kBarrier;
+  return bell == 0 ? WriteKind::kDispatchPrivate : bell == 1 ? WriteKind::kCombine : WriteKind::kBarrier;
 }
 int bell_of(uint32_t kind) {
   switch (static_cast<WriteKind>(kind)) {
-    case WriteKind::kDispatchPrivate: return 0;
-    case WriteKind::kCombine: return 1;
-    case WriteKind::kBarrier: return kBarrierRow;
-    default: return -1;
+    case WriteKind::kDispatchPrivate:
+      return 0;
+    case WriteKind::kCombine:
+      return 1;
+    case WriteKind::kBarrier:
+      return kBarrierRow;
+    default:
+      return -1;
   }
 }
-const char* phase_of(int bell) {
-  return bell == 0 ? "dispatch" : bell == 1 ? "combine" : "barrier";
-}
+const char* phase_of(int bell) { return bell == 0 ? "dispatch" : bell == 1 ? "combine" : "barrier"; }
 uint64_t load_acquire(const uint64_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 
 }  // namespace
 
-Status FabricProxy::create(const Params& params, const Config& cfg,
-                           std::unique_ptr<FabricProxy>* out, std::string* error) {
+Status FabricProxy::create(const Params& params, const Config& cfg, std::unique_ptr<FabricProxy>* out,
+                           std::string* error) {
   std::unique_ptr<FabricProxy> p(new FabricProxy());
   p->params_ = params;
   p->cfg_ = cfg;
@@ -50,8 +52,7 @@ Status FabricProxy::create(const Params& params, const Config& cfg,
   return Status::kOk;
 }
 
-Status FabricProxy::attach(uint8_t* send_stage, uint8_t* recv_stage, int cuda_device,
-                           std::string* error) {
+Status FabricProxy::attach(uint8_t* send_stage, uint8_t* recv_stage, int cuda_device, std::string* error) {
   if (thread_.joinable() || send_mr_.rail[0] != nullptr) {
     *error = "fabric proxy: staging attached twice";
     return Status::kInternalError;
@@ -82,7 +83,8 @@ bool FabricProxy::device_staging_ok(std::string* why) const {
   const bool crosses = (cfg_.remote & ~(1u << cfg_.rank)) != 0;
   if (ep_->hmem_async() && crosses) {
     // (Copies that may end after the write is reported and wait behind the caller's kernels.)
-    *why = "provider " + provider() + " moves GPU memory by host-issued copies on the legacy "
+    *why = "provider " + provider() +
+           " moves GPU memory by host-issued copies on the legacy "
            "stream; GPU staging needs a NIC that writes GPU memory itself (efa, verbs)";
     return false;
   }
@@ -114,8 +116,8 @@ Status FabricProxy::start(const std::vector<Addr>& all, std::string* error) {
   for (int r = 0; r < cfg_.nranks; ++r) {
     if (!((cfg_.remote >> r) & 1u)) continue;
     if (!all[r].ok) {
-      *error = "rank " + std::to_string(r) + " has no fabric endpoint: " +
-               std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
+      *error = "rank " + std::to_string(r) +
+               " has no fabric endpoint: " + std::string(all[r].why, strnlen(all[r].why, sizeof all[r].why));
       return Status::kSystemError;
     }
     peers_[r].recv_base = all[r].recv_base;
@@ -153,17 +155,16 @@ void FabricProxy::fail(Status s, const std::string& text) {
   if (cfg_.abort_word != nullptr) *cfg_.abort_word = 1;
 }
 
-void FabricProxy::post_one(int peer, int kind, const uint8_t* src, size_t len, uint64_t offset,
-                           uint64_t op, bool delivered) {
+void FabricProxy::post_one(int peer, int kind, const uint8_t* src, size_t len, uint64_t offset, uint64_t op,
+                           bool delivered) {
   Peer& p = peers_[peer];
   std::string err;
-  const uint64_t raddr =
-      p.recv_base + cfg_.layout.stage_bytes * static_cast<uint64_t>(cfg_.rank) + offset;
+  const uint64_t raddr = p.recv_base + cfg_.layout.stage_bytes * static_cast<uint64_t>(cfg_.rank) + offset;
   const uint64_t cookie = (static_cast<uint64_t>(kind) << 32) | static_cast<uint32_t>(peer);
   if (p.inflight[kind]++ == 0) p.posted[kind] = Clock::now();
   writes_inflight_.fetch_add(1, std::memory_order_relaxed);
-  Status s = ep_->write(p.rails, src, len, send_mr_, raddr, imm_encode(kind_of(kind), op, cfg_.rank),
-                        cookie, &err, delivered);
+  Status s = ep_->write(p.rails, src, len, send_mr_, raddr, imm_encode(kind_of(kind), op, cfg_.rank), cookie,
+                        &err, delivered);
   if (s != Status::kOk) {
     --p.inflight[kind];
     writes_inflight_.fetch_sub(1, std::memory_order_relaxed);
@@ -207,8 +208,8 @@ void FabricProxy::post_phase(int bell, uint64_t op) {
       bytes += len;
     }
   }
-  post_ns_[bell].store(static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()));
+  post_ns_[bell].store(
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()));
   bytes_[bell].store(bytes, std::memory_order_relaxed);
 }
 
@@ -220,20 +221,20 @@ void FabricProxy::on_remote_write(uint32_t imm) {
   char hex[16];
   snprintf(hex, sizeof hex, "%08x", imm);
   if (row < 0 || src >= cfg_.nranks || !((cfg_.remote >> src) & 1u)) {
-    fail(Status::kRemoteError, std::string("rejected an incoming write (imm 0x") + hex +
-                                   "): unknown kind or not a fabric peer");
+    fail(Status::kRemoteError,
+         std::string("rejected an incoming write (imm 0x") + hex + "): unknown kind or not a fabric peer");
     return;
   }
   uint64_t* flag = cfg_.arrived + static_cast<size_t>(row) * cfg_.nranks + src;
   const uint64_t next = __atomic_load_n(flag, __ATOMIC_RELAXED) + 1;
   if ((next & kSeqMask) != seq_low) {
-    fail(Status::kRemoteError, std::string(phase_of(row)) + ": rank " + std::to_string(src) +
-                                   " wrote op " + std::to_string(seq_low) + " (low bits), expected op " +
+    fail(Status::kRemoteError, std::string(phase_of(row)) + ": rank " + std::to_string(src) + " wrote op " +
+                                   std::to_string(seq_low) + " (low bits), expected op " +
                                    std::to_string(next) + " (imm 0x" + hex + ")");
     return;
   }
-  MF_TRACE(log::kProxy, "rank %d: %s write of op %llu from rank %d landed", cfg_.rank,
-           phase_of(row), static_cast<unsigned long long>(next), src);
+  MF_TRACE(log::kProxy, "rank %d: %s write of op %llu from rank %d landed", cfg_.rank, phase_of(row),
+           static_cast<unsigned long long>(next), src);
   // The payload landed before its immediate was delivered; the kernel's acquire pairs with this.
   __atomic_store_n(flag, next, __ATOMIC_RELEASE);
 }
@@ -244,9 +245,8 @@ void FabricProxy::on_write_done(uint64_t cookie, Status s, const char* text) {
   if (peer < cfg_.nranks && kind <= kBarrierRow) --peers_[peer].inflight[kind];
   writes_inflight_.fetch_sub(1, std::memory_order_release);
   if (s != Status::kOk && !stop_.load(std::memory_order_relaxed))
-    fail(Status::kRemoteError, std::string(phase_of(kind)) + ": write to rank " +
-                                   std::to_string(peer) + " failed (peer lost?): " +
-                                   (text ? text : ""));
+    fail(Status::kRemoteError, std::string(phase_of(kind)) + ": write to rank " + std::to_string(peer) +
+                                   " failed (peer lost?): " + (text ? text : ""));
 }
 
 void FabricProxy::check_stuck_writes(Clock::time_point now) {
@@ -254,9 +254,8 @@ void FabricProxy::check_stuck_writes(Clock::time_point now) {
   for (int r = 0; r < cfg_.nranks; ++r)
     for (int k = 0; k <= kBarrierRow; ++k)
       if (peers_[r].inflight[k] > 0 && now - peers_[r].posted[k] > limit) {
-        fail(Status::kRemoteError, std::string(phase_of(k)) + ": " +
-                                       std::to_string(peers_[r].inflight[k]) + " write(s) to rank " +
-                                       std::to_string(r) + " not complete after " +
+        fail(Status::kRemoteError, std::string(phase_of(k)) + ": " + std::to_string(peers_[r].inflight[k]) +
+                                       " write(s) to rank " + std::to_string(r) + " not complete after " +
                                        std::to_string(cfg_.timeout_ms) + " ms (peer stalled or lost)");
         peers_[r].inflight[k] = 0;  // reported once
       }
@@ -291,9 +290,11 @@ void FabricProxy::loop() {
       const CudaLayout& l = cfg_.layout;
       for (int d = 0; d < cfg_.nranks; ++d) {
         if (!((cfg_.remote >> d) & 1u)) continue;
-        if (self_short(d)) on_remote_write(imm_encode(WriteKind::kBarrier, want, cfg_.rank));
-        else post_one(d, kBarrierRow, send_stage_ + l.stage_bytes * (d + 1) - 16, 16,
-                      l.stage_bytes - 16, want, true);
+        if (self_short(d))
+          on_remote_write(imm_encode(WriteKind::kBarrier, want, cfg_.rank));
+        else
+          post_one(d, kBarrierRow, send_stage_ + l.stage_bytes * (d + 1) - 16, 16, l.stage_bytes - 16, want,
+                   true);
       }
       barrier_posted_.store(want, std::memory_order_release);
     }
@@ -332,10 +333,11 @@ Status FabricProxy::barrier(std::string* error, const char* what) {
       return Status::kRemoteError;
     }
     if (Clock::now() > deadline) {
-      *error = std::string(what) + ": timed out after " + std::to_string(cfg_.timeout_ms) + " ms waiting for " +
-               (!posted ? std::string("the proxy thread to post our barrier writes")
+      *error = std::string(what) + ": timed out after " + std::to_string(cfg_.timeout_ms) +
+               " ms waiting for " +
+               (!posted           ? std::string("the proxy thread to post our barrier writes")
                 : missing.empty() ? std::string("our barrier writes to complete")
-                                : "the barrier of fabric rank(s) " + missing) +
+                                  : "the barrier of fabric rank(s) " + missing) +
                " (peer stalled or lost)";
       return Status::kRemoteError;
     }

@@ -50,9 +50,9 @@ class FabricProxy : public fabric::RmaHandler {
     int nranks = 0, rank = 0;
     uint32_t remote = 0;  // bit r: rank r is a fabric peer (self included under FORCE_FABRIC)
     CudaLayout layout;
-    const uint64_t* doorbell = nullptr;   // [kBells], written by the GPU
-    uint64_t* arrived = nullptr;          // [kBells + 1][R]; the last row counts barriers (init, destroy)
-    const int32_t* stage_T = nullptr;     // [1 + R], written by the GPU
+    const uint64_t* doorbell = nullptr;      // [kBells], written by the GPU
+    uint64_t* arrived = nullptr;             // [kBells + 1][R]; the last row counts barriers (init, destroy)
+    const int32_t* stage_T = nullptr;        // [1 + R], written by the GPU
     volatile int32_t* abort_word = nullptr;  // set on a proxy failure: waiting kernels return
     int timeout_ms = 60000;
     std::optional<topo::PciAddr> gpu;  // this rank's GPU: its rails and NUMA slice are used
@@ -121,7 +121,7 @@ class FabricProxy : public fabric::RmaHandler {
   fabric::RmaRails::Mr send_mr_, recv_mr_;
   uint8_t* send_stage_ = nullptr;  // [R][stage_bytes]
   uint8_t* recv_stage_ = nullptr;
-  int cuda_device_ = -1;           // staging in this GPU's memory; -1: pinned host memory
+  int cuda_device_ = -1;  // staging in this GPU's memory; -1: pinned host memory
   std::string rails_why_;
   std::vector<int> proxy_cpus_;
   std::string proxy_cpus_why_;

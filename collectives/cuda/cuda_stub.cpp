@@ -8,8 +8,8 @@ bool cuda_backend_probe(std::string* why) {
   return false;
 }
 
-Status cuda_engine_create(int, int, ncclMoeAllGather_t, void*, const ResolvedConfig&,
-                          const Params&, std::unique_ptr<Engine>*, std::string* error) {
+Status cuda_engine_create(int, int, ncclMoeAllGather_t, void*, const ResolvedConfig&, const Params&,
+                          std::unique_ptr<Engine>*, std::string* error) {
   *error = "backend ncclMoeBackendCuda: this build of libmoefabric has no CUDA backend";
   return Status::kInvalidUsage;
 }

@@ -47,8 +47,8 @@ Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_
     for (int k = 0; k < K; ++k) {
       if (row[k] < 0) continue;
       int d = owner_[row[k]];
-      auto* counts = reinterpret_cast<uint32_t*>(
-          reinterpret_cast<DispatchHeader*>(send + l_.send_offset(d)) + 1);
+      auto* counts =
+          reinterpret_cast<uint32_t*>(reinterpret_cast<DispatchHeader*>(send + l_.send_offset(d)) + 1);
       ++counts[row[k] - l_.first_expert(d)];
       ++sent_pairs_[d];
       bool seen = false;
@@ -115,15 +115,15 @@ Status Comm::host_unpack_dispatch() {
   const int K = cfg_.topk, E = cfg_.experts;
   const int L = l_.local_count(me_), first = l_.first_expert(me_);
   const size_t nscale = l_.scales ? static_cast<size_t>(cfg_.hidden / cfg_.scale_block) : 0;
-  const DispatchHeader* own = reinterpret_cast<const DispatchHeader*>(send_block_.get() + l_.send_offset(me_));
+  const DispatchHeader* own =
+      reinterpret_cast<const DispatchHeader*>(send_block_.get() + l_.send_offset(me_));
   auto header = [&](int s) -> const DispatchHeader& { return s == me_ ? *own : header_copy(s, seq_).h; };
   auto counts_of = [&](int s) -> const uint32_t* {
     return s == me_ ? reinterpret_cast<const uint32_t*>(own + 1) : header_copy(s, seq_).counts.data();
   };
   auto record = [&](int s, const DispatchHeader& h, uint32_t i) -> const uint8_t* {
     if (s == me_ || i < h.nprivate)
-      return (s == me_ ? reinterpret_cast<const uint8_t*>(own)
-                       : recv_block_.get() + l_.private_offset(s)) +
+      return (s == me_ ? reinterpret_cast<const uint8_t*>(own) : recv_block_.get() + l_.private_offset(s)) +
              l_.header_bytes + l_.record_bytes * i;
     return recv_block_.get() +
            l_.overflow_offset(overflow_off_[s].load(std::memory_order_relaxed) + (i - h.nprivate));
@@ -143,14 +143,15 @@ Status Comm::host_unpack_dispatch() {
       int32_t* meta = meta_copy_.data() + at;
       std::memcpy(meta, record(s, h, i), sizeof(int32_t) * meta_ints);
       if (meta[0] <= prev || meta[0] >= cfg_.max_tokens)
-        return fail(Status::kRemoteError, "dispatch: rank %d sent token index %d out of order or range",
-                    s, meta[0]);
+        return fail(Status::kRemoteError, "dispatch: rank %d sent token index %d out of order or range", s,
+                    meta[0]);
       prev = meta[0];
       bool mine = false;
       for (int k = 0; k < K; ++k) {
         int e = meta[1 + k];
         if (e < -1 || e >= E)
-          return fail(Status::kRemoteError, "dispatch: rank %d sent expert id %d for token %d", s, e, meta[0]);
+          return fail(Status::kRemoteError, "dispatch: rank %d sent expert id %d for token %d", s, e,
+                      meta[0]);
         if (e >= first && e < first + L) ++actual[e - first], mine = true;
       }
       if (!mine)
@@ -159,9 +160,8 @@ Status Comm::host_unpack_dispatch() {
     }
     for (int j = 0; j < L; ++j) {
       if (actual[j] != counts[j])
-        return fail(Status::kRemoteError,
-                    "dispatch: rank %d announced %u rows for expert %d but sent %u", s, counts[j],
-                    first + j, actual[j]);
+        return fail(Status::kRemoteError, "dispatch: rank %d announced %u rows for expert %d but sent %u", s,
+                    counts[j], first + j, actual[j]);
       total[j] += counts[j];
     }
   }
@@ -173,7 +173,8 @@ Status Comm::host_unpack_dispatch() {
     off += round_up(total[j], static_cast<size_t>(l_.alignment));
   }
   if (off > l_.capacity_rows)
-    return fail(Status::kInternalError, "dispatch: %zu rows exceed the capacity of %zu", off, l_.capacity_rows);
+    return fail(Status::kInternalError, "dispatch: %zu rows exceed the capacity of %zu", off,
+                l_.capacity_rows);
   for (int j = 0; j < L; ++j) recv_counts_[j] = static_cast<int32_t>(total[j]);
   // Pass 2: rows go to their expert segments in (source, token, k) order, from the copies.
   auto* rx = static_cast<uint8_t*>(recv_x_);

@@ -25,14 +25,30 @@
 #ifndef NCCL_H_
 /* Same values as nccl.h (NCCL 2.24+). */
 typedef enum {
-  ncclSuccess = 0, ncclUnhandledCudaError = 1, ncclSystemError = 2, ncclInternalError = 3,
-  ncclInvalidArgument = 4, ncclInvalidUsage = 5, ncclRemoteError = 6, ncclInProgress = 7,
+  ncclSuccess = 0,
+  ncclUnhandledCudaError = 1,
+  ncclSystemError = 2,
+  ncclInternalError = 3,
+  ncclInvalidArgument = 4,
+  ncclInvalidUsage = 5,
+  ncclRemoteError = 6,
+  ncclInProgress = 7,
   ncclNumResults = 8
 } ncclResult_t;
 typedef enum {
-  ncclInt8 = 0, ncclUint8 = 1, ncclInt32 = 2, ncclUint32 = 3, ncclInt64 = 4, ncclUint64 = 5,
-  ncclFloat16 = 6, ncclFloat32 = 7, ncclFloat64 = 8, ncclBfloat16 = 9, ncclFloat8e4m3 = 10,
-  ncclFloat8e5m2 = 11, ncclNumTypes = 12
+  ncclInt8 = 0,
+  ncclUint8 = 1,
+  ncclInt32 = 2,
+  ncclUint32 = 3,
+  ncclInt64 = 4,
+  ncclUint64 = 5,
+  ncclFloat16 = 6,
+  ncclFloat32 = 7,
+  ncclFloat64 = 8,
+  ncclBfloat16 = 9,
+  ncclFloat8e4m3 = 10,
+  ncclFloat8e5m2 = 11,
+  ncclNumTypes = 12
 } ncclDataType_t;
 typedef struct ncclComm* ncclComm_t;
 struct CUstream_st;
@@ -51,7 +67,7 @@ typedef struct CUstream_st* cudaStream_t;
 #define NCCL_MOE_MAJOR 0
 #define NCCL_MOE_MINOR 1
 #define NCCL_MOE_PATCH 0
-#define NCCL_MOE_VERSION(X, Y, Z) ((X) * 10000 + (Y) * 100 + (Z))
+#define NCCL_MOE_VERSION(X, Y, Z) ((X)*10000 + (Y)*100 + (Z))
 #define NCCL_MOE_VERSION_CODE NCCL_MOE_VERSION(NCCL_MOE_MAJOR, NCCL_MOE_MINOR, NCCL_MOE_PATCH)
 
 #ifdef __cplusplus
@@ -68,7 +84,7 @@ typedef struct ncclMoeComm* ncclMoeComm_t;
 typedef enum {
   ncclMoeBackendAuto = 0, /* CUDA when the caller's current device is a GPU, else host */
   ncclMoeBackendCuda = 1,
-  ncclMoeBackendHost = 2  /* host memory, CPU threads; the bit-exact reference */
+  ncclMoeBackendHost = 2 /* host memory, CPU threads; the bit-exact reference */
 } ncclMoeBackend_t;
 
 #define NCCL_MOE_CONFIG_MAGIC 0x4d6f4546u /* "MoEF" */
@@ -78,38 +94,35 @@ typedef enum {
 /* Every field after `version` starts "undefined" (NCCL_MOE_UNDEF_INT) and gets its default, or,
  * for the required ones, an ncclInvalidArgument error naming it. */
 typedef struct {
-  size_t size;           /* sizeof(ncclMoeConfig_t) */
-  unsigned int magic;    /* NCCL_MOE_CONFIG_MAGIC */
-  unsigned int version;  /* NCCL_MOE_CONFIG_VERSION */
-  int numExperts;        /* E (required), E >= nranks; rank r owns [floor(r*E/R), floor((r+1)*E/R)) */
-  int numTopk;           /* K (required), 1..16 */
-  int hidden;            /* H (required), elements per token; multiple of 16 (and of scaleBlock for fp8) */
-  int maxTokensPerRank;  /* (required) largest T any rank dispatches; same on all ranks */
-  int dispatchType;      /* ncclBfloat16 (default) or ncclFloat8e4m3 (+1 fp32 scale per scaleBlock) */
-  int combineType;       /* ncclBfloat16 (default) */
-  int scaleBlock;        /* default 128 */
-  int expertAlignment;   /* default 1: each expert's row segment starts at a multiple of this */
-  int maxPrivateTokens;  /* default 128: tokens per peer sent before the receiver grants space */
-  int backend;           /* ncclMoeBackend_t, default Auto */
-  int timeoutMs;         /* default MOEFABRIC_TIMEOUT_MS, else 60000; bounds every wait */
+  size_t size;          /* sizeof(ncclMoeConfig_t) */
+  unsigned int magic;   /* NCCL_MOE_CONFIG_MAGIC */
+  unsigned int version; /* NCCL_MOE_CONFIG_VERSION */
+  int numExperts;       /* E (required), E >= nranks; rank r owns [floor(r*E/R), floor((r+1)*E/R)) */
+  int numTopk;          /* K (required), 1..16 */
+  int hidden;           /* H (required), elements per token; multiple of 16 (and of scaleBlock for fp8) */
+  int maxTokensPerRank; /* (required) largest T any rank dispatches; same on all ranks */
+  int dispatchType;     /* ncclBfloat16 (default) or ncclFloat8e4m3 (+1 fp32 scale per scaleBlock) */
+  int combineType;      /* ncclBfloat16 (default) */
+  int scaleBlock;       /* default 128 */
+  int expertAlignment;  /* default 1: each expert's row segment starts at a multiple of this */
+  int maxPrivateTokens; /* default 128: tokens per peer sent before the receiver grants space */
+  int backend;          /* ncclMoeBackend_t, default Auto */
+  int timeoutMs;        /* default MOEFABRIC_TIMEOUT_MS, else 60000; bounds every wait */
 } ncclMoeConfig_t;
 
-#define NCCL_MOE_CONFIG_INITIALIZER                                                          \
-  {                                                                                          \
-    sizeof(ncclMoeConfig_t), NCCL_MOE_CONFIG_MAGIC, NCCL_MOE_CONFIG_VERSION,                 \
-        NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT,      \
-        NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT,      \
-        NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT                           \
+#define NCCL_MOE_CONFIG_INITIALIZER                                                                         \
+  {                                                                                                         \
+    sizeof(ncclMoeConfig_t), NCCL_MOE_CONFIG_MAGIC, NCCL_MOE_CONFIG_VERSION, NCCL_MOE_UNDEF_INT,            \
+        NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, \
+        NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT  \
   }
 
 /* Out-of-band allgather: every rank contributes `bytesPerRank` bytes from `send`; `recv` receives
  * nranks * bytesPerRank bytes in rank order. Called only during init. */
-typedef ncclResult_t (*ncclMoeAllGather_t)(const void* send, void* recv, size_t bytesPerRank,
-                                           void* ctx);
+typedef ncclResult_t (*ncclMoeAllGather_t)(const void* send, void* recv, size_t bytesPerRank, void* ctx);
 
 /* Collective. Bootstraps over an existing NCCL communicator (the production path on GPUs). */
-NCCL_MOE_API ncclResult_t ncclMoeCommInit(ncclMoeComm_t* moe, ncclComm_t comm,
-                                          const ncclMoeConfig_t* cfg);
+NCCL_MOE_API ncclResult_t ncclMoeCommInit(ncclMoeComm_t* moe, ncclComm_t comm, const ncclMoeConfig_t* cfg);
 /* Collective. Bootstraps over any out-of-band allgather (MPI, a launcher, torch.distributed). */
 NCCL_MOE_API ncclResult_t ncclMoeCommInitAllGather(ncclMoeComm_t* moe, int nranks, int rank,
                                                    ncclMoeAllGather_t fn, void* ctx,
@@ -143,10 +156,9 @@ NCCL_MOE_API ncclResult_t ncclMoeGetLocalExperts(ncclMoeComm_t moe, int* first, 
  * combine completes. One dispatch->combine in flight per comm.
  * Host backend: host pointers, stream must be NULL, calls return when done.
  */
-NCCL_MOE_API ncclResult_t ncclMoeDispatch(const void* x, const float* xScales,
-                                          const int32_t* topkIdx, const float* topkWeights,
-                                          const int32_t* numTokens, void* recvX, float* recvScales,
-                                          int32_t* recvExpertCounts, ncclMoeComm_t moe,
+NCCL_MOE_API ncclResult_t ncclMoeDispatch(const void* x, const float* xScales, const int32_t* topkIdx,
+                                          const float* topkWeights, const int32_t* numTokens, void* recvX,
+                                          float* recvScales, int32_t* recvExpertCounts, ncclMoeComm_t moe,
                                           cudaStream_t stream);
 /* Combine: expertY has recvX's row layout in combineType. At the home rank
  * y[t] = round_bf16(sum over k in order of fmaf(w[t,k], expertY[row(t,k)], acc)), zeros for a
@@ -156,14 +168,12 @@ NCCL_MOE_API ncclResult_t ncclMoeCombine(const void* expertY, void* y, ncclMoeCo
 
 /* Split halves: the same arguments divided. Between a send and its recv the caller may do other
  * work; the host proxy moves the data meanwhile. */
-NCCL_MOE_API ncclResult_t ncclMoeDispatchSend(const void* x, const float* xScales,
-                                              const int32_t* topkIdx, const float* topkWeights,
-                                              const int32_t* numTokens, void* recvX,
-                                              float* recvScales, int32_t* recvExpertCounts,
-                                              ncclMoeComm_t moe, cudaStream_t stream);
+NCCL_MOE_API ncclResult_t ncclMoeDispatchSend(const void* x, const float* xScales, const int32_t* topkIdx,
+                                              const float* topkWeights, const int32_t* numTokens, void* recvX,
+                                              float* recvScales, int32_t* recvExpertCounts, ncclMoeComm_t moe,
+                                              cudaStream_t stream);
 NCCL_MOE_API ncclResult_t ncclMoeDispatchRecv(ncclMoeComm_t moe, cudaStream_t stream);
-NCCL_MOE_API ncclResult_t ncclMoeCombineSend(const void* expertY, ncclMoeComm_t moe,
-                                             cudaStream_t stream);
+NCCL_MOE_API ncclResult_t ncclMoeCombineSend(const void* expertY, ncclMoeComm_t moe, cudaStream_t stream);
 NCCL_MOE_API ncclResult_t ncclMoeCombineRecv(void* y, ncclMoeComm_t moe, cudaStream_t stream);
 
 /* Counters of the last completed dispatch/combine (extension; see docs/moe-protocol.md). */

@@ -47,19 +47,19 @@ inline constexpr std::uintptr_t kMultiRequest = 0x2;  // defined, unused by the 
 inline constexpr std::size_t kMaxNetSizeBytes = std::size_t{1} << 40;
 // 1 GiB: the transfer cap NCCL assumes (and enforces) for v8 plugins, whose sizes are int.
 inline constexpr std::size_t kMaxNetSizeV8 = std::size_t{1} << 30;
-inline constexpr int kMaxDevsPerNic = 4;     // physical devices per fused vNIC, v9..v11
-inline constexpr int kMaxDevsPerNicV12 = 8;  // the same for v12 (NCCL 2.30)
-inline constexpr int kTrafficClassUndef = -1;       // comm_config_v11_t::trafficClass "not set"
-inline constexpr std::int32_t kNetAttrUndef = -1;   // net_attr_v11_t fields "not set" (op/algo/
-                                                    // proto hold it as 0xffffffff)
-inline constexpr int kNetIdUndef = -1;  // properties_v12_t railId / planeId "not known"
+inline constexpr int kMaxDevsPerNic = 4;           // physical devices per fused vNIC, v9..v11
+inline constexpr int kMaxDevsPerNicV12 = 8;        // the same for v12 (NCCL 2.30)
+inline constexpr int kTrafficClassUndef = -1;      // comm_config_v11_t::trafficClass "not set"
+inline constexpr std::int32_t kNetAttrUndef = -1;  // net_attr_v11_t fields "not set" (op/algo/
+                                                   // proto hold it as 0xffffffff)
+inline constexpr int kNetIdUndef = -1;             // properties_v12_t railId / planeId "not known"
 
 // netDeviceType values (ncclNetDeviceType). A host plugin reports kNetDeviceHost.
 inline constexpr int kNetDeviceHost = 0;
-inline constexpr int kNetDeviceUnpack = 1;      // GPU-side unpack; needs kNetDeviceUnpackVersion
-inline constexpr int kNetDeviceGinProxy = 2;    // GIN plugin properties only
-inline constexpr int kNetDeviceGinGdaki = 3;    // GIN plugin properties only
-inline constexpr int kNetDeviceGinGpi = 4;      // GIN plugin properties only (NCCL 2.30)
+inline constexpr int kNetDeviceUnpack = 1;    // GPU-side unpack; needs kNetDeviceUnpackVersion
+inline constexpr int kNetDeviceGinProxy = 2;  // GIN plugin properties only
+inline constexpr int kNetDeviceGinGdaki = 3;  // GIN plugin properties only
+inline constexpr int kNetDeviceGinGpi = 4;    // GIN plugin properties only (NCCL 2.30)
 inline constexpr int kNetDeviceUnpackVersion = 0x7;
 
 // Logger levels (ncclDebugLogLevel).
@@ -100,14 +100,13 @@ inline constexpr int kProfilerNetEventUpdateAndStop = 3;  // update, then close
 
 // ncclDebugLogger_t. NCCL declares `level` as the ncclDebugLogLevel enum (int-sized, same
 // register); flags = kLog* subsystem bits; printf-style fmt.
-using logger_t = void (*)(int level, unsigned long flags, const char* file, int line,
-                          const char* fmt, ...);
+using logger_t = void (*)(int level, unsigned long flags, const char* file, int line, const char* fmt, ...);
 
 // ncclProfilerCallback_t (v10..v12). eHandle: in/out event handle; type: kProfilerNetEvent*;
 // pHandle: the per-operation profiler handle NCCL passed to isend/irecv (opaque); pluginId:
 // plugin-defined event id/version; extData: plugin-defined payload for the profiler plugin.
-using profiler_callback_t = result_t (*)(void** eHandle, int type, void* pHandle,
-                                         std::int64_t pluginId, void* extData);
+using profiler_callback_t = result_t (*)(void** eHandle, int type, void* pHandle, std::int64_t pluginId,
+                                         void* extData);
 
 // ---------------------------------------------------------------------------------------------
 // Data structures.
@@ -205,18 +204,18 @@ using properties_v9_t = properties_v10_t;
 // ncclNetProperties_v8_t: no forceFlush, vProps, maxP2pBytes, maxCollBytes (NCCL assumes
 // forceFlush 0 and kMaxNetSizeV8).
 struct properties_v8_t {
-  char* name;             // device name; unique per device
-  char* pciPath;          // /sys path of the PCI function
-  std::uint64_t guid;     // NIC chip id
-  int ptrSupport;         // kPtrHost | kPtrCuda | kPtrDmabuf
-  int regIsGlobal;        // 1 = MRs not tied to a comm
-  int speed;              // port speed, Mbps
-  int port;               // port number
-  float latency;          // network latency, microseconds
-  int maxComms;           // max comms per device
-  int maxRecvs;           // max n of a grouped irecv
-  int netDeviceType;      // ncclNetDeviceType enum
-  int netDeviceVersion;   // device offload version
+  char* name;            // device name; unique per device
+  char* pciPath;         // /sys path of the PCI function
+  std::uint64_t guid;    // NIC chip id
+  int ptrSupport;        // kPtrHost | kPtrCuda | kPtrDmabuf
+  int regIsGlobal;       // 1 = MRs not tied to a comm
+  int speed;             // port speed, Mbps
+  int port;              // port number
+  float latency;         // network latency, microseconds
+  int maxComms;          // max comms per device
+  int maxRecvs;          // max n of a grouped irecv
+  int netDeviceType;     // ncclNetDeviceType enum
+  int netDeviceVersion;  // device offload version
 };
 
 // ncclNetCommAttr_v11_t: one direction of a setNetAttr hint. Peers = concurrent remote peers,
@@ -261,8 +260,8 @@ struct net_v11_t {
   const char* name;
   // Per communicator: *ctx = plugin context; commId = communicator hash; config = per-comm
   // settings; logFunction/profFunction = NCCL callbacks (profFunction may be unused).
-  result_t (*init)(void** ctx, std::uint64_t commId, comm_config_v11_t* config,
-                   logger_t logFunction, profiler_callback_t profFunction);
+  result_t (*init)(void** ctx, std::uint64_t commId, comm_config_v11_t* config, logger_t logFunction,
+                   profiler_callback_t profFunction);
   // *ndev = number of devices (0 = plugin unusable).
   result_t (*devices)(int* ndev);
   // Fill *props for device dev.
@@ -271,26 +270,24 @@ struct net_v11_t {
   result_t (*listen)(void* ctx, int dev, void* handle, void** listenComm);
   // Non-blocking connect to a peer's handle (same buffer on every retry); sendDevComm != NULL
   // means NCCL asks for device offload.
-  result_t (*connect)(void* ctx, int dev, void* handle, void** sendComm,
-                      device_handle_t** sendDevComm);
+  result_t (*connect)(void* ctx, int dev, void* handle, void** sendComm, device_handle_t** sendDevComm);
   // Non-blocking accept of an incoming connection on listenComm.
   result_t (*accept)(void* listenComm, void** recvComm, device_handle_t** recvDevComm);
   // Register [data, data+size) of type kPtrHost/kPtrCuda on a send or recv comm.
   result_t (*regMr)(void* comm, void* data, std::size_t size, int type, void** mhandle);
   // Register a DMA-BUF range (offset into fd); NCCL closes fd right after return. May be NULL.
-  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type,
-                          std::uint64_t offset, int fd, void** mhandle);
+  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type, std::uint64_t offset, int fd,
+                          void** mhandle);
   // Release a handle from regMr/regMrDmaBuf.
   result_t (*deregMr)(void* comm, void* mhandle);
   // Post a send of size bytes; tag = sender rank; pHandle = profiler handle for this op.
-  result_t (*isend)(void* sendComm, void* data, std::size_t size, int tag, void* mhandle,
-                    void* pHandle, void** request);
+  result_t (*isend)(void* sendComm, void* data, std::size_t size, int tag, void* mhandle, void* pHandle,
+                    void** request);
   // Post an n-way grouped receive (one request); sizes = buffer capacities in bytes.
-  result_t (*irecv)(void* recvComm, int n, void** data, std::size_t* sizes, int* tags,
-                    void** mhandles, void** pHandles, void** request);
+  result_t (*irecv)(void* recvComm, int n, void** data, std::size_t* sizes, int* tags, void** mhandles,
+                    void** pHandles, void** request);
   // Make completed GPU receives visible to the GPU; *request == NULL = nothing to wait for.
-  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles,
-                     void** request);
+  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles, void** request);
   // Poll request; *done = 1 when complete, sizes (may be NULL) = bytes per buffer.
   result_t (*test)(void* request, int* done, int* sizes);
   // Free a send comm (requests may still be in flight).
@@ -315,33 +312,31 @@ struct net_v11_t {
 // structs they point to changed. Members without a comment behave as in net_v11_t.
 struct net_v12_t {
   const char* name;  // plugin name
-  result_t (*init)(void** ctx, std::uint64_t commId, comm_config_v12_t* config,
-                   logger_t logFunction, profiler_callback_t profFunction);  // per communicator
+  result_t (*init)(void** ctx, std::uint64_t commId, comm_config_v12_t* config, logger_t logFunction,
+                   profiler_callback_t profFunction);           // per communicator
   result_t (*devices)(int* ndev);                               // *ndev = device count
   result_t (*getProperties)(int dev, properties_v12_t* props);  // 128-byte props
   result_t (*listen)(void* ctx, int dev, void* handle, void** listenComm);
-  result_t (*connect)(void* ctx, int dev, void* handle, void** sendComm,
-                      device_handle_t** sendDevComm);
+  result_t (*connect)(void* ctx, int dev, void* handle, void** sendComm, device_handle_t** sendDevComm);
   result_t (*accept)(void* listenComm, void** recvComm, device_handle_t** recvDevComm);
   result_t (*regMr)(void* comm, void* data, std::size_t size, int type, void** mhandle);
-  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type,
-                          std::uint64_t offset, int fd, void** mhandle);  // may be NULL
+  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type, std::uint64_t offset, int fd,
+                          void** mhandle);  // may be NULL
   result_t (*deregMr)(void* comm, void* mhandle);
-  result_t (*isend)(void* sendComm, void* data, std::size_t size, int tag, void* mhandle,
-                    void* pHandle, void** request);
-  result_t (*irecv)(void* recvComm, int n, void** data, std::size_t* sizes, int* tags,
-                    void** mhandles, void** pHandles, void** request);
-  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles,
-                     void** request);
+  result_t (*isend)(void* sendComm, void* data, std::size_t size, int tag, void* mhandle, void* pHandle,
+                    void** request);
+  result_t (*irecv)(void* recvComm, int n, void** data, std::size_t* sizes, int* tags, void** mhandles,
+                    void** pHandles, void** request);
+  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles, void** request);
   result_t (*test)(void* request, int* done, int* sizes);
   result_t (*closeSend)(void* sendComm);
   result_t (*closeRecv)(void* recvComm);
   result_t (*closeListen)(void* listenComm);
   result_t (*getDeviceMr)(void* comm, void* mhandle, void** dptr_mhandle);  // offload only
-  result_t (*irecvConsumed)(void* recvComm, int n, void* request);         // offload only
+  result_t (*irecvConsumed)(void* recvComm, int n, void* request);          // offload only
   // Up to kMaxDevsPerNicV12 children. May be NULL (NCCL then uses the physical devices).
   result_t (*makeVDevice)(int* d, vdevice_props_v12_t* props);
-  result_t (*finalize)(void* ctx);                            // per-communicator teardown
+  result_t (*finalize)(void* ctx);                             // per-communicator teardown
   result_t (*setNetAttr)(void* ctx, net_attr_v12_t* netAttr);  // may be NULL
 };
 
@@ -351,97 +346,92 @@ struct net_v10_t {
   const char* name;  // plugin name
   // Once per process (NCCL's shim never calls it twice).
   result_t (*init)(logger_t logFunction, profiler_callback_t profFunction);
-  result_t (*devices)(int* ndev);                               // *ndev = device count
-  result_t (*getProperties)(int dev, properties_v10_t* props);  // 104-byte props
+  result_t (*devices)(int* ndev);                                // *ndev = device count
+  result_t (*getProperties)(int dev, properties_v10_t* props);   // 104-byte props
   result_t (*listen)(int dev, void* handle, void** listenComm);  // no ctx
   // No ctx; config = the communicator's settings (trafficClass) for this connection.
   result_t (*connect)(int dev, comm_config_v10_t* config, void* handle, void** sendComm,
                       device_handle_t** sendDevComm);
   result_t (*accept)(void* listenComm, void** recvComm, device_handle_t** recvDevComm);
   result_t (*regMr)(void* comm, void* data, std::size_t size, int type, void** mhandle);
-  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type,
-                          std::uint64_t offset, int fd, void** mhandle);  // may be NULL
+  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type, std::uint64_t offset, int fd,
+                          void** mhandle);  // may be NULL
   result_t (*deregMr)(void* comm, void* mhandle);
   // size_t size, with profiler handle (as v11).
-  result_t (*isend)(void* sendComm, void* data, std::size_t size, int tag, void* mhandle,
-                    void* pHandle, void** request);
+  result_t (*isend)(void* sendComm, void* data, std::size_t size, int tag, void* mhandle, void* pHandle,
+                    void** request);
   // size_t sizes, with profiler handles (as v11).
-  result_t (*irecv)(void* recvComm, int n, void** data, std::size_t* sizes, int* tags,
-                    void** mhandles, void** pHandles, void** request);
+  result_t (*irecv)(void* recvComm, int n, void** data, std::size_t* sizes, int* tags, void** mhandles,
+                    void** pHandles, void** request);
   // int sizes in every version.
-  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles,
-                     void** request);
+  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles, void** request);
   result_t (*test)(void* request, int* done, int* sizes);  // int sizes in every version
   result_t (*closeSend)(void* sendComm);
   result_t (*closeRecv)(void* recvComm);
   result_t (*closeListen)(void* listenComm);
   result_t (*getDeviceMr)(void* comm, void* mhandle, void** dptr_mhandle);  // offload only
-  result_t (*irecvConsumed)(void* recvComm, int n, void* request);         // offload only
-  result_t (*makeVDevice)(int* d, vdevice_props_t* props);                 // vNIC fusion
+  result_t (*irecvConsumed)(void* recvComm, int n, void* request);          // offload only
+  result_t (*makeVDevice)(int* d, vdevice_props_t* props);                  // vNIC fusion
 };
 
 // ncclNet_v9_t (NCCL 2.24-2.25): v10 without profiler callback, comm config and pHandles.
 // Members without a comment behave as in net_v11_t.
 struct net_v9_t {
-  const char* name;                                            // plugin name
-  result_t (*init)(logger_t logFunction);                      // once per process
-  result_t (*devices)(int* ndev);                              // *ndev = device count
-  result_t (*getProperties)(int dev, properties_v9_t* props);  // 104-byte props (= v10)
+  const char* name;                                              // plugin name
+  result_t (*init)(logger_t logFunction);                        // once per process
+  result_t (*devices)(int* ndev);                                // *ndev = device count
+  result_t (*getProperties)(int dev, properties_v9_t* props);    // 104-byte props (= v10)
   result_t (*listen)(int dev, void* handle, void** listenComm);  // no ctx
   // No ctx, no config.
   result_t (*connect)(int dev, void* handle, void** sendComm, device_handle_t** sendDevComm);
   result_t (*accept)(void* listenComm, void** recvComm, device_handle_t** recvDevComm);
   result_t (*regMr)(void* comm, void* data, std::size_t size, int type, void** mhandle);
-  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type,
-                          std::uint64_t offset, int fd, void** mhandle);  // may be NULL
+  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type, std::uint64_t offset, int fd,
+                          void** mhandle);  // may be NULL
   result_t (*deregMr)(void* comm, void* mhandle);
   // size_t size, no profiler handle.
-  result_t (*isend)(void* sendComm, void* data, std::size_t size, int tag, void* mhandle,
-                    void** request);
+  result_t (*isend)(void* sendComm, void* data, std::size_t size, int tag, void* mhandle, void** request);
   // size_t sizes, no profiler handles.
-  result_t (*irecv)(void* recvComm, int n, void** data, std::size_t* sizes, int* tags,
-                    void** mhandles, void** request);
-  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles,
-                     void** request);
+  result_t (*irecv)(void* recvComm, int n, void** data, std::size_t* sizes, int* tags, void** mhandles,
+                    void** request);
+  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles, void** request);
   result_t (*test)(void* request, int* done, int* sizes);
   result_t (*closeSend)(void* sendComm);
   result_t (*closeRecv)(void* recvComm);
   result_t (*closeListen)(void* listenComm);
   result_t (*getDeviceMr)(void* comm, void* mhandle, void** dptr_mhandle);  // offload only
-  result_t (*irecvConsumed)(void* recvComm, int n, void* request);         // offload only
-  result_t (*makeVDevice)(int* d, vdevice_props_t* props);                 // vNIC fusion
+  result_t (*irecvConsumed)(void* recvComm, int n, void* request);          // offload only
+  result_t (*makeVDevice)(int* d, vdevice_props_t* props);                  // vNIC fusion
 };
 
 // ncclNet_v8_t (NCCL 2.20-2.23): v9 with int transfer sizes (NCCL never exceeds kMaxNetSizeV8)
 // and no makeVDevice. Members without a comment behave as in net_v11_t.
 struct net_v8_t {
-  const char* name;                                            // plugin name
-  result_t (*init)(logger_t logFunction);                      // once per process
-  result_t (*devices)(int* ndev);                              // *ndev = device count
-  result_t (*getProperties)(int dev, properties_v8_t* props);  // 64-byte props
+  const char* name;                                              // plugin name
+  result_t (*init)(logger_t logFunction);                        // once per process
+  result_t (*devices)(int* ndev);                                // *ndev = device count
+  result_t (*getProperties)(int dev, properties_v8_t* props);    // 64-byte props
   result_t (*listen)(int dev, void* handle, void** listenComm);  // no ctx
   // No ctx, no config.
   result_t (*connect)(int dev, void* handle, void** sendComm, device_handle_t** sendDevComm);
   result_t (*accept)(void* listenComm, void** recvComm, device_handle_t** recvDevComm);
   // Registration sizes are size_t even in v8.
   result_t (*regMr)(void* comm, void* data, std::size_t size, int type, void** mhandle);
-  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type,
-                          std::uint64_t offset, int fd, void** mhandle);  // may be NULL
+  result_t (*regMrDmaBuf)(void* comm, void* data, std::size_t size, int type, std::uint64_t offset, int fd,
+                          void** mhandle);  // may be NULL
   result_t (*deregMr)(void* comm, void* mhandle);
   // int size, no profiler handle.
-  result_t (*isend)(void* sendComm, void* data, int size, int tag, void* mhandle,
-                    void** request);
+  result_t (*isend)(void* sendComm, void* data, int size, int tag, void* mhandle, void** request);
   // int sizes, no profiler handles.
   result_t (*irecv)(void* recvComm, int n, void** data, int* sizes, int* tags, void** mhandles,
                     void** request);
-  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles,
-                     void** request);
+  result_t (*iflush)(void* recvComm, int n, void** data, int* sizes, void** mhandles, void** request);
   result_t (*test)(void* request, int* done, int* sizes);
   result_t (*closeSend)(void* sendComm);
   result_t (*closeRecv)(void* recvComm);
   result_t (*closeListen)(void* listenComm);
   result_t (*getDeviceMr)(void* comm, void* mhandle, void** dptr_mhandle);  // offload only
-  result_t (*irecvConsumed)(void* recvComm, int n, void* request);         // offload only
+  result_t (*irecvConsumed)(void* recvComm, int n, void* request);          // offload only
 };
 
 }  // namespace moefabric::nccl::abi

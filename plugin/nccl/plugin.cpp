@@ -79,14 +79,16 @@ Status acquire_net(abi::logger_t log_fn, Net** out) {
   fabric::set_topo_groups_hook(&topo_groups);
   std::string error;
   Status s = Net::acquire(out, &error);
-  if (s != Status::kOk) MF_WARN("init failed: %s", error.c_str());
-  else fabric::install_nccl_topo(**out);  // multi-rail devices only; before NCCL reads its topology
+  if (s != Status::kOk)
+    MF_WARN("init failed: %s", error.c_str());
+  else
+    fabric::install_nccl_topo(**out);  // multi-rail devices only; before NCCL reads its topology
   return s;
 }
 
 // ---- v11 -----------------------------------------------------------------------------------
-result_t init_v11(void** ctx, uint64_t comm_id, abi::comm_config_v11_t* config,
-                  abi::logger_t log_fn, abi::profiler_callback_t) {
+result_t init_v11(void** ctx, uint64_t comm_id, abi::comm_config_v11_t* config, abi::logger_t log_fn,
+                  abi::profiler_callback_t) {
   return guard("init", [&] {
     Net* net = nullptr;
     MF_CHECK(acquire_net(log_fn, &net));
@@ -181,15 +183,13 @@ result_t get_properties_v12(int dev, abi::properties_v12_t* p) {
 }
 
 result_t listen_v11(void* ctx, int dev, void* handle, void** listen_comm) {
-  return guard("listen", [&] {
-    return fabric::net_listen(static_cast<Ctx*>(ctx)->net, dev, handle, listen_comm);
-  });
+  return guard("listen",
+               [&] { return fabric::net_listen(static_cast<Ctx*>(ctx)->net, dev, handle, listen_comm); });
 }
 
 result_t connect_v11(void* ctx, int dev, void* handle, void** send_comm, abi::device_handle_t**) {
-  return guard("connect", [&] {
-    return fabric::net_connect(static_cast<Ctx*>(ctx)->net, dev, handle, send_comm);
-  });
+  return guard("connect",
+               [&] { return fabric::net_connect(static_cast<Ctx*>(ctx)->net, dev, handle, send_comm); });
 }
 
 result_t accept_any(void* listen_comm, void** recv_comm, abi::device_handle_t**) {
@@ -202,25 +202,22 @@ result_t reg_mr(void* comm, void* data, size_t size, int type, void** mhandle) {
 
 result_t reg_mr_dmabuf(void* comm, void* data, size_t size, int type, uint64_t offset, int fd,
                        void** mhandle) {
-  return guard("regMrDmaBuf", [&] {
-    return fabric::net_reg_mr_dmabuf(comm, data, size, type, offset, fd, mhandle);
-  });
+  return guard("regMrDmaBuf",
+               [&] { return fabric::net_reg_mr_dmabuf(comm, data, size, type, offset, fd, mhandle); });
 }
 
 result_t dereg_mr(void* comm, void* mhandle) {
   return guard("deregMr", [&] { return fabric::net_dereg_mr(comm, mhandle); });
 }
 
-result_t isend_v11(void* send_comm, void* data, size_t size, int tag, void* mhandle, void*,
-                   void** request) {
+result_t isend_v11(void* send_comm, void* data, size_t size, int tag, void* mhandle, void*, void** request) {
   return guard("isend", [&] { return fabric::net_isend(send_comm, data, size, tag, mhandle, request); });
 }
 
-result_t irecv_v11(void* recv_comm, int n, void** data, size_t* sizes, int* tags, void** mhandles,
-                   void**, void** request) {
-  return guard("irecv", [&] {
-    return fabric::net_irecv(recv_comm, n, data, sizes, tags, mhandles, request);
-  });
+result_t irecv_v11(void* recv_comm, int n, void** data, size_t* sizes, int* tags, void** mhandles, void**,
+                   void** request) {
+  return guard("irecv",
+               [&] { return fabric::net_irecv(recv_comm, n, data, sizes, tags, mhandles, request); });
 }
 
 result_t iflush(void* recv_comm, int n, void** data, int* sizes, void** mhandles, void** request) {
@@ -240,9 +237,15 @@ result_t test(void* request, int* done, int* sizes) {
   });
 }
 
-result_t close_send(void* c) { return guard("closeSend", [&] { return fabric::net_close_send(c); }); }
-result_t close_recv(void* c) { return guard("closeRecv", [&] { return fabric::net_close_recv(c); }); }
-result_t close_listen(void* c) { return guard("closeListen", [&] { return fabric::net_close_listen(c); }); }
+result_t close_send(void* c) {
+  return guard("closeSend", [&] { return fabric::net_close_send(c); });
+}
+result_t close_recv(void* c) {
+  return guard("closeRecv", [&] { return fabric::net_close_recv(c); });
+}
+result_t close_listen(void* c) {
+  return guard("closeListen", [&] { return fabric::net_close_listen(c); });
+}
 
 result_t set_net_attr(void* ctx, abi::net_attr_v11_t* attr) {
   (void)ctx, (void)attr;  // hints accepted; rails/flows sizing comes with multi-rail support
@@ -330,11 +333,14 @@ result_t irecv_v8(void* recv_comm, int n, void** data, int* sizes, int* tags, vo
 // keeps the state alive: it is left allocated rather than freed under the call.
 __attribute__((destructor)) void unload() {
   g_unloading.store(true);
-  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(fabric::Device::kCloseLingerMs);
+  const auto until =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(fabric::Device::kCloseLingerMs);
   while (g_inside.load() > 0 && std::chrono::steady_clock::now() < until) usleep(1000);
   if (g_inside.load() > 0) {
-    fprintf(stderr, "NET/moefabric: unloaded with %d call(s) still inside it after %d ms; its state is left allocated\n",
-            g_inside.load(), fabric::Device::kCloseLingerMs);
+    fprintf(
+        stderr,
+        "NET/moefabric: unloaded with %d call(s) still inside it after %d ms; its state is left allocated\n",
+        g_inside.load(), fabric::Device::kCloseLingerMs);
     return;
   }
   Net::shutdown();

@@ -25,11 +25,20 @@ std::string esc(const std::string& s) {
   std::string o;
   for (char c : s) {
     switch (c) {
-      case '&': o += "&amp;"; break;
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '"': o += "&quot;"; break;
-      default: o += c;
+      case '&':
+        o += "&amp;";
+        break;
+      case '<':
+        o += "&lt;";
+        break;
+      case '>':
+        o += "&gt;";
+        break;
+      case '"':
+        o += "&quot;";
+        break;
+      default:
+        o += c;
     }
   }
   return o;
@@ -73,8 +82,8 @@ void emit_nic(const std::vector<const TopoNet*>& nets, const std::string& pad, s
 void emit_pci(const Node& node, const std::string& pad, std::string* out) {
   const TopoPci& p = node.pci;
   *out += pad + "<pci" + attr("busid", p.busid) + attr("class", p.cls) + attr("vendor", p.vendor) +
-          attr("device", p.device) + " link_speed=\"" + esc(p.link_speed) + "\"" +
-          " link_width=\"" + esc(p.link_width.empty() ? "0" : p.link_width) + "\">\n";
+          attr("device", p.device) + " link_speed=\"" + esc(p.link_speed) + "\"" + " link_width=\"" +
+          esc(p.link_width.empty() ? "0" : p.link_width) + "\">\n";
   for (const auto& id : node.order) emit_pci(node.children.at(id), pad + "  ", out);
   emit_nic(node.nets, pad + "  ", out);
   *out += pad + "</pci>\n";
@@ -115,8 +124,8 @@ TopoCpu topo_host_cpu() {
 
 std::string nccl_topo_xml(const std::vector<TopoNet>& nets, const TopoCpu& host) {
   struct Cpu {
-    Node root;                                // children: root-most PCI bridges
-    std::vector<const TopoNet*> virtual_nets; // NICs without PCI sit on the CPU
+    Node root;                                 // children: root-most PCI bridges
+    std::vector<const TopoNet*> virtual_nets;  // NICs without PCI sit on the CPU
   };
   std::map<int, Cpu> cpus;
   for (const TopoNet& n : nets) {

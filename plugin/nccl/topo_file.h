@@ -16,8 +16,8 @@
 namespace moefabric::fabric {
 
 struct TopoPci {
-  std::string busid;       // "0000:4f:00.0" (lower case)
-  std::string cls;         // PCI class, "0x020000"; empty: not known
+  std::string busid;           // "0000:4f:00.0" (lower case)
+  std::string cls;             // PCI class, "0x020000"; empty: not known
   std::string vendor, device;  // empty: not known (left out; NCCL reads sysfs)
   // Always written, as NCCL requires them of a <pci> it did not create: link_speed may be empty
   // (unknown), link_width "0" when unknown.
@@ -25,15 +25,15 @@ struct TopoPci {
 };
 
 struct TopoNet {
-  std::string name;        // the device name NCCL gets from getProperties (e.g. "eth1+eth2")
-  int dev = 0;             // NCCL device index
-  int speed_mbps = 0;      // summed over the rails
+  std::string name;    // the device name NCCL gets from getProperties (e.g. "eth1+eth2")
+  int dev = 0;         // NCCL device index
+  int speed_mbps = 0;  // summed over the rails
   int port = 1;
   float latency_us = 0;
   uint64_t guid = 0;
   int maxconn = 0;
   bool gdr = false;
-  int numa = -1;           // NUMA node of the (first rail's) NIC; -1: unknown
+  int numa = -1;             // NUMA node of the (first rail's) NIC; -1: unknown
   std::vector<TopoPci> pci;  // root-most bridge first, the NIC's own function last; empty: virtual
 };
 
@@ -41,9 +41,9 @@ struct TopoNet {
 // itself, and refuses an x86_64 <cpu> without vendor/familyid/modelid ("Attribute vendor of
 // node cpu not found").
 struct TopoCpu {
-  std::string arch;             // uname's machine: "x86_64", "aarch64" (written as NCCL's "arm64")
-  std::string vendor;           // x86: CPUID leaf 0, e.g. "GenuineIntel"; empty elsewhere
-  int family = -1, model = -1;  // x86: CPUID leaf 1 with the extended fields; -1 elsewhere
+  std::string arch;                     // uname's machine: "x86_64", "aarch64" (written as NCCL's "arm64")
+  std::string vendor;                   // x86: CPUID leaf 0, e.g. "GenuineIntel"; empty elsewhere
+  int family = -1, model = -1;          // x86: CPUID leaf 1 with the extended fields; -1 elsewhere
   std::map<int, std::string> affinity;  // NUMA node -> its sysfs cpumap ("ffff,ffffffff")
 };
 

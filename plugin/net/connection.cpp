@@ -85,7 +85,8 @@ Status Device::connect(void* handle, SendComm** out) {
       m.rails[r].len = static_cast<uint32_t>(rails_[r].addr_len);
       std::memcpy(m.rails[r].addr, rails_[r].addr, rails_[r].addr_len);
     }
-    Status s = send_msg(fresh.get(), fresh->peer, wire::MsgType::kConnect, h.listen_id, fresh->id, h.nonce, &m, sizeof m);
+    Status s = send_msg(fresh.get(), fresh->peer, wire::MsgType::kConnect, h.listen_id, fresh->id, h.nonce,
+                        &m, sizeof m);
     if (s != Status::kOk) {
       comms_[fresh->id] = nullptr;
       return s == Status::kAgain ? Status::kOk : s;  // no bounce buffer: NCCL calls again
@@ -153,8 +154,13 @@ void Device::on_connect(const wire::MsgHeader& h, const wire::ConnectMsg& m) {
     (void)send_msg(nullptr, peer, wire::MsgType::kConnectAck, h.src_comm, 0, m.token, &ack, sizeof ack);
     return;
   }
-  ListenComm::Pending p = {peer, h.src_comm, m.flags, 1, {peer, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC},
-                           rails_[0].addr_str(m.rails[0].addr, m.rails[0].len), m.token};
+  ListenComm::Pending p = {peer,
+                           h.src_comm,
+                           m.flags,
+                           1,
+                           {peer, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC},
+                           rails_[0].addr_str(m.rails[0].addr, m.rails[0].len),
+                           m.token};
   int n = std::min<int>(static_cast<int>(m.nrails), static_cast<int>(rails_.size()));
   for (int r = 1; r < n; ++r) {
     if (rails_[r].av_insert(m.rails[r].addr, m.rails[r].len, &p.rail_peer[r]) != Status::kOk) {
@@ -171,8 +177,8 @@ void Device::on_connect_ack(SendComm* c, const wire::ConnectAckMsg& m) {
   int n = std::min<int>(static_cast<int>(m.nrails), static_cast<int>(rails_.size()));
   for (int r = 1; r < n; ++r) {
     if (rails_[r].av_insert(m.rails[r].addr, m.rails[r].len, &c->rail_peer[r]) != Status::kOk) {
-      fail_comm(c, Status::kSystemError, "rail %d (%s): cannot add the listener's address to the AV",
-                r, rails_[r].nic.domain.c_str());
+      fail_comm(c, Status::kSystemError, "rail %d (%s): cannot add the listener's address to the AV", r,
+                rails_[r].nic.domain.c_str());
       return;
     }
   }
@@ -220,8 +226,8 @@ Status Device::accept(ListenComm* lc, RecvComm** out) {
   }
   lc->pending.pop_front();
   if (c->nrails > 1)
-    MF_INFO(log::kNet, "%s: recv comm %u from comm %u uses %d rails", nic_.name.c_str(), c->id,
-            c->remote_id, c->nrails);
+    MF_INFO(log::kNet, "%s: recv comm %u from comm %u uses %d rails", nic_.name.c_str(), c->id, c->remote_id,
+            c->nrails);
   *out = c.release();
   return Status::kOk;
 }

@@ -35,8 +35,8 @@ Status Device::open(const Params& params, std::vector<NicInfo> rails, std::uniqu
   for (size_t r = 1; r < rails.size(); ++r) {
     const NicInfo& n = rails[r];
     if (n.provider != n0.provider) {
-      *error = "rails " + n0.domain + " and " + n.domain + " use different providers (" +
-               n0.provider + ", " + n.provider + ")";
+      *error = "rails " + n0.domain + " and " + n.domain + " use different providers (" + n0.provider + ", " +
+               n.provider + ")";
       return Status::kInvalidUsage;
     }
     d->nic_.name += "+" + n.name;
@@ -55,7 +55,8 @@ Status Device::open(const Params& params, std::vector<NicInfo> rails, std::uniqu
   d->nic_.speed_mbps = tagged ? n0.speed_mbps : speed;
   d->rails_.resize(rails.size());
   for (size_t r = 0; r < rails.size(); ++r)
-    MF_CHECK(d->rails_[r].open(static_cast<int>(r), std::move(rails[r]), EndpointOptions{false, true}, error));
+    MF_CHECK(
+        d->rails_[r].open(static_cast<int>(r), std::move(rails[r]), EndpointOptions{false, true}, error));
   MF_CHECK(d->init(error));
   *out = std::move(d);
   return Status::kOk;
@@ -81,9 +82,8 @@ Status Device::init(std::string* error) {
   stripe_min_ = static_cast<size_t>(std::max<int64_t>(0, params_.stripe_min));
   // A small write with immediate costs two operations where the immediate travels in its own
   // zero-byte write (split_imm: tcp;ofi_rxm); one eager message is cheaper there.
-  eager_known_max_ = params_.eager_known >= 0
-                         ? std::min(eager_max_, static_cast<size_t>(params_.eager_known))
-                         : (nic_.split_imm ? eager_max_ : 0);
+  eager_known_max_ = params_.eager_known >= 0 ? std::min(eager_max_, static_cast<size_t>(params_.eager_known))
+                                              : (nic_.split_imm ? eager_max_ : 0);
 
   Rail& r0 = rails_[0];
   mr_cache_ = std::make_unique<MrCache>(r0.domain.get(), r0.ep.get(), fi->domain_attr->mr_mode,
@@ -99,8 +99,8 @@ Status Device::init(std::string* error) {
   MF_INFO(log::kInit | log::kNet,
           "device %s: provider %s, protocol %s, eager %zu B, max write %zu B, mr_mode 0x%llx, "
           "hmem %d%s",
-          nic_.name.c_str(), nic_.provider.c_str(), tagged_ ? "tagged" : "rdma", eager_max_,
-          max_write_, static_cast<unsigned long long>(fi->domain_attr->mr_mode), nic_.hmem ? 1 : 0,
+          nic_.name.c_str(), nic_.provider.c_str(), tagged_ ? "tagged" : "rdma", eager_max_, max_write_,
+          static_cast<unsigned long long>(fi->domain_attr->mr_mode), nic_.hmem ? 1 : 0,
           nic_.split_imm && !tagged_ ? ", immediates in separate zero-byte writes" : "");
   if (rails_.size() > 1)
     MF_INFO(log::kInit | log::kNet, "device %s: %zu rails, %d Mb/s in all, messages >= %zu B striped%s",
@@ -211,8 +211,11 @@ Status Device::post(OpCtx* op) {
 
 Status Device::posted(OpCtx* op, ssize_t rc) {
   if (rc != 0) {
-    const char* what = op->kind == OpKind::kWrite ? (op->imm ? "fi_writedata" : "fi_write") : op->kind == OpKind::kTSend ? "fi_tsend"
-                       : op->kind == OpKind::kTRecv ? "fi_trecv" : op->kind == OpKind::kTxMsg ? "fi_send" : "fi_recv";
+    const char* what = op->kind == OpKind::kWrite   ? (op->imm ? "fi_writedata" : "fi_write")
+                       : op->kind == OpKind::kTSend ? "fi_tsend"
+                       : op->kind == OpKind::kTRecv ? "fi_trecv"
+                       : op->kind == OpKind::kTxMsg ? "fi_send"
+                                                    : "fi_recv";
     char text[256];
     if (rails_.size() > 1)
       snprintf(text, sizeof text, "%s on rail %d (%s) failed: %s", what, op->rail,
@@ -233,8 +236,8 @@ Status Device::posted(OpCtx* op, ssize_t rc) {
 Status Device::post_rx(int i) { return post(&rx_ops_[i]); }
 
 Status Device::send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t dst, uint32_t src,
-                        uint64_t token, const void* payload, size_t len, const void* extra,
-                        size_t extra_len, SendReq* sreq) {
+                        uint64_t token, const void* payload, size_t len, const void* extra, size_t extra_len,
+                        SendReq* sreq) {
   if (tx_free_.empty()) return Status::kAgain;
   size_t total = sizeof(wire::MsgHeader) + len + extra_len;
   if (total > msg_size_) return Status::kInternalError;
@@ -242,8 +245,13 @@ Status Device::send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t
   tx_free_.pop_back();
   OpCtx& op = tx_ops_[i];
   uint8_t* buf = tx_slab_.data() + msg_size_ * i;
-  wire::MsgHeader h = {wire::kMagic, wire::kVersion, static_cast<uint8_t>(type), dst, src,
-                       static_cast<uint32_t>(len + extra_len), token};
+  wire::MsgHeader h = {wire::kMagic,
+                       wire::kVersion,
+                       static_cast<uint8_t>(type),
+                       dst,
+                       src,
+                       static_cast<uint32_t>(len + extra_len),
+                       token};
   std::memcpy(buf, &h, sizeof h);
   if (len) std::memcpy(buf + sizeof h, payload, len);
   if (extra_len) std::memcpy(buf + sizeof h + len, extra, extra_len);

@@ -38,45 +38,44 @@ enum class OpKind : uint8_t { kRxMsg, kTxMsg, kWrite, kTSend, kTRecv };
 // Context of one posted libfabric operation. Holds everything needed to (re)post it, so an
 // operation refused with -FI_EAGAIN is queued and posted again by progress().
 struct OpCtx {
-  fi_context2 fi;          // provider scratch; must stay first
+  fi_context2 fi;  // provider scratch; must stay first
   OpKind kind = OpKind::kRxMsg;
-  Comm* comm = nullptr;    // owner for in-flight accounting (nullptr: device-owned)
-  SendReq* sreq = nullptr; // completion target (send side)
+  Comm* comm = nullptr;         // owner for in-flight accounting (nullptr: device-owned)
+  SendReq* sreq = nullptr;      // completion target (send side)
   RecvGroup* rgroup = nullptr;  // completion target (receive side)
-  int idx = 0;             // buffer index (pools) or entry index (groups)
+  int idx = 0;                  // buffer index (pools) or entry index (groups)
   void* buf = nullptr;
   size_t len = 0;
   void* desc = nullptr;
   fi_addr_t peer = FI_ADDR_UNSPEC;
   uint64_t raddr = 0, key = 0, data = 0, tag = 0;
-  bool imm = true;         // kWrite: `data` goes as remote CQ data (false: payload half of a split)
-  uint8_t rail = 0;        // endpoint it is posted on (`peer` is an address in that rail's AV)
+  bool imm = true;   // kWrite: `data` goes as remote CQ data (false: payload half of a split)
+  uint8_t rail = 0;  // endpoint it is posted on (`peer` is an address in that rail's AV)
 };
 
 struct Comm {
   enum class Type : uint8_t { kSend, kRecv };
   Type type;
-  uint32_t id = 0;             // local id (immediates and message headers)
-  uint32_t remote_id = 0;      // the peer comm's id
-  uint64_t token = 0;          // random; every message to this comm must carry it
-  uint64_t remote_token = 0;   // the peer comm's (the listen nonce until kConnectAck)
+  uint32_t id = 0;            // local id (immediates and message headers)
+  uint32_t remote_id = 0;     // the peer comm's id
+  uint64_t token = 0;         // random; every message to this comm must carry it
+  uint64_t remote_token = 0;  // the peer comm's (the listen nonce until kConnectAck)
   Device* dev = nullptr;
   fi_addr_t peer = FI_ADDR_UNSPEC;  // rail 0's address of the peer (= rail_peer[0])
   int nrails = 1;                   // rails this connection uses (min of both sides)
-  fi_addr_t rail_peer[wire::kMaxRails] = {FI_ADDR_UNSPEC, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC,
-                                          FI_ADDR_UNSPEC};
+  fi_addr_t rail_peer[wire::kMaxRails] = {FI_ADDR_UNSPEC, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC, FI_ADDR_UNSPEC};
   // Per rail: writes posted and not completed, and when that rail last moved (a write posted
   // on an idle rail or completed). A rail with writes that does not move within the peer
   // timeout fails the comm naming that rail (the others may still carry pings).
   int rail_writes[wire::kMaxRails] = {};
   Clock::time_point rail_moved[wire::kMaxRails]{};
-  int peer_rank = -1;          // NCCL tag of the last request (= peer rank), for messages
-  int inflight = 0;            // posted operations not completed yet
+  int peer_rank = -1;  // NCCL tag of the last request (= peer rank), for messages
+  int inflight = 0;    // posted operations not completed yet
   bool closed = false;
-  bool tagged = false;         // tagged data path (maxRecvs 1)
+  bool tagged = false;  // tagged data path (maxRecvs 1)
   Status error = Status::kOk;
   std::string error_text;
-  std::string peer_addr;        // the peer's rail-0 endpoint, printable (fi_av_straddr), for messages
+  std::string peer_addr;  // the peer's rail-0 endpoint, printable (fi_av_straddr), for messages
   Clock::time_point last_heard{};
   Clock::time_point last_ping{};
   // When check_liveness first saw the comm busy after it was idle: silence counts from here or
@@ -98,7 +97,7 @@ struct SendReq : Request {
   SendReq() : Request(Type::kSend) {}
   Comm* comm = nullptr;
   bool in_use = false;
-  int pending = 0;             // operations still to complete
+  int pending = 0;  // operations still to complete
   size_t size = 0;
   Status error = Status::kOk;
   OpCtx ops[2 * wire::kMaxSegments];  // two per segment when the NIC splits immediates
@@ -119,15 +118,15 @@ struct RecvEntry {
   bool nseg_known = false;
   bool size_known = false;
   bool done = false;
-  OpCtx trecv;                 // tagged path
+  OpCtx trecv;  // tagged path
 };
 
 struct RecvGroup : Request {
   RecvGroup() : Request(Type::kRecv) {}
   Comm* comm = nullptr;
   bool in_use = false;
-  bool optional = false;       // NCCL_NET_OPTIONAL_RECV_COMPLETION: may complete early
-  bool user_done = false;      // already reported done to NCCL
+  bool optional = false;   // NCCL_NET_OPTIONAL_RECV_COMPLETION: may complete early
+  bool user_done = false;  // already reported done to NCCL
   uint32_t seq = 0;
   uint32_t first_msg = 0;
   int n = 0;
@@ -141,7 +140,7 @@ struct SendGroup {
   uint32_t seq = 0;
   uint32_t first_msg = 0;
   int n = 0;
-  uint8_t used = 0;            // bitmask of consumed entries
+  uint8_t used = 0;  // bitmask of consumed entries
   wire::CtrlEntry e[wire::kMaxRecvs];
 };
 
@@ -171,16 +170,16 @@ struct EagerRecord {
 struct SendComm : Comm {
   SendComm() : Comm(Type::kSend) {}
   bool connected = false;
-  uint64_t stage_token = 0;        // random while connecting; the handle's scratch must match it
-  bool peer_host_only = false;     // kConnectAckFlagHostOnly: eager before the control entry
+  uint64_t stage_token = 0;     // random while connecting; the handle's scratch must match it
+  bool peer_host_only = false;  // kConnectAckFlagHostOnly: eager before the control entry
   Clock::time_point connect_start{};
   uint32_t listen_id = 0;
   uint32_t next_msg = 0;
   uint32_t cur_group = 0;
-  uint32_t next_rail = 0;          // round robin for messages below MOEFABRIC_STRIPE_MIN
+  uint32_t next_rail = 0;  // round robin for messages below MOEFABRIC_STRIPE_MIN
   SendGroup groups[wire::kGroupRing];
-  std::deque<EagerRecord> eager;   // eager messages not yet matched to a ctrl entry
-  std::deque<SendReq> reqs;        // stable addresses; grows on demand
+  std::deque<EagerRecord> eager;  // eager messages not yet matched to a ctrl entry
+  std::deque<SendReq> reqs;       // stable addresses; grows on demand
   std::vector<SendReq*> free_reqs;
   int active = 0;
   // isend refused a message for want of the receiver's control entry (its receive is not
@@ -238,15 +237,15 @@ struct DeviceStats {
   uint64_t imms_recv = 0;          // incoming writes with an immediate, any kind
   uint64_t malformed_dropped = 0;  // messages that did not parse (from no connection's peer) and
                                    // writes with an immediate of a kind not ours
-  uint64_t connects_dropped = 0;  // kConnect without a listener's nonce
-  uint64_t foreign_dropped = 0;   // messages/writes naming a comm whose peer did not send them
+  uint64_t connects_dropped = 0;   // kConnect without a listener's nonce
+  uint64_t foreign_dropped = 0;    // messages/writes naming a comm whose peer did not send them
 };
 
 class Device {
  public:
   // Opens a device over `rails` (1..wire::kMaxRails NICs of one provider; rail 0 first).
-  static Status open(const Params& params, std::vector<NicInfo> rails,
-                     std::unique_ptr<Device>* out, std::string* error);
+  static Status open(const Params& params, std::vector<NicInfo> rails, std::unique_ptr<Device>* out,
+                     std::string* error);
   ~Device();
   static constexpr int kCloseLingerMs = 2000;  // bound on quiesce() at teardown
   Device(const Device&) = delete;
@@ -278,17 +277,17 @@ class Device {
   // ---- messages --------------------------------------------------------------------------
   // Sends a control/eager message carrying the destination's `token` (MsgHeader::token). kAgain
   // when no bounce buffer is free (caller retries). `comm` (may be nullptr) is charged for it.
-  Status send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t dst, uint32_t src,
-                  uint64_t token, const void* payload, size_t len, const void* extra = nullptr,
-                  size_t extra_len = 0, SendReq* sreq = nullptr);
+  Status send_msg(Comm* comm, fi_addr_t peer, wire::MsgType type, uint32_t dst, uint32_t src, uint64_t token,
+                  const void* payload, size_t len, const void* extra = nullptr, size_t extra_len = 0,
+                  SendReq* sreq = nullptr);
   // send_msg to c's peer comm (its address, id and token).
   Status send_to_peer(Comm* c, wire::MsgType type, const void* payload, size_t len,
                       const void* extra = nullptr, size_t extra_len = 0, SendReq* sreq = nullptr) {
-    return send_msg(c, c->peer, type, c->remote_id, c->id, c->remote_token, payload, len, extra,
-                    extra_len, sreq);
+    return send_msg(c, c->peer, type, c->remote_id, c->id, c->remote_token, payload, len, extra, extra_len,
+                    sreq);
   }
   bool tx_available(int n = 1) const { return static_cast<int>(tx_free_.size()) >= n; }
-  Status post(OpCtx* op);  // posts (or queues on -FI_EAGAIN) the operation described by op
+  Status post(OpCtx* op);       // posts (or queues on -FI_EAGAIN) the operation described by op
   ssize_t post_raw(OpCtx* op);  // the provider call alone
   // After the provider call: a failure fails the op (or, for a receive buffer, the device).
   Status posted(OpCtx* op, ssize_t rc);
@@ -303,16 +302,14 @@ class Device {
   Status av_insert(const uint8_t* addr, size_t len, fi_addr_t* out) {
     return rails_[0].av_insert(addr, len, out);
   }
-  Comm* comm_lookup(uint32_t id) const {
-    return id < comms_.size() ? comms_[id] : nullptr;
-  }
+  Comm* comm_lookup(uint32_t id) const { return id < comms_.size() ? comms_[id] : nullptr; }
   void fail_comm(Comm* c, Status s, const char* fmt, ...) __attribute__((format(printf, 4, 5)));
   size_t live_comms() const;
 
   // ---- data path (send.cpp / recv.cpp) ---------------------------------------------------
   Status isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr, SendReq** out);
-  Status irecv(RecvComm* c, int n, void** data, const size_t* sizes, const int* tags,
-               MrEntry** mrs, bool optional, RecvGroup** out);
+  Status irecv(RecvComm* c, int n, void** data, const size_t* sizes, const int* tags, MrEntry** mrs,
+               bool optional, RecvGroup** out);
   Status test(Request* r, bool* done, size_t* sizes);
 
  private:
@@ -363,7 +360,7 @@ class Device {
   size_t msg_size_ = 0;
   size_t stripe_min_ = 0;
 
-  std::vector<Rail> rails_;          // rail 0 carries the messages
+  std::vector<Rail> rails_;  // rail 0 carries the messages
   std::unique_ptr<MrCache> mr_cache_;
 
   // message buffers: one registered slab each for receive and transmit
@@ -373,15 +370,15 @@ class Device {
   std::vector<OpCtx> rx_ops_, tx_ops_;
   std::vector<int> tx_free_;
 
-  int trecv_inflight_ = 0;           // tagged receives posted and not completed
+  int trecv_inflight_ = 0;   // tagged receives posted and not completed
   RetryQueue<OpCtx> retry_;  // refused operations, per (rail, peer) order (peer_key)
 
-  std::vector<Comm*> comms_;         // id -> comm (owning; see delete_comm)
+  std::vector<Comm*> comms_;  // id -> comm (owning; see delete_comm)
   uint32_t next_comm_id_ = 1;
   std::map<uint32_t, ListenComm*> listens_;
   uint32_t next_listen_id_ = 1;
   std::vector<fi_cq_data_entry> cq_buf_;
-  std::vector<fi_addr_t> cq_src_;    // cq_buf_'s source addresses (fi_cq_readfrom)
+  std::vector<fi_addr_t> cq_src_;  // cq_buf_'s source addresses (fi_cq_readfrom)
   DeviceStats stats_;
   Clock::time_point last_liveness_{};
   friend struct DeviceTestAccess;

@@ -67,8 +67,10 @@ Status Net::acquire(Net** out, std::string* error) {
       std::unique_ptr<Device> d;
       std::string err;
       s = Device::open(net->params_, std::move(rails), &d, &err);
-      if (s != Status::kOk) *error = err;
-      else net->devices_.push_back(std::move(d));
+      if (s != Status::kOk)
+        *error = err;
+      else
+        net->devices_.push_back(std::move(d));
     }
     if (s != Status::kOk) {
       pthread_mutex_unlock(&g_net_mu);
@@ -144,9 +146,9 @@ Status Net::properties(int dev, NetProperties* p) const {
 #endif
   p->speed_mbps = nic.speed_mbps;
   p->port = 1;
-  p->latency_us = params_.latency_us > 0 ? static_cast<float>(params_.latency_us)
-                  : nic.provider == "efa"  ? 35.0f
-                                           : 10.0f;
+  p->latency_us = params_.latency_us > 0  ? static_cast<float>(params_.latency_us)
+                  : nic.provider == "efa" ? 35.0f
+                                          : 10.0f;
   p->max_comms = wire::kMaxCommId;
   p->max_recvs = d->tagged() ? 1 : wire::kMaxRecvs;
   p->max_p2p_bytes = d->max_write() * wire::kMaxSegments;
@@ -241,8 +243,8 @@ Status net_isend(void* send_comm, void* data, size_t size, int tag, void* mhandl
   return Status::kOk;
 }
 
-Status net_irecv(void* recv_comm, int n, void** data, const size_t* sizes, const int* tags,
-                 void** mhandles, void** request) {
+Status net_irecv(void* recv_comm, int n, void** data, const size_t* sizes, const int* tags, void** mhandles,
+                 void** request) {
   bool optional = reinterpret_cast<uintptr_t>(*request) == kOptionalRecvCompletion;
   *request = nullptr;
   auto* c = static_cast<RecvComm*>(recv_comm);
@@ -312,15 +314,17 @@ Status net_test(void* request, int* done, size_t* sizes, int* nsizes) {
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - f->start).count();
     if (waited > f->comm->dev->params().peer_timeout_ms) {
       f->in_use = false;
-      MF_WARN("iflush on %s (peer rank %d): GPU copies into the receive buffer not finished after "
-              "%lld ms (legacy default stream blocked?) (MOEFABRIC_PEER_TIMEOUT_MS=%lld)",
-              f->comm->dev->nic().name.c_str(), f->comm->peer_rank, static_cast<long long>(waited),
-              static_cast<long long>(f->comm->dev->params().peer_timeout_ms));
+      MF_WARN(
+          "iflush on %s (peer rank %d): GPU copies into the receive buffer not finished after "
+          "%lld ms (legacy default stream blocked?) (MOEFABRIC_PEER_TIMEOUT_MS=%lld)",
+          f->comm->dev->nic().name.c_str(), f->comm->peer_rank, static_cast<long long>(waited),
+          static_cast<long long>(f->comm->dev->params().peer_timeout_ms));
       return Status::kSystemError;
     }
     return Status::kOk;
   }
-  Comm* c = r->type == Request::Type::kSend ? static_cast<SendReq*>(r)->comm : static_cast<RecvGroup*>(r)->comm;
+  Comm* c =
+      r->type == Request::Type::kSend ? static_cast<SendReq*>(r)->comm : static_cast<RecvGroup*>(r)->comm;
   std::lock_guard<std::mutex> lock(c->dev->mu);
   bool d = false;
   if (nsizes) *nsizes = r->type == Request::Type::kSend ? 1 : static_cast<RecvGroup*>(r)->n;

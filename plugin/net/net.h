@@ -19,10 +19,10 @@ namespace moefabric::fabric {
 
 struct NetProperties {
   std::string name;
-  std::string pci_path;   // empty: not a PCI device
+  std::string pci_path;  // empty: not a PCI device
   std::string provider;
   uint64_t guid = 0;
-  int ptr_support = 1;    // NCCL_PTR_* bits
+  int ptr_support = 1;  // NCCL_PTR_* bits
   int speed_mbps = 0;
   int port = 1;
   float latency_us = 0;
@@ -49,9 +49,7 @@ class Net {
   static Net* current();
 
   int device_count() const { return static_cast<int>(devices_.size()); }
-  Device* device(int dev) const {
-    return dev >= 0 && dev < device_count() ? devices_[dev].get() : nullptr;
-  }
+  Device* device(int dev) const { return dev >= 0 && dev < device_count() ? devices_[dev].get() : nullptr; }
   Status properties(int dev, NetProperties* props) const;
   const Params& params() const { return params_; }
 
@@ -69,7 +67,10 @@ class Net {
 };
 
 // Comm handles handed out to callers. Each carries its device so every call can lock it.
-struct ListenHandleObj { Device* dev; ListenComm* lc; };
+struct ListenHandleObj {
+  Device* dev;
+  ListenComm* lc;
+};
 
 Status net_listen(Net* net, int dev, void* handle, void** listen_comm);
 Status net_connect(Net* net, int dev, void* handle, void** send_comm);
@@ -80,8 +81,8 @@ Status net_reg_mr_dmabuf(void* comm, void* data, size_t size, int ptr_type, uint
 Status net_dereg_mr(void* comm, void* mhandle);
 Status net_isend(void* send_comm, void* data, size_t size, int tag, void* mhandle, void** request);
 // `*request` may hold kOptionalRecvCompletion on entry (NCCL's hint).
-Status net_irecv(void* recv_comm, int n, void** data, const size_t* sizes, const int* tags,
-                 void** mhandles, void** request);
+Status net_irecv(void* recv_comm, int n, void** data, const size_t* sizes, const int* tags, void** mhandles,
+                 void** request);
 Status net_iflush(void* recv_comm, int n, void** data, const int* sizes, void** mhandles, void** request);
 // `sizes` has room for kMaxRecvs; *nsizes = entries filled (1 for sends, n for receives).
 Status net_test(void* request, int* done, size_t* sizes, int* nsizes = nullptr);

@@ -65,7 +65,8 @@ void Device::handle_cq_entry(int rail, const fi_cq_data_entry& e, fi_addr_t src)
       // endpoint that guessed the tag has landed: the receive fails rather than returning it.
       if (!c->closed && !from_peer(c, 0, src, nic_.source, true, "tagged message")) {
         g->error = Status::kRemoteError;
-        fail_comm(c, Status::kRemoteError, "a tagged message for this comm came from an endpoint "
+        fail_comm(c, Status::kRemoteError,
+                  "a tagged message for this comm came from an endpoint "
                   "that is not its peer");
       }
       RecvEntry& en = g->e[op->idx];
@@ -98,8 +99,7 @@ void Device::op_done(OpCtx* op, Status s, const char* text) {
     if (s != Status::kOk && r->error == Status::kOk) r->error = s;
     --r->pending;
   }
-  if (op->kind == OpKind::kTRecv && op->rgroup != nullptr && s != Status::kOk)
-    op->rgroup->error = s;
+  if (op->kind == OpKind::kTRecv && op->rgroup != nullptr && s != Status::kOk) op->rgroup->error = s;
   if (c != nullptr) {
     --c->inflight;
     const bool first = c->error == Status::kOk;
@@ -117,8 +117,8 @@ void Device::handle_cq_error(int rail, const fi_cq_err_entry& e) {
   char detail[400], text[512];
   const char* what = cq_error_text(rails_[rail].cq.get(), e, detail, sizeof detail);
   if (rails_.size() > 1)
-    snprintf(text, sizeof text, "completion error on rail %d (%s): %s", rail,
-             rails_[rail].nic.domain.c_str(), what);
+    snprintf(text, sizeof text, "completion error on rail %d (%s): %s", rail, rails_[rail].nic.domain.c_str(),
+             what);
   else
     snprintf(text, sizeof text, "completion error: %s", what);
   if (op == nullptr) {
@@ -140,8 +140,8 @@ void Device::handle_cq_error(int rail, const fi_cq_err_entry& e) {
   Status s = Status::kRemoteError;
   if (op->kind == OpKind::kTRecv && e.err == FI_ETRUNC) {
     s = Status::kInvalidUsage;
-    snprintf(text, sizeof text, "message larger than the posted receive (%zu bytes): %s",
-             op->len, fi_strerror(e.err));
+    snprintf(text, sizeof text, "message larger than the posted receive (%zu bytes): %s", op->len,
+             fi_strerror(e.err));
   }
   op_done(op, s, text);
 }
@@ -156,8 +156,10 @@ bool Device::from_peer(Comm* c, int rail, fi_addr_t src, bool checked, bool toke
   ++stats_.foreign_dropped;
   if ((stats_.foreign_dropped & (stats_.foreign_dropped - 1)) == 0) {
     std::string from = "an endpoint not in our address vector";
-    if (!checked) from = "an endpoint the provider does not name";
-    else if (src != FI_ADDR_NOTAVAIL) from = rails_[rail].lookup_str(src);
+    if (!checked)
+      from = "an endpoint the provider does not name";
+    else if (src != FI_ADDR_NOTAVAIL)
+      from = rails_[rail].lookup_str(src);
     MF_WARN("%s: dropped a %s for %s comm %u (peer rank %d at %s) from %s%s (%s; %llu dropped so far)",
             nic_.name.c_str(), what, c->type == Comm::Type::kSend ? "send" : "recv", c->id, c->peer_rank,
             c->peer_addr.empty() ? "an unknown address" : c->peer_addr.c_str(), src_ok ? "(reportedly) " : "",
@@ -176,18 +178,19 @@ void Device::on_malformed(const wire::MsgHeader& h, size_t len, fi_addr_t src, c
     const bool src_ok = !nic_.source || src == (c != nullptr ? c->rail_peer[0] : FI_ADDR_UNSPEC);
     if (c != nullptr && !c->closed && c->error == Status::kOk && src_ok && h.token == c->token &&
         (c->remote_id == 0 || c->remote_id == h.src_comm)) {
-      fail_comm(c, Status::kRemoteError, "protocol error: malformed message of type %u (%zu bytes): %s", h.type,
-                len, why);
+      fail_comm(c, Status::kRemoteError, "protocol error: malformed message of type %u (%zu bytes): %s",
+                h.type, len, why);
       return;
     }
   }
   ++stats_.malformed_dropped;
   if ((stats_.malformed_dropped & (stats_.malformed_dropped - 1)) == 0) {
-    const std::string from = !nic_.source                 ? std::string("an endpoint the provider does not name")
+    const std::string from = !nic_.source              ? std::string("an endpoint the provider does not name")
                              : src == FI_ADDR_NOTAVAIL ? std::string("an endpoint not in our address vector")
                                                        : rails_[0].lookup_str(src);
-    MF_WARN("%s: dropped a malformed message (%zu bytes) from %s: %s (%llu dropped so far)", nic_.name.c_str(), len,
-            from.c_str(), why, static_cast<unsigned long long>(stats_.malformed_dropped));
+    MF_WARN("%s: dropped a malformed message (%zu bytes) from %s: %s (%llu dropped so far)",
+            nic_.name.c_str(), len, from.c_str(), why,
+            static_cast<unsigned long long>(stats_.malformed_dropped));
   }
 }
 
@@ -208,8 +211,8 @@ void Device::handle_msg(int rx_index, size_t len, fi_addr_t src) {
   } else {
     Comm* c = comm_lookup(h.dst_comm);
     if (c == nullptr || c->closed || (c->remote_id != 0 && c->remote_id != h.src_comm)) {
-      MF_TRACE(log::kNet, "%s: message type %u for unknown or closed comm %u dropped",
-               nic_.name.c_str(), h.type, h.dst_comm);
+      MF_TRACE(log::kNet, "%s: message type %u for unknown or closed comm %u dropped", nic_.name.c_str(),
+               h.type, h.dst_comm);
     } else if (!from_peer(c, 0, src, nic_.source, h.token == c->token, "message")) {
       // dropped and counted
     } else {
@@ -286,11 +289,13 @@ void Device::handle_imm(int rail, uint32_t imm, fi_addr_t src) {
     fail_comm(rc, Status::kRemoteError,
               "protocol error: write %u for group slot %u index %u, a message of %u segments%s "
               "(replayed or duplicated immediate)",
-              en.writes_got + 1u, m.slot, m.idx, en.nseg_known ? en.nseg : m.nseg, en.done ? " already complete" : "");
+              en.writes_got + 1u, m.slot, m.idx, en.nseg_known ? en.nseg : m.nseg,
+              en.done ? " already complete" : "");
     return;
   }
   if (en.nseg_known && en.nseg != m.nseg) {
-    fail_comm(rc, Status::kRemoteError, "protocol error: inconsistent segment count (%u, then %u)", en.nseg, m.nseg);
+    fail_comm(rc, Status::kRemoteError, "protocol error: inconsistent segment count (%u, then %u)", en.nseg,
+              m.nseg);
     return;
   }
   if (m.full && en.size_known && en.received != en.posted) {
@@ -356,8 +361,7 @@ void Device::check_liveness(Clock::time_point now) {
                 silent, static_cast<long long>(params_.peer_timeout_ms));
     } else if (silent > params_.keepalive_ms && ms(now - c->last_ping) > params_.keepalive_ms) {
       wire::PingMsg m = {static_cast<uint64_t>(now.time_since_epoch().count())};
-      if (send_to_peer(c, wire::MsgType::kPing, &m, sizeof m) == Status::kOk)
-        c->last_ping = now;
+      if (send_to_peer(c, wire::MsgType::kPing, &m, sizeof m) == Status::kOk) c->last_ping = now;
     }
   }
 }

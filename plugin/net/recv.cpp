@@ -11,8 +11,8 @@ namespace moefabric::fabric {
 
 uint64_t tagged_tag(uint32_t comm_id, uint32_t msg_seq);
 
-Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const int* tags,
-                     MrEntry** mrs, bool optional, RecvGroup** out) {
+Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const int* tags, MrEntry** mrs,
+                     bool optional, RecvGroup** out) {
   *out = nullptr;
   if (n > 0) c->peer_rank = tags[0];
   MF_CHECK(progress());
@@ -40,7 +40,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
       }
   }
   RecvGroup& g = c->groups[c->next_group % wire::kGroupRing];
-  if (g.in_use) return Status::kOk;            // ring full: NCCL retries
+  if (g.in_use) return Status::kOk;  // ring full: NCCL retries
   if (!c->tagged && !tx_available(2)) return Status::kOk;
   // Peers write only into registrations with remote write (those made through a receive comm).
   // NCCL's handles are not tied to a comm (regIsGlobal), so a buffer registered through a send
@@ -49,11 +49,14 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   for (int i = 0; i < n && !c->tagged; ++i) {
     if (sizes[i] == 0 || mrs[i]->access == MrAccess::kRemoteWrite) continue;
     std::string error;
-    Status s = mr_cache_->acquire(data[i], sizes[i], mrs[i]->type, MrAccess::kRemoteWrite, -1, -1, 0, &wmr[i], &error);
+    Status s = mr_cache_->acquire(data[i], sizes[i], mrs[i]->type, MrAccess::kRemoteWrite, -1, -1, 0, &wmr[i],
+                                  &error);
     if (s != Status::kOk) {
       for (int j = 0; j < i; ++j) mr_cache_->release(wmr[j]);
-      MF_WARN("irecv on %s (peer rank %d): buffer %d was registered through a send comm and cannot be "
-              "registered for the peer's writes: %s", nic_.name.c_str(), c->peer_rank, i, error.c_str());
+      MF_WARN(
+          "irecv on %s (peer rank %d): buffer %d was registered through a send comm and cannot be "
+          "registered for the peer's writes: %s",
+          nic_.name.c_str(), c->peer_rank, i, error.c_str());
       return s;
     }
   }
@@ -111,10 +114,11 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
     for (int r = 0; r < c->nrails; ++r) m.entries[i].key[r] = w ? w->key_on[r] : 0;
     m.entries[i].size = sizes[i];
     m.entries[i].tag = tags[i];
-    m.entries[i].mem_type = mrs[i] != nullptr && mrs[i]->type == MemType::kCuda ? wire::kMemCuda : wire::kMemHost;
+    m.entries[i].mem_type =
+        mrs[i] != nullptr && mrs[i]->type == MemType::kCuda ? wire::kMemCuda : wire::kMemHost;
   }
   MF_CHECK(send_to_peer(c, wire::MsgType::kCtrl, &m,
-                    offsetof(wire::CtrlMsg, entries) + n * sizeof(wire::CtrlEntry)));
+                        offsetof(wire::CtrlMsg, entries) + n * sizeof(wire::CtrlEntry)));
   // Eager messages that arrived before this receive was posted.
   for (size_t k = 0; k < c->unexpected.size();) {
     Unexpected& u = c->unexpected[k];
@@ -123,7 +127,8 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
       for (int i = 0; i < n; ++i)
         if (g.e[i].tag == u.tag && !g.e[i].done && !g.e[i].size_known) idx = i;
       if (idx < 0) {
-        fail_comm(c, Status::kInvalidUsage, "message %u with tag %d matches no posted buffer", u.msg_seq, u.tag);
+        fail_comm(c, Status::kInvalidUsage, "message %u with tag %d matches no posted buffer", u.msg_seq,
+                  u.tag);
         return c->error;
       }
       deliver_eager(c, &g, idx, u.data.data(), u.data.size());
@@ -146,8 +151,8 @@ void Device::deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* da
   }
   if (size > en.posted) {
     char text[160];
-    snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %zu bytes",
-             size, en.posted);
+    snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %zu bytes", size,
+             en.posted);
     g->error = Status::kInvalidUsage;
     send_error(c, g->seq, Status::kInvalidUsage, text);
     fail_comm(c, Status::kInvalidUsage, "%s", text);
@@ -168,7 +173,8 @@ void Device::on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data)
     for (int i = 0; i < g.n; ++i)
       if (g.e[i].tag == m.tag && !g.e[i].size_known) idx = i;
     if (idx < 0) {
-      fail_comm(c, Status::kInvalidUsage, "message %u with tag %d matches no posted buffer", m.msg_seq, m.tag);
+      fail_comm(c, Status::kInvalidUsage, "message %u with tag %d matches no posted buffer", m.msg_seq,
+                m.tag);
       return;
     }
     deliver_eager(c, &g, idx, data, m.size);
@@ -199,7 +205,8 @@ void Device::on_eager(RecvComm* c, const wire::EagerMsg& m, const uint8_t* data)
 void Device::on_fin(RecvComm* c, const wire::FinMsg& m) {
   RecvGroup& g = c->groups[m.group_seq % wire::kGroupRing];
   if (!g.in_use || g.seq != m.group_seq || m.idx >= g.n) {
-    fail_comm(c, Status::kRemoteError, "protocol error: fin for group %u index %u not posted", m.group_seq, m.idx);
+    fail_comm(c, Status::kRemoteError, "protocol error: fin for group %u index %u not posted", m.group_seq,
+              m.idx);
     return;
   }
   RecvEntry& en = g.e[m.idx];

@@ -21,8 +21,10 @@ uint64_t tagged_tag(uint32_t comm_id, uint32_t msg_seq) {
 // always written by the NIC (the plugin needs no CUDA copies of its own).
 SendPath send_path(const SendPathIn& in) {
   const bool host = in.local == MemType::kHost;
-  if (!in.known) return in.size <= in.eager_max && host && in.peer_host_only ? SendPath::kEager : SendPath::kWait;
-  return in.size <= in.eager_known_max && host && in.remote == MemType::kHost ? SendPath::kEager : SendPath::kWrite;
+  if (!in.known)
+    return in.size <= in.eager_max && host && in.peer_host_only ? SendPath::kEager : SendPath::kWait;
+  return in.size <= in.eager_known_max && host && in.remote == MemType::kHost ? SendPath::kEager
+                                                                              : SendPath::kWrite;
 }
 
 SendReq* Device::sreq_alloc(SendComm* c) {
@@ -70,8 +72,8 @@ void Device::send_advance(SendComm* c) {
             break;
           }
         if (idx < 0) {
-          fail_comm(c, Status::kInvalidUsage,
-                    "message %u (tag %d) matches no receive buffer of group %u", er.msg_seq, er.tag, g.seq);
+          fail_comm(c, Status::kInvalidUsage, "message %u (tag %d) matches no receive buffer of group %u",
+                    er.msg_seq, er.tag, g.seq);
           return;
         }
         g.used |= static_cast<uint8_t>(1u << idx);
@@ -86,8 +88,8 @@ void Device::send_advance(SendComm* c) {
 void Device::on_ctrl(SendComm* c, const wire::CtrlMsg& m) {
   uint32_t ahead = m.group_seq - c->cur_group;
   if (ahead >= wire::kGroupRing) {
-    fail_comm(c, Status::kRemoteError, "protocol error: control entry for group %u while at %u",
-              m.group_seq, c->cur_group);
+    fail_comm(c, Status::kRemoteError, "protocol error: control entry for group %u while at %u", m.group_seq,
+              c->cur_group);
     return;
   }
   SendGroup& g = c->groups[m.group_seq % wire::kGroupRing];
@@ -199,8 +201,8 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   path.remote = en.mem_type == wire::kMemCuda ? MemType::kCuda : MemType::kHost;
   if (size > en.size) {
     char text[160];
-    snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %llu bytes",
-             size, static_cast<unsigned long long>(en.size));
+    snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %llu bytes", size,
+             static_cast<unsigned long long>(en.size));
     send_error(c, g.seq, Status::kInvalidUsage, text);
     fail_comm(c, Status::kInvalidUsage, "%s", text);
     return Status::kInvalidUsage;
@@ -234,8 +236,8 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   r->size = size;
   g.used |= static_cast<uint8_t>(1u << idx);
   ++c->next_msg;
-  wire::Imm imm = {c->remote_id, g.seq % wire::kGroupRing, static_cast<uint32_t>(idx), full,
-                   static_cast<uint32_t>(nseg), 0};
+  wire::Imm imm = {c->remote_id, g.seq % wire::kGroupRing,    static_cast<uint32_t>(idx),
+                   full,         static_cast<uint32_t>(nseg), 0};
   const bool split = nic_.split_imm;  // payload, then a zero-byte write with the immediate
   const Clock::time_point now = nr > 1 ? Clock::now() : Clock::time_point{};
   r->nops = 0;

@@ -44,7 +44,8 @@ const char* parse(const void* buf, size_t len, Msg* out) {
       if (h.payload != offsetof(CtrlMsg, entries) + c.n * sizeof(CtrlEntry))
         return "ctrl length does not match its width";
       for (int i = 0; i < c.n; ++i)
-        if (c.entries[i].mem_type != kMemHost && c.entries[i].mem_type != kMemCuda) return "unknown memory type";
+        if (c.entries[i].mem_type != kMemHost && c.entries[i].mem_type != kMemCuda)
+          return "unknown memory type";
       return nullptr;
     }
     case MsgType::kFin: {

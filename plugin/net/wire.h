@@ -15,11 +15,11 @@ namespace moefabric::fabric::wire {
 inline constexpr uint16_t kMagic = 0x464d;  // "MF"
 inline constexpr uint8_t kVersion = 3;
 inline constexpr size_t kMaxAddrLen = fabric::kMaxAddrLen;  // endpoint names
-inline constexpr int kMaxRecvs = 8;         // grouped receive width
-inline constexpr int kGroupRing = 64;       // receive groups in flight per connection (>= 2*32)
-inline constexpr int kMaxSegments = 16;     // writes one message may be split into
+inline constexpr int kMaxRecvs = 8;                         // grouped receive width
+inline constexpr int kGroupRing = 64;    // receive groups in flight per connection (>= 2*32)
+inline constexpr int kMaxSegments = 16;  // writes one message may be split into
 inline constexpr uint32_t kMaxCommId = 0xffff;
-inline constexpr size_t kHandleSize = 128;  // NCCL_NET_HANDLE_MAXSIZE
+inline constexpr size_t kHandleSize = 128;           // NCCL_NET_HANDLE_MAXSIZE
 inline constexpr int kMaxRails = fabric::kMaxRails;  // NICs one device may stripe over
 // A sender sends eagerly at most this many messages whose control entries it has not seen, so
 // no eager message is ever this many messages or more past the first receive its receiver has
@@ -41,10 +41,10 @@ enum class MsgType : uint8_t {
 struct MsgHeader {
   uint16_t magic;
   uint8_t version;
-  uint8_t type;          // MsgType
-  uint32_t dst_comm;     // comm id at the destination (listen id for kConnect)
-  uint32_t src_comm;     // comm id at the source
-  uint32_t payload;      // bytes after the header
+  uint8_t type;       // MsgType
+  uint32_t dst_comm;  // comm id at the destination (listen id for kConnect)
+  uint32_t src_comm;  // comm id at the source
+  uint32_t payload;   // bytes after the header
   // The destination's credential: its comm's random token (learnt in the handshake), or for
   // kConnect the listen handle's nonce. A message without it is dropped: comm ids are small
   // integers, and not every provider names the sender of a message from outside its AV.
@@ -54,7 +54,7 @@ static_assert(sizeof(MsgHeader) == 24);
 
 // One rail's endpoint name, for fi_av_insert on the peer's endpoint of the same rail.
 struct RailAddr {
-  uint32_t len;          // 1..kMaxAddrLen
+  uint32_t len;  // 1..kMaxAddrLen
   uint8_t addr[kMaxAddrLen];
 };
 static_assert(sizeof(RailAddr) == 68);
@@ -62,10 +62,10 @@ static_assert(sizeof(RailAddr) == 68);
 // Rail r of a connection joins rail r of both sides; a connection uses min(sender's, listener's)
 // rails. Rail 0 carries every message; the others carry RDMA writes only.
 struct ConnectMsg {
-  uint32_t flags;        // kConnectFlag*
-  uint32_t nrails;       // 1..kMaxRails: sender's rails, addresses below
-  uint64_t max_write;    // sender's largest write, informational
-  uint64_t token;        // the send comm's token: the listener's messages to it carry it
+  uint32_t flags;             // kConnectFlag*
+  uint32_t nrails;            // 1..kMaxRails: sender's rails, addresses below
+  uint64_t max_write;         // sender's largest write, informational
+  uint64_t token;             // the send comm's token: the listener's messages to it carry it
   RailAddr rails[kMaxRails];  // sender endpoint names (rail 0 first)
 };
 inline constexpr uint32_t kConnectFlagTagged = 1;  // sender uses the tagged data path
@@ -74,21 +74,21 @@ inline constexpr uint32_t kConnectFlagTagged = 1;  // sender uses the tagged dat
 inline constexpr uint32_t kConnectAckFlagHostOnly = 1;
 
 struct ConnectAckMsg {
-  uint32_t status;       // 0 = accepted
+  uint32_t status;  // 0 = accepted
   uint32_t flags;
-  uint32_t nrails;       // rails the connection uses (<= both sides'); 1 when refused
+  uint32_t nrails;  // rails the connection uses (<= both sides'); 1 when refused
   uint32_t reserved;
-  uint64_t token;        // the receive comm's token (0 when refused)
+  uint64_t token;             // the receive comm's token (0 when refused)
   RailAddr rails[kMaxRails];  // listener endpoint names of rails 1..nrails-1 (rail 0 unused:
                               // the sender has it from the listen handle)
 };
 
 struct CtrlEntry {
-  uint64_t addr;         // remote address (virtual or MR offset, per receiver's mr_mode; the
-                         // same on every rail: one buffer registered once per rail's domain)
-  uint64_t size;         // posted size in bytes
+  uint64_t addr;  // remote address (virtual or MR offset, per receiver's mr_mode; the
+                  // same on every rail: one buffer registered once per rail's domain)
+  uint64_t size;  // posted size in bytes
   int32_t tag;
-  uint8_t mem_type;      // kMemHost / kMemCuda: eager data is only ever copied into host memory
+  uint8_t mem_type;  // kMemHost / kMemCuda: eager data is only ever copied into host memory
   uint8_t reserved[3];
   uint64_t key[kMaxRails];  // MR key on each rail's domain (unused rails 0)
 };
@@ -97,9 +97,9 @@ inline constexpr uint8_t kMemHost = 0;
 inline constexpr uint8_t kMemCuda = 1;
 
 struct CtrlMsg {
-  uint32_t group_seq;    // receive group number on this connection (0, 1, 2, ...)
-  uint32_t first_msg;    // sequence number of the group's first message
-  uint16_t n;            // 1..kMaxRecvs
+  uint32_t group_seq;  // receive group number on this connection (0, 1, 2, ...)
+  uint32_t first_msg;  // sequence number of the group's first message
+  uint16_t n;          // 1..kMaxRecvs
   uint16_t flags;
   uint32_t reserved;
   CtrlEntry entries[kMaxRecvs];
@@ -108,14 +108,14 @@ struct CtrlMsg {
 struct FinMsg {
   uint32_t group_seq;
   uint16_t idx;
-  uint16_t nseg;         // writes that carry the message (0 for an empty message)
+  uint16_t nseg;  // writes that carry the message (0 for an empty message)
   uint64_t size;
 };
 
 struct EagerMsg {
   uint32_t msg_seq;
   int32_t tag;
-  uint64_t size;         // followed by `size` bytes of data
+  uint64_t size;  // followed by `size` bytes of data
 };
 
 struct PingMsg {
@@ -124,9 +124,9 @@ struct PingMsg {
 
 struct ErrorMsg {
   uint32_t group_seq;
-  uint16_t code;         // Status value
+  uint16_t code;  // Status value
   uint16_t reserved;
-  char text[112];        // NUL-terminated
+  char text[112];  // NUL-terminated
 };
 
 // The 128-byte NCCL listen handle. Whoever holds it may connect (the nonce is the credential),
@@ -139,8 +139,8 @@ struct ListenHandle {
   uint8_t addr_len;
   uint32_t listen_id;
   uint8_t addr[kMaxAddrLen];
-  uint64_t nonce;        // random per listener (getrandom); kConnect carries it as its token
-  uint8_t nrails;        // listener's rails; rails 1.. send their addresses in kConnectAck
+  uint64_t nonce;  // random per listener (getrandom); kConnect carries it as its token
+  uint8_t nrails;  // listener's rails; rails 1.. send their addresses in kConnectAck
   uint8_t reserved0[3];
   uint32_t stage_comm;   // connect in progress: the send comm's id in the connector's table
   uint64_t stage_token;  // ... and its random token; 0 = no connect in progress
@@ -173,8 +173,8 @@ struct Imm {
   uint32_t comm;
   uint32_t slot;
   uint32_t idx;
-  bool full;        // message size equals the posted size: no kFin follows
-  uint32_t nseg;    // writes carrying this message (1..16)
+  bool full;      // message size equals the posted size: no kFin follows
+  uint32_t nseg;  // writes carrying this message (1..16)
   uint32_t kind;
 };
 inline uint32_t imm_encode(const Imm& m) {
@@ -182,8 +182,7 @@ inline uint32_t imm_encode(const Imm& m) {
          (((m.nseg - 1) & 15u) << 2) | (m.kind & 3u);
 }
 inline Imm imm_decode(uint32_t v) {
-  return Imm{v >> 16, (v >> 10) & 63u, (v >> 7) & 7u, ((v >> 6) & 1u) != 0, ((v >> 2) & 15u) + 1,
-             v & 3u};
+  return Imm{v >> 16, (v >> 10) & 63u, (v >> 7) & 7u, ((v >> 6) & 1u) != 0, ((v >> 2) & 15u) + 1, v & 3u};
 }
 
 // A received message as the receiver uses it: the header and the fixed part of the payload,

@@ -9,13 +9,20 @@ namespace {
 
 const char* routing_name(Routing r) {
   switch (r) {
-    case Routing::kRandom: return "distinct";
-    case Routing::kOneExpert: return "one-hot-expert";
-    case Routing::kEmpty: return "all-empty";
-    case Routing::kDuplicates: return "duplicates";
-    case Routing::kSkewed: return "skewed-to-rank0";
-    case Routing::kUniformDup: return "uniform";
-    case Routing::kToOneRank: return "all-to-one-rank";
+    case Routing::kRandom:
+      return "distinct";
+    case Routing::kOneExpert:
+      return "one-hot-expert";
+    case Routing::kEmpty:
+      return "all-empty";
+    case Routing::kDuplicates:
+      return "duplicates";
+    case Routing::kSkewed:
+      return "skewed-to-rank0";
+    case Routing::kUniformDup:
+      return "uniform";
+    case Routing::kToOneRank:
+      return "all-to-one-rank";
   }
   return "?";
 }
@@ -42,17 +49,20 @@ std::string FuzzCase::describe() const {
            "seed 0x%016llx: R %d E %d K %d H %d %s%s align %d maxT %d P %d %s, routing %s, T [%s], "
            "%d op(s), %s stream%s",
            static_cast<unsigned long long>(seed), s.nranks, s.experts, s.topk, s.hidden,
-           s.fp8 ? "fp8 sb" : "bf16", s.fp8 ? sb.c_str() : "",
-           s.alignment, s.max_tokens, s.max_private, split ? "split" : "whole",
-           routing_name(routing), t.c_str(), ops,
-           stream == 0 ? "non-blocking" : stream == 1 ? "blocking" : "legacy NULL",
+           s.fp8 ? "fp8 sb" : "bf16", s.fp8 ? sb.c_str() : "", s.alignment, s.max_tokens, s.max_private,
+           split ? "split" : "whole", routing_name(routing), t.c_str(), ops,
+           stream == 0   ? "non-blocking"
+           : stream == 1 ? "blocking"
+                         : "legacy NULL",
            sync_between ? ", host sync between dispatch and combine" : "");
   return b;
 }
 
 FuzzCase fuzz_case(uint64_t seed, int R, const FuzzLimits& lim) {
   std::mt19937_64 rng(seed);
-  auto pick = [&](int lo, int hi) { return lo + static_cast<int>(rng() % static_cast<uint64_t>(hi - lo + 1)); };
+  auto pick = [&](int lo, int hi) {
+    return lo + static_cast<int>(rng() % static_cast<uint64_t>(hi - lo + 1));
+  };
   FuzzCase c;
   c.seed = seed;
   Shape& s = c.shape;
@@ -60,8 +70,12 @@ FuzzCase fuzz_case(uint64_t seed, int R, const FuzzLimits& lim) {
   // Experts: mostly not a multiple of R (uneven ownership), sometimes exactly R or a multiple.
   const int emax = std::max(R, lim.max_experts);
   switch (rng() % 6) {
-    case 0: s.experts = R; break;
-    case 1: s.experts = R * pick(1, std::max(1, emax / R)); break;
+    case 0:
+      s.experts = R;
+      break;
+    case 1:
+      s.experts = R * pick(1, std::max(1, emax / R));
+      break;
     default:
       s.experts = pick(R, emax);
       if (R > 1 && s.experts % R == 0) s.experts = s.experts < emax ? s.experts + 1 : s.experts - 1;
@@ -74,28 +88,34 @@ FuzzCase fuzz_case(uint64_t seed, int R, const FuzzLimits& lim) {
   const int unit = s.fp8 ? std::max(16, s.scale_block) : 16;
   const int hmax_units = std::max(1, lim.max_hidden / unit);
   // Hidden sizes: half small (one to a few 1 KiB chunks), the rest up to the limit.
-  const int hu = rng() % 2 ? pick(1, std::min(hmax_units, std::max(1, 1024 / unit)))
-                           : pick(1, hmax_units);
+  const int hu = rng() % 2 ? pick(1, std::min(hmax_units, std::max(1, 1024 / unit))) : pick(1, hmax_units);
   s.hidden = hu * unit;
   s.alignment = pick(1, 16);
   // maxTokensPerRank: small counts (the block/warp split of few rows) as often as larger ones.
   static const int kMaxT[] = {1, 2, 3, 5, 8, 13, 16, 17, 31, 32, 48, 64, 100, 128, 200, 256};
   s.max_tokens = kMaxT[rng() % (sizeof kMaxT / sizeof kMaxT[0])];
-  while (s.max_tokens > 1 &&
-         (static_cast<int64_t>(s.max_tokens) * s.hidden * s.topk > lim.max_elements ||
-          static_cast<int64_t>(R) * s.max_tokens * s.hidden > lim.max_elements))
+  while (s.max_tokens > 1 && (static_cast<int64_t>(s.max_tokens) * s.hidden * s.topk > lim.max_elements ||
+                              static_cast<int64_t>(R) * s.max_tokens * s.hidden > lim.max_elements))
     s.max_tokens /= 2;
   // Private region: none, a few tokens, or every token.
   switch (rng() % 4) {
-    case 0: s.max_private = 0; break;
-    case 1: s.max_private = pick(1, 4); break;
-    case 2: s.max_private = pick(0, s.max_tokens); break;
-    default: s.max_private = s.max_tokens; break;
+    case 0:
+      s.max_private = 0;
+      break;
+    case 1:
+      s.max_private = pick(1, 4);
+      break;
+    case 2:
+      s.max_private = pick(0, s.max_tokens);
+      break;
+    default:
+      s.max_private = s.max_tokens;
+      break;
   }
   c.split = rng() % 2;
   static const Routing kRoutings[] = {Routing::kUniformDup, Routing::kUniformDup, Routing::kRandom,
-                                      Routing::kOneExpert, Routing::kEmpty, Routing::kDuplicates,
-                                      Routing::kSkewed, Routing::kToOneRank};
+                                      Routing::kOneExpert,  Routing::kEmpty,      Routing::kDuplicates,
+                                      Routing::kSkewed,     Routing::kToOneRank};
   c.routing = kRoutings[rng() % (sizeof kRoutings / sizeof kRoutings[0])];
   // Tokens per rank: independent draws, everyone at the maximum, or one rank empty.
   c.T.resize(R);
@@ -120,10 +140,9 @@ std::vector<FuzzCase> fuzz_regressions(int R) {
   // experts, hidden 256, every rank at T = maxTokensPerRank = 16.
   auto add = [&](bool fp8, int E, int align, bool split, uint64_t in, int stream, bool sync) {
     FuzzCase c;
-    c.seed = 0x5eed000000000000ull | (static_cast<uint64_t>(fp8) << 32) |
-             (static_cast<uint64_t>(E) << 16) | (static_cast<uint64_t>(align) << 8) |
-             (static_cast<uint64_t>(split) << 4) | (static_cast<uint64_t>(stream) << 40) |
-             (static_cast<uint64_t>(sync) << 44) | in;
+    c.seed = 0x5eed000000000000ull | (static_cast<uint64_t>(fp8) << 32) | (static_cast<uint64_t>(E) << 16) |
+             (static_cast<uint64_t>(align) << 8) | (static_cast<uint64_t>(split) << 4) |
+             (static_cast<uint64_t>(stream) << 40) | (static_cast<uint64_t>(sync) << 44) | in;
     Shape& s = c.shape;
     s.nranks = R;
     s.experts = std::max(E, R);

@@ -13,12 +13,12 @@ namespace moetest {
 
 struct FuzzCase {
   uint64_t seed = 0;
-  Shape shape;             // nranks set
-  bool split = false;      // DispatchSend/Recv + CombineSend/Recv instead of the whole calls
+  Shape shape;         // nranks set
+  bool split = false;  // DispatchSend/Recv + CombineSend/Recv instead of the whole calls
   Routing routing = Routing::kRandom;
-  std::vector<int> T;      // per rank, each in [0, max_tokens]
-  uint64_t input_seed = 0; // op o: make_input(shape, rank, T[rank], input_seed + o, routing)
-  int ops = 1;             // dispatch -> combine rounds on the same comms
+  std::vector<int> T;       // per rank, each in [0, max_tokens]
+  uint64_t input_seed = 0;  // op o: make_input(shape, rank, T[rank], input_seed + o, routing)
+  int ops = 1;              // dispatch -> combine rounds on the same comms
   // How the CUDA run orders its calls: stream 0 a non-blocking stream, 1 a blocking one, 2 the
   // legacy NULL stream; sync_between: synchronise and read recvX back between dispatch and
   // combine (as a caller that computes the experts on the host would).

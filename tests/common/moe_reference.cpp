@@ -76,9 +76,15 @@ RankInput make_input(const Shape& s, int rank, int T, uint64_t seed, Routing rou
           row[k] = rng() % 10 == 0 ? -1 : e;
           break;
         }
-        case Routing::kOneExpert: row[k] = hot; break;
-        case Routing::kEmpty: row[k] = -1; break;
-        case Routing::kDuplicates: row[k] = static_cast<int>(rng() % std::min(s.experts, 3)); break;
+        case Routing::kOneExpert:
+          row[k] = hot;
+          break;
+        case Routing::kEmpty:
+          row[k] = -1;
+          break;
+        case Routing::kDuplicates:
+          row[k] = static_cast<int>(rng() % std::min(s.experts, 3));
+          break;
         case Routing::kSkewed:
           row[k] = rng() % 2 ? static_cast<int>(rng() % std::max(1, s.local(0)))
                              : static_cast<int>(rng() % s.experts);
@@ -115,8 +121,8 @@ ExpectedLayout expected_layout(const Shape& s, const std::vector<RankInput>& all
 }
 
 std::string check_dispatch(const Shape& s, const std::vector<RankInput>& all, int me,
-                           const ExpectedLayout& ex, const uint8_t* recv_x,
-                           const float* recv_scales, const int32_t* counts) {
+                           const ExpectedLayout& ex, const uint8_t* recv_x, const float* recv_scales,
+                           const int32_t* counts) {
   for (int j = 0; j < s.local(me); ++j)
     if (counts[j] != ex.counts[j])
       return "expert " + std::to_string(s.first(me) + j) + ": count " + std::to_string(counts[j]) +
@@ -144,8 +150,8 @@ uint16_t expert_value(int expert, int src, int token, int k, int col) {
   return static_cast<uint16_t>(sign | (exp << 7) | mant);
 }
 
-void fill_expert_y(const Shape& s, const std::vector<RankInput>& all, int me,
-                   const ExpectedLayout& ex, uint16_t* expert_y) {
+void fill_expert_y(const Shape& s, const std::vector<RankInput>& all, int me, const ExpectedLayout& ex,
+                   uint16_t* expert_y) {
   (void)all;
   // Expert of each row: walk the segments again.
   size_t r = 0;
@@ -169,8 +175,8 @@ std::string check_combine(const Shape& s, const RankInput& mine, int me, const u
       for (int k = 0; k < s.topk; ++k) {
         int e = mine.idx[static_cast<size_t>(t) * s.topk + k];
         if (e < 0) continue;
-        acc = std::fmaf(mine.w[static_cast<size_t>(t) * s.topk + k],
-                        from_bf16(expert_value(e, me, t, k, c)), acc);
+        acc = std::fmaf(mine.w[static_cast<size_t>(t) * s.topk + k], from_bf16(expert_value(e, me, t, k, c)),
+                        acc);
       }
       uint16_t want = to_bf16_rne(acc);
       uint16_t got = y[static_cast<size_t>(t) * s.hidden + c];
@@ -185,7 +191,7 @@ std::string check_combine(const Shape& s, const RankInput& mine, int me, const u
 
 ncclResult_t oob_allgather(const void* send, void* recv, size_t bytes, void* ctx) {
   return static_cast<moefabric::OobChannel*>(ctx)->allgather(send, recv, bytes) ? ncclSuccess
-                                                                                 : ncclSystemError;
+                                                                                : ncclSystemError;
 }
 
 bool gather_inputs(void* oob_ptr, const Shape& s, const RankInput& mine, std::vector<RankInput>* all) {
@@ -204,21 +210,20 @@ bool gather_inputs(void* oob_ptr, const Shape& s, const RankInput& mine, std::ve
   };
   all->assign(R, RankInput{});
   for (int r = 0; r < R; ++r) (*all)[r].T = Ts[r];
-  bool ok = gather(mine.x.data(), s.x_bytes(), mine.x.size(), [&](int r, const uint8_t* p) {
-    (*all)[r].x.assign(p, p + s.x_bytes() * Ts[r]);
-  });
+  bool ok = gather(mine.x.data(), s.x_bytes(), mine.x.size(),
+                   [&](int r, const uint8_t* p) { (*all)[r].x.assign(p, p + s.x_bytes() * Ts[r]); });
   ok = ok && gather(mine.scales.data(), s.nscale() * 4, mine.scales.size() * 4, [&](int r, const uint8_t* p) {
-    (*all)[r].scales.resize(s.nscale() * Ts[r]);
-    if (!(*all)[r].scales.empty()) std::memcpy((*all)[r].scales.data(), p, (*all)[r].scales.size() * 4);
-  });
+         (*all)[r].scales.resize(s.nscale() * Ts[r]);
+         if (!(*all)[r].scales.empty()) std::memcpy((*all)[r].scales.data(), p, (*all)[r].scales.size() * 4);
+       });
   ok = ok && gather(mine.idx.data(), s.topk * 4, mine.idx.size() * 4, [&](int r, const uint8_t* p) {
-    (*all)[r].idx.resize(static_cast<size_t>(s.topk) * Ts[r]);
-    if (!(*all)[r].idx.empty()) std::memcpy((*all)[r].idx.data(), p, (*all)[r].idx.size() * 4);
-  });
+         (*all)[r].idx.resize(static_cast<size_t>(s.topk) * Ts[r]);
+         if (!(*all)[r].idx.empty()) std::memcpy((*all)[r].idx.data(), p, (*all)[r].idx.size() * 4);
+       });
   ok = ok && gather(mine.w.data(), s.topk * 4, mine.w.size() * 4, [&](int r, const uint8_t* p) {
-    (*all)[r].w.resize(static_cast<size_t>(s.topk) * Ts[r]);
-    if (!(*all)[r].w.empty()) std::memcpy((*all)[r].w.data(), p, (*all)[r].w.size() * 4);
-  });
+         (*all)[r].w.resize(static_cast<size_t>(s.topk) * Ts[r]);
+         if (!(*all)[r].w.empty()) std::memcpy((*all)[r].w.data(), p, (*all)[r].w.size() * 4);
+       });
   return ok;
 }
 

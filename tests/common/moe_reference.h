@@ -35,10 +35,10 @@ enum class Routing { kRandom, kOneExpert, kEmpty, kDuplicates, kSkewed, kUniform
 
 struct RankInput {
   int T = 0;
-  std::vector<uint8_t> x;      // [T, x_bytes]
-  std::vector<float> scales;   // [T, nscale]
-  std::vector<int32_t> idx;    // [T, K]
-  std::vector<float> w;        // [T, K]
+  std::vector<uint8_t> x;     // [T, x_bytes]
+  std::vector<float> scales;  // [T, nscale]
+  std::vector<int32_t> idx;   // [T, K]
+  std::vector<float> w;       // [T, K]
 };
 
 RankInput make_input(const Shape& s, int rank, int T, uint64_t seed, Routing routing);
@@ -56,15 +56,15 @@ ExpectedLayout expected_layout(const Shape& s, const std::vector<RankInput>& all
 
 // "" when recvX/recvScales/counts match; otherwise the first difference.
 std::string check_dispatch(const Shape& s, const std::vector<RankInput>& all, int me,
-                           const ExpectedLayout& ex, const uint8_t* recv_x,
-                           const float* recv_scales, const int32_t* counts);
+                           const ExpectedLayout& ex, const uint8_t* recv_x, const float* recv_scales,
+                           const int32_t* counts);
 
 // The expert output the tests feed into combine: a function of (expert, source, token, k, column),
 // so that two rows of one token (the same expert picked twice) differ and a row returned to the
 // wrong (token, k) slot shows in y.
 uint16_t expert_value(int expert, int src, int token, int k, int col);
-void fill_expert_y(const Shape& s, const std::vector<RankInput>& all, int me,
-                   const ExpectedLayout& ex, uint16_t* expert_y);
+void fill_expert_y(const Shape& s, const std::vector<RankInput>& all, int me, const ExpectedLayout& ex,
+                   uint16_t* expert_y);
 std::string check_combine(const Shape& s, const RankInput& mine, int me, const uint16_t* y);
 
 // Allgather over the launcher's channel (ctx = moefabric::OobChannel*).

@@ -32,12 +32,12 @@ inline void fail_msg(const char* file, int line, const char* fmt, ...) {
   fprintf(stderr, "rank %d: %s:%d: %s\n", g_rank, file, line, buf);
 }
 
-#define T_CHECK(cond, ...)                                   \
-  do {                                                       \
-    if (!(cond)) {                                           \
-      ::mftest::fail_msg(__FILE__, __LINE__, __VA_ARGS__);   \
-      return 1;                                              \
-    }                                                        \
+#define T_CHECK(cond, ...)                                 \
+  do {                                                     \
+    if (!(cond)) {                                         \
+      ::mftest::fail_msg(__FILE__, __LINE__, __VA_ARGS__); \
+      return 1;                                            \
+    }                                                      \
   } while (0)
 #define T_OK(call) T_CHECK((call) == ::mftest::abi::kSuccess, "%s failed", #call)
 
@@ -134,9 +134,12 @@ inline int connect_mesh(Plugin& pl, moefabric::OobChannel& oob, std::vector<void
 
 inline int close_mesh(Plugin& pl, std::vector<void*>& send, std::vector<void*>& recv,
                       std::vector<void*>& listens) {
-  for (void* c : send) if (c) T_OK(pl.v11->closeSend(c));
-  for (void* c : recv) if (c) T_OK(pl.v11->closeRecv(c));
-  for (void* c : listens) if (c) T_OK(pl.v11->closeListen(c));
+  for (void* c : send)
+    if (c) T_OK(pl.v11->closeSend(c));
+  for (void* c : recv)
+    if (c) T_OK(pl.v11->closeRecv(c));
+  for (void* c : listens)
+    if (c) T_OK(pl.v11->closeListen(c));
   return 0;
 }
 

@@ -93,7 +93,8 @@ int run_recv(const Opts& o, Net* net) {
     std::ofstream f(tmp, std::ios::binary);
     f.write(reinterpret_cast<const char*>(handle), sizeof handle);
     f.close();
-    if (!f || rename(tmp.c_str(), path(o, "handle").c_str()) != 0) die("publish handle", "cannot write " + tmp);
+    if (!f || rename(tmp.c_str(), path(o, "handle").c_str()) != 0)
+      die("publish handle", "cannot write " + tmp);
   }
   void* rc = nullptr;
   while (rc == nullptr) {
@@ -145,8 +146,7 @@ int run_recv(const Opts& o, Net* net) {
   if (wrong) die("stream", std::to_string(wrong) + " wrong bytes");
   double secs = std::chrono::duration<double>(t1 - t0).count();
   double gbs = o.iters > 1 && secs > 0 ? static_cast<double>(o.size) * (o.iters - 1) / secs / 1e9 : 0;
-  printf("multirail: receiver: %d x %zu bytes received and checked, %.3f GB/s\n", o.iters, o.size,
-         gbs);
+  printf("multirail: receiver: %d x %zu bytes received and checked, %.3f GB/s\n", o.iters, o.size, gbs);
   fflush(stdout);
   std::ofstream(path(o, "done")) << "ok\n";
   for (int i = 0; i < w; ++i) (void)net_dereg_mr(rc, mh[i]);
@@ -195,8 +195,8 @@ int run_send(const Opts& o, Net* net) {
   }
   for (void* r : reqs) wait_req(r, "stream");
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  printf("multirail: sender: %d x %zu bytes sent in %.3f s (%.3f GB/s at the sender)\n", o.iters,
-         o.size, secs, static_cast<double>(o.size) * o.iters / secs / 1e9);
+  printf("multirail: sender: %d x %zu bytes sent in %.3f s (%.3f GB/s at the sender)\n", o.iters, o.size,
+         secs, static_cast<double>(o.size) * o.iters / secs / 1e9);
   fflush(stdout);
   // Stay connected until the receiver has everything (closing under in-flight data is unsafe).
   while (access(path(o, "done").c_str(), F_OK) != 0) {
@@ -229,8 +229,8 @@ int main(int argc, char** argv) {
   if (Net::acquire(&net, &err) != Status::kOk) die("init", err);
   NetProperties p;
   if (net->device_count() < 1 || net->properties(0, &p) != Status::kOk) die("init", "no device");
-  printf("multirail: %s on device 0 = %s (%d rail(s), %d Mb/s, provider %s)\n", g_role,
-         p.name.c_str(), net->device(0)->nrails(), p.speed_mbps, p.provider.c_str());
+  printf("multirail: %s on device 0 = %s (%d rail(s), %d Mb/s, provider %s)\n", g_role, p.name.c_str(),
+         net->device(0)->nrails(), p.speed_mbps, p.provider.c_str());
   fflush(stdout);
   if (topo) {
     printf("%s", fabric::nccl_topo_of(*net).c_str());

@@ -46,17 +46,19 @@ std::string warnings() {
   return g_warnings;
 }
 
-#define H_CHECK(c, ...)                                                   \
-  do {                                                                    \
-    if (!(c)) {                                                           \
-      fprintf(stderr, "rank %d: %s:%d: ", g_rank, __FILE__, __LINE__);   \
-      fprintf(stderr, __VA_ARGS__);                                       \
-      fprintf(stderr, "\n");                                              \
-      return 1;                                                           \
-    }                                                                     \
+#define H_CHECK(c, ...)                                                \
+  do {                                                                 \
+    if (!(c)) {                                                        \
+      fprintf(stderr, "rank %d: %s:%d: ", g_rank, __FILE__, __LINE__); \
+      fprintf(stderr, __VA_ARGS__);                                    \
+      fprintf(stderr, "\n");                                           \
+      return 1;                                                        \
+    }                                                                  \
   } while (0)
 
-bool passed(Clock::time_point start, int seconds) { return Clock::now() - start > std::chrono::seconds(seconds); }
+bool passed(Clock::time_point start, int seconds) {
+  return Clock::now() - start > std::chrono::seconds(seconds);
+}
 
 // One connection from rank `from` to rank `to` (other ranks only take part in the exchange).
 struct Link {
@@ -144,7 +146,8 @@ int flood(Net* net, const wire::ListenHandle& to, uint32_t dst, uint32_t src, ui
     wire::EagerMsg m = {first + static_cast<uint32_t>(i), g_rank, size};
     for (;;) {
       std::lock_guard<std::mutex> lock(d->mu);
-      Status s = d->send_msg(nullptr, peer, wire::MsgType::kEager, dst, src, token, &m, sizeof m, data.data(), size);
+      Status s =
+          d->send_msg(nullptr, peer, wire::MsgType::kEager, dst, src, token, &m, sizeof m, data.data(), size);
       if (s == Status::kOk) break;
       H_CHECK(s == Status::kAgain, "send_msg failed");
       H_CHECK(d->progress() == Status::kOk, "progress");
@@ -186,16 +189,19 @@ int progress_until(Net* net, uint64_t before, int count) {
 
 // Runs body in n forked ranks, each with its own Net and the capturing logger.
 void run(int n, const std::function<int(OobChannel&, Net*)>& body, int timeout_s = 120) {
-  auto res = launch_fork(n, [&](OobChannel& oob) {
-    g_rank = oob.rank();
-    log::set_sink(capture);
-    Net* net = nullptr;
-    std::string err;
-    H_CHECK(Net::acquire(&net, &err) == Status::kOk, "%s", err.c_str());
-    int rc = body(oob, net);
-    Net::release(net);
-    return rc;
-  }, timeout_s);
+  auto res = launch_fork(
+      n,
+      [&](OobChannel& oob) {
+        g_rank = oob.rank();
+        log::set_sink(capture);
+        Net* net = nullptr;
+        std::string err;
+        H_CHECK(Net::acquire(&net, &err) == Status::kOk, "%s", err.c_str());
+        int rc = body(oob, net);
+        Net::release(net);
+        return rc;
+      },
+      timeout_s);
   INFO(res.report);
   REQUIRE(res.ok);
 }
@@ -217,7 +223,8 @@ bool rss_meaningful() {
 // naming it. Rank 0 must drop them (they do not come from the connection's peer), keep its
 // memory, report the drops, and go on serving rank 1. Before the fix every one was stashed for a
 // receive not posted yet (RSS +160 MiB, no error).
-TEST_CASE("hostile: messages from an endpoint that is not the connection's peer are dropped", "[fabric][hostile]") {
+TEST_CASE("hostile: messages from an endpoint that is not the connection's peer are dropped",
+          "[fabric][hostile]") {
   run(3, [](OobChannel& oob, Net* net) {
     const int me = oob.rank();
     Link l;
@@ -239,10 +246,11 @@ TEST_CASE("hostile: messages from an endpoint that is not the connection's peer 
       if (progress_until(net, recv0, kFlood)) return 1;
       const long grown = testutil::rss_kib() - rss0;
       fprintf(stderr, "rank 0: RSS grew by %ld KiB during the flood\n", grown);
-      H_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB: foreign messages were kept", grown);
+      H_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB: foreign messages were kept",
+              grown);
       const std::string w = warnings();
-      H_CHECK(w.find("dropped a message for recv comm") != std::string::npos, "the drops were not reported:\n%s",
-              w.c_str());
+      H_CHECK(w.find("dropped a message for recv comm") != std::string::npos,
+              "the drops were not reported:\n%s", w.c_str());
     }
     H_CHECK(oob.barrier(&err), "%s", err.c_str());
     // The connection the stranger named still works both ways round its eager limit.
@@ -259,7 +267,8 @@ namespace {
 
 // Sends `count` eager messages of `size` bytes with `tag` on the connected send comm `sc` (its
 // token, its endpoint: everything a receiver checks is right), numbered by seq(i).
-int flood_connected(Net* net, void* sc, int count, size_t size, int tag, const std::function<uint32_t(int)>& seq) {
+int flood_connected(Net* net, void* sc, int count, size_t size, int tag,
+                    const std::function<uint32_t(int)>& seq) {
   Device* d = net->device(0);
   auto* c = static_cast<SendComm*>(sc);
   size = std::min(size, d->eager_max());
@@ -298,7 +307,8 @@ TEST_CASE("hostile: a connected peer running past the eager window fails its com
     constexpr int kFlood = 10000;
     if (me == 1) {
       const uint32_t first = static_cast<SendComm*>(ahead.sc)->next_msg;
-      if (flood_connected(net, ahead.sc, kFlood, 8192, 0, [&](int i) { return first + static_cast<uint32_t>(i); }) ||
+      if (flood_connected(net, ahead.sc, kFlood, 8192, 0,
+                          [&](int i) { return first + static_cast<uint32_t>(i); }) ||
           flood_connected(net, again.sc, kFlood, 8192, 0,
                           [&](int i) { return first + static_cast<uint32_t>(i) % wire::kEagerWindow; }))
         return 1;
@@ -306,7 +316,8 @@ TEST_CASE("hostile: a connected peer running past the eager window fails its com
       if (progress_until(net, recv0, 2 * kFlood)) return 1;
       const long grown = testutil::rss_kib() - rss0;
       fprintf(stderr, "rank 0: RSS grew by %ld KiB during the floods\n", grown);
-      H_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB: the stash is not bounded", grown);
+      H_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB: the stash is not bounded",
+              grown);
       for (Link* l : {&ahead, &again}) {
         auto* rc = static_cast<RecvComm*>(l->rc);
         std::vector<uint8_t> buf(8192);
@@ -324,8 +335,10 @@ TEST_CASE("hostile: a connected peer running past the eager window fails its com
         const std::string what = l == &ahead ? "messages past the receives posted" : "sent twice";
         H_CHECK(w.find("comm " + std::to_string(rc->id) + " (peer rank") != std::string::npos &&
                     w.find(rc->peer_addr) != std::string::npos && w.find(what) != std::string::npos,
-                "no error naming the peer (%s) and \"%s\":\n%s", rc->peer_addr.c_str(), what.c_str(), w.c_str());
-        H_CHECK(rc->unexpected.empty(), "a failed comm still holds %zu stashed messages", rc->unexpected.size());
+                "no error naming the peer (%s) and \"%s\":\n%s", rc->peer_addr.c_str(), what.c_str(),
+                w.c_str());
+        H_CHECK(rc->unexpected.empty(), "a failed comm still holds %zu stashed messages",
+                rc->unexpected.size());
       }
     }
     H_CHECK(oob.barrier(&err), "%s", err.c_str());
@@ -382,7 +395,8 @@ TEST_CASE("hostile: eager data for a GPU receive buffer is refused and never cop
         void* data = buf.data() + k * kSize;
         size_t sz = kSize;
         int tag = 1;
-        while (!rreq[k]) H_CHECK(net_irecv(links[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk, "irecv");
+        while (!rreq[k])
+          H_CHECK(net_irecv(links[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk, "irecv");
       }
     }
     H_CHECK(oob.barrier(&err), "%s", err.c_str());  // receives posted, control entries on their way
@@ -415,9 +429,11 @@ TEST_CASE("hostile: eager data for a GPU receive buffer is refused and never cop
       }
       H_CHECK(s == Status::kRemoteError, "eager data for a GPU receive buffer: test() returned %d, done %d",
               static_cast<int>(s), done);
-      for (size_t i = 0; i < kSize; ++i) H_CHECK(buf[i] == 0, "the GPU receive buffer was written (byte %zu)", i);
+      for (size_t i = 0; i < kSize; ++i)
+        H_CHECK(buf[i] == 0, "the GPU receive buffer was written (byte %zu)", i);
       const std::string w = warnings();
-      H_CHECK(w.find("eager message for GPU receive buffer") != std::string::npos, "not reported:\n%s", w.c_str());
+      H_CHECK(w.find("eager message for GPU receive buffer") != std::string::npos, "not reported:\n%s",
+              w.c_str());
       const uint64_t msgs_before = msgs_received(net);  // the rogue's message is in
       done = 0;
       size_t sizes[wire::kMaxRecvs] = {};
@@ -427,7 +443,8 @@ TEST_CASE("hostile: eager data for a GPU receive buffer is refused and never cop
       }
       H_CHECK(sizes[0] == kSize, "received %zu bytes", sizes[0]);
       for (size_t i = 0; i < kSize; ++i) H_CHECK(buf[kSize + i] == 0x77, "byte %zu of the honest send", i);
-      H_CHECK(msgs_received(net) == msgs_before, "the honest send into a GPU buffer came as a message, not a write");
+      H_CHECK(msgs_received(net) == msgs_before,
+              "the honest send into a GPU buffer came as a message, not a write");
       for (int k = 0; k < 2; ++k) {
         static_cast<MrEntry*>(rmh[k])->type = MemType::kHost;
         H_CHECK(net_dereg_mr(k == 0 ? rogue.rc : honest.rc, rmh[k]) == Status::kOk, "deregMr");
@@ -492,11 +509,13 @@ struct Attacker {
     std::string err;
     H_CHECK(nic_discover(rma_params(params), &nics, &err) == Status::kOk, "%s", err.c_str());
     shm = nics[0].provider == "shm";
-    H_CHECK(RmaEndpoint::open_nic(params, std::move(nics[0]), 0, &ep, &err) == Status::kOk, "%s", err.c_str());
+    H_CHECK(RmaEndpoint::open_nic(params, std::move(nics[0]), 0, &ep, &err) == Status::kOk, "%s",
+            err.c_str());
     H_CHECK(ep->insert_peer(victim_handle.addr, victim_handle.addr_len, &victim, &err) == Status::kOk, "%s",
             err.c_str());
-    H_CHECK(ep->mr_cache().acquire(src.data(), src.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0, &mr, &err) ==
-                Status::kOk, "%s", err.c_str());
+    H_CHECK(ep->mr_cache().acquire(src.data(), src.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0, &mr,
+                                   &err) == Status::kOk,
+            "%s", err.c_str());
     return 0;
   }
   void close() {
@@ -542,110 +561,119 @@ bool is_ee(const void* p) {
 // registrations widened to whole pages. K is 250 on tcp; on shm 200,
 // because libfabric 1.17's shm leaks a command credit per rejected write and wedges after ~1000
 // (see docs/wire-protocol.md).
-TEST_CASE("hostile: only receive buffers are writable by peers, exactly, under unguessable keys", "[fabric][hostile]") {
-  run(3, [](OobChannel& oob, Net* net) {
-    const int me = oob.rank();
-    Link in, out;
-    if (link(oob, net, 1, 0, &in) || link(oob, net, 0, 1, &out)) return 1;
-    std::vector<uint8_t> rbuf(8192, 0), sbuf(4096, 0x11);
-    uint8_t* recv_at = rbuf.data() + 1000;  // 100 bytes inside a page, neighbours on both sides
-    constexpr size_t kRecv = 100;
-    void* rmh = nullptr;
-    void* smh = nullptr;
-    Device* d = net->device(0);
-    const MrEntry* rx = DeviceTestAccess::rx_mr(d);
-    const MrEntry* tx = DeviceTestAccess::tx_mr(d);
-    Targets t = {};
-    if (me == 0) {
-      H_CHECK(net_reg_mr(in.rc, recv_at, kRecv, 1, &rmh) == Status::kOk, "regMr(recv)");
-      H_CHECK(net_reg_mr(out.sc, sbuf.data(), sbuf.size(), 1, &smh) == Status::kOk, "regMr(send)");
-      auto* r = static_cast<const MrEntry*>(rmh);
-      auto* s = static_cast<const MrEntry*>(smh);
-      constexpr uint64_t kRemote = FI_REMOTE_READ | FI_REMOTE_WRITE;
-      H_CHECK((r->fi_access & kRemote) == FI_REMOTE_WRITE, "receive buffer access 0x%llx",
-              static_cast<unsigned long long>(r->fi_access));
-      for (const MrEntry* e : {s, rx, tx})
-        H_CHECK((e->fi_access & kRemote) == 0, "a send-side or message buffer registration has remote access 0x%llx",
-                static_cast<unsigned long long>(e->fi_access & kRemote));
-      H_CHECK(r->base == reinterpret_cast<uintptr_t>(recv_at) && r->len == kRecv,
-              "the receive buffer is registered as %zu bytes at %+lld from it", r->len,
-              static_cast<long long>(r->base - reinterpret_cast<uintptr_t>(recv_at)));
-      t.raddr[0] = r->remote_addr(recv_at);
-      t.raddr[1] = s->remote_addr(sbuf.data());
-      t.raddr[2] = rx->remote_addr(reinterpret_cast<void*>(rx->base));
-      t.raddr[3] = tx->remote_addr(reinterpret_cast<void*>(tx->base));
-      t.recv_key = r->key;
-      t.send_key = s->key;
-      t.past_end = r->remote_addr(recv_at + kRecv);
-    }
-    std::vector<Targets> all(oob.nranks());
-    std::string err;
-    H_CHECK(oob.allgather(&t, all.data(), sizeof t, &err), "%s", err.c_str());
-    t = all[0];
-    if (me == 2) {
-      Attacker a;
-      a.params = net->params();
-      a.victim_handle = in.handle;
-      if (a.open()) return 1;
-      // tcp opens a new endpoint after each rejected write: slow under the sanitizers.
-      const uint64_t guesses = a.shm ? 200 : 250;
-      std::vector<std::pair<uint64_t, uint64_t>> to;
-      for (int k = 0; k < kTargets; ++k)
-        for (uint64_t key = 1; key <= guesses; ++key) to.push_back({t.raddr[k], key});
-      std::sort(to.begin(), to.end());  // tcp addresses every registration's start as offset 0
-      to.erase(std::unique(to.begin(), to.end()), to.end());
-      to.push_back({t.raddr[1], t.send_key});  // the send buffer's own key
-      to.push_back({t.past_end, t.recv_key});   // the receive buffer's key, one byte too far
-      auto start = Clock::now();
-      int landed = 0;
-      for (const auto& [raddr, key] : to) {
-        int l = 0;
-        if (a.write(raddr, key, &l)) return 1;
-        H_CHECK(l != 1, "a write with key %llu at 0x%llx landed", static_cast<unsigned long long>(key),
-                static_cast<unsigned long long>(raddr));
-        landed += l == 1;
-      }
-      fprintf(stderr, "rank 2: %zu writes with guessed or misused keys in %.1f s\n", to.size(),
-              std::chrono::duration<double>(Clock::now() - start).count());
-      // Control: the receive buffer takes a write with its key (the attack path works). It is the
-      // last write: once the victim sees it, it has seen every one above.
-      int l = 0;
-      if (a.write(t.raddr[0], t.recv_key, &l)) return 1;
-      H_CHECK(l != 0, "the control write with the receive buffer's own key failed");
-      a.close();
-    }
-    if (me == 0) {
-      // Drives the device (as NCCL's proxy would) until the attacker's last write has landed.
-      auto start = Clock::now();
-      while (!is_ee(recv_at)) {
-        {
-          std::lock_guard<std::mutex> lock(d->mu);
-          H_CHECK(d->progress() == Status::kOk, "progress");
+TEST_CASE("hostile: only receive buffers are writable by peers, exactly, under unguessable keys",
+          "[fabric][hostile]") {
+  run(
+      3,
+      [](OobChannel& oob, Net* net) {
+        const int me = oob.rank();
+        Link in, out;
+        if (link(oob, net, 1, 0, &in) || link(oob, net, 0, 1, &out)) return 1;
+        std::vector<uint8_t> rbuf(8192, 0), sbuf(4096, 0x11);
+        uint8_t* recv_at = rbuf.data() + 1000;  // 100 bytes inside a page, neighbours on both sides
+        constexpr size_t kRecv = 100;
+        void* rmh = nullptr;
+        void* smh = nullptr;
+        Device* d = net->device(0);
+        const MrEntry* rx = DeviceTestAccess::rx_mr(d);
+        const MrEntry* tx = DeviceTestAccess::tx_mr(d);
+        Targets t = {};
+        if (me == 0) {
+          H_CHECK(net_reg_mr(in.rc, recv_at, kRecv, 1, &rmh) == Status::kOk, "regMr(recv)");
+          H_CHECK(net_reg_mr(out.sc, sbuf.data(), sbuf.size(), 1, &smh) == Status::kOk, "regMr(send)");
+          auto* r = static_cast<const MrEntry*>(rmh);
+          auto* s = static_cast<const MrEntry*>(smh);
+          constexpr uint64_t kRemote = FI_REMOTE_READ | FI_REMOTE_WRITE;
+          H_CHECK((r->fi_access & kRemote) == FI_REMOTE_WRITE, "receive buffer access 0x%llx",
+                  static_cast<unsigned long long>(r->fi_access));
+          for (const MrEntry* e : {s, rx, tx})
+            H_CHECK((e->fi_access & kRemote) == 0,
+                    "a send-side or message buffer registration has remote access 0x%llx",
+                    static_cast<unsigned long long>(e->fi_access & kRemote));
+          H_CHECK(r->base == reinterpret_cast<uintptr_t>(recv_at) && r->len == kRecv,
+                  "the receive buffer is registered as %zu bytes at %+lld from it", r->len,
+                  static_cast<long long>(r->base - reinterpret_cast<uintptr_t>(recv_at)));
+          t.raddr[0] = r->remote_addr(recv_at);
+          t.raddr[1] = s->remote_addr(sbuf.data());
+          t.raddr[2] = rx->remote_addr(reinterpret_cast<void*>(rx->base));
+          t.raddr[3] = tx->remote_addr(reinterpret_cast<void*>(tx->base));
+          t.recv_key = r->key;
+          t.send_key = s->key;
+          t.past_end = r->remote_addr(recv_at + kRecv);
         }
-        H_CHECK(!passed(start, 120), "the control write never landed");
-      }
-    }
-    H_CHECK(oob.barrier(&err), "%s", err.c_str());
-    if (me == 0) {
-      // The control write at the receive buffer's start; nothing else anywhere.
-      for (size_t i = 0; i < rbuf.size(); ++i) {
-        const bool control = i >= 1000 && i < 1008;
-        H_CHECK(rbuf[i] == (control ? 0xee : 0), "receive-side byte %zu is 0x%02x%s", i, rbuf[i],
-                i >= 1100 && i < 1108 ? " (just past the receive buffer)" : "");
-      }
-      for (size_t i = 0; i < sbuf.size(); ++i) H_CHECK(sbuf[i] == 0x11, "send buffer byte %zu was written", i);
-      H_CHECK(!is_ee(reinterpret_cast<void*>(rx->base)), "a guessed key wrote into the message receive buffers");
-      H_CHECK(!is_ee(reinterpret_cast<void*>(tx->base)), "a guessed key wrote into the message send buffers");
-      H_CHECK(net_dereg_mr(in.rc, rmh) == Status::kOk && net_dereg_mr(out.sc, smh) == Status::kOk, "deregMr");
-    }
-    H_CHECK(oob.barrier(&err), "%s", err.c_str());
-    for (Link* l : {&in, &out}) {
-      if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
-      if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
-      if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
-    }
-    return 0;
-  }, 300);
+        std::vector<Targets> all(oob.nranks());
+        std::string err;
+        H_CHECK(oob.allgather(&t, all.data(), sizeof t, &err), "%s", err.c_str());
+        t = all[0];
+        if (me == 2) {
+          Attacker a;
+          a.params = net->params();
+          a.victim_handle = in.handle;
+          if (a.open()) return 1;
+          // tcp opens a new endpoint after each rejected write: slow under the sanitizers.
+          const uint64_t guesses = a.shm ? 200 : 250;
+          std::vector<std::pair<uint64_t, uint64_t>> to;
+          for (int k = 0; k < kTargets; ++k)
+            for (uint64_t key = 1; key <= guesses; ++key) to.push_back({t.raddr[k], key});
+          std::sort(to.begin(), to.end());  // tcp addresses every registration's start as offset 0
+          to.erase(std::unique(to.begin(), to.end()), to.end());
+          to.push_back({t.raddr[1], t.send_key});  // the send buffer's own key
+          to.push_back({t.past_end, t.recv_key});  // the receive buffer's key, one byte too far
+          auto start = Clock::now();
+          int landed = 0;
+          for (const auto& [raddr, key] : to) {
+            int l = 0;
+            if (a.write(raddr, key, &l)) return 1;
+            H_CHECK(l != 1, "a write with key %llu at 0x%llx landed", static_cast<unsigned long long>(key),
+                    static_cast<unsigned long long>(raddr));
+            landed += l == 1;
+          }
+          fprintf(stderr, "rank 2: %zu writes with guessed or misused keys in %.1f s\n", to.size(),
+                  std::chrono::duration<double>(Clock::now() - start).count());
+          // Control: the receive buffer takes a write with its key (the attack path works). It is the
+          // last write: once the victim sees it, it has seen every one above.
+          int l = 0;
+          if (a.write(t.raddr[0], t.recv_key, &l)) return 1;
+          H_CHECK(l != 0, "the control write with the receive buffer's own key failed");
+          a.close();
+        }
+        if (me == 0) {
+          // Drives the device (as NCCL's proxy would) until the attacker's last write has landed.
+          auto start = Clock::now();
+          while (!is_ee(recv_at)) {
+            {
+              std::lock_guard<std::mutex> lock(d->mu);
+              H_CHECK(d->progress() == Status::kOk, "progress");
+            }
+            H_CHECK(!passed(start, 120), "the control write never landed");
+          }
+        }
+        H_CHECK(oob.barrier(&err), "%s", err.c_str());
+        if (me == 0) {
+          // The control write at the receive buffer's start; nothing else anywhere.
+          for (size_t i = 0; i < rbuf.size(); ++i) {
+            const bool control = i >= 1000 && i < 1008;
+            H_CHECK(rbuf[i] == (control ? 0xee : 0), "receive-side byte %zu is 0x%02x%s", i, rbuf[i],
+                    i >= 1100 && i < 1108 ? " (just past the receive buffer)" : "");
+          }
+          for (size_t i = 0; i < sbuf.size(); ++i)
+            H_CHECK(sbuf[i] == 0x11, "send buffer byte %zu was written", i);
+          H_CHECK(!is_ee(reinterpret_cast<void*>(rx->base)),
+                  "a guessed key wrote into the message receive buffers");
+          H_CHECK(!is_ee(reinterpret_cast<void*>(tx->base)),
+                  "a guessed key wrote into the message send buffers");
+          H_CHECK(net_dereg_mr(in.rc, rmh) == Status::kOk && net_dereg_mr(out.sc, smh) == Status::kOk,
+                  "deregMr");
+        }
+        H_CHECK(oob.barrier(&err), "%s", err.c_str());
+        for (Link* l : {&in, &out}) {
+          if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
+          if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
+          if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
+        }
+        return 0;
+      },
+      300);
 }
 
 namespace {
@@ -659,15 +687,23 @@ uint64_t imms_received(Net* net) {
 // The fixed payload length of a message type (what parse expects), or a random one.
 size_t random_length(std::mt19937_64& rng, int type) {
   switch (rng() % 2 ? type : 0) {
-    case 1: return sizeof(wire::ConnectMsg);
-    case 2: return sizeof(wire::ConnectAckMsg);
-    case 3: return offsetof(wire::CtrlMsg, entries) + (1 + rng() % wire::kMaxRecvs) * sizeof(wire::CtrlEntry);
-    case 4: return sizeof(wire::FinMsg);
-    case 5: return sizeof(wire::EagerMsg) + rng() % 300;
+    case 1:
+      return sizeof(wire::ConnectMsg);
+    case 2:
+      return sizeof(wire::ConnectAckMsg);
+    case 3:
+      return offsetof(wire::CtrlMsg, entries) + (1 + rng() % wire::kMaxRecvs) * sizeof(wire::CtrlEntry);
+    case 4:
+      return sizeof(wire::FinMsg);
+    case 5:
+      return sizeof(wire::EagerMsg) + rng() % 300;
     case 6:
-    case 7: return sizeof(wire::PingMsg);
-    case 8: return sizeof(wire::ErrorMsg);
-    default: return rng() % 600;
+    case 7:
+      return sizeof(wire::PingMsg);
+    case 8:
+      return sizeof(wire::ErrorMsg);
+    default:
+      return rng() % 600;
   }
 }
 
@@ -722,7 +758,8 @@ TEST_CASE("hostile: random messages and replayed immediates from a connected pee
   run(2, [](OobChannel& oob, Net* net) {
     const int me = oob.rank();
     Link noise, replay, honest;
-    if (link(oob, net, 1, 0, &noise) || link(oob, net, 1, 0, &replay) || link(oob, net, 1, 0, &honest)) return 1;
+    if (link(oob, net, 1, 0, &noise) || link(oob, net, 1, 0, &replay) || link(oob, net, 1, 0, &honest))
+      return 1;
     std::string err;
     constexpr size_t kSize = 4096;
     constexpr int kMsgs = 3000, kRandomImms = 300, kReplays = 5;
@@ -739,7 +776,8 @@ TEST_CASE("hostile: random messages and replayed immediates from a connected pee
         void* data = at;
         size_t sz = kSize;
         int tag = 1;
-        while (!rreq[k]) H_CHECK(net_irecv(victims[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk, "irecv");
+        while (!rreq[k])
+          H_CHECK(net_irecv(victims[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk, "irecv");
       }
     }
     uint64_t seeds[2] = {seed, 0};
@@ -809,7 +847,8 @@ TEST_CASE("hostile: random messages and replayed immediates from a connected pee
         auto* rc = static_cast<RecvComm*>(victims[k]->rc);
         int done = 0;
         Status s = net_test(rreq[k], &done, nullptr);
-        H_CHECK(s == Status::kRemoteError, "%s connection: test() returned %d, done %d; the comm should have failed",
+        H_CHECK(s == Status::kRemoteError,
+                "%s connection: test() returned %d, done %d; the comm should have failed",
                 k == 0 ? "random-message" : "replay", static_cast<int>(s), done);
         H_CHECK(w.find("recv comm " + std::to_string(rc->id) + " (peer rank") != std::string::npos &&
                     w.find(rc->peer_addr) != std::string::npos,
@@ -821,7 +860,8 @@ TEST_CASE("hostile: random messages and replayed immediates from a connected pee
                 rc->unexpected.size());
       }
       for (size_t i = 0; i < guard.size(); ++i)
-        if (i < kSize || i >= 3 * kSize) H_CHECK(guard[i] == 0x3c, "byte %zu outside the receive buffers was written", i);
+        if (i < kSize || i >= 3 * kSize)
+          H_CHECK(guard[i] == 0x3c, "byte %zu outside the receive buffers was written", i);
       for (int k = 0; k < 2; ++k) H_CHECK(net_dereg_mr(victims[k]->rc, rmh[k]) == Status::kOk, "deregMr");
     }
     H_CHECK(oob.barrier(&err), "%s", err.c_str());

@@ -26,14 +26,17 @@ namespace {
 
 void run_ranks(int n, const std::function<int(OobChannel&, Plugin&)>& body, int timeout_s = 240,
                abi::logger_t logger = quiet_logger) {
-  auto res = moefabric::launch_fork(n, [&](OobChannel& oob) {
-    g_rank = oob.rank();
-    Plugin pl;
-    if (pl.open(MOEFABRIC_PLUGIN_PATH, logger) != 0) return 1;
-    int rc = body(oob, pl);
-    if (rc != 0) return rc;
-    return pl.close();
-  }, timeout_s);
+  auto res = moefabric::launch_fork(
+      n,
+      [&](OobChannel& oob) {
+        g_rank = oob.rank();
+        Plugin pl;
+        if (pl.open(MOEFABRIC_PLUGIN_PATH, logger) != 0) return 1;
+        int rc = body(oob, pl);
+        if (rc != 0) return rc;
+        return pl.close();
+      },
+      timeout_s);
   INFO(res.report);
   REQUIRE(res.ok);
 }
@@ -106,41 +109,50 @@ TEST_CASE("plugin: properties", "[fabric]") {
 }
 
 TEST_CASE("plugin: sizes 0 B to 1 GiB, both directions, byte-exact", "[fabric]") {
-  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
-    std::vector<void*> send, recv, listens;
-    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
-    int me = oob.rank(), peer = 1 - me;
-    std::vector<size_t> sizes = {0, 1, 7, 8, 127, 4095, 4096, 8191, 8192, 8193, 65537,
-                                 (1u << 20) + 3, 16u << 20, (256u << 20) + 1};
-    if (!getenv("MFTEST_SKIP_1GIB")) sizes.push_back(size_t{1} << 30);
-    size_t maxs = *std::max_element(sizes.begin(), sizes.end());
-    Mr sb, rb;
-    if (reg(pl, send[peer], sb, maxs) || reg(pl, recv[peer], rb, maxs + 64)) return 1;
-    for (size_t k = 0; k < sizes.size(); ++k) {
-      size_t n = sizes[k];
-      for (size_t i = 0; i < n; ++i) sb.buf[i] = pattern(me, i, k);
-      std::fill(rb.buf.begin(), rb.buf.begin() + std::min(rb.buf.size(), n + 64), 0xee);
-      void* rreq = nullptr;
-      void* sreq = nullptr;
-      void* data = rb.buf.data();
-      size_t rsize = n + 64;  // receive larger than send is allowed
-      int tag = peer;
-      if (post_recv(pl, recv[peer], 1, &data, &rsize, &tag, &rb.mh, &rreq)) return 1;
-      if (post_send(pl, send[peer], sb.buf.data(), n, me, sb.mh, &sreq)) return 1;
-      int got = -1, sent = -1;
-      if (wait_req(pl.v11, sreq, &sent, 120) || wait_req(pl.v11, rreq, &got, 120)) return 1;
-      T_CHECK(got == static_cast<int>(std::min<size_t>(n, INT32_MAX)), "size %zu: received %d bytes", n, got);
-      for (size_t i = 0; i < n; ++i)
-        T_CHECK(rb.buf[i] == pattern(peer, i, k), "size %zu: byte %zu is %u, expected %u", n, i,
-                rb.buf[i], pattern(peer, i, k));
-      T_CHECK(rb.buf[n] == 0xee, "size %zu: wrote past the message", n);
-    }
-    T_OK(pl.v11->deregMr(send[peer], sb.mh));
-    T_OK(pl.v11->deregMr(recv[peer], rb.mh));
-    std::string err;
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
-    return close_mesh(pl, send, recv, listens);
-  }, 600);
+  run_ranks(
+      2,
+      [](OobChannel& oob, Plugin& pl) {
+        std::vector<void*> send, recv, listens;
+        if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+        int me = oob.rank(), peer = 1 - me;
+        std::vector<size_t> sizes = {0,         1,
+                                     7,         8,
+                                     127,       4095,
+                                     4096,      8191,
+                                     8192,      8193,
+                                     65537,     (1u << 20) + 3,
+                                     16u << 20, (256u << 20) + 1};
+        if (!getenv("MFTEST_SKIP_1GIB")) sizes.push_back(size_t{1} << 30);
+        size_t maxs = *std::max_element(sizes.begin(), sizes.end());
+        Mr sb, rb;
+        if (reg(pl, send[peer], sb, maxs) || reg(pl, recv[peer], rb, maxs + 64)) return 1;
+        for (size_t k = 0; k < sizes.size(); ++k) {
+          size_t n = sizes[k];
+          for (size_t i = 0; i < n; ++i) sb.buf[i] = pattern(me, i, k);
+          std::fill(rb.buf.begin(), rb.buf.begin() + std::min(rb.buf.size(), n + 64), 0xee);
+          void* rreq = nullptr;
+          void* sreq = nullptr;
+          void* data = rb.buf.data();
+          size_t rsize = n + 64;  // receive larger than send is allowed
+          int tag = peer;
+          if (post_recv(pl, recv[peer], 1, &data, &rsize, &tag, &rb.mh, &rreq)) return 1;
+          if (post_send(pl, send[peer], sb.buf.data(), n, me, sb.mh, &sreq)) return 1;
+          int got = -1, sent = -1;
+          if (wait_req(pl.v11, sreq, &sent, 120) || wait_req(pl.v11, rreq, &got, 120)) return 1;
+          T_CHECK(got == static_cast<int>(std::min<size_t>(n, INT32_MAX)), "size %zu: received %d bytes", n,
+                  got);
+          for (size_t i = 0; i < n; ++i)
+            T_CHECK(rb.buf[i] == pattern(peer, i, k), "size %zu: byte %zu is %u, expected %u", n, i,
+                    rb.buf[i], pattern(peer, i, k));
+          T_CHECK(rb.buf[n] == 0xee, "size %zu: wrote past the message", n);
+        }
+        T_OK(pl.v11->deregMr(send[peer], sb.mh));
+        T_OK(pl.v11->deregMr(recv[peer], rb.mh));
+        std::string err;
+        T_CHECK(oob.barrier(&err), "%s", err.c_str());
+        return close_mesh(pl, send, recv, listens);
+      },
+      600);
 }
 
 TEST_CASE("plugin: 32 requests in flight and grouped receives", "[fabric]") {
@@ -183,10 +195,12 @@ TEST_CASE("plugin: 32 requests in flight and grouped receives", "[fabric]") {
         std::shuffle(order.begin(), order.end(), rng);
         for (int g : order) {
           size_t off = (r * G + g) * kSlot;
-          if (post_send(pl, send[peer], sb.buf.data() + off, sz[r * G + g], 100 + g, sb.mh, &sreq[r * G + g])) return 1;
+          if (post_send(pl, send[peer], sb.buf.data() + off, sz[r * G + g], 100 + g, sb.mh, &sreq[r * G + g]))
+            return 1;
         }
       }
-      for (void* q : sreq) if (wait_req(pl.v11, q, nullptr, 120)) return 1;
+      for (void* q : sreq)
+        if (wait_req(pl.v11, q, nullptr, 120)) return 1;
       for (int r = 0; r < kReq; ++r) {
         int got[8] = {};
         if (wait_req(pl.v11, rreq[r], got, 120)) return 1;
@@ -214,94 +228,99 @@ TEST_CASE("plugin: 32 requests in flight and grouped receives", "[fabric]") {
 // into round 20's unposted receives, inside a group; the group numbers wrap later. Before the
 // fix tcp failed the comm ("stale eager message") and shm hung there.
 TEST_CASE("plugin: sequence numbers wrap at 2^32", "[fabric]") {
-  constexpr int kFirst[8] = {1, 2, 3, 4, 5, 6, 7, 8};    // receives posted before the sends
-  constexpr int kSecond[8] = {3, 1, 2, 4, 5, 2, 6, 1};   // posted after 24 eager sends
+  constexpr int kFirst[8] = {1, 2, 3, 4, 5, 6, 7, 8};   // receives posted before the sends
+  constexpr int kSecond[8] = {3, 1, 2, 4, 5, 2, 6, 1};  // posted after 24 eager sends
   constexpr int kRounds = 80, kWrapRound = 20;
   static_assert(kRounds * 16 > kWrapRound * 60 + 37, "receive-group numbers wrap too");
   // 60 messages a round with 8-buffer groups: the wrap falls on message 1 of kSecond[0].
-  ScopedEnv start("MOEFABRIC_TEST_SEQ_START", std::to_string((uint64_t{1} << 32) - (kWrapRound * 60 + 36 + 1)).c_str());
-  run_ranks(2, [&](OobChannel& oob, Plugin& pl) {
-    std::vector<void*> send, recv, listens;
-    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
-    int me = oob.rank(), peer = 1 - me;
-    abi::properties_v11_t props = {};
-    T_OK(pl.v11->getProperties(0, &props));
-    const int G = props.maxRecvs;  // 1 on the tagged protocol
-    const size_t kSlot = 40000, kEagerSize = 4096;  // eager: within MOEFABRIC_EAGER_MAX's default
-    const int kMaxMsgs = 16 * 8;
-    Mr sb, rb;
-    if (reg(pl, send[peer], sb, kSlot * kMaxMsgs) || reg(pl, recv[peer], rb, kSlot * kMaxMsgs)) return 1;
-    std::vector<int> width;
-    for (int w : kFirst) width.push_back(std::min(w, G));
-    for (int w : kSecond) width.push_back(std::min(w, G));
-    std::vector<int> first_msg(16);
-    int nmsg = 0;
-    for (int r = 0; r < 16; ++r) nmsg += width[r], first_msg[r] = nmsg - width[r];
-    const int half = first_msg[8];  // messages into the receives posted first
-    std::mt19937 rng(7 + me);
-    std::string err;
-    for (int round = 0; round < kRounds; ++round) {
-      // Sizes agreed by both sides through the seed: every third message into the receives
-      // posted first is written, the rest eager (a larger send waits for its control entry).
-      std::mt19937 srng(5000 + round);
-      std::vector<size_t> sz(nmsg);
-      for (int k = 0; k < nmsg; ++k)
-        sz[k] = k < half && k % 3 == 1 ? kEagerSize + 1 + srng() % (kSlot - kEagerSize - 1)
-                                       : srng() % (kEagerSize + 1);
-      for (int k = 0; k < nmsg; ++k)
-        for (size_t i = 0; i < sz[k]; ++i) sb.buf[k * kSlot + i] = pattern(me, i, round * 1000 + k);
-      std::vector<void*> rreq(16), sreq(nmsg);
-      auto post_recvs = [&](int from, int to) {
-        for (int r = from; r < to; ++r) {
-          void* data[8];
-          size_t sizes[8];
-          int tags[8];
-          void* mh[8];
-          for (int g = 0; g < width[r]; ++g) {
-            data[g] = rb.buf.data() + (first_msg[r] + g) * kSlot;
-            sizes[g] = kSlot;
-            tags[g] = 100 + g;
-            mh[g] = rb.mh;
+  ScopedEnv start("MOEFABRIC_TEST_SEQ_START",
+                  std::to_string((uint64_t{1} << 32) - (kWrapRound * 60 + 36 + 1)).c_str());
+  run_ranks(
+      2,
+      [&](OobChannel& oob, Plugin& pl) {
+        std::vector<void*> send, recv, listens;
+        if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+        int me = oob.rank(), peer = 1 - me;
+        abi::properties_v11_t props = {};
+        T_OK(pl.v11->getProperties(0, &props));
+        const int G = props.maxRecvs;                   // 1 on the tagged protocol
+        const size_t kSlot = 40000, kEagerSize = 4096;  // eager: within MOEFABRIC_EAGER_MAX's default
+        const int kMaxMsgs = 16 * 8;
+        Mr sb, rb;
+        if (reg(pl, send[peer], sb, kSlot * kMaxMsgs) || reg(pl, recv[peer], rb, kSlot * kMaxMsgs)) return 1;
+        std::vector<int> width;
+        for (int w : kFirst) width.push_back(std::min(w, G));
+        for (int w : kSecond) width.push_back(std::min(w, G));
+        std::vector<int> first_msg(16);
+        int nmsg = 0;
+        for (int r = 0; r < 16; ++r) nmsg += width[r], first_msg[r] = nmsg - width[r];
+        const int half = first_msg[8];  // messages into the receives posted first
+        std::mt19937 rng(7 + me);
+        std::string err;
+        for (int round = 0; round < kRounds; ++round) {
+          // Sizes agreed by both sides through the seed: every third message into the receives
+          // posted first is written, the rest eager (a larger send waits for its control entry).
+          std::mt19937 srng(5000 + round);
+          std::vector<size_t> sz(nmsg);
+          for (int k = 0; k < nmsg; ++k)
+            sz[k] = k < half && k % 3 == 1 ? kEagerSize + 1 + srng() % (kSlot - kEagerSize - 1)
+                                           : srng() % (kEagerSize + 1);
+          for (int k = 0; k < nmsg; ++k)
+            for (size_t i = 0; i < sz[k]; ++i) sb.buf[k * kSlot + i] = pattern(me, i, round * 1000 + k);
+          std::vector<void*> rreq(16), sreq(nmsg);
+          auto post_recvs = [&](int from, int to) {
+            for (int r = from; r < to; ++r) {
+              void* data[8];
+              size_t sizes[8];
+              int tags[8];
+              void* mh[8];
+              for (int g = 0; g < width[r]; ++g) {
+                data[g] = rb.buf.data() + (first_msg[r] + g) * kSlot;
+                sizes[g] = kSlot;
+                tags[g] = 100 + g;
+                mh[g] = rb.mh;
+              }
+              if (post_recv(pl, recv[peer], width[r], data, sizes, tags, mh, &rreq[r])) return 1;
+            }
+            return 0;
+          };
+          auto post_sends = [&](int from, int to) {
+            for (int r = from; r < to; ++r) {
+              std::vector<int> order(width[r]);
+              std::iota(order.begin(), order.end(), 0);
+              std::shuffle(order.begin(), order.end(), rng);  // tags pick the buffer inside a group
+              for (int g : order) {
+                int k = first_msg[r] + g;
+                if (post_send(pl, send[peer], sb.buf.data() + k * kSlot, sz[k], 100 + g, sb.mh, &sreq[k]))
+                  return 1;
+              }
+            }
+            return 0;
+          };
+          if (post_recvs(0, 8)) return 1;
+          T_CHECK(oob.barrier(&err), "%s", err.c_str());
+          if (post_sends(0, 16)) return 1;  // at most 24 eager messages run ahead of the receives
+          T_CHECK(oob.barrier(&err), "%s", err.c_str());
+          if (post_recvs(8, 16)) return 1;
+          for (void* q : sreq)
+            if (wait_req(pl.v11, q, nullptr, 30)) return 1;
+          for (int r = 0; r < 16; ++r) {
+            int got[8] = {};
+            if (wait_req(pl.v11, rreq[r], got, 30)) return 1;
+            for (int g = 0; g < width[r]; ++g) {
+              int k = first_msg[r] + g;
+              T_CHECK(got[g] == static_cast<int>(sz[k]), "round %d message %d: %d bytes, expected %zu", round,
+                      k, got[g], sz[k]);
+              for (size_t i = 0; i < sz[k]; ++i)
+                T_CHECK(rb.buf[k * kSlot + i] == pattern(peer, i, round * 1000 + k),
+                        "round %d message %d byte %zu wrong", round, k, i);
+            }
           }
-          if (post_recv(pl, recv[peer], width[r], data, sizes, tags, mh, &rreq[r])) return 1;
         }
-        return 0;
-      };
-      auto post_sends = [&](int from, int to) {
-        for (int r = from; r < to; ++r) {
-          std::vector<int> order(width[r]);
-          std::iota(order.begin(), order.end(), 0);
-          std::shuffle(order.begin(), order.end(), rng);  // tags pick the buffer inside a group
-          for (int g : order) {
-            int k = first_msg[r] + g;
-            if (post_send(pl, send[peer], sb.buf.data() + k * kSlot, sz[k], 100 + g, sb.mh, &sreq[k])) return 1;
-          }
-        }
-        return 0;
-      };
-      if (post_recvs(0, 8)) return 1;
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());
-      if (post_sends(0, 16)) return 1;  // at most 24 eager messages run ahead of the receives
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());
-      if (post_recvs(8, 16)) return 1;
-      for (void* q : sreq)
-        if (wait_req(pl.v11, q, nullptr, 30)) return 1;
-      for (int r = 0; r < 16; ++r) {
-        int got[8] = {};
-        if (wait_req(pl.v11, rreq[r], got, 30)) return 1;
-        for (int g = 0; g < width[r]; ++g) {
-          int k = first_msg[r] + g;
-          T_CHECK(got[g] == static_cast<int>(sz[k]), "round %d message %d: %d bytes, expected %zu", round,
-                  k, got[g], sz[k]);
-          for (size_t i = 0; i < sz[k]; ++i)
-            T_CHECK(rb.buf[k * kSlot + i] == pattern(peer, i, round * 1000 + k), "round %d message %d byte %zu wrong",
-                    round, k, i);
-        }
-      }
-    }
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
-    return close_mesh(pl, send, recv, listens);
-  }, 90);
+        T_CHECK(oob.barrier(&err), "%s", err.c_str());
+        return close_mesh(pl, send, recv, listens);
+      },
+      90);
 }
 
 TEST_CASE("plugin: 4 ranks, full mesh, many comms", "[fabric]") {
@@ -314,7 +333,8 @@ TEST_CASE("plugin: 4 ranks, full mesh, many comms", "[fabric]") {
     const size_t kSize = 200000;
     std::vector<Mr> sb(n), rb(n);
     for (int p = 0; p < n; ++p)
-      if (p != me && (reg(pl, send[0][p], sb[p], kSize) || reg(pl, recv[0][p], rb[p], kSize * kMeshes))) return 1;
+      if (p != me && (reg(pl, send[0][p], sb[p], kSize) || reg(pl, recv[0][p], rb[p], kSize * kMeshes)))
+        return 1;
     std::vector<void*> reqs;
     for (int m = 0; m < kMeshes; ++m)
       for (int p = 0; p < n; ++p) {
@@ -334,12 +354,14 @@ TEST_CASE("plugin: 4 ranks, full mesh, many comms", "[fabric]") {
         if (post_send(pl, send[m][p], sb[p].buf.data(), kSize - m, me, sb[p].mh, &r)) return 1;
         if (wait_req(pl.v11, r, nullptr, 60)) return 1;
       }
-    for (void* r : reqs) if (wait_req(pl.v11, r, nullptr, 60)) return 1;
+    for (void* r : reqs)
+      if (wait_req(pl.v11, r, nullptr, 60)) return 1;
     for (int m = 0; m < kMeshes; ++m)
       for (int p = 0; p < n; ++p) {
         if (p == me) continue;
         for (size_t i = 0; i < kSize - m; ++i)
-          T_CHECK(rb[p].buf[m * kSize + i] == pattern(p * 10 + me, i, 0), "mesh %d from %d byte %zu", m, p, i);
+          T_CHECK(rb[p].buf[m * kSize + i] == pattern(p * 10 + me, i, 0), "mesh %d from %d byte %zu", m, p,
+                  i);
       }
     std::string err;
     T_CHECK(oob.barrier(&err), "%s", err.c_str());
@@ -457,62 +479,69 @@ TEST_CASE("plugin: random and corrupted listen handles fail cleanly", "[fabric]"
 // the fix the forged handle connected.
 TEST_CASE("plugin: a connect without the listener's nonce is refused", "[fabric]") {
   ScopedEnv timeout("MOEFABRIC_CONNECT_TIMEOUT_MS", "2000");
-  run_ranks(2, [](OobChannel& oob, Plugin& pl) {
-    constexpr size_t H = abi::kHandleMaxSize;
-    namespace wire = moefabric::fabric::wire;
-    int me = oob.rank();
-    char mine[H] = {}, all[2 * H];
-    void* lc = nullptr;
-    if (me == 1) T_OK(pl.v11->listen(pl.ctx, 0, mine, &lc));
-    std::string err;
-    T_CHECK(oob.allgather(mine, all, H, &err), "%s", err.c_str());
-    const char* real = all + H;
-    if (me == 0) {
-      char forged[H] = {}, wrong[H];
-      std::memcpy(forged, real, offsetof(wire::ListenHandle, addr) + wire::kMaxAddrLen);
-      forged[offsetof(wire::ListenHandle, nrails)] = 1;
-      std::memcpy(wrong, real, H);
-      wrong[offsetof(wire::ListenHandle, nonce)] ^= 1;
-      char* tries[2] = {forged, wrong};
-      int rc[2] = {abi::kSuccess, abi::kSuccess};
-      auto start = Clock::now();
-      while (rc[0] == abi::kSuccess || rc[1] == abi::kSuccess) {
-        for (int t = 0; t < 2; ++t) {
-          if (rc[t] != abi::kSuccess) continue;
-          void* sc = nullptr;
-          rc[t] = pl.v11->connect(pl.ctx, 0, tries[t], &sc, nullptr);
-          T_CHECK(sc == nullptr, "a handle %s connected", t == 0 ? "forged from the address" : "with a wrong nonce");
+  run_ranks(
+      2,
+      [](OobChannel& oob, Plugin& pl) {
+        constexpr size_t H = abi::kHandleMaxSize;
+        namespace wire = moefabric::fabric::wire;
+        int me = oob.rank();
+        char mine[H] = {}, all[2 * H];
+        void* lc = nullptr;
+        if (me == 1) T_OK(pl.v11->listen(pl.ctx, 0, mine, &lc));
+        std::string err;
+        T_CHECK(oob.allgather(mine, all, H, &err), "%s", err.c_str());
+        const char* real = all + H;
+        if (me == 0) {
+          char forged[H] = {}, wrong[H];
+          std::memcpy(forged, real, offsetof(wire::ListenHandle, addr) + wire::kMaxAddrLen);
+          forged[offsetof(wire::ListenHandle, nrails)] = 1;
+          std::memcpy(wrong, real, H);
+          wrong[offsetof(wire::ListenHandle, nonce)] ^= 1;
+          char* tries[2] = {forged, wrong};
+          int rc[2] = {abi::kSuccess, abi::kSuccess};
+          auto start = Clock::now();
+          while (rc[0] == abi::kSuccess || rc[1] == abi::kSuccess) {
+            for (int t = 0; t < 2; ++t) {
+              if (rc[t] != abi::kSuccess) continue;
+              void* sc = nullptr;
+              rc[t] = pl.v11->connect(pl.ctx, 0, tries[t], &sc, nullptr);
+              T_CHECK(sc == nullptr, "a handle %s connected",
+                      t == 0 ? "forged from the address" : "with a wrong nonce");
+            }
+            T_CHECK(!deadline_passed(start, 15), "connects without the nonce neither failed nor connected");
+          }
+          T_CHECK(rc[0] == abi::kRemoteError && rc[1] == abi::kRemoteError, "connects failed with %d / %d",
+                  rc[0], rc[1]);
         }
-        T_CHECK(!deadline_passed(start, 15), "connects without the nonce neither failed nor connected");
-      }
-      T_CHECK(rc[0] == abi::kRemoteError && rc[1] == abi::kRemoteError, "connects failed with %d / %d", rc[0], rc[1]);
-    }
-    // The listener accepts all along: the first (and only) connection it gets is the real
-    // handle's, made once the others failed.
-    void* sc = nullptr;
-    void* rcomm = nullptr;
-    auto start = Clock::now();
-    char h[H];
-    std::memcpy(h, real, H);
-    while (me == 0 ? !sc : !rcomm) {
-      if (me == 0) T_OK(pl.v11->connect(pl.ctx, 0, h, &sc, nullptr));
-      else T_OK(pl.v11->accept(lc, &rcomm, nullptr));
-      T_CHECK(!deadline_passed(start, 30), "the real handle did not connect");
-    }
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
-    if (me == 1) {
-      void* extra = nullptr;
-      T_OK(pl.v11->accept(lc, &extra, nullptr));
-      T_CHECK(extra == nullptr, "the listener accepted a second connection");
-      T_CHECK(g_warnings.find("wrong nonce") != std::string::npos, "no warning about the wrong nonce: %s",
-              g_warnings.c_str());
-      T_OK(pl.v11->closeRecv(rcomm));
-      T_OK(pl.v11->closeListen(lc));
-    } else {
-      T_OK(pl.v11->closeSend(sc));
-    }
-    return 0;
-  }, 120, capture_logger);
+        // The listener accepts all along: the first (and only) connection it gets is the real
+        // handle's, made once the others failed.
+        void* sc = nullptr;
+        void* rcomm = nullptr;
+        auto start = Clock::now();
+        char h[H];
+        std::memcpy(h, real, H);
+        while (me == 0 ? !sc : !rcomm) {
+          if (me == 0)
+            T_OK(pl.v11->connect(pl.ctx, 0, h, &sc, nullptr));
+          else
+            T_OK(pl.v11->accept(lc, &rcomm, nullptr));
+          T_CHECK(!deadline_passed(start, 30), "the real handle did not connect");
+        }
+        T_CHECK(oob.barrier(&err), "%s", err.c_str());
+        if (me == 1) {
+          void* extra = nullptr;
+          T_OK(pl.v11->accept(lc, &extra, nullptr));
+          T_CHECK(extra == nullptr, "the listener accepted a second connection");
+          T_CHECK(g_warnings.find("wrong nonce") != std::string::npos, "no warning about the wrong nonce: %s",
+                  g_warnings.c_str());
+          T_OK(pl.v11->closeRecv(rcomm));
+          T_OK(pl.v11->closeListen(lc));
+        } else {
+          T_OK(pl.v11->closeSend(sc));
+        }
+        return 0;
+      },
+      120, capture_logger);
 }
 
 // Registrations through a send comm give peers no access, yet NCCL's handles are not tied to a
@@ -540,7 +569,8 @@ TEST_CASE("plugin: a buffer registered through a send comm can be received into"
       int got = -1;
       if (wait_req(pl.v11, sreq, nullptr, 30) || wait_req(pl.v11, rreq, &got, 30)) return 1;
       T_CHECK(got == static_cast<int>(n), "round %d: %d bytes", round, got);
-      for (size_t i = 0; i < n; ++i) T_CHECK(rb.buf[i] == pattern(peer, i, round), "round %d byte %zu", round, i);
+      for (size_t i = 0; i < n; ++i)
+        T_CHECK(rb.buf[i] == pattern(peer, i, round), "round %d byte %zu", round, i);
     }
     T_OK(pl.v11->deregMr(send[peer], sb.mh));
     T_OK(pl.v11->deregMr(send[peer], rb.mh));
@@ -611,7 +641,8 @@ TEST_CASE("plugin: optional receive completion", "[fabric]") {
       for (size_t i = 0; i < kSize; ++i) b.buf[i] = pattern(0, i, 9);
       T_CHECK(oob.barrier(&err), "%s", err.c_str());
       void* r = nullptr;
-      if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30)) return 1;
+      if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30))
+        return 1;
     }
     T_CHECK(oob.barrier(&err), "%s", err.c_str());
     return close_mesh(pl, send, recv, listens);
@@ -621,42 +652,46 @@ TEST_CASE("plugin: optional receive completion", "[fabric]") {
 TEST_CASE("plugin: a peer killed mid-transfer gives an error in bounded time", "[fabric]") {
   setenv("MOEFABRIC_PEER_TIMEOUT_MS", "3000", 1);
   setenv("MOEFABRIC_KEEPALIVE_MS", "200", 1);
-  auto res = moefabric::launch_fork(2, [](OobChannel& oob) {
-    g_rank = oob.rank();
-    Plugin pl;
-    if (pl.open()) return 1;
-    std::vector<void*> send, recv, listens;
-    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
-    int me = oob.rank(), peer = 1 - me;
-    Mr sb, rb;
-    if (reg(pl, send[peer], sb, 64 << 20) || reg(pl, recv[peer], rb, 64 << 20)) return 1;
-    std::string err;
-    if (me == 1) {
-      void* data = rb.buf.data();
-      size_t sz = 1 << 20;
-      int tag = peer;
-      void* r = nullptr;
-      if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &r)) return 1;
-      (void)oob.barrier(&err);
-      raise(SIGKILL);  // dies with a receive posted and a send from rank 0 on its way
-    }
-    // Rank 0: waits on a receive the dead rank will never send, and sends to it.
-    void* data = rb.buf.data();
-    size_t sz = 1 << 20;
-    int tag = peer;
-    void* rreq = nullptr;
-    if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &rreq)) return 1;
-    (void)oob.barrier(&err);
-    auto start = Clock::now();
-    int rc = abi::kSuccess;
-    if (wait_req(pl.v11, rreq, nullptr, 60, &rc)) return 1;
-    double secs = std::chrono::duration<double>(Clock::now() - start).count();
-    T_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError, "receive from a dead peer returned %d", rc);
-    fprintf(stderr, "rank 0: dead peer detected after %.2f s (rc %d)\n", secs, rc);
-    T_CHECK(secs < 30, "detection took %.1f s", secs);
-    (void)close_mesh(pl, send, recv, listens);
-    return pl.close();
-  }, 120);
+  auto res = moefabric::launch_fork(
+      2,
+      [](OobChannel& oob) {
+        g_rank = oob.rank();
+        Plugin pl;
+        if (pl.open()) return 1;
+        std::vector<void*> send, recv, listens;
+        if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+        int me = oob.rank(), peer = 1 - me;
+        Mr sb, rb;
+        if (reg(pl, send[peer], sb, 64 << 20) || reg(pl, recv[peer], rb, 64 << 20)) return 1;
+        std::string err;
+        if (me == 1) {
+          void* data = rb.buf.data();
+          size_t sz = 1 << 20;
+          int tag = peer;
+          void* r = nullptr;
+          if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &r)) return 1;
+          (void)oob.barrier(&err);
+          raise(SIGKILL);  // dies with a receive posted and a send from rank 0 on its way
+        }
+        // Rank 0: waits on a receive the dead rank will never send, and sends to it.
+        void* data = rb.buf.data();
+        size_t sz = 1 << 20;
+        int tag = peer;
+        void* rreq = nullptr;
+        if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &rreq)) return 1;
+        (void)oob.barrier(&err);
+        auto start = Clock::now();
+        int rc = abi::kSuccess;
+        if (wait_req(pl.v11, rreq, nullptr, 60, &rc)) return 1;
+        double secs = std::chrono::duration<double>(Clock::now() - start).count();
+        T_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError, "receive from a dead peer returned %d",
+                rc);
+        fprintf(stderr, "rank 0: dead peer detected after %.2f s (rc %d)\n", secs, rc);
+        T_CHECK(secs < 30, "detection took %.1f s", secs);
+        (void)close_mesh(pl, send, recv, listens);
+        return pl.close();
+      },
+      120);
   unsetenv("MOEFABRIC_PEER_TIMEOUT_MS");
   unsetenv("MOEFABRIC_KEEPALIVE_MS");
   INFO(res.report);
@@ -690,47 +725,51 @@ std::string peer_name_part(int peer_pid) {
 TEST_CASE("plugin: a receiver killed before posting fails the sender's isend", "[fabric]") {
   ScopedEnv timeout("MOEFABRIC_PEER_TIMEOUT_MS", "3000");
   ScopedEnv keepalive("MOEFABRIC_KEEPALIVE_MS", "200");
-  auto res = moefabric::launch_fork(2, [](OobChannel& oob) {
-    g_rank = oob.rank();
-    Plugin pl;
-    if (pl.open(MOEFABRIC_PLUGIN_PATH, capture_logger)) return 1;
-    std::vector<void*> send, recv, listens;
-    if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
-    int me = oob.rank(), peer = 1 - me;
-    int pid = getpid(), pids[2] = {};
-    std::string err;
-    T_CHECK(oob.allgather(&pid, pids, sizeof pid, &err), "%s", err.c_str());
-    if (me == 1) raise(SIGKILL);  // connected, nothing posted
-    Mr sb;
-    if (reg(pl, send[peer], sb, 1 << 20)) return 1;
-    T_CHECK(!oob.barrier(&err), "rank 1 is still alive");  // returns once the launcher saw it die
-    g_warnings.clear();
-    auto start = Clock::now();
-    int rc = abi::kSuccess;
-    long calls = 0;
-    void* r = nullptr;  // the tagged protocol hands out a request at once: then test() fails
-    while (rc == abi::kSuccess && !deadline_passed(start, 20)) {
-      if (r == nullptr) {
-        rc = pl.v11->isend(send[peer], sb.buf.data(), 1 << 20, me, sb.mh, nullptr, &r);
-      } else {
-        int done = 0;
-        rc = pl.v11->test(r, &done, nullptr);
-        T_CHECK(!done, "a send of 1 MiB to a dead receiver completed");
-      }
-      ++calls;
-    }
-    double secs = std::chrono::duration<double>(Clock::now() - start).count();
-    fprintf(stderr, "rank 0: isend failed with %d after %.2f s, %ld calls\n", rc, secs, calls);
-    T_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError,
-            "isend to a receiver that died before posting still succeeds after %.1f s (%ld calls)", secs, calls);
-    T_CHECK(secs < 10, "the dead receiver was detected after %.1f s (peer timeout 3 s)", secs);
-    const std::string want = peer_name_part(pids[1]);
-    T_CHECK(g_warnings.find(want) != std::string::npos, "the error does not name the peer (%s): %s",
-            want.c_str(), g_warnings.c_str());
-    (void)pl.v11->deregMr(send[peer], sb.mh);
-    (void)close_mesh(pl, send, recv, listens);
-    return pl.close();
-  }, 60);
+  auto res = moefabric::launch_fork(
+      2,
+      [](OobChannel& oob) {
+        g_rank = oob.rank();
+        Plugin pl;
+        if (pl.open(MOEFABRIC_PLUGIN_PATH, capture_logger)) return 1;
+        std::vector<void*> send, recv, listens;
+        if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
+        int me = oob.rank(), peer = 1 - me;
+        int pid = getpid(), pids[2] = {};
+        std::string err;
+        T_CHECK(oob.allgather(&pid, pids, sizeof pid, &err), "%s", err.c_str());
+        if (me == 1) raise(SIGKILL);  // connected, nothing posted
+        Mr sb;
+        if (reg(pl, send[peer], sb, 1 << 20)) return 1;
+        T_CHECK(!oob.barrier(&err), "rank 1 is still alive");  // returns once the launcher saw it die
+        g_warnings.clear();
+        auto start = Clock::now();
+        int rc = abi::kSuccess;
+        long calls = 0;
+        void* r = nullptr;  // the tagged protocol hands out a request at once: then test() fails
+        while (rc == abi::kSuccess && !deadline_passed(start, 20)) {
+          if (r == nullptr) {
+            rc = pl.v11->isend(send[peer], sb.buf.data(), 1 << 20, me, sb.mh, nullptr, &r);
+          } else {
+            int done = 0;
+            rc = pl.v11->test(r, &done, nullptr);
+            T_CHECK(!done, "a send of 1 MiB to a dead receiver completed");
+          }
+          ++calls;
+        }
+        double secs = std::chrono::duration<double>(Clock::now() - start).count();
+        fprintf(stderr, "rank 0: isend failed with %d after %.2f s, %ld calls\n", rc, secs, calls);
+        T_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError,
+                "isend to a receiver that died before posting still succeeds after %.1f s (%ld calls)", secs,
+                calls);
+        T_CHECK(secs < 10, "the dead receiver was detected after %.1f s (peer timeout 3 s)", secs);
+        const std::string want = peer_name_part(pids[1]);
+        T_CHECK(g_warnings.find(want) != std::string::npos, "the error does not name the peer (%s): %s",
+                want.c_str(), g_warnings.c_str());
+        (void)pl.v11->deregMr(send[peer], sb.mh);
+        (void)close_mesh(pl, send, recv, listens);
+        return pl.close();
+      },
+      60);
   INFO(res.report);
   REQUIRE(res.report.find("rank 0") == std::string::npos);
   REQUIRE(res.report.find("rank 1: killed by signal 9") != std::string::npos);
@@ -756,10 +795,12 @@ TEST_CASE("plugin: a live receiver that posts after the peer timeout is waited f
       size_t sz = kSize;
       int tag = peer;
       void* r = nullptr;
-      if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &r) || wait_req(pl.v11, r, nullptr, 30)) return 1;
+      if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &r) || wait_req(pl.v11, r, nullptr, 30))
+        return 1;
     } else {
       void* r = nullptr;
-      if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30)) return 1;
+      if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30))
+        return 1;
     }
     T_CHECK(oob.barrier(&err), "%s", err.c_str());
     return close_mesh(pl, send, recv, listens);
@@ -917,15 +958,17 @@ TEST_CASE("plugin: v12 entry points", "[fabric]") {
       abi::properties_v11_t q = {};
       T_OK(v12->getProperties(d, &p));
       T_OK(pl.v11->getProperties(d, &q));
-      T_CHECK(p.name == q.name && p.pciPath == q.pciPath && p.guid == q.guid, "device %d: identity differs", d);
-      T_CHECK(p.ptrSupport == q.ptrSupport && p.regIsGlobal == q.regIsGlobal && p.forceFlush == q.forceFlush &&
-                  p.speed == q.speed && p.port == q.port && p.latency == q.latency && p.maxComms == q.maxComms &&
-                  p.maxRecvs == q.maxRecvs && p.netDeviceType == q.netDeviceType &&
-                  p.netDeviceVersion == q.netDeviceVersion,
+      T_CHECK(p.name == q.name && p.pciPath == q.pciPath && p.guid == q.guid, "device %d: identity differs",
+              d);
+      T_CHECK(p.ptrSupport == q.ptrSupport && p.regIsGlobal == q.regIsGlobal &&
+                  p.forceFlush == q.forceFlush && p.speed == q.speed && p.port == q.port &&
+                  p.latency == q.latency && p.maxComms == q.maxComms && p.maxRecvs == q.maxRecvs &&
+                  p.netDeviceType == q.netDeviceType && p.netDeviceVersion == q.netDeviceVersion,
               "device %d: properties differ from v11's", d);
       T_CHECK(p.vProps.ndevs == 1 && p.vProps.devs[0] == d, "device %d: vProps", d);
-      T_CHECK(p.maxP2pBytes == q.maxP2pBytes && p.maxCollBytes == q.maxCollBytes && p.maxMultiRequestSize == 1,
-              "device %d: sizes", d);
+      T_CHECK(
+          p.maxP2pBytes == q.maxP2pBytes && p.maxCollBytes == q.maxCollBytes && p.maxMultiRequestSize == 1,
+          "device %d: sizes", d);
       T_CHECK(p.railId == d && p.planeId == 0, "device %d: rail %d plane %d", d, p.railId, p.planeId);
     }
     abi::properties_v12_t p = {};
@@ -1035,8 +1078,8 @@ TEST_CASE("plugin: unloading after a legacy init leaves no thread or socket behi
     T_OK(v10->listen(0, h, &lc));  // left open, as a process that exits early would
     T_CHECK(task_count() > baseline, "no progress thread while the plugin is in use");
     if (pl.close()) return 1;  // finalizes the v11 context only; the legacy reference remains
-    T_CHECK(task_count() == baseline, "%d thread(s) left running after dlclose (had %d)",
-            task_count(), baseline);
+    T_CHECK(task_count() == baseline, "%d thread(s) left running after dlclose (had %d)", task_count(),
+            baseline);
     usleep(300 * 1000);  // past the progress thread's period (at most 100 ms)
     // Everything closed before the unload (what NCCL does before it unloads the plugin): the
     // unload closes the endpoints too, so no socket stays open (tcp has some; shm none).

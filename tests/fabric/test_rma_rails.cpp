@@ -111,12 +111,12 @@ TEST_CASE("rma rails: a large write is striped over both rails and arrives once"
   b.rec.want = 0x5c;
   const uint32_t imm = (3u << 29) | (77u << 12) | 5u;
   std::string err;
-  REQUIRE(a.rails->write(to_b, a.buf.data(), kLen, a.mr, b.rails->remote_addr(b.mr, b.buf.data() + 4096),
-                         imm, 42, &err) == Status::kOk);
+  REQUIRE(a.rails->write(to_b, a.buf.data(), kLen, a.mr, b.rails->remote_addr(b.mr, b.buf.data() + 4096), imm,
+                         42, &err) == Status::kOk);
   REQUIRE(a.rails->writes_in_flight() == 1);
   REQUIRE(drive(a, b, [&] { return !b.rec.imms.empty() && !a.rec.done.empty(); }));
   REQUIRE(b.rec.imms == std::vector<uint32_t>{imm});  // one arrival, stripe bits cleared
-  REQUIRE(b.rec.complete_at_arrival);                  // every stripe had landed
+  REQUIRE(b.rec.complete_at_arrival);                 // every stripe had landed
   REQUIRE(a.rec.done == std::vector<uint64_t>{42});
   REQUIRE(a.rec.errors == 0);
   REQUIRE(a.rails->writes_in_flight() == 0);
@@ -124,7 +124,7 @@ TEST_CASE("rma rails: a large write is striped over both rails and arrives once"
   const size_t chunk = (kLen / 2 + 1 + 127) / 128 * 128;
   REQUIRE(a.rails->rail_bytes(0) == chunk);
   REQUIRE(a.rails->rail_bytes(1) == kLen - chunk);
-  REQUIRE(b.rails->stats().remote_writes == 2);  // two stripes on the wire
+  REQUIRE(b.rails->stats().remote_writes == 2);              // two stripes on the wire
   for (size_t i = 0; i < 4096; ++i) REQUIRE(b.buf[i] == 0);  // nothing before the target
 }
 
@@ -175,8 +175,9 @@ TEST_CASE("rma rails: lone stripes of distinct immediates do not grow the receiv
     ++sent;
     if ((sent & 255) == 0) REQUIRE(drive(tx, rx, [&] { return tx.rails->writes_in_flight() < 64; }));
   }
-  REQUIRE(drive(tx, rx, [&] { return tx.rec.done.size() == n && rx.rails->striped_pending() +
-                                                                     rx.rec.imms.size() == n; }));
+  REQUIRE(drive(tx, rx, [&] {
+    return tx.rec.done.size() == n && rx.rails->striped_pending() + rx.rec.imms.size() == n;
+  }));
   CHECK(rx.rails->striped_pending() <= 65536);
   // What did not fit went up as it came, stripe field set, for the protocol to refuse.
   REQUIRE(!rx.rec.imms.empty());
@@ -187,8 +188,8 @@ TEST_CASE("rma rails: bad input is refused with a reason", "[rails]") {
   Side a(2, 4096), b(2, 4096);
   const RmaRails::Peer to_b = connect(a, b);
   std::string err;
-  REQUIRE(a.rails->write(to_b, a.buf.data(), 16, a.mr, b.rails->remote_addr(b.mr, b.buf.data()),
-                         1u << kShift, 1, &err) != Status::kOk);
+  REQUIRE(a.rails->write(to_b, a.buf.data(), 16, a.mr, b.rails->remote_addr(b.mr, b.buf.data()), 1u << kShift,
+                         1, &err) != Status::kOk);
   REQUIRE(err.find("stripe bits") != std::string::npos);
   REQUIRE(a.rails->writes_in_flight() == 0);
   RmaRails::Addr bad{};
@@ -243,7 +244,8 @@ TEST_CASE("rma rails: memory freed and mapped again at the same address is regis
   for (int round = 0; round < 3; ++round) {
     if (round > 0) {  // free the pages and take new ones at the same address
       REQUIRE(munmap(p, kLen) == 0);
-      void* q = mmap(p, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+      void* q =
+          mmap(p, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
       REQUIRE(q == p);
       for (size_t i = 0; i < kLen; ++i) REQUIRE(static_cast<uint8_t*>(p)[i] == 0);  // fresh pages
     }
@@ -251,7 +253,7 @@ TEST_CASE("rma rails: memory freed and mapped again at the same address is regis
     RmaRails::Mr mr;
     REQUIRE(b.rails->reg(p, kLen, MrAccess::kRemoteWrite, &mr, &err) == Status::kOk);
     REQUIRE(b.rails->registrations() == regs + 1);  // not a stale hit
-    RmaRails::Mr held;  // a second holder of the same range shares it ...
+    RmaRails::Mr held;                              // a second holder of the same range shares it ...
     REQUIRE(b.rails->reg(p, kLen, MrAccess::kRemoteWrite, &held, &err) == Status::kOk);
     REQUIRE(b.rails->registrations() == regs + 1);
     b.rails->dereg(&held);  // ... and leaves it registered for the first
@@ -262,7 +264,9 @@ TEST_CASE("rma rails: memory freed and mapped again at the same address is regis
     const size_t n0 = b.rec.imms.size();
     REQUIRE(a.rails->write(to_b, a.buf.data(), kLen, a.mr, b.rails->remote_addr(mr, p), 7u + round,
                            static_cast<uint64_t>(round), &err, true) == Status::kOk);
-    REQUIRE(drive(a, b, [&] { return b.rec.imms.size() == n0 + 1 && a.rec.done.size() == static_cast<size_t>(round + 1); }));
+    REQUIRE(drive(a, b, [&] {
+      return b.rec.imms.size() == n0 + 1 && a.rec.done.size() == static_cast<size_t>(round + 1);
+    }));
     REQUIRE(a.rec.errors == 0);
     for (size_t i = 0; i < kLen; ++i) REQUIRE(static_cast<uint8_t*>(p)[i] == 0x6d);
     b.rails->dereg(&mr);

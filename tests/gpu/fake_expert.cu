@@ -7,8 +7,8 @@
 
 namespace {
 
-__global__ void fake_expert_kernel(const uint8_t* recv_x, uint16_t* expert_y, size_t rows,
-                                   int hidden, int elt_bytes) {
+__global__ void fake_expert_kernel(const uint8_t* recv_x, uint16_t* expert_y, size_t rows, int hidden,
+                                   int elt_bytes) {
   const size_t n = rows * static_cast<size_t>(hidden);
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -19,15 +19,14 @@ __global__ void fake_expert_kernel(const uint8_t* recv_x, uint16_t* expert_y, si
 
 }  // namespace
 
-cudaError_t fake_expert_launch(const void* recv_x, uint16_t* expert_y, size_t rows, int hidden,
-                               int elt_bytes, cudaStream_t stream) {
-  fake_expert_kernel<<<132, 256, 0, stream>>>(static_cast<const uint8_t*>(recv_x), expert_y, rows,
-                                              hidden, elt_bytes);
+cudaError_t fake_expert_launch(const void* recv_x, uint16_t* expert_y, size_t rows, int hidden, int elt_bytes,
+                               cudaStream_t stream) {
+  fake_expert_kernel<<<132, 256, 0, stream>>>(static_cast<const uint8_t*>(recv_x), expert_y, rows, hidden,
+                                              elt_bytes);
   return cudaGetLastError();
 }
 
-void fake_expert_host(const void* recv_x, uint16_t* expert_y, size_t rows, int hidden,
-                      int elt_bytes) {
+void fake_expert_host(const void* recv_x, uint16_t* expert_y, size_t rows, int hidden, int elt_bytes) {
   const auto* x = static_cast<const uint8_t*>(recv_x);
   for (size_t i = 0; i < rows * static_cast<size_t>(hidden); ++i) {
     const float v = (static_cast<float>(x[i * elt_bytes]) - 128.0f) * 0.0625f;

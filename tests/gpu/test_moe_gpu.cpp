@@ -59,7 +59,9 @@ struct Dev {
   }
   Dev(const Dev&) = delete;
   template <class T>
-  T* as() const { return static_cast<T*>(p); }
+  T* as() const {
+    return static_cast<T*>(p);
+  }
 };
 
 // Output images, host side (filled with guard patterns identical on both backends).
@@ -72,12 +74,22 @@ struct Bufs {
   size_t rows, xb, sb, cb, yb, eyb;
   Dev x, sc, idx, w, nt, rx, rs, rc, ey, y;
   Bufs(const Shape& s, size_t cap)
-      : rows(cap), xb(cap * s.x_bytes() + 64), sb(cap * s.nscale() * 4 + 64),
-        cb(static_cast<size_t>(s.local(rank_)) * 4 + 16), yb(static_cast<size_t>(s.max_tokens) * s.hidden * 2 + 64),
+      : rows(cap),
+        xb(cap * s.x_bytes() + 64),
+        sb(cap * s.nscale() * 4 + 64),
+        cb(static_cast<size_t>(s.local(rank_)) * 4 + 16),
+        yb(static_cast<size_t>(s.max_tokens) * s.hidden * 2 + 64),
         eyb(cap * s.hidden * 2 + 64),
-        x(s.x_bytes() * s.max_tokens), sc(s.nscale() * 4 * s.max_tokens + 16),
-        idx(static_cast<size_t>(s.max_tokens) * s.topk * 4), w(static_cast<size_t>(s.max_tokens) * s.topk * 4),
-        nt(4), rx(xb), rs(sb), rc(cb), ey(eyb), y(yb) {}
+        x(s.x_bytes() * s.max_tokens),
+        sc(s.nscale() * 4 * s.max_tokens + 16),
+        idx(static_cast<size_t>(s.max_tokens) * s.topk * 4),
+        w(static_cast<size_t>(s.max_tokens) * s.topk * 4),
+        nt(4),
+        rx(xb),
+        rs(sb),
+        rc(cb),
+        ey(eyb),
+        y(yb) {}
   bool ok() const { return x.p && sc.p && idx.p && w.p && nt.p && rx.p && rs.p && rc.p && ey.p && y.p; }
   void guard(cudaStream_t st) const {
     cudaMemsetAsync(rx.p, kGuardX, xb, st);
@@ -136,14 +148,16 @@ std::string host_round(const Shape& s, ncclMoeComm_t moe, const RankInput& in, c
   o->counts.assign(b.cb, kGuardC);
   o->y.assign(b.yb, kGuardY);
   const int32_t T = in.T;
-  ncclResult_t r = ncclMoeDispatch(in.x.data(), s.fp8 ? in.scales.data() : nullptr, in.idx.data(),
-                                   in.w.data(), &T, o->recv_x.data(),
-                                   s.fp8 ? reinterpret_cast<float*>(o->recv_scales.data()) : nullptr,
-                                   reinterpret_cast<int32_t*>(o->counts.data()), moe, nullptr);
+  ncclResult_t r =
+      ncclMoeDispatch(in.x.data(), s.fp8 ? in.scales.data() : nullptr, in.idx.data(), in.w.data(), &T,
+                      o->recv_x.data(), s.fp8 ? reinterpret_cast<float*>(o->recv_scales.data()) : nullptr,
+                      reinterpret_cast<int32_t*>(o->counts.data()), moe, nullptr);
   if (r != ncclSuccess) return std::string("host dispatch: ") + ncclMoeGetLastError(moe);
   std::vector<uint16_t> ey(b.eyb / 2, 0);
-  if (fake) fake_expert_host(o->recv_x.data(), ey.data(), b.rows, s.hidden, s.fp8 ? 1 : 2);
-  else ey = *ey_in;
+  if (fake)
+    fake_expert_host(o->recv_x.data(), ey.data(), b.rows, s.hidden, s.fp8 ? 1 : 2);
+  else
+    ey = *ey_in;
   r = ncclMoeCombine(ey.data(), o->y.data(), moe, nullptr);
   if (r != ncclSuccess) return std::string("host combine: ") + ncclMoeGetLastError(moe);
   return "";
@@ -185,7 +199,11 @@ int run_shape(OobChannel& oob, Shape s, const char* name) {
   G_CHECK(b.ok(), "%s: cudaMalloc", name);
   cudaStream_t st;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  struct Case { Routing r; int T; const char* what; };
+  struct Case {
+    Routing r;
+    int T;
+    const char* what;
+  };
   std::vector<Case> cases;
   for (int seed = 0; seed < 6; ++seed) cases.push_back({Routing::kRandom, -1 - seed, "random"});
   cases.push_back({Routing::kOneExpert, s.max_tokens, "all tokens to one expert, T = max"});
@@ -306,10 +324,10 @@ int run_errors(OobChannel& oob) {
   G_CHECK(ncclMoeCombine(nullptr, nullptr, dev, nullptr) == ncclInvalidArgument, "combine y NULL");
   G_CHECK(ncclMoeDispatchRecv(dev, nullptr) == ncclInvalidUsage, "recv before send");
   Dev buf(1 << 16);
-  G_CHECK(ncclMoeDispatch(buf.as<uint8_t>() + 1, nullptr, buf.as<int32_t>(), buf.as<float>(),
-                          buf.as<int32_t>(), buf.p, nullptr, buf.as<int32_t>(), dev, nullptr) ==
-              ncclInvalidArgument,
-          "misaligned x accepted");
+  G_CHECK(
+      ncclMoeDispatch(buf.as<uint8_t>() + 1, nullptr, buf.as<int32_t>(), buf.as<float>(), buf.as<int32_t>(),
+                      buf.p, nullptr, buf.as<int32_t>(), dev, nullptr) == ncclInvalidArgument,
+      "misaligned x accepted");
   // An expert id out of range, seen only by the kernel: rank 0's slot is treated as empty, the
   // op completes on every rank, and rank 0's comm reports it through the async error.
   RankInput in = make_input(s, oob.rank(), s.max_tokens, 9, Routing::kRandom);
@@ -317,8 +335,8 @@ int run_errors(OobChannel& oob) {
   Bufs b(s, 1024);
   G_CHECK(b.ok(), "cudaMalloc");
   b.upload(s, in);
-  G_CHECK(ncclMoeDispatch(b.x.p, nullptr, b.idx.as<int32_t>(), b.w.as<float>(), b.nt.as<int32_t>(),
-                          b.rx.p, nullptr, b.rc.as<int32_t>(), dev, nullptr) == ncclSuccess,
+  G_CHECK(ncclMoeDispatch(b.x.p, nullptr, b.idx.as<int32_t>(), b.w.as<float>(), b.nt.as<int32_t>(), b.rx.p,
+                          nullptr, b.rc.as<int32_t>(), dev, nullptr) == ncclSuccess,
           "dispatch with a bad expert id was refused on the host: %s", ncclMoeGetLastError(dev));
   G_CHECK(ncclMoeCombine(b.ey.p, b.y.p, dev, nullptr) == ncclSuccess, "combine: %s",
           ncclMoeGetLastError(dev));
@@ -342,11 +360,14 @@ int run_errors(OobChannel& oob) {
 
 // GPUs visible to a child (the parent never touches CUDA, so the forked ranks can).
 int count_gpus() {
-  auto res = moefabric::launch_fork(1, [](OobChannel&) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
-    return 100 + std::min(n, 50);
-  }, 60);
+  auto res = moefabric::launch_fork(
+      1,
+      [](OobChannel&) {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+        return 100 + std::min(n, 50);
+      },
+      60);
   // launch_fork reports non-zero exits ("rank 0: exit code N"); the code carries the count.
   const size_t at = res.report.find("exit code ");
   int code = 0;
@@ -368,15 +389,20 @@ int main(int argc, char** argv) {
   std::string modes = "nvlink,fabric,node1";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--quick") quick = true;
-    else if (a == "--modes" && i + 1 < argc) modes = argv[++i];
-    else if (a == "--ranks" && i + 1 < argc) ranks = atoi(argv[++i]);
+    if (a == "--quick")
+      quick = true;
+    else if (a == "--modes" && i + 1 < argc)
+      modes = argv[++i];
+    else if (a == "--ranks" && i + 1 < argc)
+      ranks = atoi(argv[++i]);
     else {
       fprintf(stderr, "usage: %s [--quick] [--modes nvlink,fabric,node1] [--ranks 1|2]\n", argv[0]);
       return 2;
     }
   }
-  auto want = [&](const char* m) { return ("," + modes + ",").find(std::string(",") + m + ",") != std::string::npos; };
+  auto want = [&](const char* m) {
+    return ("," + modes + ",").find(std::string(",") + m + ",") != std::string::npos;
+  };
   if (ranks != 0 && ranks != 1 && ranks != 2) {
     fprintf(stderr, "--ranks must be 1 or 2 (got %d)\n", ranks);
     return 2;
@@ -384,15 +410,19 @@ int main(int argc, char** argv) {
   const int nr = ranks ? ranks : ngpu >= 2 ? 2 : 1;
   printf("# moefabric gpu test: %d GPU(s), EP%d%s\n", ngpu, nr,
          nr > ngpu ? " (ranks share GPU 0, kernels time-sliced: correctness only)"
-         : nr == 1 ? " (one GPU: each rank talks only to itself; --ranks 2 shares it)" : "");
+         : nr == 1 ? " (one GPU: each rank talks only to itself; --ranks 2 shares it)"
+                   : "");
   auto run = [&](const std::function<int(OobChannel&)>& fn, int n) {
-    auto res = moefabric::launch_fork(n, [&](OobChannel& oob) {
-      rank_ = oob.rank();
-      int dev = 0;
-      cudaGetDeviceCount(&dev);
-      if (cudaSetDevice(oob.rank() % dev) != cudaSuccess) return 2;
-      return fn(oob);
-    }, 900);
+    auto res = moefabric::launch_fork(
+        n,
+        [&](OobChannel& oob) {
+          rank_ = oob.rank();
+          int dev = 0;
+          cudaGetDeviceCount(&dev);
+          if (cudaSetDevice(oob.rank() % dev) != cudaSuccess) return 2;
+          return fn(oob);
+        },
+        900);
     if (!res.ok) printf("FAILED:\n%s\n", res.report.c_str());
     return res.ok;
   };
@@ -403,7 +433,10 @@ int main(int argc, char** argv) {
     s.alignment = align;
     return s;
   };
-  struct Named { Shape s; const char* name; };
+  struct Named {
+    Shape s;
+    const char* name;
+  };
   std::vector<Named> shapes = {
       {shape(8, 2, 64, 16, false, 32, 1), "bf16 E8 K2 H64 T<=16"},
       {shape(16, 4, 256, 32, true, 64, 4), "fp8 E16 K4 H256 sb64 align4 T<=32"},
@@ -415,27 +448,41 @@ int main(int argc, char** argv) {
   // One pass of every check in the current path mode; `graph_iters` scales the replays.
   auto pass = [&](const char* mode, int graph_iters) {
     printf("# mode %s\n", mode);
-    for (const Named& n : shapes) ok = run([&](OobChannel& o) { return run_shape(o, n.s, n.name); }, nr) && ok;
+    for (const Named& n : shapes)
+      ok = run([&](OobChannel& o) { return run_shape(o, n.s, n.name); }, nr) && ok;
     if (nr == 2) {
-      ok = run([&](OobChannel& o) { return run_shape(o, shapes[0].s, "EP1 bf16 E8 K2 H64 (self only)"); }, 1) && ok;
+      ok = run([&](OobChannel& o) { return run_shape(o, shapes[0].s, "EP1 bf16 E8 K2 H64 (self only)"); },
+               1) &&
+           ok;
       if (!quick)
-        ok = run([&](OobChannel& o) { return run_shape(o, shapes[1].s, "EP1 fp8 E16 K4 H256 (self only)"); }, 1) && ok;
+        ok = run([&](OobChannel& o) { return run_shape(o, shapes[1].s, "EP1 fp8 E16 K4 H256 (self only)"); },
+                 1) &&
+             ok;
     }
     ok = run([&](OobChannel& o) { return run_errors(o); }, nr) && ok;
-    ok = run([&](OobChannel& o) {
-      return run_graph(o, shape(32, 4, 512, 64, true, 128, 2), graph_iters, quick ? 10 : 50,
-                       "CUDA graph fp8 E32 K4 H512 T<=64 align2");
-    }, nr) && ok;
+    ok = run(
+             [&](OobChannel& o) {
+               return run_graph(o, shape(32, 4, 512, 64, true, 128, 2), graph_iters, quick ? 10 : 50,
+                                "CUDA graph fp8 E32 K4 H512 T<=64 align2");
+             },
+             nr) &&
+         ok;
     if (quick) return;  // (what runs under compute-sanitizer: keep it short)
-    ok = run([&](OobChannel& o) {
-      return run_graph(o, shape(16, 8, 128, 32, false, 32, 1), std::max(20, graph_iters / 5), 20,
-                       "CUDA graph bf16 E16 K8 H128 T<=32");
-    }, nr) && ok;
+    ok = run(
+             [&](OobChannel& o) {
+               return run_graph(o, shape(16, 8, 128, 32, false, 32, 1), std::max(20, graph_iters / 5), 20,
+                                "CUDA graph bf16 E16 K8 H128 T<=32");
+             },
+             nr) &&
+         ok;
     if (nr == 2) {
-      ok = run([&](OobChannel& o) {
-        return run_graph(o, shape(8, 2, 64, 16, false, 32, 1), std::max(20, graph_iters / 5), 10,
-                         "EP1 CUDA graph bf16 E8 K2 H64 (self only)");
-      }, 1) && ok;
+      ok = run(
+               [&](OobChannel& o) {
+                 return run_graph(o, shape(8, 2, 64, 16, false, 32, 1), std::max(20, graph_iters / 5), 10,
+                                  "EP1 CUDA graph bf16 E8 K2 H64 (self only)");
+               },
+               1) &&
+           ok;
     }
   };
   // The parent sets the switches; the forked ranks inherit them.
@@ -452,8 +499,8 @@ int main(int argc, char** argv) {
              quick ? 20 : 300);
   if (want("node1")) {
     if (nr == 2)
-      with_env("MOEFABRIC_NODE_SIZE", "1", "node1 (MOEFABRIC_NODE_SIZE=1: NVLink to self, fabric to the peer)",
-               quick ? 20 : 300);
+      with_env("MOEFABRIC_NODE_SIZE", "1",
+               "node1 (MOEFABRIC_NODE_SIZE=1: NVLink to self, fabric to the peer)", quick ? 20 : 300);
     else
       printf("# mode node1 skipped: it needs 2 ranks (2 GPUs, or --ranks 2)\n");
   }

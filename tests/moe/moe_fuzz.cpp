@@ -45,7 +45,9 @@ struct Out {
 struct Sizes {
   size_t rows, xb, sb, cb, yb, eyb;
   Sizes(const Shape& s, size_t cap, int me)
-      : rows(cap), xb(cap * s.x_bytes() + kTail), sb(cap * s.nscale() * 4 + kTail),
+      : rows(cap),
+        xb(cap * s.x_bytes() + kTail),
+        sb(cap * s.nscale() * 4 + kTail),
         cb(static_cast<size_t>(s.local(me)) * 4 + kTail),
         yb(static_cast<size_t>(s.max_tokens) * s.hidden * 2 + kTail),
         eyb(cap * s.hidden * 2 + kTail) {}
@@ -83,12 +85,12 @@ std::string run_host(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
   auto* rc = reinterpret_cast<int32_t*>(o->counts.data());
   ncclResult_t r;
   if (c.split) {
-    r = ncclMoeDispatchSend(in.x.data(), sc, in.idx.data(), in.w.data(), &T, o->recv_x.data(), rs,
-                            rc, moe, nullptr);
+    r = ncclMoeDispatchSend(in.x.data(), sc, in.idx.data(), in.w.data(), &T, o->recv_x.data(), rs, rc, moe,
+                            nullptr);
     if (r == ncclSuccess) r = ncclMoeDispatchRecv(moe, nullptr);
   } else {
-    r = ncclMoeDispatch(in.x.data(), sc, in.idx.data(), in.w.data(), &T, o->recv_x.data(), rs, rc,
-                        moe, nullptr);
+    r = ncclMoeDispatch(in.x.data(), sc, in.idx.data(), in.w.data(), &T, o->recv_x.data(), rs, rc, moe,
+                        nullptr);
   }
   if (r != ncclSuccess) return std::string("host dispatch: ") + ncclMoeGetLastError(moe);
   if (c.split) {
@@ -102,14 +104,14 @@ std::string run_host(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
 }
 
 [[maybe_unused]] std::string first_diff(const char* what, const std::vector<uint8_t>& got,
-                       const std::vector<uint8_t>& want, size_t row_bytes, const char* got_name,
-                       const char* want_name) {
+                                        const std::vector<uint8_t>& want, size_t row_bytes,
+                                        const char* got_name, const char* want_name) {
   for (size_t i = 0; i < got.size() && i < want.size(); ++i)
     if (got[i] != want[i]) {
       char b[240];
-      snprintf(b, sizeof b, "%s differs at byte %zu (row %zu, byte %zu of it): %s 0x%02x, %s 0x%02x",
-               what, i, row_bytes ? i / row_bytes : 0, row_bytes ? i % row_bytes : i, got_name,
-               got[i], want_name, want[i]);
+      snprintf(b, sizeof b, "%s differs at byte %zu (row %zu, byte %zu of it): %s 0x%02x, %s 0x%02x", what, i,
+               row_bytes ? i / row_bytes : 0, row_bytes ? i % row_bytes : i, got_name, got[i], want_name,
+               want[i]);
       return b;
     }
   return "";
@@ -120,9 +122,9 @@ std::string run_host(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
 std::string check_reference(const FuzzCase& c, const std::vector<RankInput>& all, int me,
                             const ExpectedLayout& ex, const Sizes& z, const Out& o) {
   const Shape& s = c.shape;
-  std::string e = check_dispatch(s, all, me, ex, o.recv_x.data(),
-                                 reinterpret_cast<const float*>(o.recv_scales.data()),
-                                 reinterpret_cast<const int32_t*>(o.counts.data()));
+  std::string e =
+      check_dispatch(s, all, me, ex, o.recv_x.data(), reinterpret_cast<const float*>(o.recv_scales.data()),
+                     reinterpret_cast<const int32_t*>(o.counts.data()));
   if (!e.empty()) return "dispatch vs reference: " + e;
   if (ex.rows.size() > z.rows) return "the reference layout needs more rows than the capacity";
   for (size_t r = 0; r < z.rows; ++r) {
@@ -130,8 +132,8 @@ std::string check_reference(const FuzzCase& c, const std::vector<RankInput>& all
     if (written) continue;
     for (size_t b = 0; b < s.x_bytes(); ++b)
       if (o.recv_x[r * s.x_bytes() + b] != kGuardX)
-        return "recvX row " + std::to_string(r) + (r < ex.rows.size() ? " (alignment padding)" : " (unused)") +
-               " was written";
+        return "recvX row " + std::to_string(r) +
+               (r < ex.rows.size() ? " (alignment padding)" : " (unused)") + " was written";
     for (size_t b = 0; b < s.nscale() * 4; ++b)
       if (o.recv_scales[r * s.nscale() * 4 + b] != kGuardS)
         return "recvScales row " + std::to_string(r) + " (not a token's row) was written";
@@ -161,7 +163,9 @@ struct Dev {
   Dev(const Dev&) = delete;
   Dev& operator=(const Dev&) = delete;
   template <class T>
-  T* as() const { return static_cast<T*>(p); }
+  T* as() const {
+    return static_cast<T*>(p);
+  }
 };
 
 std::string cuda_err(const char* what) {
@@ -173,8 +177,8 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
                      const std::vector<uint16_t>& ey, const Sizes& z, bool fence, Out* o) {
   const Shape& s = c.shape;
   const size_t T = static_cast<size_t>(in.T);
-  Dev x(s.x_bytes() * T), sc(s.nscale() * 4 * T), idx(T * s.topk * 4), w(T * s.topk * 4), nt(4),
-      rx(z.xb), rs(z.sb), rc(z.cb), dey(z.eyb), y(z.yb);
+  Dev x(s.x_bytes() * T), sc(s.nscale() * 4 * T), idx(T * s.topk * 4), w(T * s.topk * 4), nt(4), rx(z.xb),
+      rs(z.sb), rc(z.cb), dey(z.eyb), y(z.yb);
   if (!x.p || !sc.p || !idx.p || !w.p || !nt.p || !rx.p || !rs.p || !rc.p || !dey.p || !y.p)
     return cuda_err("cudaMalloc");
   *o = z.guarded();
@@ -182,7 +186,8 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
   if (T > 0) {
     ok = ok && cudaMemcpy(x.p, in.x.data(), in.x.size(), cudaMemcpyHostToDevice) == cudaSuccess;
     if (s.fp8)
-      ok = ok && cudaMemcpy(sc.p, in.scales.data(), in.scales.size() * 4, cudaMemcpyHostToDevice) == cudaSuccess;
+      ok = ok &&
+           cudaMemcpy(sc.p, in.scales.data(), in.scales.size() * 4, cudaMemcpyHostToDevice) == cudaSuccess;
     ok = ok && cudaMemcpy(idx.p, in.idx.data(), in.idx.size() * 4, cudaMemcpyHostToDevice) == cudaSuccess;
     ok = ok && cudaMemcpy(w.p, in.w.data(), in.w.size() * 4, cudaMemcpyHostToDevice) == cudaSuccess;
   }
@@ -197,8 +202,8 @@ std::string run_cuda(const FuzzCase& c, ncclMoeComm_t moe, const RankInput& in,
   if (fence) ok = ok && cudaDeviceSynchronize() == cudaSuccess;
   if (!ok) return cuda_err("upload");
   cudaStream_t st = nullptr;  // c.stream 2: the legacy NULL stream
-  if (c.stream < 2 &&
-      cudaStreamCreateWithFlags(&st, c.stream == 0 ? cudaStreamNonBlocking : cudaStreamDefault) != cudaSuccess)
+  if (c.stream < 2 && cudaStreamCreateWithFlags(
+                          &st, c.stream == 0 ? cudaStreamNonBlocking : cudaStreamDefault) != cudaSuccess)
     return cuda_err("stream");
   // The expert rows go up after the dispatch when the caller syncs in between (as one computing
   // them from recvX would), else before it.
@@ -372,12 +377,13 @@ int run_cases(OobChannel& oob, const std::vector<FuzzCase>& cases, const Options
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IONBF, 0);
-  CLI::App app{"Differential fuzzer for ncclMoe: random configurations, token counts and routings "
+  CLI::App app {
+    "Differential fuzzer for ncclMoe: random configurations, token counts and routings "
 #if MFTEST_CUDA
-               "through the host backend (against the reference) and the CUDA backend (against the "
-               "host backend, byte for byte)"
+    "through the host backend (against the reference) and the CUDA backend (against the "
+    "host backend, byte for byte)"
 #else
-               "through the host backend, checked against the independent reference"
+    "through the host backend, checked against the independent reference"
 #endif
   };
   int cases = 200;
@@ -390,11 +396,15 @@ int main(int argc, char** argv) {
   bool no_regressions = false;
   bool no_upload_fence = false;
   app.add_option("-n,--cases", cases, "random cases per rank count (and per mode)")->capture_default_str();
-  app.add_option("-s,--seed", seed, "base seed of the random cases (printed; 0 = from the clock)")->capture_default_str();
-  app.add_option("-r,--ranks", ranks_s, "rank counts, comma-separated (ranks share the GPUs round robin)")->capture_default_str();
+  app.add_option("-s,--seed", seed, "base seed of the random cases (printed; 0 = from the clock)")
+      ->capture_default_str();
+  app.add_option("-r,--ranks", ranks_s, "rank counts, comma-separated (ranks share the GPUs round robin)")
+      ->capture_default_str();
   app.add_option("--case", case_s, "replay one case by its printed seed (hex or decimal)");
-  app.add_option("--timeout-ms", timeout_ms, "comm timeoutMs (a hang is reported after it)")->capture_default_str();
-  app.add_option("--budget", budget_s, "stop drawing new cases after this many seconds (0 = no limit)")->capture_default_str();
+  app.add_option("--timeout-ms", timeout_ms, "comm timeoutMs (a hang is reported after it)")
+      ->capture_default_str();
+  app.add_option("--budget", budget_s, "stop drawing new cases after this many seconds (0 = no limit)")
+      ->capture_default_str();
   app.add_flag("--no-regressions", no_regressions, "skip the fixed regression cases");
 #if MFTEST_CUDA
   app.add_flag("--no-upload-fence", no_upload_fence,
@@ -402,7 +412,8 @@ int main(int argc, char** argv) {
                "a caller who breaks the stream order of docs/moe-api.md sees: expect failures)");
   app.add_option("-m,--modes", modes_s,
                  "CUDA path modes: nvlink (CUDA IPC), fabric (MOEFABRIC_FORCE_FABRIC=1), node1 "
-                 "(MOEFABRIC_NODE_SIZE=1, 2+ ranks)")->capture_default_str();
+                 "(MOEFABRIC_NODE_SIZE=1, 2+ ranks)")
+      ->capture_default_str();
 #endif
   CLI11_PARSE(app, argc, argv);
   if (seed == 0 && case_s.empty())
@@ -426,10 +437,13 @@ int main(int argc, char** argv) {
 #if MFTEST_CUDA
   opt.cuda = true;
   {
-    auto probe = moefabric::launch_fork(1, [](OobChannel&) {
-      int n = 0;
-      return cudaGetDeviceCount(&n) == cudaSuccess && n > 0 ? 0 : 77;
-    }, 60);
+    auto probe = moefabric::launch_fork(
+        1,
+        [](OobChannel&) {
+          int n = 0;
+          return cudaGetDeviceCount(&n) == cudaSuccess && n > 0 ? 0 : 77;
+        },
+        60);
     if (!probe.ok) {
       printf("SKIP: no GPU visible (cudaGetDeviceCount found none): the CUDA fuzz runs on the GPU machine\n");
       return 77;
@@ -475,7 +489,8 @@ int main(int argc, char** argv) {
       } else {
         if (!no_regressions) list = fuzz_regressions(R);
         for (int i = 0; i < cases; ++i) {
-          if (budget_s > 0 && std::chrono::steady_clock::now() - start > std::chrono::seconds(budget_s)) break;
+          if (budget_s > 0 && std::chrono::steady_clock::now() - start > std::chrono::seconds(budget_s))
+            break;
           list.push_back(fuzz_case(fuzz_seed(seed, R, static_cast<uint64_t>(i)), R));
         }
       }
@@ -488,14 +503,14 @@ int main(int argc, char** argv) {
           break;
         }
         std::vector<FuzzCase> part(list.begin() + b0, list.begin() + std::min(list.size(), b0 + batch));
-        auto res = moefabric::launch_fork(R, [&](OobChannel& oob) {
-          return run_cases(oob, part, opt, argv[0]);
-        }, 60 + static_cast<int>(part.size()) * (timeout_ms / 1000 + 10));
+        auto res = moefabric::launch_fork(
+            R, [&](OobChannel& oob) { return run_cases(oob, part, opt, argv[0]); },
+            60 + static_cast<int>(part.size()) * (timeout_ms / 1000 + 10));
         if (res.ok) total += static_cast<int>(part.size());
         if (!res.ok) {
           ++failed;
-          printf("  mode %s, ranks %d, cases %zu..%zu: %s\n", mode.c_str(), R, b0,
-                 b0 + part.size() - 1, res.report.c_str());
+          printf("  mode %s, ranks %d, cases %zu..%zu: %s\n", mode.c_str(), R, b0, b0 + part.size() - 1,
+                 res.report.c_str());
         }
       }
       printf("  mode %-7s ranks %d: %zu cases%s\n", mode.c_str(), R, list.size(),
@@ -503,7 +518,7 @@ int main(int argc, char** argv) {
     }
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  printf("# %s: %d cases passed in %.1f s, %d batch(es) stopped at a failure\n",
-         failed ? "FAIL" : "PASS", total, secs, failed);
+  printf("# %s: %d cases passed in %.1f s, %d batch(es) stopped at a failure\n", failed ? "FAIL" : "PASS",
+         total, secs, failed);
   return failed ? 1 : 0;
 }

@@ -41,14 +41,14 @@ bool wait_flag(const uint64_t* flag, uint64_t want) {
   return true;
 }
 
-#define P_CHECK(c, ...)                                          \
-  do {                                                           \
-    if (!(c)) {                                                  \
-      fprintf(stderr, "rank %d: check failed: %s: ", me, #c);    \
-      fprintf(stderr, __VA_ARGS__);                              \
-      fprintf(stderr, "\n");                                     \
-      return 1;                                                  \
-    }                                                            \
+#define P_CHECK(c, ...)                                       \
+  do {                                                        \
+    if (!(c)) {                                               \
+      fprintf(stderr, "rank %d: check failed: %s: ", me, #c); \
+      fprintf(stderr, __VA_ARGS__);                           \
+      fprintf(stderr, "\n");                                  \
+      return 1;                                               \
+    }                                                         \
   } while (0)
 
 // One rank's proxy over freshly allocated staging (what CudaComm::fabric_setup does).
@@ -92,8 +92,10 @@ struct Harness {
     Status s = FabricProxy::create(Params::load(), pc, &proxy, &err);
     if (s == Status::kOk) s = proxy->attach(send.get(), recv.get(), -1, &err);
     FabricProxy::Addr mine{};
-    if (s == Status::kOk) proxy->local_addr(&mine);
-    else snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
+    if (s == Status::kOk)
+      proxy->local_addr(&mine);
+    else
+      snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
     std::vector<FabricProxy::Addr> all(R);
     if (!oob.allgather(&mine, all.data(), sizeof mine)) {
       err = "allgather";
@@ -136,8 +138,8 @@ int rank_main(OobChannel& oob, int ops) {
       int32_t Ts = -1;
       std::memcpy(&Ts, p, 4);
       const int want = op % 7 == 3 ? 0 : T_of(op, src);
-      P_CHECK(Ts == want, "op %llu: rank %d's T %d, expected %d", static_cast<unsigned long long>(op),
-              src, Ts, want);
+      P_CHECK(Ts == want, "op %llu: rank %d's T %d, expected %d", static_cast<unsigned long long>(op), src,
+              Ts, want);
       h.stage_T[1 + src] = Ts;  // as the dispatch ingest kernel tells the proxy
       for (size_t i = 16; i < l.stage_dispatch_bytes(Ts); ++i)
         P_CHECK(p[i] == pattern(op, src, me, i), "op %llu: dispatch byte %zu from rank %d",
@@ -175,60 +177,68 @@ int rank_main(OobChannel& oob, int ops) {
 }  // namespace
 
 TEST_CASE("cuda fabric proxy: one rank through the fabric to itself", "[moe][proxy]") {
-  auto res = launch_fork(1, [](OobChannel& oob) { return rank_main(oob, 60); }, 120);
+  auto res = launch_fork(
+      1, [](OobChannel& oob) { return rank_main(oob, 60); }, 120);
   INFO(res.report);
   REQUIRE(res.ok);
 }
 
 TEST_CASE("cuda fabric proxy: two ranks, every peer through the fabric", "[moe][proxy]") {
-  auto res = launch_fork(2, [](OobChannel& oob) { return rank_main(oob, 200); }, 300);
+  auto res = launch_fork(
+      2, [](OobChannel& oob) { return rank_main(oob, 200); }, 300);
   INFO(res.report);
   REQUIRE(res.ok);
 }
 
 TEST_CASE("cuda fabric proxy: three ranks", "[moe][proxy]") {
-  auto res = launch_fork(3, [](OobChannel& oob) { return rank_main(oob, 60); }, 300);
+  auto res = launch_fork(
+      3, [](OobChannel& oob) { return rank_main(oob, 60); }, 300);
   INFO(res.report);
   REQUIRE(res.ok);
 }
 
 TEST_CASE("cuda fabric proxy: a doorbell that skips an op fails the proxy and aborts the kernels",
           "[moe][proxy]") {
-  auto res = launch_fork(1, [](OobChannel& oob) {
-    const int me = oob.rank();
-    Harness h;
-    P_CHECK(h.init(oob, 5000), "init: %s", h.err.c_str());
-    __atomic_store_n(h.doorbell(), 2, __ATOMIC_RELEASE);  // op 1 never rang
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    std::string text;
-    while (h.proxy->failure(&text) == Status::kOk && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    P_CHECK(h.proxy->failure(&text) == Status::kInternalError, "no failure reported");
-    P_CHECK(text.find("dispatch: doorbell went from op 0 to 2") != std::string::npos, "text: %s",
-            text.c_str());
-    h.proxy->stop();  // joined: the abort word is ours to read
-    P_CHECK(h.abort_word == 1, "abort word not set");
-    return 0;
-  }, 60);
+  auto res = launch_fork(
+      1,
+      [](OobChannel& oob) {
+        const int me = oob.rank();
+        Harness h;
+        P_CHECK(h.init(oob, 5000), "init: %s", h.err.c_str());
+        __atomic_store_n(h.doorbell(), 2, __ATOMIC_RELEASE);  // op 1 never rang
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        std::string text;
+        while (h.proxy->failure(&text) == Status::kOk && std::chrono::steady_clock::now() < deadline)
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        P_CHECK(h.proxy->failure(&text) == Status::kInternalError, "no failure reported");
+        P_CHECK(text.find("dispatch: doorbell went from op 0 to 2") != std::string::npos, "text: %s",
+                text.c_str());
+        h.proxy->stop();  // joined: the abort word is ours to read
+        P_CHECK(h.abort_word == 1, "abort word not set");
+        return 0;
+      },
+      60);
   INFO(res.report);
   REQUIRE(res.ok);
 }
 
-TEST_CASE("cuda fabric proxy: destroy names the fabric peer that never reached its barrier",
-          "[moe][proxy]") {
-  auto res = launch_fork(2, [](OobChannel& oob) {
-    const int me = oob.rank();
-    Harness h;
-    P_CHECK(h.init(oob, 300), "init: %s", h.err.c_str());
-    if (me == 0) {
-      std::string text;
-      P_CHECK(h.proxy->barrier(&text) != Status::kOk, "barrier passed without rank 1");
-      P_CHECK(text.find("barrier of fabric rank(s) 1") != std::string::npos, "text: %s", text.c_str());
-    }
-    P_CHECK(oob.barrier(), "oob barrier");  // rank 1 stays up until rank 0 has checked
-    h.proxy->stop();
-    return 0;
-  }, 60);
+TEST_CASE("cuda fabric proxy: destroy names the fabric peer that never reached its barrier", "[moe][proxy]") {
+  auto res = launch_fork(
+      2,
+      [](OobChannel& oob) {
+        const int me = oob.rank();
+        Harness h;
+        P_CHECK(h.init(oob, 300), "init: %s", h.err.c_str());
+        if (me == 0) {
+          std::string text;
+          P_CHECK(h.proxy->barrier(&text) != Status::kOk, "barrier passed without rank 1");
+          P_CHECK(text.find("barrier of fabric rank(s) 1") != std::string::npos, "text: %s", text.c_str());
+        }
+        P_CHECK(oob.barrier(), "oob barrier");  // rank 1 stays up until rank 0 has checked
+        h.proxy->stop();
+        return 0;
+      },
+      60);
   INFO(res.report);
   REQUIRE(res.ok);
 }
@@ -236,23 +246,27 @@ TEST_CASE("cuda fabric proxy: destroy names the fabric peer that never reached i
 // Without a self-write to wait on, the late rank finds every peer's barrier already landed; it
 // must still post its own before leaving, or the early rank waits for it in vain.
 TEST_CASE("cuda fabric proxy: destroy barrier with a late rank and no self peer", "[moe][proxy]") {
-  auto res = launch_fork(2, [](OobChannel& oob) {
-    const int me = oob.rank();
-    Harness h;
-    P_CHECK(h.init(oob, 5000, false), "init: %s", h.err.c_str());
-    if (me == 0) {
-      // Let rank 1's barrier write land first.
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      while (__atomic_load_n(h.arrived() + FabricProxy::kBells * oob.nranks() + 1, __ATOMIC_ACQUIRE) < 1 &&
-             std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      P_CHECK(std::chrono::steady_clock::now() < deadline, "rank 1's barrier write never landed");
-    }
-    std::string text;
-    P_CHECK(h.proxy->barrier(&text) == Status::kOk, "barrier: %s", text.c_str());
-    h.proxy->stop();
-    return 0;
-  }, 60);
+  auto res = launch_fork(
+      2,
+      [](OobChannel& oob) {
+        const int me = oob.rank();
+        Harness h;
+        P_CHECK(h.init(oob, 5000, false), "init: %s", h.err.c_str());
+        if (me == 0) {
+          // Let rank 1's barrier write land first.
+          const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+          while (__atomic_load_n(h.arrived() + FabricProxy::kBells * oob.nranks() + 1, __ATOMIC_ACQUIRE) <
+                     1 &&
+                 std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          P_CHECK(std::chrono::steady_clock::now() < deadline, "rank 1's barrier write never landed");
+        }
+        std::string text;
+        P_CHECK(h.proxy->barrier(&text) == Status::kOk, "barrier: %s", text.c_str());
+        h.proxy->stop();
+        return 0;
+      },
+      60);
   INFO(res.report);
   REQUIRE(res.ok);
 }

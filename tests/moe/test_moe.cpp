@@ -21,14 +21,14 @@ using moefabric::OobChannel;
 
 namespace {
 
-#define R_CHECK(c, ...)                                                          \
-  do {                                                                           \
-    if (!(c)) {                                                                  \
+#define R_CHECK(c, ...)                                                                          \
+  do {                                                                                           \
+    if (!(c)) {                                                                                  \
       fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", oob.rank(), __FILE__, __LINE__, #c); \
-      fprintf(stderr, __VA_ARGS__);                                              \
-      fprintf(stderr, "\n");                                                     \
-      return 1;                                                                  \
-    }                                                                            \
+      fprintf(stderr, __VA_ARGS__);                                                              \
+      fprintf(stderr, "\n");                                                                     \
+      return 1;                                                                                  \
+    }                                                                                            \
   } while (0)
 
 void run_ranks(int n, const std::function<int(OobChannel&)>& fn, int timeout_s = 300) {
@@ -60,8 +60,8 @@ Buffers alloc(const Shape& s, ncclMoeComm_t moe, int me) {
 }
 
 // One dispatch + combine with `mine`, fully checked. Returns "" or the failure.
-std::string round_trip(OobChannel& oob, const Shape& s, ncclMoeComm_t moe, const RankInput& mine,
-                       Buffers& b, bool split = false) {
+std::string round_trip(OobChannel& oob, const Shape& s, ncclMoeComm_t moe, const RankInput& mine, Buffers& b,
+                       bool split = false) {
   const int me = oob.rank();
   std::vector<RankInput> all;
   if (!gather_inputs(&oob, s, mine, &all)) return "gathering inputs failed";
@@ -74,8 +74,8 @@ std::string round_trip(OobChannel& oob, const Shape& s, ncclMoeComm_t moe, const
   float* rsc = s.fp8 ? b.recv_scales.data() : nullptr;
   ncclResult_t r;
   if (split) {
-    r = ncclMoeDispatchSend(mine.x.data(), sc, mine.idx.data(), mine.w.data(), &T, b.recv_x.data(),
-                            rsc, b.counts.data(), moe, nullptr);
+    r = ncclMoeDispatchSend(mine.x.data(), sc, mine.idx.data(), mine.w.data(), &T, b.recv_x.data(), rsc,
+                            b.counts.data(), moe, nullptr);
     if (r == ncclSuccess) r = ncclMoeDispatchRecv(moe, nullptr);
   } else {
     r = ncclMoeDispatch(mine.x.data(), sc, mine.idx.data(), mine.w.data(), &T, b.recv_x.data(), rsc,
@@ -127,7 +127,11 @@ int sweep(OobChannel& oob, Shape s, int seeds) {
     std::string e = round_trip(oob, s, moe, make_input(s, me, T, 1000 + seed, Routing::kRandom), b, seed % 2);
     R_CHECK(e.empty(), "seed %d T %d: %s", seed, T, e.c_str());
   }
-  struct Case { Routing r; int T; const char* name; };
+  struct Case {
+    Routing r;
+    int T;
+    const char* name;
+  };
   const Case cases[] = {
       {Routing::kOneExpert, s.max_tokens, "all tokens to one expert at full capacity"},
       {Routing::kRandom, me == 0 ? 0 : s.max_tokens, "rank 0 with T = 0"},
@@ -222,14 +226,15 @@ TEST_CASE("moe: bad input is rejected before anything is sent", "[moe]") {
     Buffers b = alloc(s, moe, me);
     RankInput in = make_input(s, me, 8, 5, Routing::kRandom);
     int32_t T = 8;
-    auto dispatch = [&](const void* x, const float* sc, const int32_t* idx, const int32_t* nt,
-                        void* rx, cudaStream_t st = nullptr) {
+    auto dispatch = [&](const void* x, const float* sc, const int32_t* idx, const int32_t* nt, void* rx,
+                        cudaStream_t st = nullptr) {
       return ncclMoeDispatch(x, sc, idx, in.w.data(), nt, rx, b.recv_scales.data(), b.counts.data(), moe, st);
     };
     auto expect = [&](ncclResult_t got, ncclResult_t want, const char* needle, const char* what) {
       const char* msg = ncclMoeGetLastError(moe);
       if (got != want || std::strstr(msg, needle) == nullptr) {
-        fprintf(stderr, "rank %d: %s: got %d '%s', expected %d with '%s'\n", me, what, got, msg, want, needle);
+        fprintf(stderr, "rank %d: %s: got %d '%s', expected %d with '%s'\n", me, what, got, msg, want,
+                needle);
         return false;
       }
       return true;
@@ -240,28 +245,39 @@ TEST_CASE("moe: bad input is rejected before anything is sent", "[moe]") {
     std::vector<int32_t> bad_idx2 = in.idx;
     bad_idx2[0] = -2;
     R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &big, b.recv_x.data()),
-                   ncclInvalidArgument, "numTokens 9", "T > max"), "rejected wrongly");
+                   ncclInvalidArgument, "numTokens 9", "T > max"),
+            "rejected wrongly");
     R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &neg, b.recv_x.data()),
-                   ncclInvalidArgument, "numTokens -1", "T < 0"), "rejected wrongly");
+                   ncclInvalidArgument, "numTokens -1", "T < 0"),
+            "rejected wrongly");
     R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), bad_idx.data(), &T, b.recv_x.data()),
-                   ncclInvalidArgument, "topkIdx[1][1] = 8", "expert id >= E"), "rejected wrongly");
+                   ncclInvalidArgument, "topkIdx[1][1] = 8", "expert id >= E"),
+            "rejected wrongly");
     R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), bad_idx2.data(), &T, b.recv_x.data()),
-                   ncclInvalidArgument, "= -2", "expert id < -1"), "rejected wrongly");
+                   ncclInvalidArgument, "= -2", "expert id < -1"),
+            "rejected wrongly");
     R_CHECK(expect(dispatch(nullptr, in.scales.data(), in.idx.data(), &T, b.recv_x.data()),
-                   ncclInvalidArgument, "x is NULL", "x NULL"), "rejected wrongly");
-    R_CHECK(expect(dispatch(in.x.data(), nullptr, in.idx.data(), &T, b.recv_x.data()),
-                   ncclInvalidArgument, "xScales is NULL", "scales NULL"), "rejected wrongly");
+                   ncclInvalidArgument, "x is NULL", "x NULL"),
+            "rejected wrongly");
+    R_CHECK(expect(dispatch(in.x.data(), nullptr, in.idx.data(), &T, b.recv_x.data()), ncclInvalidArgument,
+                   "xScales is NULL", "scales NULL"),
+            "rejected wrongly");
     R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &T, b.recv_x.data() + 1),
-                   ncclInvalidArgument, "recvX is not 16-byte aligned", "misaligned recvX"), "rejected wrongly");
+                   ncclInvalidArgument, "recvX is not 16-byte aligned", "misaligned recvX"),
+            "rejected wrongly");
     R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), nullptr, b.recv_x.data()),
-                   ncclInvalidArgument, "numTokens is NULL", "numTokens NULL"), "rejected wrongly");
+                   ncclInvalidArgument, "numTokens is NULL", "numTokens NULL"),
+            "rejected wrongly");
     R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &T, b.recv_x.data(),
                             reinterpret_cast<cudaStream_t>(0x1)),
-                   ncclInvalidArgument, "stream NULL", "stream for host backend"), "rejected wrongly");
+                   ncclInvalidArgument, "stream NULL", "stream for host backend"),
+            "rejected wrongly");
     R_CHECK(expect(ncclMoeCombine(b.expert_y.data(), b.y.data(), moe, nullptr), ncclInvalidUsage,
-                   "no completed dispatch", "combine before dispatch"), "rejected wrongly");
-    R_CHECK(expect(ncclMoeDispatchRecv(moe, nullptr), ncclInvalidUsage, "no dispatch send",
-                   "recv before send"), "rejected wrongly");
+                   "no completed dispatch", "combine before dispatch"),
+            "rejected wrongly");
+    R_CHECK(
+        expect(ncclMoeDispatchRecv(moe, nullptr), ncclInvalidUsage, "no dispatch send", "recv before send"),
+        "rejected wrongly");
     ncclResult_t ae = ncclSuccess;
     R_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclSuccess && ae == ncclSuccess,
             "rejections must not poison the comm");
@@ -272,11 +288,14 @@ TEST_CASE("moe: bad input is rejected before anything is sent", "[moe]") {
     std::string e = round_trip(oob, s, moe, in, b);
     R_CHECK(e.empty(), "after rejections: %s", e.c_str());
     // Double dispatch.
-    R_CHECK(ncclMoeDispatchSend(in.x.data(), in.scales.data(), in.idx.data(), in.w.data(), &T,
-                                b.recv_x.data(), b.recv_scales.data(), b.counts.data(), moe, nullptr) == ncclSuccess, "send");
+    R_CHECK(
+        ncclMoeDispatchSend(in.x.data(), in.scales.data(), in.idx.data(), in.w.data(), &T, b.recv_x.data(),
+                            b.recv_scales.data(), b.counts.data(), moe, nullptr) == ncclSuccess,
+        "send");
     R_CHECK(expect(ncclMoeDispatchSend(in.x.data(), in.scales.data(), in.idx.data(), in.w.data(), &T,
                                        b.recv_x.data(), b.recv_scales.data(), b.counts.data(), moe, nullptr),
-                   ncclInvalidUsage, "one dispatch->combine in flight", "second dispatch"), "rejected wrongly");
+                   ncclInvalidUsage, "one dispatch->combine in flight", "second dispatch"),
+            "rejected wrongly");
     R_CHECK(ncclMoeDispatchRecv(moe, nullptr) == ncclSuccess, "recv: %s", ncclMoeGetLastError(moe));
     R_CHECK(ncclMoeCombine(b.expert_y.data(), b.y.data(), moe, nullptr) == ncclSuccess, "combine");
     R_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(nullptr));
@@ -285,17 +304,37 @@ TEST_CASE("moe: bad input is rejected before anything is sent", "[moe]") {
 }
 
 TEST_CASE("moe: invalid and mismatched configs fail init on every rank", "[moe]") {
-  struct Bad { const char* name; void (*edit)(ncclMoeConfig_t*, int rank); ncclResult_t want; const char* needle; };
+  struct Bad {
+    const char* name;
+    void (*edit)(ncclMoeConfig_t*, int rank);
+    ncclResult_t want;
+    const char* needle;
+  };
   const Bad bads[] = {
-      {"missing numExperts", [](ncclMoeConfig_t* c, int) { c->numExperts = NCCL_MOE_UNDEF_INT; }, ncclInvalidArgument, "numExperts is required"},
+      {"missing numExperts", [](ncclMoeConfig_t* c, int) { c->numExperts = NCCL_MOE_UNDEF_INT; },
+       ncclInvalidArgument, "numExperts is required"},
       {"K = 17", [](ncclMoeConfig_t* c, int) { c->numTopk = 17; }, ncclInvalidArgument, "numTopk 17"},
       {"hidden 40", [](ncclMoeConfig_t* c, int) { c->hidden = 40; }, ncclInvalidArgument, "multiple of 16"},
-      {"fp8 hidden % scaleBlock", [](ncclMoeConfig_t* c, int) { c->dispatchType = ncclFloat8e4m3; c->scaleBlock = 48; }, ncclInvalidArgument, "scaleBlock 48"},
+      {"fp8 hidden % scaleBlock",
+       [](ncclMoeConfig_t* c, int) {
+         c->dispatchType = ncclFloat8e4m3;
+         c->scaleBlock = 48;
+       },
+       ncclInvalidArgument, "scaleBlock 48"},
       {"E < R", [](ncclMoeConfig_t* c, int) { c->numExperts = 1; }, ncclInvalidArgument, "numExperts 1"},
       {"bad magic", [](ncclMoeConfig_t* c, int) { c->magic = 0; }, ncclInvalidArgument, "magic"},
-      {"float combine", [](ncclMoeConfig_t* c, int) { c->combineType = ncclFloat32; }, ncclInvalidArgument, "combineType"},
-      {"hidden differs on rank 1", [](ncclMoeConfig_t* c, int r) { if (r == 1) c->hidden = 128; }, ncclInvalidUsage, "hidden differs"},
-      {"K invalid on rank 1 only", [](ncclMoeConfig_t* c, int r) { if (r == 1) c->numTopk = 0; }, ncclInvalidUsage, "rank 1 rejected its config"},
+      {"float combine", [](ncclMoeConfig_t* c, int) { c->combineType = ncclFloat32; }, ncclInvalidArgument,
+       "combineType"},
+      {"hidden differs on rank 1",
+       [](ncclMoeConfig_t* c, int r) {
+         if (r == 1) c->hidden = 128;
+       },
+       ncclInvalidUsage, "hidden differs"},
+      {"K invalid on rank 1 only",
+       [](ncclMoeConfig_t* c, int r) {
+         if (r == 1) c->numTopk = 0;
+       },
+       ncclInvalidUsage, "rank 1 rejected its config"},
   };
   for (const Bad& bad : bads) {
     INFO(bad.name);
@@ -326,40 +365,45 @@ TEST_CASE("moe: invalid and mismatched configs fail init on every rank", "[moe]"
 
 TEST_CASE("moe: a rank killed mid-dispatch is named by every survivor within the timeout", "[moe]") {
   const int kTimeoutMs = 3000;
-  auto res = moefabric::launch_fork(4, [&](OobChannel& oob) {
-    Shape s;
-    s.nranks = 4;
-    s.max_tokens = 16;
-    ncclMoeConfig_t c = s.config();
-    c.timeoutMs = kTimeoutMs;
-    const int me = oob.rank();
-    ncclMoeComm_t moe = init(oob, s, &c);
-    R_CHECK(moe != nullptr, "init");
-    Buffers b = alloc(s, moe, me);
-    std::string e = round_trip(oob, s, moe, make_input(s, me, 16, 3, Routing::kRandom), b);
-    R_CHECK(e.empty(), "warm-up round: %s", e.c_str());
-    RankInput in = make_input(s, me, 16, 4, Routing::kRandom);
-    int32_t T = in.T;
-    R_CHECK(oob.barrier(), "barrier");
-    if (me == 2) raise(SIGKILL);  // dies without sending its dispatch
-    auto t0 = std::chrono::steady_clock::now();
-    ncclResult_t r = ncclMoeDispatch(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T,
-                                     b.recv_x.data(), nullptr, b.counts.data(), moe, nullptr);
-    if (r == ncclSuccess) r = ncclMoeCombine(b.expert_y.data(), b.y.data(), moe, nullptr);
-    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    const char* msg = ncclMoeGetLastError(moe);
-    fprintf(stderr, "rank %d: after %.0f ms: %s\n", me, ms, msg);
-    R_CHECK(r == ncclRemoteError, "result %d", r);
-    R_CHECK(std::strstr(msg, "rank 2") != nullptr, "error does not name rank 2: %s", msg);
-    R_CHECK(ms < kTimeoutMs + 2000, "took %.0f ms", ms);
-    ncclResult_t ae = ncclSuccess;
-    R_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclSuccess && ae == ncclRemoteError, "async error %d", ae);
-    auto t1 = std::chrono::steady_clock::now();
-    R_CHECK(ncclMoeCommAbort(moe) == ncclSuccess, "abort");
-    double abort_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
-    R_CHECK(abort_ms < 2000, "abort took %.0f ms", abort_ms);
-    return 0;
-  }, 120);
+  auto res = moefabric::launch_fork(
+      4,
+      [&](OobChannel& oob) {
+        Shape s;
+        s.nranks = 4;
+        s.max_tokens = 16;
+        ncclMoeConfig_t c = s.config();
+        c.timeoutMs = kTimeoutMs;
+        const int me = oob.rank();
+        ncclMoeComm_t moe = init(oob, s, &c);
+        R_CHECK(moe != nullptr, "init");
+        Buffers b = alloc(s, moe, me);
+        std::string e = round_trip(oob, s, moe, make_input(s, me, 16, 3, Routing::kRandom), b);
+        R_CHECK(e.empty(), "warm-up round: %s", e.c_str());
+        RankInput in = make_input(s, me, 16, 4, Routing::kRandom);
+        int32_t T = in.T;
+        R_CHECK(oob.barrier(), "barrier");
+        if (me == 2) raise(SIGKILL);  // dies without sending its dispatch
+        auto t0 = std::chrono::steady_clock::now();
+        ncclResult_t r = ncclMoeDispatch(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T,
+                                         b.recv_x.data(), nullptr, b.counts.data(), moe, nullptr);
+        if (r == ncclSuccess) r = ncclMoeCombine(b.expert_y.data(), b.y.data(), moe, nullptr);
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        const char* msg = ncclMoeGetLastError(moe);
+        fprintf(stderr, "rank %d: after %.0f ms: %s\n", me, ms, msg);
+        R_CHECK(r == ncclRemoteError, "result %d", r);
+        R_CHECK(std::strstr(msg, "rank 2") != nullptr, "error does not name rank 2: %s", msg);
+        R_CHECK(ms < kTimeoutMs + 2000, "took %.0f ms", ms);
+        ncclResult_t ae = ncclSuccess;
+        R_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclSuccess && ae == ncclRemoteError, "async error %d",
+                ae);
+        auto t1 = std::chrono::steady_clock::now();
+        R_CHECK(ncclMoeCommAbort(moe) == ncclSuccess, "abort");
+        double abort_ms =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
+        R_CHECK(abort_ms < 2000, "abort took %.0f ms", abort_ms);
+        return 0;
+      },
+      120);
   INFO(res.report);
   // Exactly rank 2 failed, and by its own SIGKILL.
   CHECK(res.report == "rank 2: killed by signal 9\n");
@@ -369,20 +413,23 @@ TEST_CASE("moe: a rank killed mid-dispatch is named by every survivor within the
 // library destructors (libfabric's included) while the proxy thread is still alive. The process
 // must still exit cleanly, with status 0 and no signal.
 TEST_CASE("moe: a process that exits without destroying its comm exits cleanly", "[moe]") {
-  auto res = moefabric::launch_fork(2, [&](OobChannel& oob) {
-    Shape s;
-    s.nranks = 2;
-    s.max_tokens = 16;
-    const int me = oob.rank();
-    ncclMoeComm_t moe = init(oob, s);
-    R_CHECK(moe != nullptr, "init");
-    Buffers b = alloc(s, moe, me);
-    std::string e = round_trip(oob, s, moe, make_input(s, me, 16, 5, Routing::kRandom), b);
-    R_CHECK(e.empty(), "round: %s", e.c_str());
-    R_CHECK(oob.barrier(), "barrier");
-    fflush(nullptr);
-    exit(0);  // not launch_fork's _exit: atexit handlers and library destructors run
-  }, 120);
+  auto res = moefabric::launch_fork(
+      2,
+      [&](OobChannel& oob) {
+        Shape s;
+        s.nranks = 2;
+        s.max_tokens = 16;
+        const int me = oob.rank();
+        ncclMoeComm_t moe = init(oob, s);
+        R_CHECK(moe != nullptr, "init");
+        Buffers b = alloc(s, moe, me);
+        std::string e = round_trip(oob, s, moe, make_input(s, me, 16, 5, Routing::kRandom), b);
+        R_CHECK(e.empty(), "round: %s", e.c_str());
+        R_CHECK(oob.barrier(), "barrier");
+        fflush(nullptr);
+        exit(0);  // not launch_fork's _exit: atexit handlers and library destructors run
+      },
+      120);
   INFO(res.report);
   CHECK(res.report.empty());
   CHECK(res.ok);
@@ -399,8 +446,10 @@ TEST_CASE("moe: a destroyed or aborted comm is refused, never touched", "[moe]")
       Buffers b = alloc(s, moe, me);
       std::string e = round_trip(oob, s, moe, make_input(s, me, 8, 3, Routing::kRandom), b);
       R_CHECK(e.empty(), "round: %s", e.c_str());
-      if (how == 0) R_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(moe));
-      else R_CHECK(ncclMoeCommAbort(moe) == ncclSuccess, "abort");
+      if (how == 0)
+        R_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(moe));
+      else
+        R_CHECK(ncclMoeCommAbort(moe) == ncclSuccess, "abort");
       // Every entry point with the dead handle: ncclInvalidArgument and a text saying why.
       const int32_t T = 0;
       size_t rows = 0;
@@ -415,7 +464,8 @@ TEST_CASE("moe: a destroyed or aborted comm is refused, never touched", "[moe]")
       R_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclInvalidArgument, "async error");
       R_CHECK(ncclMoeGetStats(moe, &st) == ncclInvalidArgument, "stats");
       R_CHECK(ncclMoeDispatch(nullptr, nullptr, nullptr, nullptr, &T, b.recv_x.data(), nullptr,
-                              b.counts.data(), moe, nullptr) == ncclInvalidArgument, "dispatch");
+                              b.counts.data(), moe, nullptr) == ncclInvalidArgument,
+              "dispatch");
       R_CHECK(ncclMoeDispatchRecv(moe, nullptr) == ncclInvalidArgument, "dispatch recv");
       R_CHECK(ncclMoeCombine(nullptr, b.y.data(), moe, nullptr) == ncclInvalidArgument, "combine");
       R_CHECK(ncclMoeCombineRecv(b.y.data(), moe, nullptr) == ncclInvalidArgument, "combine recv");

@@ -27,14 +27,14 @@ namespace moe = moefabric::moe;
 
 namespace {
 
-#define H_CHECK(c, ...)                                                           \
-  do {                                                                            \
-    if (!(c)) {                                                                   \
+#define H_CHECK(c, ...)                                                                  \
+  do {                                                                                   \
+    if (!(c)) {                                                                          \
       fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", me, __FILE__, __LINE__, #c); \
-      fprintf(stderr, __VA_ARGS__);                                               \
-      fprintf(stderr, "\n");                                                      \
-      return 1;                                                                   \
-    }                                                                             \
+      fprintf(stderr, __VA_ARGS__);                                                      \
+      fprintf(stderr, "\n");                                                             \
+      return 1;                                                                          \
+    }                                                                                    \
   } while (0)
 
 // Rank 0 sees every other source's header claim 8 more tokens (and private records) and 100
@@ -64,8 +64,8 @@ int hostile_round(OobChannel& oob, int ops) {
   ncclMoeConfig_t cfg = s.config();
   std::unique_ptr<moe::Engine> eng;
   std::string err;
-  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
-          "init: %s", err.c_str());
+  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk, "init: %s",
+          err.c_str());
   moe::g_test_before_unpack = tamper_header;
   const size_t cap = eng->recv_capacity();
   constexpr uint8_t kGuard = 0xa5;
@@ -77,15 +77,16 @@ int hostile_round(OobChannel& oob, int ops) {
     std::vector<uint8_t> rx(cap * s.x_bytes() + 4096, kGuard);
     std::vector<int32_t> counts(s.local(me) + 4, -7);
     const int32_t T = in.T;
-    Status st = eng->dispatch_send(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T, rx.data(),
-                                   nullptr, counts.data(), nullptr);
+    Status st = eng->dispatch_send(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T, rx.data(), nullptr,
+                                   counts.data(), nullptr);
     H_CHECK(st == Status::kOk, "dispatch send: %s", eng->last_error().c_str());
     st = eng->dispatch_recv(nullptr);
     H_CHECK(st == Status::kOk, "dispatch recv: %s", eng->last_error().c_str());
     err = check_dispatch(s, all, me, ex, rx.data(), nullptr, counts.data());
     H_CHECK(err.empty(), "op %d: dispatch after the peer rewrote its region: %s", op, err.c_str());
     for (size_t i = cap * s.x_bytes(); i < rx.size(); ++i)
-      H_CHECK(rx[i] == kGuard, "op %d: byte %zu past recvX's capacity was written", op, i - cap * s.x_bytes());
+      H_CHECK(rx[i] == kGuard, "op %d: byte %zu past recvX's capacity was written", op,
+              i - cap * s.x_bytes());
     std::vector<uint16_t> ey(cap * s.hidden, 0), y(static_cast<size_t>(s.max_tokens) * s.hidden, 0);
     fill_expert_y(s, all, me, ex, ey.data());
     H_CHECK(eng->combine_send(ey.data(), nullptr) == Status::kOk, "combine: %s", eng->last_error().c_str());
@@ -109,8 +110,8 @@ int hostile_record(OobChannel& oob) {
   cfg.timeoutMs = 3000;
   std::unique_ptr<moe::Engine> eng;
   std::string err;
-  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
-          "init: %s", err.c_str());
+  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk, "init: %s",
+          err.c_str());
   moe::g_test_before_unpack = tamper_record;
   const size_t cap = eng->recv_capacity();
   // Every token picks one of rank 0's experts, so rank 1's first record goes to rank 0.
@@ -119,8 +120,8 @@ int hostile_record(OobChannel& oob) {
   std::vector<int32_t> counts(s.local(me) + 4, -7);
   std::vector<int32_t> idx(in.idx.size(), 0);  // expert 0 (rank 0) for every slot
   const int32_t T = in.T;
-  Status st = eng->dispatch_send(in.x.data(), nullptr, idx.data(), in.w.data(), &T, rx.data(),
-                                 nullptr, counts.data(), nullptr);
+  Status st = eng->dispatch_send(in.x.data(), nullptr, idx.data(), in.w.data(), &T, rx.data(), nullptr,
+                                 counts.data(), nullptr);
   H_CHECK(st == Status::kOk, "dispatch send: %s", eng->last_error().c_str());
   if (me == 0) {
     st = eng->dispatch_recv(nullptr);
@@ -157,14 +158,19 @@ int fake_peer(OobChannel& oob, const Shape& s, const ncclMoeConfig_t& cfg, int r
   moe::Layout l;
   const char* why = nullptr;
   H_CHECK(moe::layout_init(&l, s.nranks, me, rc.experts, rc.topk, rc.hidden, rc.max_tokens, 2, false,
-                           rc.scale_block, rc.alignment, rc.max_private, &why), "layout: %s", why);
+                           rc.scale_block, rc.alignment, rc.max_private, &why),
+          "layout: %s", why);
   std::unique_ptr<moefabric::fabric::RmaRails> ep;
   moe::RailChoice choice;
   H_CHECK(moe::open_rails(params, std::nullopt, &ep, &choice, &err) == Status::kOk, "rails: %s", err.c_str());
   std::vector<uint8_t> recv(l.recv_block_bytes), send(1 << 16);
   moefabric::fabric::RmaRails::Mr recv_mr, send_mr;
-  H_CHECK(ep->reg(recv.data(), recv.size(), moefabric::fabric::MrAccess::kRemoteWrite, &recv_mr, &err) == Status::kOk, "reg: %s", err.c_str());
-  H_CHECK(ep->reg(send.data(), send.size(), moefabric::fabric::MrAccess::kLocal, &send_mr, &err) == Status::kOk, "reg: %s", err.c_str());
+  H_CHECK(ep->reg(recv.data(), recv.size(), moefabric::fabric::MrAccess::kRemoteWrite, &recv_mr, &err) ==
+              Status::kOk,
+          "reg: %s", err.c_str());
+  H_CHECK(
+      ep->reg(send.data(), send.size(), moefabric::fabric::MrAccess::kLocal, &send_mr, &err) == Status::kOk,
+      "reg: %s", err.c_str());
   moe::RailsAddr mine{};
   moe::rails_addr(*ep, recv_mr, recv.data(), &mine);
   std::vector<moe::RailsAddr> all;
@@ -228,8 +234,8 @@ int hostile_writer(OobChannel& oob, int round) {
   if (me == 1) return fake_peer(oob, s, cfg, round, 3000);
   std::unique_ptr<moe::Engine> eng;
   std::string err;
-  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
-          "init: %s", err.c_str());
+  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk, "init: %s",
+          err.c_str());
   const size_t cap = eng->recv_capacity();
   const RankInput in = make_input(s, me, 16, 3, Routing::kUniformDup);
   std::vector<uint8_t> rx(cap * s.x_bytes() + 4096, 0xa5);
@@ -237,16 +243,16 @@ int hostile_writer(OobChannel& oob, int round) {
   std::vector<uint16_t> ey(cap * s.hidden, 0), y(static_cast<size_t>(s.max_tokens) * s.hidden, 0);
   const int32_t T = in.T;
   const auto t0 = std::chrono::steady_clock::now();
-  Status r = eng->dispatch_send(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T, rx.data(),
-                                nullptr, counts.data(), nullptr);
+  Status r = eng->dispatch_send(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T, rx.data(), nullptr,
+                                counts.data(), nullptr);
   if (r == Status::kOk) r = eng->dispatch_recv(nullptr);
   if (r == Status::kOk) r = eng->combine_send(ey.data(), nullptr);
   if (r == Status::kOk) r = eng->combine_recv(y.data(), nullptr);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::string text = eng->last_error();
   H_CHECK(r != Status::kOk, "round %d: a round trip with a peer writing garbage succeeded", round);
-  H_CHECK(text.find("rank 1") != std::string::npos, "round %d: the error does not name rank 1: %s",
-          round, text.c_str());
+  H_CHECK(text.find("rank 1") != std::string::npos, "round %d: the error does not name rank 1: %s", round,
+          text.c_str());
   H_CHECK(secs < 3.0 + 5.0, "round %d: the refusal took %.1f s (timeout 3 s)", round, secs);
   for (size_t i = cap * s.x_bytes(); i < rx.size(); ++i)
     H_CHECK(rx[i] == 0xa5, "round %d: byte %zu past recvX's capacity was written", round, i);
@@ -260,23 +266,24 @@ int hostile_writer(OobChannel& oob, int round) {
 TEST_CASE("moe: a peer writing random bytes and immediates into our regions is refused, named",
           "[moe][hostile]") {
   for (int round = 0; round < 4; ++round) {
-    auto res = moefabric::launch_fork(2, [&](OobChannel& oob) { return hostile_writer(oob, round); }, 60);
+    auto res = moefabric::launch_fork(
+        2, [&](OobChannel& oob) { return hostile_writer(oob, round); }, 60);
     INFO("round " << round << ": " << res.report);
     REQUIRE(res.ok);
   }
 }
 
-TEST_CASE("moe: a peer rewriting its records after the header check is refused, named",
-          "[moe][hostile]") {
-  auto res = moefabric::launch_fork(2, [](OobChannel& oob) { return hostile_record(oob); }, 60);
+TEST_CASE("moe: a peer rewriting its records after the header check is refused, named", "[moe][hostile]") {
+  auto res = moefabric::launch_fork(
+      2, [](OobChannel& oob) { return hostile_record(oob); }, 60);
   INFO(res.report);
   REQUIRE(res.ok);
 }
 
-TEST_CASE("moe: a peer rewriting its header after the check changes nothing",
-          "[moe][hostile]") {
+TEST_CASE("moe: a peer rewriting its header after the check changes nothing", "[moe][hostile]") {
   for (int n : {2, 3}) {
-    auto res = moefabric::launch_fork(n, [](OobChannel& oob) { return hostile_round(oob, 4); }, 120);
+    auto res = moefabric::launch_fork(
+        n, [](OobChannel& oob) { return hostile_round(oob, 4); }, 120);
     INFO("ranks " << n << ": " << res.report);
     REQUIRE(res.ok);
   }

@@ -11,10 +11,14 @@
 using namespace moefabric::moe;
 
 TEST_CASE("cuda layout: regions are disjoint, aligned and inside the block", "[moe][layout][cuda]") {
-  struct Shape { int R, E, K, H, T; bool fp8; int sb, align; };
-  const Shape shapes[] = {{2, 256, 8, 7168, 128, true, 128, 1}, {2, 8, 2, 64, 16, false, 32, 1},
+  struct Shape {
+    int R, E, K, H, T;
+    bool fp8;
+    int sb, align;
+  };
+  const Shape shapes[] = {{2, 256, 8, 7168, 128, true, 128, 1},   {2, 8, 2, 64, 16, false, 32, 1},
                           {8, 384, 8, 7168, 4096, true, 128, 16}, {3, 7, 3, 96, 5, true, 32, 4},
-                          {1, 4, 1, 16, 1, false, 16, 1}, {32, 32, 16, 256, 64, false, 128, 1}};
+                          {1, 4, 1, 16, 1, false, 16, 1},         {32, 32, 16, 256, 64, false, 128, 1}};
   for (const Shape& s : shapes) {
     for (int me = 0; me < s.R; ++me) {
       CudaLayout l;

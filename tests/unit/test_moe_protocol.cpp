@@ -90,7 +90,8 @@ TEST_CASE("moe immediates: round trip and rejection", "[moe][wire]") {
   for (int i = 0; i < 200000; ++i) {
     uint64_t cur = rng() % 1000000;
     // near-valid immediates with random kinds, sources and one-op offsets, plus random bit flips
-    uint32_t imm = imm_encode(static_cast<WriteKind>(rng() % 8), cur + rng() % 5 - 2, static_cast<int>(rng() % 32));
+    uint32_t imm =
+        imm_encode(static_cast<WriteKind>(rng() % 8), cur + rng() % 5 - 2, static_cast<int>(rng() % 32));
     if (rng() % 2) imm ^= 1u << (rng() % 32);
     if (imm_decode(imm, cur, 16, 4, &f, &why)) {
       ++accepted;
@@ -118,7 +119,10 @@ TEST_CASE("moe dispatch header: checks and fuzz", "[moe][wire]") {
   std::string why;
   valid();
   REQUIRE(header_check(l, m.h, m.counts, 1, 7, &why));
-  struct Mut { const char* needle; void (*f)(Msg&); };
+  struct Mut {
+    const char* needle;
+    void (*f)(Msg&);
+  };
   const Mut muts[] = {
       {"magic", [](Msg& x) { x.h.magic ^= 1; }},
       {"sequence", [](Msg& x) { x.h.seq = 8; }},
@@ -147,8 +151,7 @@ TEST_CASE("moe dispatch header: checks and fuzz", "[moe][wire]") {
     if (!header_check(l, m.h, m.counts, 1, 7, &why)) continue;
     REQUIRE(m.h.ntokens <= 32u);
     REQUIRE(m.h.nprivate <= m.h.ntokens);
-    REQUIRE(l.private_offset(1) + l.header_bytes + l.record_bytes * m.h.nprivate <=
-            l.private_offset(2));
+    REQUIRE(l.private_offset(1) + l.header_bytes + l.record_bytes * m.h.nprivate <= l.private_offset(2));
     REQUIRE(static_cast<uint64_t>(m.h.combine_base) + m.h.npairs <= l.combine_rows);
   }
 }

@@ -13,5 +13,6 @@ TEST_CASE("mr: send-side and message buffer registrations carry no remote access
   REQUIRE((MrCache::fi_access(MrAccess::kRemoteWrite) & kRemote) == FI_REMOTE_WRITE);
   // Both may be used locally in any role (NCCL may send from a buffer it registered to receive).
   for (MrAccess a : {MrAccess::kLocal, MrAccess::kRemoteWrite})
-    REQUIRE((MrCache::fi_access(a) & (FI_SEND | FI_RECV | FI_READ | FI_WRITE)) == (FI_SEND | FI_RECV | FI_READ | FI_WRITE));
+    REQUIRE((MrCache::fi_access(a) & (FI_SEND | FI_RECV | FI_READ | FI_WRITE)) ==
+            (FI_SEND | FI_RECV | FI_READ | FI_WRITE));
 }

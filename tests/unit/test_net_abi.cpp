@@ -16,7 +16,7 @@
 namespace abi = moefabric::nccl::abi;
 
 // Offset and size of one field.
-#define MF_ABI_FIELD(T, f, off, sz)          \
+#define MF_ABI_FIELD(T, f, off, sz)        \
   STATIC_REQUIRE(offsetof(T, f) == (off)); \
   STATIC_REQUIRE(sizeof(T::f) == (sz))
 
@@ -24,10 +24,10 @@ namespace abi = moefabric::nccl::abi;
 #define MF_ABI_SLOT(T, f, off) MF_ABI_FIELD(T, f, off, 8)
 
 // Size and alignment of a whole struct; it must also be a C-compatible aggregate.
-#define MF_ABI_STRUCT(T, sz, al)                  \
-  STATIC_REQUIRE(sizeof(T) == (sz));              \
-  STATIC_REQUIRE(alignof(T) == (al));             \
-  STATIC_REQUIRE(std::is_standard_layout_v<T>);   \
+#define MF_ABI_STRUCT(T, sz, al)                \
+  STATIC_REQUIRE(sizeof(T) == (sz));            \
+  STATIC_REQUIRE(alignof(T) == (al));           \
+  STATIC_REQUIRE(std::is_standard_layout_v<T>); \
   STATIC_REQUIRE(std::is_trivially_copyable_v<T>)
 
 TEST_CASE("abi: LP64 data model the pinned numbers assume", "[abi]") {
@@ -109,10 +109,10 @@ TEST_CASE("abi: logger levels and subsystem flags", "[abi]") {
 }
 
 TEST_CASE("abi: callback types", "[abi]") {
-  STATIC_REQUIRE(std::is_same_v<abi::logger_t, void (*)(int, unsigned long, const char*, int,
-                                                         const char*, ...)>);
-  STATIC_REQUIRE(std::is_same_v<abi::profiler_callback_t,
-                                abi::result_t (*)(void**, int, void*, std::int64_t, void*)>);
+  STATIC_REQUIRE(
+      std::is_same_v<abi::logger_t, void (*)(int, unsigned long, const char*, int, const char*, ...)>);
+  STATIC_REQUIRE(
+      std::is_same_v<abi::profiler_callback_t, abi::result_t (*)(void**, int, void*, std::int64_t, void*)>);
 }
 
 TEST_CASE("abi: vdevice_props_t layout", "[abi]") {
@@ -360,8 +360,7 @@ using std::size_t;
 using std::uint64_t;
 }  // namespace
 
-#define MF_ABI_SIG(T, f, ...) \
-  STATIC_REQUIRE(std::is_same_v<decltype(T::f), result_t (*)(__VA_ARGS__)>)
+#define MF_ABI_SIG(T, f, ...) STATIC_REQUIRE(std::is_same_v<decltype(T::f), result_t (*)(__VA_ARGS__)>)
 
 // The structs each of the two versions passes; every other argument is the same in both.
 template <class T>
@@ -381,13 +380,11 @@ struct ctx_args<abi::net_v12_t> {
   using attr = abi::net_attr_v12_t;
 };
 
-TEMPLATE_TEST_CASE("abi: net_v11_t and net_v12_t signatures", "[abi]", abi::net_v11_t,
-                   abi::net_v12_t) {
+TEMPLATE_TEST_CASE("abi: net_v11_t and net_v12_t signatures", "[abi]", abi::net_v11_t, abi::net_v12_t) {
   using T = TestType;
   using A = ctx_args<T>;
   STATIC_REQUIRE(std::is_same_v<decltype(T::name), const char*>);
-  MF_ABI_SIG(T, init, void**, uint64_t, typename A::config*, abi::logger_t,
-             abi::profiler_callback_t);
+  MF_ABI_SIG(T, init, void**, uint64_t, typename A::config*, abi::logger_t, abi::profiler_callback_t);
   MF_ABI_SIG(T, devices, int*);
   MF_ABI_SIG(T, getProperties, int, typename A::props*);
   MF_ABI_SIG(T, listen, void*, int, void*, void**);

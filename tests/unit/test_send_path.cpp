@@ -36,9 +36,9 @@ TEST_CASE("send path: eager data never goes to a GPU receive buffer", "[send]") 
 
 TEST_CASE("send path: host to host keeps its eager limits", "[send]") {
   const MemType kH = MemType::kHost, kC = MemType::kCuda;
-  REQUIRE(send_path(in(8192, kH, true, kH, true)) == SendPath::kEager);   // MOEFABRIC_EAGER_KNOWN
+  REQUIRE(send_path(in(8192, kH, true, kH, true)) == SendPath::kEager);  // MOEFABRIC_EAGER_KNOWN
   REQUIRE(send_path(in(8193, kH, true, kH, true)) == SendPath::kWrite);
-  REQUIRE(send_path(in(8193, kH, false, kH, true)) == SendPath::kWait);   // above MOEFABRIC_EAGER_MAX
+  REQUIRE(send_path(in(8193, kH, false, kH, true)) == SendPath::kWait);  // above MOEFABRIC_EAGER_MAX
   SendPathIn p = in(100, kH, true, kH, true);
   p.eager_known_max = 0;  // shm's default: writes once the entry is known
   REQUIRE(send_path(p) == SendPath::kWrite);

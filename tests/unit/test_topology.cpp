@@ -52,8 +52,10 @@ void check_common(const Topology& t, int cores_per_gpu) {
     }
     for (size_t n = 0; n < t.nics().size(); ++n) {
       // NICs on the other socket are across the SMP interconnect
-      if (t.nics()[n].numa != g.numa) REQUIRE(g.path[n] == Path::kSys);
-      else REQUIRE(g.path[n] != Path::kSys);
+      if (t.nics()[n].numa != g.numa)
+        REQUIRE(g.path[n] == Path::kSys);
+      else
+        REQUIRE(g.path[n] != Path::kSys);
     }
   }
   for (const auto& n : t.nics()) {
@@ -88,8 +90,7 @@ TEST_CASE("topology: p5-like, 8 GPUs with 4 EFA NICs each behind their switch", 
     }
   }
   // The first GPU's first NIC: the path Linux would show for it.
-  REQUIRE(t->nics()[0].pci_path ==
-          "/sys/devices/pci0000:4d/0000:4d:00.0/0000:4e:00.0/0000:4f:00.0");
+  REQUIRE(t->nics()[0].pci_path == "/sys/devices/pci0000:4d/0000:4d:00.0/0000:4e:00.0/0000:4f:00.0");
 }
 
 TEST_CASE("topology: p5en-like, 8 GPUs with 2 EFA NICs each", "[topology]") {
@@ -188,8 +189,8 @@ TEST_CASE("topology: where an MoE proxy runs", "[topology]") {
   cpus = moefabric::topo::proxy_cpus(xml, {"lo", "tcp", std::nullopt, 0}, std::nullopt, &why);
   REQUIRE(cpus.empty());
   REQUIRE(why.find("no NUMA node") != std::string::npos);
-  REQUIRE(moefabric::topo::PciAddr::from_sysfs_path("/sys/devices/pci0000:00/0000:00:03.0/virtio0")
-              ->str() == "0000:00:03.0");
+  REQUIRE(moefabric::topo::PciAddr::from_sysfs_path("/sys/devices/pci0000:00/0000:00:03.0/virtio0")->str() ==
+          "0000:00:03.0");
   REQUIRE_FALSE(moefabric::topo::PciAddr::from_sysfs_path("/sys/devices/virtual/net/lo").has_value());
 }
 
@@ -218,7 +219,8 @@ TEST_CASE("topology: GPU rail groups for multi-rail devices", "[topology][rails]
   REQUIRE(g.empty());
   REQUIRE(why == "no GPU has two or more rails");
   // Virtual NICs only (this CI machine's lo, veth): hwloc is not even loaded.
-  g = moefabric::topo::gpu_rail_groups("", {{"lo", "tcp", std::nullopt, 0}, {"veth0", "tcp", std::nullopt, 0}}, &why);
+  g = moefabric::topo::gpu_rail_groups(
+      "", {{"lo", "tcp", std::nullopt, 0}, {"veth0", "tcp", std::nullopt, 0}}, &why);
   REQUIRE(g.empty());
   REQUIRE(why == "fewer than two NICs on PCI");
 }

@@ -87,8 +87,8 @@ TEST_CASE("wire: random bytes never pass as a message with an inconsistent lengt
     size_t n = rng() % buf.size();
     for (size_t k = 0; k < n; ++k) buf[k] = static_cast<uint8_t>(rng());
     if (n >= 4 && (rng() & 1)) {  // often give it a valid prefix so deeper checks run
-      MsgHeader g = {kMagic, kVersion, static_cast<uint8_t>(1 + rng() % 8), 0, 0,
-                     static_cast<uint32_t>(n >= sizeof g ? n - sizeof g : 0)};
+      MsgHeader g = {kMagic, kVersion, static_cast<uint8_t>(1 + rng() % 8),
+                     0,      0,        static_cast<uint32_t>(n >= sizeof g ? n - sizeof g : 0)};
       std::memcpy(buf.data(), &g, std::min(n, sizeof g));
     }
     if (parse_check(buf.data(), n, &h) == nullptr) {
