@@ -342,6 +342,13 @@ class Device {
   void on_error_msg(Comm* c, const wire::ErrorMsg& m);
   void send_advance(SendComm* c);
   Status send_eager(SendComm* c, uint32_t s, int tag, void* data, size_t size, SendReq** out);
+  // isend's steps (send.cpp)
+  Status isend_tagged(SendComm* c, void* data, size_t size, MrEntry* mr, SendReq** out);
+  Status isend_before_ctrl(SendComm* c, const SendPathIn& path, void* data, size_t size, int tag,
+                           SendReq** out);
+  Status match_entry(SendComm* c, const SendGroup& g, size_t size, int tag, int* idx);
+  Status isend_writes(SendComm* c, SendGroup& g, int idx, void* data, size_t size, MrEntry* mr,
+                      SendReq** out);
   void deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* data, size_t size);
   void group_check_done(RecvComm* c, RecvGroup* g);
   void entry_check_done(RecvComm* c, RecvGroup* g, int idx);

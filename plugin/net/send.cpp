@@ -126,6 +126,8 @@ Status Device::send_eager(SendComm* c, uint32_t s, int tag, void* data, size_t s
   return Status::kOk;
 }
 
+// isend, step by step: check the call, then the tagged protocol, or the wait for (or eager send
+// before) the receiver's control entry, or the matched entry's eager or write path.
 Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr, SendReq** out) {
   *out = nullptr;
   c->peer_rank = tag;
@@ -142,31 +144,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
     MF_WARN("isend: buffer %p+%zu lies outside its registration", data, size);
     return Status::kInvalidArgument;
   }
-  uint32_t s = c->next_msg;
-
-  if (c->tagged) {
-    SendReq* r = sreq_alloc(c);
-    if (r == nullptr) return Status::kOk;
-    r->size = size;
-    OpCtx& op = r->ops[0];
-    op.kind = OpKind::kTSend;
-    op.rail = 0;  // the tagged protocol uses rail 0 only
-    op.comm = c;
-    op.sreq = r;
-    op.rgroup = nullptr;
-    op.buf = data;
-    op.len = size;
-    op.desc = mr ? mr->desc : nullptr;
-    op.peer = c->peer;
-    op.tag = tagged_tag(c->remote_id, s);
-    r->nops = 1;
-    r->pending = 1;
-    ++c->inflight;
-    ++c->next_msg;
-    MF_CHECK(post(&op));
-    *out = r;
-    return Status::kOk;
-  }
+  if (c->tagged) return isend_tagged(c, data, size, mr, out);
 
   send_advance(c);
   SendGroup& g = c->groups[c->cur_group % wire::kGroupRing];
@@ -177,28 +155,77 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   path.eager_known_max = eager_known_max_;
   path.peer_host_only = c->peer_host_only;
   path.known = g.known && g.seq == c->cur_group && c->eager.empty();
-  if (!path.known) {
-    if (send_path(path) != SendPath::kEager || c->eager.size() >= wire::kEagerWindow || !tx_available(8)) {
-      c->waiting_ctrl = true;  // NCCL calls again; the peer's liveness is checked meanwhile
-      return Status::kOk;
-    }
-    MF_CHECK(send_eager(c, s, tag, data, size, out));
-    if (*out != nullptr) c->eager.push_back({s, tag});
-    return Status::kOk;
-  }
+  if (!path.known) return isend_before_ctrl(c, path, data, size, tag, out);
 
   int idx = -1;
+  MF_CHECK(match_entry(c, g, size, tag, &idx));
+  path.remote = g.e[idx].mem_type == wire::kMemCuda ? MemType::kCuda : MemType::kHost;
+  // Small host messages may go eagerly with the entry known (MOEFABRIC_EAGER_KNOWN): the
+  // receiver matches them to the posted buffer as it does an eager message that crossed its
+  // control entry; the entry is used here.
+  if (send_path(path) == SendPath::kEager && tx_available(8)) {
+    MF_CHECK(send_eager(c, c->next_msg, tag, data, size, out));
+    if (*out != nullptr) {
+      g.used |= static_cast<uint8_t>(1u << idx);
+      send_advance(c);
+    }
+    return Status::kOk;
+  }
+  return isend_writes(c, g, idx, data, size, mr, out);
+}
+
+Status Device::isend_tagged(SendComm* c, void* data, size_t size, MrEntry* mr, SendReq** out) {
+  SendReq* r = sreq_alloc(c);
+  if (r == nullptr) return Status::kOk;
+  r->size = size;
+  OpCtx& op = r->ops[0];
+  op.kind = OpKind::kTSend;
+  op.rail = 0;  // the tagged protocol uses rail 0 only
+  op.comm = c;
+  op.sreq = r;
+  op.rgroup = nullptr;
+  op.buf = data;
+  op.len = size;
+  op.desc = mr ? mr->desc : nullptr;
+  op.peer = c->peer;
+  op.tag = tagged_tag(c->remote_id, c->next_msg);
+  r->nops = 1;
+  r->pending = 1;
+  ++c->inflight;
+  ++c->next_msg;
+  MF_CHECK(post(&op));
+  *out = r;
+  return Status::kOk;
+}
+
+// No control entry yet: an eager send within the window, else no request (NCCL calls again;
+// the peer's liveness is checked meanwhile).
+Status Device::isend_before_ctrl(SendComm* c, const SendPathIn& path, void* data, size_t size, int tag,
+                                 SendReq** out) {
+  if (send_path(path) != SendPath::kEager || c->eager.size() >= wire::kEagerWindow || !tx_available(8)) {
+    c->waiting_ctrl = true;
+    return Status::kOk;
+  }
+  const uint32_t s = c->next_msg;
+  MF_CHECK(send_eager(c, s, tag, data, size, out));
+  if (*out != nullptr) c->eager.push_back({s, tag});
+  return Status::kOk;
+}
+
+// The posted buffer this send goes to: the first unused entry of the group with its tag, and
+// large enough (a larger send fails the comm on both sides).
+Status Device::match_entry(SendComm* c, const SendGroup& g, size_t size, int tag, int* idx) {
+  *idx = -1;
   for (int i = 0; i < g.n; ++i)
     if (!(g.used & (1u << i)) && g.e[i].tag == tag) {
-      idx = i;
+      *idx = i;
       break;
     }
-  if (idx < 0) {
+  if (*idx < 0) {
     fail_comm(c, Status::kInvalidUsage, "isend with tag %d matches no buffer of the posted receive", tag);
     return Status::kInvalidUsage;
   }
-  const wire::CtrlEntry& en = g.e[idx];
-  path.remote = en.mem_type == wire::kMemCuda ? MemType::kCuda : MemType::kHost;
+  const wire::CtrlEntry& en = g.e[*idx];
   if (size > en.size) {
     char text[160];
     snprintf(text, sizeof text, "send of %zu bytes is larger than the posted receive of %llu bytes", size,
@@ -207,32 +234,27 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
     fail_comm(c, Status::kInvalidUsage, "%s", text);
     return Status::kInvalidUsage;
   }
-  // Small host messages may go eagerly with the entry known (MOEFABRIC_EAGER_KNOWN): the
-  // receiver matches them to the posted buffer as it does an eager message that crossed its
-  // control entry; the entry is used here.
-  if (send_path(path) == SendPath::kEager && tx_available(8)) {
-    MF_CHECK(send_eager(c, s, tag, data, size, out));
-    if (*out != nullptr) {
-      g.used |= static_cast<uint8_t>(1u << idx);
-      send_advance(c);
-    }
-    return Status::kOk;
-  }
-  // Segments: at most max_write each; multi-rail: striped over the rails (fabric/stripe.h).
+  return Status::kOk;
+}
+
+// RDMA writes straight into entry idx: segments of at most max_write, striped over the rails
+// (fabric/stripe.h), each with the immediate; a fin follows unless the message fills the buffer.
+Status Device::isend_writes(SendComm* c, SendGroup& g, int idx, void* data, size_t size, MrEntry* mr,
+                            SendReq** out) {
+  const wire::CtrlEntry& en = g.e[idx];
   const int nr = c->nrails;
   StripePlan plan;
   if (!plan_stripes(size, nr, stripe_min_, max_write_, wire::kMaxSegments, &plan)) {
     MF_WARN("isend of %zu bytes exceeds %d segments of %zu bytes", size, wire::kMaxSegments, max_write_);
     return Status::kInvalidArgument;
   }
-  const bool stripe = plan.striped;
   const size_t seg = plan.seg;
   const size_t nseg = static_cast<size_t>(plan.nseg);
-  const int whole_rail = nr > 1 && !stripe ? static_cast<int>(c->next_rail++ % nr) : 0;
-  bool full = size == en.size && size > 0;
+  const bool full = size == en.size && size > 0;
   if (!full && !tx_available(4)) return Status::kOk;
   SendReq* r = sreq_alloc(c);
   if (r == nullptr) return Status::kOk;
+  const int whole_rail = nr > 1 && !plan.striped ? static_cast<int>(c->next_rail++ % nr) : 0;
   r->size = size;
   g.used |= static_cast<uint8_t>(1u << idx);
   ++c->next_msg;
@@ -244,7 +266,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   for (size_t i = 0; i < nseg; ++i) {
     size_t off = i * seg;
     size_t len = off + seg > size ? size - off : seg;
-    const int rail = stripe ? static_cast<int>(i % nr) : whole_rail;
+    const int rail = plan.striped ? static_cast<int>(i % nr) : whole_rail;
     for (int part = split ? 0 : 1; part < 2; ++part) {
       OpCtx& op = r->ops[r->nops++];
       op.kind = OpKind::kWrite;
