@@ -16,6 +16,13 @@
 #include <vector>
 
 namespace moefabric {
+
+namespace {
+int g_launch_rank = -1;
+}  // namespace
+
+int launch_rank() { return g_launch_rank; }
+
 namespace {
 
 constexpr uint64_t kPeerLost = ~0ull;
@@ -98,6 +105,7 @@ bool spawn(int nranks, const std::function<int(int, int)>& child, std::vector<in
       return false;
     }
     if (pid == 0) {
+      g_launch_rank = r;
       ::close(sv[0]);
       for (int k = 0; k < r; ++k) ::close((*fds)[k]);
       int rc = child(r, sv[1]);

@@ -32,6 +32,8 @@ struct LaunchResult {
 
 // Runs fn(oob) in `nranks` forked processes; fn's return value is the rank's exit code.
 LaunchResult launch_fork(int nranks, const std::function<int(OobChannel&)>& fn, int timeout_s);
+// In a rank forked by launch_fork: its rank; elsewhere -1 (messages of the multi-process tests).
+int launch_rank();
 
 // Runs argv in `nranks` processes (moefabric-run); each finds its channel through the
 // environment: MOEFABRIC_RANK, MOEFABRIC_NRANKS and MOEFABRIC_OOB_FD.

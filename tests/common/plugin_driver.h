@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/launch.h"
+#include "tests/common/check.h"
 #include "plugin/nccl/net_abi.h"
 
 namespace mftest {
@@ -21,25 +22,7 @@ namespace mftest {
 namespace abi = moefabric::nccl::abi;
 using Clock = std::chrono::steady_clock;
 
-inline int g_rank = -1;
-
-inline void fail_msg(const char* file, int line, const char* fmt, ...) {
-  char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "rank %d: %s:%d: %s\n", g_rank, file, line, buf);
-}
-
-#define T_CHECK(cond, ...)                                 \
-  do {                                                     \
-    if (!(cond)) {                                         \
-      ::mftest::fail_msg(__FILE__, __LINE__, __VA_ARGS__); \
-      return 1;                                            \
-    }                                                      \
-  } while (0)
-#define T_OK(call) T_CHECK((call) == ::mftest::abi::kSuccess, "%s failed", #call)
+#define T_OK(call) RANK_CHECK((call) == ::mftest::abi::kSuccess, "%s failed", #call)
 
 inline void quiet_logger(int level, unsigned long, const char* file, int line, const char* fmt, ...) {
   if (level > 2 && !getenv("MFTEST_VERBOSE")) return;
@@ -71,16 +54,16 @@ struct Plugin {
   void* ctx = nullptr;
   int open(const char* path = MOEFABRIC_PLUGIN_PATH, abi::logger_t logger = quiet_logger) {
     dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    T_CHECK(dl != nullptr, "dlopen(%s): %s", path, dlerror());
+    RANK_CHECK(dl != nullptr, "dlopen(%s): %s", path, dlerror());
     v11 = static_cast<const abi::net_v11_t*>(dlsym(dl, "ncclNetPlugin_v11"));
-    T_CHECK(v11 != nullptr, "ncclNetPlugin_v11 not exported");
+    RANK_CHECK(v11 != nullptr, "ncclNetPlugin_v11 not exported");
     T_OK(v11->init(&ctx, 0x1234, nullptr, logger, nullptr));
     return 0;
   }
   int close() {
     if (ctx) T_OK(v11->finalize(ctx));
     ctx = nullptr;
-    if (dl) T_CHECK(dlclose(dl) == 0, "dlclose: %s", dlerror());
+    if (dl) RANK_CHECK(dlclose(dl) == 0, "dlclose: %s", dlerror());
     dl = nullptr;
     return 0;
   }
@@ -109,7 +92,7 @@ inline int connect_mesh(Plugin& pl, moefabric::OobChannel& oob, std::vector<void
   for (int p = 0; p < n; ++p)
     if (p != me) T_OK(pl.v11->listen(pl.ctx, dev, mine.data() + p * H, &(*listens)[p]));
   std::string err;
-  T_CHECK(oob.allgather(mine.data(), all.data(), mine.size(), &err), "%s", err.c_str());
+  RANK_CHECK(oob.allgather(mine.data(), all.data(), mine.size(), &err), "%s", err.c_str());
   send->assign(n, nullptr);
   recv->assign(n, nullptr);
   int pending = 2 * (n - 1);
@@ -127,7 +110,7 @@ inline int connect_mesh(Plugin& pl, moefabric::OobChannel& oob, std::vector<void
         if ((*recv)[p]) --pending;
       }
     }
-    T_CHECK(!deadline_passed(start, 60), "connect/accept did not finish in 60 s");
+    RANK_CHECK(!deadline_passed(start, 60), "connect/accept did not finish in 60 s");
   }
   return 0;
 }
@@ -152,13 +135,9 @@ inline int wait_req(const abi::net_v11_t* net, void* req, int* sizes, int second
     if (rc_out) *rc_out = rc;
     if (rc != abi::kSuccess) {
       if (rc_out) return 0;
-      fail_msg(__FILE__, __LINE__, "test() returned %d", rc);
-      return 1;
+      RANK_CHECK(false, "test() returned %d", rc);
     }
-    if (deadline_passed(start, seconds)) {
-      fail_msg(__FILE__, __LINE__, "request not complete after %d s", seconds);
-      return 1;
-    }
+    RANK_CHECK(!deadline_passed(start, seconds), "request not complete after %d s", seconds);
   }
   return 0;
 }

@@ -16,6 +16,7 @@
 #include "plugin/net/device.h"
 #include "plugin/net/net.h"
 #include "fabric/rma.h"
+#include "tests/common/check.h"
 #include "tests/common/proc.h"
 
 using namespace moefabric;
@@ -46,16 +47,6 @@ std::string warnings() {
   return g_warnings;
 }
 
-#define H_CHECK(c, ...)                                                \
-  do {                                                                 \
-    if (!(c)) {                                                        \
-      fprintf(stderr, "rank %d: %s:%d: ", g_rank, __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                                    \
-      fprintf(stderr, "\n");                                           \
-      return 1;                                                        \
-    }                                                                  \
-  } while (0)
-
 bool passed(Clock::time_point start, int seconds) {
   return Clock::now() - start > std::chrono::seconds(seconds);
 }
@@ -72,17 +63,17 @@ int link(OobChannel& oob, Net* net, int from, int to, Link* l) {
   const int me = oob.rank();
   char mine[wire::kHandleSize] = {};
   std::vector<char> all(wire::kHandleSize * oob.nranks());
-  if (me == to) H_CHECK(net_listen(net, 0, mine, &l->lc) == Status::kOk, "listen");
+  if (me == to) RANK_CHECK(net_listen(net, 0, mine, &l->lc) == Status::kOk, "listen");
   std::string err;
-  H_CHECK(oob.allgather(mine, all.data(), sizeof mine, &err), "%s", err.c_str());
+  RANK_CHECK(oob.allgather(mine, all.data(), sizeof mine, &err), "%s", err.c_str());
   std::memcpy(&l->handle, all.data() + wire::kHandleSize * to, sizeof l->handle);
   char h[wire::kHandleSize];
   std::memcpy(h, &l->handle, sizeof h);
   auto start = Clock::now();
   while ((me == from && !l->sc) || (me == to && !l->rc)) {
-    if (me == from) H_CHECK(net_connect(net, 0, h, &l->sc) == Status::kOk, "connect");
-    if (me == to) H_CHECK(net_accept(l->lc, &l->rc) == Status::kOk, "accept");
-    H_CHECK(!passed(start, 30), "no connection in 30 s");
+    if (me == from) RANK_CHECK(net_connect(net, 0, h, &l->sc) == Status::kOk, "connect");
+    if (me == to) RANK_CHECK(net_accept(l->lc, &l->rc) == Status::kOk, "accept");
+    RANK_CHECK(!passed(start, 30), "no connection in 30 s");
   }
   return 0;
 }
@@ -94,36 +85,36 @@ int transfer(OobChannel& oob, Link& l, int from, int to, size_t size, uint8_t sa
   std::vector<uint8_t> buf(size + 1, 0);
   void* comm = me == from ? l.sc : l.rc;
   void* mh = nullptr;
-  H_CHECK(net_reg_mr(comm, buf.data(), buf.size(), 1, &mh) == Status::kOk, "regMr");
+  RANK_CHECK(net_reg_mr(comm, buf.data(), buf.size(), 1, &mh) == Status::kOk, "regMr");
   void* req = nullptr;
   auto start = Clock::now();
   if (me == from) {
     for (size_t i = 0; i < size; ++i) buf[i] = static_cast<uint8_t>(i * 7 + salt);
     while (!req) {
-      H_CHECK(net_isend(comm, buf.data(), size, from, mh, &req) == Status::kOk, "isend");
-      H_CHECK(!passed(start, 30), "isend not accepted");
+      RANK_CHECK(net_isend(comm, buf.data(), size, from, mh, &req) == Status::kOk, "isend");
+      RANK_CHECK(!passed(start, 30), "isend not accepted");
     }
   } else {
     void* data = buf.data();
     size_t sz = size;
     int tag = from;
     while (!req) {
-      H_CHECK(net_irecv(comm, 1, &data, &sz, &tag, &mh, &req) == Status::kOk, "irecv");
-      H_CHECK(!passed(start, 30), "irecv not accepted");
+      RANK_CHECK(net_irecv(comm, 1, &data, &sz, &tag, &mh, &req) == Status::kOk, "irecv");
+      RANK_CHECK(!passed(start, 30), "irecv not accepted");
     }
   }
   int done = 0;
   size_t sizes[wire::kMaxRecvs] = {};
   while (!done) {
-    H_CHECK(net_test(req, &done, sizes) == Status::kOk, "test() failed on the honest connection");
-    H_CHECK(!passed(start, 30), "transfer of %zu bytes not complete", size);
+    RANK_CHECK(net_test(req, &done, sizes) == Status::kOk, "test() failed on the honest connection");
+    RANK_CHECK(!passed(start, 30), "transfer of %zu bytes not complete", size);
   }
   if (me == to) {
-    H_CHECK(sizes[0] == size, "received %zu bytes, expected %zu", sizes[0], size);
+    RANK_CHECK(sizes[0] == size, "received %zu bytes, expected %zu", sizes[0], size);
     for (size_t i = 0; i < size; ++i)
-      H_CHECK(buf[i] == static_cast<uint8_t>(i * 7 + salt), "byte %zu wrong", i);
+      RANK_CHECK(buf[i] == static_cast<uint8_t>(i * 7 + salt), "byte %zu wrong", i);
   }
-  H_CHECK(net_dereg_mr(comm, mh) == Status::kOk, "deregMr");
+  RANK_CHECK(net_dereg_mr(comm, mh) == Status::kOk, "deregMr");
   return 0;
 }
 
@@ -137,7 +128,7 @@ int flood(Net* net, const wire::ListenHandle& to, uint32_t dst, uint32_t src, ui
   fi_addr_t peer = FI_ADDR_UNSPEC;
   {
     std::lock_guard<std::mutex> lock(d->mu);
-    H_CHECK(d->av_insert(to.addr, to.addr_len, &peer) == Status::kOk, "av_insert");
+    RANK_CHECK(d->av_insert(to.addr, to.addr_len, &peer) == Status::kOk, "av_insert");
     size = std::min(size, d->eager_max());
   }
   std::vector<uint8_t> data(size, 0x5a);
@@ -149,9 +140,9 @@ int flood(Net* net, const wire::ListenHandle& to, uint32_t dst, uint32_t src, ui
       Status s =
           d->send_msg(nullptr, peer, wire::MsgType::kEager, dst, src, token, &m, sizeof m, data.data(), size);
       if (s == Status::kOk) break;
-      H_CHECK(s == Status::kAgain, "send_msg failed");
-      H_CHECK(d->progress() == Status::kOk, "progress");
-      H_CHECK(!passed(start, 60), "flood stuck at message %d", i);
+      RANK_CHECK(s == Status::kAgain, "send_msg failed");
+      RANK_CHECK(d->progress() == Status::kOk, "progress");
+      RANK_CHECK(!passed(start, 60), "flood stuck at message %d", i);
     }
   }
   // Every message handed to the provider and completed before the victim looks.
@@ -159,8 +150,8 @@ int flood(Net* net, const wire::ListenHandle& to, uint32_t dst, uint32_t src, ui
   for (;;) {
     std::lock_guard<std::mutex> lock(d->mu);
     if (d->tx_available(ntx)) break;
-    H_CHECK(d->progress() == Status::kOk, "progress");
-    H_CHECK(!passed(start, 60), "flood did not drain");
+    RANK_CHECK(d->progress() == Status::kOk, "progress");
+    RANK_CHECK(!passed(start, 60), "flood did not drain");
   }
   return 0;
 }
@@ -179,10 +170,10 @@ int progress_until(Net* net, uint64_t before, int count) {
   while (msgs_received(net) - before < static_cast<uint64_t>(count)) {
     {
       std::lock_guard<std::mutex> lock(d->mu);
-      H_CHECK(d->progress() == Status::kOk, "progress");
+      RANK_CHECK(d->progress() == Status::kOk, "progress");
     }
-    H_CHECK(!passed(start, 60), "only %llu of %d messages arrived",
-            static_cast<unsigned long long>(msgs_received(net) - before), count);
+    RANK_CHECK(!passed(start, 60), "only %llu of %d messages arrived",
+               static_cast<unsigned long long>(msgs_received(net) - before), count);
   }
   return 0;
 }
@@ -196,7 +187,7 @@ void run(int n, const std::function<int(OobChannel&, Net*)>& body, int timeout_s
         log::set_sink(capture);
         Net* net = nullptr;
         std::string err;
-        H_CHECK(Net::acquire(&net, &err) == Status::kOk, "%s", err.c_str());
+        RANK_CHECK(Net::acquire(&net, &err) == Status::kOk, "%s", err.c_str());
         int rc = body(oob, net);
         Net::release(net);
         return rc;
@@ -237,7 +228,7 @@ TEST_CASE("hostile: messages from an endpoint that is not the connection's peer 
     }
     std::vector<uint32_t> all(2 * oob.nranks());
     std::string err;
-    H_CHECK(oob.allgather(ids, all.data(), sizeof ids, &err), "%s", err.c_str());
+    RANK_CHECK(oob.allgather(ids, all.data(), sizeof ids, &err), "%s", err.c_str());
     const long rss0 = testutil::rss_kib();
     const uint64_t recv0 = me == 0 ? msgs_received(net) : 0;
     constexpr int kFlood = 20000;
@@ -246,19 +237,19 @@ TEST_CASE("hostile: messages from an endpoint that is not the connection's peer 
       if (progress_until(net, recv0, kFlood)) return 1;
       const long grown = testutil::rss_kib() - rss0;
       fprintf(stderr, "rank 0: RSS grew by %ld KiB during the flood\n", grown);
-      H_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB: foreign messages were kept",
-              grown);
+      RANK_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB: foreign messages were kept",
+                 grown);
       const std::string w = warnings();
-      H_CHECK(w.find("dropped a message for recv comm") != std::string::npos,
-              "the drops were not reported:\n%s", w.c_str());
+      RANK_CHECK(w.find("dropped a message for recv comm") != std::string::npos,
+                 "the drops were not reported:\n%s", w.c_str());
     }
-    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     // The connection the stranger named still works both ways round its eager limit.
     if (transfer(oob, l, 1, 0, 100, 1) || transfer(oob, l, 1, 0, 100000, 2)) return 1;
-    H_CHECK(oob.barrier(&err), "%s", err.c_str());
-    if (l.sc) H_CHECK(net_close_send(l.sc) == Status::kOk, "close");
-    if (l.rc) H_CHECK(net_close_recv(l.rc) == Status::kOk, "close");
-    if (l.lc) H_CHECK(net_close_listen(l.lc) == Status::kOk, "close");
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    if (l.sc) RANK_CHECK(net_close_send(l.sc) == Status::kOk, "close");
+    if (l.rc) RANK_CHECK(net_close_recv(l.rc) == Status::kOk, "close");
+    if (l.lc) RANK_CHECK(net_close_listen(l.lc) == Status::kOk, "close");
     return 0;
   });
 }
@@ -280,9 +271,9 @@ int flood_connected(Net* net, void* sc, int count, size_t size, int tag,
       std::lock_guard<std::mutex> lock(d->mu);
       Status s = d->send_to_peer(c, wire::MsgType::kEager, &m, sizeof m, data.data(), size);
       if (s == Status::kOk) break;
-      H_CHECK(s == Status::kAgain, "send failed");
-      H_CHECK(d->progress() == Status::kOk, "progress");
-      H_CHECK(!passed(start, 60), "flood stuck at message %d", i);
+      RANK_CHECK(s == Status::kAgain, "send failed");
+      RANK_CHECK(d->progress() == Status::kOk, "progress");
+      RANK_CHECK(!passed(start, 60), "flood stuck at message %d", i);
     }
   }
   return 0;
@@ -316,36 +307,37 @@ TEST_CASE("hostile: a connected peer running past the eager window fails its com
       if (progress_until(net, recv0, 2 * kFlood)) return 1;
       const long grown = testutil::rss_kib() - rss0;
       fprintf(stderr, "rank 0: RSS grew by %ld KiB during the floods\n", grown);
-      H_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB: the stash is not bounded",
-              grown);
+      RANK_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB: the stash is not bounded",
+                 grown);
       for (Link* l : {&ahead, &again}) {
         auto* rc = static_cast<RecvComm*>(l->rc);
         std::vector<uint8_t> buf(8192);
         void* mh = nullptr;
-        H_CHECK(net_reg_mr(rc, buf.data(), buf.size(), 1, &mh) == Status::kOk, "regMr");
+        RANK_CHECK(net_reg_mr(rc, buf.data(), buf.size(), 1, &mh) == Status::kOk, "regMr");
         void* data = buf.data();
         size_t sz = buf.size();
         int tag = 0;
         void* req = nullptr;
         Status s = net_irecv(rc, 1, &data, &sz, &tag, &mh, &req);
-        H_CHECK(s == Status::kRemoteError, "irecv on the abused comm %u returned %d, expected a remote error",
-                rc->id, static_cast<int>(s));
-        H_CHECK(net_dereg_mr(rc, mh) == Status::kOk, "deregMr");
+        RANK_CHECK(s == Status::kRemoteError,
+                   "irecv on the abused comm %u returned %d, expected a remote error", rc->id,
+                   static_cast<int>(s));
+        RANK_CHECK(net_dereg_mr(rc, mh) == Status::kOk, "deregMr");
         const std::string w = warnings();
         const std::string what = l == &ahead ? "messages past the receives posted" : "sent twice";
-        H_CHECK(w.find("comm " + std::to_string(rc->id) + " (peer rank") != std::string::npos &&
-                    w.find(rc->peer_addr) != std::string::npos && w.find(what) != std::string::npos,
-                "no error naming the peer (%s) and \"%s\":\n%s", rc->peer_addr.c_str(), what.c_str(),
-                w.c_str());
-        H_CHECK(rc->unexpected.empty(), "a failed comm still holds %zu stashed messages",
-                rc->unexpected.size());
+        RANK_CHECK(w.find("comm " + std::to_string(rc->id) + " (peer rank") != std::string::npos &&
+                       w.find(rc->peer_addr) != std::string::npos && w.find(what) != std::string::npos,
+                   "no error naming the peer (%s) and \"%s\":\n%s", rc->peer_addr.c_str(), what.c_str(),
+                   w.c_str());
+        RANK_CHECK(rc->unexpected.empty(), "a failed comm still holds %zu stashed messages",
+                   rc->unexpected.size());
       }
     }
-    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     for (Link* l : {&ahead, &again}) {
-      if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
-      if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
-      if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
+      if (l->sc) RANK_CHECK(net_close_send(l->sc) == Status::kOk, "close");
+      if (l->rc) RANK_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
+      if (l->lc) RANK_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
     }
     return 0;
   });
@@ -361,11 +353,11 @@ int wait_ctrl(Net* net, void* sc) {
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(d->mu);
-      H_CHECK(d->progress() == Status::kOk, "progress");
+      RANK_CHECK(d->progress() == Status::kOk, "progress");
       const SendGroup& g = c->groups[c->cur_group % wire::kGroupRing];
       if (g.known && g.seq == c->cur_group) return 0;
     }
-    H_CHECK(!passed(start, 30), "no control entry in 30 s");
+    RANK_CHECK(!passed(start, 30), "no control entry in 30 s");
   }
 }
 
@@ -390,71 +382,74 @@ TEST_CASE("hostile: eager data for a GPU receive buffer is refused and never cop
     if (me == 0) {
       Link* links[2] = {&rogue, &honest};
       for (int k = 0; k < 2; ++k) {
-        H_CHECK(net_reg_mr(links[k]->rc, buf.data() + k * kSize, kSize, 1, &rmh[k]) == Status::kOk, "regMr");
+        RANK_CHECK(net_reg_mr(links[k]->rc, buf.data() + k * kSize, kSize, 1, &rmh[k]) == Status::kOk,
+                   "regMr");
         static_cast<MrEntry*>(rmh[k])->type = MemType::kCuda;  // a GPU buffer, as far as the plugin knows
         void* data = buf.data() + k * kSize;
         size_t sz = kSize;
         int tag = 1;
         while (!rreq[k])
-          H_CHECK(net_irecv(links[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk, "irecv");
+          RANK_CHECK(net_irecv(links[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk, "irecv");
       }
     }
-    H_CHECK(oob.barrier(&err), "%s", err.c_str());  // receives posted, control entries on their way
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());  // receives posted, control entries on their way
     if (me == 1) {
       if (wait_ctrl(net, rogue.sc) || wait_ctrl(net, honest.sc)) return 1;
       const uint32_t first = static_cast<SendComm*>(rogue.sc)->next_msg;
       if (flood_connected(net, rogue.sc, 1, kSize, 1, [&](int) { return first; })) return 1;
       std::vector<uint8_t> src(kSize, 0x77);
       void* smh = nullptr;
-      H_CHECK(net_reg_mr(honest.sc, src.data(), kSize, 1, &smh) == Status::kOk, "regMr");
+      RANK_CHECK(net_reg_mr(honest.sc, src.data(), kSize, 1, &smh) == Status::kOk, "regMr");
       void* sreq = nullptr;
       auto start = Clock::now();
       while (!sreq) {
-        H_CHECK(net_isend(honest.sc, src.data(), kSize, 1, smh, &sreq) == Status::kOk, "isend");
-        H_CHECK(!passed(start, 30), "isend not accepted");
+        RANK_CHECK(net_isend(honest.sc, src.data(), kSize, 1, smh, &sreq) == Status::kOk, "isend");
+        RANK_CHECK(!passed(start, 30), "isend not accepted");
       }
       int done = 0;
       while (!done) {
-        H_CHECK(net_test(sreq, &done, nullptr) == Status::kOk, "honest send failed");
-        H_CHECK(!passed(start, 30), "honest send not complete");
+        RANK_CHECK(net_test(sreq, &done, nullptr) == Status::kOk, "honest send failed");
+        RANK_CHECK(!passed(start, 30), "honest send not complete");
       }
-      H_CHECK(net_dereg_mr(honest.sc, smh) == Status::kOk, "deregMr");
+      RANK_CHECK(net_dereg_mr(honest.sc, smh) == Status::kOk, "deregMr");
     } else {
       auto start = Clock::now();
       Status s = Status::kOk;
       int done = 0;
       while (s == Status::kOk && !done) {
         s = net_test(rreq[0], &done, nullptr);
-        H_CHECK(!passed(start, 10), "the eager message for a GPU buffer was neither refused nor delivered");
+        RANK_CHECK(!passed(start, 10),
+                   "the eager message for a GPU buffer was neither refused nor delivered");
       }
-      H_CHECK(s == Status::kRemoteError, "eager data for a GPU receive buffer: test() returned %d, done %d",
-              static_cast<int>(s), done);
+      RANK_CHECK(s == Status::kRemoteError,
+                 "eager data for a GPU receive buffer: test() returned %d, done %d", static_cast<int>(s),
+                 done);
       for (size_t i = 0; i < kSize; ++i)
-        H_CHECK(buf[i] == 0, "the GPU receive buffer was written (byte %zu)", i);
+        RANK_CHECK(buf[i] == 0, "the GPU receive buffer was written (byte %zu)", i);
       const std::string w = warnings();
-      H_CHECK(w.find("eager message for GPU receive buffer") != std::string::npos, "not reported:\n%s",
-              w.c_str());
+      RANK_CHECK(w.find("eager message for GPU receive buffer") != std::string::npos, "not reported:\n%s",
+                 w.c_str());
       const uint64_t msgs_before = msgs_received(net);  // the rogue's message is in
       done = 0;
       size_t sizes[wire::kMaxRecvs] = {};
       while (!done) {
-        H_CHECK(net_test(rreq[1], &done, sizes) == Status::kOk, "honest receive failed");
-        H_CHECK(!passed(start, 30), "honest receive not complete");
+        RANK_CHECK(net_test(rreq[1], &done, sizes) == Status::kOk, "honest receive failed");
+        RANK_CHECK(!passed(start, 30), "honest receive not complete");
       }
-      H_CHECK(sizes[0] == kSize, "received %zu bytes", sizes[0]);
-      for (size_t i = 0; i < kSize; ++i) H_CHECK(buf[kSize + i] == 0x77, "byte %zu of the honest send", i);
-      H_CHECK(msgs_received(net) == msgs_before,
-              "the honest send into a GPU buffer came as a message, not a write");
+      RANK_CHECK(sizes[0] == kSize, "received %zu bytes", sizes[0]);
+      for (size_t i = 0; i < kSize; ++i) RANK_CHECK(buf[kSize + i] == 0x77, "byte %zu of the honest send", i);
+      RANK_CHECK(msgs_received(net) == msgs_before,
+                 "the honest send into a GPU buffer came as a message, not a write");
       for (int k = 0; k < 2; ++k) {
         static_cast<MrEntry*>(rmh[k])->type = MemType::kHost;
-        H_CHECK(net_dereg_mr(k == 0 ? rogue.rc : honest.rc, rmh[k]) == Status::kOk, "deregMr");
+        RANK_CHECK(net_dereg_mr(k == 0 ? rogue.rc : honest.rc, rmh[k]) == Status::kOk, "deregMr");
       }
     }
-    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     for (Link* l : {&rogue, &honest}) {
-      if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
-      if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
-      if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
+      if (l->sc) RANK_CHECK(net_close_send(l->sc) == Status::kOk, "close");
+      if (l->rc) RANK_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
+      if (l->lc) RANK_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
     }
     return 0;
   });
@@ -507,15 +502,15 @@ struct Attacker {
   int open() {
     std::vector<NicInfo> nics;
     std::string err;
-    H_CHECK(nic_discover(rma_params(params), &nics, &err) == Status::kOk, "%s", err.c_str());
+    RANK_CHECK(nic_discover(rma_params(params), &nics, &err) == Status::kOk, "%s", err.c_str());
     shm = nics[0].provider == "shm";
-    H_CHECK(RmaEndpoint::open_nic(params, std::move(nics[0]), 0, &ep, &err) == Status::kOk, "%s",
-            err.c_str());
-    H_CHECK(ep->insert_peer(victim_handle.addr, victim_handle.addr_len, &victim, &err) == Status::kOk, "%s",
-            err.c_str());
-    H_CHECK(ep->mr_cache().acquire(src.data(), src.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0, &mr,
-                                   &err) == Status::kOk,
-            "%s", err.c_str());
+    RANK_CHECK(RmaEndpoint::open_nic(params, std::move(nics[0]), 0, &ep, &err) == Status::kOk, "%s",
+               err.c_str());
+    RANK_CHECK(ep->insert_peer(victim_handle.addr, victim_handle.addr_len, &victim, &err) == Status::kOk,
+               "%s", err.c_str());
+    RANK_CHECK(ep->mr_cache().acquire(src.data(), src.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0,
+                                      &mr, &err) == Status::kOk,
+               "%s", err.c_str());
     return 0;
   }
   void close() {
@@ -529,12 +524,13 @@ struct Attacker {
     std::string err;
     WriteResults res;
     // kind 3 in the immediate: not the net plugin's, so the victim drops the notification
-    H_CHECK(ep->write(victim, src.data(), src.size(), mr->desc, raddr, key, 3u, 0, &err, !shm) == Status::kOk,
-            "write: %s", err.c_str());
+    RANK_CHECK(
+        ep->write(victim, src.data(), src.size(), mr->desc, raddr, key, 3u, 0, &err, !shm) == Status::kOk,
+        "write: %s", err.c_str());
     auto start = Clock::now();
     while (res.done == 0) {
-      H_CHECK(ep->poll(&res, &err) == Status::kOk, "poll: %s", err.c_str());
-      H_CHECK(!passed(start, 30), "a write never completed");
+      RANK_CHECK(ep->poll(&res, &err) == Status::kOk, "poll: %s", err.c_str());
+      RANK_CHECK(!passed(start, 30), "a write never completed");
     }
     *landed = shm ? -1 : res.status == Status::kOk;
     if (*landed == 0) close();
@@ -579,20 +575,20 @@ TEST_CASE("hostile: only receive buffers are writable by peers, exactly, under u
         const MrEntry* tx = DeviceTestAccess::tx_mr(d);
         Targets t = {};
         if (me == 0) {
-          H_CHECK(net_reg_mr(in.rc, recv_at, kRecv, 1, &rmh) == Status::kOk, "regMr(recv)");
-          H_CHECK(net_reg_mr(out.sc, sbuf.data(), sbuf.size(), 1, &smh) == Status::kOk, "regMr(send)");
+          RANK_CHECK(net_reg_mr(in.rc, recv_at, kRecv, 1, &rmh) == Status::kOk, "regMr(recv)");
+          RANK_CHECK(net_reg_mr(out.sc, sbuf.data(), sbuf.size(), 1, &smh) == Status::kOk, "regMr(send)");
           auto* r = static_cast<const MrEntry*>(rmh);
           auto* s = static_cast<const MrEntry*>(smh);
           constexpr uint64_t kRemote = FI_REMOTE_READ | FI_REMOTE_WRITE;
-          H_CHECK((r->fi_access & kRemote) == FI_REMOTE_WRITE, "receive buffer access 0x%llx",
-                  static_cast<unsigned long long>(r->fi_access));
+          RANK_CHECK((r->fi_access & kRemote) == FI_REMOTE_WRITE, "receive buffer access 0x%llx",
+                     static_cast<unsigned long long>(r->fi_access));
           for (const MrEntry* e : {s, rx, tx})
-            H_CHECK((e->fi_access & kRemote) == 0,
-                    "a send-side or message buffer registration has remote access 0x%llx",
-                    static_cast<unsigned long long>(e->fi_access & kRemote));
-          H_CHECK(r->base == reinterpret_cast<uintptr_t>(recv_at) && r->len == kRecv,
-                  "the receive buffer is registered as %zu bytes at %+lld from it", r->len,
-                  static_cast<long long>(r->base - reinterpret_cast<uintptr_t>(recv_at)));
+            RANK_CHECK((e->fi_access & kRemote) == 0,
+                       "a send-side or message buffer registration has remote access 0x%llx",
+                       static_cast<unsigned long long>(e->fi_access & kRemote));
+          RANK_CHECK(r->base == reinterpret_cast<uintptr_t>(recv_at) && r->len == kRecv,
+                     "the receive buffer is registered as %zu bytes at %+lld from it", r->len,
+                     static_cast<long long>(r->base - reinterpret_cast<uintptr_t>(recv_at)));
           t.raddr[0] = r->remote_addr(recv_at);
           t.raddr[1] = s->remote_addr(sbuf.data());
           t.raddr[2] = rx->remote_addr(reinterpret_cast<void*>(rx->base));
@@ -603,7 +599,7 @@ TEST_CASE("hostile: only receive buffers are writable by peers, exactly, under u
         }
         std::vector<Targets> all(oob.nranks());
         std::string err;
-        H_CHECK(oob.allgather(&t, all.data(), sizeof t, &err), "%s", err.c_str());
+        RANK_CHECK(oob.allgather(&t, all.data(), sizeof t, &err), "%s", err.c_str());
         t = all[0];
         if (me == 2) {
           Attacker a;
@@ -624,8 +620,8 @@ TEST_CASE("hostile: only receive buffers are writable by peers, exactly, under u
           for (const auto& [raddr, key] : to) {
             int l = 0;
             if (a.write(raddr, key, &l)) return 1;
-            H_CHECK(l != 1, "a write with key %llu at 0x%llx landed", static_cast<unsigned long long>(key),
-                    static_cast<unsigned long long>(raddr));
+            RANK_CHECK(l != 1, "a write with key %llu at 0x%llx landed", static_cast<unsigned long long>(key),
+                       static_cast<unsigned long long>(raddr));
             landed += l == 1;
           }
           fprintf(stderr, "rank 2: %zu writes with guessed or misused keys in %.1f s\n", to.size(),
@@ -634,7 +630,7 @@ TEST_CASE("hostile: only receive buffers are writable by peers, exactly, under u
           // last write: once the victim sees it, it has seen every one above.
           int l = 0;
           if (a.write(t.raddr[0], t.recv_key, &l)) return 1;
-          H_CHECK(l != 0, "the control write with the receive buffer's own key failed");
+          RANK_CHECK(l != 0, "the control write with the receive buffer's own key failed");
           a.close();
         }
         if (me == 0) {
@@ -643,33 +639,33 @@ TEST_CASE("hostile: only receive buffers are writable by peers, exactly, under u
           while (!is_ee(recv_at)) {
             {
               std::lock_guard<std::mutex> lock(d->mu);
-              H_CHECK(d->progress() == Status::kOk, "progress");
+              RANK_CHECK(d->progress() == Status::kOk, "progress");
             }
-            H_CHECK(!passed(start, 120), "the control write never landed");
+            RANK_CHECK(!passed(start, 120), "the control write never landed");
           }
         }
-        H_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
         if (me == 0) {
           // The control write at the receive buffer's start; nothing else anywhere.
           for (size_t i = 0; i < rbuf.size(); ++i) {
             const bool control = i >= 1000 && i < 1008;
-            H_CHECK(rbuf[i] == (control ? 0xee : 0), "receive-side byte %zu is 0x%02x%s", i, rbuf[i],
-                    i >= 1100 && i < 1108 ? " (just past the receive buffer)" : "");
+            RANK_CHECK(rbuf[i] == (control ? 0xee : 0), "receive-side byte %zu is 0x%02x%s", i, rbuf[i],
+                       i >= 1100 && i < 1108 ? " (just past the receive buffer)" : "");
           }
           for (size_t i = 0; i < sbuf.size(); ++i)
-            H_CHECK(sbuf[i] == 0x11, "send buffer byte %zu was written", i);
-          H_CHECK(!is_ee(reinterpret_cast<void*>(rx->base)),
-                  "a guessed key wrote into the message receive buffers");
-          H_CHECK(!is_ee(reinterpret_cast<void*>(tx->base)),
-                  "a guessed key wrote into the message send buffers");
-          H_CHECK(net_dereg_mr(in.rc, rmh) == Status::kOk && net_dereg_mr(out.sc, smh) == Status::kOk,
-                  "deregMr");
+            RANK_CHECK(sbuf[i] == 0x11, "send buffer byte %zu was written", i);
+          RANK_CHECK(!is_ee(reinterpret_cast<void*>(rx->base)),
+                     "a guessed key wrote into the message receive buffers");
+          RANK_CHECK(!is_ee(reinterpret_cast<void*>(tx->base)),
+                     "a guessed key wrote into the message send buffers");
+          RANK_CHECK(net_dereg_mr(in.rc, rmh) == Status::kOk && net_dereg_mr(out.sc, smh) == Status::kOk,
+                     "deregMr");
         }
-        H_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
         for (Link* l : {&in, &out}) {
-          if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
-          if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
-          if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
+          if (l->sc) RANK_CHECK(net_close_send(l->sc) == Status::kOk, "close");
+          if (l->rc) RANK_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
+          if (l->lc) RANK_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
         }
         return 0;
       },
@@ -729,15 +725,15 @@ int write_imm(Net* net, SendComm* c, const wire::CtrlEntry& e, MrEntry* src, uin
     std::lock_guard<std::mutex> lock(d->mu);
     before = c->inflight++;
     ++c->rail_writes[0];
-    H_CHECK(d->post(&op) == Status::kOk, "post");
+    RANK_CHECK(d->post(&op) == Status::kOk, "post");
   }
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(d->mu);
-      H_CHECK(d->progress() == Status::kOk, "progress");
+      RANK_CHECK(d->progress() == Status::kOk, "progress");
       if (c->inflight == before) return 0;
     }
-    H_CHECK(!passed(start, 30), "a write with an immediate never completed");
+    RANK_CHECK(!passed(start, 30), "a write with an immediate never completed");
   }
 }
 
@@ -772,17 +768,18 @@ TEST_CASE("hostile: random messages and replayed immediates from a connected pee
       fprintf(stderr, "rank 1's random stream: seed 0x%llx\n", static_cast<unsigned long long>(seed));
       for (int k = 0; k < 2; ++k) {
         uint8_t* at = guard.data() + (k + 1) * kSize;
-        H_CHECK(net_reg_mr(victims[k]->rc, at, kSize, 1, &rmh[k]) == Status::kOk, "regMr");
+        RANK_CHECK(net_reg_mr(victims[k]->rc, at, kSize, 1, &rmh[k]) == Status::kOk, "regMr");
         void* data = at;
         size_t sz = kSize;
         int tag = 1;
         while (!rreq[k])
-          H_CHECK(net_irecv(victims[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk, "irecv");
+          RANK_CHECK(net_irecv(victims[k]->rc, 1, &data, &sz, &tag, &rmh[k], &rreq[k]) == Status::kOk,
+                     "irecv");
       }
     }
     uint64_t seeds[2] = {seed, 0};
     std::vector<uint64_t> all(2 * oob.nranks());
-    H_CHECK(oob.allgather(seeds, all.data(), sizeof seeds, &err), "%s", err.c_str());
+    RANK_CHECK(oob.allgather(seeds, all.data(), sizeof seeds, &err), "%s", err.c_str());
     const long rss0 = testutil::rss_kib();
     const uint64_t msgs0 = me == 0 ? msgs_received(net) : 0, imms0 = me == 0 ? imms_received(net) : 0;
     if (me == 1) {
@@ -806,9 +803,9 @@ TEST_CASE("hostile: random messages and replayed immediates from a connected pee
           std::lock_guard<std::mutex> lock(d->mu);
           Status s = d->send_to_peer(nc, static_cast<wire::MsgType>(type), payload.data(), len);
           if (s == Status::kOk) break;
-          H_CHECK(s == Status::kAgain, "send_to_peer failed");
-          H_CHECK(d->progress() == Status::kOk, "progress");
-          H_CHECK(!passed(start, 60), "stuck at message %d", i);
+          RANK_CHECK(s == Status::kAgain, "send_to_peer failed");
+          RANK_CHECK(d->progress() == Status::kOk, "progress");
+          RANK_CHECK(!passed(start, 60), "stuck at message %d", i);
         }
       }
       // The replay connection: one honest write that fills the posted buffer, the same immediate
@@ -816,14 +813,14 @@ TEST_CASE("hostile: random messages and replayed immediates from a connected pee
       const wire::CtrlEntry e = rc->groups[rc->cur_group % wire::kGroupRing].e[0];
       std::vector<uint8_t> src(16, 0);
       void* smh = nullptr;
-      H_CHECK(net_reg_mr(rc, src.data(), src.size(), 1, &smh) == Status::kOk, "regMr");
+      RANK_CHECK(net_reg_mr(rc, src.data(), src.size(), 1, &smh) == Status::kOk, "regMr");
       const wire::Imm honest_imm = {rc->remote_id, rc->cur_group % wire::kGroupRing, 0, true, 1, 0};
       for (int i = 0; i < 1 + kReplays + kRandomImms; ++i) {
         uint32_t imm = wire::imm_encode(honest_imm);
         if (i > kReplays) imm = (rc->remote_id << 16) | (static_cast<uint32_t>(rng()) & 0xfffcu);  // kind 0
         if (write_imm(net, rc, e, static_cast<MrEntry*>(smh), src.data(), imm)) return 1;
       }
-      H_CHECK(net_dereg_mr(rc, smh) == Status::kOk, "deregMr");
+      RANK_CHECK(net_dereg_mr(rc, smh) == Status::kOk, "deregMr");
     } else {
       // Driven as NCCL's proxy would, without testing the requests (a replay must not find the
       // receive already handed back), until every message and immediate has arrived.
@@ -833,45 +830,46 @@ TEST_CASE("hostile: random messages and replayed immediates from a connected pee
              imms_received(net) - imms0 < static_cast<uint64_t>(1 + kReplays + kRandomImms)) {
         {
           std::lock_guard<std::mutex> lock(d->mu);
-          H_CHECK(d->progress() == Status::kOk, "progress");
+          RANK_CHECK(d->progress() == Status::kOk, "progress");
         }
-        H_CHECK(!passed(start, 90), "%llu of %d messages and %llu of %d immediates arrived",
-                static_cast<unsigned long long>(msgs_received(net) - msgs0), kMsgs,
-                static_cast<unsigned long long>(imms_received(net) - imms0), 1 + kReplays + kRandomImms);
+        RANK_CHECK(!passed(start, 90), "%llu of %d messages and %llu of %d immediates arrived",
+                   static_cast<unsigned long long>(msgs_received(net) - msgs0), kMsgs,
+                   static_cast<unsigned long long>(imms_received(net) - imms0), 1 + kReplays + kRandomImms);
       }
       const long grown = testutil::rss_kib() - rss0;
       fprintf(stderr, "rank 0: RSS grew by %ld KiB\n", grown);
-      H_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB", grown);
+      RANK_CHECK(!rss_meaningful() || grown < kRssSlackKib, "RSS grew by %ld KiB", grown);
       const std::string w = warnings();
       for (int k = 0; k < 2; ++k) {
         auto* rc = static_cast<RecvComm*>(victims[k]->rc);
         int done = 0;
         Status s = net_test(rreq[k], &done, nullptr);
-        H_CHECK(s == Status::kRemoteError,
-                "%s connection: test() returned %d, done %d; the comm should have failed",
-                k == 0 ? "random-message" : "replay", static_cast<int>(s), done);
-        H_CHECK(w.find("recv comm " + std::to_string(rc->id) + " (peer rank") != std::string::npos &&
-                    w.find(rc->peer_addr) != std::string::npos,
-                "no error naming the peer (%s) for comm %u:\n%s", rc->peer_addr.c_str(), rc->id, w.c_str());
+        RANK_CHECK(s == Status::kRemoteError,
+                   "%s connection: test() returned %d, done %d; the comm should have failed",
+                   k == 0 ? "random-message" : "replay", static_cast<int>(s), done);
+        RANK_CHECK(w.find("recv comm " + std::to_string(rc->id) + " (peer rank") != std::string::npos &&
+                       w.find(rc->peer_addr) != std::string::npos,
+                   "no error naming the peer (%s) for comm %u:\n%s", rc->peer_addr.c_str(), rc->id,
+                   w.c_str());
         if (k == 1)
-          H_CHECK(rc->error_text.find("replayed or duplicated immediate") != std::string::npos,
-                  "the replay failed the comm for another reason: %s", rc->error_text.c_str());
-        H_CHECK(rc->unexpected.size() <= wire::kEagerWindow, "comm %u stashes %zu messages", rc->id,
-                rc->unexpected.size());
+          RANK_CHECK(rc->error_text.find("replayed or duplicated immediate") != std::string::npos,
+                     "the replay failed the comm for another reason: %s", rc->error_text.c_str());
+        RANK_CHECK(rc->unexpected.size() <= wire::kEagerWindow, "comm %u stashes %zu messages", rc->id,
+                   rc->unexpected.size());
       }
       for (size_t i = 0; i < guard.size(); ++i)
         if (i < kSize || i >= 3 * kSize)
-          H_CHECK(guard[i] == 0x3c, "byte %zu outside the receive buffers was written", i);
-      for (int k = 0; k < 2; ++k) H_CHECK(net_dereg_mr(victims[k]->rc, rmh[k]) == Status::kOk, "deregMr");
+          RANK_CHECK(guard[i] == 0x3c, "byte %zu outside the receive buffers was written", i);
+      for (int k = 0; k < 2; ++k) RANK_CHECK(net_dereg_mr(victims[k]->rc, rmh[k]) == Status::kOk, "deregMr");
     }
-    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     // The peer's third connection is unharmed, eager and by write.
     if (transfer(oob, honest, 1, 0, 100, 3) || transfer(oob, honest, 1, 0, 100000, 4)) return 1;
-    H_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     for (Link* l : {&noise, &replay, &honest}) {
-      if (l->sc) H_CHECK(net_close_send(l->sc) == Status::kOk, "close");
-      if (l->rc) H_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
-      if (l->lc) H_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
+      if (l->sc) RANK_CHECK(net_close_send(l->sc) == Status::kOk, "close");
+      if (l->rc) RANK_CHECK(net_close_recv(l->rc) == Status::kOk, "close");
+      if (l->lc) RANK_CHECK(net_close_listen(l->lc) == Status::kOk, "close");
     }
     return 0;
   });

@@ -66,7 +66,7 @@ int post_send(Plugin& pl, void* comm, void* data, size_t size, int tag, void* mh
   *req = nullptr;
   while (!*req) {
     T_OK(pl.v11->isend(comm, data, size, tag, mh, nullptr, req));
-    T_CHECK(!deadline_passed(start, 60), "isend not accepted in 60 s");
+    RANK_CHECK(!deadline_passed(start, 60), "isend not accepted in 60 s");
   }
   return 0;
 }
@@ -77,7 +77,7 @@ int post_recv(Plugin& pl, void* comm, int n, void** data, size_t* sizes, int* ta
   while (!*req) {
     if (optional) *req = reinterpret_cast<void*>(abi::kOptionalRecvCompletion);
     T_OK(pl.v11->irecv(comm, n, data, sizes, tags, mh, nullptr, req));
-    T_CHECK(!deadline_passed(start, 60), "irecv not accepted in 60 s");
+    RANK_CHECK(!deadline_passed(start, 60), "irecv not accepted in 60 s");
   }
   return 0;
 }
@@ -88,22 +88,22 @@ TEST_CASE("plugin: properties", "[fabric]") {
   run_ranks(1, [](OobChannel&, Plugin& pl) {
     int ndev = 0;
     T_OK(pl.v11->devices(&ndev));
-    T_CHECK(ndev >= 1, "no devices");
-    T_CHECK(std::string(pl.v11->name) == "moefabric", "name is %s", pl.v11->name);
+    RANK_CHECK(ndev >= 1, "no devices");
+    RANK_CHECK(std::string(pl.v11->name) == "moefabric", "name is %s", pl.v11->name);
     for (int d = 0; d < ndev; ++d) {
       abi::properties_v11_t p = {};
       T_OK(pl.v11->getProperties(d, &p));
-      T_CHECK(p.name && *p.name, "device %d has no name", d);
-      T_CHECK(p.ptrSupport & abi::kPtrHost, "host pointers unsupported");
-      T_CHECK(p.speed > 0 && p.latency > 0, "speed %d latency %f", p.speed, p.latency);
-      T_CHECK(p.maxComms >= 65535, "maxComms %d", p.maxComms);
-      T_CHECK(p.maxRecvs == 8 || p.maxRecvs == 1, "maxRecvs %d", p.maxRecvs);
-      T_CHECK(p.maxP2pBytes >= (size_t{1} << 30), "maxP2pBytes %zu", p.maxP2pBytes);
-      T_CHECK(p.regIsGlobal == 1 && p.netDeviceType == abi::kNetDeviceHost, "flags");
-      T_CHECK(p.vProps.ndevs == 1 && p.vProps.devs[0] == d, "vProps");
+      RANK_CHECK(p.name && *p.name, "device %d has no name", d);
+      RANK_CHECK(p.ptrSupport & abi::kPtrHost, "host pointers unsupported");
+      RANK_CHECK(p.speed > 0 && p.latency > 0, "speed %d latency %f", p.speed, p.latency);
+      RANK_CHECK(p.maxComms >= 65535, "maxComms %d", p.maxComms);
+      RANK_CHECK(p.maxRecvs == 8 || p.maxRecvs == 1, "maxRecvs %d", p.maxRecvs);
+      RANK_CHECK(p.maxP2pBytes >= (size_t{1} << 30), "maxP2pBytes %zu", p.maxP2pBytes);
+      RANK_CHECK(p.regIsGlobal == 1 && p.netDeviceType == abi::kNetDeviceHost, "flags");
+      RANK_CHECK(p.vProps.ndevs == 1 && p.vProps.devs[0] == d, "vProps");
     }
     abi::properties_v11_t p = {};
-    T_CHECK(pl.v11->getProperties(ndev, &p) != abi::kSuccess, "out-of-range device accepted");
+    RANK_CHECK(pl.v11->getProperties(ndev, &p) != abi::kSuccess, "out-of-range device accepted");
     return 0;
   });
 }
@@ -139,17 +139,17 @@ TEST_CASE("plugin: sizes 0 B to 1 GiB, both directions, byte-exact", "[fabric]")
           if (post_send(pl, send[peer], sb.buf.data(), n, me, sb.mh, &sreq)) return 1;
           int got = -1, sent = -1;
           if (wait_req(pl.v11, sreq, &sent, 120) || wait_req(pl.v11, rreq, &got, 120)) return 1;
-          T_CHECK(got == static_cast<int>(std::min<size_t>(n, INT32_MAX)), "size %zu: received %d bytes", n,
-                  got);
+          RANK_CHECK(got == static_cast<int>(std::min<size_t>(n, INT32_MAX)), "size %zu: received %d bytes",
+                     n, got);
           for (size_t i = 0; i < n; ++i)
-            T_CHECK(rb.buf[i] == pattern(peer, i, k), "size %zu: byte %zu is %u, expected %u", n, i,
-                    rb.buf[i], pattern(peer, i, k));
-          T_CHECK(rb.buf[n] == 0xee, "size %zu: wrote past the message", n);
+            RANK_CHECK(rb.buf[i] == pattern(peer, i, k), "size %zu: byte %zu is %u, expected %u", n, i,
+                       rb.buf[i], pattern(peer, i, k));
+          RANK_CHECK(rb.buf[n] == 0xee, "size %zu: wrote past the message", n);
         }
         T_OK(pl.v11->deregMr(send[peer], sb.mh));
         T_OK(pl.v11->deregMr(recv[peer], rb.mh));
         std::string err;
-        T_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
         return close_mesh(pl, send, recv, listens);
       },
       600);
@@ -206,16 +206,16 @@ TEST_CASE("plugin: 32 requests in flight and grouped receives", "[fabric]") {
         if (wait_req(pl.v11, rreq[r], got, 120)) return 1;
         for (int g = 0; g < G; ++g) {
           size_t off = (r * G + g) * kSlot;
-          T_CHECK(got[g] == static_cast<int>(sz[r * G + g]), "round %d req %d buf %d: %d bytes, expected %zu",
-                  round, r, g, got[g], sz[r * G + g]);
+          RANK_CHECK(got[g] == static_cast<int>(sz[r * G + g]),
+                     "round %d req %d buf %d: %d bytes, expected %zu", round, r, g, got[g], sz[r * G + g]);
           for (size_t i = 0; i < sz[r * G + g]; ++i)
-            T_CHECK(rb.buf[off + i] == pattern(peer, off + i, round), "round %d req %d buf %d byte %zu wrong",
-                    round, r, g, i);
+            RANK_CHECK(rb.buf[off + i] == pattern(peer, off + i, round),
+                       "round %d req %d buf %d byte %zu wrong", round, r, g, i);
         }
       }
     }
     std::string err;
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     return close_mesh(pl, send, recv, listens);
   });
 }
@@ -298,9 +298,9 @@ TEST_CASE("plugin: sequence numbers wrap at 2^32", "[fabric]") {
             return 0;
           };
           if (post_recvs(0, 8)) return 1;
-          T_CHECK(oob.barrier(&err), "%s", err.c_str());
+          RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
           if (post_sends(0, 16)) return 1;  // at most 24 eager messages run ahead of the receives
-          T_CHECK(oob.barrier(&err), "%s", err.c_str());
+          RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
           if (post_recvs(8, 16)) return 1;
           for (void* q : sreq)
             if (wait_req(pl.v11, q, nullptr, 30)) return 1;
@@ -309,15 +309,15 @@ TEST_CASE("plugin: sequence numbers wrap at 2^32", "[fabric]") {
             if (wait_req(pl.v11, rreq[r], got, 30)) return 1;
             for (int g = 0; g < width[r]; ++g) {
               int k = first_msg[r] + g;
-              T_CHECK(got[g] == static_cast<int>(sz[k]), "round %d message %d: %d bytes, expected %zu", round,
-                      k, got[g], sz[k]);
+              RANK_CHECK(got[g] == static_cast<int>(sz[k]), "round %d message %d: %d bytes, expected %zu",
+                         round, k, got[g], sz[k]);
               for (size_t i = 0; i < sz[k]; ++i)
-                T_CHECK(rb.buf[k * kSlot + i] == pattern(peer, i, round * 1000 + k),
-                        "round %d message %d byte %zu wrong", round, k, i);
+                RANK_CHECK(rb.buf[k * kSlot + i] == pattern(peer, i, round * 1000 + k),
+                           "round %d message %d byte %zu wrong", round, k, i);
             }
           }
         }
-        T_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
         return close_mesh(pl, send, recv, listens);
       },
       90);
@@ -360,11 +360,11 @@ TEST_CASE("plugin: 4 ranks, full mesh, many comms", "[fabric]") {
       for (int p = 0; p < n; ++p) {
         if (p == me) continue;
         for (size_t i = 0; i < kSize - m; ++i)
-          T_CHECK(rb[p].buf[m * kSize + i] == pattern(p * 10 + me, i, 0), "mesh %d from %d byte %zu", m, p,
-                  i);
+          RANK_CHECK(rb[p].buf[m * kSize + i] == pattern(p * 10 + me, i, 0), "mesh %d from %d byte %zu", m, p,
+                     i);
       }
     std::string err;
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     for (int m = 0; m < kMeshes; ++m)
       if (close_mesh(pl, send[m], recv[m], listens[m])) return 1;
     return 0;
@@ -398,11 +398,11 @@ TEST_CASE("plugin: send larger than receive is an error, no hang", "[fabric]") {
         if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &r)) return 1;
         int rc = abi::kSuccess;
         if (wait_req(pl.v11, r, nullptr, 30, &rc)) return 1;
-        T_CHECK(rc == abi::kInvalidUsage || rc == abi::kRemoteError,
-                "receive of %zu into %zu bytes returned %d, expected an error", big, sz, rc);
+        RANK_CHECK(rc == abi::kInvalidUsage || rc == abi::kRemoteError,
+                   "receive of %zu into %zu bytes returned %d, expected an error", big, sz, rc);
       }
       std::string err;
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
       return close_mesh(pl, send, recv, listens);
     });
   }
@@ -424,7 +424,8 @@ TEST_CASE("plugin: random and corrupted listen handles fail cleanly", "[fabric]"
     auto refused = [&](char* h, const char* what, int i) {
       void* sc = nullptr;
       int rc = pl.v11->connect(pl.ctx, 0, h, &sc, nullptr);
-      T_CHECK(rc != abi::kSuccess && sc == nullptr, "%s %d: connect returned %d, comm %p", what, i, rc, sc);
+      RANK_CHECK(rc != abi::kSuccess && sc == nullptr, "%s %d: connect returned %d, comm %p", what, i, rc,
+                 sc);
       return 0;
     };
     for (int i = 0; i < 500; ++i) {
@@ -440,11 +441,11 @@ TEST_CASE("plugin: random and corrupted listen handles fail cleanly", "[fabric]"
     std::memcpy(started, good, H);
     void* sc = nullptr;
     T_OK(pl.v11->connect(pl.ctx, 0, started, &sc, nullptr));
-    T_CHECK(sc == nullptr, "connected before the listener accepted");
+    RANK_CHECK(sc == nullptr, "connected before the listener accepted");
     std::vector<size_t> scratch;
     for (size_t b = 0; b < H; ++b)
       if (started[b] != good[b]) scratch.push_back(b);
-    T_CHECK(!scratch.empty(), "connect() left no state in the handle");
+    RANK_CHECK(!scratch.empty(), "connect() left no state in the handle");
     int accepted = 0;  // every word is tried (a crash shows whichever word causes it)
     for (size_t word = 0; word < H / 8; ++word)
       for (int k = 0; k < 50; ++k) {
@@ -457,13 +458,13 @@ TEST_CASE("plugin: random and corrupted listen handles fail cleanly", "[fabric]"
         void* bad = nullptr;
         if (pl.v11->connect(pl.ctx, 0, h, &bad, nullptr) == abi::kSuccess || bad != nullptr) ++accepted;
       }
-    T_CHECK(accepted == 0, "%d handles with corrupted connect scratch were accepted", accepted);
+    RANK_CHECK(accepted == 0, "%d handles with corrupted connect scratch were accepted", accepted);
     void* rc = nullptr;
     auto start = Clock::now();
     while (!sc || !rc) {
       if (!sc) T_OK(pl.v11->connect(pl.ctx, 0, started, &sc, nullptr));
       if (!rc) T_OK(pl.v11->accept(lc, &rc, nullptr));
-      T_CHECK(!deadline_passed(start, 30), "the intact handle's connect did not complete");
+      RANK_CHECK(!deadline_passed(start, 30), "the intact handle's connect did not complete");
     }
     T_OK(pl.v11->closeSend(sc));
     T_OK(pl.v11->closeRecv(rc));
@@ -489,7 +490,7 @@ TEST_CASE("plugin: a connect without the listener's nonce is refused", "[fabric]
         void* lc = nullptr;
         if (me == 1) T_OK(pl.v11->listen(pl.ctx, 0, mine, &lc));
         std::string err;
-        T_CHECK(oob.allgather(mine, all, H, &err), "%s", err.c_str());
+        RANK_CHECK(oob.allgather(mine, all, H, &err), "%s", err.c_str());
         const char* real = all + H;
         if (me == 0) {
           char forged[H] = {}, wrong[H];
@@ -505,13 +506,14 @@ TEST_CASE("plugin: a connect without the listener's nonce is refused", "[fabric]
               if (rc[t] != abi::kSuccess) continue;
               void* sc = nullptr;
               rc[t] = pl.v11->connect(pl.ctx, 0, tries[t], &sc, nullptr);
-              T_CHECK(sc == nullptr, "a handle %s connected",
-                      t == 0 ? "forged from the address" : "with a wrong nonce");
+              RANK_CHECK(sc == nullptr, "a handle %s connected",
+                         t == 0 ? "forged from the address" : "with a wrong nonce");
             }
-            T_CHECK(!deadline_passed(start, 15), "connects without the nonce neither failed nor connected");
+            RANK_CHECK(!deadline_passed(start, 15),
+                       "connects without the nonce neither failed nor connected");
           }
-          T_CHECK(rc[0] == abi::kRemoteError && rc[1] == abi::kRemoteError, "connects failed with %d / %d",
-                  rc[0], rc[1]);
+          RANK_CHECK(rc[0] == abi::kRemoteError && rc[1] == abi::kRemoteError, "connects failed with %d / %d",
+                     rc[0], rc[1]);
         }
         // The listener accepts all along: the first (and only) connection it gets is the real
         // handle's, made once the others failed.
@@ -525,15 +527,15 @@ TEST_CASE("plugin: a connect without the listener's nonce is refused", "[fabric]
             T_OK(pl.v11->connect(pl.ctx, 0, h, &sc, nullptr));
           else
             T_OK(pl.v11->accept(lc, &rcomm, nullptr));
-          T_CHECK(!deadline_passed(start, 30), "the real handle did not connect");
+          RANK_CHECK(!deadline_passed(start, 30), "the real handle did not connect");
         }
-        T_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
         if (me == 1) {
           void* extra = nullptr;
           T_OK(pl.v11->accept(lc, &extra, nullptr));
-          T_CHECK(extra == nullptr, "the listener accepted a second connection");
-          T_CHECK(g_warnings.find("wrong nonce") != std::string::npos, "no warning about the wrong nonce: %s",
-                  g_warnings.c_str());
+          RANK_CHECK(extra == nullptr, "the listener accepted a second connection");
+          RANK_CHECK(g_warnings.find("wrong nonce") != std::string::npos,
+                     "no warning about the wrong nonce: %s", g_warnings.c_str());
           T_OK(pl.v11->closeRecv(rcomm));
           T_OK(pl.v11->closeListen(lc));
         } else {
@@ -564,17 +566,17 @@ TEST_CASE("plugin: a buffer registered through a send comm can be received into"
       int tag = peer;
       void *rreq = nullptr, *sreq = nullptr;
       if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &rreq)) return 1;
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
       if (post_send(pl, send[peer], sb.buf.data(), n, me, sb.mh, &sreq)) return 1;
       int got = -1;
       if (wait_req(pl.v11, sreq, nullptr, 30) || wait_req(pl.v11, rreq, &got, 30)) return 1;
-      T_CHECK(got == static_cast<int>(n), "round %d: %d bytes", round, got);
+      RANK_CHECK(got == static_cast<int>(n), "round %d: %d bytes", round, got);
       for (size_t i = 0; i < n; ++i)
-        T_CHECK(rb.buf[i] == pattern(peer, i, round), "round %d byte %zu", round, i);
+        RANK_CHECK(rb.buf[i] == pattern(peer, i, round), "round %d byte %zu", round, i);
     }
     T_OK(pl.v11->deregMr(send[peer], sb.mh));
     T_OK(pl.v11->deregMr(send[peer], rb.mh));
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     return close_mesh(pl, send, recv, listens);
   });
 }
@@ -599,12 +601,12 @@ TEST_CASE("plugin: close with requests in flight, then finalize and reload", "[f
         T_OK(pl.v11->isend(send[peer], sb.buf.data(), 1 << 20, me, sb.mh, nullptr, &r));
       }
       std::string err;
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
       // Close without waiting for anything.
       T_OK(pl.v11->deregMr(send[peer], sb.mh));
       T_OK(pl.v11->deregMr(recv[peer], rb.mh));
       if (close_mesh(pl, send, recv, listens)) return 1;
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
       // Last finalize tears everything down (NCCL dlcloses us); a fresh load must work.
       if (pl.close() || pl.open()) return 1;
     }
@@ -627,24 +629,24 @@ TEST_CASE("plugin: optional receive completion", "[fabric]") {
       int tag = peer;
       void* r = nullptr;
       if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &r, true)) return 1;
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
       // Completes early on auto-progress providers, else when the data is in.
       if (wait_req(pl.v11, r, nullptr, 30)) return 1;
       // The data still lands: poll the last byte like NCCL's LL flags do.
       auto start = Clock::now();
       while (b.buf[kSize - 1] != pattern(0, kSize - 1, 9)) {
-        T_CHECK(!deadline_passed(start, 30), "data never arrived after early completion");
+        RANK_CHECK(!deadline_passed(start, 30), "data never arrived after early completion");
         usleep(1000);
       }
-      for (size_t i = 0; i < kSize; ++i) T_CHECK(b.buf[i] == pattern(0, i, 9), "byte %zu", i);
+      for (size_t i = 0; i < kSize; ++i) RANK_CHECK(b.buf[i] == pattern(0, i, 9), "byte %zu", i);
     } else {
       for (size_t i = 0; i < kSize; ++i) b.buf[i] = pattern(0, i, 9);
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
       void* r = nullptr;
       if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30))
         return 1;
     }
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     return close_mesh(pl, send, recv, listens);
   });
 }
@@ -684,10 +686,10 @@ TEST_CASE("plugin: a peer killed mid-transfer gives an error in bounded time", "
         int rc = abi::kSuccess;
         if (wait_req(pl.v11, rreq, nullptr, 60, &rc)) return 1;
         double secs = std::chrono::duration<double>(Clock::now() - start).count();
-        T_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError, "receive from a dead peer returned %d",
-                rc);
+        RANK_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError, "receive from a dead peer returned %d",
+                   rc);
         fprintf(stderr, "rank 0: dead peer detected after %.2f s (rc %d)\n", secs, rc);
-        T_CHECK(secs < 30, "detection took %.1f s", secs);
+        RANK_CHECK(secs < 30, "detection took %.1f s", secs);
         (void)close_mesh(pl, send, recv, listens);
         return pl.close();
       },
@@ -736,11 +738,11 @@ TEST_CASE("plugin: a receiver killed before posting fails the sender's isend", "
         int me = oob.rank(), peer = 1 - me;
         int pid = getpid(), pids[2] = {};
         std::string err;
-        T_CHECK(oob.allgather(&pid, pids, sizeof pid, &err), "%s", err.c_str());
+        RANK_CHECK(oob.allgather(&pid, pids, sizeof pid, &err), "%s", err.c_str());
         if (me == 1) raise(SIGKILL);  // connected, nothing posted
         Mr sb;
         if (reg(pl, send[peer], sb, 1 << 20)) return 1;
-        T_CHECK(!oob.barrier(&err), "rank 1 is still alive");  // returns once the launcher saw it die
+        RANK_CHECK(!oob.barrier(&err), "rank 1 is still alive");  // returns once the launcher saw it die
         g_warnings.clear();
         auto start = Clock::now();
         int rc = abi::kSuccess;
@@ -752,19 +754,19 @@ TEST_CASE("plugin: a receiver killed before posting fails the sender's isend", "
           } else {
             int done = 0;
             rc = pl.v11->test(r, &done, nullptr);
-            T_CHECK(!done, "a send of 1 MiB to a dead receiver completed");
+            RANK_CHECK(!done, "a send of 1 MiB to a dead receiver completed");
           }
           ++calls;
         }
         double secs = std::chrono::duration<double>(Clock::now() - start).count();
         fprintf(stderr, "rank 0: isend failed with %d after %.2f s, %ld calls\n", rc, secs, calls);
-        T_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError,
-                "isend to a receiver that died before posting still succeeds after %.1f s (%ld calls)", secs,
-                calls);
-        T_CHECK(secs < 10, "the dead receiver was detected after %.1f s (peer timeout 3 s)", secs);
+        RANK_CHECK(rc == abi::kRemoteError || rc == abi::kSystemError,
+                   "isend to a receiver that died before posting still succeeds after %.1f s (%ld calls)",
+                   secs, calls);
+        RANK_CHECK(secs < 10, "the dead receiver was detected after %.1f s (peer timeout 3 s)", secs);
         const std::string want = peer_name_part(pids[1]);
-        T_CHECK(g_warnings.find(want) != std::string::npos, "the error does not name the peer (%s): %s",
-                want.c_str(), g_warnings.c_str());
+        RANK_CHECK(g_warnings.find(want) != std::string::npos, "the error does not name the peer (%s): %s",
+                   want.c_str(), g_warnings.c_str());
         (void)pl.v11->deregMr(send[peer], sb.mh);
         (void)close_mesh(pl, send, recv, listens);
         return pl.close();
@@ -788,7 +790,7 @@ TEST_CASE("plugin: a live receiver that posts after the peer timeout is waited f
     Mr b;
     if (reg(pl, me == 0 ? send[peer] : recv[peer], b, kSize)) return 1;
     std::string err;
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     if (me == 1) {
       usleep(4 * 1000 * 1000);  // more than twice the peer timeout without calling in
       void* data = b.buf.data();
@@ -802,7 +804,7 @@ TEST_CASE("plugin: a live receiver that posts after the peer timeout is waited f
       if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30))
         return 1;
     }
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     return close_mesh(pl, send, recv, listens);
   });
 }
@@ -826,17 +828,17 @@ TEST_CASE("plugin: a receiver that finalizes mid-write neither crashes nor hangs
     auto start = Clock::now();
     if (me == 1) {
       std::fill(b.buf.begin(), b.buf.end(), uint8_t{0xab});
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());  // rank 0's receive is posted
+      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());  // rank 0's receive is posted
       void* r = nullptr;
       if (post_send(pl, send[peer], b.buf.data(), kBig, me, b.mh, &r)) return 1;
       while (!done && rc == abi::kSuccess) {
         rc = pl.v11->test(r, &done, &size);
-        T_CHECK(!deadline_passed(start, 60), "send to a finalized receiver did not end");
+        RANK_CHECK(!deadline_passed(start, 60), "send to a finalized receiver did not end");
       }
       // rdma: the receiver's endpoint went away under the write (error); tagged: the receiver
       // drains the transfer under way before closing (success).
-      T_CHECK(rc == abi::kSuccess || rc == abi::kRemoteError || rc == abi::kSystemError,
-              "send to a receiver that finalized returned %d", rc);
+      RANK_CHECK(rc == abi::kSuccess || rc == abi::kRemoteError || rc == abi::kSystemError,
+                 "send to a receiver that finalized returned %d", rc);
       fprintf(stderr, "rank 1: send ended with rc %d after %.2f s\n", rc,
               std::chrono::duration<double>(Clock::now() - start).count());
     } else {
@@ -845,17 +847,17 @@ TEST_CASE("plugin: a receiver that finalizes mid-write neither crashes nor hangs
       int tag = peer;
       void* rreq = nullptr;
       if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &rreq)) return 1;
-      T_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
       while (!done && b.buf[kBig / 2] == 0) {  // bytes land in order: half of the write is in
         T_OK(pl.v11->test(rreq, &done, &size));
-        T_CHECK(!deadline_passed(start, 60), "half of the write never arrived");
+        RANK_CHECK(!deadline_passed(start, 60), "half of the write never arrived");
       }
       if (done)  // shm: the write lands in one copy; nothing was mid-flight
         fprintf(stderr, "rank 0: the write landed in one piece on this provider\n");
     }
     (void)close_mesh(pl, send, recv, listens);
     if (me == 0 && (pl.close() || pl.open())) return 1;  // finalize mid-write, then reload
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     return 0;
   });
   unsetenv("MOEFABRIC_PEER_TIMEOUT_MS");
@@ -889,27 +891,27 @@ TEST_CASE("plugin: v10 and v8 entry points", "[fabric]") {
     auto* v10 = static_cast<const abi::net_v10_t*>(dlsym(pl.dl, "ncclNetPlugin_v10"));
     auto* v8 = static_cast<const abi::net_v8_t*>(dlsym(pl.dl, "ncclNetPlugin_v8"));
     auto* v9 = static_cast<const abi::net_v9_t*>(dlsym(pl.dl, "ncclNetPlugin_v9"));
-    T_CHECK(v10 && v8 && v9, "v10/v9/v8 tables not exported");
+    RANK_CHECK(v10 && v8 && v9, "v10/v9/v8 tables not exported");
     T_OK(v10->init(quiet_logger, nullptr));
     T_OK(v8->init(quiet_logger));
     abi::properties_v8_t p8 = {};
     abi::properties_v10_t p10 = {};
     T_OK(v8->getProperties(0, &p8));
     T_OK(v10->getProperties(0, &p10));
-    T_CHECK(std::string(p8.name) == p10.name && p10.maxP2pBytes >= (size_t{1} << 30), "properties differ");
+    RANK_CHECK(std::string(p8.name) == p10.name && p10.maxP2pBytes >= (size_t{1} << 30), "properties differ");
     int me = oob.rank(), peer = 1 - me;
     char h[abi::kHandleMaxSize] = {}, all[2 * abi::kHandleMaxSize];
     void* lc = nullptr;
     T_OK(v10->listen(0, h, &lc));
     std::string err;
-    T_CHECK(oob.allgather(h, all, sizeof h, &err), "%s", err.c_str());
+    RANK_CHECK(oob.allgather(h, all, sizeof h, &err), "%s", err.c_str());
     void *sc = nullptr, *rc = nullptr;
     abi::comm_config_v10_t cfg = {-1};
     auto start = Clock::now();
     while (!sc || !rc) {
       if (!sc) T_OK(v10->connect(0, &cfg, all + peer * sizeof h, &sc, nullptr));
       if (!rc) T_OK(v8->accept(lc, &rc, nullptr));
-      T_CHECK(!deadline_passed(start, 30), "v10 connect did not finish");
+      RANK_CHECK(!deadline_passed(start, 30), "v10 connect did not finish");
     }
     std::vector<uint8_t> sb(5000), rb(5000);
     for (size_t i = 0; i < sb.size(); ++i) sb[i] = pattern(me, i, 3);
@@ -924,9 +926,9 @@ TEST_CASE("plugin: v10 and v8 entry points", "[fabric]") {
     while (!sq) T_OK(v8->isend(sc, sb.data(), 4999, me, smh, &sq));
     int got = 0;
     if (wait_req(pl.v11, sq, nullptr, 30) || wait_req(pl.v11, rq, &got, 30)) return 1;
-    T_CHECK(got == 4999, "v8 receive size %d", got);
-    for (int i = 0; i < 4999; ++i) T_CHECK(rb[i] == pattern(peer, i, 3), "v8 byte %d", i);
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(got == 4999, "v8 receive size %d", got);
+    for (int i = 0; i < 4999; ++i) RANK_CHECK(rb[i] == pattern(peer, i, 3), "v8 byte %d", i);
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     T_OK(v8->deregMr(sc, smh));
     T_OK(v8->deregMr(rc, rmh));
     T_OK(v8->closeSend(sc));
@@ -942,37 +944,37 @@ TEST_CASE("plugin: v10 and v8 entry points", "[fabric]") {
 TEST_CASE("plugin: v12 entry points", "[fabric]") {
   run_ranks(2, [](OobChannel& oob, Plugin& pl) {
     auto* v12 = static_cast<const abi::net_v12_t*>(dlsym(pl.dl, "ncclNetPlugin_v12"));
-    T_CHECK(v12 != nullptr, "ncclNetPlugin_v12 not exported");
-    T_CHECK(std::string(v12->name) == "moefabric", "name is %s", v12->name);
-    T_CHECK(v12->makeVDevice == nullptr && v12->getDeviceMr == nullptr && v12->irecvConsumed == nullptr,
-            "v12 offers vNIC or device-offload members");
+    RANK_CHECK(v12 != nullptr, "ncclNetPlugin_v12 not exported");
+    RANK_CHECK(std::string(v12->name) == "moefabric", "name is %s", v12->name);
+    RANK_CHECK(v12->makeVDevice == nullptr && v12->getDeviceMr == nullptr && v12->irecvConsumed == nullptr,
+               "v12 offers vNIC or device-offload members");
     void* ctx = nullptr;
     abi::comm_config_v12_t cfg = {abi::kTrafficClassUndef};
     T_OK(v12->init(&ctx, 0x5678, &cfg, quiet_logger, nullptr));
     int ndev = 0, ndev11 = 0;
     T_OK(v12->devices(&ndev));
     T_OK(pl.v11->devices(&ndev11));
-    T_CHECK(ndev >= 1 && ndev == ndev11, "v12 %d device(s), v11 %d", ndev, ndev11);
+    RANK_CHECK(ndev >= 1 && ndev == ndev11, "v12 %d device(s), v11 %d", ndev, ndev11);
     for (int d = 0; d < ndev; ++d) {
       abi::properties_v12_t p = {};
       abi::properties_v11_t q = {};
       T_OK(v12->getProperties(d, &p));
       T_OK(pl.v11->getProperties(d, &q));
-      T_CHECK(p.name == q.name && p.pciPath == q.pciPath && p.guid == q.guid, "device %d: identity differs",
-              d);
-      T_CHECK(p.ptrSupport == q.ptrSupport && p.regIsGlobal == q.regIsGlobal &&
-                  p.forceFlush == q.forceFlush && p.speed == q.speed && p.port == q.port &&
-                  p.latency == q.latency && p.maxComms == q.maxComms && p.maxRecvs == q.maxRecvs &&
-                  p.netDeviceType == q.netDeviceType && p.netDeviceVersion == q.netDeviceVersion,
-              "device %d: properties differ from v11's", d);
-      T_CHECK(p.vProps.ndevs == 1 && p.vProps.devs[0] == d, "device %d: vProps", d);
-      T_CHECK(
+      RANK_CHECK(p.name == q.name && p.pciPath == q.pciPath && p.guid == q.guid,
+                 "device %d: identity differs", d);
+      RANK_CHECK(p.ptrSupport == q.ptrSupport && p.regIsGlobal == q.regIsGlobal &&
+                     p.forceFlush == q.forceFlush && p.speed == q.speed && p.port == q.port &&
+                     p.latency == q.latency && p.maxComms == q.maxComms && p.maxRecvs == q.maxRecvs &&
+                     p.netDeviceType == q.netDeviceType && p.netDeviceVersion == q.netDeviceVersion,
+                 "device %d: properties differ from v11's", d);
+      RANK_CHECK(p.vProps.ndevs == 1 && p.vProps.devs[0] == d, "device %d: vProps", d);
+      RANK_CHECK(
           p.maxP2pBytes == q.maxP2pBytes && p.maxCollBytes == q.maxCollBytes && p.maxMultiRequestSize == 1,
           "device %d: sizes", d);
-      T_CHECK(p.railId == d && p.planeId == 0, "device %d: rail %d plane %d", d, p.railId, p.planeId);
+      RANK_CHECK(p.railId == d && p.planeId == 0, "device %d: rail %d plane %d", d, p.railId, p.planeId);
     }
     abi::properties_v12_t p = {};
-    T_CHECK(v12->getProperties(ndev, &p) != abi::kSuccess, "out-of-range device accepted");
+    RANK_CHECK(v12->getProperties(ndev, &p) != abi::kSuccess, "out-of-range device accepted");
     abi::net_attr_v12_t attr = {{4, 1, 2, 1}, {4, 1, 2, 1}, 1U << 1, ~0U, ~0U};
     T_OK(v12->setNetAttr(ctx, &attr));
 
@@ -981,13 +983,13 @@ TEST_CASE("plugin: v12 entry points", "[fabric]") {
     void* lc = nullptr;
     T_OK(v12->listen(ctx, 0, h, &lc));
     std::string err;
-    T_CHECK(oob.allgather(h, all, sizeof h, &err), "%s", err.c_str());
+    RANK_CHECK(oob.allgather(h, all, sizeof h, &err), "%s", err.c_str());
     void *sc = nullptr, *rc = nullptr;
     auto start = Clock::now();
     while (!sc || !rc) {
       if (!sc) T_OK(v12->connect(ctx, 0, all + peer * sizeof h, &sc, nullptr));
       if (!rc) T_OK(v12->accept(lc, &rc, nullptr));
-      T_CHECK(!deadline_passed(start, 30), "v12 connect did not finish");
+      RANK_CHECK(!deadline_passed(start, 30), "v12 connect did not finish");
     }
     constexpr int kSize = 70000;  // sent: kSize - 1 into a kSize receive
     std::vector<uint8_t> sb(kSize), rb(kSize);
@@ -1006,11 +1008,11 @@ TEST_CASE("plugin: v12 entry points", "[fabric]") {
     while (!sdone || !rdone) {
       if (!sdone) T_OK(v12->test(sq, &sdone, &sent));
       if (!rdone) T_OK(v12->test(rq, &rdone, &got));
-      T_CHECK(!deadline_passed(start, 30), "v12 transfer did not finish");
+      RANK_CHECK(!deadline_passed(start, 30), "v12 transfer did not finish");
     }
-    T_CHECK(sent == kSize - 1 && got == kSize - 1, "v12 sizes: sent %d, received %d", sent, got);
-    for (int i = 0; i < kSize - 1; ++i) T_CHECK(rb[i] == pattern(peer, i, 12), "v12 byte %d", i);
-    T_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_CHECK(sent == kSize - 1 && got == kSize - 1, "v12 sizes: sent %d, received %d", sent, got);
+    for (int i = 0; i < kSize - 1; ++i) RANK_CHECK(rb[i] == pattern(peer, i, 12), "v12 byte %d", i);
+    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
     T_OK(v12->deregMr(sc, smh));
     T_OK(v12->deregMr(rc, rmh));
     T_OK(v12->closeSend(sc));
@@ -1071,15 +1073,15 @@ TEST_CASE("plugin: unloading after a legacy init leaves no thread or socket behi
     const int baseline = task_count();
     if (pl.open()) return 1;
     auto* v10 = static_cast<const abi::net_v10_t*>(dlsym(pl.dl, "ncclNetPlugin_v10"));
-    T_CHECK(v10 != nullptr, "v10 table not exported");
+    RANK_CHECK(v10 != nullptr, "v10 table not exported");
     T_OK(v10->init(quiet_logger, nullptr));
     char h[abi::kHandleMaxSize] = {};
     void* lc = nullptr;
     T_OK(v10->listen(0, h, &lc));  // left open, as a process that exits early would
-    T_CHECK(task_count() > baseline, "no progress thread while the plugin is in use");
+    RANK_CHECK(task_count() > baseline, "no progress thread while the plugin is in use");
     if (pl.close()) return 1;  // finalizes the v11 context only; the legacy reference remains
-    T_CHECK(task_count() == baseline, "%d thread(s) left running after dlclose (had %d)", task_count(),
-            baseline);
+    RANK_CHECK(task_count() == baseline, "%d thread(s) left running after dlclose (had %d)", task_count(),
+               baseline);
     usleep(300 * 1000);  // past the progress thread's period (at most 100 ms)
     // Everything closed before the unload (what NCCL does before it unloads the plugin): the
     // unload closes the endpoints too, so no socket stays open (tcp has some; shm none).
@@ -1090,9 +1092,9 @@ TEST_CASE("plugin: unloading after a legacy init leaves no thread or socket behi
     T_OK(v10->listen(0, h, &lc));
     T_OK(v10->closeListen(lc));
     if (pl.close()) return 1;
-    T_CHECK(task_count() == baseline && fd_count() == fds,
-            "after close and unload: %d thread(s) (had %d), %d fd(s) (had %d)", task_count(), baseline,
-            fd_count(), fds);
+    RANK_CHECK(task_count() == baseline && fd_count() == fds,
+               "after close and unload: %d thread(s) (had %d), %d fd(s) (had %d)", task_count(), baseline,
+               fd_count(), fds);
     return pl.open();  // a fresh load works; run_ranks closes it
   });
 }

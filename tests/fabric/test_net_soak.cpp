@@ -6,23 +6,14 @@
 #include <string>
 
 #include "common/launch.h"
+#include "tests/common/check.h"
 #include "tests/common/proc.h"
 #include "plugin/net/net.h"
 
 using namespace moefabric;
 using namespace moefabric::fabric;
 
-namespace {
-#define S_CHECK(c, ...)                                                    \
-  do {                                                                     \
-    if (!(c)) {                                                            \
-      fprintf(stderr, "rank %d: %s:%d: ", oob.rank(), __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                                        \
-      fprintf(stderr, "\n");                                               \
-      return 1;                                                            \
-    }                                                                      \
-  } while (0)
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("soak: 100000 small sends, stable memory and registrations", "[fabric][soak]") {
   auto res = launch_fork(
@@ -30,22 +21,22 @@ TEST_CASE("soak: 100000 small sends, stable memory and registrations", "[fabric]
       [](OobChannel& oob) {
         Net* net = nullptr;
         std::string err;
-        S_CHECK(Net::acquire(&net, &err) == Status::kOk, "%s", err.c_str());
+        RANK_CHECK(Net::acquire(&net, &err) == Status::kOk, "%s", err.c_str());
         int me = oob.rank(), peer = 1 - me;
         char h[128] = {}, all[256];
         void* lc = nullptr;
-        S_CHECK(net_listen(net, 0, h, &lc) == Status::kOk, "listen");
-        S_CHECK(oob.allgather(h, all, 128, &err), "%s", err.c_str());
+        RANK_CHECK(net_listen(net, 0, h, &lc) == Status::kOk, "listen");
+        RANK_CHECK(oob.allgather(h, all, 128, &err), "%s", err.c_str());
         void *sc = nullptr, *rc = nullptr;
         for (int i = 0; (!sc || !rc) && i < 2000000; ++i) {
-          if (!sc) S_CHECK(net_connect(net, 0, all + peer * 128, &sc) == Status::kOk, "connect");
-          if (!rc) S_CHECK(net_accept(lc, &rc) == Status::kOk, "accept");
+          if (!sc) RANK_CHECK(net_connect(net, 0, all + peer * 128, &sc) == Status::kOk, "connect");
+          if (!rc) RANK_CHECK(net_accept(lc, &rc) == Status::kOk, "accept");
         }
-        S_CHECK(sc && rc, "no connection");
+        RANK_CHECK(sc && rc, "no connection");
         std::vector<uint8_t> sb(64), rb(64);
         void *smh = nullptr, *rmh = nullptr;
-        S_CHECK(net_reg_mr(sc, sb.data(), sb.size(), 1, &smh) == Status::kOk, "reg");
-        S_CHECK(net_reg_mr(rc, rb.data(), rb.size(), 1, &rmh) == Status::kOk, "reg");
+        RANK_CHECK(net_reg_mr(sc, sb.data(), sb.size(), 1, &smh) == Status::kOk, "reg");
+        RANK_CHECK(net_reg_mr(rc, rb.data(), rb.size(), 1, &rmh) == Status::kOk, "reg");
         const int kTotal = 100000;
         const int kWarm = getenv("MFTEST_SOAK_WARM") ? atoi(getenv("MFTEST_SOAK_WARM")) : 50000;
         NetCounters before{};
@@ -61,19 +52,19 @@ TEST_CASE("soak: 100000 small sends, stable memory and registrations", "[fabric]
           void* data = rb.data();
           size_t sz = 64;
           int tag = peer;
-          while (!rq) S_CHECK(net_irecv(rc, 1, &data, &sz, &tag, &rmh, &rq) == Status::kOk, "irecv");
+          while (!rq) RANK_CHECK(net_irecv(rc, 1, &data, &sz, &tag, &rmh, &rq) == Status::kOk, "irecv");
           void* sq = nullptr;
-          while (!sq) S_CHECK(net_isend(sc, sb.data(), n, me, smh, &sq) == Status::kOk, "isend");
+          while (!sq) RANK_CHECK(net_isend(sc, sb.data(), n, me, smh, &sq) == Status::kOk, "isend");
           int ds = 0, dr = 0;
           size_t sizes[8];
           for (long spin = 0; !(ds && dr); ++spin) {
-            if (!ds) S_CHECK(net_test(sq, &ds, sizes) == Status::kOk, "test send %d", i);
-            if (!dr) S_CHECK(net_test(rq, &dr, sizes) == Status::kOk, "test recv %d", i);
-            S_CHECK(spin < 100000000, "message %d stuck", i);
+            if (!ds) RANK_CHECK(net_test(sq, &ds, sizes) == Status::kOk, "test send %d", i);
+            if (!dr) RANK_CHECK(net_test(rq, &dr, sizes) == Status::kOk, "test recv %d", i);
+            RANK_CHECK(spin < 100000000, "message %d stuck", i);
           }
-          S_CHECK(sizes[0] == n, "message %d: %zu bytes, expected %zu", i, sizes[0], n);
+          RANK_CHECK(sizes[0] == n, "message %d: %zu bytes, expected %zu", i, sizes[0], n);
           for (size_t k = 0; k < n; ++k)
-            S_CHECK(rb[k] == static_cast<uint8_t>(i + k), "message %d byte %zu", i, k);
+            RANK_CHECK(rb[k] == static_cast<uint8_t>(i + k), "message %d byte %zu", i, k);
         }
         NetCounters after = net_counters(net);
         long rss1 = testutil::rss_kib();
@@ -81,19 +72,19 @@ TEST_CASE("soak: 100000 small sends, stable memory and registrations", "[fabric]
                 static_cast<unsigned long long>(before.registrations),
                 static_cast<unsigned long long>(after.registrations), before.live_mrs, after.live_mrs, rss0,
                 rss1);
-        S_CHECK(after.registrations == before.registrations, "registrations grew");
-        S_CHECK(after.live_mrs == before.live_mrs, "live MRs grew");
-        S_CHECK(after.live_comms == before.live_comms, "comms grew");
+        RANK_CHECK(after.registrations == before.registrations, "registrations grew");
+        RANK_CHECK(after.live_mrs == before.live_mrs, "live MRs grew");
+        RANK_CHECK(after.live_comms == before.live_comms, "comms grew");
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
         (void)rss0, (void)rss1;  // the sanitizers' quarantines hold freed memory: RSS says nothing
 #else
-        S_CHECK(rss1 - rss0 < 4096, "RSS grew by %ld KiB", rss1 - rss0);
+        RANK_CHECK(rss1 - rss0 < 4096, "RSS grew by %ld KiB", rss1 - rss0);
 #endif
-        S_CHECK(oob.barrier(&err), "%s", err.c_str());
-        S_CHECK(net_dereg_mr(sc, smh) == Status::kOk && net_dereg_mr(rc, rmh) == Status::kOk, "dereg");
-        S_CHECK(net_close_send(sc) == Status::kOk && net_close_recv(rc) == Status::kOk &&
-                    net_close_listen(lc) == Status::kOk,
-                "close");
+        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_CHECK(net_dereg_mr(sc, smh) == Status::kOk && net_dereg_mr(rc, rmh) == Status::kOk, "dereg");
+        RANK_CHECK(net_close_send(sc) == Status::kOk && net_close_recv(rc) == Status::kOk &&
+                       net_close_listen(lc) == Status::kOk,
+                   "close");
         Net::release(net);
         return 0;
       },

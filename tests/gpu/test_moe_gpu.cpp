@@ -26,6 +26,7 @@
 
 #include "include/moefabric/nccl_moe.h"
 #include "common/launch.h"
+#include "tests/common/check.h"
 #include "tests/common/moe_reference.h"
 #include "tests/gpu/fake_expert.h"
 
@@ -34,16 +35,7 @@ using moefabric::OobChannel;
 
 namespace {
 
-#define G_CHECK(c, ...)                                                                     \
-  do {                                                                                      \
-    if (!(c)) {                                                                             \
-      fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", rank_, __FILE__, __LINE__, #c); \
-      fprintf(stderr, __VA_ARGS__);                                                         \
-      fprintf(stderr, "\n");                                                                \
-      return 1;                                                                             \
-    }                                                                                       \
-  } while (0)
-#define CUDA_OK(call) G_CHECK((call) == cudaSuccess, "%s", cudaGetErrorString(cudaGetLastError()))
+#define CUDA_OK(call) RANK_CHECK((call) == cudaSuccess, "%s", cudaGetErrorString(cudaGetLastError()))
 
 int rank_ = -1;
 
@@ -190,13 +182,13 @@ int run_shape(OobChannel& oob, Shape s, const char* name) {
   const int me = oob.rank();
   ncclMoeComm_t host = comm_init(oob, s, ncclMoeBackendHost);
   ncclMoeComm_t dev = comm_init(oob, s, ncclMoeBackendCuda);
-  G_CHECK(host && dev, "%s: init", name);
+  RANK_CHECK(host && dev, "%s: init", name);
   size_t cap_h = 0, cap_d = 0;
   ncclMoeGetRecvCapacity(host, &cap_h);
   ncclMoeGetRecvCapacity(dev, &cap_d);
-  G_CHECK(cap_h == cap_d, "%s: capacities differ (host %zu, CUDA %zu)", name, cap_h, cap_d);
+  RANK_CHECK(cap_h == cap_d, "%s: capacities differ (host %zu, CUDA %zu)", name, cap_h, cap_d);
   Bufs b(s, cap_d);
-  G_CHECK(b.ok(), "%s: cudaMalloc", name);
+  RANK_CHECK(b.ok(), "%s: cudaMalloc", name);
   cudaStream_t st;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   struct Case {
@@ -219,13 +211,13 @@ int run_shape(OobChannel& oob, Shape s, const char* name) {
     const int T = c.T >= 0 ? c.T : static_cast<int>((seed * 7 + me * 5) % (s.max_tokens + 1));
     RankInput in = make_input(s, me, T, seed, c.r);
     std::vector<RankInput> all;
-    G_CHECK(gather_inputs(&oob, s, in, &all), "gather");
+    RANK_CHECK(gather_inputs(&oob, s, in, &all), "gather");
     ExpectedLayout ex = expected_layout(s, all, me);
     std::vector<uint16_t> ey(b.eyb / 2, 0);
     fill_expert_y(s, all, me, ex, ey.data());
     Out ho;
     std::string e = host_round(s, host, in, b, &ey, false, &ho);
-    G_CHECK(e.empty(), "%s, %s: %s", name, c.what, e.c_str());
+    RANK_CHECK(e.empty(), "%s, %s: %s", name, c.what, e.c_str());
     // CUDA
     b.upload(s, in);
     b.guard(st);
@@ -234,23 +226,23 @@ int run_shape(OobChannel& oob, Shape s, const char* name) {
     ncclResult_t r = ncclMoeDispatch(b.x.p, s.fp8 ? b.sc.as<float>() : nullptr, b.idx.as<int32_t>(),
                                      b.w.as<float>(), b.nt.as<int32_t>(), b.rx.p,
                                      s.fp8 ? b.rs.as<float>() : nullptr, b.rc.as<int32_t>(), dev, st);
-    G_CHECK(r == ncclSuccess, "%s, %s: CUDA dispatch: %s", name, c.what, ncclMoeGetLastError(dev));
+    RANK_CHECK(r == ncclSuccess, "%s, %s: CUDA dispatch: %s", name, c.what, ncclMoeGetLastError(dev));
     r = ncclMoeCombine(b.ey.p, b.y.p, dev, st);
-    G_CHECK(r == ncclSuccess, "%s, %s: CUDA combine: %s", name, c.what, ncclMoeGetLastError(dev));
+    RANK_CHECK(r == ncclSuccess, "%s, %s: CUDA combine: %s", name, c.what, ncclMoeGetLastError(dev));
     CUDA_OK(cudaStreamSynchronize(st));
     ncclResult_t ae = ncclSuccess;
     ncclMoeCommGetAsyncError(dev, &ae);
-    G_CHECK(ae == ncclSuccess, "%s, %s: async error: %s", name, c.what, ncclMoeGetLastError(dev));
+    RANK_CHECK(ae == ncclSuccess, "%s, %s: async error: %s", name, c.what, ncclMoeGetLastError(dev));
     Out dout = b.download();
     e = compare_all(s, dout, ho);
-    G_CHECK(e.empty(), "%s, %s (T %d): %s", name, c.what, T, e.c_str());
+    RANK_CHECK(e.empty(), "%s, %s (T %d): %s", name, c.what, T, e.c_str());
     e = check_dispatch(s, all, me, ex, dout.recv_x.data(),
                        reinterpret_cast<const float*>(dout.recv_scales.data()),
                        reinterpret_cast<const int32_t*>(dout.counts.data()));
-    G_CHECK(e.empty(), "%s, %s: CUDA vs reference: %s", name, c.what, e.c_str());
+    RANK_CHECK(e.empty(), "%s, %s: CUDA vs reference: %s", name, c.what, e.c_str());
   }
-  G_CHECK(ncclMoeCommDestroy(dev) == ncclSuccess, "%s: CUDA destroy", name);
-  G_CHECK(ncclMoeCommDestroy(host) == ncclSuccess, "%s: host destroy", name);
+  RANK_CHECK(ncclMoeCommDestroy(dev) == ncclSuccess, "%s: CUDA destroy", name);
+  RANK_CHECK(ncclMoeCommDestroy(host) == ncclSuccess, "%s: host destroy", name);
   cudaStreamDestroy(st);
   if (me == 0) printf("  ok  %-44s %zu cases\n", name, cases.size());
   return 0;
@@ -264,11 +256,11 @@ int run_graph(OobChannel& oob, Shape s, int iters, int every, const char* name) 
   const int me = oob.rank();
   ncclMoeComm_t host = comm_init(oob, s, ncclMoeBackendHost);
   ncclMoeComm_t dev = comm_init(oob, s, ncclMoeBackendCuda);
-  G_CHECK(host && dev, "%s: init", name);
+  RANK_CHECK(host && dev, "%s: init", name);
   size_t cap = 0;
   ncclMoeGetRecvCapacity(dev, &cap);
   Bufs b(s, cap);
-  G_CHECK(b.ok(), "%s: cudaMalloc", name);
+  RANK_CHECK(b.ok(), "%s: cudaMalloc", name);
   cudaStream_t st;
   CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   b.upload(s, make_input(s, me, 0, 1, Routing::kRandom));
@@ -282,8 +274,8 @@ int run_graph(OobChannel& oob, Shape s, int iters, int every, const char* name) 
   cudaError_t fe = fake_expert_launch(b.rx.p, b.ey.as<uint16_t>(), cap, s.hidden, s.fp8 ? 1 : 2, st);
   ncclResult_t r2 = ncclMoeCombine(b.ey.p, b.y.p, dev, st);
   CUDA_OK(cudaStreamEndCapture(st, &g));
-  G_CHECK(r == ncclSuccess && r2 == ncclSuccess && fe == cudaSuccess, "%s: capture: %s", name,
-          ncclMoeGetLastError(dev));
+  RANK_CHECK(r == ncclSuccess && r2 == ncclSuccess && fe == cudaSuccess, "%s: capture: %s", name,
+             ncclMoeGetLastError(dev));
   CUDA_OK(cudaGraphInstantiate(&ge, g, 0));
   int checked = 0;
   for (int i = 0; i < iters; ++i) {
@@ -297,19 +289,19 @@ int run_graph(OobChannel& oob, Shape s, int iters, int every, const char* name) 
     CUDA_OK(cudaStreamSynchronize(st));
     ncclResult_t ae = ncclSuccess;
     ncclMoeCommGetAsyncError(dev, &ae);
-    G_CHECK(ae == ncclSuccess, "%s, replay %d: async error: %s", name, i, ncclMoeGetLastError(dev));
+    RANK_CHECK(ae == ncclSuccess, "%s, replay %d: async error: %s", name, i, ncclMoeGetLastError(dev));
     Out ho;
     std::string e = host_round(s, host, in, b, nullptr, true, &ho);
-    G_CHECK(e.empty(), "%s, replay %d: %s", name, i, e.c_str());
+    RANK_CHECK(e.empty(), "%s, replay %d: %s", name, i, e.c_str());
     e = compare_all(s, b.download(), ho);
-    G_CHECK(e.empty(), "%s, replay %d (T %d): %s", name, i, T, e.c_str());
+    RANK_CHECK(e.empty(), "%s, replay %d (T %d): %s", name, i, T, e.c_str());
     ++checked;
   }
   CUDA_OK(cudaStreamSynchronize(st));
   cudaGraphExecDestroy(ge);
   cudaGraphDestroy(g);
-  G_CHECK(ncclMoeCommDestroy(dev) == ncclSuccess, "%s: CUDA destroy", name);
-  G_CHECK(ncclMoeCommDestroy(host) == ncclSuccess, "%s: host destroy", name);
+  RANK_CHECK(ncclMoeCommDestroy(dev) == ncclSuccess, "%s: CUDA destroy", name);
+  RANK_CHECK(ncclMoeCommDestroy(host) == ncclSuccess, "%s: host destroy", name);
   cudaStreamDestroy(st);
   if (me == 0) printf("  ok  %-44s %d replays, %d compared\n", name, iters, checked);
   return 0;
@@ -320,11 +312,11 @@ int run_errors(OobChannel& oob) {
   Shape s;
   s.nranks = oob.nranks();
   ncclMoeComm_t dev = comm_init(oob, s, ncclMoeBackendCuda);
-  G_CHECK(dev != nullptr, "init");
-  G_CHECK(ncclMoeCombine(nullptr, nullptr, dev, nullptr) == ncclInvalidArgument, "combine y NULL");
-  G_CHECK(ncclMoeDispatchRecv(dev, nullptr) == ncclInvalidUsage, "recv before send");
+  RANK_CHECK(dev != nullptr, "init");
+  RANK_CHECK(ncclMoeCombine(nullptr, nullptr, dev, nullptr) == ncclInvalidArgument, "combine y NULL");
+  RANK_CHECK(ncclMoeDispatchRecv(dev, nullptr) == ncclInvalidUsage, "recv before send");
   Dev buf(1 << 16);
-  G_CHECK(
+  RANK_CHECK(
       ncclMoeDispatch(buf.as<uint8_t>() + 1, nullptr, buf.as<int32_t>(), buf.as<float>(), buf.as<int32_t>(),
                       buf.p, nullptr, buf.as<int32_t>(), dev, nullptr) == ncclInvalidArgument,
       "misaligned x accepted");
@@ -333,27 +325,27 @@ int run_errors(OobChannel& oob) {
   RankInput in = make_input(s, oob.rank(), s.max_tokens, 9, Routing::kRandom);
   if (oob.rank() == 0) in.idx[1] = s.experts + 5;
   Bufs b(s, 1024);
-  G_CHECK(b.ok(), "cudaMalloc");
+  RANK_CHECK(b.ok(), "cudaMalloc");
   b.upload(s, in);
-  G_CHECK(ncclMoeDispatch(b.x.p, nullptr, b.idx.as<int32_t>(), b.w.as<float>(), b.nt.as<int32_t>(), b.rx.p,
-                          nullptr, b.rc.as<int32_t>(), dev, nullptr) == ncclSuccess,
-          "dispatch with a bad expert id was refused on the host: %s", ncclMoeGetLastError(dev));
-  G_CHECK(ncclMoeCombine(b.ey.p, b.y.p, dev, nullptr) == ncclSuccess, "combine: %s",
-          ncclMoeGetLastError(dev));
+  RANK_CHECK(ncclMoeDispatch(b.x.p, nullptr, b.idx.as<int32_t>(), b.w.as<float>(), b.nt.as<int32_t>(), b.rx.p,
+                             nullptr, b.rc.as<int32_t>(), dev, nullptr) == ncclSuccess,
+             "dispatch with a bad expert id was refused on the host: %s", ncclMoeGetLastError(dev));
+  RANK_CHECK(ncclMoeCombine(b.ey.p, b.y.p, dev, nullptr) == ncclSuccess, "combine: %s",
+             ncclMoeGetLastError(dev));
   CUDA_OK(cudaDeviceSynchronize());
   ncclResult_t ae = ncclSuccess;
-  G_CHECK(ncclMoeCommGetAsyncError(dev, &ae) == ncclSuccess, "GetAsyncError");
+  RANK_CHECK(ncclMoeCommGetAsyncError(dev, &ae) == ncclSuccess, "GetAsyncError");
   if (oob.rank() == 0) {
-    G_CHECK(ae != ncclSuccess, "bad expert id not reported");
+    RANK_CHECK(ae != ncclSuccess, "bad expert id not reported");
     const std::string text = ncclMoeGetLastError(dev);
-    G_CHECK(text.find("not an expert") != std::string::npos, "error text: %s", text.c_str());
-    G_CHECK(ncclMoeDispatchRecv(dev, nullptr) != ncclSuccess, "a comm with an async error accepts calls");
+    RANK_CHECK(text.find("not an expert") != std::string::npos, "error text: %s", text.c_str());
+    RANK_CHECK(ncclMoeDispatchRecv(dev, nullptr) != ncclSuccess, "a comm with an async error accepts calls");
   } else {
-    G_CHECK(ae == ncclSuccess, "rank %d got an error from rank 0's bad input: %s", oob.rank(),
-            ncclMoeGetLastError(dev));
+    RANK_CHECK(ae == ncclSuccess, "rank %d got an error from rank 0's bad input: %s", oob.rank(),
+               ncclMoeGetLastError(dev));
   }
-  G_CHECK(ncclMoeCommDestroy(dev) == ncclSuccess || oob.rank() == 0, "destroy: %s",
-          ncclMoeGetLastError(nullptr));
+  RANK_CHECK(ncclMoeCommDestroy(dev) == ncclSuccess || oob.rank() == 0, "destroy: %s",
+             ncclMoeGetLastError(nullptr));
   if (oob.rank() == 0) printf("  ok  %-44s\n", "usage errors, bad expert id reported asynchronously");
   return 0;
 }

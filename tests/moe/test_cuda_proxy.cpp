@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/common/check.h"
 #include "kernels/layout.h"
 #include "collectives/cuda/cuda_proxy.h"
 #include "common/launch.h"
@@ -40,16 +41,6 @@ bool wait_flag(const uint64_t* flag, uint64_t want) {
     if (std::chrono::steady_clock::now() > deadline) return false;
   return true;
 }
-
-#define P_CHECK(c, ...)                                       \
-  do {                                                        \
-    if (!(c)) {                                               \
-      fprintf(stderr, "rank %d: check failed: %s: ", me, #c); \
-      fprintf(stderr, __VA_ARGS__);                           \
-      fprintf(stderr, "\n");                                  \
-      return 1;                                               \
-    }                                                         \
-  } while (0)
 
 // One rank's proxy over freshly allocated staging (what CudaComm::fabric_setup does).
 struct Harness {
@@ -108,9 +99,9 @@ struct Harness {
 int rank_main(OobChannel& oob, int ops) {
   const int me = oob.rank(), R = oob.nranks();
   Harness h;
-  P_CHECK(h.init(oob, 20000), "init: %s", h.err.c_str());
+  RANK_CHECK(h.init(oob, 20000), "init: %s", h.err.c_str());
   // As CudaComm's init does: barrier 1 before any op, barrier 2 at destroy.
-  P_CHECK(h.proxy->barrier(&h.err, "init") == Status::kOk, "init barrier: %s", h.err.c_str());
+  RANK_CHECK(h.proxy->barrier(&h.err, "init") == Status::kOk, "init barrier: %s", h.err.c_str());
   const CudaLayout& l = h.l;
   auto& send = h.send;
   auto& recv = h.recv;
@@ -132,18 +123,18 @@ int rank_main(OobChannel& oob, int ops) {
     h.stage_T[0] = T;  // the send kernel's word for the proxy (it never reads the segments)
     __atomic_store_n(doorbell + 0, op, __ATOMIC_RELEASE);
     for (int src = 0; src < R; ++src) {
-      P_CHECK(wait_flag(arrived + src, op), "op %llu: dispatch from rank %d never arrived",
-              static_cast<unsigned long long>(op), src);
+      RANK_CHECK(wait_flag(arrived + src, op), "op %llu: dispatch from rank %d never arrived",
+                 static_cast<unsigned long long>(op), src);
       const uint8_t* p = seg(recv.get(), src);
       int32_t Ts = -1;
       std::memcpy(&Ts, p, 4);
       const int want = op % 7 == 3 ? 0 : T_of(op, src);
-      P_CHECK(Ts == want, "op %llu: rank %d's T %d, expected %d", static_cast<unsigned long long>(op), src,
-              Ts, want);
+      RANK_CHECK(Ts == want, "op %llu: rank %d's T %d, expected %d", static_cast<unsigned long long>(op), src,
+                 Ts, want);
       h.stage_T[1 + src] = Ts;  // as the dispatch ingest kernel tells the proxy
       for (size_t i = 16; i < l.stage_dispatch_bytes(Ts); ++i)
-        P_CHECK(p[i] == pattern(op, src, me, i), "op %llu: dispatch byte %zu from rank %d",
-                static_cast<unsigned long long>(op), i, src);
+        RANK_CHECK(p[i] == pattern(op, src, me, i), "op %llu: dispatch byte %zu from rank %d",
+                   static_cast<unsigned long long>(op), i, src);
     }
     // combine: rows of each home's T * K, back to it
     for (int h = 0; h < R; ++h) {
@@ -155,22 +146,22 @@ int rank_main(OobChannel& oob, int ops) {
     }
     __atomic_store_n(doorbell + 1, op, __ATOMIC_RELEASE);
     for (int o = 0; o < R; ++o) {
-      P_CHECK(wait_flag(arrived + R + o, op), "op %llu: combine from rank %d never arrived",
-              static_cast<unsigned long long>(op), o);
+      RANK_CHECK(wait_flag(arrived + R + o, op), "op %llu: combine from rank %d never arrived",
+                 static_cast<unsigned long long>(op), o);
       const uint8_t* p = seg(recv.get(), o) + l.stage_off_comb;
       for (size_t i = 0; i < static_cast<size_t>(T) * l.topk * l.y_row_bytes; ++i)
-        P_CHECK(p[i] == pattern(op + 1000, o, me, i), "op %llu: combine byte %zu from rank %d",
-                static_cast<unsigned long long>(op), i, o);
+        RANK_CHECK(p[i] == pattern(op + 1000, o, me, i), "op %llu: combine byte %zu from rank %d",
+                   static_cast<unsigned long long>(op), i, o);
     }
-    P_CHECK(proxy->failure(&err) == Status::kOk, "proxy: %s", err.c_str());
+    RANK_CHECK(proxy->failure(&err) == Status::kOk, "proxy: %s", err.c_str());
   }
-  P_CHECK(proxy->post_us(0) > 0 && proxy->post_us(1) > 0, "posting cost not measured");
-  P_CHECK(proxy->barrier(&err) == Status::kOk, "barrier: %s", err.c_str());
+  RANK_CHECK(proxy->post_us(0) > 0 && proxy->post_us(1) > 0, "posting cost not measured");
+  RANK_CHECK(proxy->barrier(&err) == Status::kOk, "barrier: %s", err.c_str());
   for (int r = 0; r < R; ++r)
-    P_CHECK(__atomic_load_n(arrived + FabricProxy::kBells * R + r, __ATOMIC_ACQUIRE) == 2,
-            "rank %d's barrier count is not 2", r);
+    RANK_CHECK(__atomic_load_n(arrived + FabricProxy::kBells * R + r, __ATOMIC_ACQUIRE) == 2,
+               "rank %d's barrier count is not 2", r);
   proxy->stop();
-  P_CHECK(h.abort_word == 0, "abort word set");
+  RANK_CHECK(h.abort_word == 0, "abort word set");
   return 0;
 }
 
@@ -202,19 +193,18 @@ TEST_CASE("cuda fabric proxy: a doorbell that skips an op fails the proxy and ab
   auto res = launch_fork(
       1,
       [](OobChannel& oob) {
-        const int me = oob.rank();
         Harness h;
-        P_CHECK(h.init(oob, 5000), "init: %s", h.err.c_str());
+        RANK_CHECK(h.init(oob, 5000), "init: %s", h.err.c_str());
         __atomic_store_n(h.doorbell(), 2, __ATOMIC_RELEASE);  // op 1 never rang
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
         std::string text;
         while (h.proxy->failure(&text) == Status::kOk && std::chrono::steady_clock::now() < deadline)
           std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        P_CHECK(h.proxy->failure(&text) == Status::kInternalError, "no failure reported");
-        P_CHECK(text.find("dispatch: doorbell went from op 0 to 2") != std::string::npos, "text: %s",
-                text.c_str());
+        RANK_CHECK(h.proxy->failure(&text) == Status::kInternalError, "no failure reported");
+        RANK_CHECK(text.find("dispatch: doorbell went from op 0 to 2") != std::string::npos, "text: %s",
+                   text.c_str());
         h.proxy->stop();  // joined: the abort word is ours to read
-        P_CHECK(h.abort_word == 1, "abort word not set");
+        RANK_CHECK(h.abort_word == 1, "abort word not set");
         return 0;
       },
       60);
@@ -228,13 +218,13 @@ TEST_CASE("cuda fabric proxy: destroy names the fabric peer that never reached i
       [](OobChannel& oob) {
         const int me = oob.rank();
         Harness h;
-        P_CHECK(h.init(oob, 300), "init: %s", h.err.c_str());
+        RANK_CHECK(h.init(oob, 300), "init: %s", h.err.c_str());
         if (me == 0) {
           std::string text;
-          P_CHECK(h.proxy->barrier(&text) != Status::kOk, "barrier passed without rank 1");
-          P_CHECK(text.find("barrier of fabric rank(s) 1") != std::string::npos, "text: %s", text.c_str());
+          RANK_CHECK(h.proxy->barrier(&text) != Status::kOk, "barrier passed without rank 1");
+          RANK_CHECK(text.find("barrier of fabric rank(s) 1") != std::string::npos, "text: %s", text.c_str());
         }
-        P_CHECK(oob.barrier(), "oob barrier");  // rank 1 stays up until rank 0 has checked
+        RANK_CHECK(oob.barrier(), "oob barrier");  // rank 1 stays up until rank 0 has checked
         h.proxy->stop();
         return 0;
       },
@@ -251,7 +241,7 @@ TEST_CASE("cuda fabric proxy: destroy barrier with a late rank and no self peer"
       [](OobChannel& oob) {
         const int me = oob.rank();
         Harness h;
-        P_CHECK(h.init(oob, 5000, false), "init: %s", h.err.c_str());
+        RANK_CHECK(h.init(oob, 5000, false), "init: %s", h.err.c_str());
         if (me == 0) {
           // Let rank 1's barrier write land first.
           const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
@@ -259,10 +249,10 @@ TEST_CASE("cuda fabric proxy: destroy barrier with a late rank and no self peer"
                      1 &&
                  std::chrono::steady_clock::now() < deadline)
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          P_CHECK(std::chrono::steady_clock::now() < deadline, "rank 1's barrier write never landed");
+          RANK_CHECK(std::chrono::steady_clock::now() < deadline, "rank 1's barrier write never landed");
         }
         std::string text;
-        P_CHECK(h.proxy->barrier(&text) == Status::kOk, "barrier: %s", text.c_str());
+        RANK_CHECK(h.proxy->barrier(&text) == Status::kOk, "barrier: %s", text.c_str());
         h.proxy->stop();
         return 0;
       },

@@ -14,22 +14,13 @@
 
 #include "include/moefabric/nccl_moe.h"
 #include "common/launch.h"
+#include "tests/common/check.h"
 #include "tests/common/moe_reference.h"
 
 using namespace moetest;
 using moefabric::OobChannel;
 
 namespace {
-
-#define R_CHECK(c, ...)                                                                          \
-  do {                                                                                           \
-    if (!(c)) {                                                                                  \
-      fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", oob.rank(), __FILE__, __LINE__, #c); \
-      fprintf(stderr, __VA_ARGS__);                                                              \
-      fprintf(stderr, "\n");                                                                     \
-      return 1;                                                                                  \
-    }                                                                                            \
-  } while (0)
 
 void run_ranks(int n, const std::function<int(OobChannel&)>& fn, int timeout_s = 300) {
   auto res = moefabric::launch_fork(n, fn, timeout_s);
@@ -120,12 +111,12 @@ int sweep(OobChannel& oob, Shape s, int seeds) {
   s.nranks = oob.nranks();
   const int me = oob.rank();
   ncclMoeComm_t moe = init(oob, s);
-  R_CHECK(moe != nullptr, "init");
+  RANK_CHECK(moe != nullptr, "init");
   Buffers b = alloc(s, moe, me);
   for (int seed = 0; seed < seeds; ++seed) {
     int T = static_cast<int>((seed * 7 + me * 3) % (s.max_tokens + 1));
     std::string e = round_trip(oob, s, moe, make_input(s, me, T, 1000 + seed, Routing::kRandom), b, seed % 2);
-    R_CHECK(e.empty(), "seed %d T %d: %s", seed, T, e.c_str());
+    RANK_CHECK(e.empty(), "seed %d T %d: %s", seed, T, e.c_str());
   }
   struct Case {
     Routing r;
@@ -142,14 +133,14 @@ int sweep(OobChannel& oob, Shape s, int seeds) {
   };
   for (const Case& c : cases) {
     std::string e = round_trip(oob, s, moe, make_input(s, me, c.T, 77, c.r), b);
-    R_CHECK(e.empty(), "%s: %s", c.name, e.c_str());
+    RANK_CHECK(e.empty(), "%s: %s", c.name, e.c_str());
   }
   ncclMoeStats_t st{};
   st.size = sizeof st;
-  R_CHECK(ncclMoeGetStats(moe, &st) == ncclSuccess, "stats");
-  R_CHECK(st.dispatchWritesMaxPeer <= 2 && st.combineWritesMaxPeer <= 1, "writes per peer %u/%u",
-          st.dispatchWritesMaxPeer, st.combineWritesMaxPeer);
-  R_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy");
+  RANK_CHECK(ncclMoeGetStats(moe, &st) == ncclSuccess, "stats");
+  RANK_CHECK(st.dispatchWritesMaxPeer <= 2 && st.combineWritesMaxPeer <= 1, "writes per peer %u/%u",
+             st.dispatchWritesMaxPeer, st.combineWritesMaxPeer);
+  RANK_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy");
   return 0;
 }
 
@@ -222,7 +213,7 @@ TEST_CASE("moe: bad input is rejected before anything is sent", "[moe]") {
     s.max_tokens = 8;
     const int me = oob.rank();
     ncclMoeComm_t moe = init(oob, s);
-    R_CHECK(moe != nullptr, "init");
+    RANK_CHECK(moe != nullptr, "init");
     Buffers b = alloc(s, moe, me);
     RankInput in = make_input(s, me, 8, 5, Routing::kRandom);
     int32_t T = 8;
@@ -244,61 +235,62 @@ TEST_CASE("moe: bad input is rejected before anything is sent", "[moe]") {
     bad_idx[3] = 8;
     std::vector<int32_t> bad_idx2 = in.idx;
     bad_idx2[0] = -2;
-    R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &big, b.recv_x.data()),
-                   ncclInvalidArgument, "numTokens 9", "T > max"),
-            "rejected wrongly");
-    R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &neg, b.recv_x.data()),
-                   ncclInvalidArgument, "numTokens -1", "T < 0"),
-            "rejected wrongly");
-    R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), bad_idx.data(), &T, b.recv_x.data()),
-                   ncclInvalidArgument, "topkIdx[1][1] = 8", "expert id >= E"),
-            "rejected wrongly");
-    R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), bad_idx2.data(), &T, b.recv_x.data()),
-                   ncclInvalidArgument, "= -2", "expert id < -1"),
-            "rejected wrongly");
-    R_CHECK(expect(dispatch(nullptr, in.scales.data(), in.idx.data(), &T, b.recv_x.data()),
-                   ncclInvalidArgument, "x is NULL", "x NULL"),
-            "rejected wrongly");
-    R_CHECK(expect(dispatch(in.x.data(), nullptr, in.idx.data(), &T, b.recv_x.data()), ncclInvalidArgument,
-                   "xScales is NULL", "scales NULL"),
-            "rejected wrongly");
-    R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &T, b.recv_x.data() + 1),
-                   ncclInvalidArgument, "recvX is not 16-byte aligned", "misaligned recvX"),
-            "rejected wrongly");
-    R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), nullptr, b.recv_x.data()),
-                   ncclInvalidArgument, "numTokens is NULL", "numTokens NULL"),
-            "rejected wrongly");
-    R_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &T, b.recv_x.data(),
-                            reinterpret_cast<cudaStream_t>(0x1)),
-                   ncclInvalidArgument, "stream NULL", "stream for host backend"),
-            "rejected wrongly");
-    R_CHECK(expect(ncclMoeCombine(b.expert_y.data(), b.y.data(), moe, nullptr), ncclInvalidUsage,
-                   "no completed dispatch", "combine before dispatch"),
-            "rejected wrongly");
-    R_CHECK(
+    RANK_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &big, b.recv_x.data()),
+                      ncclInvalidArgument, "numTokens 9", "T > max"),
+               "rejected wrongly");
+    RANK_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &neg, b.recv_x.data()),
+                      ncclInvalidArgument, "numTokens -1", "T < 0"),
+               "rejected wrongly");
+    RANK_CHECK(expect(dispatch(in.x.data(), in.scales.data(), bad_idx.data(), &T, b.recv_x.data()),
+                      ncclInvalidArgument, "topkIdx[1][1] = 8", "expert id >= E"),
+               "rejected wrongly");
+    RANK_CHECK(expect(dispatch(in.x.data(), in.scales.data(), bad_idx2.data(), &T, b.recv_x.data()),
+                      ncclInvalidArgument, "= -2", "expert id < -1"),
+               "rejected wrongly");
+    RANK_CHECK(expect(dispatch(nullptr, in.scales.data(), in.idx.data(), &T, b.recv_x.data()),
+                      ncclInvalidArgument, "x is NULL", "x NULL"),
+               "rejected wrongly");
+    RANK_CHECK(expect(dispatch(in.x.data(), nullptr, in.idx.data(), &T, b.recv_x.data()), ncclInvalidArgument,
+                      "xScales is NULL", "scales NULL"),
+               "rejected wrongly");
+    RANK_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &T, b.recv_x.data() + 1),
+                      ncclInvalidArgument, "recvX is not 16-byte aligned", "misaligned recvX"),
+               "rejected wrongly");
+    RANK_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), nullptr, b.recv_x.data()),
+                      ncclInvalidArgument, "numTokens is NULL", "numTokens NULL"),
+               "rejected wrongly");
+    RANK_CHECK(expect(dispatch(in.x.data(), in.scales.data(), in.idx.data(), &T, b.recv_x.data(),
+                               reinterpret_cast<cudaStream_t>(0x1)),
+                      ncclInvalidArgument, "stream NULL", "stream for host backend"),
+               "rejected wrongly");
+    RANK_CHECK(expect(ncclMoeCombine(b.expert_y.data(), b.y.data(), moe, nullptr), ncclInvalidUsage,
+                      "no completed dispatch", "combine before dispatch"),
+               "rejected wrongly");
+    RANK_CHECK(
         expect(ncclMoeDispatchRecv(moe, nullptr), ncclInvalidUsage, "no dispatch send", "recv before send"),
         "rejected wrongly");
     ncclResult_t ae = ncclSuccess;
-    R_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclSuccess && ae == ncclSuccess,
-            "rejections must not poison the comm");
+    RANK_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclSuccess && ae == ncclSuccess,
+               "rejections must not poison the comm");
     ncclMoeStats_t st{};
     st.size = sizeof st;
-    R_CHECK(ncclMoeGetStats(moe, &st) == ncclSuccess && st.ops == 0, "an op ran");
+    RANK_CHECK(ncclMoeGetStats(moe, &st) == ncclSuccess && st.ops == 0, "an op ran");
     // Nothing was sent: the next valid round on both ranks is exact.
     std::string e = round_trip(oob, s, moe, in, b);
-    R_CHECK(e.empty(), "after rejections: %s", e.c_str());
+    RANK_CHECK(e.empty(), "after rejections: %s", e.c_str());
     // Double dispatch.
-    R_CHECK(
+    RANK_CHECK(
         ncclMoeDispatchSend(in.x.data(), in.scales.data(), in.idx.data(), in.w.data(), &T, b.recv_x.data(),
                             b.recv_scales.data(), b.counts.data(), moe, nullptr) == ncclSuccess,
         "send");
-    R_CHECK(expect(ncclMoeDispatchSend(in.x.data(), in.scales.data(), in.idx.data(), in.w.data(), &T,
-                                       b.recv_x.data(), b.recv_scales.data(), b.counts.data(), moe, nullptr),
-                   ncclInvalidUsage, "one dispatch->combine in flight", "second dispatch"),
-            "rejected wrongly");
-    R_CHECK(ncclMoeDispatchRecv(moe, nullptr) == ncclSuccess, "recv: %s", ncclMoeGetLastError(moe));
-    R_CHECK(ncclMoeCombine(b.expert_y.data(), b.y.data(), moe, nullptr) == ncclSuccess, "combine");
-    R_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(nullptr));
+    RANK_CHECK(
+        expect(ncclMoeDispatchSend(in.x.data(), in.scales.data(), in.idx.data(), in.w.data(), &T,
+                                   b.recv_x.data(), b.recv_scales.data(), b.counts.data(), moe, nullptr),
+               ncclInvalidUsage, "one dispatch->combine in flight", "second dispatch"),
+        "rejected wrongly");
+    RANK_CHECK(ncclMoeDispatchRecv(moe, nullptr) == ncclSuccess, "recv: %s", ncclMoeGetLastError(moe));
+    RANK_CHECK(ncclMoeCombine(b.expert_y.data(), b.y.data(), moe, nullptr) == ncclSuccess, "combine");
+    RANK_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(nullptr));
     return 0;
   });
 }
@@ -348,15 +340,15 @@ TEST_CASE("moe: invalid and mismatched configs fail init on every rank", "[moe]"
       // The rank whose own config is invalid reports the specific problem; the others report
       // which rank rejected it.
       bool own = std::strncmp(msg, "init: invalid config", 20) == 0;
-      R_CHECK(r != ncclSuccess && moe == nullptr, "%s: init succeeded", bad.name);
+      RANK_CHECK(r != ncclSuccess && moe == nullptr, "%s: init succeeded", bad.name);
       if (own) {
-        R_CHECK(r == ncclInvalidArgument, "%s: own invalid config gave %d (%s)", bad.name, r, msg);
-        R_CHECK(bad.want == ncclInvalidUsage || std::strstr(msg, bad.needle) != nullptr,
-                "%s: message '%s' lacks '%s'", bad.name, msg, bad.needle);
+        RANK_CHECK(r == ncclInvalidArgument, "%s: own invalid config gave %d (%s)", bad.name, r, msg);
+        RANK_CHECK(bad.want == ncclInvalidUsage || std::strstr(msg, bad.needle) != nullptr,
+                   "%s: message '%s' lacks '%s'", bad.name, msg, bad.needle);
       } else {
-        R_CHECK(r == bad.want && bad.want == ncclInvalidUsage, "%s: result %d (%s)", bad.name, r, msg);
-        R_CHECK(std::strstr(msg, bad.needle) != nullptr, "%s: message '%s' lacks '%s'", bad.name, msg,
-                bad.needle);
+        RANK_CHECK(r == bad.want && bad.want == ncclInvalidUsage, "%s: result %d (%s)", bad.name, r, msg);
+        RANK_CHECK(std::strstr(msg, bad.needle) != nullptr, "%s: message '%s' lacks '%s'", bad.name, msg,
+                   bad.needle);
       }
       return 0;
     });
@@ -375,13 +367,13 @@ TEST_CASE("moe: a rank killed mid-dispatch is named by every survivor within the
         c.timeoutMs = kTimeoutMs;
         const int me = oob.rank();
         ncclMoeComm_t moe = init(oob, s, &c);
-        R_CHECK(moe != nullptr, "init");
+        RANK_CHECK(moe != nullptr, "init");
         Buffers b = alloc(s, moe, me);
         std::string e = round_trip(oob, s, moe, make_input(s, me, 16, 3, Routing::kRandom), b);
-        R_CHECK(e.empty(), "warm-up round: %s", e.c_str());
+        RANK_CHECK(e.empty(), "warm-up round: %s", e.c_str());
         RankInput in = make_input(s, me, 16, 4, Routing::kRandom);
         int32_t T = in.T;
-        R_CHECK(oob.barrier(), "barrier");
+        RANK_CHECK(oob.barrier(), "barrier");
         if (me == 2) raise(SIGKILL);  // dies without sending its dispatch
         auto t0 = std::chrono::steady_clock::now();
         ncclResult_t r = ncclMoeDispatch(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T,
@@ -390,17 +382,17 @@ TEST_CASE("moe: a rank killed mid-dispatch is named by every survivor within the
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         const char* msg = ncclMoeGetLastError(moe);
         fprintf(stderr, "rank %d: after %.0f ms: %s\n", me, ms, msg);
-        R_CHECK(r == ncclRemoteError, "result %d", r);
-        R_CHECK(std::strstr(msg, "rank 2") != nullptr, "error does not name rank 2: %s", msg);
-        R_CHECK(ms < kTimeoutMs + 2000, "took %.0f ms", ms);
+        RANK_CHECK(r == ncclRemoteError, "result %d", r);
+        RANK_CHECK(std::strstr(msg, "rank 2") != nullptr, "error does not name rank 2: %s", msg);
+        RANK_CHECK(ms < kTimeoutMs + 2000, "took %.0f ms", ms);
         ncclResult_t ae = ncclSuccess;
-        R_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclSuccess && ae == ncclRemoteError, "async error %d",
-                ae);
+        RANK_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclSuccess && ae == ncclRemoteError,
+                   "async error %d", ae);
         auto t1 = std::chrono::steady_clock::now();
-        R_CHECK(ncclMoeCommAbort(moe) == ncclSuccess, "abort");
+        RANK_CHECK(ncclMoeCommAbort(moe) == ncclSuccess, "abort");
         double abort_ms =
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
-        R_CHECK(abort_ms < 2000, "abort took %.0f ms", abort_ms);
+        RANK_CHECK(abort_ms < 2000, "abort took %.0f ms", abort_ms);
         return 0;
       },
       120);
@@ -421,11 +413,11 @@ TEST_CASE("moe: a process that exits without destroying its comm exits cleanly",
         s.max_tokens = 16;
         const int me = oob.rank();
         ncclMoeComm_t moe = init(oob, s);
-        R_CHECK(moe != nullptr, "init");
+        RANK_CHECK(moe != nullptr, "init");
         Buffers b = alloc(s, moe, me);
         std::string e = round_trip(oob, s, moe, make_input(s, me, 16, 5, Routing::kRandom), b);
-        R_CHECK(e.empty(), "round: %s", e.c_str());
-        R_CHECK(oob.barrier(), "barrier");
+        RANK_CHECK(e.empty(), "round: %s", e.c_str());
+        RANK_CHECK(oob.barrier(), "barrier");
         fflush(nullptr);
         exit(0);  // not launch_fork's _exit: atexit handlers and library destructors run
       },
@@ -442,14 +434,17 @@ TEST_CASE("moe: a destroyed or aborted comm is refused, never touched", "[moe]")
     const int me = oob.rank();
     for (int how = 0; how < 2; ++how) {
       ncclMoeComm_t moe = init(oob, s);
-      R_CHECK(moe != nullptr, "init");
+      RANK_CHECK(moe != nullptr, "init");
       Buffers b = alloc(s, moe, me);
       std::string e = round_trip(oob, s, moe, make_input(s, me, 8, 3, Routing::kRandom), b);
-      R_CHECK(e.empty(), "round: %s", e.c_str());
+      RANK_CHECK(e.empty(), "round: %s", e.c_str());
+      // Abort is local: a rank that aborted while its combine write to the other was still in
+      // flight would leave the other waiting. Both have their results before either tears down.
+      RANK_CHECK(oob.barrier(), "barrier");
       if (how == 0)
-        R_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(moe));
+        RANK_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(moe));
       else
-        R_CHECK(ncclMoeCommAbort(moe) == ncclSuccess, "abort");
+        RANK_CHECK(ncclMoeCommAbort(moe) == ncclSuccess, "abort");
       // Every entry point with the dead handle: ncclInvalidArgument and a text saying why.
       const int32_t T = 0;
       size_t rows = 0;
@@ -457,25 +452,25 @@ TEST_CASE("moe: a destroyed or aborted comm is refused, never touched", "[moe]")
       ncclResult_t ae = ncclSuccess;
       ncclMoeStats_t st{};
       st.size = sizeof st;
-      R_CHECK(ncclMoeCommDestroy(moe) == ncclInvalidArgument, "second destroy");
-      R_CHECK(ncclMoeCommAbort(moe) == ncclInvalidArgument, "abort after teardown");
-      R_CHECK(ncclMoeGetRecvCapacity(moe, &rows) == ncclInvalidArgument, "capacity");
-      R_CHECK(ncclMoeGetLocalExperts(moe, &first, &count) == ncclInvalidArgument, "local experts");
-      R_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclInvalidArgument, "async error");
-      R_CHECK(ncclMoeGetStats(moe, &st) == ncclInvalidArgument, "stats");
-      R_CHECK(ncclMoeDispatch(nullptr, nullptr, nullptr, nullptr, &T, b.recv_x.data(), nullptr,
-                              b.counts.data(), moe, nullptr) == ncclInvalidArgument,
-              "dispatch");
-      R_CHECK(ncclMoeDispatchRecv(moe, nullptr) == ncclInvalidArgument, "dispatch recv");
-      R_CHECK(ncclMoeCombine(nullptr, b.y.data(), moe, nullptr) == ncclInvalidArgument, "combine");
-      R_CHECK(ncclMoeCombineRecv(b.y.data(), moe, nullptr) == ncclInvalidArgument, "combine recv");
+      RANK_CHECK(ncclMoeCommDestroy(moe) == ncclInvalidArgument, "second destroy");
+      RANK_CHECK(ncclMoeCommAbort(moe) == ncclInvalidArgument, "abort after teardown");
+      RANK_CHECK(ncclMoeGetRecvCapacity(moe, &rows) == ncclInvalidArgument, "capacity");
+      RANK_CHECK(ncclMoeGetLocalExperts(moe, &first, &count) == ncclInvalidArgument, "local experts");
+      RANK_CHECK(ncclMoeCommGetAsyncError(moe, &ae) == ncclInvalidArgument, "async error");
+      RANK_CHECK(ncclMoeGetStats(moe, &st) == ncclInvalidArgument, "stats");
+      RANK_CHECK(ncclMoeDispatch(nullptr, nullptr, nullptr, nullptr, &T, b.recv_x.data(), nullptr,
+                                 b.counts.data(), moe, nullptr) == ncclInvalidArgument,
+                 "dispatch");
+      RANK_CHECK(ncclMoeDispatchRecv(moe, nullptr) == ncclInvalidArgument, "dispatch recv");
+      RANK_CHECK(ncclMoeCombine(nullptr, b.y.data(), moe, nullptr) == ncclInvalidArgument, "combine");
+      RANK_CHECK(ncclMoeCombineRecv(b.y.data(), moe, nullptr) == ncclInvalidArgument, "combine recv");
       const std::string text = ncclMoeGetLastError(moe);
-      R_CHECK(text.find("not a live comm") != std::string::npos, "text: %s", text.c_str());
-      R_CHECK(oob.barrier(), "barrier");
+      RANK_CHECK(text.find("not a live comm") != std::string::npos, "text: %s", text.c_str());
+      RANK_CHECK(oob.barrier(), "barrier");
     }
     // A value that never was a handle.
     int junk = 0;
-    R_CHECK(ncclMoeCommDestroy(reinterpret_cast<ncclMoeComm_t>(&junk)) == ncclInvalidArgument, "junk");
+    RANK_CHECK(ncclMoeCommDestroy(reinterpret_cast<ncclMoeComm_t>(&junk)) == ncclInvalidArgument, "junk");
     return 0;
   });
 }

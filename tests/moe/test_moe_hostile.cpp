@@ -18,6 +18,7 @@
 #include "collectives/rails.h"
 #include "common/launch.h"
 #include "common/params.h"
+#include "tests/common/check.h"
 #include "tests/common/moe_reference.h"
 
 using namespace moetest;
@@ -26,16 +27,6 @@ using moefabric::Status;
 namespace moe = moefabric::moe;
 
 namespace {
-
-#define H_CHECK(c, ...)                                                                  \
-  do {                                                                                   \
-    if (!(c)) {                                                                          \
-      fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", me, __FILE__, __LINE__, #c); \
-      fprintf(stderr, __VA_ARGS__);                                                      \
-      fprintf(stderr, "\n");                                                             \
-      return 1;                                                                          \
-    }                                                                                    \
-  } while (0)
 
 // Rank 0 sees every other source's header claim 8 more tokens (and private records) and 100
 // more rows for its first expert than it sent, after the proxy checked the header.
@@ -64,38 +55,39 @@ int hostile_round(OobChannel& oob, int ops) {
   ncclMoeConfig_t cfg = s.config();
   std::unique_ptr<moe::Engine> eng;
   std::string err;
-  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk, "init: %s",
-          err.c_str());
+  RANK_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
+             "init: %s", err.c_str());
   moe::g_test_before_unpack = tamper_header;
   const size_t cap = eng->recv_capacity();
   constexpr uint8_t kGuard = 0xa5;
   for (int op = 0; op < ops; ++op) {
     const RankInput in = make_input(s, me, 16, 40 + op, Routing::kUniformDup);
     std::vector<RankInput> all;
-    H_CHECK(gather_inputs(&oob, s, in, &all), "gather");
+    RANK_CHECK(gather_inputs(&oob, s, in, &all), "gather");
     const ExpectedLayout ex = expected_layout(s, all, me);
     std::vector<uint8_t> rx(cap * s.x_bytes() + 4096, kGuard);
     std::vector<int32_t> counts(s.local(me) + 4, -7);
     const int32_t T = in.T;
     Status st = eng->dispatch_send(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T, rx.data(), nullptr,
                                    counts.data(), nullptr);
-    H_CHECK(st == Status::kOk, "dispatch send: %s", eng->last_error().c_str());
+    RANK_CHECK(st == Status::kOk, "dispatch send: %s", eng->last_error().c_str());
     st = eng->dispatch_recv(nullptr);
-    H_CHECK(st == Status::kOk, "dispatch recv: %s", eng->last_error().c_str());
+    RANK_CHECK(st == Status::kOk, "dispatch recv: %s", eng->last_error().c_str());
     err = check_dispatch(s, all, me, ex, rx.data(), nullptr, counts.data());
-    H_CHECK(err.empty(), "op %d: dispatch after the peer rewrote its region: %s", op, err.c_str());
+    RANK_CHECK(err.empty(), "op %d: dispatch after the peer rewrote its region: %s", op, err.c_str());
     for (size_t i = cap * s.x_bytes(); i < rx.size(); ++i)
-      H_CHECK(rx[i] == kGuard, "op %d: byte %zu past recvX's capacity was written", op,
-              i - cap * s.x_bytes());
+      RANK_CHECK(rx[i] == kGuard, "op %d: byte %zu past recvX's capacity was written", op,
+                 i - cap * s.x_bytes());
     std::vector<uint16_t> ey(cap * s.hidden, 0), y(static_cast<size_t>(s.max_tokens) * s.hidden, 0);
     fill_expert_y(s, all, me, ex, ey.data());
-    H_CHECK(eng->combine_send(ey.data(), nullptr) == Status::kOk, "combine: %s", eng->last_error().c_str());
-    H_CHECK(eng->combine_recv(y.data(), nullptr) == Status::kOk, "combine: %s", eng->last_error().c_str());
+    RANK_CHECK(eng->combine_send(ey.data(), nullptr) == Status::kOk, "combine: %s",
+               eng->last_error().c_str());
+    RANK_CHECK(eng->combine_recv(y.data(), nullptr) == Status::kOk, "combine: %s", eng->last_error().c_str());
     err = check_combine(s, in, me, y.data());
-    H_CHECK(err.empty(), "op %d: combine: %s", op, err.c_str());
+    RANK_CHECK(err.empty(), "op %d: combine: %s", op, err.c_str());
   }
   moe::g_test_before_unpack = nullptr;
-  H_CHECK(eng->destroy() == Status::kOk, "destroy: %s", eng->last_error().c_str());
+  RANK_CHECK(eng->destroy() == Status::kOk, "destroy: %s", eng->last_error().c_str());
   return 0;
 }
 
@@ -110,8 +102,8 @@ int hostile_record(OobChannel& oob) {
   cfg.timeoutMs = 3000;
   std::unique_ptr<moe::Engine> eng;
   std::string err;
-  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk, "init: %s",
-          err.c_str());
+  RANK_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
+             "init: %s", err.c_str());
   moe::g_test_before_unpack = tamper_record;
   const size_t cap = eng->recv_capacity();
   // Every token picks one of rank 0's experts, so rank 1's first record goes to rank 0.
@@ -122,14 +114,14 @@ int hostile_record(OobChannel& oob) {
   const int32_t T = in.T;
   Status st = eng->dispatch_send(in.x.data(), nullptr, idx.data(), in.w.data(), &T, rx.data(), nullptr,
                                  counts.data(), nullptr);
-  H_CHECK(st == Status::kOk, "dispatch send: %s", eng->last_error().c_str());
+  RANK_CHECK(st == Status::kOk, "dispatch send: %s", eng->last_error().c_str());
   if (me == 0) {
     st = eng->dispatch_recv(nullptr);
-    H_CHECK(st != Status::kOk, "a rewritten record was accepted");
-    H_CHECK(eng->last_error().find("rank 1") != std::string::npos, "error does not name rank 1: %s",
-            eng->last_error().c_str());
+    RANK_CHECK(st != Status::kOk, "a rewritten record was accepted");
+    RANK_CHECK(eng->last_error().find("rank 1") != std::string::npos, "error does not name rank 1: %s",
+               eng->last_error().c_str());
     for (size_t i = 0; i < rx.size(); ++i)
-      H_CHECK(rx[i] == 0xa5, "recvX byte %zu written by a refused dispatch", i);
+      RANK_CHECK(rx[i] == 0xa5, "recvX byte %zu written by a refused dispatch", i);
   }
   moe::g_test_before_unpack = nullptr;
   eng->abort();
@@ -153,33 +145,35 @@ int fake_peer(OobChannel& oob, const Shape& s, const ncclMoeConfig_t& cfg, int r
   const moefabric::Params params = moefabric::Params::load();
   moe::ResolvedConfig rc{};
   std::string err;
-  H_CHECK(moe::config_agree(s.nranks, me, oob_allgather, &oob, &cfg, params, &rc, &err) == Status::kOk,
-          "config: %s", err.c_str());
+  RANK_CHECK(moe::config_agree(s.nranks, me, oob_allgather, &oob, &cfg, params, &rc, &err) == Status::kOk,
+             "config: %s", err.c_str());
   moe::Layout l;
   const char* why = nullptr;
-  H_CHECK(moe::layout_init(&l, s.nranks, me, rc.experts, rc.topk, rc.hidden, rc.max_tokens, 2, false,
-                           rc.scale_block, rc.alignment, rc.max_private, &why),
-          "layout: %s", why);
+  RANK_CHECK(moe::layout_init(&l, s.nranks, me, rc.experts, rc.topk, rc.hidden, rc.max_tokens, 2, false,
+                              rc.scale_block, rc.alignment, rc.max_private, &why),
+             "layout: %s", why);
   std::unique_ptr<moefabric::fabric::RmaRails> ep;
   moe::RailChoice choice;
-  H_CHECK(moe::open_rails(params, std::nullopt, &ep, &choice, &err) == Status::kOk, "rails: %s", err.c_str());
+  RANK_CHECK(moe::open_rails(params, std::nullopt, &ep, &choice, &err) == Status::kOk, "rails: %s",
+             err.c_str());
   std::vector<uint8_t> recv(l.recv_block_bytes), send(1 << 16);
   moefabric::fabric::RmaRails::Mr recv_mr, send_mr;
-  H_CHECK(ep->reg(recv.data(), recv.size(), moefabric::fabric::MrAccess::kRemoteWrite, &recv_mr, &err) ==
-              Status::kOk,
-          "reg: %s", err.c_str());
-  H_CHECK(
+  RANK_CHECK(ep->reg(recv.data(), recv.size(), moefabric::fabric::MrAccess::kRemoteWrite, &recv_mr, &err) ==
+                 Status::kOk,
+             "reg: %s", err.c_str());
+  RANK_CHECK(
       ep->reg(send.data(), send.size(), moefabric::fabric::MrAccess::kLocal, &send_mr, &err) == Status::kOk,
       "reg: %s", err.c_str());
   moe::RailsAddr mine{};
   moe::rails_addr(*ep, recv_mr, recv.data(), &mine);
   std::vector<moe::RailsAddr> all;
-  H_CHECK(moe::agree(oob_allgather, &oob, s.nranks,
-                     {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError},
-                     Status::kOk, "", mine, &all, &err) == Status::kOk,
-          "address exchange: %s", err.c_str());
+  RANK_CHECK(
+      moe::agree(oob_allgather, &oob, s.nranks,
+                 {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError},
+                 Status::kOk, "", mine, &all, &err) == Status::kOk,
+      "address exchange: %s", err.c_str());
   moefabric::fabric::RmaRails::Peer peer;
-  H_CHECK(moe::rails_add_peer(*ep, all[0], 0, &peer, &err) == Status::kOk, "peer: %s", err.c_str());
+  RANK_CHECK(moe::rails_add_peer(*ep, all[0], 0, &peer, &err) == Status::kOk, "peer: %s", err.c_str());
   std::mt19937_64 rng(1234 + round);
   for (auto& b : send) b = static_cast<uint8_t>(rng());
   NoHandler h;
@@ -234,8 +228,8 @@ int hostile_writer(OobChannel& oob, int round) {
   if (me == 1) return fake_peer(oob, s, cfg, round, 3000);
   std::unique_ptr<moe::Engine> eng;
   std::string err;
-  H_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk, "init: %s",
-          err.c_str());
+  RANK_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
+             "init: %s", err.c_str());
   const size_t cap = eng->recv_capacity();
   const RankInput in = make_input(s, me, 16, 3, Routing::kUniformDup);
   std::vector<uint8_t> rx(cap * s.x_bytes() + 4096, 0xa5);
@@ -250,12 +244,12 @@ int hostile_writer(OobChannel& oob, int round) {
   if (r == Status::kOk) r = eng->combine_recv(y.data(), nullptr);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::string text = eng->last_error();
-  H_CHECK(r != Status::kOk, "round %d: a round trip with a peer writing garbage succeeded", round);
-  H_CHECK(text.find("rank 1") != std::string::npos, "round %d: the error does not name rank 1: %s", round,
-          text.c_str());
-  H_CHECK(secs < 3.0 + 5.0, "round %d: the refusal took %.1f s (timeout 3 s)", round, secs);
+  RANK_CHECK(r != Status::kOk, "round %d: a round trip with a peer writing garbage succeeded", round);
+  RANK_CHECK(text.find("rank 1") != std::string::npos, "round %d: the error does not name rank 1: %s", round,
+             text.c_str());
+  RANK_CHECK(secs < 3.0 + 5.0, "round %d: the refusal took %.1f s (timeout 3 s)", round, secs);
   for (size_t i = cap * s.x_bytes(); i < rx.size(); ++i)
-    H_CHECK(rx[i] == 0xa5, "round %d: byte %zu past recvX's capacity was written", round, i);
+    RANK_CHECK(rx[i] == 0xa5, "round %d: byte %zu past recvX's capacity was written", round, i);
   eng->abort();
   oob.barrier();
   return 0;

@@ -12,23 +12,14 @@
 
 #include "include/moefabric/nccl_moe.h"
 #include "common/launch.h"
+#include "tests/common/check.h"
 #include "tests/common/proc.h"
 #include "tests/common/moe_reference.h"
 
 using namespace moetest;
 using moefabric::OobChannel;
 
-namespace {
-#define R_CHECK(c, ...)                                                    \
-  do {                                                                     \
-    if (!(c)) {                                                            \
-      fprintf(stderr, "rank %d: %s:%d: ", oob.rank(), __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                                        \
-      fprintf(stderr, "\n");                                               \
-      return 1;                                                            \
-    }                                                                      \
-  } while (0)
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("moe soak: 10^4 rounds, flat registrations and memory", "[moe][soak]") {
   const int rounds_env = getenv("MFTEST_MOE_ROUNDS") ? atoi(getenv("MFTEST_MOE_ROUNDS")) : 0;
@@ -53,8 +44,8 @@ TEST_CASE("moe soak: 10^4 rounds, flat registrations and memory", "[moe][soak]")
         const int me = oob.rank();
         ncclMoeConfig_t c = s.config();
         ncclMoeComm_t moe = nullptr;
-        R_CHECK(ncclMoeCommInitAllGather(&moe, 3, me, oob_allgather, &oob, &c) == ncclSuccess, "init: %s",
-                ncclMoeGetLastError(nullptr));
+        RANK_CHECK(ncclMoeCommInitAllGather(&moe, 3, me, oob_allgather, &oob, &c) == ncclSuccess, "init: %s",
+                   ncclMoeGetLastError(nullptr));
         size_t rows = 0;
         ncclMoeGetRecvCapacity(moe, &rows);
         std::vector<uint8_t> rx(rows * s.x_bytes());
@@ -73,23 +64,23 @@ TEST_CASE("moe soak: 10^4 rounds, flat registrations and memory", "[moe][soak]")
           std::vector<RankInput> all;
           ExpectedLayout ex;
           if (verify) {
-            R_CHECK(gather_inputs(&oob, s, in, &all), "gather");
+            RANK_CHECK(gather_inputs(&oob, s, in, &all), "gather");
             ex = expected_layout(s, all, me);
           }
           int32_t T = in.T;
-          R_CHECK(ncclMoeDispatch(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T, rx.data(), nullptr,
-                                  counts.data(), moe, nullptr) == ncclSuccess,
-                  "round %d dispatch: %s", i, ncclMoeGetLastError(moe));
+          RANK_CHECK(ncclMoeDispatch(in.x.data(), nullptr, in.idx.data(), in.w.data(), &T, rx.data(), nullptr,
+                                     counts.data(), moe, nullptr) == ncclSuccess,
+                     "round %d dispatch: %s", i, ncclMoeGetLastError(moe));
           if (verify) {
             std::string e = check_dispatch(s, all, me, ex, rx.data(), nullptr, counts.data());
-            R_CHECK(e.empty(), "round %d: %s", i, e.c_str());
+            RANK_CHECK(e.empty(), "round %d: %s", i, e.c_str());
             fill_expert_y(s, all, me, ex, ey.data());
           }
-          R_CHECK(ncclMoeCombine(ey.data(), y.data(), moe, nullptr) == ncclSuccess, "round %d combine: %s", i,
-                  ncclMoeGetLastError(moe));
+          RANK_CHECK(ncclMoeCombine(ey.data(), y.data(), moe, nullptr) == ncclSuccess, "round %d combine: %s",
+                     i, ncclMoeGetLastError(moe));
           if (verify) {
             std::string e = check_combine(s, in, me, y.data());
-            R_CHECK(e.empty(), "round %d: %s", i, e.c_str());
+            RANK_CHECK(e.empty(), "round %d: %s", i, e.c_str());
           }
         }
         long rss_end = testutil::rss_kib();
@@ -100,16 +91,17 @@ TEST_CASE("moe soak: 10^4 rounds, flat registrations and memory", "[moe][soak]")
             "rank %d: %d rounds, registrations %llu -> %llu, heap in use %zu -> %zu B, RSS %ld -> %ld KiB\n",
             me, rounds, static_cast<unsigned long long>(st0.registrations),
             static_cast<unsigned long long>(st.registrations), heap_warm, heap_end, rss_warm, rss_end);
-        R_CHECK(st.ops == static_cast<uint64_t>(rounds), "ops %llu", static_cast<unsigned long long>(st.ops));
-        R_CHECK(st.registrations == st0.registrations, "registrations grew");
+        RANK_CHECK(st.ops == static_cast<uint64_t>(rounds), "ops %llu",
+                   static_cast<unsigned long long>(st.ops));
+        RANK_CHECK(st.registrations == st0.registrations, "registrations grew");
         // Everything malloc'd (ours and libfabric's) must be exactly flat; RSS also counts the pages
         // tcp;ofi_rxm's mmap'd pools touch over time, so its bound is set per provider.
         if (check_mem)
-          R_CHECK(heap_end <= heap_warm + 16 * 1024, "heap in use grew by %zd B",
-                  static_cast<ssize_t>(heap_end - heap_warm));
+          RANK_CHECK(heap_end <= heap_warm + 16 * 1024, "heap in use grew by %zd B",
+                     static_cast<ssize_t>(heap_end - heap_warm));
         const long slack = getenv("MFTEST_RSS_SLACK_KIB") ? atol(getenv("MFTEST_RSS_SLACK_KIB")) : 1024;
-        if (check_mem) R_CHECK(rss_end - rss_warm < slack, "RSS grew by %ld KiB", rss_end - rss_warm);
-        R_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(nullptr));
+        if (check_mem) RANK_CHECK(rss_end - rss_warm < slack, "RSS grew by %ld KiB", rss_end - rss_warm);
+        RANK_CHECK(ncclMoeCommDestroy(moe) == ncclSuccess, "destroy: %s", ncclMoeGetLastError(nullptr));
         return 0;
       },
       1200);
