@@ -212,7 +212,65 @@ Status Topology::load(const Options& opts, std::unique_ptr<Topology>* out, std::
   return Status::kOk;
 }
 
+namespace {
+
+// The NUMA node an I/O object hangs under, or -1.
+int numa_of(hwloc_topology_t topo, hwloc_obj_t o) {
+  if (o == nullptr) return -1;
+  hwloc_obj_t a = hwloc_get_non_io_ancestor_obj(topo, o);
+  if (a == nullptr || a->nodeset == nullptr || hwloc_bitmap_weight(a->nodeset) != 1) return -1;
+  return hwloc_bitmap_first(a->nodeset);
+}
+
+hwloc_obj_t find_pci(hwloc_topology_t topo, const PciAddr& a) {
+  return hwloc_get_pcidev_by_busid(topo, a.domain, a.bus, a.dev, a.func);
+}
+
+// sysfs path of a PCI function: the real one on the live machine, else built from the tree the
+// way Linux lays it out (/sys/devices/pciDDDD:BB/<root port>/.../<function>).
+std::string pci_path_of(bool live, hwloc_obj_t o, const PciAddr& a) {
+  if (live) {
+    std::string p = realpath_str("/sys/bus/pci/devices/" + a.str());
+    if (!p.empty()) return p;
+  }
+  if (o == nullptr) return "";
+  std::vector<std::string> parts{a.str()};
+  hwloc_obj_t p = o->parent;
+  for (; p != nullptr && is_bridge(p) && !is_host_bridge(p); p = p->parent) parts.push_back(addr_of(p).str());
+  char root[32] = "";
+  if (is_host_bridge(p)) {
+    snprintf(root, sizeof root, "pci%04x:%02x", static_cast<unsigned>(p->attr->bridge.downstream.pci.domain),
+             p->attr->bridge.downstream.pci.secondary_bus);
+  } else {
+    snprintf(root, sizeof root, "pci%04x:%02x", a.domain, a.bus);
+  }
+  std::string out = std::string("/sys/devices/") + root;
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += "/" + *it;
+  return out;
+}
+
+// How a GPU reaches a NIC, from their common ancestor in the PCI tree.
+Path path_between(hwloc_topology_t topo, hwloc_obj_t gpu, hwloc_obj_t nic, int gpu_numa, int nic_numa) {
+  if (gpu == nullptr || nic == nullptr) return Path::kSys;
+  hwloc_obj_t anc = hwloc_get_common_ancestor_obj(topo, gpu, nic);
+  if (is_host_bridge(anc)) return Path::kPhb;
+  if (is_bridge(anc) || anc->type == HWLOC_OBJ_PCI_DEVICE)
+    return std::max(bridges_below(gpu, anc), bridges_below(nic, anc)) <= 1 ? Path::kPix : Path::kPxb;
+  return gpu_numa >= 0 && gpu_numa == nic_numa ? Path::kNode : Path::kSys;
+}
+
+}  // namespace
+
 Status Topology::build(const Options& opts, std::string* error) {
+  MF_CHECK(load_hwloc(opts, error));
+  collect_numa();
+  std::vector<hwloc_obj_t> nic_obj = collect_nics(opts);
+  collect_gpus(opts, nic_obj);
+  assign_proxy_cores();
+  return Status::kOk;
+}
+
+Status Topology::load_hwloc(const Options& opts, std::string* error) {
   hw_ = std::make_unique<Hw>();
   if (hwloc_topology_init(&hw_->topo) != 0) {
     *error = "hwloc_topology_init failed";
@@ -228,19 +286,23 @@ Status Topology::build(const Options& opts, std::string* error) {
   // they leave allocations behind once hwloc unloads them).
   for (const char* c : {"opencl", "gl"})
     (void)hwloc_topology_set_components(topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, c);
-  const bool live = opts.xml.empty();
-  if (!live && hwloc_topology_set_xml(topo, opts.xml.c_str()) != 0) {
+  live_ = opts.xml.empty();
+  if (!live_ && hwloc_topology_set_xml(topo, opts.xml.c_str()) != 0) {
     *error = "cannot read hwloc XML " + opts.xml + ": " + strerror(errno);
     return Status::kInvalidArgument;
   }
   if (hwloc_topology_load(topo) != 0) {
-    *error = "hwloc could not load the " + (live ? std::string("live topology") : opts.xml) + ": " +
+    *error = "hwloc could not load the " + (live_ ? std::string("live topology") : opts.xml) + ": " +
              strerror(errno);
     return Status::kSystemError;
   }
-  source_ = live ? "live machine" : opts.xml;
+  source_ = live_ ? "live machine" : opts.xml;
+  return Status::kOk;
+}
 
-  // NUMA nodes and, per node, one PU per core.
+// NUMA nodes and, per node, one PU per core.
+void Topology::collect_numa() {
+  hwloc_topology_t topo = hw_->topo;
   int nnodes = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_NUMANODE);
   numa_nodes_ = nnodes;
   int max_node = -1;
@@ -260,80 +322,55 @@ Status Topology::build(const Options& opts, std::string* error) {
     }
   }
   for (auto& v : numa_cpus_) std::sort(v.begin(), v.end());
+}
 
-  auto numa_of = [&](hwloc_obj_t o) -> int {
-    if (o == nullptr) return -1;
-    hwloc_obj_t a = hwloc_get_non_io_ancestor_obj(topo, o);
-    if (a == nullptr || a->nodeset == nullptr || hwloc_bitmap_weight(a->nodeset) != 1) return -1;
-    return hwloc_bitmap_first(a->nodeset);
-  };
-  auto find_pci = [&](const PciAddr& a) {
-    return hwloc_get_pcidev_by_busid(topo, a.domain, a.bus, a.dev, a.func);
-  };
-  // sysfs path of a PCI function: the real one on the live machine, else built from the tree
-  // the way Linux lays it out (/sys/devices/pciDDDD:BB/<root port>/.../<function>).
-  auto pci_path_of = [&](hwloc_obj_t o, const PciAddr& a) -> std::string {
-    if (live) {
-      std::string p = realpath_str("/sys/bus/pci/devices/" + a.str());
-      if (!p.empty()) return p;
-    }
-    if (o == nullptr) return "";
-    std::vector<std::string> parts{a.str()};
-    hwloc_obj_t p = o->parent;
-    for (; p != nullptr && is_bridge(p) && !is_host_bridge(p); p = p->parent)
-      parts.push_back(addr_of(p).str());
-    char root[32] = "";
-    if (is_host_bridge(p)) {
-      snprintf(root, sizeof root, "pci%04x:%02x",
-               static_cast<unsigned>(p->attr->bridge.downstream.pci.domain),
-               p->attr->bridge.downstream.pci.secondary_bus);
-    } else {
-      snprintf(root, sizeof root, "pci%04x:%02x", a.domain, a.bus);
-    }
-    std::string out = std::string("/sys/devices/") + root;
-    for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += "/" + *it;
-    return out;
-  };
-
-  // NICs.
+// The NICs given in `opts`, else every network controller on PCI; returns their hwloc objects
+// (null where the topology does not have one) in the order of nics_.
+std::vector<hwloc_obj_t> Topology::collect_nics(const Options& opts) {
+  hwloc_topology_t topo = hw_->topo;
   std::vector<hwloc_obj_t> nic_obj;
   if (opts.nics_given) {
     for (const NicDesc& d : opts.nics) {
       Nic n;
       static_cast<NicDesc&>(n) = d;
-      hwloc_obj_t o = d.pci ? find_pci(*d.pci) : nullptr;
-      n.numa = numa_of(o);
-      if (d.pci) n.pci_path = pci_path_of(o, *d.pci);
+      hwloc_obj_t o = d.pci ? find_pci(topo, *d.pci) : nullptr;
+      n.numa = numa_of(topo, o);
+      if (d.pci) n.pci_path = pci_path_of(live_, o, *d.pci);
       nics_.push_back(std::move(n));
       nic_obj.push_back(o);
     }
-  } else {
-    for (hwloc_obj_t o = nullptr; (o = hwloc_get_next_pcidev(topo, o)) != nullptr;) {
-      if ((o->attr->pcidev.class_id >> 8) != 0x02) continue;  // network controllers
-      Nic n;
-      n.pci = addr_of(o);
-      std::string ofed, net;
-      for (hwloc_obj_t c = o->io_first_child; c != nullptr; c = c->next_sibling) {
-        if (c->type != HWLOC_OBJ_OS_DEVICE || c->name == nullptr) continue;
-        if (c->attr->osdev.type == HWLOC_OBJ_OSDEV_OPENFABRICS && ofed.empty()) ofed = c->name;
-        if (c->attr->osdev.type == HWLOC_OBJ_OSDEV_NETWORK && net.empty()) net = c->name;
-      }
-      n.name = !ofed.empty() ? ofed : !net.empty() ? net : n.pci->str();
-      unsigned vendor = o->attr->pcidev.vendor_id;
-      n.provider = vendor == 0x1d0f ? "efa" : vendor == 0x15b3 ? "verbs" : "tcp";
-      n.numa = numa_of(o);
-      n.pci_path = pci_path_of(o, *n.pci);
-      nics_.push_back(std::move(n));
-      nic_obj.push_back(o);
-    }
+    return nic_obj;
   }
+  for (hwloc_obj_t o = nullptr; (o = hwloc_get_next_pcidev(topo, o)) != nullptr;) {
+    if ((o->attr->pcidev.class_id >> 8) != 0x02) continue;  // network controllers
+    Nic n;
+    n.pci = addr_of(o);
+    std::string ofed, net;
+    for (hwloc_obj_t c = o->io_first_child; c != nullptr; c = c->next_sibling) {
+      if (c->type != HWLOC_OBJ_OS_DEVICE || c->name == nullptr) continue;
+      if (c->attr->osdev.type == HWLOC_OBJ_OSDEV_OPENFABRICS && ofed.empty()) ofed = c->name;
+      if (c->attr->osdev.type == HWLOC_OBJ_OSDEV_NETWORK && net.empty()) net = c->name;
+    }
+    n.name = !ofed.empty() ? ofed : !net.empty() ? net : n.pci->str();
+    unsigned vendor = o->attr->pcidev.vendor_id;
+    n.provider = vendor == 0x1d0f ? "efa" : vendor == 0x15b3 ? "verbs" : "tcp";
+    n.numa = numa_of(topo, o);
+    n.pci_path = pci_path_of(live_, o, *n.pci);
+    nics_.push_back(std::move(n));
+    nic_obj.push_back(o);
+  }
+  return nic_obj;
+}
 
-  // GPUs.
+// The GPUs (given, from the CUDA driver, else NVIDIA PCI functions), each with its path to every
+// NIC and its rails: the NICs at the best path.
+void Topology::collect_gpus(const Options& opts, const std::vector<hwloc_obj_t>& nic_obj) {
+  hwloc_topology_t topo = hw_->topo;
   std::vector<PciAddr> gpu_pci;
   if (opts.gpus_given) {
     gpu_pci = opts.gpus;
     gpu_source_ = "given";
-  } else if (auto cuda = live ? cuda_gpus() : std::nullopt) {
+  } else if (auto cuda = live_ ? cuda_gpus() : std::nullopt) {
     gpu_pci = *cuda;
     gpu_source_ = "CUDA driver";
   } else {
@@ -343,38 +380,27 @@ Status Topology::build(const Options& opts, std::string* error) {
         gpu_pci.push_back(addr_of(o));
     }
     std::sort(gpu_pci.begin(), gpu_pci.end());
-    gpu_source_ = live ? "hwloc PCI devices (no CUDA driver)" : "hwloc PCI devices";
+    gpu_source_ = live_ ? "hwloc PCI devices (no CUDA driver)" : "hwloc PCI devices";
   }
-
   for (size_t g = 0; g < gpu_pci.size(); ++g) {
     Gpu gpu;
     gpu.index = static_cast<int>(g);
     gpu.pci = gpu_pci[g];
-    hwloc_obj_t go = find_pci(gpu.pci);
-    gpu.numa = numa_of(go);
+    hwloc_obj_t go = find_pci(topo, gpu.pci);
+    gpu.numa = numa_of(topo, go);
     Path best = Path::kSys;
     for (size_t n = 0; n < nics_.size(); ++n) {
-      hwloc_obj_t no = nic_obj[n];
-      Path p = Path::kSys;
-      if (go != nullptr && no != nullptr) {
-        hwloc_obj_t anc = hwloc_get_common_ancestor_obj(topo, go, no);
-        if (is_host_bridge(anc)) {
-          p = Path::kPhb;
-        } else if (is_bridge(anc) || anc->type == HWLOC_OBJ_PCI_DEVICE) {
-          p = std::max(bridges_below(go, anc), bridges_below(no, anc)) <= 1 ? Path::kPix : Path::kPxb;
-        } else {
-          p = gpu.numa >= 0 && gpu.numa == nics_[n].numa ? Path::kNode : Path::kSys;
-        }
-      }
-      gpu.path.push_back(p);
-      best = std::min(best, p);
+      gpu.path.push_back(path_between(topo, go, nic_obj[n], gpu.numa, nics_[n].numa));
+      best = std::min(best, gpu.path.back());
     }
     for (size_t n = 0; n < nics_.size(); ++n)
       if (gpu.path[n] == best) gpu.rails.push_back(static_cast<int>(n));
     gpus_.push_back(std::move(gpu));
   }
+}
 
-  // Proxy cores: the cores of each NUMA node split evenly among the GPUs on it, in GPU order.
+// Proxy cores: the cores of each NUMA node split evenly among the GPUs on it, in GPU order.
+void Topology::assign_proxy_cores() {
   std::map<int, std::vector<int>> by_node;
   for (const Gpu& g : gpus_) by_node[g.numa].push_back(g.index);
   for (auto& [node, list] : by_node) {
@@ -392,7 +418,6 @@ Status Topology::build(const Options& opts, std::string* error) {
                                        cpus.begin() + static_cast<long>(hi));
     }
   }
-  return Status::kOk;
 }
 
 std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,

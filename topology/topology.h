@@ -17,6 +17,8 @@
 
 #include "common/status.h"
 
+struct hwloc_obj;  // hwloc.h stays out of this header
+
 namespace moefabric::topo {
 
 struct PciAddr {
@@ -102,7 +104,13 @@ class Topology {
 
  private:
   Topology() = default;
+  // build() runs these steps in order.
   Status build(const Options& opts, std::string* error);
+  Status load_hwloc(const Options& opts, std::string* error);
+  void collect_numa();
+  std::vector<::hwloc_obj*> collect_nics(const Options& opts);
+  void collect_gpus(const Options& opts, const std::vector<::hwloc_obj*>& nic_obj);
+  void assign_proxy_cores();
 
   struct Hw;
   std::unique_ptr<Hw> hw_;
@@ -110,6 +118,7 @@ class Topology {
   std::vector<Nic> nics_;
   int numa_nodes_ = 0;
   int cores_ = 0;
+  bool live_ = true;  // the running machine, not an XML file
   std::string source_, gpu_source_;
   std::vector<std::vector<int>> numa_cpus_;  // per NUMA node os index: one PU per core
 };

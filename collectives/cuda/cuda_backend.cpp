@@ -136,9 +136,15 @@ class CudaComm final : public Engine {
   Status move_combine_recv(void* y, cudaStream_t stream) override;
   Status move_destroy(bool idle) override;
   Status launched(cudaError_t e, const char* what);
+  bool alloc_local(InitBlob* mine, void** err_dev, std::string* err);
+  Status map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t fn, void* ctx, std::string* error);
   // Which ranks are fabric peers (bit r), from every rank's host and the fabric switches.
   Status choose_paths(const std::vector<InitBlob>& all, std::string* error);
   Status fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error);
+  bool fabric_open_proxy(const Params& pp, void** ctrl_dev, std::string* err);
+  void fabric_device_staging(const Params& pp, void** send_dev, void** recv_dev, std::string* why_host);
+  bool fabric_host_staging(void** send_dev, void** recv_dev, std::string* err);
+  size_t ctrl_words() const;  // u64 doorbells and arrival flags; stage_T follows
   std::string fabric_error_;  // the proxy failed to start here: reported to all at the next allgather
 
   ResolvedConfig cfg_{};
@@ -176,6 +182,9 @@ Status CudaComm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, 
   return Status::kOk;
 }
 
+// Setup in steps: the layout and device memory (alloc_local), one allgather of the IPC handles
+// and node identities, the paths (choose_paths), the fabric path (fabric_setup), the NVLink
+// mappings (map_peers), then the fabric barrier.
 Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
                        std::string* error) {
   cfg_ = rc;
@@ -183,17 +192,65 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, c
   me_ = rank;
   InitBlob mine{};
   std::string err;
+  void* err_dev = nullptr;
+  const bool ok = alloc_local(&mine, &err_dev, &err);
+  mine.force_fabric = params_.force_fabric ? 1 : 0;
+  mine.node_size = static_cast<int32_t>(params_.node_size);
+  host_id(mine.host, sizeof mine.host);
+  std::vector<InitBlob> all;
+  MF_CHECK(agree(fn, ctx, nranks,
+                 {"init (CUDA backend)", "exchanging IPC handles", "could not set up", Status::kSystemError},
+                 ok ? Status::kOk : Status::kCudaError, err, mine, &all, error));
+  int blocks = mine.sm_count;
+  for (int r = 0; r < nranks; ++r) blocks = std::min(blocks, static_cast<int>(all[r].sm_count));
+  MF_CHECK(choose_paths(all, error));
+  args_.blocks = std::max(1, blocks);
+  args_.timeout_ns = static_cast<int64_t>(rc.timeout_ms) * 1000000;
+  if (remote_ != 0) MF_CHECK(fabric_setup(fn, ctx, error));
+  MF_CHECK(map_peers(all, fn, ctx, error));
+  // Every fabric path once before any kernel waits on one (see FabricProxy::barrier).
+  if (proxy_) {
+    std::string text;
+    if (proxy_->barrier(&text, "fabric path") != Status::kOk) {
+      *error = "init (CUDA backend): " + text;
+      return Status::kRemoteError;
+    }
+  }
+  args_.local = block_.get();
+  args_.peers = peers_dev_.get();
+  args_.st = state_.get();
+  args_.err = static_cast<kern::DevError*>(err_dev);
+  args_.row_src = row_src_.get();
+  const CudaLayout& l = args_.l;
+  MF_INFO(
+      log::kInit,
+      "moe comm rank %d/%d: CUDA backend on device %d, E %d K %d H %d maxT %d %s, %zu MiB "
+      "receive block over CUDA IPC, %d blocks per kernel, %d fabric peer(s)%s%s",
+      rank, nranks, dev_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, l.elt_bytes == 1 ? "fp8" : "bf16",
+      l.block_bytes >> 20, args_.blocks, __builtin_popcount(remote_), proxy_ ? " over " : "",
+      proxy_ ? (proxy_->provider() + " " + proxy_->rails() +
+                (proxy_->device_staging() ? ", staging in GPU memory" : ", staging in pinned host memory"))
+                   .c_str()
+             : "");
+  return Status::kOk;
+}
+
+// The layout, the receive block, device state, row map, peer table, the mapped error word and
+// the internal stream; fills this rank's IPC handle and SM count. False with *err (the first
+// failure) otherwise; the caller still takes part in the allgather.
+bool CudaComm::alloc_local(InitBlob* mine, void** err_dev, std::string* err) {
   auto cuda_ok = [&](cudaError_t e, const char* what) {
     if (e == cudaSuccess) return true;
-    if (err.empty()) err = std::string(what) + " failed: " + cuda_text(e);
+    if (err->empty()) *err = std::string(what) + " failed: " + cuda_text(e);
     return false;
   };
+  const ResolvedConfig& rc = cfg_;
   const bool fp8 = rc.dispatch_type == ncclFloat8e4m3;
   const char* why = nullptr;
   CudaLayout& l = args_.l;
-  bool ok = cuda_layout_init(&l, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2,
-                             fp8, rc.scale_block, rc.alignment, &why);
-  if (!ok) err = why;
+  bool ok = cuda_layout_init(&l, R_, me_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2, fp8,
+                             rc.scale_block, rc.alignment, &why);
+  if (!ok) *err = why;
   ok = ok && cuda_ok(cudaGetDevice(&dev_), "cudaGetDevice");
   int sms = 0;
   ok = ok &&
@@ -208,7 +265,7 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, c
   if (ok && cuda_ok(cudaMalloc(&p, sizeof(uint32_t) * std::max<size_t>(1, l.capacity_rows)),
                     "cudaMalloc (row map)"))
     row_src_.reset(static_cast<uint32_t*>(p));
-  if (ok && row_src_ && cuda_ok(cudaMalloc(&p, sizeof(uint8_t*) * nranks), "cudaMalloc (peers)"))
+  if (ok && row_src_ && cuda_ok(cudaMalloc(&p, sizeof(uint8_t*) * R_), "cudaMalloc (peers)"))
     peers_dev_.reset(static_cast<uint8_t**>(p));
   ok = ok && peers_dev_;
   if (ok &&
@@ -217,31 +274,22 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, c
     std::memset(p, 0, sizeof(kern::DevError));
   }
   ok = ok && err_;
-  void* err_dev = nullptr;
-  ok = ok && cuda_ok(cudaHostGetDevicePointer(&err_dev, err_.get(), 0), "cudaHostGetDevicePointer");
+  ok = ok && cuda_ok(cudaHostGetDevicePointer(err_dev, err_.get(), 0), "cudaHostGetDevicePointer");
   ok = ok && cuda_ok(cudaStreamCreateWithFlags(&internal_, cudaStreamNonBlocking), "cudaStreamCreate");
   ok = ok && cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize (init)");
-  ok = ok && cuda_ok(cudaIpcGetMemHandle(&mine.handle, block_.get()), "cudaIpcGetMemHandle");
-  mine.sm_count = sms;
-  mine.force_fabric = params_.force_fabric ? 1 : 0;
-  mine.node_size = static_cast<int32_t>(params_.node_size);
-  host_id(mine.host, sizeof mine.host);
-  std::vector<InitBlob> all;
-  MF_CHECK(agree(fn, ctx, nranks,
-                 {"init (CUDA backend)", "exchanging IPC handles", "could not set up", Status::kSystemError},
-                 ok ? Status::kOk : Status::kCudaError, err, mine, &all, error));
-  int blocks = sms;
-  for (int r = 0; r < nranks; ++r) blocks = std::min(blocks, static_cast<int>(all[r].sm_count));
-  MF_CHECK(choose_paths(all, error));
-  args_.blocks = std::max(1, blocks);
-  args_.timeout_ns = static_cast<int64_t>(rc.timeout_ms) * 1000000;
-  if (remote_ != 0) MF_CHECK(fabric_setup(fn, ctx, error));
-  // Map every NVLink peer's block; all ranks learn whether everyone succeeded.
-  std::vector<uint8_t*> bases(nranks, nullptr);
+  ok = ok && cuda_ok(cudaIpcGetMemHandle(&mine->handle, block_.get()), "cudaIpcGetMemHandle");
+  mine->sm_count = sms;
+  return ok;
+}
+
+// Maps every NVLink peer's receive block; all ranks learn whether everyone succeeded.
+Status CudaComm::map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t fn, void* ctx,
+                           std::string* error) {
+  std::vector<uint8_t*> bases(R_, nullptr);
   bool mapped = fabric_error_.empty();
   std::string map_err = fabric_error_;
-  for (int r = 0; r < nranks && mapped; ++r) {
-    if (r == rank) {
+  for (int r = 0; r < R_ && mapped; ++r) {
+    if (r == me_) {
       bases[r] = block_.get();
       continue;
     }
@@ -259,38 +307,14 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, c
     bases[r] = static_cast<uint8_t*>(m->ptr);
     mapped_.push_back(std::move(m));
   }
-  if (mapped && cudaMemcpy(peers_dev_.get(), bases.data(), sizeof(uint8_t*) * nranks,
-                           cudaMemcpyHostToDevice) != cudaSuccess) {
+  if (mapped && cudaMemcpy(peers_dev_.get(), bases.data(), sizeof(uint8_t*) * R_, cudaMemcpyHostToDevice) !=
+                    cudaSuccess) {
     mapped = false;
     map_err = "cudaMemcpy of the peer table failed";
   }
   std::vector<int32_t> unused;
-  MF_CHECK(agree(fn, ctx, nranks, {"init (CUDA backend)", "mapping peers", "failed", Status::kSystemError},
-                 mapped ? Status::kOk : Status::kSystemError, map_err, int32_t{0}, &unused, error));
-  // Every fabric path once before any kernel waits on one (see FabricProxy::barrier).
-  if (proxy_) {
-    std::string text;
-    if (proxy_->barrier(&text, "fabric path") != Status::kOk) {
-      *error = "init (CUDA backend): " + text;
-      return Status::kRemoteError;
-    }
-  }
-  args_.local = block_.get();
-  args_.peers = peers_dev_.get();
-  args_.st = state_.get();
-  args_.err = static_cast<kern::DevError*>(err_dev);
-  args_.row_src = row_src_.get();
-  MF_INFO(log::kInit,
-          "moe comm rank %d/%d: CUDA backend on device %d, E %d K %d H %d maxT %d %s, %zu MiB "
-          "receive block over CUDA IPC, %d blocks per kernel, %d fabric peer(s)%s%s",
-          rank, nranks, dev_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? "fp8" : "bf16",
-          l.block_bytes >> 20, args_.blocks, __builtin_popcount(remote_), proxy_ ? " over " : "",
-          proxy_
-              ? (proxy_->provider() + " " + proxy_->rails() +
-                 (proxy_->device_staging() ? ", staging in GPU memory" : ", staging in pinned host memory"))
-                    .c_str()
-              : "");
-  return Status::kOk;
+  return agree(fn, ctx, R_, {"init (CUDA backend)", "mapping peers", "failed", Status::kSystemError},
+               mapped ? Status::kOk : Status::kSystemError, map_err, int32_t{0}, &unused, error);
 }
 
 // Nodes: MOEFABRIC_NODE_SIZE groups consecutive ranks, else ranks on one host form a node. NVLink
@@ -333,29 +357,31 @@ Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* err
   return Status::kOk;
 }
 
-// Control words in pinned mapped host memory, the proxy's endpoint, the staging segments (GPU
-// memory when the rails grant FI_HMEM and MOEFABRIC_MOE_STAGING allows, else pinned host memory)
-// and one allgather of the fabric addresses; then the proxy runs.
+namespace {
+// Pinned host memory the GPU sees (mapped), zeroed; false with *err (first failure) otherwise.
+template <typename T>
+bool host_alloc(size_t bytes, const char* what, PinnedPtr<T>* out, std::string* err) {
+  void* p = nullptr;
+  cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
+  if (e != cudaSuccess) {
+    if (err->empty())
+      *err = std::string("cudaHostAlloc (") + what + ", " + std::to_string(bytes) +
+             " B) failed: " + cuda_text(e);
+    return false;
+  }
+  std::memset(p, 0, bytes);
+  out->reset(static_cast<T*>(p));
+  return true;
+}
+}  // namespace
+
+// The fabric path in steps: control words and the proxy's endpoint (fabric_open_proxy), the
+// staging segments in GPU memory where the rails grant FI_HMEM and MOEFABRIC_MOE_STAGING allows
+// (fabric_device_staging), else in pinned host memory, one allgather of the fabric addresses,
+// then the proxy runs.
 Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error) {
-  const CudaLayout& l = args_.l;
-  const size_t stage = l.stage_bytes * static_cast<size_t>(R_);
-  const size_t ctrl_words = kern::kBells + static_cast<size_t>(kern::kBells + 1) * R_;
-  const size_t ctrl = sizeof(uint64_t) * ctrl_words + sizeof(int32_t) * (1 + static_cast<size_t>(R_));
   std::string err;
   FabricProxy::Addr mine{};
-  auto host_alloc = [&](size_t bytes, const char* what, auto* out) {
-    void* p = nullptr;
-    cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
-    if (e != cudaSuccess) {
-      if (err.empty())
-        err = std::string("cudaHostAlloc (") + what + ", " + std::to_string(bytes) +
-              " B) failed: " + cuda_text(e);
-      return false;
-    }
-    std::memset(p, 0, bytes);
-    out->reset(static_cast<std::remove_reference_t<decltype(*out->get())>*>(p));
-    return true;
-  };
   // GPU staging needs FI_HMEM from the provider. MOEFABRIC_GDR=auto asks for it where the NIC
   // writes GPU memory itself (efa, verbs), which is where auto staging can use it; `device` asks
   // every provider (it may still be refused below, with the reason).
@@ -367,75 +393,12 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
     err = "MOEFABRIC_MOE_STAGING=device needs FI_HMEM, but MOEFABRIC_GDR=0 forbids asking for it";
     ok = false;
   }
-  ok = ok && host_alloc(ctrl, "doorbells and arrival flags", &ctrl_);
   void* ctrl_dev = nullptr;
-  ok = ok && cudaHostGetDevicePointer(&ctrl_dev, ctrl_.get(), 0) == cudaSuccess;
-  if (!ok && err.empty()) err = "cudaHostGetDevicePointer failed on the control words";
-  if (ok) {
-    FabricProxy::Config pc;
-    pc.nranks = R_;
-    pc.rank = me_;
-    pc.remote = remote_;
-    pc.layout = l;
-    pc.doorbell = ctrl_.get();
-    pc.arrived = ctrl_.get() + kern::kBells;
-    pc.stage_T = reinterpret_cast<const int32_t*>(ctrl_.get() + ctrl_words);
-    pc.abort_word = &reinterpret_cast<volatile kern::DevError*>(err_.get())->abort;
-    pc.timeout_ms = cfg_.timeout_ms;
-    char bus[32] = {};
-    if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev_) == cudaSuccess) pc.gpu = topo::PciAddr::parse(bus);
-    ok = FabricProxy::create(pp, pc, &proxy_, &err) == Status::kOk;
-  }
+  ok = ok && fabric_open_proxy(pp, &ctrl_dev, &err);
   void *send_dev = nullptr, *recv_dev = nullptr;
-  std::string why_host = mode == "host" ? "MOEFABRIC_MOE_STAGING=host" : "";
   if (ok && mode != "host") {
-    int order = cudaGPUDirectRDMAWritesOrderingNone;
-    if (!proxy_->device_staging_ok(&why_host)) {
-      if (!proxy_->hmem()) {
-        const std::string& prov = proxy_->provider();
-        why_host += pp.gdr == "0" ? " (MOEFABRIC_GDR=0)"
-                    : pp.gdr == "auto" && prov != "efa" && prov != "verbs"
-                        ? " (MOEFABRIC_GDR=auto asks for FI_HMEM of efa and verbs only)"
-                        : " (libfabric built without CUDA?)";
-      }
-    } else if (!proxy_->hmem_async() &&
-               (cudaDeviceGetAttribute(&order, cudaDevAttrGPUDirectRDMAWritesOrdering, dev_) != cudaSuccess ||
-                order < cudaGPUDirectRDMAWritesOrderingOwner)) {
-      // The NIC writes the staging itself and the proxy raises the arrival flag right after the
-      // write's completion, with no flush between: this GPU's kernels must see NIC writes in
-      // order on their own.
-      (void)cudaGetLastError();
-      why_host = "GPU " + std::to_string(dev_) +
-                 " does not order NIC writes to its memory for its "
-                 "own kernels (cudaDevAttrGPUDirectRDMAWritesOrdering " +
-                 std::to_string(order) + ", 100 needed)";
-    } else {
-      void *s = nullptr, *r = nullptr;
-      cudaError_t e = cudaMalloc(&s, stage);
-      if (e == cudaSuccess) {
-        send_dstage_.reset(static_cast<uint8_t*>(s));
-        e = cudaMalloc(&r, stage);
-      }
-      if (e == cudaSuccess) {
-        recv_dstage_.reset(static_cast<uint8_t*>(r));
-        e = cudaMemset(s, 0, stage);
-      }
-      if (e == cudaSuccess) e = cudaMemset(r, 0, stage);
-      if (e == cudaSuccess) e = cudaDeviceSynchronize();
-      std::string why;
-      if (e != cudaSuccess) {
-        why = "cudaMalloc/cudaMemset of " + std::to_string(2 * stage) + " B: " + cuda_text(e);
-        (void)cudaGetLastError();
-      } else if (proxy_->attach(send_dstage_.get(), recv_dstage_.get(), dev_, &why) == Status::kOk) {
-        send_dev = s;
-        recv_dev = r;
-      }
-      if (send_dev == nullptr) {
-        why_host = "GPU staging failed: " + why;
-        send_dstage_.reset();
-        recv_dstage_.reset();
-      }
-    }
+    std::string why_host;
+    fabric_device_staging(pp, &send_dev, &recv_dev, &why_host);
     if (send_dev == nullptr && mode == "device") {
       err = "MOEFABRIC_MOE_STAGING=device: " + why_host;
       ok = false;
@@ -443,14 +406,7 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
       MF_INFO(log::kInit, "rank %d: fabric staging in pinned host memory: %s", me_, why_host.c_str());
     }
   }
-  if (ok && send_dev == nullptr) {
-    ok = host_alloc(stage, "fabric send staging", &send_stage_) &&
-         host_alloc(stage, "fabric receive staging", &recv_stage_);
-    ok = ok && cudaHostGetDevicePointer(&send_dev, send_stage_.get(), 0) == cudaSuccess &&
-         cudaHostGetDevicePointer(&recv_dev, recv_stage_.get(), 0) == cudaSuccess;
-    if (!ok && err.empty()) err = "cudaHostGetDevicePointer failed on the fabric staging";
-    ok = ok && proxy_->attach(send_stage_.get(), recv_stage_.get(), -1, &err) == Status::kOk;
-  }
+  if (ok && send_dev == nullptr) ok = fabric_host_staging(&send_dev, &recv_dev, &err);
   if (ok) proxy_->local_addr(&mine);
   // Every rank reaches the same verdict here (a rank that leaves alone would strand its NVLink
   // peers in the next allgather).
@@ -467,8 +423,99 @@ Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* err
   args_.recv_stage = static_cast<const uint8_t*>(recv_dev);
   args_.doorbell = static_cast<uint64_t*>(ctrl_dev);
   args_.arrived = static_cast<const uint64_t*>(ctrl_dev) + kern::kBells;
-  args_.stage_T = reinterpret_cast<int32_t*>(static_cast<uint64_t*>(ctrl_dev) + ctrl_words);
+  args_.stage_T = reinterpret_cast<int32_t*>(static_cast<uint64_t*>(ctrl_dev) + ctrl_words());
   return Status::kOk;
+}
+
+size_t CudaComm::ctrl_words() const { return kern::kBells + static_cast<size_t>(kern::kBells + 1) * R_; }
+
+// Doorbells, arrival flags and stage_T in pinned mapped host memory, and the proxy's endpoint.
+bool CudaComm::fabric_open_proxy(const Params& pp, void** ctrl_dev, std::string* err) {
+  const size_t ctrl = sizeof(uint64_t) * ctrl_words() + sizeof(int32_t) * (1 + static_cast<size_t>(R_));
+  if (!host_alloc(ctrl, "doorbells and arrival flags", &ctrl_, err)) return false;
+  if (cudaHostGetDevicePointer(ctrl_dev, ctrl_.get(), 0) != cudaSuccess) {
+    *err = "cudaHostGetDevicePointer failed on the control words";
+    return false;
+  }
+  FabricProxy::Config pc;
+  pc.nranks = R_;
+  pc.rank = me_;
+  pc.remote = remote_;
+  pc.layout = args_.l;
+  pc.doorbell = ctrl_.get();
+  pc.arrived = ctrl_.get() + kern::kBells;
+  pc.stage_T = reinterpret_cast<const int32_t*>(ctrl_.get() + ctrl_words());
+  pc.abort_word = &reinterpret_cast<volatile kern::DevError*>(err_.get())->abort;
+  pc.timeout_ms = cfg_.timeout_ms;
+  char bus[32] = {};
+  if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev_) == cudaSuccess) pc.gpu = topo::PciAddr::parse(bus);
+  return FabricProxy::create(pp, pc, &proxy_, err) == Status::kOk;
+}
+
+// Staging in GPU memory, registered with FI_HMEM: *send_dev/*recv_dev set on success, else
+// *why_host says why the staging goes to host memory.
+void CudaComm::fabric_device_staging(const Params& pp, void** send_dev, void** recv_dev,
+                                     std::string* why_host) {
+  const size_t stage = args_.l.stage_bytes * static_cast<size_t>(R_);
+  int order = cudaGPUDirectRDMAWritesOrderingNone;
+  if (!proxy_->device_staging_ok(why_host)) {
+    if (!proxy_->hmem()) {
+      const std::string& prov = proxy_->provider();
+      *why_host += pp.gdr == "0" ? " (MOEFABRIC_GDR=0)"
+                   : pp.gdr == "auto" && prov != "efa" && prov != "verbs"
+                       ? " (MOEFABRIC_GDR=auto asks for FI_HMEM of efa and verbs only)"
+                       : " (libfabric built without CUDA?)";
+    }
+    return;
+  }
+  if (!proxy_->hmem_async() &&
+      (cudaDeviceGetAttribute(&order, cudaDevAttrGPUDirectRDMAWritesOrdering, dev_) != cudaSuccess ||
+       order < cudaGPUDirectRDMAWritesOrderingOwner)) {
+    // The NIC writes the staging itself and the proxy raises the arrival flag right after the
+    // write's completion, with no flush between: this GPU's kernels must see NIC writes in
+    // order on their own.
+    (void)cudaGetLastError();
+    *why_host = "GPU " + std::to_string(dev_) +
+                " does not order NIC writes to its memory for its own kernels "
+                "(cudaDevAttrGPUDirectRDMAWritesOrdering " +
+                std::to_string(order) + ", 100 needed)";
+    return;
+  }
+  void *s = nullptr, *r = nullptr;
+  cudaError_t e = cudaMalloc(&s, stage);
+  if (e == cudaSuccess) {
+    send_dstage_.reset(static_cast<uint8_t*>(s));
+    e = cudaMalloc(&r, stage);
+  }
+  if (e == cudaSuccess) {
+    recv_dstage_.reset(static_cast<uint8_t*>(r));
+    e = cudaMemset(s, 0, stage);
+  }
+  if (e == cudaSuccess) e = cudaMemset(r, 0, stage);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  std::string why;
+  if (e != cudaSuccess) {
+    why = "cudaMalloc/cudaMemset of " + std::to_string(2 * stage) + " B: " + cuda_text(e);
+    (void)cudaGetLastError();
+  } else if (proxy_->attach(send_dstage_.get(), recv_dstage_.get(), dev_, &why) == Status::kOk) {
+    *send_dev = s;
+    *recv_dev = r;
+    return;
+  }
+  *why_host = "GPU staging failed: " + why;
+  send_dstage_.reset();
+  recv_dstage_.reset();
+}
+
+// Staging in pinned host memory, mapped for the kernels and registered with the proxy.
+bool CudaComm::fabric_host_staging(void** send_dev, void** recv_dev, std::string* err) {
+  const size_t stage = args_.l.stage_bytes * static_cast<size_t>(R_);
+  bool ok = host_alloc(stage, "fabric send staging", &send_stage_, err) &&
+            host_alloc(stage, "fabric receive staging", &recv_stage_, err);
+  ok = ok && cudaHostGetDevicePointer(send_dev, send_stage_.get(), 0) == cudaSuccess &&
+       cudaHostGetDevicePointer(recv_dev, recv_stage_.get(), 0) == cudaSuccess;
+  if (!ok && err->empty()) *err = "cudaHostGetDevicePointer failed on the fabric staging";
+  return ok && proxy_->attach(send_stage_.get(), recv_stage_.get(), -1, err) == Status::kOk;
 }
 
 Status CudaComm::record_error(Status s, const char* text) {
