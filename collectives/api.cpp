@@ -257,4 +257,23 @@ NCCL_MOE_API ncclResult_t ncclMoeGetStats(ncclMoeComm_t moe, ncclMoeStats_t* sta
   });
 }
 
+NCCL_MOE_API ncclResult_t ncclMoeGetPeerStats(ncclMoeComm_t moe, ncclMoePeerStats_t* peers, int count) {
+  return guarded(moe, [&](Engine& c) {
+    if (peers == nullptr) return c.fail(Status::kInvalidArgument, "peer stats: peers is NULL");
+    if (count != c.nranks())
+      return c.fail(Status::kInvalidArgument, "peer stats: count %d, the comm has %d ranks", count,
+                    c.nranks());
+    return c.peer_stats(peers);
+  });
+}
+
+NCCL_MOE_API ncclResult_t ncclMoeGetMemoryUsage(ncclMoeComm_t moe, size_t* deviceBytes, size_t* hostBytes) {
+  return guarded(moe, [&](Engine& c) {
+    if (deviceBytes == nullptr || hostBytes == nullptr)
+      return c.fail(Status::kInvalidArgument, "memory usage: deviceBytes or hostBytes is NULL");
+    c.memory(deviceBytes, hostBytes);
+    return Status::kOk;
+  });
+}
+
 }  // extern "C"

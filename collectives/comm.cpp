@@ -40,9 +40,14 @@ Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, Resol
   if (c == nullptr) return bad("config is NULL (use NCCL_MOE_CONFIG_INITIALIZER)");
   if (c->magic != NCCL_MOE_CONFIG_MAGIC)
     return bad("magic mismatch (initialise with NCCL_MOE_CONFIG_INITIALIZER)");
-  if (c->version != NCCL_MOE_CONFIG_VERSION || c->size != sizeof(ncclMoeConfig_t))
-    return bad("version/size mismatch: header version " + std::to_string(NCCL_MOE_CONFIG_VERSION) +
-               ", struct size " + std::to_string(sizeof(ncclMoeConfig_t)));
+  // Version 1 is version 2 without combineMode.
+  const bool v1 = c->version == 1 && c->size == offsetof(ncclMoeConfig_t, combineMode);
+  if (!v1 && (c->version != NCCL_MOE_CONFIG_VERSION || c->size != sizeof(ncclMoeConfig_t)))
+    return bad("version/size mismatch: got version " + std::to_string(c->version) + ", size " +
+               std::to_string(c->size) + "; this library takes version 1 (size " +
+               std::to_string(offsetof(ncclMoeConfig_t, combineMode)) + ") or " +
+               std::to_string(NCCL_MOE_CONFIG_VERSION) + " (size " + std::to_string(sizeof(ncclMoeConfig_t)) +
+               ")");
   if (!is_set(c->numExperts)) return bad("numExperts is required");
   if (!is_set(c->numTopk)) return bad("numTopk is required");
   if (!is_set(c->hidden)) return bad("hidden is required");
@@ -58,6 +63,7 @@ Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, Resol
   rc->max_private = is_set(c->maxPrivateTokens) ? c->maxPrivateTokens : 128;
   rc->backend = is_set(c->backend) ? c->backend : ncclMoeBackendAuto;
   rc->timeout_ms = is_set(c->timeoutMs) ? c->timeoutMs : static_cast<int32_t>(params.timeout_ms);
+  rc->combine_mode = !v1 && is_set(c->combineMode) ? c->combineMode : ncclMoeCombinePerPair;
   if (rc->experts < nranks || rc->experts > (1 << 20))
     return bad("numExperts " + std::to_string(rc->experts) + " must be in [nranks=" + std::to_string(nranks) +
                ", 1048576]");
@@ -81,6 +87,9 @@ Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, Resol
   if (rc->backend < ncclMoeBackendAuto || rc->backend > ncclMoeBackendHost)
     return bad("backend " + std::to_string(rc->backend) + " unknown");
   if (rc->timeout_ms < 1) return bad("timeoutMs must be > 0");
+  if (rc->combine_mode != ncclMoeCombinePerPair && rc->combine_mode != ncclMoeCombinePerRank)
+    return bad("combineMode " + std::to_string(rc->combine_mode) +
+               " unknown (ncclMoeCombinePerPair or ncclMoeCombinePerRank)");
   // Auto: CUDA when the caller's current device is a GPU (and this build has the CUDA backend).
   // (The host backend never touches CUDA.)
   std::string cuda_why;
@@ -88,6 +97,10 @@ Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, Resol
   if (rc->backend == ncclMoeBackendAuto) rc->backend = cuda ? ncclMoeBackendCuda : ncclMoeBackendHost;
   if (rc->backend == ncclMoeBackendCuda && !cuda) {
     *why = "backend ncclMoeBackendCuda requested but " + cuda_why + " (use Host or Auto)";
+    return Status::kInvalidUsage;
+  }
+  if (rc->backend == ncclMoeBackendCuda && rc->combine_mode == ncclMoeCombinePerRank) {
+    *why = "combineMode ncclMoeCombinePerRank is not available on the CUDA backend yet (host backend only)";
     return Status::kInvalidUsage;
   }
   return Status::kOk;
@@ -104,6 +117,7 @@ const char* config_diff(const ResolvedConfig& a, const ResolvedConfig& b) {
   if (a.dispatch_type == ncclFloat8e4m3 && a.scale_block != b.scale_block) return "scaleBlock";
   if (a.alignment != b.alignment) return "expertAlignment";
   if (a.max_private != b.max_private) return "maxPrivateTokens";
+  if (a.combine_mode != b.combine_mode) return "combineMode";
   if (a.backend != b.backend) return "backend (as resolved: Auto picks CUDA only where a GPU is current)";
   return nullptr;
 }
@@ -173,7 +187,8 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const
   std::string err;
   Status s = Status::kOk;
   if (!layout_init(&l_, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2, fp8,
-                   rc.scale_block, rc.alignment, rc.max_private, &why)) {
+                   rc.scale_block, rc.alignment, rc.max_private, rc.combine_mode == ncclMoeCombinePerRank,
+                   &why)) {
     err = why;
     s = Status::kInvalidArgument;
   }
@@ -215,6 +230,10 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const
   for (int e = 0; e < rc.experts; ++e) owner_[e] = l_.owner(e);
   for (auto& v : arrivals_.seq) v = std::vector<std::atomic<uint64_t>>(nranks);
   overflow_off_ = std::vector<std::atomic<uint32_t>>(nranks);
+  grant_seq_of_ = std::vector<std::atomic<uint64_t>>(nranks);
+  send_off_.assign(nranks, 0);
+  peer_stats_.assign(nranks, ncclMoePeerStats_t{});
+  expert_pairs_.assign(rc.experts, 0);
   for (auto& slot : hdr_) {
     slot.resize(nranks);
     for (HeaderCopy& c : slot) c.counts.assign(l_.local_count(rank), 0);
@@ -222,12 +241,14 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const
   sent_tokens_.assign(nranks, 0);
   sent_pairs_.assign(nranks, 0);
   combine_base_.assign(nranks, 0);
-  src_pairs_.assign(nranks, 0);
+  src_rows_.assign(nranks, 0);
   src_combine_base_.assign(nranks, 0);
   src_pair_start_.assign(nranks + 1, 0);
+  src_record_start_.assign(nranks + 1, 0);
+  src_row_start_.assign(nranks + 1, 0);
   idx_copy_.reserve(static_cast<size_t>(rc.max_tokens) * rc.topk);
   row_of_pair_.reserve(l_.capacity_rows);
-  meta_copy_.reserve(static_cast<size_t>(nranks) * rc.max_tokens * (1 + rc.topk));
+  meta_copy_.reserve(static_cast<size_t>(nranks) * rc.max_tokens * (1 + 2 * rc.topk));
   MF_INFO(log::kInit,
           "moe comm rank %d/%d: E %d K %d H %d maxT %d %s, %zu MiB recv + %zu MiB send buffers "
           "over %s %s (%d rail(s): %s)",
@@ -345,11 +366,21 @@ Status Comm::wait_local_writes(int cls, const char* phase) {
   }
 }
 
+void Comm::peer_stats(ncclMoePeerStats_t* out) const {
+  for (int r = 0; r < R_; ++r) {
+    out[r] = peer_stats_[r];
+    out[r].grantsSent = r != me_ && seq_ != 0 && grant_seq_of_[r].load(std::memory_order_relaxed) == seq_;
+  }
+}
+
 void Comm::stats(ncclMoeStats_t* s) const {
   s->ops = ops_;
   s->dispatchWritesMaxPeer = last_dispatch_writes_;
   s->combineWritesMaxPeer = last_combine_writes_;
-  s->grantsSent = grants_sent_.load();
+  uint32_t grants = 0;
+  for (int r = 0; r < R_; ++r)
+    grants += grant_seq_of_[r].load(std::memory_order_relaxed) == seq_ && seq_ != 0;
+  s->grantsSent = grants;
   s->peers = static_cast<uint32_t>(R_ - 1);
   s->dispatchBytesSent = dispatch_bytes_;
   s->combineBytesSent = combine_bytes_;

@@ -76,6 +76,8 @@ class Comm : public fabric::RmaHandler {
   Status async_error() const { return static_cast<Status>(async_status_.load()); }
   const std::string& last_error() const { return last_error_; }
   void stats(ncclMoeStats_t* s) const;
+  void peer_stats(ncclMoePeerStats_t* out) const;  // [R]
+  size_t host_bytes() const { return l_.recv_block_bytes + l_.send_block_bytes; }
 
   // Records an error (first wins for the async state); returns `s`.
   Status fail(Status s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -110,7 +112,8 @@ class Comm : public fabric::RmaHandler {
   Status wait_local_writes(int cls, const char* phase);
 
   // host backend (host_backend.cpp)
-  Status host_pack_dispatch(const void* x, const float* scales, const int32_t* idx, int T);
+  Status host_pack_dispatch(const void* x, const float* scales, const int32_t* idx, const float* w, int T);
+  int token_dests(const int32_t* row, int* dests) const;
   Status host_unpack_dispatch();
   void host_pack_combine(const void* expert_y);
   void host_reduce_combine(void* y);
@@ -163,26 +166,34 @@ class Comm : public fabric::RmaHandler {
   uint32_t grant_bump_ = 0;
   // stats written by the proxy
   std::atomic<uint64_t> post_ns_{0}, combine_post_ns_{0};
-  std::atomic<uint32_t> grants_sent_{0};
+  std::vector<std::atomic<uint64_t>> grant_seq_of_;  // per source: op of the last grant we sent it
 
   // the op in flight (caller thread)
   uint64_t seq_ = 0;  // current op
   uint64_t ops_ = 0;
   int T_ = 0;
   const float* weights_ = nullptr;
-  std::vector<int32_t> idx_copy_;       // [T, K] of the op in flight
-  std::vector<uint32_t> sent_tokens_;   // per destination
-  std::vector<uint32_t> sent_pairs_;    // per destination
-  std::vector<uint32_t> combine_base_;  // per destination: where its returns land here
+  std::vector<int32_t> idx_copy_;               // [T, K] of the op in flight
+  std::vector<uint32_t> sent_tokens_;           // per destination
+  std::vector<uint32_t> sent_pairs_;            // per destination
+  std::vector<uint32_t> combine_base_;          // per destination: where its returns land here
+  std::vector<size_t> send_off_;                // per destination: its chunk in the dispatch area (this op)
+  std::vector<uint32_t> expert_pairs_;          // dispatch pack: (token, k) pairs per expert id
+  std::vector<ncclMoePeerStats_t> peer_stats_;  // per peer, last op (grants from grant_seq_of_)
   void* recv_x_ = nullptr;
   float* recv_scales_ = nullptr;
   int32_t* recv_counts_ = nullptr;
   // dispatch results needed by combine
-  std::vector<uint32_t> src_pairs_;         // per source: rows it gets back
+  std::vector<uint32_t> src_rows_;          // per source: rows it gets back
   std::vector<uint32_t> src_combine_base_;  // per source: its combine_base for us
   std::vector<uint32_t> row_of_pair_;       // rows in return order, concatenated by source
+  // per-rank combine: each pair's weight, and the pairs of each record (token) in return order
+  std::vector<float> weight_of_pair_;
+  std::vector<uint8_t> pairs_of_record_;
   std::vector<int32_t> meta_copy_;          // dispatch unpack: every record's (token, idx[K]), copied once
   std::vector<uint32_t> src_pair_start_;    // prefix over sources into row_of_pair_
+  std::vector<uint32_t> src_record_start_;  // per-rank combine: prefix over sources into pairs_of_record_
+  std::vector<uint32_t> src_row_start_;     // prefix over sources: their rows in the combine staging
   uint64_t dispatch_bytes_ = 0, combine_bytes_ = 0;
   uint32_t last_dispatch_writes_ = 0, last_combine_writes_ = 0;
 

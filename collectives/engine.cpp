@@ -27,6 +27,15 @@ class HostEngine final : public Engine {
   Status async_error() override { return c_->async_error(); }
   const std::string& last_error() const override { return c_->last_error(); }
   void stats(ncclMoeStats_t* s) const override { c_->stats(s); }
+  int nranks() const override { return c_->layout().nranks; }
+  Status peer_stats(ncclMoePeerStats_t* out) override {
+    c_->peer_stats(out);
+    return Status::kOk;
+  }
+  void memory(size_t* device_bytes, size_t* host_bytes) const override {
+    *device_bytes = 0;
+    *host_bytes = c_->host_bytes();
+  }
   Status record_error(Status s, const char* text) override { return c_->fail(s, "%s", text); }
 
  protected:

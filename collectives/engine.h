@@ -19,7 +19,7 @@ namespace moefabric::moe {
 // Resolved, validated configuration (what ranks compare at init). `backend` is never Auto.
 struct ResolvedConfig {
   int32_t experts, topk, hidden, max_tokens, dispatch_type, combine_type, scale_block, alignment, max_private,
-      backend, timeout_ms;
+      backend, timeout_ms, combine_mode;
 };
 
 // Where a comm is in its dispatch -> combine cycle (one op in flight per comm).
@@ -70,6 +70,10 @@ class Engine {
   virtual Status async_error() = 0;
   virtual const std::string& last_error() const = 0;
   virtual void stats(ncclMoeStats_t* s) const = 0;
+  virtual int nranks() const = 0;
+  // [nranks()] entries; kInvalidUsage (with the error recorded) where the backend cannot count.
+  virtual Status peer_stats(ncclMoePeerStats_t* out) = 0;
+  virtual void memory(size_t* device_bytes, size_t* host_bytes) const = 0;
   // Records an error (last error; sticky async error unless it is a usage error); returns `s`.
   virtual Status record_error(Status s, const char* text) = 0;
   Status fail(Status s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));

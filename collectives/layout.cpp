@@ -5,7 +5,7 @@
 namespace moefabric::moe {
 
 bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden, int max_tokens,
-                 int elt_bytes, bool scales, int scale_block, int alignment, int max_private,
+                 int elt_bytes, bool scales, int scale_block, int alignment, int max_private, bool per_rank,
                  const char** why) {
   *l = Layout{};
   l->nranks = nranks;
@@ -20,8 +20,10 @@ bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hid
   l->alignment = std::max(1, alignment);
   l->max_private = std::clamp(max_private, 0, max_tokens);
   l->max_local = (experts + nranks - 1) / nranks;
+  l->per_rank = per_rank;
+  const size_t ranks_per_token = static_cast<size_t>(std::min(topk, nranks));
 
-  l->meta_bytes = round_up(4 + 4 * static_cast<size_t>(topk), 16);
+  l->meta_bytes = round_up(4 + 4 * static_cast<size_t>(topk) * (per_rank ? 2 : 1), 16);
   l->x_bytes = static_cast<size_t>(hidden) * elt_bytes;
   l->scale_bytes = scales ? static_cast<size_t>(hidden / scale_block) * 4 : 0;
   l->record_bytes = l->meta_bytes + round_up(l->x_bytes, 16) + round_up(l->scale_bytes, 16);
@@ -32,7 +34,10 @@ bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hid
   // A token may name one expert in several slots, so each token can add up to K rows here.
   l->capacity_rows = static_cast<size_t>(nranks) * max_tokens * topk +
                      static_cast<size_t>(l->max_local) * (l->alignment - 1);
-  l->combine_rows = static_cast<size_t>(max_tokens) * topk;
+  l->combine_rows = static_cast<size_t>(max_tokens) * (per_rank ? ranks_per_token : topk);
+  // Per rank: one row per record, and each source sends us at most one record per token.
+  l->return_rows = per_rank ? static_cast<size_t>(nranks) * max_tokens : l->capacity_rows;
+  l->send_records = static_cast<size_t>(max_tokens) * ranks_per_token;
 
   size_t off = 0;
   l->off_private = off;
@@ -45,12 +50,14 @@ bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hid
   off += l->ctrl_slot_bytes * nranks;
   l->recv_block_bytes = round_up(off, 4096);
 
-  l->send_stride = round_up(l->header_bytes + l->record_bytes * max_tokens, 64);
+  // Every destination's chunk is 64-byte aligned: at most 64 bytes of padding each.
+  l->send_area_bytes =
+      (l->header_bytes + 64) * static_cast<size_t>(nranks) + l->record_bytes * l->send_records;
   off = 0;
   l->off_send = off;
-  off += l->send_stride * nranks;
+  off += l->send_area_bytes;
   l->off_csend = off = round_up(off, 4096);
-  off += l->y_row_bytes * l->capacity_rows;
+  off += l->y_row_bytes * l->return_rows;
   l->off_grant_out = off = round_up(off, 4096);
   off += l->ctrl_slot_bytes * nranks;
   l->send_block_bytes = round_up(off, 4096);

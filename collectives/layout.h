@@ -33,7 +33,8 @@ struct DispatchHeader {
   // followed by uint32_t counts[nlocal]: pairs per local expert of the destination
 };
 
-// One packed token: [int32 src_token, int32 topk[K], pad to 16][x: H*elt][scales: H/sb*4, pad 16]
+// One packed token: [int32 src_token, int32 topk[K], (per-rank combine) fp32 w[K], pad to 16]
+// [x: H*elt, pad 16][scales: H/sb*4, pad 16]
 struct Layout {
   int nranks = 0, rank = 0;
   int experts = 0, topk = 0, hidden = 0, max_tokens = 0;
@@ -41,8 +42,9 @@ struct Layout {
   int scale_block = 128;
   bool scales = false;  // fp8: fp32 scales travel with the token
   int alignment = 1;
-  int max_private = 0;  // P, clamped to max_tokens
-  int max_local = 0;    // ceil(E / R)
+  int max_private = 0;    // P, clamped to max_tokens
+  int max_local = 0;      // ceil(E / R)
+  bool per_rank = false;  // ncclMoeCombinePerRank: weights travel, one combine row per (token, rank)
 
   size_t meta_bytes = 0, x_bytes = 0, scale_bytes = 0, record_bytes = 0;
   size_t header_bytes = 0;      // DispatchHeader + counts, padded to 64
@@ -50,13 +52,17 @@ struct Layout {
   size_t overflow_records = 0;  // shared overflow capacity (records)
   size_t y_row_bytes = 0;       // combine row (bf16 H)
   size_t capacity_rows = 0;     // recvX / expertY rows (worst case)
-  size_t combine_rows = 0;      // combine region rows at the home rank: max_tokens * K
+  size_t combine_rows = 0;      // combine region rows at the home rank: max_tokens * (K or min(K, R))
+  size_t return_rows = 0;       // combine rows this rank may return in one op (all sources)
+  size_t send_records = 0;      // records one dispatch may pack (all destinations): maxT * min(K, R)
   size_t ctrl_slot_bytes = 32;  // per peer: grant (16) + scratch for empty writes / barrier (16)
 
   // regions a peer writes into (offsets inside the one registered receive block)
   size_t off_private = 0, off_overflow = 0, off_combine = 0, off_ctrl = 0, recv_block_bytes = 0;
-  // send side (registered too): per destination header + max_tokens records; combine staging
-  size_t send_stride = 0, off_send = 0, off_csend = 0, off_grant_out = 0, send_block_bytes = 0;
+  // send side (registered too): the dispatch area, where each destination's header and records
+  // lie back to back at an offset computed per op (send_chunk_bytes, 64-byte aligned); combine
+  // staging (return_rows); outgoing grants
+  size_t off_send = 0, send_area_bytes = 0, off_csend = 0, off_grant_out = 0, send_block_bytes = 0;
 
   MF_HD int first_expert(int r) const { return static_cast<int>(static_cast<int64_t>(r) * experts / nranks); }
   MF_HD int local_count(int r) const { return first_expert(r + 1) - first_expert(r); }
@@ -69,13 +75,18 @@ struct Layout {
   MF_HD size_t overflow_offset(size_t rec) const { return off_overflow + record_bytes * rec; }
   MF_HD size_t combine_offset(size_t row) const { return off_combine + y_row_bytes * row; }
   MF_HD size_t ctrl_offset(int src) const { return off_ctrl + ctrl_slot_bytes * src; }
-  MF_HD size_t send_offset(int dst) const { return off_send + send_stride * dst; }
+  // Bytes one destination's header + `records` records take in the dispatch area.
+  MF_HD size_t send_chunk_bytes(size_t records) const {
+    return round_up(header_bytes + record_bytes * records, 64);
+  }
+  // Rows a destination gets back for `records` tokens holding `pairs` (token, expert) pairs.
+  MF_HD size_t rows_returned(size_t records, size_t pairs) const { return per_rank ? records : pairs; }
 };
 
 // Fills every derived field from the resolved configuration. Returns false (with *why) when the
 // sizes overflow what one registration or the 32-bit wire fields can carry.
 bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden, int max_tokens,
-                 int elt_bytes, bool scales, int scale_block, int alignment, int max_private,
+                 int elt_bytes, bool scales, int scale_block, int alignment, int max_private, bool per_rank,
                  const char** why);
 
 }  // namespace moefabric::moe

@@ -73,7 +73,7 @@ bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* coun
     return bad("expert count " + std::to_string(h.nlocal) + " disagrees with ours");
   if (static_cast<uint64_t>(h.npairs) > static_cast<uint64_t>(h.ntokens) * l.topk)
     return bad("more (token, expert) pairs than tokens x top-k");
-  if (static_cast<uint64_t>(h.combine_base) + h.npairs > l.combine_rows)
+  if (static_cast<uint64_t>(h.combine_base) + l.rows_returned(h.ntokens, h.npairs) > l.combine_rows)
     return bad("combine range beyond the source's combine region");
   if (h.ntokens > 0 && h.npairs == 0) return bad("tokens without experts");
   uint64_t sum = 0;

@@ -83,7 +83,7 @@ void Comm::proxy_execute(const Command& c) {
     case WriteKind::kDispatchPrivate: {
       for (int i = 1; i < R_; ++i) {
         int d = (me_ + i) % R_;
-        const auto* h = reinterpret_cast<const DispatchHeader*>(send + l_.send_offset(d));
+        const auto* h = reinterpret_cast<const DispatchHeader*>(send + send_off_[d]);
         post(d, static_cast<int>(c.kind), h, l_.header_bytes + l_.record_bytes * h->nprivate,
              l_.private_offset(me_), c.kind, c.seq);
       }
@@ -94,12 +94,12 @@ void Comm::proxy_execute(const Command& c) {
     case WriteKind::kCombine: {
       for (int i = 1; i < R_; ++i) {
         int h = (me_ + i) % R_;
-        uint32_t rows = src_pairs_[h];
+        uint32_t rows = src_rows_[h];
         if (rows == 0) {
           dummy(h, c.kind);
           continue;
         }
-        post(h, static_cast<int>(c.kind), send + l_.off_csend + l_.y_row_bytes * src_pair_start_[h],
+        post(h, static_cast<int>(c.kind), send + l_.off_csend + l_.y_row_bytes * src_row_start_[h],
              l_.y_row_bytes * rows, l_.combine_offset(src_combine_base_[h]), c.kind, c.seq);
       }
       combine_post_ns_.store(static_cast<uint64_t>(
@@ -146,7 +146,6 @@ void Comm::on_remote_write(uint32_t imm) {
         if (grant_seq_ != f.seq) {
           grant_seq_ = f.seq;
           grant_bump_ = 0;
-          grants_sent_.store(0, std::memory_order_relaxed);
         }
         uint32_t count = h->ntokens - h->nprivate;
         if (static_cast<uint64_t>(grant_bump_) + count > l_.overflow_records) {
@@ -158,7 +157,7 @@ void Comm::on_remote_write(uint32_t imm) {
         auto* g = reinterpret_cast<Grant*>(send + l_.off_grant_out + l_.ctrl_slot_bytes * f.src);
         *g = Grant{f.seq, grant_bump_, count};
         grant_bump_ += count;
-        grants_sent_.fetch_add(1, std::memory_order_relaxed);
+        grant_seq_of_[f.src].store(f.seq, std::memory_order_relaxed);
         post(f.src, static_cast<int>(WriteKind::kGrant), g, sizeof(Grant), l_.ctrl_offset(me_),
              WriteKind::kGrant, f.seq);
       }
@@ -167,7 +166,7 @@ void Comm::on_remote_write(uint32_t imm) {
     case WriteKind::kGrant: {
       Grant g;  // the peer may rewrite its slot: one copy, checked, used
       std::memcpy(&g, recv + l_.ctrl_offset(f.src), sizeof g);
-      const auto* h = reinterpret_cast<const DispatchHeader*>(send + l_.send_offset(f.src));
+      const auto* h = reinterpret_cast<const DispatchHeader*>(send + send_off_[f.src]);
       if (g.seq != f.seq || h->seq != static_cast<uint32_t>(f.seq) || g.count != h->ntokens - h->nprivate ||
           h->ntokens <= h->nprivate || static_cast<uint64_t>(g.offset) + g.count > l_.overflow_records) {
         proxy_fail(Status::kRemoteError, "dispatch: rank " + std::to_string(f.src) +
@@ -177,7 +176,7 @@ void Comm::on_remote_write(uint32_t imm) {
         return;
       }
       post(f.src, static_cast<int>(WriteKind::kDispatchRest),
-           send + l_.send_offset(f.src) + l_.header_bytes + l_.record_bytes * h->nprivate,
+           send + send_off_[f.src] + l_.header_bytes + l_.record_bytes * h->nprivate,
            l_.record_bytes * g.count, l_.overflow_offset(g.offset), WriteKind::kDispatchRest, f.seq);
       break;
     }

@@ -121,6 +121,11 @@ class CudaComm final : public Engine {
   Status async_error() override;
   const std::string& last_error() const override { return last_error_; }
   void stats(ncclMoeStats_t* s) const override;
+  int nranks() const override { return R_; }
+  Status peer_stats(ncclMoePeerStats_t*) override {
+    return fail(Status::kInvalidUsage, "peer stats: the CUDA backend does not count per-peer traffic yet");
+  }
+  void memory(size_t* device_bytes, size_t* host_bytes) const override;
   Status record_error(Status s, const char* text) override;
 
  private:
@@ -516,6 +521,16 @@ bool CudaComm::fabric_host_staging(void** send_dev, void** recv_dev, std::string
        cudaHostGetDevicePointer(recv_dev, recv_stage_.get(), 0) == cudaSuccess;
   if (!ok && err->empty()) *err = "cudaHostGetDevicePointer failed on the fabric staging";
   return ok && proxy_->attach(send_stage_.get(), recv_stage_.get(), -1, err) == Status::kOk;
+}
+
+void CudaComm::memory(size_t* device_bytes, size_t* host_bytes) const {
+  const CudaLayout& l = args_.l;
+  const size_t stage = l.stage_bytes * static_cast<size_t>(R_);
+  *device_bytes = l.block_bytes + sizeof(kern::DevState) + sizeof(uint32_t) * l.capacity_rows +
+                  sizeof(uint8_t*) * R_ + (send_dstage_ ? 2 * stage : 0);
+  *host_bytes =
+      sizeof(kern::DevError) + (send_stage_ ? 2 * stage : 0) +
+      (ctrl_ ? sizeof(uint64_t) * ctrl_words() + sizeof(int32_t) * (1 + static_cast<size_t>(R_)) : 0);
 }
 
 Status CudaComm::record_error(Status s, const char* text) {

@@ -26,53 +26,51 @@ Status Comm::dispatch_send(const void* x, const float* scales, const int32_t* id
   recv_x_ = recv_x;
   recv_scales_ = recv_scales;
   recv_counts_ = recv_counts;
-  MF_CHECK(host_pack_dispatch(x, scales, idx, T));
+  MF_CHECK(host_pack_dispatch(x, scales, idx, w, T));
   ring(WriteKind::kDispatchPrivate, seq_);
   return Status::kOk;
 }
 
-Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_t* idx, int T) {
+// Distinct destination ranks of one token's experts, in first-seen k order; returns how many.
+int Comm::token_dests(const int32_t* row, int* dests) const {
+  int nd = 0;
+  for (int k = 0; k < cfg_.topk; ++k) {
+    if (row[k] < 0) continue;
+    const int d = owner_[row[k]];
+    bool seen = false;
+    for (int i = 0; i < nd; ++i) seen |= dests[i] == d;
+    if (!seen) dests[nd++] = d;
+  }
+  return nd;
+}
+
+// Two passes over the routing: count records and pairs per destination (and pairs per expert),
+// which places every destination's chunk in the dispatch area; then write headers and records.
+Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_t* idx, const float* w,
+                                int T) {
   uint8_t* send = send_block_.get();
   const int K = cfg_.topk;
   const size_t nscale = l_.scales ? static_cast<size_t>(cfg_.hidden / cfg_.scale_block) : 0;
-  for (int d = 0; d < R_; ++d) {
-    auto* h = reinterpret_cast<DispatchHeader*>(send + l_.send_offset(d));
-    std::memset(h, 0, l_.header_bytes);
-    sent_tokens_[d] = sent_pairs_[d] = 0;
-  }
+  std::fill(sent_tokens_.begin(), sent_tokens_.end(), 0);
+  std::fill(sent_pairs_.begin(), sent_pairs_.end(), 0);
+  std::fill(expert_pairs_.begin(), expert_pairs_.end(), 0);
   int dests[kMaxTopk];
   for (int t = 0; t < T; ++t) {
     const int32_t* row = idx + static_cast<size_t>(t) * K;
-    int nd = 0;
-    for (int k = 0; k < K; ++k) {
-      if (row[k] < 0) continue;
-      int d = owner_[row[k]];
-      auto* counts =
-          reinterpret_cast<uint32_t*>(reinterpret_cast<DispatchHeader*>(send + l_.send_offset(d)) + 1);
-      ++counts[row[k] - l_.first_expert(d)];
-      ++sent_pairs_[d];
-      bool seen = false;
-      for (int i = 0; i < nd; ++i) seen |= dests[i] == d;
-      if (!seen) dests[nd++] = d;
-    }
-    // One record per destination rank, however many of its experts the token picked.
-    for (int i = 0; i < nd; ++i) {
-      int d = dests[i];
-      uint8_t* rec = send + l_.send_offset(d) + l_.header_bytes + l_.record_bytes * sent_tokens_[d]++;
-      auto* meta = reinterpret_cast<int32_t*>(rec);
-      meta[0] = t;
-      std::memcpy(meta + 1, row, sizeof(int32_t) * K);
-      std::memcpy(rec + l_.meta_bytes, static_cast<const uint8_t*>(x) + l_.x_bytes * t, l_.x_bytes);
-      if (nscale)
-        std::memcpy(rec + l_.meta_bytes + round_up(l_.x_bytes, 16), scales + nscale * t,
-                    nscale * sizeof(float));
-    }
+    for (int k = 0; k < K; ++k)
+      if (row[k] >= 0) ++expert_pairs_[row[k]], ++sent_pairs_[owner_[row[k]]];
+    const int nd = token_dests(row, dests);
+    for (int i = 0; i < nd; ++i) ++sent_tokens_[dests[i]];
   }
+  size_t off = l_.off_send;
   uint32_t base = 0;
   dispatch_bytes_ = 0;
   last_dispatch_writes_ = 0;
   for (int d = 0; d < R_; ++d) {
-    auto* h = reinterpret_cast<DispatchHeader*>(send + l_.send_offset(d));
+    send_off_[d] = off;
+    off += l_.send_chunk_bytes(sent_tokens_[d]);
+    auto* h = reinterpret_cast<DispatchHeader*>(send + send_off_[d]);
+    std::memset(h, 0, l_.header_bytes);
     h->magic = kHeaderMagic;
     h->seq = static_cast<uint32_t>(seq_);
     h->src_rank = static_cast<uint32_t>(me_);
@@ -81,11 +79,39 @@ Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_
     h->npairs = sent_pairs_[d];
     h->combine_base = base;
     h->nlocal = static_cast<uint32_t>(l_.local_count(d));
+    std::memcpy(h + 1, expert_pairs_.data() + l_.first_expert(d), sizeof(uint32_t) * h->nlocal);
     combine_base_[d] = base;
-    base += sent_pairs_[d];
+    base += static_cast<uint32_t>(l_.rows_returned(sent_tokens_[d], sent_pairs_[d]));
+    ncclMoePeerStats_t& ps = peer_stats_[d];
+    ps.dispatchBytes = ps.combineBytes = 0;
+    ps.dispatchWrites = ps.combineWrites = ps.records = ps.rowsReturned = 0;
     if (d != me_) {
-      dispatch_bytes_ += l_.header_bytes + l_.record_bytes * h->ntokens;
-      last_dispatch_writes_ = std::max<uint32_t>(last_dispatch_writes_, h->ntokens > h->nprivate ? 2 : 1);
+      ps.records = h->ntokens;
+      ps.dispatchBytes = l_.header_bytes + l_.record_bytes * h->ntokens;
+      ps.dispatchWrites = h->ntokens > h->nprivate ? 2 : 1;
+      dispatch_bytes_ += ps.dispatchBytes;
+      last_dispatch_writes_ = std::max(last_dispatch_writes_, ps.dispatchWrites);
+    }
+  }
+  if (off > l_.off_send + l_.send_area_bytes)
+    return fail(Status::kInternalError, "dispatch: %zu B of records exceed the send area of %zu B",
+                off - l_.off_send, l_.send_area_bytes);
+  // One record per destination rank, however many of its experts the token picked.
+  std::fill(sent_tokens_.begin(), sent_tokens_.end(), 0);
+  for (int t = 0; t < T; ++t) {
+    const int32_t* row = idx + static_cast<size_t>(t) * K;
+    const int nd = token_dests(row, dests);
+    for (int i = 0; i < nd; ++i) {
+      const int d = dests[i];
+      uint8_t* rec = send + send_off_[d] + l_.header_bytes + l_.record_bytes * sent_tokens_[d]++;
+      auto* meta = reinterpret_cast<int32_t*>(rec);
+      meta[0] = t;
+      std::memcpy(meta + 1, row, sizeof(int32_t) * K);
+      if (l_.per_rank) std::memcpy(meta + 1 + K, w + static_cast<size_t>(t) * K, sizeof(float) * K);
+      std::memcpy(rec + l_.meta_bytes, static_cast<const uint8_t*>(x) + l_.x_bytes * t, l_.x_bytes);
+      if (nscale)
+        std::memcpy(rec + l_.meta_bytes + round_up(l_.x_bytes, 16), scales + nscale * t,
+                    nscale * sizeof(float));
     }
   }
   return Status::kOk;
@@ -115,8 +141,7 @@ Status Comm::host_unpack_dispatch() {
   const int K = cfg_.topk, E = cfg_.experts;
   const int L = l_.local_count(me_), first = l_.first_expert(me_);
   const size_t nscale = l_.scales ? static_cast<size_t>(cfg_.hidden / cfg_.scale_block) : 0;
-  const DispatchHeader* own =
-      reinterpret_cast<const DispatchHeader*>(send_block_.get() + l_.send_offset(me_));
+  const DispatchHeader* own = reinterpret_cast<const DispatchHeader*>(send_block_.get() + send_off_[me_]);
   auto header = [&](int s) -> const DispatchHeader& { return s == me_ ? *own : header_copy(s, seq_).h; };
   auto counts_of = [&](int s) -> const uint32_t* {
     return s == me_ ? reinterpret_cast<const uint32_t*>(own + 1) : header_copy(s, seq_).counts.data();
@@ -128,8 +153,9 @@ Status Comm::host_unpack_dispatch() {
     return recv_block_.get() +
            l_.overflow_offset(overflow_off_[s].load(std::memory_order_relaxed) + (i - h.nprivate));
   };
-  // Pass 1: each record's metadata (token, K expert ids) is copied once and checked.
-  const size_t meta_ints = 1 + static_cast<size_t>(K);
+  // Pass 1: each record's metadata (token, K expert ids, and K weights with per-rank combine) is
+  // copied once and checked.
+  const size_t meta_ints = 1 + static_cast<size_t>(K) * (l_.per_rank ? 2 : 1);
   std::vector<uint32_t> total(L, 0), actual(L);
   meta_copy_.clear();
   for (int s = 0; s < R_; ++s) {
@@ -179,16 +205,27 @@ Status Comm::host_unpack_dispatch() {
   // Pass 2: rows go to their expert segments in (source, token, k) order, from the copies.
   auto* rx = static_cast<uint8_t*>(recv_x_);
   row_of_pair_.clear();
+  weight_of_pair_.clear();
+  pairs_of_record_.clear();
   const int32_t* meta = meta_copy_.data();
+  uint32_t rows_out = 0;
   for (int s = 0; s < R_; ++s) {
     const DispatchHeader& h = header(s);
     src_pair_start_[s] = static_cast<uint32_t>(row_of_pair_.size());
+    src_record_start_[s] = static_cast<uint32_t>(pairs_of_record_.size());
+    src_row_start_[s] = rows_out;
     src_combine_base_[s] = h.combine_base;
     for (uint32_t i = 0; i < h.ntokens; ++i, meta += meta_ints) {
       const uint8_t* rec = record(s, h, i);
+      const size_t pairs_before = row_of_pair_.size();
       for (int k = 0; k < K; ++k) {
         int e = meta[1 + k];
         if (e < first || e >= first + L) continue;
+        if (l_.per_rank) {
+          float wk;
+          std::memcpy(&wk, meta + 1 + K + k, sizeof wk);
+          weight_of_pair_.push_back(wk);
+        }
         const size_t row = cursor[e - first]++;
         if (row >= end[e - first] || row >= l_.capacity_rows)
           return fail(Status::kInternalError, "dispatch: row %zu of expert %d beyond its segment", row, e);
@@ -198,10 +235,18 @@ Status Comm::host_unpack_dispatch() {
                       nscale * sizeof(float));
         row_of_pair_.push_back(static_cast<uint32_t>(row));
       }
+      if (l_.per_rank) pairs_of_record_.push_back(static_cast<uint8_t>(row_of_pair_.size() - pairs_before));
     }
-    src_pairs_[s] = static_cast<uint32_t>(row_of_pair_.size()) - src_pair_start_[s];
+    src_rows_[s] = static_cast<uint32_t>(
+        l_.rows_returned(h.ntokens, static_cast<uint32_t>(row_of_pair_.size()) - src_pair_start_[s]));
+    rows_out += src_rows_[s];
   }
   src_pair_start_[R_] = static_cast<uint32_t>(row_of_pair_.size());
+  src_record_start_[R_] = static_cast<uint32_t>(pairs_of_record_.size());
+  src_row_start_[R_] = rows_out;
+  if (rows_out > l_.return_rows)
+    return fail(Status::kInternalError, "dispatch: %u combine rows exceed the staging of %zu", rows_out,
+                l_.return_rows);
   return Status::kOk;
 }
 
@@ -209,22 +254,43 @@ Status Comm::combine_send(const void* expert_y) {
   MF_CHECK(wait_local_writes(static_cast<int>(WriteKind::kCombine), "combine"));
   host_pack_combine(expert_y);
   combine_bytes_ = 0;
-  for (int s = 0; s < R_; ++s)
-    if (s != me_) combine_bytes_ += l_.y_row_bytes * src_pairs_[s];
+  for (int s = 0; s < R_; ++s) {
+    if (s == me_) continue;
+    ncclMoePeerStats_t& ps = peer_stats_[s];
+    ps.rowsReturned = src_rows_[s];
+    ps.combineBytes = src_rows_[s] ? l_.y_row_bytes * src_rows_[s] : 16;  // rows, or the empty marker
+    ps.combineWrites = 1;
+    combine_bytes_ += ps.combineBytes;
+  }
   last_combine_writes_ = R_ > 1 ? 1 : 0;
   ring(WriteKind::kCombine, seq_);
   return Status::kOk;
 }
 
+// Rows for each source in its return order: per pair, the expert rows as they are; per rank, one
+// row per record, the fmaf sum of its pairs in k order (weights applied), rounded to bf16.
 void Comm::host_pack_combine(const void* expert_y) {
   const auto* ey = static_cast<const uint8_t*>(expert_y);
   uint8_t* csend = send_block_.get() + l_.off_csend;
+  const int H = cfg_.hidden;
+  const uint16_t* rows[kMaxTopk];
   for (int s = 0; s < R_; ++s) {
     // Our own tokens' rows go straight into our combine region.
     uint8_t* dst = s == me_ ? recv_block_.get() + l_.combine_offset(src_combine_base_[s])
-                            : csend + l_.y_row_bytes * src_pair_start_[s];
-    for (uint32_t p = src_pair_start_[s]; p < src_pair_start_[s + 1]; ++p, dst += l_.y_row_bytes)
-      std::memcpy(dst, ey + l_.y_row_bytes * row_of_pair_[p], l_.y_row_bytes);
+                            : csend + l_.y_row_bytes * src_row_start_[s];
+    if (!l_.per_rank) {
+      for (uint32_t p = src_pair_start_[s]; p < src_pair_start_[s + 1]; ++p, dst += l_.y_row_bytes)
+        std::memcpy(dst, ey + l_.y_row_bytes * row_of_pair_[p], l_.y_row_bytes);
+      continue;
+    }
+    uint32_t p = src_pair_start_[s];
+    for (uint32_t i = src_record_start_[s]; i < src_record_start_[s + 1]; ++i, dst += l_.y_row_bytes) {
+      const int n = pairs_of_record_[i];
+      for (int j = 0; j < n; ++j)
+        rows[j] = reinterpret_cast<const uint16_t*>(ey + l_.y_row_bytes * row_of_pair_[p + j]);
+      combine_row(reinterpret_cast<uint16_t*>(dst), rows, weight_of_pair_.data() + p, n, H);
+      p += n;
+    }
   }
 }
 
@@ -235,23 +301,34 @@ Status Comm::combine_recv(void* y) {
   return Status::kOk;
 }
 
+// Per pair: y[t] = bf16(fmaf over k of w[t,k] * row(t,k)). Per rank: the rows of t's ranks,
+// ascending, summed in fp32 (fmaf with weight 1, i.e. exact adds rounded once each), then bf16.
 void Comm::host_reduce_combine(void* y) {
   const int K = cfg_.topk, H = cfg_.hidden;
   std::vector<uint32_t> cursor(R_, 0);
-  std::vector<const uint16_t*> rows(K);
-  std::vector<float> wk(K);
+  const uint16_t* rows[kMaxTopk];
+  float wk[kMaxTopk];
+  int dests[kMaxTopk];
   auto* out = static_cast<uint16_t*>(y);
   const uint8_t* region = recv_block_.get();
+  auto row_from = [&](int o) {
+    return reinterpret_cast<const uint16_t*>(region + l_.combine_offset(combine_base_[o] + cursor[o]++));
+  };
   for (int t = 0; t < T_; ++t) {
+    const int32_t* idx = idx_copy_.data() + static_cast<size_t>(t) * K;
     int n = 0;
-    for (int k = 0; k < K; ++k) {
-      int e = idx_copy_[static_cast<size_t>(t) * K + k];
-      if (e < 0) continue;
-      int o = owner_[e];
-      rows[n] = reinterpret_cast<const uint16_t*>(region + l_.combine_offset(combine_base_[o] + cursor[o]++));
-      wk[n++] = weights_[static_cast<size_t>(t) * K + k];
+    if (l_.per_rank) {
+      n = token_dests(idx, dests);
+      std::sort(dests, dests + n);
+      for (int i = 0; i < n; ++i) rows[i] = row_from(dests[i]), wk[i] = 1.0f;
+    } else {
+      for (int k = 0; k < K; ++k) {
+        if (idx[k] < 0) continue;
+        rows[n] = row_from(owner_[idx[k]]);
+        wk[n++] = weights_[static_cast<size_t>(t) * K + k];
+      }
     }
-    combine_row(out + static_cast<size_t>(t) * H, rows.data(), wk.data(), n, H);
+    combine_row(out + static_cast<size_t>(t) * H, rows, wk, n, H);
   }
 }
 

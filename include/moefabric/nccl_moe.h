@@ -87,8 +87,19 @@ typedef enum {
   ncclMoeBackendHost = 2 /* host memory, CPU threads; the bit-exact reference */
 } ncclMoeBackend_t;
 
+typedef enum {
+  /* default: the expert rank returns one bf16 row per (token, expert) pair; the home rank reduces
+   * all K in k order (y = bf16(sum_k fmaf(w[t,k], row, acc))) */
+  ncclMoeCombinePerPair = 0,
+  /* the expert rank sums its own experts' rows of a token in fp32 (k order, weights applied,
+   * fmaf), rounds to bf16 and returns one row per (token, rank); the home rank adds those rows in
+   * rank order in fp32 and rounds once more. Fewer combine bytes (by the number of a token's
+   * experts that share a rank); a different, equally deterministic result. */
+  ncclMoeCombinePerRank = 1
+} ncclMoeCombineMode_t;
+
 #define NCCL_MOE_CONFIG_MAGIC 0x4d6f4546u /* "MoEF" */
-#define NCCL_MOE_CONFIG_VERSION 1u
+#define NCCL_MOE_CONFIG_VERSION 2u        /* version 1 (without combineMode) is still accepted */
 #define NCCL_MOE_UNDEF_INT ((int)0x80000000)
 
 /* Every field after `version` starts "undefined" (NCCL_MOE_UNDEF_INT) and gets its default, or,
@@ -108,13 +119,15 @@ typedef struct {
   int maxPrivateTokens; /* default 128: tokens per peer sent before the receiver grants space */
   int backend;          /* ncclMoeBackend_t, default Auto */
   int timeoutMs;        /* default MOEFABRIC_TIMEOUT_MS, else 60000; bounds every wait */
+  int combineMode;      /* ncclMoeCombineMode_t, default ncclMoeCombinePerPair (version 2) */
 } ncclMoeConfig_t;
 
 #define NCCL_MOE_CONFIG_INITIALIZER                                                                         \
   {                                                                                                         \
     sizeof(ncclMoeConfig_t), NCCL_MOE_CONFIG_MAGIC, NCCL_MOE_CONFIG_VERSION, NCCL_MOE_UNDEF_INT,            \
         NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, \
-        NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT  \
+        NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, NCCL_MOE_UNDEF_INT, \
+        NCCL_MOE_UNDEF_INT                                                                                  \
   }
 
 /* Out-of-band allgather: every rank contributes `bytesPerRank` bytes from `send`; `recv` receives
@@ -191,6 +204,27 @@ typedef struct {
   uint64_t registrations;         /* memory registrations made by this comm (constant after init) */
 } ncclMoeStats_t;
 NCCL_MOE_API ncclResult_t ncclMoeGetStats(ncclMoeComm_t moe, ncclMoeStats_t* stats);
+
+/* What this rank wrote to one peer in the last completed dispatch and combine, as the protocol
+ * defines it (docs/moe-protocol.md, "Accounting"): dispatch bytes = header + records routed to
+ * the peer; combine bytes = the rows returned to it, or the 16-byte empty marker. */
+typedef struct {
+  uint64_t dispatchBytes;
+  uint64_t combineBytes;
+  uint32_t dispatchWrites; /* 1, or 2 when more than maxPrivateTokens records went to the peer */
+  uint32_t combineWrites;  /* 1 */
+  uint32_t grantsSent;     /* overflow grants this rank wrote to the peer (0 or 1) */
+  uint32_t records;        /* token records sent to the peer (one per token routed there) */
+  uint32_t rowsReturned;   /* combine rows returned to the peer */
+  uint32_t reserved;
+} ncclMoePeerStats_t;
+/* peers[r] for every rank r < count (count must equal the comm's rank count; the entry of this
+ * rank is zero). Host backend; the CUDA backend returns ncclInvalidUsage (not yet counted). */
+NCCL_MOE_API ncclResult_t ncclMoeGetPeerStats(ncclMoeComm_t moe, ncclMoePeerStats_t* peers, int count);
+
+/* Bytes of buffers this comm holds: GPU memory and host memory (pinned or registered). They do
+ * not include the caller's tensors. */
+NCCL_MOE_API ncclResult_t ncclMoeGetMemoryUsage(ncclMoeComm_t moe, size_t* deviceBytes, size_t* hostBytes);
 
 #ifdef __cplusplus
 }

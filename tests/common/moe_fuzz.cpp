@@ -46,11 +46,12 @@ std::string FuzzCase::describe() const {
   }
   char b[400];
   snprintf(b, sizeof b,
-           "seed 0x%016llx: R %d E %d K %d H %d %s%s align %d maxT %d P %d %s, routing %s, T [%s], "
+           "seed 0x%016llx: R %d E %d K %d H %d %s%s align %d maxT %d P %d %s%s, routing %s, T [%s], "
            "%d op(s), %s stream%s",
            static_cast<unsigned long long>(seed), s.nranks, s.experts, s.topk, s.hidden,
            s.fp8 ? "fp8 sb" : "bf16", s.fp8 ? sb.c_str() : "", s.alignment, s.max_tokens, s.max_private,
-           split ? "split" : "whole", routing_name(routing), t.c_str(), ops,
+           split ? "split" : "whole", s.per_rank ? ", per-rank combine" : "", routing_name(routing),
+           t.c_str(), ops,
            stream == 0   ? "non-blocking"
            : stream == 1 ? "blocking"
                          : "legacy NULL",
@@ -126,6 +127,8 @@ FuzzCase fuzz_case(uint64_t seed, int R, const FuzzLimits& lim) {
   c.ops = pick(1, 4);
   c.stream = pick(0, 2);
   c.sync_between = rng() % 2;
+  // Drawn last, so that the draws above (and so every recorded seed) stay as they were.
+  s.per_rank = lim.per_rank_combine && rng() % 2;
   return c;
 }
 

@@ -35,6 +35,9 @@ struct FuzzLimits {
   // Upper bound on max_tokens * hidden * topk (the combine rows at one rank) and on
   // nranks * max_tokens * hidden (the tokens one rank receives).
   int64_t max_elements = int64_t{1} << 22;
+  // Draw ncclMoeCombinePerRank for half the cases (host-only runs: the CUDA backend has per-pair
+  // combine only).
+  bool per_rank_combine = false;
 };
 
 FuzzCase fuzz_case(uint64_t seed, int nranks, const FuzzLimits& lim = {});

@@ -1,5 +1,6 @@
 #include "tests/common/moe_reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -45,6 +46,7 @@ ncclMoeConfig_t Shape::config() const {
   c.expertAlignment = alignment;
   c.maxPrivateTokens = max_private;
   c.backend = ncclMoeBackendHost;
+  c.combineMode = per_rank ? ncclMoeCombinePerRank : ncclMoeCombinePerPair;
   return c;
 }
 
@@ -169,14 +171,26 @@ void fill_expert_y(const Shape& s, const std::vector<RankInput>& all, int me, co
 }
 
 std::string check_combine(const Shape& s, const RankInput& mine, int me, const uint16_t* y) {
+  const int K = s.topk;
   for (int t = 0; t < mine.T; ++t)
     for (int c = 0; c < s.hidden; ++c) {
+      const int32_t* idx = mine.idx.data() + static_cast<size_t>(t) * K;
+      const float* w = mine.w.data() + static_cast<size_t>(t) * K;
       float acc = 0.0f;
-      for (int k = 0; k < s.topk; ++k) {
-        int e = mine.idx[static_cast<size_t>(t) * s.topk + k];
-        if (e < 0) continue;
-        acc = std::fmaf(mine.w[static_cast<size_t>(t) * s.topk + k], from_bf16(expert_value(e, me, t, k, c)),
-                        acc);
+      if (!s.per_rank) {
+        for (int k = 0; k < K; ++k)
+          if (idx[k] >= 0) acc = std::fmaf(w[k], from_bf16(expert_value(idx[k], me, t, k, c)), acc);
+      } else {
+        for (int r = 0; r < s.nranks; ++r) {
+          float part = 0.0f;
+          bool any = false;
+          for (int k = 0; k < K; ++k)
+            if (idx[k] >= 0 && s.owner(idx[k]) == r) {
+              part = std::fmaf(w[k], from_bf16(expert_value(idx[k], me, t, k, c)), part);
+              any = true;
+            }
+          if (any) acc += from_bf16(to_bf16_rne(part));
+        }
       }
       uint16_t want = to_bf16_rne(acc);
       uint16_t got = y[static_cast<size_t>(t) * s.hidden + c];
@@ -186,6 +200,68 @@ std::string check_combine(const Shape& s, const RankInput& mine, int me, const u
         return b;
       }
     }
+  return "";
+}
+
+namespace {
+// Records (tokens routed there at least once) and (token, k) pairs from `src` to `dst`.
+void routed(const Shape& s, const RankInput& in, int dst, uint32_t* records, uint32_t* pairs) {
+  *records = *pairs = 0;
+  for (int t = 0; t < in.T; ++t) {
+    uint32_t n = 0;
+    for (int k = 0; k < s.topk; ++k) {
+      const int e = in.idx[static_cast<size_t>(t) * s.topk + k];
+      n += e >= 0 && s.owner(e) == dst;
+    }
+    *pairs += n;
+    *records += n > 0;
+  }
+}
+size_t pad(size_t v, size_t a) { return (v + a - 1) / a * a; }
+}  // namespace
+
+std::string check_peer_stats(const Shape& s, const std::vector<RankInput>& all, int me,
+                             const ncclMoePeerStats_t* got) {
+  // Sizes as docs/moe-protocol.md defines them (written out here, not taken from the library).
+  int max_local = 0;
+  for (int r = 0; r < s.nranks; ++r) max_local = std::max(max_local, s.local(r));
+  const size_t header = pad(32 + 4 * static_cast<size_t>(max_local), 64);
+  const size_t record = pad(4 + 4 * static_cast<size_t>(s.topk) * (s.per_rank ? 2 : 1), 16) +
+                        pad(s.x_bytes(), 16) + pad(s.nscale() * 4, 16);
+  const uint32_t P = static_cast<uint32_t>(std::min(s.max_private, s.max_tokens));
+  for (int p = 0; p < s.nranks; ++p) {
+    uint32_t rec = 0, pairs = 0, back_rec = 0, back_pairs = 0;
+    if (p != me) {
+      routed(s, all[me], p, &rec, &pairs);            // what we send p
+      routed(s, all[p], me, &back_rec, &back_pairs);  // what p sends us (we return its rows)
+    }
+    const uint32_t rows = s.per_rank ? back_rec : back_pairs;
+    ncclMoePeerStats_t want{};
+    if (p != me) {
+      want.dispatchBytes = header + record * rec;
+      want.dispatchWrites = rec > P ? 2 : 1;
+      want.grantsSent = back_rec > P ? 1 : 0;
+      want.records = rec;
+      want.rowsReturned = rows;
+      want.combineBytes = rows ? static_cast<uint64_t>(rows) * s.hidden * 2 : 16;
+      want.combineWrites = 1;
+    }
+    const ncclMoePeerStats_t& g = got[p];
+    char b[320];
+    if (g.dispatchBytes != want.dispatchBytes || g.dispatchWrites != want.dispatchWrites ||
+        g.grantsSent != want.grantsSent || g.records != want.records || g.rowsReturned != want.rowsReturned ||
+        g.combineBytes != want.combineBytes || g.combineWrites != want.combineWrites) {
+      snprintf(b, sizeof b,
+               "peer stats to rank %d: got dispatch %llu B / %u writes / %u records, combine %llu B / %u "
+               "writes / %u rows, %u grants; the protocol says %llu / %u / %u, %llu / %u / %u, %u",
+               p, static_cast<unsigned long long>(g.dispatchBytes), g.dispatchWrites, g.records,
+               static_cast<unsigned long long>(g.combineBytes), g.combineWrites, g.rowsReturned, g.grantsSent,
+               static_cast<unsigned long long>(want.dispatchBytes), want.dispatchWrites, want.records,
+               static_cast<unsigned long long>(want.combineBytes), want.combineWrites, want.rowsReturned,
+               want.grantsSent);
+      return b;
+    }
+  }
   return "";
 }
 

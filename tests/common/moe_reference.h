@@ -15,6 +15,7 @@ struct Shape {
   int nranks = 2, experts = 8, topk = 2, hidden = 64, max_tokens = 16;
   bool fp8 = false;
   int scale_block = 32, alignment = 1, max_private = 128;
+  bool per_rank = false;  // ncclMoeCombinePerRank
   int first(int r) const { return static_cast<int>(static_cast<int64_t>(r) * experts / nranks); }
   int local(int r) const { return first(r + 1) - first(r); }
   int owner(int e) const {
@@ -65,7 +66,14 @@ std::string check_dispatch(const Shape& s, const std::vector<RankInput>& all, in
 uint16_t expert_value(int expert, int src, int token, int k, int col);
 void fill_expert_y(const Shape& s, const std::vector<RankInput>& all, int me, const ExpectedLayout& ex,
                    uint16_t* expert_y);
+// Per pair: y = bf16(fmaf over k). Per rank: each owner rank's partial bf16(fmaf over its k, in k
+// order), then bf16 of their fp32 sum in rank order.
 std::string check_combine(const Shape& s, const RankInput& mine, int me, const uint16_t* y);
+
+// What the protocol says `me` writes to each peer in one op (docs/moe-protocol.md,
+// "Accounting"), computed from every rank's routing; "" when ncclMoeGetPeerStats agrees.
+std::string check_peer_stats(const Shape& s, const std::vector<RankInput>& all, int me,
+                             const ncclMoePeerStats_t* got);
 
 // Allgather over the launcher's channel (ctx = moefabric::OobChannel*).
 ncclResult_t oob_allgather(const void* send, void* recv, size_t bytes, void* ctx);

@@ -304,6 +304,13 @@ std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
     Out ho = z.guarded();
     std::string err = run_host(c, host, in, ey, &ho);
     if (err.empty()) err = check_reference(c, all, me, ex, z, ho);
+    if (err.empty()) {  // bytes and writes per peer, as the protocol counts them
+      std::vector<ncclMoePeerStats_t> ps(oob.nranks());
+      if (ncclMoeGetPeerStats(host, ps.data(), oob.nranks()) != ncclSuccess)
+        err = std::string("peer stats: ") + ncclMoeGetLastError(host);
+      else
+        err = check_peer_stats(s, all, me, ps.data());
+    }
     err = agree(err.empty() ? err : at + err);
     if (!err.empty()) return fail(err);
 #if MFTEST_CUDA
@@ -473,6 +480,8 @@ int main(int argc, char** argv) {
                         : ("one case " + case_s).c_str());
   const auto start = std::chrono::steady_clock::now();
   int total = 0, failed = 0;
+  FuzzLimits lim;
+  lim.per_rank_combine = !opt.cuda;  // the CUDA backend combines per pair only
   for (const std::string& mode : modes) {
     unsetenv("MOEFABRIC_FORCE_FABRIC");
     unsetenv("MOEFABRIC_NODE_SIZE");
@@ -485,13 +494,13 @@ int main(int argc, char** argv) {
         // A regression case's seed names it; any other seed is a random draw.
         for (const FuzzCase& c : fuzz_regressions(R))
           if (c.seed == one) list.push_back(c);
-        if (list.empty()) list.push_back(fuzz_case(one, R));
+        if (list.empty()) list.push_back(fuzz_case(one, R, lim));
       } else {
         if (!no_regressions) list = fuzz_regressions(R);
         for (int i = 0; i < cases; ++i) {
           if (budget_s > 0 && std::chrono::steady_clock::now() - start > std::chrono::seconds(budget_s))
             break;
-          list.push_back(fuzz_case(fuzz_seed(seed, R, static_cast<uint64_t>(i)), R));
+          list.push_back(fuzz_case(fuzz_seed(seed, R, static_cast<uint64_t>(i)), R, lim));
         }
       }
       // Cases run in batches so that a failure costs only its batch and the budget is honoured.

@@ -90,6 +90,11 @@ std::string round_trip(OobChannel& oob, const Shape& s, ncclMoeComm_t moe, const
   if (r != ncclSuccess) return std::string("combine failed: ") + ncclMoeGetLastError(moe);
   err = check_combine(s, mine, me, b.y.data());
   if (!err.empty()) return "combine: " + err;
+  std::vector<ncclMoePeerStats_t> ps(s.nranks);
+  if (ncclMoeGetPeerStats(moe, ps.data(), s.nranks) != ncclSuccess)
+    return std::string("peer stats: ") + ncclMoeGetLastError(moe);
+  err = check_peer_stats(s, all, me, ps.data());
+  if (!err.empty()) return err;
   for (size_t i = static_cast<size_t>(T) * s.hidden; i < b.y.size(); ++i)
     if (b.y[i] != 0xdead) return "combine wrote past y[T]";
   return "";
@@ -156,6 +161,32 @@ TEST_CASE("moe: random and adversarial routing, 2/3/4/8 ranks, bf16", "[moe]") {
     s.max_tokens = 24;
     s.max_private = 5;
     run_ranks(n, [&](OobChannel& oob) { return sweep(oob, s, n >= 8 ? 6 : 12); });
+  }
+}
+
+// Scale: 16 ranks (CI; moefabric-moe-perf runs 64 and more), 1024 experts, both combine modes.
+TEST_CASE("moe: 16 ranks, 1024 experts, per-pair and per-rank combine", "[moe][scale]") {
+  for (bool per_rank : {false, true}) {
+    INFO((per_rank ? "per-rank" : "per-pair") << " combine");
+    const Shape s{
+        .experts = 1024, .topk = 8, .hidden = 64, .max_tokens = 16, .max_private = 4, .per_rank = per_rank};
+    run_ranks(16, [&](OobChannel& oob) { return sweep(oob, s, 2); });
+  }
+}
+
+TEST_CASE("moe: per-rank combine (pre-reduced at the expert rank)", "[moe]") {
+  for (int n : {1, 2, 3, 5}) {
+    INFO("ranks " << n);
+    const Shape s{.experts = 13,
+                  .topk = 6,
+                  .hidden = 64,
+                  .max_tokens = 20,
+                  .fp8 = n % 2 == 1,
+                  .scale_block = 32,
+                  .alignment = n,
+                  .max_private = 3,
+                  .per_rank = true};
+    run_ranks(n, [&](OobChannel& oob) { return sweep(oob, s, 6); });
   }
 }
 

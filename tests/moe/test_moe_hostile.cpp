@@ -150,7 +150,7 @@ int fake_peer(OobChannel& oob, const Shape& s, const ncclMoeConfig_t& cfg, int r
   moe::Layout l;
   const char* why = nullptr;
   RANK_CHECK(moe::layout_init(&l, s.nranks, me, rc.experts, rc.topk, rc.hidden, rc.max_tokens, 2, false,
-                              rc.scale_block, rc.alignment, rc.max_private, &why),
+                              rc.scale_block, rc.alignment, rc.max_private, false, &why),
              "layout: %s", why);
   std::unique_ptr<moefabric::fabric::RmaRails> ep;
   moe::RailChoice choice;

@@ -5,7 +5,7 @@ set -eu
 lib=$1
 got=$(nm -D --defined-only "$lib" | awk '{print $3}' | grep -v '^_init$\|^_fini$' | sort | tr '\n' ' ')
 if [ "${2:-plugin}" = moe ]; then
-  want="ncclMoeCombine ncclMoeCombineRecv ncclMoeCombineSend ncclMoeCommAbort ncclMoeCommDestroy ncclMoeCommGetAsyncError ncclMoeCommInit ncclMoeCommInitAllGather ncclMoeDispatch ncclMoeDispatchRecv ncclMoeDispatchSend ncclMoeGetLastError ncclMoeGetLocalExperts ncclMoeGetRecvCapacity ncclMoeGetStats ncclMoeGetVersion "
+  want="ncclMoeCombine ncclMoeCombineRecv ncclMoeCombineSend ncclMoeCommAbort ncclMoeCommDestroy ncclMoeCommGetAsyncError ncclMoeCommInit ncclMoeCommInitAllGather ncclMoeDispatch ncclMoeDispatchRecv ncclMoeDispatchSend ncclMoeGetLastError ncclMoeGetLocalExperts ncclMoeGetMemoryUsage ncclMoeGetPeerStats ncclMoeGetRecvCapacity ncclMoeGetStats ncclMoeGetVersion "
 else
   want="ncclNetPlugin_v10 ncclNetPlugin_v11 ncclNetPlugin_v12 ncclNetPlugin_v8 ncclNetPlugin_v9 "
 fi

@@ -26,7 +26,8 @@ TEST_CASE("cuda layout: regions are disjoint, aligned and inside the block", "[m
       REQUIRE(cuda_layout_init(&l, s.R, me, s.E, s.K, s.H, s.T, s.fp8 ? 1 : 2, s.fp8, s.sb, s.align, &why));
       // Same capacity and expert ownership as the host backend's layout.
       Layout h;
-      REQUIRE(layout_init(&h, s.R, me, s.E, s.K, s.H, s.T, s.fp8 ? 1 : 2, s.fp8, s.sb, s.align, 128, &why));
+      REQUIRE(layout_init(&h, s.R, me, s.E, s.K, s.H, s.T, s.fp8 ? 1 : 2, s.fp8, s.sb, s.align, 128, false,
+                          &why));
       CHECK(l.capacity_rows == h.capacity_rows);
       for (int e = 0; e < s.E; ++e) CHECK(l.owner(e) == h.owner(e));
       for (int r = 0; r <= s.R; ++r) CHECK(l.first_expert(r) == h.first_expert(r));

@@ -12,10 +12,11 @@
 using namespace moefabric::moe;
 
 namespace {
-Layout make(int R, int me, int E, int K, int H, int T, bool fp8, int P, int align = 1) {
+Layout make(int R, int me, int E, int K, int H, int T, bool fp8, int P, int align = 1,
+            bool per_rank = false) {
   Layout l;
   const char* why = nullptr;
-  REQUIRE(layout_init(&l, R, me, E, K, H, T, fp8 ? 1 : 2, fp8, 128, align, P, &why));
+  REQUIRE(layout_init(&l, R, me, E, K, H, T, fp8 ? 1 : 2, fp8, 128, align, P, per_rank, &why));
   return l;
 }
 }  // namespace
@@ -46,8 +47,16 @@ TEST_CASE("moe layout: expert ownership, record sizes, disjoint regions", "[moe]
   REQUIRE(l.overflow_offset(l.overflow_records) <= l.off_combine);
   REQUIRE(l.combine_offset(l.combine_rows) <= l.off_ctrl);
   REQUIRE(l.ctrl_offset(3) + l.ctrl_slot_bytes <= l.recv_block_bytes);
-  REQUIRE(l.send_offset(3) + l.send_stride <= l.off_csend);
-  REQUIRE(l.off_csend + l.y_row_bytes * l.capacity_rows <= l.off_grant_out);
+  // send block: the dispatch area holds every destination's chunk, each 64-byte aligned, for
+  // maxT * min(K, R) records in all (one per (token, destination rank))
+  REQUIRE(l.send_records == 128u * 4);
+  size_t chunks = 0;
+  for (int d = 0; d < 4; ++d) chunks += l.send_chunk_bytes(d == 0 ? l.send_records : 0);
+  REQUIRE(l.off_send + chunks <= l.off_send + l.send_area_bytes);
+  REQUIRE(l.off_send + l.send_area_bytes <= l.off_csend);
+  REQUIRE(l.off_csend + l.y_row_bytes * l.return_rows <= l.off_grant_out);
+  REQUIRE(l.return_rows == l.capacity_rows);
+  REQUIRE(l.combine_rows == 128u * 8);
   // worst case: every token of every rank picks one of our experts in all K slots
   REQUIRE(l.capacity_rows == 4u * 128 * 8 + 64 * 3);
   REQUIRE(l.overflow_records == 3u * (128 - 16));
@@ -57,6 +66,42 @@ TEST_CASE("moe layout: expert ownership, record sizes, disjoint regions", "[moe]
   REQUIRE(b.record_bytes == 16 + 128);
   // private tokens clamp to maxTokensPerRank
   REQUIRE(make(2, 0, 8, 2, 64, 16, false, 1000).max_private == 16);
+}
+
+TEST_CASE("moe layout: per-rank combine sizes; 256 ranks and 1024 experts", "[moe][layout]") {
+  // Weights travel in the record's metadata; one combine row per (token, rank).
+  Layout p = make(4, 1, 256, 8, 7168, 128, true, 16, 1, true);
+  REQUIRE(p.meta_bytes == 80);  // 4 + 8 * 4 + 8 * 4, padded to 16
+  REQUIRE(p.combine_rows == 128u * 4);
+  REQUIRE(p.return_rows == 4u * 128);
+  REQUIRE(p.rows_returned(5, 9) == 5);
+  REQUIRE(make(4, 1, 256, 8, 7168, 128, true, 16).rows_returned(5, 9) == 9);
+  // Scale: EP256 with 1024 experts initialises on every rank, and the ranks' expert ranges tile E.
+  for (int me : {0, 1, 255}) {
+    Layout l = make(256, me, 1024, 8, 7168, 128, true, 128, 1, me == 1);
+    REQUIRE(l.local_count(me) == 4);
+    REQUIRE(l.owner(1023) == 255);
+    REQUIRE(l.ctrl_offset(255) + l.ctrl_slot_bytes <= l.recv_block_bytes);
+  }
+}
+
+// Host memory per rank at the decode shape (T 128, H 7168, fp8, top-8 of 256, P = 128): what
+// docs/moe-protocol.md's table states. Per-rank combine keeps EP64 within 0.5 GiB and EP256
+// within 1 GiB; per-pair combine stages every (token, expert) row it may return.
+TEST_CASE("moe layout: buffer bytes at EP64 and EP256", "[moe][layout]") {
+  auto mib = [](const Layout& l) {
+    return static_cast<double>(l.recv_block_bytes + l.send_block_bytes) / (1 << 20);
+  };
+  Layout r64 = make(64, 0, 256, 8, 7168, 128, true, 128, 1, true);
+  Layout r256 = make(256, 0, 256, 8, 7168, 128, true, 128, 1, true);
+  Layout p64 = make(64, 0, 256, 8, 7168, 128, true, 128, 1, false);
+  INFO("per-rank EP64 " << mib(r64) << " MiB, EP256 " << mib(r256) << " MiB; per-pair EP64 " << mib(p64));
+  REQUIRE(mib(r64) <= 512);
+  REQUIRE(mib(r256) <= 1024);
+  // The parts: receive = R private regions of P records + combine region; send = maxT * 8 records.
+  REQUIRE(r64.recv_block_bytes >= 64u * 128 * r64.record_bytes);
+  REQUIRE(r64.send_area_bytes < 64u * (r64.header_bytes + 64) + 128u * 8 * r64.record_bytes + 1);
+  REQUIRE(p64.return_rows == 64u * 128 * 8);
 }
 
 TEST_CASE("moe immediates: round trip and rejection", "[moe][wire]") {
