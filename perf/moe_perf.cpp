@@ -31,6 +31,7 @@ using namespace moetest;
 struct Opts {
   std::vector<int> ranks{4}, tokens{1, 8, 32, 128}, hidden{2048}, topk{8}, experts{64};
   std::vector<std::string> dtypes{"fp8"};
+  std::string combine = "pair";  // ncclMoeCombinePerPair, or "rank": ncclMoeCombinePerRank
   int iters = 100, warmup = 10, max_private = -1, timeout = 1800;
   bool check = false;
   std::string json;
@@ -76,6 +77,7 @@ std::vector<Point> run_rank(OobChannel& oob, const Opts& o) {
           s.max_tokens = max_t;
           s.fp8 = dt == "fp8";
           s.scale_block = 128;
+          s.per_rank = o.combine == "rank";
           if (o.max_private >= 0) s.max_private = o.max_private;
           ncclMoeConfig_t cfg = s.config();
           if (o.max_private < 0) cfg.maxPrivateTokens = NCCL_MOE_UNDEF_INT;
@@ -214,8 +216,9 @@ void header(const Opts& o, const char* mode) {
   const char* prov = getenv("MOEFABRIC_PROVIDER");
   printf("# moefabric-moe-perf: backend host, provider %s, host %s, %s\n", prov ? prov : "(default)", host,
          mode);
-  printf("# iters %d, warmup %d, maxPrivateTokens %s, check %s\n", o.iters, o.warmup,
-         o.max_private < 0 ? "default" : std::to_string(o.max_private).c_str(), o.check ? "on" : "off");
+  printf("# iters %d, warmup %d, maxPrivateTokens %s, combine per %s, check %s\n", o.iters, o.warmup,
+         o.max_private < 0 ? "default" : std::to_string(o.max_private).c_str(), o.combine.c_str(),
+         o.check ? "on" : "off");
   printf("#\n# %6s %6s %6s %4s %6s %5s %9s %9s %9s %9s %9s %9s %9s %4s %8s %8s %8s %8s %5s %6s\n", "ranks",
          "tokens", "hidden", "topk", "experts", "type", "disp_p50", "disp_p99", "comb_p50", "comb_p99",
          "tot_p50", "tot_p99", "slow_p50", "slow", "disp_GBs", "comb_GBs", "post_us", "cpost_us", "wr",
@@ -259,6 +262,7 @@ void write_json(const Opts& o, const perf::Json& prior, const std::vector<Point>
       {"iters", o.iters},
       {"warmup", o.warmup},
       {"max_private_tokens", o.max_private >= 0 ? perf::Json(o.max_private) : perf::Json(nullptr)},
+      {"combine_mode", o.combine == "rank" ? "per-rank" : "per-pair"},
       {"check", o.check}};
   std::string err;
   if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
@@ -283,6 +287,10 @@ int main(int argc, char** argv) {
   app.add_option("-w,--warmup,--warmup_iters", o.warmup, "untimed iterations per point")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-private", o.max_private, "maxPrivateTokens (-1: the library's default)");
+  app.add_option("--combine", o.combine,
+                 "combine mode: pair (a row per (token, expert)) or rank (pre-reduced)")
+      ->check(CLI::IsMember({"pair", "rank"}))
+      ->capture_default_str();
   perf::add_check(app, &o.check, "verify one iteration per point against the reference");
   app.add_option("-J,--json", o.json, "also write the results as JSON to this file (docs/perf-json.md)")
       ->type_name("FILE");
