@@ -234,10 +234,10 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const
   send_off_.assign(nranks, 0);
   peer_stats_.assign(nranks, ncclMoePeerStats_t{});
   expert_pairs_.assign(rc.experts, 0);
-  for (auto& slot : hdr_) {
-    slot.resize(nranks);
-    for (HeaderCopy& c : slot) c.counts.assign(l_.local_count(rank), 0);
-  }
+  hdr_.resize(nranks);
+  for (HeaderCopy& c : hdr_) c.counts.assign(l_.local_count(rank), 0);
+  granted_ = std::vector<std::atomic<uint32_t>>(nranks);
+  plan_.assign(nranks, SendPlan{0});
   sent_tokens_.assign(nranks, 0);
   sent_pairs_.assign(nranks, 0);
   combine_base_.assign(nranks, 0);

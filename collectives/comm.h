@@ -98,6 +98,7 @@ class Comm : public fabric::RmaHandler {
   void proxy_loop();
   void ring(WriteKind kind, uint64_t seq);  // hands a command to the proxy
   void proxy_execute(const Command& c);
+  uint8_t* out_slot(int peer);
   void on_remote_write(uint32_t imm) override;
   void on_write_done(uint64_t cookie, Status s, const char* text) override;
   void proxy_fail(Status s, const std::string& text);
@@ -115,6 +116,7 @@ class Comm : public fabric::RmaHandler {
   Status host_pack_dispatch(const void* x, const float* scales, const int32_t* idx, const float* w, int T);
   int token_dests(const int32_t* row, int* dests) const;
   Status host_unpack_dispatch();
+  Status copy_headers();  // every source's header and counts, copied once and checked
   void host_pack_combine(const void* expert_y);
   void host_reduce_combine(void* y);
 
@@ -144,15 +146,14 @@ class Comm : public fabric::RmaHandler {
   std::atomic<uint64_t> cur_seq_{0};
   Arrivals arrivals_;
   std::vector<std::atomic<uint32_t>> overflow_off_;  // granted overflow offset per source
-  // What each source's dispatch header said, copied out of the receive block once by the proxy
-  // and checked there: the caller uses only these copies (a peer may rewrite its region at any
-  // time). Two slots by op parity: a peer one op ahead fills the other slot.
+  // What each source's dispatch header said, copied out of the receive block once by the caller
+  // and checked: the unpack uses only these copies (a peer may rewrite its region at any time).
   struct HeaderCopy {
     DispatchHeader h{};
     std::vector<uint32_t> counts;  // [local experts]
   };
-  std::vector<HeaderCopy> hdr_[2];
-  const HeaderCopy& header_copy(int src, uint64_t seq) const { return hdr_[seq & 1][src]; }
+  std::vector<HeaderCopy> hdr_;
+  std::vector<std::atomic<uint32_t>> granted_;  // records granted to each source (this op)
   std::atomic<int> outstanding_[kNumKinds] = {};
   std::atomic<int> async_status_{0};
   std::atomic<bool> proxy_blocked_{false};  // proxy sleeps in the CQ: ring() must signal
@@ -173,11 +174,16 @@ class Comm : public fabric::RmaHandler {
   uint64_t ops_ = 0;
   int T_ = 0;
   const float* weights_ = nullptr;
-  std::vector<int32_t> idx_copy_;               // [T, K] of the op in flight
-  std::vector<uint32_t> sent_tokens_;           // per destination
-  std::vector<uint32_t> sent_pairs_;            // per destination
-  std::vector<uint32_t> combine_base_;          // per destination: where its returns land here
-  std::vector<size_t> send_off_;                // per destination: its chunk in the dispatch area (this op)
+  std::vector<int32_t> idx_copy_;       // [T, K] of the op in flight
+  std::vector<uint32_t> sent_tokens_;   // per destination
+  std::vector<uint32_t> sent_pairs_;    // per destination
+  std::vector<uint32_t> combine_base_;  // per destination: where its returns land here
+  std::vector<size_t> send_off_;        // per destination: its chunk in the dispatch area (this op)
+  // What the proxy posts from, per destination (host memory; the CUDA kernels fill it too)
+  struct SendPlan {
+    uint32_t ntokens;
+  };
+  std::vector<SendPlan> plan_;
   std::vector<uint32_t> expert_pairs_;          // dispatch pack: (token, k) pairs per expert id
   std::vector<ncclMoePeerStats_t> peer_stats_;  // per peer, last op (grants from grant_seq_of_)
   void* recv_x_ = nullptr;

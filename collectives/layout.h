@@ -55,7 +55,8 @@ struct Layout {
   size_t combine_rows = 0;      // combine region rows at the home rank: max_tokens * (K or min(K, R))
   size_t return_rows = 0;       // combine rows this rank may return in one op (all sources)
   size_t send_records = 0;      // records one dispatch may pack (all destinations): maxT * min(K, R)
-  size_t ctrl_slot_bytes = 32;  // per peer: grant (16) + scratch for empty writes / barrier (16)
+  // per peer: grant (16) + grant request (16) + scratch for empty writes / barrier (16), padded
+  size_t ctrl_slot_bytes = 64;
 
   // regions a peer writes into (offsets inside the one registered receive block)
   size_t off_private = 0, off_overflow = 0, off_combine = 0, off_ctrl = 0, recv_block_bytes = 0;

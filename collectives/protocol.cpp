@@ -14,6 +14,8 @@ const char* kind_name(WriteKind k) {
       return "combine";
     case WriteKind::kBarrier:
       return "destroy barrier";
+    case WriteKind::kRequest:
+      return "dispatch grant request";
   }
   return "unknown";
 }
@@ -81,6 +83,21 @@ bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* coun
   if (sum != h.npairs)
     return bad("per-expert counts sum to " + std::to_string(sum) + ", header says " +
                std::to_string(h.npairs));
+  return true;
+}
+
+bool request_check(const Layout& l, const Request& r, uint64_t seq, std::string* why) {
+  const uint32_t P = static_cast<uint32_t>(l.max_private);
+  if (r.seq != seq) {
+    *why = "grant request for op " + std::to_string(r.seq) + " during op " + std::to_string(seq);
+    return false;
+  }
+  if (r.ntokens > static_cast<uint32_t>(l.max_tokens) || r.ntokens <= P || r.nprivate != P) {
+    *why = "malformed grant request (" + std::to_string(r.ntokens) + " tokens, " +
+           std::to_string(r.nprivate) + " private; maxTokensPerRank " + std::to_string(l.max_tokens) +
+           ", P " + std::to_string(P) + ")";
+    return false;
+  }
   return true;
 }
 

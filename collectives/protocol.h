@@ -17,8 +17,9 @@ enum class WriteKind : uint32_t {
   kGrant = 2,            // receiver -> sender: overflow offset for this op
   kCombine = 3,          // expert outputs back to the home rank (or an empty marker)
   kBarrier = 4,          // destroy: no more writes from this peer
+  kRequest = 5,          // sender -> receiver: more than nprivate records, please grant
 };
-inline constexpr int kNumKinds = 5;
+inline constexpr int kNumKinds = 6;
 const char* kind_name(WriteKind k);
 
 // imm = kind:3 | stripes:2 | seq:15 | src:12 (MSB to LSB). The stripe field belongs to the
@@ -50,6 +51,17 @@ struct Grant {
   uint32_t offset;  // records into the receiver's overflow region
   uint32_t count;   // records granted (= ntokens - nprivate)
 };
+
+// The request a sender writes into the receiver's control slot when more than nprivate records
+// go there: the receiver grants from it (its proxy never reads a header or a record).
+struct Request {
+  uint64_t seq;
+  uint32_t ntokens;
+  uint32_t nprivate;
+};
+
+// Checks a grant request from `src` for op `seq` (sizes within maxTokensPerRank and P).
+bool request_check(const Layout& l, const Request& r, uint64_t seq, std::string* why);
 
 // Checks a dispatch header from `src` for op `seq`. On success the header is safe to use: every
 // size and offset it implies lies inside our regions.

@@ -72,20 +72,31 @@ void Comm::post(int peer, int cls, const void* src, size_t len, uint64_t remote_
   }
 }
 
+// Outgoing control slot for `peer` in the send block: grant (16), request (16), marker (16).
+uint8_t* Comm::out_slot(int peer) { return send_block_.get() + l_.off_grant_out + l_.ctrl_slot_bytes * peer; }
+
+// Every size comes from the caller's plan in host memory (plan_, src_rows_, ...): the proxy
+// never reads a header or a record, so the blocks may be memory it cannot read.
 void Comm::proxy_execute(const Command& c) {
   uint8_t* send = send_block_.get();
   auto dummy = [&](int peer, WriteKind kind) {
     // A 16-byte marker into our scratch slot at the peer: the immediate is the message.
-    post(peer, static_cast<int>(kind), send + l_.off_grant_out + l_.ctrl_slot_bytes * peer + 16, 16,
-         l_.ctrl_offset(me_) + 16, kind, c.seq);
+    post(peer, static_cast<int>(kind), out_slot(peer) + 32, 16, l_.ctrl_offset(me_) + 32, kind, c.seq);
   };
   switch (c.kind) {
     case WriteKind::kDispatchPrivate: {
       for (int i = 1; i < R_; ++i) {
         int d = (me_ + i) % R_;
-        const auto* h = reinterpret_cast<const DispatchHeader*>(send + send_off_[d]);
-        post(d, static_cast<int>(c.kind), h, l_.header_bytes + l_.record_bytes * h->nprivate,
+        const uint32_t n = plan_[d].ntokens,
+                       np = std::min<uint32_t>(n, static_cast<uint32_t>(l_.max_private));
+        post(d, static_cast<int>(c.kind), send + send_off_[d], l_.header_bytes + l_.record_bytes * np,
              l_.private_offset(me_), c.kind, c.seq);
+        if (n > np) {
+          auto* r = reinterpret_cast<Request*>(out_slot(d) + 16);
+          *r = Request{c.seq, n, np};
+          post(d, static_cast<int>(WriteKind::kRequest), r, sizeof(Request), l_.ctrl_offset(me_) + 16,
+               WriteKind::kRequest, c.seq);
+        }
       }
       post_ns_.store(static_cast<uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.rung).count()));
@@ -128,47 +139,43 @@ void Comm::on_remote_write(uint32_t imm) {
   }
   MF_TRACE(log::kProxy, "rank %d: %s write from rank %d, seq %llu", me_, kind_name(f.kind), f.src,
            static_cast<unsigned long long>(f.seq));
-  uint8_t* recv = recv_block_.get();
+  const uint8_t* recv = recv_block_.get();
   uint8_t* send = send_block_.get();
   switch (f.kind) {
-    case WriteKind::kDispatchPrivate: {
-      // Copied once, checked, and only the copy is used from here on (the caller's unpack too).
-      HeaderCopy& hc = hdr_[f.seq & 1][f.src];
-      const uint8_t* region = recv + l_.private_offset(f.src);
-      std::memcpy(&hc.h, region, sizeof(DispatchHeader));
-      std::memcpy(hc.counts.data(), region + sizeof(DispatchHeader), sizeof(uint32_t) * hc.counts.size());
-      if (!header_check(l_, hc.h, hc.counts.data(), f.src, f.seq, &why)) {
+    case WriteKind::kRequest: {
+      Request r;  // the peer may rewrite its slot: one copy, checked, used
+      std::memcpy(&r, recv + l_.ctrl_offset(f.src) + 16, sizeof r);
+      if (!request_check(l_, r, f.seq, &why)) {
         proxy_fail(Status::kRemoteError, "dispatch: rank " + std::to_string(f.src) + " sent a " + why);
         return;
       }
-      const DispatchHeader* h = &hc.h;
-      if (h->ntokens > h->nprivate) {
-        if (grant_seq_ != f.seq) {
-          grant_seq_ = f.seq;
-          grant_bump_ = 0;
-        }
-        uint32_t count = h->ntokens - h->nprivate;
-        if (static_cast<uint64_t>(grant_bump_) + count > l_.overflow_records) {
-          proxy_fail(Status::kInternalError,
-                     "dispatch: overflow region exhausted granting rank " + std::to_string(f.src));
-          return;
-        }
-        overflow_off_[f.src].store(grant_bump_, std::memory_order_relaxed);
-        auto* g = reinterpret_cast<Grant*>(send + l_.off_grant_out + l_.ctrl_slot_bytes * f.src);
-        *g = Grant{f.seq, grant_bump_, count};
-        grant_bump_ += count;
-        grant_seq_of_[f.src].store(f.seq, std::memory_order_relaxed);
-        post(f.src, static_cast<int>(WriteKind::kGrant), g, sizeof(Grant), l_.ctrl_offset(me_),
-             WriteKind::kGrant, f.seq);
+      if (grant_seq_ != f.seq) {
+        grant_seq_ = f.seq;
+        grant_bump_ = 0;
       }
+      const uint32_t count = r.ntokens - r.nprivate;
+      if (static_cast<uint64_t>(grant_bump_) + count > l_.overflow_records) {
+        proxy_fail(Status::kInternalError,
+                   "dispatch: overflow region exhausted granting rank " + std::to_string(f.src));
+        return;
+      }
+      overflow_off_[f.src].store(grant_bump_, std::memory_order_relaxed);
+      granted_[f.src].store(count, std::memory_order_relaxed);
+      auto* g = reinterpret_cast<Grant*>(out_slot(f.src));
+      *g = Grant{f.seq, grant_bump_, count};
+      grant_bump_ += count;
+      grant_seq_of_[f.src].store(f.seq, std::memory_order_relaxed);
+      post(f.src, static_cast<int>(WriteKind::kGrant), g, sizeof(Grant), l_.ctrl_offset(me_),
+           WriteKind::kGrant, f.seq);
       break;
     }
     case WriteKind::kGrant: {
-      Grant g;  // the peer may rewrite its slot: one copy, checked, used
+      Grant g;  // one copy, checked, used
       std::memcpy(&g, recv + l_.ctrl_offset(f.src), sizeof g);
-      const auto* h = reinterpret_cast<const DispatchHeader*>(send + send_off_[f.src]);
-      if (g.seq != f.seq || h->seq != static_cast<uint32_t>(f.seq) || g.count != h->ntokens - h->nprivate ||
-          h->ntokens <= h->nprivate || static_cast<uint64_t>(g.offset) + g.count > l_.overflow_records) {
+      const uint32_t n = plan_[f.src].ntokens,
+                     np = std::min<uint32_t>(n, static_cast<uint32_t>(l_.max_private));
+      if (g.seq != f.seq || f.seq != cur_seq_.load(std::memory_order_acquire) || n <= np ||
+          g.count != n - np || static_cast<uint64_t>(g.offset) + g.count > l_.overflow_records) {
         proxy_fail(Status::kRemoteError, "dispatch: rank " + std::to_string(f.src) +
                                              " sent a malformed grant (seq " + std::to_string(g.seq) +
                                              ", offset " + std::to_string(g.offset) + ", count " +
@@ -176,8 +183,8 @@ void Comm::on_remote_write(uint32_t imm) {
         return;
       }
       post(f.src, static_cast<int>(WriteKind::kDispatchRest),
-           send + send_off_[f.src] + l_.header_bytes + l_.record_bytes * h->nprivate,
-           l_.record_bytes * g.count, l_.overflow_offset(g.offset), WriteKind::kDispatchRest, f.seq);
+           send + send_off_[f.src] + l_.header_bytes + l_.record_bytes * np, l_.record_bytes * g.count,
+           l_.overflow_offset(g.offset), WriteKind::kDispatchRest, f.seq);
       break;
     }
     default:

@@ -79,6 +79,7 @@ Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_
     h->npairs = sent_pairs_[d];
     h->combine_base = base;
     h->nlocal = static_cast<uint32_t>(l_.local_count(d));
+    plan_[d].ntokens = h->ntokens;
     std::memcpy(h + 1, expert_pairs_.data() + l_.first_expert(d), sizeof(uint32_t) * h->nlocal);
     combine_base_[d] = base;
     base += static_cast<uint32_t>(l_.rows_returned(sent_tokens_[d], sent_pairs_[d]));
@@ -119,17 +120,37 @@ Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_
 
 Status Comm::dispatch_recv() {
   MF_CHECK(wait_arrivals(WriteKind::kDispatchPrivate, seq_, "dispatch"));
+  MF_CHECK(copy_headers());
   std::vector<bool> rest(R_, false);
   bool any = false;
   for (int s = 0; s < R_; ++s) {
     if (s == me_) continue;
-    const DispatchHeader& h = header_copy(s, seq_).h;  // checked by the proxy
+    const DispatchHeader& h = hdr_[s].h;
     rest[s] = h.ntokens > h.nprivate;
     any |= rest[s];
   }
   if (any) MF_CHECK(wait_arrivals(WriteKind::kDispatchRest, seq_, "dispatch", &rest));
+  // The rest arrived into the range we granted for the count the source asked for.
+  for (int s = 0; s < R_; ++s)
+    if (rest[s] && granted_[s].load(std::memory_order_relaxed) != hdr_[s].h.ntokens - hdr_[s].h.nprivate)
+      return fail(Status::kRemoteError, "dispatch: rank %d's header says %u tokens, its grant request %u", s,
+                  hdr_[s].h.ntokens, granted_[s].load() + hdr_[s].h.nprivate);
   if (g_test_before_unpack != nullptr) g_test_before_unpack(me_, recv_block_.get(), l_);
   MF_CHECK(host_unpack_dispatch());
+  return Status::kOk;
+}
+
+Status Comm::copy_headers() {
+  for (int s = 0; s < R_; ++s) {
+    if (s == me_) continue;
+    HeaderCopy& hc = hdr_[s];
+    const uint8_t* region = recv_block_.get() + l_.private_offset(s);
+    std::memcpy(&hc.h, region, sizeof(DispatchHeader));
+    std::memcpy(hc.counts.data(), region + sizeof(DispatchHeader), sizeof(uint32_t) * hc.counts.size());
+    std::string why;
+    if (!header_check(l_, hc.h, hc.counts.data(), s, seq_, &why))
+      return fail(Status::kRemoteError, "dispatch: rank %d sent a %s", s, why.c_str());
+  }
   return Status::kOk;
 }
 
@@ -142,9 +163,9 @@ Status Comm::host_unpack_dispatch() {
   const int L = l_.local_count(me_), first = l_.first_expert(me_);
   const size_t nscale = l_.scales ? static_cast<size_t>(cfg_.hidden / cfg_.scale_block) : 0;
   const DispatchHeader* own = reinterpret_cast<const DispatchHeader*>(send_block_.get() + send_off_[me_]);
-  auto header = [&](int s) -> const DispatchHeader& { return s == me_ ? *own : header_copy(s, seq_).h; };
+  auto header = [&](int s) -> const DispatchHeader& { return s == me_ ? *own : hdr_[s].h; };
   auto counts_of = [&](int s) -> const uint32_t* {
-    return s == me_ ? reinterpret_cast<const uint32_t*>(own + 1) : header_copy(s, seq_).counts.data();
+    return s == me_ ? reinterpret_cast<const uint32_t*>(own + 1) : hdr_[s].counts.data();
   };
   auto record = [&](int s, const DispatchHeader& h, uint32_t i) -> const uint8_t* {
     if (s == me_ || i < h.nprivate)

@@ -1,7 +1,7 @@
 // A peer that rewrites what it already wrote (host backend, real processes over the environment's
-// provider): after the proxy has checked a source's dispatch header, the source's region is
+// provider): after a source's dispatch header was copied and checked, the source's region is
 // changed before the caller unpacks it. A rewritten header must change nothing (the unpack uses
-// the proxy's checked copy: results equal the reference, nothing is written past recvX, the comm
+// the caller's checked copy: results equal the reference, nothing is written past recvX, the comm
 // stays usable); a rewritten record is refused with an error naming the peer, before any byte of
 // recvX is written.
 #include <catch2/catch.hpp>
@@ -29,7 +29,7 @@ namespace moe = moefabric::moe;
 namespace {
 
 // Rank 0 sees every other source's header claim 8 more tokens (and private records) and 100
-// more rows for its first expert than it sent, after the proxy checked the header.
+// more rows for its first expert than it sent, after the header was copied and checked.
 void tamper_header(int rank, uint8_t* recv_block, const moe::Layout& l) {
   if (rank != 0) return;
   for (int s = 1; s < l.nranks; ++s) {
