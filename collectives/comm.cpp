@@ -125,10 +125,10 @@ const char* config_diff(const ResolvedConfig& a, const ResolvedConfig& b) {
 // Waiting callers spin this long, then sleep on the proxy's futex word (woken on every event).
 constexpr auto kCallerSpin = std::chrono::microseconds(50);
 
-Block block_alloc(size_t bytes) {
+void* host_block_alloc(size_t bytes) {
   void* p = std::aligned_alloc(4096, bytes);
   if (p != nullptr) std::memset(p, 0, bytes);
-  return Block(static_cast<uint8_t*>(p));
+  return p;
 }
 
 }  // namespace
@@ -168,16 +168,17 @@ Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, cons
 }
 
 Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                    const Params& params, std::unique_ptr<Comm>* out, std::string* error) {
+                    const Params& params, std::unique_ptr<Comm>* out, std::string* error,
+                    const ProtocolClient* client) {
   std::unique_ptr<Comm> c(new Comm());
   c->params_ = params;
-  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error));
+  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error, client));
   *out = std::move(c);
   return Status::kOk;
 }
 
 Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                   std::string* error) {
+                   std::string* error, const ProtocolClient* client) {
   cfg_ = rc;
   R_ = nranks;
   me_ = rank;
@@ -193,8 +194,10 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const
     s = Status::kInvalidArgument;
   }
   if (s == Status::kOk) {
-    recv_block_ = block_alloc(l_.recv_block_bytes);
-    send_block_ = block_alloc(l_.send_block_bytes);
+    void* (*alloc)(size_t) = client ? client->alloc : host_block_alloc;
+    void (*release)(void*) = client ? client->free : std::free;
+    recv_block_ = Block(static_cast<uint8_t*>(alloc(l_.recv_block_bytes)), release);
+    send_block_ = Block(static_cast<uint8_t*>(alloc(l_.send_block_bytes)), release);
     if (!recv_block_ || !send_block_) {
       err = "out of host memory for " + std::to_string(l_.recv_block_bytes + l_.send_block_bytes) +
             " B of buffers";
@@ -202,7 +205,7 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const
     }
   }
   RailChoice rails;
-  if (s == Status::kOk) s = open_rails(params_, std::nullopt, &ep_, &rails, &err);
+  if (s == Status::kOk) s = open_rails(params_, client ? client->gpu : std::nullopt, &ep_, &rails, &err);
   proxy_cpus_ = rails.proxy_cpus;
   proxy_cpus_why_ = rails.cpus_why;
   rails_why_ = rails.why;
@@ -218,34 +221,38 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const
   MF_CHECK(agree(fn, ctx, nranks,
                  {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError}, s,
                  err, mine, &all, error));
+  if (client != nullptr) peer_mask_ = client->peers;
   peers_.resize(nranks);
   for (int r = 0; r < nranks; ++r) {
     peers_[r].recv_base = all[r].recv_base;
-    if (r != rank && rails_add_peer(*ep_, all[r], r, &peers_[r].rails, &err) != Status::kOk) {
+    if (is_peer(r) && rails_add_peer(*ep_, all[r], r, &peers_[r].rails, &err) != Status::kOk) {
       *error = "init: " + err;
       return Status::kSystemError;
     }
   }
   owner_.resize(rc.experts);
   for (int e = 0; e < rc.experts; ++e) owner_[e] = l_.owner(e);
-  for (auto& v : arrivals_.seq) v = std::vector<std::atomic<uint64_t>>(nranks);
-  overflow_off_ = std::vector<std::atomic<uint32_t>>(nranks);
+  if (client != nullptr) {
+    sh_ = client->shared;
+  } else {
+    arrived_store_.assign(static_cast<size_t>(kNumKinds) * nranks, 0);
+    overflow_store_.assign(nranks, 0);
+    granted_store_.assign(nranks, 0);
+    plan_store_.assign(nranks, SendPlan{});
+    ret_store_.assign(nranks, ReturnPlan{});
+    sh_ = ProxyShared{arrived_store_.data(), overflow_store_.data(), granted_store_.data(),
+                      plan_store_.data(),    ret_store_.data(),      nullptr};
+  }
   grant_seq_of_ = std::vector<std::atomic<uint64_t>>(nranks);
-  send_off_.assign(nranks, 0);
   peer_stats_.assign(nranks, ncclMoePeerStats_t{});
   expert_pairs_.assign(rc.experts, 0);
   hdr_.resize(nranks);
   for (HeaderCopy& c : hdr_) c.counts.assign(l_.local_count(rank), 0);
-  granted_ = std::vector<std::atomic<uint32_t>>(nranks);
-  plan_.assign(nranks, SendPlan{0});
   sent_tokens_.assign(nranks, 0);
   sent_pairs_.assign(nranks, 0);
   combine_base_.assign(nranks, 0);
-  src_rows_.assign(nranks, 0);
-  src_combine_base_.assign(nranks, 0);
   src_pair_start_.assign(nranks + 1, 0);
   src_record_start_.assign(nranks + 1, 0);
-  src_row_start_.assign(nranks + 1, 0);
   idx_copy_.reserve(static_cast<size_t>(rc.max_tokens) * rc.topk);
   row_of_pair_.reserve(l_.capacity_rows);
   meta_copy_.reserve(static_cast<size_t>(nranks) * rc.max_tokens * (1 + 2 * rc.topk));
@@ -261,6 +268,12 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const
 
 Comm::~Comm() { abort(); }
 
+const std::string& Comm::provider() const { return ep_->nic().provider; }
+
+std::string Comm::rails() const {
+  return ep_->name() + " (" + std::to_string(ep_->nrails()) + " rail(s): " + rails_why_ + ")";
+}
+
 void Comm::abort() {
   proxy_stop();
   if (ep_) {
@@ -274,7 +287,9 @@ void Comm::abort() {
 
 Status Comm::destroy(bool idle) {
   Status result = Status::kOk;
-  if (async_error() == Status::kOk && idle && R_ > 1) {
+  bool any_peer = false;
+  for (int r = 0; r < R_; ++r) any_peer |= is_peer(r);
+  if (async_error() == Status::kOk && idle && any_peer) {
     // Every peer has stopped writing into our buffers once its barrier write arrives.
     uint64_t seq = ++seq_;
     cur_seq_.store(seq);
@@ -321,14 +336,14 @@ void Comm::sleep_for_event(uint32_t seen) {
 }
 
 Status Comm::wait_arrivals(WriteKind kind, uint64_t seq, const char* phase, const std::vector<bool>* only) {
-  const auto& arr = arrivals_.seq[static_cast<int>(kind)];
   const auto start = Clock::now();
   auto deadline = start + std::chrono::milliseconds(cfg_.timeout_ms);
   for (uint64_t spin = 0;; ++spin) {
     const uint32_t seen = wake_seq_.load(std::memory_order_acquire);
     bool all = true;
     for (int s = 0; s < R_ && all; ++s)
-      if (s != me_ && (only == nullptr || (*only)[s]) && arr[s].load(std::memory_order_acquire) < seq)
+      if (is_peer(s) && (only == nullptr || (*only)[s]) &&
+          arrived(kind, s).load(std::memory_order_acquire) < seq)
         all = false;
     if (all) return Status::kOk;
     MF_CHECK(check_usable());
@@ -336,7 +351,7 @@ Status Comm::wait_arrivals(WriteKind kind, uint64_t seq, const char* phase, cons
       std::string missing;
       int n = 0;
       for (int s = 0; s < R_; ++s)
-        if (s != me_ && (only == nullptr || (*only)[s]) && arr[s].load() < seq) {
+        if (is_peer(s) && (only == nullptr || (*only)[s]) && arrived(kind, s).load() < seq) {
           if (n++ < 8) missing += (missing.empty() ? "" : ", ") + std::to_string(s);
         }
       if (n > 8) missing += " and " + std::to_string(n - 8) + " more";

@@ -8,6 +8,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,19 +26,33 @@ namespace moefabric::moe {
 
 using Clock = std::chrono::steady_clock;
 
-struct AlignedFree {
-  void operator()(void* p) const { std::free(p); }
-};
-using Block = std::unique_ptr<uint8_t, AlignedFree>;
+using Block = std::unique_ptr<uint8_t, void (*)(void*)>;
 
 struct PeerInfo {
   fabric::RmaRails::Peer rails;  // addresses and receive keys, per shared rail
   uint64_t recv_base = 0;        // remote address (or offset) of the peer's receive block
 };
 
-// Written by the proxy thread, read by the caller.
-struct Arrivals {
-  std::vector<std::atomic<uint64_t>> seq[kNumKinds];  // last full seq seen per (kind, source)
+// What the proxy shares with its client, all host memory: the host backend's own, or the CUDA
+// backend's pinned and mapped memory that its kernels read and write. Null members: the comm
+// allocates them.
+struct ProxyShared {
+  uint64_t* arrived = nullptr;       // [kNumKinds][R]: op whose write of a kind last landed, per source
+  uint32_t* overflow_off = nullptr;  // [R]: overflow record offset granted to each source (this op)
+  uint32_t* granted = nullptr;       // [R]: records granted to each source (this op)
+  SendPlan* plan = nullptr;          // [R] (client writes)
+  ReturnPlan* ret = nullptr;         // [R] (client writes)
+  uint64_t* doorbell = nullptr;      // [2]: ops whose dispatch / combine is staged (GPU); null: ring()
+};
+
+// How a client other than the host backend runs the protocol (the CUDA backend: its kernels pack
+// and unpack, the proxy only moves what they staged).
+struct ProtocolClient {
+  void* (*alloc)(size_t bytes) = nullptr;  // zeroed, 4096-aligned blocks the kernels can reach
+  void (*free)(void* p) = nullptr;
+  std::vector<uint8_t> peers;  // [R]: 1 where rank r is reached through the protocol
+  ProxyShared shared;          // every member set
+  std::optional<topo::PciAddr> gpu;
 };
 
 // Resolves and validates the caller's config, then checks through one allgather that every
@@ -55,7 +70,12 @@ class Comm : public fabric::RmaHandler {
  public:
   // Collective: buffers, endpoint, address exchange, proxy. `rc` comes from config_agree.
   static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                       const Params& params, std::unique_ptr<Comm>* out, std::string* error);
+                       const Params& params, std::unique_ptr<Comm>* out, std::string* error,
+                       const ProtocolClient* client = nullptr);
+  uint8_t* send_block() const { return send_block_.get(); }
+  uint8_t* recv_block() const { return recv_block_.get(); }
+  const std::string& provider() const;
+  std::string rails() const;  // "eth1+eth2 (2 rails: why)"
   ~Comm() override;
 
   // The data movement of the C API's calls, after the Engine (engine.h) checked the arguments
@@ -85,7 +105,12 @@ class Comm : public fabric::RmaHandler {
  private:
   Comm() = default;
   Status setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-               std::string* error);
+               std::string* error, const ProtocolClient* client);
+  bool is_peer(int r) const { return r != me_ && (peer_mask_.empty() || peer_mask_[r]); }
+  std::atomic_ref<uint64_t> arrived(WriteKind k, int src) const {
+    return std::atomic_ref<uint64_t>(sh_.arrived[static_cast<size_t>(k) * R_ + src]);
+  }
+  void poll_doorbells();  // CUDA client: ops the kernels staged
 
   // proxy (proxy.cpp)
   struct Command {
@@ -130,7 +155,15 @@ class Comm : public fabric::RmaHandler {
   std::vector<int> proxy_cpus_;           // affinity of the proxy thread (empty: not pinned)
   std::string proxy_cpus_why_;
   std::string rails_why_;
-  Block recv_block_, send_block_;
+  Block recv_block_{nullptr, std::free}, send_block_{nullptr, std::free};
+  std::vector<uint8_t> peer_mask_;  // empty: every other rank
+  ProxyShared sh_;
+  // the host backend's ProxyShared storage
+  std::vector<uint64_t> arrived_store_;
+  std::vector<uint32_t> overflow_store_, granted_store_;
+  std::vector<SendPlan> plan_store_;
+  std::vector<ReturnPlan> ret_store_;
+  uint64_t bell_seen_[2] = {};  // proxy: last op taken from each doorbell
   fabric::RmaRails::Mr recv_mr_, send_mr_;
   std::vector<PeerInfo> peers_;
   uint64_t registrations_ = 0;
@@ -144,8 +177,6 @@ class Comm : public fabric::RmaHandler {
   std::atomic<uint64_t> cmds_done_{0};    // proxy: commands executed (all their writes posted)
   uint64_t last_ticket_[kNumKinds] = {};  // caller: ticket of the last command per kind
   std::atomic<uint64_t> cur_seq_{0};
-  Arrivals arrivals_;
-  std::vector<std::atomic<uint32_t>> overflow_off_;  // granted overflow offset per source
   // What each source's dispatch header said, copied out of the receive block once by the caller
   // and checked: the unpack uses only these copies (a peer may rewrite its region at any time).
   struct HeaderCopy {
@@ -153,7 +184,6 @@ class Comm : public fabric::RmaHandler {
     std::vector<uint32_t> counts;  // [local experts]
   };
   std::vector<HeaderCopy> hdr_;
-  std::vector<std::atomic<uint32_t>> granted_;  // records granted to each source (this op)
   std::atomic<int> outstanding_[kNumKinds] = {};
   std::atomic<int> async_status_{0};
   std::atomic<bool> proxy_blocked_{false};  // proxy sleeps in the CQ: ring() must signal
@@ -174,32 +204,24 @@ class Comm : public fabric::RmaHandler {
   uint64_t ops_ = 0;
   int T_ = 0;
   const float* weights_ = nullptr;
-  std::vector<int32_t> idx_copy_;       // [T, K] of the op in flight
-  std::vector<uint32_t> sent_tokens_;   // per destination
-  std::vector<uint32_t> sent_pairs_;    // per destination
-  std::vector<uint32_t> combine_base_;  // per destination: where its returns land here
-  std::vector<size_t> send_off_;        // per destination: its chunk in the dispatch area (this op)
-  // What the proxy posts from, per destination (host memory; the CUDA kernels fill it too)
-  struct SendPlan {
-    uint32_t ntokens;
-  };
-  std::vector<SendPlan> plan_;
+  std::vector<int32_t> idx_copy_;               // [T, K] of the op in flight
+  std::vector<uint32_t> sent_tokens_;           // per destination
+  std::vector<uint32_t> sent_pairs_;            // per destination
+  std::vector<uint32_t> combine_base_;          // per destination: where its returns land here
   std::vector<uint32_t> expert_pairs_;          // dispatch pack: (token, k) pairs per expert id
   std::vector<ncclMoePeerStats_t> peer_stats_;  // per peer, last op (grants from grant_seq_of_)
   void* recv_x_ = nullptr;
   float* recv_scales_ = nullptr;
   int32_t* recv_counts_ = nullptr;
   // dispatch results needed by combine
-  std::vector<uint32_t> src_rows_;          // per source: rows it gets back
-  std::vector<uint32_t> src_combine_base_;  // per source: its combine_base for us
-  std::vector<uint32_t> row_of_pair_;       // rows in return order, concatenated by source
+  std::vector<uint32_t> row_of_pair_;  // rows in return order, concatenated by source
   // per-rank combine: each pair's weight, and the pairs of each record (token) in return order
   std::vector<float> weight_of_pair_;
   std::vector<uint8_t> pairs_of_record_;
   std::vector<int32_t> meta_copy_;          // dispatch unpack: every record's (token, idx[K]), copied once
   std::vector<uint32_t> src_pair_start_;    // prefix over sources into row_of_pair_
   std::vector<uint32_t> src_record_start_;  // per-rank combine: prefix over sources into pairs_of_record_
-  std::vector<uint32_t> src_row_start_;     // prefix over sources: their rows in the combine staging
+  uint32_t rows_out_ = 0;                   // combine rows staged for all sources
   uint64_t dispatch_bytes_ = 0, combine_bytes_ = 0;
   uint32_t last_dispatch_writes_ = 0, last_combine_writes_ = 0;
 

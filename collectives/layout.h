@@ -33,6 +33,21 @@ struct DispatchHeader {
   // followed by uint32_t counts[nlocal]: pairs per local expert of the destination
 };
 
+// What the proxy posts from: written by its client (the host backend's pack, or the CUDA
+// kernels) before the doorbell, in host memory (pinned and mapped for the kernels); the proxy
+// reads nothing else of the op.
+struct SendPlan {    // per destination
+  uint32_t ntokens;  // records packed for it
+  uint32_t pad;
+  uint64_t offset;  // its chunk (header, then records) in the send block
+};
+struct ReturnPlan {       // per source, for the combine
+  uint32_t rows;          // rows it gets back (0: the 16-byte empty marker)
+  uint32_t row_start;     // first of them in the combine staging
+  uint32_t combine_base;  // where they land in its combine region (its header said)
+  uint32_t pad;
+};
+
 // One packed token: [int32 src_token, int32 topk[K], (per-rank combine) fp32 w[K], pad to 16]
 // [x: H*elt, pad 16][scales: H/sb*4, pad 16]
 struct Layout {

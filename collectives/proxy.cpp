@@ -75,7 +75,7 @@ void Comm::post(int peer, int cls, const void* src, size_t len, uint64_t remote_
 // Outgoing control slot for `peer` in the send block: grant (16), request (16), marker (16).
 uint8_t* Comm::out_slot(int peer) { return send_block_.get() + l_.off_grant_out + l_.ctrl_slot_bytes * peer; }
 
-// Every size comes from the caller's plan in host memory (plan_, src_rows_, ...): the proxy
+// Every size comes from the client's plan in host memory (sh_.plan, sh_.ret): the proxy
 // never reads a header or a record, so the blocks may be memory it cannot read.
 void Comm::proxy_execute(const Command& c) {
   uint8_t* send = send_block_.get();
@@ -87,9 +87,10 @@ void Comm::proxy_execute(const Command& c) {
     case WriteKind::kDispatchPrivate: {
       for (int i = 1; i < R_; ++i) {
         int d = (me_ + i) % R_;
-        const uint32_t n = plan_[d].ntokens,
+        if (!is_peer(d)) continue;
+        const uint32_t n = sh_.plan[d].ntokens,
                        np = std::min<uint32_t>(n, static_cast<uint32_t>(l_.max_private));
-        post(d, static_cast<int>(c.kind), send + send_off_[d], l_.header_bytes + l_.record_bytes * np,
+        post(d, static_cast<int>(c.kind), send + sh_.plan[d].offset, l_.header_bytes + l_.record_bytes * np,
              l_.private_offset(me_), c.kind, c.seq);
         if (n > np) {
           auto* r = reinterpret_cast<Request*>(out_slot(d) + 16);
@@ -105,20 +106,23 @@ void Comm::proxy_execute(const Command& c) {
     case WriteKind::kCombine: {
       for (int i = 1; i < R_; ++i) {
         int h = (me_ + i) % R_;
-        uint32_t rows = src_rows_[h];
+        if (!is_peer(h)) continue;
+        const ReturnPlan& rp = sh_.ret[h];
+        uint32_t rows = rp.rows;
         if (rows == 0) {
           dummy(h, c.kind);
           continue;
         }
-        post(h, static_cast<int>(c.kind), send + l_.off_csend + l_.y_row_bytes * src_row_start_[h],
-             l_.y_row_bytes * rows, l_.combine_offset(src_combine_base_[h]), c.kind, c.seq);
+        post(h, static_cast<int>(c.kind), send + l_.off_csend + l_.y_row_bytes * rp.row_start,
+             l_.y_row_bytes * rows, l_.combine_offset(rp.combine_base), c.kind, c.seq);
       }
       combine_post_ns_.store(static_cast<uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.rung).count()));
       break;
     }
     case WriteKind::kBarrier:
-      for (int i = 1; i < R_; ++i) dummy((me_ + i) % R_, c.kind);
+      for (int i = 1; i < R_; ++i)
+        if (is_peer((me_ + i) % R_)) dummy((me_ + i) % R_, c.kind);
       break;
     default:
       break;
@@ -159,8 +163,8 @@ void Comm::on_remote_write(uint32_t imm) {
                    "dispatch: overflow region exhausted granting rank " + std::to_string(f.src));
         return;
       }
-      overflow_off_[f.src].store(grant_bump_, std::memory_order_relaxed);
-      granted_[f.src].store(count, std::memory_order_relaxed);
+      std::atomic_ref<uint32_t>(sh_.overflow_off[f.src]).store(grant_bump_, std::memory_order_relaxed);
+      std::atomic_ref<uint32_t>(sh_.granted[f.src]).store(count, std::memory_order_relaxed);
       auto* g = reinterpret_cast<Grant*>(out_slot(f.src));
       *g = Grant{f.seq, grant_bump_, count};
       grant_bump_ += count;
@@ -172,7 +176,7 @@ void Comm::on_remote_write(uint32_t imm) {
     case WriteKind::kGrant: {
       Grant g;  // one copy, checked, used
       std::memcpy(&g, recv + l_.ctrl_offset(f.src), sizeof g);
-      const uint32_t n = plan_[f.src].ntokens,
+      const uint32_t n = sh_.plan[f.src].ntokens,
                      np = std::min<uint32_t>(n, static_cast<uint32_t>(l_.max_private));
       if (g.seq != f.seq || f.seq != cur_seq_.load(std::memory_order_acquire) || n <= np ||
           g.count != n - np || static_cast<uint64_t>(g.offset) + g.count > l_.overflow_records) {
@@ -183,14 +187,14 @@ void Comm::on_remote_write(uint32_t imm) {
         return;
       }
       post(f.src, static_cast<int>(WriteKind::kDispatchRest),
-           send + send_off_[f.src] + l_.header_bytes + l_.record_bytes * np, l_.record_bytes * g.count,
+           send + sh_.plan[f.src].offset + l_.header_bytes + l_.record_bytes * np, l_.record_bytes * g.count,
            l_.overflow_offset(g.offset), WriteKind::kDispatchRest, f.seq);
       break;
     }
     default:
       break;
   }
-  arrivals_.seq[static_cast<int>(f.kind)][f.src].store(f.seq, std::memory_order_release);
+  arrived(f.kind, f.src).store(f.seq, std::memory_order_release);
   events_.store(true, std::memory_order_release);
 }
 
@@ -207,6 +211,27 @@ void Comm::on_write_done(uint64_t cookie, Status s, const char* text) {
                                          " failed (peer lost?): " + (text ? text : ""));
 }
 
+// The CUDA client's kernels ring by storing the op number into doorbell[0] (dispatch staged) or
+// doorbell[1] (combine staged), in pinned host memory; each advances by one per op.
+void Comm::poll_doorbells() {
+  static constexpr WriteKind kKinds[2] = {WriteKind::kDispatchPrivate, WriteKind::kCombine};
+  for (int b = 0; b < 2; ++b) {
+    const uint64_t n = std::atomic_ref<uint64_t>(sh_.doorbell[b]).load(std::memory_order_acquire);
+    if (n == bell_seen_[b]) continue;
+    if (n != bell_seen_[b] + 1) {
+      proxy_fail(Status::kInternalError, std::string("proxy: ") + (b ? "combine" : "dispatch") +
+                                             " doorbell jumped from op " + std::to_string(bell_seen_[b]) +
+                                             " to " + std::to_string(n));
+      bell_seen_[b] = n;
+      continue;
+    }
+    bell_seen_[b] = n;
+    if (b == 0) cur_seq_.store(n, std::memory_order_release);
+    proxy_execute(Command{kKinds[b], n, Clock::now()});
+    events_.store(true, std::memory_order_release);
+  }
+}
+
 void Comm::proxy_loop() {
   pin_proxy_thread(proxy_cpus_, proxy_cpus_why_, "proxy", me_);
   const auto spin = std::chrono::microseconds(std::max<int64_t>(0, params_.proxy_spin_us));
@@ -219,6 +244,11 @@ void Comm::proxy_loop() {
       local.swap(cmds_);
     }
     bool work = !local.empty();
+    if (sh_.doorbell != nullptr) {
+      const uint64_t before = bell_seen_[0] + bell_seen_[1];
+      poll_doorbells();
+      work |= bell_seen_[0] + bell_seen_[1] != before;
+    }
     for (const Command& c : local) {
       proxy_execute(c);
       cmds_done_.fetch_add(1, std::memory_order_release);
@@ -234,7 +264,7 @@ void Comm::proxy_loop() {
     auto now = Clock::now();
     if (work) {
       last_work = now;
-    } else if (now - last_work > spin) {
+    } else if (now - last_work > spin && sh_.doorbell == nullptr) {  // kernels ring without a signal
       // Idle: block in the CQ; ring() signals it, so a doorbell never waits for the timeout.
       proxy_blocked_.store(true, std::memory_order_seq_cst);
       bool empty;

@@ -67,9 +67,9 @@ Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_
   dispatch_bytes_ = 0;
   last_dispatch_writes_ = 0;
   for (int d = 0; d < R_; ++d) {
-    send_off_[d] = off;
+    sh_.plan[d].offset = off;
     off += l_.send_chunk_bytes(sent_tokens_[d]);
-    auto* h = reinterpret_cast<DispatchHeader*>(send + send_off_[d]);
+    auto* h = reinterpret_cast<DispatchHeader*>(send + sh_.plan[d].offset);
     std::memset(h, 0, l_.header_bytes);
     h->magic = kHeaderMagic;
     h->seq = static_cast<uint32_t>(seq_);
@@ -79,7 +79,7 @@ Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_
     h->npairs = sent_pairs_[d];
     h->combine_base = base;
     h->nlocal = static_cast<uint32_t>(l_.local_count(d));
-    plan_[d].ntokens = h->ntokens;
+    sh_.plan[d].ntokens = h->ntokens;
     std::memcpy(h + 1, expert_pairs_.data() + l_.first_expert(d), sizeof(uint32_t) * h->nlocal);
     combine_base_[d] = base;
     base += static_cast<uint32_t>(l_.rows_returned(sent_tokens_[d], sent_pairs_[d]));
@@ -104,7 +104,7 @@ Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_
     const int nd = token_dests(row, dests);
     for (int i = 0; i < nd; ++i) {
       const int d = dests[i];
-      uint8_t* rec = send + send_off_[d] + l_.header_bytes + l_.record_bytes * sent_tokens_[d]++;
+      uint8_t* rec = send + sh_.plan[d].offset + l_.header_bytes + l_.record_bytes * sent_tokens_[d]++;
       auto* meta = reinterpret_cast<int32_t*>(rec);
       meta[0] = t;
       std::memcpy(meta + 1, row, sizeof(int32_t) * K);
@@ -132,9 +132,9 @@ Status Comm::dispatch_recv() {
   if (any) MF_CHECK(wait_arrivals(WriteKind::kDispatchRest, seq_, "dispatch", &rest));
   // The rest arrived into the range we granted for the count the source asked for.
   for (int s = 0; s < R_; ++s)
-    if (rest[s] && granted_[s].load(std::memory_order_relaxed) != hdr_[s].h.ntokens - hdr_[s].h.nprivate)
+    if (rest[s] && sh_.granted[s] != hdr_[s].h.ntokens - hdr_[s].h.nprivate)
       return fail(Status::kRemoteError, "dispatch: rank %d's header says %u tokens, its grant request %u", s,
-                  hdr_[s].h.ntokens, granted_[s].load() + hdr_[s].h.nprivate);
+                  hdr_[s].h.ntokens, sh_.granted[s] + hdr_[s].h.nprivate);
   if (g_test_before_unpack != nullptr) g_test_before_unpack(me_, recv_block_.get(), l_);
   MF_CHECK(host_unpack_dispatch());
   return Status::kOk;
@@ -162,7 +162,8 @@ Status Comm::host_unpack_dispatch() {
   const int K = cfg_.topk, E = cfg_.experts;
   const int L = l_.local_count(me_), first = l_.first_expert(me_);
   const size_t nscale = l_.scales ? static_cast<size_t>(cfg_.hidden / cfg_.scale_block) : 0;
-  const DispatchHeader* own = reinterpret_cast<const DispatchHeader*>(send_block_.get() + send_off_[me_]);
+  const DispatchHeader* own =
+      reinterpret_cast<const DispatchHeader*>(send_block_.get() + sh_.plan[me_].offset);
   auto header = [&](int s) -> const DispatchHeader& { return s == me_ ? *own : hdr_[s].h; };
   auto counts_of = [&](int s) -> const uint32_t* {
     return s == me_ ? reinterpret_cast<const uint32_t*>(own + 1) : hdr_[s].counts.data();
@@ -171,8 +172,7 @@ Status Comm::host_unpack_dispatch() {
     if (s == me_ || i < h.nprivate)
       return (s == me_ ? reinterpret_cast<const uint8_t*>(own) : recv_block_.get() + l_.private_offset(s)) +
              l_.header_bytes + l_.record_bytes * i;
-    return recv_block_.get() +
-           l_.overflow_offset(overflow_off_[s].load(std::memory_order_relaxed) + (i - h.nprivate));
+    return recv_block_.get() + l_.overflow_offset(sh_.overflow_off[s] + (i - h.nprivate));
   };
   // Pass 1: each record's metadata (token, K expert ids, and K weights with per-rank combine) is
   // copied once and checked.
@@ -234,8 +234,8 @@ Status Comm::host_unpack_dispatch() {
     const DispatchHeader& h = header(s);
     src_pair_start_[s] = static_cast<uint32_t>(row_of_pair_.size());
     src_record_start_[s] = static_cast<uint32_t>(pairs_of_record_.size());
-    src_row_start_[s] = rows_out;
-    src_combine_base_[s] = h.combine_base;
+    sh_.ret[s].row_start = rows_out;
+    sh_.ret[s].combine_base = h.combine_base;
     for (uint32_t i = 0; i < h.ntokens; ++i, meta += meta_ints) {
       const uint8_t* rec = record(s, h, i);
       const size_t pairs_before = row_of_pair_.size();
@@ -258,13 +258,13 @@ Status Comm::host_unpack_dispatch() {
       }
       if (l_.per_rank) pairs_of_record_.push_back(static_cast<uint8_t>(row_of_pair_.size() - pairs_before));
     }
-    src_rows_[s] = static_cast<uint32_t>(
+    sh_.ret[s].rows = static_cast<uint32_t>(
         l_.rows_returned(h.ntokens, static_cast<uint32_t>(row_of_pair_.size()) - src_pair_start_[s]));
-    rows_out += src_rows_[s];
+    rows_out += sh_.ret[s].rows;
   }
   src_pair_start_[R_] = static_cast<uint32_t>(row_of_pair_.size());
   src_record_start_[R_] = static_cast<uint32_t>(pairs_of_record_.size());
-  src_row_start_[R_] = rows_out;
+  rows_out_ = rows_out;
   if (rows_out > l_.return_rows)
     return fail(Status::kInternalError, "dispatch: %u combine rows exceed the staging of %zu", rows_out,
                 l_.return_rows);
@@ -278,8 +278,8 @@ Status Comm::combine_send(const void* expert_y) {
   for (int s = 0; s < R_; ++s) {
     if (s == me_) continue;
     ncclMoePeerStats_t& ps = peer_stats_[s];
-    ps.rowsReturned = src_rows_[s];
-    ps.combineBytes = src_rows_[s] ? l_.y_row_bytes * src_rows_[s] : 16;  // rows, or the empty marker
+    ps.rowsReturned = sh_.ret[s].rows;
+    ps.combineBytes = sh_.ret[s].rows ? l_.y_row_bytes * sh_.ret[s].rows : 16;  // rows, or the empty marker
     ps.combineWrites = 1;
     combine_bytes_ += ps.combineBytes;
   }
@@ -297,8 +297,8 @@ void Comm::host_pack_combine(const void* expert_y) {
   const uint16_t* rows[kMaxTopk];
   for (int s = 0; s < R_; ++s) {
     // Our own tokens' rows go straight into our combine region.
-    uint8_t* dst = s == me_ ? recv_block_.get() + l_.combine_offset(src_combine_base_[s])
-                            : csend + l_.y_row_bytes * src_row_start_[s];
+    uint8_t* dst = s == me_ ? recv_block_.get() + l_.combine_offset(sh_.ret[s].combine_base)
+                            : csend + l_.y_row_bytes * sh_.ret[s].row_start;
     if (!l_.per_rank) {
       for (uint32_t p = src_pair_start_[s]; p < src_pair_start_[s + 1]; ++p, dst += l_.y_row_bytes)
         std::memcpy(dst, ey + l_.y_row_bytes * row_of_pair_[p], l_.y_row_bytes);
