@@ -21,7 +21,35 @@ def fail(rank, what):
     sys.exit(1)
 
 
+def to_dev(a, dev):
+    """numpy -> the array kind the test runs on: numpy for the host backend, a CUDA tensor."""
+    if a is None or dev == "cpu":
+        return a
+    import torch
+
+    if a.dtype == np.uint16:
+        return torch.from_numpy(a.view(np.int16)).to(dev).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
+
+def to_np(t):
+    if t is None or isinstance(t, np.ndarray):
+        return t
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).cpu().numpy().view(np.uint16)
+    if t.dtype == torch.float8_e4m3fn:
+        return t.view(torch.uint8).cpu().numpy()
+    return t.cpu().numpy()
+
+
 def make_comm(a, **cfg):
+    if a.device != "cpu":
+        import torch
+
+        torch.cuda.set_device(0)  # every rank shares the one GPU
+        cfg["backend"] = "cuda"
     if a.via == "python-callable":  # a Python allgather through ctypes, over the launcher's channel
         ch = moefabric.channel()
         return moefabric.Communicator.from_allgather(ch.allgather, ch.rank, ch.nranks, **cfg)
@@ -35,6 +63,8 @@ def scenario_dispatch(a):
     comm = make_comm(a, num_experts=a.experts, topk=a.topk, hidden=a.hidden, max_tokens_per_rank=max(a.tokens),
                      dispatch_dtype=a.dtype, expert_alignment=a.align, backend="host")
     R, me = comm.nranks, comm.rank
+    if a.device != "cpu" and comm.backend != "cuda":
+        fail(me, "expected the CUDA backend")
     lo, hi = moe_ref.owner_range(me, R, a.experts)
     if (comm.first_expert, comm.num_local_experts) != (lo, hi - lo):
         fail(me, "local experts %s" % ((comm.first_expert, comm.num_local_experts),))
@@ -42,21 +72,26 @@ def scenario_dispatch(a):
     for it, T in enumerate(a.tokens):
         inputs = [moe_ref.make_inputs(a.seed + it, r, T, a.hidden, a.experts, a.topk, fp8) for r in range(R)]
         x, s, idx, w = inputs[me]
+        dx, ds, didx, dw = (to_dev(v, a.device) for v in (x, s, idx.astype(np.int64) if it % 2 else idx, w))
         if a.split:
-            res = comm.dispatch_send(x, idx, w, x_scales=s)
+            res = comm.dispatch_send(dx, didx, dw, x_scales=ds)
             comm.dispatch_recv()
         else:
-            res = comm.dispatch(x, idx.astype(np.int64) if it % 2 else idx, w, x_scales=s)
+            res = comm.dispatch(dx, didx, dw, x_scales=ds)
+        ptrs = (moefabric._arrays.ptr(res.x), moefabric._arrays.ptr(res.counts))
         if buffers is None:
-            buffers = (res.x.ctypes.data, res.counts.ctypes.data)
-        elif buffers != (res.x.ctypes.data, res.counts.ctypes.data):
+            buffers = ptrs
+        elif buffers != ptrs:
             fail(me, "receive buffers were not reused")
         counts, offsets, rows = moe_ref.expected_dispatch(inputs, me, R, a.experts, a.align)
-        if not np.array_equal(res.counts, counts):
+        if not np.array_equal(to_np(res.counts), counts):
             fail(me, "T=%d counts %s, expected %s" % (T, res.counts.tolist(), counts.tolist()))
         if res.offsets()[0] != offsets:
             fail(me, "offsets %s, expected %s" % (res.offsets()[0], offsets))
-        views = res.expert_views()
+        rx, rs = to_np(res.x), to_np(res.scales)
+        views = [(rx[o : o + c], None if rs is None else rs[o : o + c]) for o, c in zip(offsets, counts)]
+        if a.device == "cpu" and not all(np.shares_memory(v[0], res.x) for v in res.expert_views() if len(v[0])):
+            fail(me, "expert_views are not views of the receive buffer")
         ey = np.zeros((comm.recv_capacity, a.hidden), np.uint16)
         for j, (vx, vs) in enumerate(views):
             want_x = np.array([r[0] for r in rows[j]]).reshape(len(rows[j]), a.hidden)
@@ -72,10 +107,10 @@ def scenario_dispatch(a):
             o = offsets[j]
             ey[o : o + len(rows[j])] = moe_ref.expert_fn(lo + j, x32)
         if a.split:
-            comm.combine_send(ey)
-            y = comm.combine_recv()
+            comm.combine_send(to_dev(ey, a.device))
+            y = to_np(comm.combine_recv())
         else:
-            y = comm.combine(ey)
+            y = to_np(comm.combine(to_dev(ey, a.device)))
 
         def expert_out(t, k, x=x, s=s, idx=idx):
             row = num.dequantize_fp8(x[t : t + 1], s[t : t + 1]) if fp8 else num.f32_from_bf16(x[t : t + 1])
@@ -144,16 +179,26 @@ def scenario_layer(a):
     for it, T in enumerate(a.tokens):
         x32 = np.random.default_rng([a.seed, me, it]).standard_normal((T, H)).astype(np.float32)
         idx, w = layer.route(x32)
-        ex, ex_s, meta, _, _ = pf.prepare(num.bf16_from_f32(x32), w, idx, E, None, False, "fp8" if fp8 else None)
-        counts = meta.expert_num_tokens.tolist()
+        d = a.device
+        ex, ex_s, meta, _, _ = pf.prepare(to_dev(num.bf16_from_f32(x32), d), to_dev(w, d), to_dev(idx, d), E, None,
+                                          False, "fp8" if fp8 else None)
+        ex, ex_s = to_np(ex), to_np(ex_s)
+        counts = [int(c) for c in to_np(meta.expert_num_tokens)]
         out = np.zeros((comm.recv_capacity, H), np.uint16)
         o = 0
         for j, c in enumerate(counts):  # the experts half: contiguous segments, expert-major
             rows = num.dequantize_fp8(ex[o : o + c], ex_s[o : o + c]) if fp8 else num.f32_from_bf16(ex[o : o + c])
             out[o : o + c] = layer.expert(comm.first_expert + j, rows)
             o += -(-c // a.align) * a.align
-        y = np.zeros((T, H), np.float32)
-        pf.finalize(y, out, w, idx, False, None)
+        if d == "cpu":
+            y = np.zeros((T, H), np.float32)
+            pf.finalize(y, out, w, idx, False, None)
+        else:
+            import torch
+
+            yd = torch.zeros((T, H), dtype=torch.float32, device=d)  # finalize copies into it
+            pf.finalize(yd, to_dev(out, d), to_dev(w, d), to_dev(idx, d), False, None)
+            y = yd.cpu().numpy()
         want = num.f32_from_bf16(layer.whole(x32, fp8))
         if not np.array_equal(y, want):
             bad = np.argwhere(y != want)
@@ -162,9 +207,53 @@ def scenario_layer(a):
     print("rank %d: MoE layer (%s) equals the whole layer" % (me, a.dtype), flush=True)
 
 
+def scenario_graph(a):
+    """CUDA backend: dispatch + an expert op + combine captured in a CUDA graph, replayed with new
+    inputs copied into the captured tensors; each replay bit-exact against the reference."""
+    import torch
+
+    E, K, H, T = a.experts, a.topk, a.hidden, max(a.tokens)
+    comm = make_comm(a, num_experts=E, topk=K, hidden=H, max_tokens_per_rank=T)
+    R, me = comm.nranks, comm.rank
+    first = [moe_ref.make_inputs(a.seed, r, T, H, E, K, False) for r in range(R)]
+    sx, _, sidx, sw = (to_dev(v, "cuda") for v in first[me])
+
+    def step():
+        res = comm.dispatch(sx, sidx, sw)
+        return comm.combine(res.x * 2)  # bf16 x 2 is exact: the expert is y = 2x
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up: the receive buffers are made outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sy = step()
+    for it in range(1, 4):
+        inputs = [moe_ref.make_inputs(a.seed + it, r, T, H, E, K, False) for r in range(R)]
+        x, _, idx, w = inputs[me]
+        for dst, src in ((sx, x), (sidx, idx), (sw, w)):
+            dst.copy_(to_dev(src, "cuda"))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = moe_ref.expected_combine(
+            idx, w, lambda t, k, x=x: num.bf16_from_f32(num.f32_from_bf16(x[t]) * np.float32(2)))
+        y = to_np(sy)
+        for t in range(T):
+            wt = want[t] if want[t] is not None else np.zeros(H, np.uint16)
+            if not np.array_equal(y[t], wt):
+                fail(me, "replay %d token %d differs from the reference" % (it, t))
+    err = comm.async_error()
+    if err is not None:
+        fail(me, "async error %s" % err)
+    comm.close()
+    print("rank %d/%d: graph replays ok" % (me, R), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["dispatch", "errors", "layer"])
+    p.add_argument("scenario", choices=["dispatch", "errors", "layer", "graph"])
     p.add_argument("--experts", type=int, default=16)
     p.add_argument("--topk", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
@@ -174,8 +263,11 @@ def main():
     p.add_argument("--split", action="store_true")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--via", default="env", choices=["env", "python-callable"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = p.parse_args()
-    {"dispatch": scenario_dispatch, "errors": scenario_errors, "layer": scenario_layer}[a.scenario](a)
+    scenarios = {"dispatch": scenario_dispatch, "errors": scenario_errors, "layer": scenario_layer,
+                 "graph": scenario_graph}
+    scenarios[a.scenario](a)
 
 
 if __name__ == "__main__":
