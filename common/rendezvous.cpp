@@ -348,7 +348,8 @@ class Relay {
       fail("rank " + std::to_string(rank) + " (" + c.peer + ") disconnected" +
            (round_ == 0 ? " before every rank had joined" : " during allgather #" + std::to_string(round_)));
     else if (failure_.empty())
-      failure_ = "rank " + std::to_string(rank) + " (" + c.peer + ") has left the job";
+      failure_ = "rank " + std::to_string(rank) + " (" + c.peer + ") disconnected before allgather #" +
+                 std::to_string(round_);
   }
 
   void check_deadlines() {
