@@ -15,6 +15,8 @@
 #include <memory>
 #include <vector>
 
+#include "common/rendezvous.h"
+
 namespace moefabric {
 
 namespace {
@@ -26,11 +28,15 @@ int launch_rank() { return g_launch_rank; }
 namespace {
 
 constexpr uint64_t kPeerLost = ~0ull;
+// A relay's failure with its text (u32 length, then the text): the cross-host rendezvous.
+constexpr uint64_t kRelayFailed = ~0ull - 1;
 
 bool write_full(int fd, const void* p, size_t n) {
   const auto* b = static_cast<const uint8_t*>(p);
   while (n > 0) {
-    ssize_t w = ::write(fd, b, n);
+    // send: no SIGPIPE when the relay is gone (the channel is a socket); write for anything else.
+    ssize_t w = ::send(fd, b, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == ENOTSOCK) w = ::write(fd, b, n);
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) return false;
     b += w;
@@ -55,19 +61,30 @@ bool read_full(int fd, void* p, size_t n) {
 
 bool OobChannel::allgather(const void* send, void* recv, size_t bytes, std::string* error) {
   uint64_t n = bytes;
+  const std::string closed = "out-of-band channel to " + relay_ + " closed or timed out";
   if (!write_full(fd_, &n, sizeof n) || !write_full(fd_, send, bytes)) {
-    if (error) *error = "out-of-band channel to the launcher closed";
+    if (error) *error = closed;
     return false;
   }
   uint64_t got = 0;
   if (!read_full(fd_, &got, sizeof got)) {
-    if (error) *error = "out-of-band channel to the launcher closed";
+    if (error) *error = closed;
     return false;
   }
   if (got == kPeerLost) {
     int32_t who = -1;
     (void)read_full(fd_, &who, sizeof who);
     if (error) *error = "allgather failed: rank " + std::to_string(who) + " exited";
+    return false;
+  }
+  if (got == kRelayFailed) {
+    uint32_t len = 0;
+    std::string text = "(no reason given)";
+    if (read_full(fd_, &len, sizeof len) && len <= 4096) {
+      text.assign(len, '\0');
+      if (!read_full(fd_, text.data(), len)) text = "(reason cut off)";
+    }
+    if (error) *error = "allgather failed: " + text;
     return false;
   }
   if (got != bytes * static_cast<uint64_t>(nranks_)) {
@@ -161,16 +178,28 @@ LaunchResult launch_exec(int nranks, char* const* argv, int timeout_s) {
   return relay(nranks, fds, pids, timeout_s);
 }
 
-bool oob_from_env(std::unique_ptr<OobChannel>* out) {
+bool oob_from_env(std::unique_ptr<OobChannel>* out, std::string* error) {
   const char* r = getenv("MOEFABRIC_RANK");
   const char* n = getenv("MOEFABRIC_NRANKS");
   const char* f = getenv("MOEFABRIC_OOB_FD");
-  if (!r || !n || !f) return false;
-  int rank = atoi(r), nranks = atoi(n), fd = atoi(f);
-  if (nranks < 1 || rank < 0 || rank >= nranks || fd < 0) return false;
-  fcntl(fd, F_SETFD, FD_CLOEXEC);
-  *out = std::make_unique<OobChannel>(rank, nranks, fd);
-  return true;
+  if (r && n && f) {
+    int rank = atoi(r), nranks = atoi(n), fd = atoi(f);
+    if (nranks < 1 || rank < 0 || rank >= nranks || fd < 0) return false;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    *out = std::make_unique<OobChannel>(rank, nranks, fd);
+    return true;
+  }
+  RendezvousSpec spec;
+  std::string why;
+  int found = rendezvous_from_env(&spec, &why);
+  if (found == 1 && rendezvous_open(spec, out, &why)) return true;
+  if (found == 0) return false;
+  if (error) {
+    *error = why;
+    return false;
+  }
+  fprintf(stderr, "moefabric: cannot join the launch: %s\n", why.c_str());
+  exit(2);
 }
 
 namespace {

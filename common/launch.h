@@ -8,12 +8,17 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 namespace moefabric {
 
 class OobChannel {
  public:
   OobChannel(int rank, int nranks, int fd) : rank_(rank), nranks_(nranks), fd_(fd) {}
+  // A channel whose relay is not the local launcher (the cross-host rendezvous): `relay` names
+  // it in errors; `keep` holds what the channel needs alive (the socket, rank 0's relay thread).
+  OobChannel(int rank, int nranks, int fd, std::string relay, std::shared_ptr<void> keep)
+      : rank_(rank), nranks_(nranks), fd_(fd), relay_(std::move(relay)), keep_(std::move(keep)) {}
   int rank() const { return rank_; }
   int nranks() const { return nranks_; }
   // Every rank contributes `bytes`; recv receives nranks * bytes in rank order. False when a
@@ -23,6 +28,8 @@ class OobChannel {
 
  private:
   int rank_, nranks_, fd_;
+  std::string relay_ = "the launcher";
+  std::shared_ptr<void> keep_;
 };
 
 struct LaunchResult {
@@ -39,7 +46,11 @@ int launch_rank();
 // environment: MOEFABRIC_RANK, MOEFABRIC_NRANKS and MOEFABRIC_OOB_FD.
 LaunchResult launch_exec(int nranks, char* const* argv, int timeout_s);
 
-// The channel of a process started by launch_exec; false when not started that way.
-bool oob_from_env(std::unique_ptr<OobChannel>* out);
+// The channel of a process started by launch_exec (MOEFABRIC_OOB_FD), else, when torchrun's or
+// OpenMPI's variables are present, a cross-host rendezvous (common/rendezvous.h). False when not
+// started either way. A launch the environment names but that cannot be joined (a variable
+// missing, rank 0 unreachable, a rank that never connected): with `error`, false and the reason
+// in *error; without, the reason on stderr and exit code 2 (a tool must not run alone instead).
+bool oob_from_env(std::unique_ptr<OobChannel>* out, std::string* error = nullptr);
 
 }  // namespace moefabric

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@
 #include "perf/moe_gpu_routes.h"
 #include "perf/perf_tool.h"
 #include "common/launch.h"
+#include "common/rendezvous.h"
 
 namespace perf = moefabric::perf;
 
@@ -132,7 +134,8 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
   const int R = oob.nranks(), me = oob.rank();
   int ndev = 0;
   CK(cudaGetDeviceCount(&ndev));
-  const int dev = me % ndev;
+  const int local_rank = moefabric::local_rank_from_env();  // torchrun's LOCAL_RANK, mpirun's
+  const int dev = (local_rank >= 0 ? local_rank : me) % ndev;
   CK(cudaSetDevice(dev));
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, dev));
@@ -406,55 +409,60 @@ int main(int argc, char** argv) {
   // The forked ranks inherit these.
   if (o.fabric) setenv("MOEFABRIC_FORCE_FABRIC", "1", 1);
   if (o.node_size > 0) setenv("MOEFABRIC_NODE_SIZE", std::to_string(o.node_size).c_str(), 1);
-  header(o);
-  std::vector<Row> out;
-  auto res = moefabric::launch_fork(
-      o.ranks,
-      [&](OobChannel& ch) {
-        std::string gpu;
-        std::vector<Row> rows = run_rank(ch, o, &gpu);
-        if (ch.rank() == 0 && !o.json.empty()) {
-          const char* path = o.fabric ? "fabric" : o.node_size > 0 ? "nodes" : "nvlink";
-          perf::Json results = perf::Json::array();
-          for (const Row& r : rows)
-            results.push_back({{"tokens", r.T},
-                               {"dispatch_bytes_per_peer", r.bytes},
-                               {"dispatch_p50_us", r.d50},
-                               {"dispatch_p99_us", r.d99},
-                               {"combine_p50_us", r.c50},
-                               {"combine_p99_us", r.c99},
-                               {"slowest_rank_dispatch_p50_us", r.slow_d50},
-                               {"slowest_rank", r.slow_rank},
-                               {"nccl_a2a_dispatch_p50_us", r.n_d50},
-                               {"nccl_a2a_combine_p50_us", r.n_c50},
-                               {"peer_copy_us", r.peer_us},
-                               {"peer_copy_GBps", r.peer_gbs},
-                               {"proxy_post_p50_us", r.post50},
-                               {"proxy_combine_post_p50_us", r.cpost50},
-                               {"path", path}});
-          int v = 0;
-          perf::Meta meta{"moefabric-moe-gpu-perf"};
-          meta.gpu = gpu;
-          if (ncclGetVersion(&v) == ncclSuccess) meta.nccl_version = perf::nccl_version_string(v);
-          if (o.fabric || o.node_size > 0) meta.provider = perf::moe_provider();
-          perf::Json config = {{"backend", "cuda"},
-                               {"path", path},
-                               {"ranks", o.ranks},
-                               {"hidden", o.hidden},
-                               {"topk", o.topk},
-                               {"experts", o.experts},
-                               {"dtype", o.dtype},
-                               {"iters", o.iters},
-                               {"warmup", o.warmup},
-                               {"node_size", o.node_size},
-                               {"nccl_baseline", !o.no_nccl}};
-          std::string err;
-          if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
-            fprintf(stderr, "moefabric-moe-gpu-perf: %s\n", err.c_str());
-        }
-        return 0;
-      },
-      o.timeout);
+  std::unique_ptr<OobChannel> oob;
+  const bool launched = moefabric::oob_from_env(&oob);  // moefabric-run, torchrun or mpirun
+  if (launched) o.ranks = oob->nranks();
+  if (!launched || oob->rank() == 0) header(o);
+  auto body = [&](OobChannel& ch) {
+    std::string gpu;
+    std::vector<Row> rows = run_rank(ch, o, &gpu);
+    if (ch.rank() == 0 && !o.json.empty()) {
+      const char* path = o.fabric ? "fabric" : o.node_size > 0 ? "nodes" : "nvlink";
+      perf::Json results = perf::Json::array();
+      for (const Row& r : rows)
+        results.push_back({{"tokens", r.T},
+                           {"dispatch_bytes_per_peer", r.bytes},
+                           {"dispatch_p50_us", r.d50},
+                           {"dispatch_p99_us", r.d99},
+                           {"combine_p50_us", r.c50},
+                           {"combine_p99_us", r.c99},
+                           {"slowest_rank_dispatch_p50_us", r.slow_d50},
+                           {"slowest_rank", r.slow_rank},
+                           {"nccl_a2a_dispatch_p50_us", r.n_d50},
+                           {"nccl_a2a_combine_p50_us", r.n_c50},
+                           {"peer_copy_us", r.peer_us},
+                           {"peer_copy_GBps", r.peer_gbs},
+                           {"proxy_post_p50_us", r.post50},
+                           {"proxy_combine_post_p50_us", r.cpost50},
+                           {"path", path}});
+      int v = 0;
+      perf::Meta meta{"moefabric-moe-gpu-perf"};
+      meta.gpu = gpu;
+      if (ncclGetVersion(&v) == ncclSuccess) meta.nccl_version = perf::nccl_version_string(v);
+      if (o.fabric || o.node_size > 0) meta.provider = perf::moe_provider();
+      perf::Json config = {{"backend", "cuda"},
+                           {"path", path},
+                           {"ranks", o.ranks},
+                           {"hidden", o.hidden},
+                           {"topk", o.topk},
+                           {"experts", o.experts},
+                           {"dtype", o.dtype},
+                           {"iters", o.iters},
+                           {"warmup", o.warmup},
+                           {"node_size", o.node_size},
+                           {"nccl_baseline", !o.no_nccl}};
+      std::string err;
+      if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
+        fprintf(stderr, "moefabric-moe-gpu-perf: %s\n", err.c_str());
+    }
+    return 0;
+  };
+  if (launched) {
+    const int rc = body(*oob);
+    if (oob->rank() == 0) printf("# done\n");
+    return rc;
+  }
+  auto res = moefabric::launch_fork(o.ranks, body, o.timeout);
   if (!res.ok) {
     fprintf(stderr, "moefabric-moe-gpu-perf: failed:\n%s", res.report.c_str());
     return 1;

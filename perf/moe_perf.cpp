@@ -275,7 +275,9 @@ int main(int argc, char** argv) {
   Opts o;
   CLI::App app{"ncclMoe dispatch/combine latency sweep (host backend)"};
   perf::init_app(app, argc, argv);
-  app.add_option("-r,--ranks", o.ranks, "rank counts to sweep when not under moefabric-run")->delimiter(',');
+  app.add_option("-r,--ranks", o.ranks,
+                 "rank counts to sweep when not launched by moefabric-run, torchrun or mpirun")
+      ->delimiter(',');
   app.add_option("--tokens", o.tokens, "tokens per rank")->delimiter(',');
   app.add_option("--hidden", o.hidden, "hidden sizes")->delimiter(',');
   app.add_option("-k,--topk", o.topk, "top-k values")->delimiter(',');
@@ -305,7 +307,7 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<OobChannel> oob;
   if (moefabric::oob_from_env(&oob)) {
-    if (oob->rank() == 0) header(o, "under moefabric-run");
+    if (oob->rank() == 0) header(o, "launched by moefabric-run, torchrun or mpirun");
     std::vector<Point> rows = run_rank(*oob, o);
     if (oob->rank() == 0) write_json(o, perf::Json::array(), rows);
     return 0;

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #endif
 
 #include "common/launch.h"
+#include "common/rendezvous.h"
 #include "fabric/info.h"
 #include "perf/perf_tool.h"
 #include "plugin/net/net.h"
@@ -38,6 +40,7 @@ struct Opts {
   int warmup = 5, iters = 0, window = 16, timeout = 300;
   bool raw = true, check = false, gpu = false;
   std::string json;
+  const char* where = "on this host";  // or launched from outside (moefabric-run, torchrun, mpirun)
 };
 
 // What rank 0 tells the parent through the pipe: a Hello once connected, then one Row per size.
@@ -294,7 +297,7 @@ double secs(Clock::duration d) { return std::chrono::duration<double>(d).count()
 double ratio(double a, double b) { return b > 0 ? a / b : 0; }
 
 void print_header(const Opts& o, const Hello& h, bool raw) {
-  printf("# moefabric-net-perf: 2 processes on this host, provider %s, NIC %s\n", h.provider, h.nic);
+  printf("# moefabric-net-perf: 2 processes %s, provider %s, NIC %s\n", o.where, h.provider, h.nic);
   printf(
       "# sizes %llu..%llu x%d, window %d, warmup %d, iters %s, raw baseline %s, buffers in %s memory%s%s\n",
       static_cast<unsigned long long>(o.sweep.min_bytes), static_cast<unsigned long long>(o.sweep.max_bytes),
@@ -339,7 +342,9 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
   if (o.gpu) {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) die(rank, "--gpu", "no CUDA device");
-    if (cudaSetDevice(rank % ndev) != cudaSuccess) die(rank, "cudaSetDevice", "failed");
+    const int local = moefabric::local_rank_from_env();  // torchrun's LOCAL_RANK, mpirun's
+    if (cudaSetDevice((local >= 0 ? local : rank) % ndev) != cudaSuccess)
+      die(rank, "cudaSetDevice", "failed");
   }
 #endif
   Buffer sbuf(rank, o.gpu, maxb, static_cast<uint8_t>(rank + 1)), rbuf(rank, o.gpu, maxb * 2, 0);
@@ -511,13 +516,28 @@ int main(int argc, char** argv) {
   // pipe for the summary and the JSON file.
   int pfd[2];
   if (pipe(pfd) != 0) return 2;
-  auto res = launch_fork(
-      2,
-      [&](OobChannel& oob) {
-        ::close(pfd[0]);
-        return run_rank(oob, o, sizes, pfd[1]);
-      },
-      o.timeout + 30);
+  std::unique_ptr<OobChannel> env_oob;
+  LaunchResult res;
+  if (moefabric::oob_from_env(&env_oob)) {
+    // Launched by moefabric-run, torchrun or mpirun (one rank per host, say): rank 0 also does
+    // the summary and the JSON file, from its rows in the pipe (a few KiB: it cannot fill).
+    if (env_oob->nranks() != 2) {
+      fprintf(stderr, "moefabric-net-perf: needs exactly 2 ranks, the launch has %d\n", env_oob->nranks());
+      return 2;
+    }
+    o.where = "from the launcher's environment";
+    const int rc = run_rank(*env_oob, o, sizes, pfd[1]);
+    if (env_oob->rank() != 0) return rc;
+    res.ok = rc == 0;
+  } else {
+    res = launch_fork(
+        2,
+        [&](OobChannel& oob) {
+          ::close(pfd[0]);
+          return run_rank(oob, o, sizes, pfd[1]);
+        },
+        o.timeout + 30);
+  }
   ::close(pfd[1]);
 
   Hello hello{};

@@ -14,3 +14,15 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The Python tests (tests/python) need numpy and pytest in the python3 on PATH: pip where it may
+# install (a virtual environment, pyenv), else Debian's packages (a system python3 refuses pip).
+if ! python3 -c 'import numpy, pytest' 2>/dev/null; then
+  echo "moefabric: installing numpy and pytest for $(command -v python3 || echo python3)"
+  if ! { command -v python3 >/dev/null && python3 -m pip install -q numpy pytest 2>/dev/null; }; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3 python3-numpy \
+      python3-pytest >/dev/null
+  fi
+fi

@@ -29,6 +29,14 @@ run_suite() {  # dir, "suites", meson setup args...
 echo "== build (debugoptimized) =="
 run_suite build-test "unit fabric gpu" -Dcuda=auto
 grep -h '^SKIP:' build-test/meson-logs/testlog.txt | sed 's/^/gpu suite: /' || true
+echo "== Python package (tests/python, pytest, on that build) =="
+# Each pytest test counts; skips (the GPU tests without a GPU) are listed with their reason.
+if ! tools/run-python-tests.sh build-test -q 2>&1 | tee build-test.python.log; then
+  echo "Python tests failed"
+  exit 1
+fi
+n=$(tail -n 1 build-test.python.log | sed -nE 's/^=* *([0-9]+) passed.*/\1/p')
+passed=$((passed + ${n:-0}))
 echo "== release build (what tools/run-main.sh runs: -O3 warnings are errors too) =="
 run_suite build "unit" -Dbuildtype=release -Dcuda=auto
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer =="
