@@ -33,7 +33,8 @@ NCCL_BFLOAT16 = 9
 NCCL_FLOAT8E4M3 = 10
 BACKENDS = {"auto": 0, "cuda": 1, "host": 2}
 CONFIG_MAGIC = 0x4D6F4546
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
+COMBINE_MODES = {"pair": 0, "rank": 1}  # ncclMoeCombinePerPair, ncclMoeCombinePerRank
 UNDEF_INT = -0x80000000
 
 
@@ -83,6 +84,7 @@ class Config(ctypes.Structure):
         ("maxPrivateTokens", ctypes.c_int),
         ("backend", ctypes.c_int),
         ("timeoutMs", ctypes.c_int),
+        ("combineMode", ctypes.c_int),
     ]
 
     @classmethod

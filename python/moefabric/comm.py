@@ -23,6 +23,7 @@ class MoeConfig:
     max_private_tokens: int = None
     backend: str = "auto"  # "auto", "host" or "cuda"
     timeout_ms: int = None
+    combine_mode: str = "pair"  # "pair": a row per (token, expert); "rank": pre-reduced per (token, rank)
 
     def to_c(self):
         c = _lib.Config.initializer()
@@ -41,6 +42,9 @@ class MoeConfig:
             if getattr(self, field) is not None:
                 setattr(c, name, int(getattr(self, field)))
         c.backend = _lib.BACKENDS[resolve_backend(self.backend)]
+        if self.combine_mode not in _lib.COMBINE_MODES:
+            raise ValueError('combine_mode must be "pair" or "rank", not %r' % (self.combine_mode,))
+        c.combineMode = _lib.COMBINE_MODES[self.combine_mode]
         return c
 
 
