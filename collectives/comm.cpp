@@ -221,7 +221,7 @@ Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const
   MF_CHECK(agree(fn, ctx, nranks,
                  {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError}, s,
                  err, mine, &all, error));
-  if (client != nullptr) peer_mask_ = client->peers;
+  if (client != nullptr) peer_mask_ = client->peers, abort_word_ = client->abort_word;
   peers_.resize(nranks);
   for (int r = 0; r < nranks; ++r) {
     peers_[r].recv_base = all[r].recv_base;
@@ -290,7 +290,9 @@ Status Comm::destroy(bool idle) {
   bool any_peer = false;
   for (int r = 0; r < R_; ++r) any_peer |= is_peer(r);
   if (async_error() == Status::kOk && idle && any_peer) {
-    // Every peer has stopped writing into our buffers once its barrier write arrives.
+    // Every peer has stopped writing into our buffers once its barrier write arrives. (The op
+    // counter is the doorbells' when kernels drive the ops.)
+    seq_ = std::max(seq_, cur_seq_.load());
     uint64_t seq = ++seq_;
     cur_seq_.store(seq);
     ring(WriteKind::kBarrier, seq);

@@ -53,6 +53,7 @@ struct ProtocolClient {
   std::vector<uint8_t> peers;  // [R]: 1 where rank r is reached through the protocol
   ProxyShared shared;          // every member set
   std::optional<topo::PciAddr> gpu;
+  volatile int32_t* abort_word = nullptr;  // set to 1 on a proxy failure (waiting kernels return)
 };
 
 // Resolves and validates the caller's config, then checks through one allgather that every
@@ -157,6 +158,7 @@ class Comm : public fabric::RmaHandler {
   std::string rails_why_;
   Block recv_block_{nullptr, std::free}, send_block_{nullptr, std::free};
   std::vector<uint8_t> peer_mask_;  // empty: every other rank
+  volatile int32_t* abort_word_ = nullptr;
   ProxyShared sh_;
   // the host backend's ProxyShared storage
   std::vector<uint64_t> arrived_store_;

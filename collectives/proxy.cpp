@@ -55,6 +55,7 @@ void Comm::proxy_fail(Status s, const std::string& text) {
   if (async_status_.compare_exchange_strong(expected, static_cast<int>(s))) {
     async_text_ = text;
     MF_WARN("rank %d: %s", me_, text.c_str());
+    if (abort_word_ != nullptr) *abort_word_ = 1;
   }
   events_.store(true, std::memory_order_release);
 }

@@ -43,46 +43,28 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
     if (code == ~0u) continue;
     const uint32_t s = code / per_src;
     if (s >= static_cast<uint32_t>(l.nranks)) continue;
-    uint8_t* dst = is_remote(a, s) ? send_segment(a, s) + l.stage_combine_offset(code % per_src)
-                                   : a.peers[s] + l.combine_offset(code % per_src);
+    uint8_t* dst;
+    if (is_remote(a, s)) {
+      // The protocol's combine staging: s's rows in (record, k) order after its row_start.
+      const uint32_t i = (code % per_src) / l.topk, k = code % l.topk;
+      const int32_t* row =
+          reinterpret_cast<const int32_t*>(a.local + l.idx_offset(s)) + static_cast<size_t>(i) * l.topk;
+      const int first = l.first_expert(l.rank), L = l.local_count(l.rank);
+      uint32_t before = 0;
+      for (uint32_t kk = 0; kk < k; ++kk)
+        before += static_cast<uint32_t>(row[kk] - first) < static_cast<uint32_t>(L);
+      const uint32_t pos =
+          a.fs->ret[s].row_start + a.fs->pair_base[static_cast<size_t>(s) * l.max_tokens + i] + before;
+      dst = a.psend + a.pl.off_csend + a.pl.y_row_bytes * pos;
+    } else {
+      dst = a.peers[s] + l.combine_offset(code % per_src);
+    }
     if (whole)
       warp_copy16<kSrcLocal>(dst, ey + yb * r, yb, lane);
     else
       warp_copy_chunk<kSrcLocal>(dst, ey + yb * r, yb, c, lane);
   }
   signal_peers(a, l.ccount_offset(l.rank), &a.st->csend_done, kBellCombine);
-}
-
-// Fabric owners: the rows (t, k) whose expert fabric rank o owns, as o's proxy wrote them into
-// our staging segment o, go to combine slot (t, k) of the receive block; then every block counts
-// itself at o's combine counter. Our T and idx are in the block (dispatch send or ingest put
-// them there).
-__global__ void __launch_bounds__(kThreads) fabric_ingest_combine_kernel(const __grid_constant__ Args a) {
-  const CudaLayout& l = a.l;
-  const uint64_t epoch = a.st->seq + 1;
-  wait_fabric_sources(a, kBellCombine, epoch, kPhaseCombineRecv);
-  int T = *reinterpret_cast<const int32_t*>(a.local + l.ntok_offset(l.rank));
-  if (T < 0 || T > l.max_tokens) T = 0;
-  const int32_t* idx = reinterpret_cast<const int32_t*>(a.local + l.idx_offset(l.rank));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Items (row (t, k), chunk of the row) over every warp of the grid.
-  const int nch = chunks_of(l.y_row_bytes);
-  const int64_t items = static_cast<int64_t>(T) * l.topk * nch;
-  for (int64_t it = static_cast<int64_t>(warp) * a.blocks + blockIdx.x; it < items;
-       it += static_cast<int64_t>(a.blocks) * kWarps) {
-    const int tk = static_cast<int>(it / nch), c = static_cast<int>(it % nch);
-    const int32_t e = idx[tk];
-    if (e < 0 || e >= l.experts) continue;
-    const int o = l.owner(e);
-    if (!is_remote(a, o)) continue;
-    const uint8_t* src = recv_segment(a, o) + l.stage_combine_offset(tk);
-    uint8_t* dst = a.local + l.combine_offset(tk);
-    if (a.stage_dev)
-      warp_copy_chunk<kSrcPeer>(dst, src, l.y_row_bytes, c, lane);
-    else
-      warp_copy_chunk<kSrcSys>(dst, src, l.y_row_bytes, c, lane);
-  }
-  count_fabric_sources(a, l.off_ccount);
 }
 
 template <class Out>
@@ -145,15 +127,14 @@ __global__ void __launch_bounds__(kThreads) combine_recv_kernel(const __grid_con
 }
 
 __global__ void barrier_kernel(const __grid_constant__ Args a) {
-  const bool nvlink = threadIdx.x < static_cast<unsigned>(a.l.nranks) && !is_remote(a, threadIdx.x);
-  if (nvlink) {
-    __threadfence_system();
-    red_release_sys_add(reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + a.l.bcount_offset(a.l.rank)), 1);
-  }
+  __threadfence_system();
+  for (int r = threadIdx.x; r < a.l.nranks; r += blockDim.x)
+    if (!is_remote(a, r))
+      red_release_sys_add(reinterpret_cast<uint64_t*>(a.peers[r] + a.l.bcount_offset(a.l.rank)), 1);
   __syncthreads();
-  if (nvlink)
-    wait_counter(a, reinterpret_cast<const uint64_t*>(a.local + a.l.bcount_offset(threadIdx.x)), 1,
-                 kPhaseBarrier, static_cast<int32_t>(threadIdx.x));
+  for (int r = threadIdx.x; r < a.l.nranks; r += blockDim.x)
+    if (!is_remote(a, r))
+      wait_counter(a, reinterpret_cast<const uint64_t*>(a.local + a.l.bcount_offset(r)), 1, kPhaseBarrier, r);
   __syncthreads();
 }
 
@@ -166,11 +147,6 @@ cudaError_t launch_combine_send(const Args& a, cudaStream_t stream) {
 
 cudaError_t launch_combine_recv(const Args& a, cudaStream_t stream) {
   combine_recv_kernel<__nv_bfloat16><<<a.blocks, kThreads, 0, stream>>>(a);
-  return cudaGetLastError();
-}
-
-cudaError_t launch_fabric_ingest_combine(const Args& a, cudaStream_t stream) {
-  fabric_ingest_combine_kernel<<<a.blocks, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

@@ -42,15 +42,7 @@ __device__ __forceinline__ int4 ld_sys_v4(const void* p) {
   return v;
 }
 
-__device__ __forceinline__ bool is_remote(const Args& a, int r) { return (a.remote >> r) & 1u; }
-__device__ __forceinline__ uint8_t* send_segment(const Args& a, int d) {
-  return a.send_stage + a.l.stage_bytes * static_cast<size_t>(d);
-}
-// With GPU staging our own segment is not sent through the provider: we read it where we staged it.
-__device__ __forceinline__ const uint8_t* recv_segment(const Args& a, int s) {
-  if (a.stage_dev && s == a.l.rank) return send_segment(a, s);
-  return a.recv_stage + a.l.stage_bytes * static_cast<size_t>(s);
-}
+__device__ __forceinline__ bool is_remote(const Args& a, int r) { return a.nfabric > 0 && a.fabric[r] != 0; }
 
 __device__ __forceinline__ uint64_t global_timer_ns() {
   uint64_t t;
@@ -116,50 +108,53 @@ __device__ inline void signal_peers(const Args& a, size_t counter_offset_in_peer
   }
   __syncthreads();
   if (s_op == 0) return;
-  if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && !is_remote(a, threadIdx.x))
-    red_release_sys_add(reinterpret_cast<uint64_t*>(a.peers[threadIdx.x] + counter_offset_in_peer),
-                        static_cast<uint64_t>(a.blocks));
-  if (a.remote != 0 && threadIdx.x == 0) st_release_sys(a.doorbell + bell, s_op);
+  for (int r = threadIdx.x; r < a.l.nranks; r += blockDim.x)
+    if (!is_remote(a, r))
+      red_release_sys_add(reinterpret_cast<uint64_t*>(a.peers[r] + counter_offset_in_peer),
+                          static_cast<uint64_t>(a.blocks));
+  if (a.nfabric > 0 && threadIdx.x == 0) st_release_sys(a.doorbell + bell, s_op);
 }
 
 // Block-wide wait for every source's counter at `base` to reach `target`.
 __device__ inline void wait_all_sources(const Args& a, size_t base, uint64_t target, int32_t phase) {
-  if (threadIdx.x < static_cast<unsigned>(a.l.nranks))
-    wait_counter(a, reinterpret_cast<const uint64_t*>(a.local + base + 8 * threadIdx.x), target, phase,
-                 static_cast<int32_t>(threadIdx.x));
+  for (int s = threadIdx.x; s < a.l.nranks; s += blockDim.x)
+    wait_counter(a, reinterpret_cast<const uint64_t*>(a.local + base + 8 * static_cast<size_t>(s)), target,
+                 phase, s);
   __syncthreads();
 }
 
-// Block-wide wait for every fabric source's write of op `epoch` (arrival flags in host memory).
-// Only block 0 polls the host flags, then raises a device word the other blocks wait on: every
-// block polling one pinned word over PCIe slows the host's store to it from 2 us to ~250 us
-// round trip (H100, 132 pollers; tools/gpu_host_rtt.cu). Ordering: block 0's acquires of the
-// flags (system scope), its barrier and GPU-scope release, then each block's acquire of the device
-// word: the proxy's release happens before every block's loads of the staging. The other blocks
-// allow block 0 a second of slack, so that a lost peer is reported by block 0, naming it.
-__device__ inline void wait_fabric_sources(const Args& a, int bell, uint64_t epoch, int32_t phase) {
+// Block 0 hands the grid on once it has seen what every fabric source sent for op `epoch` (and
+// checked it, in the caller's `check`); the other blocks wait for that on a device word. Only
+// block 0 polls the host flags: every block polling one pinned word over PCIe slows the proxy's
+// store to it from 2 us to ~250 us round trip (H100, 132 pollers; tools/gpu_host_rtt.cu).
+// Ordering: block 0's acquires of the flags (system scope), its barrier and GPU-scope release,
+// then each block's acquire of the device word: the proxy's release happens before every
+// block's loads of the protocol blocks. The other blocks allow block 0 a second of slack, so that
+// a lost peer is reported by block 0, naming it.
+__device__ inline void release_grid(const Args& a, int bell, uint64_t epoch) {
   uint64_t* go = &a.st->fabric_go[bell];
-  if (blockIdx.x == 0) {
-    bool ok = true;
-    if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && is_remote(a, threadIdx.x))
-      ok = wait_counter(a, a.arrived + static_cast<size_t>(bell) * a.l.nranks + threadIdx.x, epoch, phase,
-                        static_cast<int32_t>(threadIdx.x));
-    if (__syncthreads_and(ok) && threadIdx.x == 0)
-      asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(go), "l"(epoch) : "memory");
-  } else if (threadIdx.x == 0) {
-    wait_counter(a, go, epoch, phase, -1, 1000000000);
-  }
   __syncthreads();
+  if (blockIdx.x == 0 && threadIdx.x == 0)
+    asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(go), "l"(epoch) : "memory");
+  if (blockIdx.x != 0 && threadIdx.x == 0)
+    wait_counter(a, go, epoch, kPhaseDispatchRecv + 2 * bell, -1, 1000000000);
+  __syncthreads();
+}
+
+// Waits (one thread) for fabric source s's write of `kind` for op `epoch` (arrival flags in host
+// memory, raised by the proxy after the data landed).
+__device__ inline bool wait_arrival(const Args& a, int kind, int s, uint64_t epoch, int32_t phase) {
+  return wait_counter(a, a.arrived + static_cast<size_t>(kind) * a.l.nranks + s, epoch, phase, s);
 }
 
 // After a block's ingest copies: count it at our own counter of every fabric source, as the
 // source's own blocks would have over NVLink.
 __device__ inline void count_fabric_sources(const Args& a, size_t base) {
   __syncthreads();
-  if (threadIdx.x < static_cast<unsigned>(a.l.nranks) && is_remote(a, threadIdx.x)) {
-    __threadfence();
-    red_release_sys_add(reinterpret_cast<uint64_t*>(a.local + base + 8 * threadIdx.x), 1);
-  }
+  __threadfence();
+  for (int s = threadIdx.x; s < a.l.nranks; s += blockDim.x)
+    if (is_remote(a, s))
+      red_release_sys_add(reinterpret_cast<uint64_t*>(a.local + base + 8 * static_cast<size_t>(s)), 1);
 }
 
 // Where a copy's source lives, which decides how it is loaded:
@@ -215,6 +210,29 @@ __device__ __forceinline__ void warp_copy_chunk(uint8_t* dst, const uint8_t* src
   if (v1 < n) x1 = load16<kSrc>(s + v1);
   if (v0 < n) d[v0] = x0;
   if (v1 < n) d[v1] = x1;
+}
+
+// T of this dispatch call. Out of range, or inputs missing for T > 0: reported (with `report`, by
+// one thread) and the call sends nothing.
+__device__ inline int tokens_of_call(const Args& a, bool report) {
+  const int T = *a.ntokens;
+  const bool first = report && blockIdx.x == 0 && threadIdx.x == 0;
+  if (T < 0 || T > a.l.max_tokens) {
+    if (first) report_error(a, kErrBadTokens, kPhaseDispatchSend, a.l.rank, T);
+    return 0;
+  }
+  if (T > 0) {
+    const int which = a.x == nullptr                              ? 0
+                      : a.idx == nullptr                          ? 1
+                      : a.weights == nullptr                      ? 2
+                      : (a.l.nscale > 0 && a.x_scales == nullptr) ? 3
+                                                                  : -1;
+    if (which >= 0) {
+      if (first) report_error(a, kErrNullInput, kPhaseDispatchSend, a.l.rank, which);
+      return 0;
+    }
+  }
+  return T;
 }
 
 __device__ __forceinline__ int32_t clamp_expert(const Args& a, int32_t e, int32_t phase) {

@@ -13,54 +13,23 @@ namespace {
 
 constexpr int kChunk = 1024;  // pairs ranked per pass of the layout loop
 
-// T of this call. Out of range, or inputs missing for T > 0: reported, and the call sends nothing.
-__device__ int tokens_of_call(const Args& a) {
-  const int T = *a.ntokens;
-  const bool first = blockIdx.x == 0 && threadIdx.x == 0;
-  if (T < 0 || T > a.l.max_tokens) {
-    if (first) report_error(a, kErrBadTokens, kPhaseDispatchSend, a.l.rank, T);
-    return 0;
-  }
-  if (T > 0) {
-    const int which = a.x == nullptr                              ? 0
-                      : a.idx == nullptr                          ? 1
-                      : a.weights == nullptr                      ? 2
-                      : (a.l.nscale > 0 && a.x_scales == nullptr) ? 3
-                                                                  : -1;
-    if (which >= 0) {
-      if (first) report_error(a, kErrNullInput, kPhaseDispatchSend, a.l.rank, which);
-      return 0;
-    }
-  }
-  return T;
-}
-
 template <class Elt>
 __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_constant__ Args a) {
   const CudaLayout& l = a.l;
-  const int T = tokens_of_call(a);
+  const int T = tokens_of_call(a, true);
   const int K = l.topk, R = l.nranks, me = l.rank;
-  // topkIdx and T to every rank (ours too: our combine recv reads them back from there).
+  // topkIdx and T to every NVLink rank (ours too: our combine recv reads them back from there).
+  // Fabric destinations get records from the fabric pack kernel instead.
   const int n = T * K;
-  // Fabric destinations get the same in their staging segment (T, then idx[T][K], then slots).
   for (int i = blockIdx.x * kThreads + threadIdx.x; i < n; i += a.blocks * kThreads) {
     const int32_t e = clamp_expert(a, a.idx[i], kPhaseDispatchSend);
-    for (int d = 0; d < R; ++d) {
-      int32_t* dst = is_remote(a, d) ? reinterpret_cast<int32_t*>(send_segment(a, d) + 16)
-                                     : reinterpret_cast<int32_t*>(a.peers[d] + l.idx_offset(me));
-      dst[i] = e;
-    }
+    for (int d = 0; d < R; ++d)
+      if (!is_remote(a, d)) reinterpret_cast<int32_t*>(a.peers[d] + l.idx_offset(me))[i] = e;
   }
-  if (blockIdx.x == 0 && threadIdx.x < static_cast<unsigned>(R)) {
-    const int d = threadIdx.x;
-    *reinterpret_cast<int32_t*>(is_remote(a, d) ? send_segment(a, d) : a.peers[d] + l.ntok_offset(me)) = T;
-    // For the proxy (host memory; ordered before the doorbell by signal_peers).
-    if (d == 0 && a.remote != 0) *reinterpret_cast<volatile int32_t*>(a.stage_T) = T;
-  }
-  auto slot = [&](int d, int t) {
-    return is_remote(a, d) ? send_segment(a, d) + l.stage_token_offset(T, t)
-                           : a.peers[d] + l.token_offset(me, t);
-  };
+  if (blockIdx.x == 0)
+    for (int d = threadIdx.x; d < R; d += blockDim.x)
+      if (!is_remote(a, d)) *reinterpret_cast<int32_t*>(a.peers[d] + l.ntok_offset(me)) = T;
+  auto slot = [&](int d, int t) { return a.peers[d] + l.token_offset(me, t); };
 
   // Work items (token, chunk of its row), one warp each; consecutive items on different blocks
   // (spreads the NVLink stores). The warp of chunk 0 also sends the token's scales.
@@ -73,12 +42,16 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
   for (int64_t it = static_cast<int64_t>(warp) * a.blocks + blockIdx.x; it < items;
        it += static_cast<int64_t>(a.blocks) * kWarps) {
     const int t = static_cast<int>(it / nch), c = static_cast<int>(it % nch);
+    // Each NVLink destination rank once: the lowest lane naming it leads (a mask of lanes, K <= 16,
+    // not of ranks).
     int d = -1;
     if (lane < K) {
       const int32_t e = a.idx[static_cast<size_t>(t) * K + lane];
       if (e >= 0 && e < l.experts) d = l.owner(e);
+      if (d >= 0 && is_remote(a, d)) d = -1;
     }
-    const uint32_t dests = __reduce_or_sync(0xffffffffu, d >= 0 ? 1u << d : 0u);
+    const uint32_t same = __match_any_sync(0xffffffffu, d);
+    const uint32_t dests = __ballot_sync(0xffffffffu, d >= 0 && lane == __ffs(same) - 1);
     if (dests == 0) continue;
     const int4* src = reinterpret_cast<const int4*>(static_cast<const uint8_t*>(a.x) + xb * t);
     const size_t v0 = static_cast<size_t>(c) * kChunkVecs + lane, v1 = v0 + 32;
@@ -86,7 +59,7 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
     if (v0 < nvec) x0 = __ldg(src + v0);
     if (v1 < nvec) x1 = __ldg(src + v1);
     for (uint32_t m = dests; m != 0; m &= m - 1) {
-      int4* dst = reinterpret_cast<int4*>(slot(__ffs(m) - 1, t));
+      int4* dst = reinterpret_cast<int4*>(slot(__shfl_sync(0xffffffffu, d, __ffs(m) - 1), t));
       if (v0 < nvec) dst[v0] = x0;
       if (v1 < nvec) dst[v1] = x1;
     }
@@ -95,64 +68,11 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
       for (int i = lane; i < l.nscale; i += 32) {
         const float f = __ldg(sc + i);
         for (uint32_t m = dests; m != 0; m &= m - 1)
-          reinterpret_cast<float*>(slot(__ffs(m) - 1, t) + xb_pad)[i] = f;
+          reinterpret_cast<float*>(slot(__shfl_sync(0xffffffffu, d, __ffs(m) - 1), t) + xb_pad)[i] = f;
       }
     }
   }
   signal_peers(a, l.dcount_offset(me), &a.st->dsend_done, kBellDispatch);
-}
-
-// Fabric sources: source s's T, idx and token slots, as its proxy wrote them into our staging
-// segment s, go where s would have stored them over NVLink; then every block counts itself at
-// s's dispatch counter. T out of range is passed on as is (the recv kernel reports it) and
-// nothing else of s is copied.
-__global__ void __launch_bounds__(kThreads) fabric_ingest_dispatch_kernel(const __grid_constant__ Args a) {
-  const CudaLayout& l = a.l;
-  const uint64_t epoch = a.st->seq + 1;
-  wait_fabric_sources(a, kBellDispatch, epoch, kPhaseDispatchRecv);
-  // Each source's T read once per block (with host staging every read crosses PCIe).
-  __shared__ int s_T[kCudaMaxRanks];
-  if (threadIdx.x < static_cast<unsigned>(l.nranks) && is_remote(a, threadIdx.x)) {
-    s_T[threadIdx.x] = ld_sys_i32(recv_segment(a, threadIdx.x));
-    if (blockIdx.x == 0) {
-      *reinterpret_cast<int32_t*>(a.local + l.ntok_offset(threadIdx.x)) = s_T[threadIdx.x];
-      // The proxy sizes our combine write to s from it (read after our combine send's doorbell).
-      reinterpret_cast<volatile int32_t*>(a.stage_T)[1 + threadIdx.x] = s_T[threadIdx.x];
-    }
-  }
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int s = 0; s < l.nranks; ++s) {
-    if (!is_remote(a, s)) continue;
-    const uint8_t* seg = recv_segment(a, s);
-    const int T = s_T[s];
-    if (T < 0 || T > l.max_tokens) continue;
-    const int n = T * l.topk;
-    auto* idx = reinterpret_cast<int32_t*>(a.local + l.idx_offset(s));
-    for (int i = blockIdx.x * kThreads + threadIdx.x; i < n; i += a.blocks * kThreads)
-      idx[i] = ld_sys_i32(seg + 16 + 4 * static_cast<size_t>(i));
-    // Items (token, chunk of its slot) over every warp of the grid, as in the send kernel.
-    const int nch = chunks_of(l.slot_bytes);
-    const int64_t items = static_cast<int64_t>(T) * nch;
-    for (int64_t it = static_cast<int64_t>(warp) * a.blocks + blockIdx.x; it < items;
-         it += static_cast<int64_t>(a.blocks) * kWarps) {
-      const int t = static_cast<int>(it / nch), c = static_cast<int>(it % nch);
-      // Only the tokens s sent us (its other slots in the segment hold nothing).
-      bool mine = false;
-      if (lane < l.topk) {
-        const int32_t e = ld_sys_i32(seg + 16 + 4 * (static_cast<size_t>(t) * l.topk + lane));
-        mine = e >= 0 && e < l.experts && l.owner(e) == l.rank;
-      }
-      if (!__any_sync(0xffffffffu, mine)) continue;
-      const uint8_t* src = seg + l.stage_token_offset(T, t);
-      uint8_t* dst = a.local + l.token_offset(s, t);
-      if (a.stage_dev)
-        warp_copy_chunk<kSrcPeer>(dst, src, l.slot_bytes, c, lane);
-      else
-        warp_copy_chunk<kSrcSys>(dst, src, l.slot_bytes, c, lane);
-    }
-  }
-  count_fabric_sources(a, l.off_dcount);
 }
 
 // Every block computes the per-expert totals and the counts before its own segment of the
@@ -161,11 +81,11 @@ __global__ void __launch_bounds__(kThreads) fabric_ingest_dispatch_kernel(const 
 template <class Elt>
 __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_constant__ Args a) {
   extern __shared__ int32_t smem[];
-  __shared__ int s_pstart[kCudaMaxRanks + 1];
   const CudaLayout& l = a.l;
   const int R = l.nranks, K = l.topk, me = l.rank;
   const int L = l.local_count(me), first = l.first_expert(me);
-  int32_t* tot = smem;
+  int* s_pstart = smem;  // R + 1 entries: first pair of each source
+  int32_t* tot = s_pstart + R + 1;
   int32_t* cur = tot + L;
   int32_t* off = cur + L;  // L + 1 entries
   uint32_t* c_row = reinterpret_cast<uint32_t*>(off + L + 1);
@@ -179,7 +99,7 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
     for (int s = 0; s < R; ++s) {
       int ts = __ldcg(reinterpret_cast<const int32_t*>(a.local + l.ntok_offset(s)));
       if (ts < 0 || ts > l.max_tokens) {
-        report_error(a, kErrPeerData, kPhaseDispatchRecv, s, ts);
+        report_error(a, kErrPeerData, kPhaseDispatchRecv, s, kBadTokens);
         ts = 0;
       }
       s_pstart[s] = acc;
@@ -193,10 +113,17 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
   const int N = s_pstart[R];
   const int S = (N + a.blocks - 1) / a.blocks;
   const int lo = min(N, static_cast<int>(blockIdx.x) * S), hi = min(N, lo + S);
-  // Local expert index of pair p (or -1), and its source.
+  // Local expert index of pair p (or -1), and its source: the last s with s_pstart[s] <= p.
   auto local_of = [&](int p, int* src) {
-    int s = 0;
-    while (p >= s_pstart[s + 1]) ++s;
+    int lo = 0, hi = R - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (s_pstart[mid] <= p)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    const int s = lo;
     *src = s;
     const int e = __ldcg(reinterpret_cast<const int32_t*>(a.local + l.idx_offset(s)) + (p - s_pstart[s]));
     const int j = e - first;
@@ -295,7 +222,8 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
 
 size_t recv_smem_bytes(const Args& a) {
   const int L = a.l.local_count(a.l.rank);
-  return (3 * static_cast<size_t>(L) + 1) * 4 + 2 * static_cast<size_t>(kChunk) * 4;
+  return (static_cast<size_t>(a.l.nranks) + 1 + 3 * static_cast<size_t>(L) + 1) * 4 +
+         2 * static_cast<size_t>(kChunk) * 4;
 }
 
 template <class Elt>
@@ -317,11 +245,6 @@ cudaError_t launch_dispatch_send(const Args& a, cudaStream_t stream) {
     dispatch_send_kernel<__nv_fp8_e4m3><<<a.blocks, kThreads, 0, stream>>>(a);
   else
     dispatch_send_kernel<__nv_bfloat16><<<a.blocks, kThreads, 0, stream>>>(a);
-  return cudaGetLastError();
-}
-
-cudaError_t launch_fabric_ingest_dispatch(const Args& a, cudaStream_t stream) {
-  fabric_ingest_dispatch_kernel<<<a.blocks, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

@@ -10,15 +10,11 @@
 //             token t at slot (s, t) when t picked at least one of our experts (once per rank)
 //   combine   [maxT * K] rows of bf16 H: the owner of (t, k)'s expert stores its output row here
 //
-// Peers reached through the fabric (other nodes, MOEFABRIC_FORCE_FABRIC, MOEFABRIC_NODE_SIZE) use
-// staging segments in pinned host memory instead: one send segment per destination and one
-// receive segment per source, each `stage_bytes` long and laid out alike, so that the proxy copies
-// a prefix of a send segment to the same offsets of the peer's receive segment in one write:
-//
-//   dispatch  i32 T (16 B) | i32 idx[T][K] (padded to 16 B) | T token slots (as above): token t
-//             at stage_token_offset(T, t); the write is stage_dispatch_bytes(T) long
-//   combine   at stage_off_comb: [maxT * K] rows of bf16 H, row (t, k) of the destination's tokens;
-//             the write covers the destination's T * K rows
+// Peers on other nodes (MOEFABRIC_NODE_SIZE, MOEFABRIC_FORCE_FABRIC) speak the MoE protocol
+// (docs/moe-protocol.md) through the proxy: the fabric kernels pack records into the protocol's
+// send block and unpack what arrived in its receive block into the slots above, as if the source
+// had stored them over NVLink, except that a fabric source's tokens are numbered by record (its
+// i-th record in slot (s, i), its idx row in idx[s][i], ntokens[s] = its record count).
 #pragma once
 
 #include <cstddef>
@@ -28,7 +24,6 @@
 
 namespace moefabric::moe {
 
-inline constexpr int kCudaMaxRanks = 32;           // destination sets are 32-bit masks
 inline constexpr int kCudaMaxLocalExperts = 4096;  // per-expert counters live in shared memory
 
 struct CudaLayout {
@@ -38,7 +33,6 @@ struct CudaLayout {
   size_t x_bytes = 0, scale_bytes = 0, slot_bytes = 0, y_row_bytes = 0, capacity_rows = 0;
   size_t off_dcount = 0, off_ccount = 0, off_bcount = 0, off_ntok = 0, off_idx = 0, off_tok = 0, off_comb = 0,
          block_bytes = 0;
-  size_t stage_off_comb = 0, stage_bytes = 0;  // fabric staging segments (see above)
 
   MF_HD int first_expert(int r) const { return static_cast<int>(static_cast<int64_t>(r) * experts / nranks); }
   MF_HD int local_count(int r) const { return first_expert(r + 1) - first_expert(r); }
@@ -56,17 +50,10 @@ struct CudaLayout {
     return off_tok + slot_bytes * (static_cast<size_t>(src) * max_tokens + t);
   }
   MF_HD size_t combine_offset(size_t tk) const { return off_comb + y_row_bytes * tk; }
-  // Staging segments (fabric peers): offsets inside one segment.
-  MF_HD size_t stage_token_base(int T) const { return round_up(16 + 4 * static_cast<size_t>(T) * topk, 16); }
-  MF_HD size_t stage_token_offset(int T, int t) const {
-    return stage_token_base(T) + slot_bytes * static_cast<size_t>(t);
-  }
-  MF_HD size_t stage_dispatch_bytes(int T) const { return stage_token_offset(T, T); }
-  MF_HD size_t stage_combine_offset(size_t tk) const { return stage_off_comb + y_row_bytes * tk; }
 };
 
 // Fills every derived field; false with *why when the configuration is beyond what the CUDA
-// backend supports (ranks, local experts, 32-bit row indices).
+// backend supports (local experts, 32-bit row indices).
 inline bool cuda_layout_init(CudaLayout* l, int nranks, int rank, int experts, int topk, int hidden,
                              int max_tokens, int elt_bytes, bool scales, int scale_block, int alignment,
                              const char** why) {
@@ -105,10 +92,8 @@ inline bool cuda_layout_init(CudaLayout* l, int nranks, int rank, int experts, i
   l->off_comb = off = round_up(off, 256);
   off += l->y_row_bytes * max_tokens * topk;
   l->block_bytes = round_up(off, 4096);
-  l->stage_off_comb = round_up(l->stage_dispatch_bytes(max_tokens), 256);
-  l->stage_bytes = round_up(l->stage_off_comb + l->y_row_bytes * max_tokens * topk, 4096);
-  if (nranks > kCudaMaxRanks) {
-    *why = "the CUDA backend supports at most 32 ranks (one NVLink domain)";
+  if (nranks > kMaxRanks) {
+    *why = "more than 4096 ranks";
     return false;
   }
   if (l->max_local > kCudaMaxLocalExperts) {

@@ -28,8 +28,17 @@ enum ErrCode : int32_t {
   kErrBadExpert = 2,  // value = the expert id (treated as -1)
   kErrBadTokens = 3,  // value = numTokens (treated as 0)
   kErrNullInput = 4,  // value: 0 x, 1 topkIdx, 2 topkWeights, 3 xScales, 4 expertY
-  kErrPeerData = 5,   // peer sent T out of range (value)
+  kErrPeerData = 5,   // peer sent something malformed (value: kBad* below)
   kErrAborted = 6,
+};
+// What was malformed (DevError.value with kErrPeerData).
+enum BadData : int32_t {
+  kBadTokens = 1,   // T / record count out of range
+  kBadHeader = 2,   // dispatch header: magic, op, source, sizes
+  kBadGrant = 3,    // granted count differs from the header's
+  kBadRecord = 4,   // a record's token out of order or range, or an expert id out of range
+  kBadNotOurs = 5,  // a record selecting none of our experts
+  kBadCounts = 6,   // per-expert counts differ from the header's
 };
 struct DevError {
   int32_t code, phase, peer, value;
@@ -38,6 +47,21 @@ struct DevError {
 
 // Doorbells and arrival flags: one per phase that moves data through the proxy.
 enum Bell : int { kBellDispatch = 0, kBellCombine = 1, kBells = 2 };
+
+// The fabric kernels' device scratch (kernels/fabric.cu): per destination / source arrays of R,
+// per expert of E, per (token, k) of maxT * K.
+struct FabricScratch {
+  uint32_t* dst_tokens;    // [R] records for each destination (this op)
+  uint32_t* dst_pairs;     // [R] (token, k) pairs for each destination
+  uint32_t* dst_cbase;     // [R] where each destination's combine rows land in our combine region
+  uint32_t* expert_pairs;  // [E] pairs per expert id (our dispatch)
+  uint32_t* comb_pos;      // [maxT * K] row of (t, k) in our protocol combine region (fabric owners)
+  uint32_t* pair_base;     // [R * maxT] first pair of record i of fabric source s among its pairs here
+  uint32_t* src_counts;    // [R * max_local] pairs per (fabric source, local expert), counted
+  int32_t* src_ok;         // [R] the source's header passed the checks (else it counts as empty)
+  uint32_t* src_tokens;    // [R] records from each fabric source (its header)
+  ReturnPlan* ret;         // [R] device copy of the return plan
+};
 
 // This rank's device-side state (local memory, zeroed at init).
 struct DevState {
@@ -59,19 +83,21 @@ struct Args {
   uint32_t* row_src;  // [capacity_rows]: (source * maxT + token) * K + k, ~0 for padding
   int blocks;         // grid of every kernel, equal on all ranks
   int64_t timeout_ns;
-  // Fabric peers (bit r of `remote`: rank r is reached through the host proxy). The staging
-  // segments (kernels/layout.h) are GPU memory the provider reads and writes (FI_HMEM), or device
-  // views of pinned, mapped host memory (MOEFABRIC_MOE_STAGING); the control words are always
-  // pinned host memory.
-  uint32_t remote;
-  bool stage_dev;             // the segments are GPU memory (else pinned host memory)
-  uint8_t* send_stage;        // [R][stage_bytes]: segment d holds what goes to rank d
-  const uint8_t* recv_stage;  // [R][stage_bytes]: segment s holds what rank s wrote to us
-  uint64_t* doorbell;         // [kBells]: ops whose send kernel finished (written by the last block)
-  const uint64_t* arrived;    // [kBells][R]: per source, the last op whose write landed (proxy)
-  // [1 + R]: [0] the T this rank's dispatch staged (dispatch send), [1 + s] fabric source s's T
-  // (dispatch ingest). The proxy sizes its writes from these: it never reads the segments.
-  int32_t* stage_T;
+  // Fabric peers (fabric[r] != 0: rank r is reached through the MoE protocol's proxy,
+  // collectives/comm.h). The protocol's blocks and what the proxy shares (kernels/fabric.cu) are
+  // pinned host memory mapped here; the scratch is device memory.
+  const uint8_t* fabric;         // device [R]
+  int nfabric;                   // fabric peers (0: NVLink only)
+  Layout pl;                     // the protocol's layout (same config)
+  uint8_t* psend;                // protocol send block: headers and records per destination, combine staging
+  const uint8_t* precv;          // protocol receive block: what the peers wrote
+  uint64_t* doorbell;            // [kBells]: ops staged (written by the last block of the send kernels)
+  const uint64_t* arrived;       // [kinds][R]: op of each source's last write of a kind (proxy)
+  const uint32_t* overflow_off;  // [R]: overflow offset granted to each source (proxy)
+  const uint32_t* granted;       // [R]: records granted to each source (proxy)
+  SendPlan* plan;                // [R]: records and chunk offset per destination (fabric pack)
+  ReturnPlan* ret;               // [R]: combine rows per source (fabric ingest)
+  FabricScratch* fs;             // device scratch of the fabric kernels
   // dispatch
   const void* x;
   const float* x_scales;
@@ -90,10 +116,12 @@ cudaError_t launch_dispatch_send(const Args& a, cudaStream_t stream);
 cudaError_t launch_dispatch_recv(const Args& a, cudaStream_t stream);
 cudaError_t launch_combine_send(const Args& a, cudaStream_t stream);
 cudaError_t launch_combine_recv(const Args& a, cudaStream_t stream);
-// Fabric sources (a.remote != 0), launched before the matching recv kernel: wait for each fabric
-// source's write of this op to land in the staging segment, copy it into the receive block where
-// an NVLink peer would have stored it, and count the block there, so that the recv kernels read
-// every source alike.
+// Fabric peers (a.nfabric > 0). Before dispatch send: pack one record per (token, fabric
+// destination rank) into the protocol's send block, headers and the proxy's plan included.
+// Before each recv kernel: wait for the fabric sources' writes, check them, copy them into the
+// receive block where an NVLink peer would have stored them, and count the block there, so that
+// the recv kernels read every source alike.
+cudaError_t launch_fabric_pack(const Args& a, cudaStream_t stream);
 cudaError_t launch_fabric_ingest_dispatch(const Args& a, cudaStream_t stream);
 cudaError_t launch_fabric_ingest_combine(const Args& a, cudaStream_t stream);
 // Destroy: every NVLink rank tells every NVLink peer it will store nothing more, then waits for

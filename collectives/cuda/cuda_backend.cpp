@@ -2,9 +2,10 @@
 // (kernels/layout.h), exports it through CUDA IPC over the bootstrap allgather and maps the blocks of
 // the peers of its node; the kernels (kernels/) store straight into those over NVLink and signal
 // with system-scope releases. Peers on other nodes (or every peer, with MOEFABRIC_FORCE_FABRIC;
-// nodes of MOEFABRIC_NODE_SIZE ranks) are fabric peers: the kernels stage what goes to them in
-// pinned host memory and ring a doorbell, and the comm's proxy thread (cuda_proxy.h) posts the
-// writes and raises arrival flags the kernels wait on. Nothing on the path synchronises with the
+// nodes of MOEFABRIC_NODE_SIZE ranks) are fabric peers: they speak the MoE protocol
+// (docs/moe-protocol.md) through the same proxy as the host backend (collectives/comm.h): the
+// kernels (kernels/fabric.cu) pack records into the protocol's blocks in pinned host memory and
+// ring a doorbell, the proxy posts the writes and raises arrival flags the kernels wait on. Nothing on the path synchronises with the
 // host: T is read on the device, sequence numbers live on the device, and every call is kernel
 // launches on the caller's stream, so calls capture into CUDA graphs and replay.
 #include <cuda_runtime.h>
@@ -19,7 +20,8 @@
 
 #include "kernels/layout.h"
 #include "collectives/agree.h"
-#include "collectives/cuda/cuda_proxy.h"
+#include "collectives/comm.h"
+#include "collectives/rails.h"
 #include "collectives/engine.h"
 #include "kernels/moe_kernels.h"
 #include "common/log.h"
@@ -143,14 +145,12 @@ class CudaComm final : public Engine {
   Status launched(cudaError_t e, const char* what);
   bool alloc_local(InitBlob* mine, void** err_dev, std::string* err);
   Status map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t fn, void* ctx, std::string* error);
-  // Which ranks are fabric peers (bit r), from every rank's host and the fabric switches.
+  // Which ranks are fabric peers, from every rank's host and the fabric switches.
   Status choose_paths(const std::vector<InitBlob>& all, std::string* error);
   Status fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error);
-  bool fabric_open_proxy(const Params& pp, void** ctrl_dev, std::string* err);
-  void fabric_device_staging(const Params& pp, void** send_dev, void** recv_dev, std::string* why_host);
-  bool fabric_host_staging(void** send_dev, void** recv_dev, std::string* err);
-  size_t ctrl_words() const;  // u64 doorbells and arrival flags; stage_T follows
+  bool fabric_alloc(ProtocolClient* client, std::string* err);
   std::string fabric_error_;  // the proxy failed to start here: reported to all at the next allgather
+  bool fabric(int r) const { return !fabric_peers_.empty() && fabric_peers_[r]; }
 
   ResolvedConfig cfg_{};
   int me_ = 0, R_ = 0, dev_ = -1;
@@ -161,13 +161,16 @@ class CudaComm final : public Engine {
   DevicePtr<uint8_t*> peers_dev_;
   PinnedPtr<kern::DevError> err_;
   std::vector<std::unique_ptr<IpcMapping>> mapped_;
-  // fabric path (remote_ != 0)
+  // fabric peers (nfabric_ > 0): the protocol's comm and proxy, what they share with the kernels
+  // (pinned, mapped) and the kernels' scratch (device)
   Params params_;
-  uint32_t remote_ = 0;
-  PinnedPtr<uint8_t> send_stage_, recv_stage_;    // host staging
-  DevicePtr<uint8_t> send_dstage_, recv_dstage_;  // GPU staging (FI_HMEM)
-  PinnedPtr<uint64_t> ctrl_;                      // doorbell[kBells], then arrived[kBells + 1][R]
-  std::unique_ptr<FabricProxy> proxy_;
+  std::vector<uint8_t> fabric_peers_;  // [R]
+  int nfabric_ = 0;
+  std::unique_ptr<Comm> proto_;
+  PinnedPtr<uint8_t> shared_;
+  size_t shared_bytes_ = 0;
+  DevicePtr<uint8_t> fabric_dev_;  // fabric flags, FabricScratch and its arrays
+  size_t fabric_dev_bytes_ = 0;
   cudaStream_t internal_ = nullptr;
   bool torn_down_ = false;
   bool input_error_ = false;    // the sticky error is bad input the kernels absorbed (op completes)
@@ -211,16 +214,8 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, c
   MF_CHECK(choose_paths(all, error));
   args_.blocks = std::max(1, blocks);
   args_.timeout_ns = static_cast<int64_t>(rc.timeout_ms) * 1000000;
-  if (remote_ != 0) MF_CHECK(fabric_setup(fn, ctx, error));
+  if (nfabric_ > 0) MF_CHECK(fabric_setup(fn, ctx, error));
   MF_CHECK(map_peers(all, fn, ctx, error));
-  // Every fabric path once before any kernel waits on one (see FabricProxy::barrier).
-  if (proxy_) {
-    std::string text;
-    if (proxy_->barrier(&text, "fabric path") != Status::kOk) {
-      *error = "init (CUDA backend): " + text;
-      return Status::kRemoteError;
-    }
-  }
   args_.local = block_.get();
   args_.peers = peers_dev_.get();
   args_.st = state_.get();
@@ -232,11 +227,10 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, c
       "moe comm rank %d/%d: CUDA backend on device %d, E %d K %d H %d maxT %d %s, %zu MiB "
       "receive block over CUDA IPC, %d blocks per kernel, %d fabric peer(s)%s%s",
       rank, nranks, dev_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, l.elt_bytes == 1 ? "fp8" : "bf16",
-      l.block_bytes >> 20, args_.blocks, __builtin_popcount(remote_), proxy_ ? " over " : "",
-      proxy_ ? (proxy_->provider() + " " + proxy_->rails() +
-                (proxy_->device_staging() ? ", staging in GPU memory" : ", staging in pinned host memory"))
-                   .c_str()
-             : "");
+      l.block_bytes >> 20, args_.blocks, nfabric_, proto_ ? " over " : "",
+      proto_
+          ? (proto_->provider() + " " + proto_->rails() + ", protocol blocks in pinned host memory").c_str()
+          : "");
   return Status::kOk;
 }
 
@@ -298,7 +292,7 @@ Status CudaComm::map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t 
       bases[r] = block_.get();
       continue;
     }
-    if ((remote_ >> r) & 1u) continue;  // reached through the proxy
+    if (fabric(r)) continue;  // reached through the proxy
     auto m = std::make_unique<IpcMapping>();
     cudaError_t e = cudaIpcOpenMemHandle(&m->ptr, all[r].handle, cudaIpcMemLazyEnablePeerAccess);
     if (e != cudaSuccess) {
@@ -323,8 +317,8 @@ Status CudaComm::map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t 
 }
 
 // Nodes: MOEFABRIC_NODE_SIZE groups consecutive ranks, else ranks on one host form a node. NVLink
-// (CUDA IPC) inside a node, the fabric between nodes; MOEFABRIC_FORCE_FABRIC makes every rank,
-// this one included, a fabric peer.
+// (CUDA IPC) inside a node, the fabric between nodes; MOEFABRIC_FORCE_FABRIC makes every other
+// rank a fabric peer (a rank always reaches itself in its own memory).
 Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* error) {
   const InitBlob& mine = all[me_];
   for (int r = 0; r < R_; ++r)
@@ -352,10 +346,11 @@ Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* err
                  std::string(all[r].host, strnlen(all[r].host, sizeof all[r].host)) + ")";
         return Status::kInvalidUsage;
       }
-  remote_ = 0;
+  fabric_peers_.assign(R_, 0);
+  nfabric_ = 0;
   for (int r = 0; r < R_; ++r) {
     const bool same_node = n > 0 ? r / n == me_ / n : same_host(r, me_);
-    if (mine.force_fabric || !same_node) remote_ |= 1u << r;
+    if (r != me_ && (mine.force_fabric || !same_node)) fabric_peers_[r] = 1, ++nfabric_;
   }
   // Every rank has a fabric peer as soon as there are two nodes (or FORCE_FABRIC), so all ranks
   // agree on whether the fabric exchange below happens.
@@ -363,174 +358,141 @@ Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* err
 }
 
 namespace {
-// Pinned host memory the GPU sees (mapped), zeroed; false with *err (first failure) otherwise.
-template <typename T>
-bool host_alloc(size_t bytes, const char* what, PinnedPtr<T>* out, std::string* err) {
+void* pinned_alloc(size_t bytes) {
   void* p = nullptr;
-  cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
-  if (e != cudaSuccess) {
-    if (err->empty())
-      *err = std::string("cudaHostAlloc (") + what + ", " + std::to_string(bytes) +
-             " B) failed: " + cuda_text(e);
-    return false;
+  if (cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
   }
   std::memset(p, 0, bytes);
-  out->reset(static_cast<T*>(p));
-  return true;
+  return p;
+}
+void pinned_free(void* p) {
+  if (p != nullptr) (void)cudaFreeHost(p);
+}
+template <class T>
+T* device_view(void* host) {
+  void* d = nullptr;
+  return cudaHostGetDevicePointer(&d, host, 0) == cudaSuccess ? static_cast<T*>(d) : nullptr;
 }
 }  // namespace
 
-// The fabric path in steps: control words and the proxy's endpoint (fabric_open_proxy), the
-// staging segments in GPU memory where the rails grant FI_HMEM and MOEFABRIC_MOE_STAGING allows
-// (fabric_device_staging), else in pinned host memory, one allgather of the fabric addresses,
-// then the proxy runs.
+// The fabric path: what the proxy shares with the kernels (pinned, mapped), the kernels' scratch
+// (device), then the protocol's comm over the fabric peers (collective: its address exchange
+// rides on the caller's allgather, and all ranks learn whether everyone succeeded).
 Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error) {
   std::string err;
-  FabricProxy::Addr mine{};
-  // GPU staging needs FI_HMEM from the provider. MOEFABRIC_GDR=auto asks for it where the NIC
-  // writes GPU memory itself (efa, verbs), which is where auto staging can use it; `device` asks
-  // every provider (it may still be refused below, with the reason).
-  Params pp = params_;
-  const std::string& mode = pp.moe_staging;
-  if (mode == "device" && pp.gdr == "auto") pp.gdr = "1";
+  ProtocolClient client;
   bool ok = true;
-  if (mode == "device" && pp.gdr == "0") {
-    err = "MOEFABRIC_MOE_STAGING=device needs FI_HMEM, but MOEFABRIC_GDR=0 forbids asking for it";
+  if (params_.moe_staging == "device") {
+    err = "MOEFABRIC_MOE_STAGING=device: the protocol blocks are pinned host memory in this version";
     ok = false;
   }
-  void* ctrl_dev = nullptr;
-  ok = ok && fabric_open_proxy(pp, &ctrl_dev, &err);
-  void *send_dev = nullptr, *recv_dev = nullptr;
-  if (ok && mode != "host") {
-    std::string why_host;
-    fabric_device_staging(pp, &send_dev, &recv_dev, &why_host);
-    if (send_dev == nullptr && mode == "device") {
-      err = "MOEFABRIC_MOE_STAGING=device: " + why_host;
-      ok = false;
-    } else if (send_dev == nullptr) {
-      MF_INFO(log::kInit, "rank %d: fabric staging in pinned host memory: %s", me_, why_host.c_str());
-    }
+  ok = ok && fabric_alloc(&client, &err);
+  if (ok) {
+    char bus[32] = {};
+    if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev_) == cudaSuccess) client.gpu = topo::PciAddr::parse(bus);
   }
-  if (ok && send_dev == nullptr) ok = fabric_host_staging(&send_dev, &recv_dev, &err);
-  if (ok) proxy_->local_addr(&mine);
-  // Every rank reaches the same verdict here (a rank that leaves alone would strand its NVLink
-  // peers in the next allgather).
-  std::vector<FabricProxy::Addr> all;
-  MF_CHECK(agree(
-      fn, ctx, R_,
-      {"init (CUDA backend, fabric path)", "exchanging fabric addresses", "failed", Status::kSystemError},
-      ok ? Status::kOk : Status::kSystemError, err, mine, &all, error));
-  // A local failure from here on is reported through the mapping allgather that follows.
-  if (proxy_->start(all, &err) != Status::kOk) fabric_error_ = "fabric path: " + err;
-  args_.remote = remote_;
-  args_.stage_dev = proxy_->device_staging();
-  args_.send_stage = static_cast<uint8_t*>(send_dev);
-  args_.recv_stage = static_cast<const uint8_t*>(recv_dev);
-  args_.doorbell = static_cast<uint64_t*>(ctrl_dev);
-  args_.arrived = static_cast<const uint64_t*>(ctrl_dev) + kern::kBells;
-  args_.stage_T = reinterpret_cast<int32_t*>(static_cast<uint64_t*>(ctrl_dev) + ctrl_words());
+  // A rank that failed here still takes part in Comm::create's exchange (with its error), so that
+  // all ranks fail together.
+  if (!ok) {
+    fabric_error_ = err;
+    std::vector<RailsAddr> all;
+    RailsAddr mine{};
+    return agree(fn, ctx, R_,
+                 {"init (CUDA backend, fabric path)", "exchanging addresses", "could not set up",
+                  Status::kSystemError},
+                 Status::kSystemError, err, mine, &all, error);
+  }
+  MF_CHECK(Comm::create(R_, me_, fn, ctx, cfg_, params_, &proto_, error, &client));
+  const Layout& pl = proto_->layout();
+  args_.nfabric = nfabric_;
+  args_.pl = pl;
+  args_.psend = device_view<uint8_t>(proto_->send_block());
+  args_.precv = device_view<uint8_t>(proto_->recv_block());
+  if (args_.psend == nullptr || args_.precv == nullptr)
+    fabric_error_ = "cudaHostGetDevicePointer failed on the protocol blocks";
   return Status::kOk;
 }
 
-size_t CudaComm::ctrl_words() const { return kern::kBells + static_cast<size_t>(kern::kBells + 1) * R_; }
-
-// Doorbells, arrival flags and stage_T in pinned mapped host memory, and the proxy's endpoint.
-bool CudaComm::fabric_open_proxy(const Params& pp, void** ctrl_dev, std::string* err) {
-  const size_t ctrl = sizeof(uint64_t) * ctrl_words() + sizeof(int32_t) * (1 + static_cast<size_t>(R_));
-  if (!host_alloc(ctrl, "doorbells and arrival flags", &ctrl_, err)) return false;
-  if (cudaHostGetDevicePointer(ctrl_dev, ctrl_.get(), 0) != cudaSuccess) {
-    *err = "cudaHostGetDevicePointer failed on the control words";
+// Pinned: doorbells, arrival flags, grants, plans (ProxyShared). Device: the fabric flags, the
+// FabricScratch and its arrays. Fills the client and the kernels' arguments.
+bool CudaComm::fabric_alloc(ProtocolClient* client, std::string* err) {
+  const size_t R = static_cast<size_t>(R_), E = static_cast<size_t>(cfg_.experts);
+  const CudaLayout& l = args_.l;
+  // pinned
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    const size_t at = off;
+    off = round_up(off + bytes, 64);
+    return at;
+  };
+  const size_t o_bell = take(8 * 2), o_arr = take(8 * kNumKinds * R), o_ov = take(4 * R), o_gr = take(4 * R),
+               o_plan = take(sizeof(SendPlan) * R), o_ret = take(sizeof(ReturnPlan) * R);
+  shared_bytes_ = off;
+  shared_.reset(static_cast<uint8_t*>(pinned_alloc(shared_bytes_)));
+  if (!shared_) {
+    *err = "cudaHostAlloc of " + std::to_string(shared_bytes_) + " B (proxy flags) failed";
     return false;
   }
-  FabricProxy::Config pc;
-  pc.nranks = R_;
-  pc.rank = me_;
-  pc.remote = remote_;
-  pc.layout = args_.l;
-  pc.doorbell = ctrl_.get();
-  pc.arrived = ctrl_.get() + kern::kBells;
-  pc.stage_T = reinterpret_cast<const int32_t*>(ctrl_.get() + ctrl_words());
-  pc.abort_word = &reinterpret_cast<volatile kern::DevError*>(err_.get())->abort;
-  pc.timeout_ms = cfg_.timeout_ms;
-  char bus[32] = {};
-  if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev_) == cudaSuccess) pc.gpu = topo::PciAddr::parse(bus);
-  return FabricProxy::create(pp, pc, &proxy_, err) == Status::kOk;
-}
-
-// Staging in GPU memory, registered with FI_HMEM: *send_dev/*recv_dev set on success, else
-// *why_host says why the staging goes to host memory.
-void CudaComm::fabric_device_staging(const Params& pp, void** send_dev, void** recv_dev,
-                                     std::string* why_host) {
-  const size_t stage = args_.l.stage_bytes * static_cast<size_t>(R_);
-  int order = cudaGPUDirectRDMAWritesOrderingNone;
-  if (!proxy_->device_staging_ok(why_host)) {
-    if (!proxy_->hmem()) {
-      const std::string& prov = proxy_->provider();
-      *why_host += pp.gdr == "0" ? " (MOEFABRIC_GDR=0)"
-                   : pp.gdr == "auto" && prov != "efa" && prov != "verbs"
-                       ? " (MOEFABRIC_GDR=auto asks for FI_HMEM of efa and verbs only)"
-                       : " (libfabric built without CUDA?)";
-    }
-    return;
+  uint8_t* h = shared_.get();
+  uint8_t* hd = device_view<uint8_t>(h);
+  if (hd == nullptr) {
+    *err = "cudaHostGetDevicePointer failed on the proxy flags";
+    return false;
   }
-  if (!proxy_->hmem_async() &&
-      (cudaDeviceGetAttribute(&order, cudaDevAttrGPUDirectRDMAWritesOrdering, dev_) != cudaSuccess ||
-       order < cudaGPUDirectRDMAWritesOrderingOwner)) {
-    // The NIC writes the staging itself and the proxy raises the arrival flag right after the
-    // write's completion, with no flush between: this GPU's kernels must see NIC writes in
-    // order on their own.
+  client->shared =
+      ProxyShared{reinterpret_cast<uint64_t*>(h + o_arr),   reinterpret_cast<uint32_t*>(h + o_ov),
+                  reinterpret_cast<uint32_t*>(h + o_gr),    reinterpret_cast<SendPlan*>(h + o_plan),
+                  reinterpret_cast<ReturnPlan*>(h + o_ret), reinterpret_cast<uint64_t*>(h + o_bell)};
+  client->alloc = pinned_alloc;
+  client->free = pinned_free;
+  client->peers = fabric_peers_;
+  client->abort_word = &reinterpret_cast<volatile kern::DevError*>(err_.get())->abort;
+  args_.doorbell = reinterpret_cast<uint64_t*>(hd + o_bell);
+  args_.arrived = reinterpret_cast<const uint64_t*>(hd + o_arr);
+  args_.overflow_off = reinterpret_cast<const uint32_t*>(hd + o_ov);
+  args_.granted = reinterpret_cast<const uint32_t*>(hd + o_gr);
+  args_.plan = reinterpret_cast<SendPlan*>(hd + o_plan);
+  args_.ret = reinterpret_cast<ReturnPlan*>(hd + o_ret);
+  // device
+  off = 0;
+  const size_t d_flags = take(R), d_fs = take(sizeof(kern::FabricScratch)), d_dt = take(4 * R),
+               d_dp = take(4 * R), d_cb = take(4 * R), d_ep = take(4 * E),
+               d_cp = take(4 * static_cast<size_t>(l.max_tokens) * l.topk), d_pb = take(4 * R * l.max_tokens),
+               d_sc = take(4 * R * l.max_local), d_ok = take(4 * R), d_st = take(4 * R),
+               d_ret = take(sizeof(ReturnPlan) * R);
+  fabric_dev_bytes_ = off;
+  void* p = nullptr;
+  if (cudaMalloc(&p, fabric_dev_bytes_) != cudaSuccess) {
     (void)cudaGetLastError();
-    *why_host = "GPU " + std::to_string(dev_) +
-                " does not order NIC writes to its memory for its own kernels "
-                "(cudaDevAttrGPUDirectRDMAWritesOrdering " +
-                std::to_string(order) + ", 100 needed)";
-    return;
+    *err = "cudaMalloc of " + std::to_string(fabric_dev_bytes_) + " B (fabric scratch) failed";
+    return false;
   }
-  void *s = nullptr, *r = nullptr;
-  cudaError_t e = cudaMalloc(&s, stage);
-  if (e == cudaSuccess) {
-    send_dstage_.reset(static_cast<uint8_t*>(s));
-    e = cudaMalloc(&r, stage);
-  }
-  if (e == cudaSuccess) {
-    recv_dstage_.reset(static_cast<uint8_t*>(r));
-    e = cudaMemset(s, 0, stage);
-  }
-  if (e == cudaSuccess) e = cudaMemset(r, 0, stage);
-  if (e == cudaSuccess) e = cudaDeviceSynchronize();
-  std::string why;
-  if (e != cudaSuccess) {
-    why = "cudaMalloc/cudaMemset of " + std::to_string(2 * stage) + " B: " + cuda_text(e);
+  fabric_dev_.reset(static_cast<uint8_t*>(p));
+  uint8_t* d = fabric_dev_.get();
+  kern::FabricScratch fs{reinterpret_cast<uint32_t*>(d + d_dt), reinterpret_cast<uint32_t*>(d + d_dp),
+                         reinterpret_cast<uint32_t*>(d + d_cb), reinterpret_cast<uint32_t*>(d + d_ep),
+                         reinterpret_cast<uint32_t*>(d + d_cp), reinterpret_cast<uint32_t*>(d + d_pb),
+                         reinterpret_cast<uint32_t*>(d + d_sc), reinterpret_cast<int32_t*>(d + d_ok),
+                         reinterpret_cast<uint32_t*>(d + d_st), reinterpret_cast<ReturnPlan*>(d + d_ret)};
+  if (cudaMemset(d, 0, fabric_dev_bytes_) != cudaSuccess ||
+      cudaMemcpy(d + d_flags, fabric_peers_.data(), R, cudaMemcpyHostToDevice) != cudaSuccess ||
+      cudaMemcpy(d + d_fs, &fs, sizeof fs, cudaMemcpyHostToDevice) != cudaSuccess) {
     (void)cudaGetLastError();
-  } else if (proxy_->attach(send_dstage_.get(), recv_dstage_.get(), dev_, &why) == Status::kOk) {
-    *send_dev = s;
-    *recv_dev = r;
-    return;
+    *err = "initialising the fabric scratch failed";
+    return false;
   }
-  *why_host = "GPU staging failed: " + why;
-  send_dstage_.reset();
-  recv_dstage_.reset();
-}
-
-// Staging in pinned host memory, mapped for the kernels and registered with the proxy.
-bool CudaComm::fabric_host_staging(void** send_dev, void** recv_dev, std::string* err) {
-  const size_t stage = args_.l.stage_bytes * static_cast<size_t>(R_);
-  bool ok = host_alloc(stage, "fabric send staging", &send_stage_, err) &&
-            host_alloc(stage, "fabric receive staging", &recv_stage_, err);
-  ok = ok && cudaHostGetDevicePointer(send_dev, send_stage_.get(), 0) == cudaSuccess &&
-       cudaHostGetDevicePointer(recv_dev, recv_stage_.get(), 0) == cudaSuccess;
-  if (!ok && err->empty()) *err = "cudaHostGetDevicePointer failed on the fabric staging";
-  return ok && proxy_->attach(send_stage_.get(), recv_stage_.get(), -1, err) == Status::kOk;
+  args_.fabric = d + d_flags;
+  args_.fs = reinterpret_cast<kern::FabricScratch*>(d + d_fs);
+  return true;
 }
 
 void CudaComm::memory(size_t* device_bytes, size_t* host_bytes) const {
   const CudaLayout& l = args_.l;
-  const size_t stage = l.stage_bytes * static_cast<size_t>(R_);
   *device_bytes = l.block_bytes + sizeof(kern::DevState) + sizeof(uint32_t) * l.capacity_rows +
-                  sizeof(uint8_t*) * R_ + (send_dstage_ ? 2 * stage : 0);
-  *host_bytes =
-      sizeof(kern::DevError) + (send_stage_ ? 2 * stage : 0) +
-      (ctrl_ ? sizeof(uint64_t) * ctrl_words() + sizeof(int32_t) * (1 + static_cast<size_t>(R_)) : 0);
+                  sizeof(uint8_t*) * R_ + fabric_dev_bytes_;
+  *host_bytes = sizeof(kern::DevError) + shared_bytes_ + (proto_ ? proto_->host_bytes() : 0);
 }
 
 Status CudaComm::record_error(Status s, const char* text) {
@@ -546,9 +508,8 @@ Status CudaComm::record_error(Status s, const char* text) {
 // Turns the device's error word into the sticky async error (read without any CUDA call).
 Status CudaComm::async_error() {
   if (sticky_ != Status::kOk || !err_) return sticky_;
-  std::string proxy_text;
-  if (proxy_ && proxy_->failure(&proxy_text) != Status::kOk)
-    return fail(Status::kRemoteError, "fabric proxy: %s", proxy_text.c_str());
+  if (proto_ && proto_->check_usable() != Status::kOk)
+    return fail(proto_->async_error(), "fabric proxy: %s", proto_->last_error().c_str());
   volatile kern::DevError* e = err_.get();
   const int32_t code = e->code;
   if (code == kern::kErrNone) return Status::kOk;
@@ -558,7 +519,7 @@ Status CudaComm::async_error() {
       return fail(Status::kRemoteError,
                   "%s: timed out after %d ms waiting for rank %d's %s (peer stalled or lost)",
                   phase_name(phase), cfg_.timeout_ms, peer,
-                  peer >= 0 && peer < 32 && phase != kern::kPhaseBarrier && ((remote_ >> peer) & 1u)
+                  peer >= 0 && peer < R_ && phase != kern::kPhaseBarrier && fabric(peer)
                       ? "write through the fabric proxy"
                       : "stores over NVLink");
     case kern::kErrBadExpert:
@@ -575,9 +536,18 @@ Status CudaComm::async_error() {
       return fail(Status::kRemoteError, "%s: %s is NULL with tokens to move", phase_name(phase),
                   value >= 0 && value < 5 ? names[value] : "an input");
     }
-    case kern::kErrPeerData:
-      return fail(Status::kRemoteError, "%s: rank %d announced %d tokens (maxTokensPerRank %d)",
-                  phase_name(phase), peer, value, cfg_.max_tokens);
+    case kern::kErrPeerData: {
+      static const char* const what[] = {
+          "?",
+          "a token count out of range",
+          "a malformed dispatch header",
+          "more records than it was granted",
+          "a record whose token is out of order or range, or an expert id out of range",
+          "a record selecting none of our experts",
+          "per-expert counts that differ from its records"};
+      return fail(Status::kRemoteError, "%s: rank %d sent %s; its tokens were dropped", phase_name(phase),
+                  peer, value >= 1 && value <= 6 ? what[value] : what[0]);
+    }
     case kern::kErrAborted:
       return fail(Status::kRemoteError, "%s: aborted while waiting for rank %d", phase_name(phase), peer);
   }
@@ -601,6 +571,7 @@ Status CudaComm::launched(cudaError_t e, const char* what) {
 
 Status CudaComm::move_dispatch_send(const DispatchCall& c) {
   DeviceScope scope(dev_);
+  if (nfabric_ > 0) MF_CHECK(launched(kern::launch_fabric_pack(args_, c.stream), "dispatch send (fabric)"));
   args_.x = c.x;
   args_.x_scales = c.scales;
   args_.idx = c.idx;
@@ -614,7 +585,7 @@ Status CudaComm::move_dispatch_send(const DispatchCall& c) {
 
 Status CudaComm::move_dispatch_recv(cudaStream_t stream) {
   DeviceScope scope(dev_);
-  if (remote_ != 0)
+  if (nfabric_ > 0)
     MF_CHECK(launched(kern::launch_fabric_ingest_dispatch(args_, stream), "dispatch recv (fabric)"));
   return launched(kern::launch_dispatch_recv(args_, stream), "dispatch recv");
 }
@@ -628,7 +599,7 @@ Status CudaComm::move_combine_send(const void* expert_y, cudaStream_t stream) {
 Status CudaComm::move_combine_recv(void* y, cudaStream_t stream) {
   DeviceScope scope(dev_);
   args_.y = y;
-  if (remote_ != 0)
+  if (nfabric_ > 0)
     MF_CHECK(launched(kern::launch_fabric_ingest_combine(args_, stream), "combine recv (fabric)"));
   MF_CHECK(launched(kern::launch_combine_recv(args_, stream), "combine recv"));
   ++ops_;
@@ -646,7 +617,7 @@ bool peers_in_step(const volatile kern::DevError* e) {
 Status CudaComm::move_destroy(bool idle) {
   Status result = Status::kOk;
   const bool in_step = err_ && peers_in_step(err_.get()) && (async_error() == Status::kOk || !launch_failed_);
-  if (!torn_down_ && in_step && idle && (R_ > 1 || proxy_)) {
+  if (!torn_down_ && in_step && idle && R_ > 1) {
     // Every op this rank launched is done; then no peer stores into our block once every rank
     // has passed the barrier.
     DeviceScope scope(dev_);
@@ -657,10 +628,10 @@ Status CudaComm::move_destroy(bool idle) {
       result = fail(Status::kCudaError, "destroy: %s", cuda_text(e).c_str());
     } else if (!peers_in_step(err_.get())) {
       result = async_error();  // the barrier itself timed out
-    } else if (proxy_) {
-      // Fabric peers: no write of theirs lands in our staging once their barrier write has.
-      std::string text;
-      if (proxy_->barrier(&text) != Status::kOk) result = fail(Status::kRemoteError, "%s", text.c_str());
+    } else if (proto_) {
+      // Fabric peers: no write of theirs lands in our blocks once their barrier write has.
+      if (proto_->destroy(true) != Status::kOk)
+        result = fail(Status::kRemoteError, "%s", proto_->last_error().c_str());
     }
   }
   abort();
@@ -674,12 +645,9 @@ void CudaComm::abort() {
   if (err_) reinterpret_cast<volatile kern::DevError*>(err_.get())->abort = 1;
   // Waiting kernels see the abort word within microseconds; then nothing of ours runs.
   (void)cudaDeviceSynchronize();
-  proxy_.reset();  // joins the proxy thread, then deregisters and closes the endpoint
-  send_stage_.reset();
-  recv_stage_.reset();
-  send_dstage_.reset();
-  recv_dstage_.reset();
-  ctrl_.reset();
+  proto_.reset();  // joins the proxy thread, then deregisters and frees the blocks
+  shared_.reset();
+  fabric_dev_.reset();
   mapped_.clear();
   if (internal_ != nullptr) (void)cudaStreamDestroy(internal_);
   internal_ = nullptr;
@@ -696,10 +664,14 @@ void CudaComm::stats(ncclMoeStats_t* s) const {
   s->dispatchWritesMaxPeer = s->combineWritesMaxPeer = s->grantsSent = 0;
   s->peers = static_cast<uint32_t>(R_ - 1);
   // Over NVLink the bytes are known on the device only; fabric writes are the proxy's.
-  s->dispatchBytesSent = proxy_ ? proxy_->bytes_posted(kern::kBellDispatch) : 0;
-  s->combineBytesSent = proxy_ ? proxy_->bytes_posted(kern::kBellCombine) : 0;
-  s->proxyPostUs = proxy_ ? proxy_->post_us(kern::kBellDispatch) : 0;
-  s->combinePostUs = proxy_ ? proxy_->post_us(kern::kBellCombine) : 0;
+  s->dispatchBytesSent = s->combineBytesSent = 0;
+  s->proxyPostUs = s->combinePostUs = 0;
+  if (proto_) {
+    ncclMoeStats_t p{};
+    proto_->stats(&p);
+    s->proxyPostUs = p.proxyPostUs;
+    s->combinePostUs = p.combinePostUs;
+  }
   s->registrations = 0;
 }
 
