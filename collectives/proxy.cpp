@@ -63,6 +63,8 @@ void Comm::proxy_fail(Status s, const std::string& text) {
 void Comm::post(int peer, int cls, const void* src, size_t len, uint64_t remote_off, WriteKind kind,
                 uint64_t seq) {
   std::string err;
+  MF_TRACE(log::kProxy, "rank %d: posting %s write of %zu B to rank %d, seq %llu", me_, kind_name(kind), len,
+           peer, static_cast<unsigned long long>(seq));
   outstanding_[cls].fetch_add(1, std::memory_order_relaxed);
   Status s = ep_->write(peers_[peer].rails, src, len, send_mr_, peers_[peer].recv_base + remote_off,
                         imm_encode(kind, seq, me_), cookie_of(cls, peer), &err, kind == WriteKind::kBarrier);
@@ -227,6 +229,8 @@ void Comm::poll_doorbells() {
       continue;
     }
     bell_seen_[b] = n;
+    MF_TRACE(log::kProxy, "rank %d: %s doorbell rang for op %llu", me_, b ? "combine" : "dispatch",
+             static_cast<unsigned long long>(n));
     if (b == 0) cur_seq_.store(n, std::memory_order_release);
     proxy_execute(Command{kKinds[b], n, Clock::now()});
     events_.store(true, std::memory_order_release);

@@ -53,13 +53,17 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
     const uint32_t same = __match_any_sync(0xffffffffu, d);
     const uint32_t dests = __ballot_sync(0xffffffffu, d >= 0 && lane == __ffs(same) - 1);
     if (dests == 0) continue;
+    // The destination ranks in registers, by the whole warp (later loops run on some lanes only).
+    int dl[kMaxTopk];
+    int nd = 0;
+    for (uint32_t m = dests; m != 0; m &= m - 1) dl[nd++] = __shfl_sync(0xffffffffu, d, __ffs(m) - 1);
     const int4* src = reinterpret_cast<const int4*>(static_cast<const uint8_t*>(a.x) + xb * t);
     const size_t v0 = static_cast<size_t>(c) * kChunkVecs + lane, v1 = v0 + 32;
     int4 x0, x1;
     if (v0 < nvec) x0 = __ldg(src + v0);
     if (v1 < nvec) x1 = __ldg(src + v1);
-    for (uint32_t m = dests; m != 0; m &= m - 1) {
-      int4* dst = reinterpret_cast<int4*>(slot(__shfl_sync(0xffffffffu, d, __ffs(m) - 1), t));
+    for (int j = 0; j < nd; ++j) {
+      int4* dst = reinterpret_cast<int4*>(slot(dl[j], t));
       if (v0 < nvec) dst[v0] = x0;
       if (v1 < nvec) dst[v1] = x1;
     }
@@ -67,8 +71,7 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
       const float* sc = a.x_scales + static_cast<size_t>(l.nscale) * t;
       for (int i = lane; i < l.nscale; i += 32) {
         const float f = __ldg(sc + i);
-        for (uint32_t m = dests; m != 0; m &= m - 1)
-          reinterpret_cast<float*>(slot(__shfl_sync(0xffffffffu, d, __ffs(m) - 1), t) + xb_pad)[i] = f;
+        for (int j = 0; j < nd; ++j) reinterpret_cast<float*>(slot(dl[j], t) + xb_pad)[i] = f;
       }
     }
   }

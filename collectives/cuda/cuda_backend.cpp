@@ -571,7 +571,6 @@ Status CudaComm::launched(cudaError_t e, const char* what) {
 
 Status CudaComm::move_dispatch_send(const DispatchCall& c) {
   DeviceScope scope(dev_);
-  if (nfabric_ > 0) MF_CHECK(launched(kern::launch_fabric_pack(args_, c.stream), "dispatch send (fabric)"));
   args_.x = c.x;
   args_.x_scales = c.scales;
   args_.idx = c.idx;
@@ -580,6 +579,7 @@ Status CudaComm::move_dispatch_send(const DispatchCall& c) {
   args_.recv_x = c.recv_x;
   args_.recv_scales = c.recv_scales;
   args_.recv_counts = c.recv_counts;
+  if (nfabric_ > 0) MF_CHECK(launched(kern::launch_fabric_pack(args_, c.stream), "dispatch send (fabric)"));
   return launched(kern::launch_dispatch_send(args_, c.stream), "dispatch send");
 }
 
