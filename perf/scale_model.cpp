@@ -63,7 +63,8 @@ perf::Json row_json(const Row& r, const Opts& o) {
                     {"proxy_threads", o.proxy_threads},
                     {"proxy_threads_needed", r.pr.proxy_threads_needed},
                     {"memory_bytes_per_gpu", r.tr.memory_bytes},
-                    {"fabric_block_bytes", r.tr.fabric_block_bytes}};
+                    {"fabric_block_bytes", r.tr.fabric_block_bytes},
+                    {"user_buffer_bytes", r.tr.user_bytes}};
 }
 
 bool model_point(const Opts& o, const model::Shape& s, System sys, const model::Platform& pf, int R,
@@ -309,9 +310,9 @@ int main(int argc, char** argv) {
       "%d GPUs per node, maxPrivateTokens %d, routing %s, %d proxy thread(s)\n",
       o.shape.tokens, o.shape.hidden, o.shape.topk, o.shape.experts, o.dtype.c_str(), o.combine.c_str(),
       o.shape.gpus_per_node, o.shape.max_private, o.routing.c_str(), o.proxy_threads);
-  printf("#%-5s %-15s %5s %5s %9s %9s %9s %10s %10s %10s %8s %8s %7s %9s\n", "plat", "system", "EP", "nodes",
-         "disp_us", "comb_us", "total_us", "nic_MB_d", "nic_MB_c", "nvl_MB_d", "wr_out", "post_us", "thr_ok",
-         "mem_MB");
+  printf("#%-5s %-15s %5s %5s %9s %9s %9s %10s %10s %10s %8s %8s %7s %9s %9s\n", "plat", "system", "EP",
+         "nodes", "disp_us", "comb_us", "total_us", "nic_MB_d", "nic_MB_c", "nvl_MB_d", "wr_out", "post_us",
+         "thr_ok", "mem_MB", "user_MB");
   perf::Json results = perf::Json::array(), traffic;
   std::vector<Row> rows;
   for (const std::string& pn : o.platforms)
@@ -323,13 +324,13 @@ int main(int argc, char** argv) {
           fprintf(stderr, "moefabric-model: EP%d: %s\n", R, why.c_str());
           return 2;
         }
-        printf(" %-5s %-15s %5d %5d %9.1f %9.1f %9.1f %10.2f %10.2f %10.2f %8.0f %8.1f %7d %9.1f\n",
+        printf(" %-5s %-15s %5d %5d %9.1f %9.1f %9.1f %10.2f %10.2f %10.2f %8.0f %8.1f %7d %9.1f %9.1f\n",
                pn.c_str(), r.system.c_str(), R, r.nodes, r.pr.dispatch.us, r.pr.combine.us,
                r.pr.dispatch.us + r.pr.combine.us, mb(r.pr.dispatch.nic_out_max_b),
                mb(r.pr.combine.nic_out_max_b), mb(r.pr.dispatch.nvl_out_max_b),
                r.pr.dispatch.nic_writes_max + r.pr.combine.nic_writes_max,
-               r.pr.dispatch.post_us + r.pr.combine.post_us, r.pr.proxy_threads_needed,
-               mb(r.tr.memory_bytes));
+               r.pr.dispatch.post_us + r.pr.combine.post_us, r.pr.proxy_threads_needed, mb(r.tr.memory_bytes),
+               mb(r.tr.user_bytes));
         results.push_back(row_json(r, o));
         if (rows.empty() && o.traffic) traffic = traffic_table(o, r, true);
         if (rows.empty() && !o.write_trace.empty()) {

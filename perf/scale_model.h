@@ -61,6 +61,7 @@ struct Traffic {
   moe::Layout layout;               // of rank 0 (sizes are equal on every rank)
   uint64_t memory_bytes = 0;        // per GPU: registered protocol blocks (+ NVLink block)
   uint64_t fabric_block_bytes = 0;  // of which the fabric protocol's send + receive blocks
+  uint64_t user_bytes = 0;  // the caller's recvX + recvScales + expertY at ncclMoeGetRecvCapacity rows
 };
 
 bool compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* out, std::string* why);

@@ -324,6 +324,7 @@ bool compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* t, s
   if (!layout_for(s, std::max(1, fabric_ranks), maxT, s.max_private, &lm, why)) return false;
   t->fabric_block_bytes = t->nodes > 1 ? lm.recv_block_bytes + lm.send_block_bytes : 0;
   t->memory_bytes = t->fabric_block_bytes;
+  t->user_bytes = l.capacity_rows * (l.x_bytes + l.scale_bytes + l.y_row_bytes);
   if (G > 1) {
     moe::CudaLayout cl;
     const char* w2 = nullptr;
