@@ -42,6 +42,7 @@ perf::Json row_json(const Row& r, const Opts& o) {
   auto ph = [](const model::PhasePrediction& p) {
     return perf::Json{{"us", p.us},
                       {"kernel_us", p.kernel_us},
+                      {"kernel_bytes", p.kernel_bytes},
                       {"slow_rank", p.slow_rank},
                       {"nic_bytes_out_max", p.nic_out_max_b},
                       {"nvlink_bytes_out_max", p.nvl_out_max_b},
@@ -67,10 +68,12 @@ perf::Json row_json(const Row& r, const Opts& o) {
                     {"user_buffer_bytes", r.tr.user_bytes}};
 }
 
-bool model_point(const Opts& o, const model::Shape& s, System sys, const model::Platform& pf, int R,
-                 int proxy_threads, Row* row, std::string* why) {
+bool model_point(const Opts& o, model::Shape s, System sys, const model::Platform& pf, int R,
+                 int proxy_threads, Row* row, std::string* why, const std::string& routing = "") {
+  s.host_backend = pf.host;
+  if (pf.host) s.gpus_per_node = 1;  // the host backend reaches every peer through the provider
   model::Routing rt;
-  if (!model::make_routing(o.routing, s, R, o.seed, &rt, why)) return false;
+  if (!model::make_routing(routing.empty() ? o.routing : routing, s, R, o.seed, &rt, why)) return false;
   if (!model::compute_traffic(sys, s, rt, &row->tr, why)) return false;
   row->pr = model::predict(sys, pf, row->tr, proxy_threads);
   row->platform = pf.name;
@@ -88,7 +91,7 @@ struct Sample {
   bool calibration;  // a constant was fitted to this point
 };
 struct Series {
-  const char *kind, *system, *platform;  // kind: published or measured
+  const char *kind, *system, *platform, *routing;  // kind: published or measured
   int gpus_per_node;
   bool force_fabric;
   const char* source;
@@ -96,47 +99,38 @@ struct Series {
 };
 
 // Decode shape of every point: hidden 7168, top-8 of 256 experts, fp8 dispatch, bf16 combine.
+// GPU runs route K distinct experts per token; moefabric-moe-perf leaves 10% of the slots empty.
 const std::vector<Series>& series() {
   const std::vector<Sample> pplx = {{8, 128, 49.7, 64.2, false},
                                     {16, 128, 214.8, 241.5, false},
                                     {32, 128, 229.1, 335.0, false},
                                     {64, 128, 266.7, 391.2, false}};
-  const char* ep1 = "docs/results/README.md: EP1, one H100";
+  const std::vector<Sample> uccl = {
+      {16, 128, 226, 293, false}, {24, 128, 386, 580, false}, {32, 128, 465, 694, false}};
+  const std::vector<Sample> ep1 = {{1, 1, 13.8, 11.4, true},
+                                   {1, 32, 14.7, 13.5, false},
+                                   {1, 128, 19.2, 24.2, false},
+                                   {1, 512, 36.1, 81.0, false},
+                                   {1, 4096, 222.8, 535.2, true}};
+  const std::vector<Sample> ep2 = {
+      {2, 1, 15.8, 13.5, false}, {2, 128, 23.5, 38.1, false}, {2, 512, 50.4, 117.8, false}};
+  const std::vector<Sample> forced = {
+      {1, 1, 19.1, 16.9, false}, {1, 128, 26.2, 41.8, false}, {1, 512, 43.9, 136.2, false}};
+  const std::vector<Sample> host_shm = {{2, 1, 11.1, 66.7, true}, {2, 128, 852.6, 6724.9, true}};
+  const std::vector<Sample> host_tcp = {{2, 1, 20.4, 106.9, false}, {2, 128, 916.7, 7573.6, false}};
   static const std::vector<Series> s = {
-      {"published", "pplx-garden", "p5en", 8, false, "pplx-garden on p5en", pplx},
-      {"published", "pplx-garden-scatter", "p5en", 8, false, "pplx-garden on p5en", pplx},
-      {"published",
-       "uccl-ep",
-       "p5en",
-       8,
-       false,
-       "UCCL-EP on p5en",
-       {{16, 128, 226, 293, false}, {24, 128, 386, 580, false}, {32, 128, 465, 694, false}}},
-      {"measured",
-       "moefabric",
-       "p5",
-       1,
-       false,
-       ep1,
-       {{1, 1, 13.8, 11.4, true},
-        {1, 32, 14.7, 13.5, false},
-        {1, 128, 19.2, 24.2, false},
-        {1, 512, 36.1, 81.0, false},
-        {1, 4096, 222.8, 535.2, true}}},
-      {"measured",
-       "moefabric",
-       "p5en",
-       2,
-       false,
-       "docs/results/moe-ep2-2xh200.txt: EP2 NVLink, 2 x H200",
-       {{2, 1, 15.8, 13.5, false}, {2, 128, 23.5, 38.1, false}, {2, 512, 50.4, 117.8, false}}},
-      {"measured",
-       "moefabric",
-       "shm",
-       1,
-       true,
-       "docs/results/README.md: EP1 forced fabric, GPU staging, H100",
-       {{1, 1, 19.1, 16.9, false}, {1, 128, 26.2, 41.8, false}, {1, 512, 43.9, 136.2, false}}},
+      {"published", "pplx-garden", "p5en", "uniform", 8, false, "pplx-garden on p5en", pplx},
+      {"published", "pplx-garden-scatter", "p5en", "uniform", 8, false, "pplx-garden on p5en", pplx},
+      {"published", "uccl-ep", "p5en", "uniform", 8, false, "UCCL-EP on p5en", uccl},
+      {"measured", "moefabric", "p5", "uniform", 1, false, "EP1, one H100 (docs/results/README.md)", ep1},
+      {"measured", "moefabric", "p5en", "uniform", 2, false,
+       "EP2 NVLink, 2 x H200 (docs/results/moe-ep2-2xh200.txt)", ep2},
+      {"measured", "moefabric", "shm", "uniform", 1, true, "EP1 forced fabric, GPU staging, H100 (same)",
+       forced},
+      {"measured", "moefabric", "host-shm", "uniform:0.1", 1, false, "host backend EP2, H200 host (same)",
+       host_shm},
+      {"measured", "moefabric", "host-tcp", "uniform:0.1", 1, false, "host backend EP2, H200 host (same)",
+       host_tcp},
   };
   return s;
 }
@@ -148,7 +142,7 @@ perf::Json validate(const Opts& o, bool print) {
         "# validation: decode shape (hidden 7168, top-8 of 256 experts, fp8 dispatch, bf16 combine), "
         "routing %s\n",
         o.routing.c_str());
-    printf("#%-11s %-19s %-5s %4s %5s %9s %9s %7s %9s %9s %7s  %s\n", "kind", "system", "plat", "EP", "T",
+    printf("#%-11s %-19s %-8s %4s %5s %9s %9s %7s %9s %9s %7s  %s\n", "kind", "system", "plat", "EP", "T",
            "disp_meas", "disp_pred", "err%", "comb_meas", "comb_pred", "err%", "source");
   }
   for (const Series& ser : series())
@@ -163,7 +157,8 @@ perf::Json validate(const Opts& o, bool print) {
           sys == System::kUcclEp ? static_cast<int>(model::constant("proxy_threads_uccl_ep")) : 1;
       Row r;
       std::string why;
-      if (!model_point(o, s, sys, *model::find_platform(ser.platform), p.ranks, threads, &r, &why)) {
+      if (!model_point(o, s, sys, *model::find_platform(ser.platform), p.ranks, threads, &r, &why,
+                       ser.routing)) {
         fprintf(stderr, "moefabric-model: validation point EP%d: %s\n", p.ranks, why.c_str());
         continue;
       }
@@ -171,7 +166,7 @@ perf::Json validate(const Opts& o, bool print) {
       const double ed = 100.0 * (r.pr.dispatch.us - p.dispatch_us) / p.dispatch_us;
       const double ec = 100.0 * (r.pr.combine.us - p.combine_us) / p.combine_us;
       if (print)
-        printf(" %-11s %-19s %-5s %4d %5d %9.1f %9.1f %+7.1f %9.1f %9.1f %+7.1f  %s\n", kind, ser.system,
+        printf(" %-11s %-19s %-8s %4d %5d %9.1f %9.1f %+7.1f %9.1f %9.1f %+7.1f  %s\n", kind, ser.system,
                ser.platform, p.ranks, p.tokens, p.dispatch_us, r.pr.dispatch.us, ed, p.combine_us,
                r.pr.combine.us, ec, ser.source);
       rows.push_back({{"kind", kind},
@@ -310,7 +305,7 @@ int main(int argc, char** argv) {
       "%d GPUs per node, maxPrivateTokens %d, routing %s, %d proxy thread(s)\n",
       o.shape.tokens, o.shape.hidden, o.shape.topk, o.shape.experts, o.dtype.c_str(), o.combine.c_str(),
       o.shape.gpus_per_node, o.shape.max_private, o.routing.c_str(), o.proxy_threads);
-  printf("#%-5s %-15s %5s %5s %9s %9s %9s %10s %10s %10s %8s %8s %7s %9s %9s\n", "plat", "system", "EP",
+  printf("#%-8s %-19s %5s %5s %9s %9s %9s %10s %10s %10s %8s %8s %7s %9s %9s\n", "plat", "system", "EP",
          "nodes", "disp_us", "comb_us", "total_us", "nic_MB_d", "nic_MB_c", "nvl_MB_d", "wr_out", "post_us",
          "thr_ok", "mem_MB", "user_MB");
   perf::Json results = perf::Json::array(), traffic;
@@ -324,7 +319,7 @@ int main(int argc, char** argv) {
           fprintf(stderr, "moefabric-model: EP%d: %s\n", R, why.c_str());
           return 2;
         }
-        printf(" %-5s %-15s %5d %5d %9.1f %9.1f %9.1f %10.2f %10.2f %10.2f %8.0f %8.1f %7d %9.1f %9.1f\n",
+        printf(" %-8s %-19s %5d %5d %9.1f %9.1f %9.1f %10.2f %10.2f %10.2f %8.0f %8.1f %7d %9.1f %9.1f\n",
                pn.c_str(), r.system.c_str(), R, r.nodes, r.pr.dispatch.us, r.pr.combine.us,
                r.pr.dispatch.us + r.pr.combine.us, mb(r.pr.dispatch.nic_out_max_b),
                mb(r.pr.combine.nic_out_max_b), mb(r.pr.dispatch.nvl_out_max_b),

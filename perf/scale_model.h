@@ -21,6 +21,7 @@ struct Shape {
   bool fp8 = true;
   CombineMode combine = CombineMode::kPerPair;
   bool force_fabric = false;  // every peer, self included, through the proxy (measured on one GPU)
+  bool host_backend = false;  // CPU data movement: the receiver reads the receive block in place
 };
 
 // Every rank's [T, K] expert ids (-1 empty), as the ranks would pass them to ncclMoeDispatch.
@@ -30,7 +31,7 @@ struct Routing {
   int max_tokens() const;
 };
 
-// "uniform" (K distinct experts, uniform), "zipf:S" (K distinct experts, popularity 1/rank^S over
+// "uniform[:F]" (K distinct experts, uniform; a fraction F of the slots empty), "zipf:S" (K distinct experts, popularity 1/rank^S over
 // a seeded permutation of the experts), "trace:FILE" (docs/scale-model.md#routing-traces).
 bool make_routing(const std::string& spec, const Shape& s, int ranks, uint64_t seed, Routing* out,
                   std::string* why);
@@ -51,6 +52,7 @@ struct PhaseLoad {
   std::vector<double> kern_b;  // bytes the rank's kernels pack and unpack
   std::vector<char> grant;     // an overflow grant round trip on a NIC path
   std::vector<char> fabric;    // the rank has a peer (or itself) behind the proxy
+  bool staging = true;         // GPU: NIC bytes land in staging and are copied once more
   void resize(int R);
 };
 
@@ -75,6 +77,8 @@ struct Constant {
 struct Platform {
   std::string name, desc;
   double nic_GBps, lat_us, msg_us;  // per GPU: NIC bandwidth; one-way small-write latency; NIC time per write
+  double post_us;                   // the proxy's cost to post one write
+  bool host;                        // host backend: data movement on the CPU (host_* constants)
 };
 const std::vector<Constant>& constants();
 double constant(const std::string& key);
@@ -82,10 +86,11 @@ const std::vector<Platform>& platforms();
 const Platform* find_platform(const std::string& name);
 
 struct PhasePrediction {
-  double us = 0;         // slowest rank
-  double kernel_us = 0;  // of that rank: kernels
-  double post_us = 0;    // the most posting time any rank needs (all its NIC writes, one thread)
-  double wire_us = 0;    // the most NIC wire time any rank needs
+  double us = 0;            // slowest rank
+  double kernel_us = 0;     // of that rank: kernels
+  double kernel_bytes = 0;  // of that rank: bytes its kernels pack, copy and unpack
+  double post_us = 0;       // the most posting time any rank needs (all its NIC writes, one thread)
+  double wire_us = 0;       // the most NIC wire time any rank needs
   double nic_out_max_b = 0, nvl_out_max_b = 0;
   double nic_writes_max = 0;
   int slow_rank = 0;

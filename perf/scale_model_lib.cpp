@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <numeric>
@@ -94,6 +95,7 @@ bool make_routing(const std::string& spec, const Shape& s, int R, uint64_t seed,
                   std::string* why) {
   if (spec.rfind("trace:", 0) == 0) return read_trace(spec.substr(6), s, R, out, why);
   std::vector<double> weight(s.experts, 1.0);
+  double empty = 0;
   if (spec.rfind("zipf:", 0) == 0) {
     double a = 0;
     try {
@@ -107,8 +109,15 @@ bool make_routing(const std::string& spec, const Shape& s, int R, uint64_t seed,
     std::mt19937_64 prng(seed ^ 0x5eedull);
     std::shuffle(perm.begin(), perm.end(), prng);
     for (int i = 0; i < s.experts; ++i) weight[perm[i]] = 1.0 / std::pow(i + 1.0, a);
+  } else if (spec.rfind("uniform:", 0) == 0) {
+    char* end = nullptr;
+    empty = std::strtod(spec.c_str() + 8, &end);
+    if (*end != '\0' || !(empty >= 0 && empty < 1)) {
+      *why = "uniform:F needs a fraction of empty slots in [0, 1), not '" + spec.substr(8) + "'";
+      return false;
+    }
   } else if (spec != "uniform") {
-    *why = "routing must be uniform, zipf:S or trace:FILE, not '" + spec + "'";
+    *why = "routing must be uniform[:F], zipf:S or trace:FILE, not '" + spec + "'";
     return false;
   }
   if (s.topk > s.experts) {
@@ -122,8 +131,14 @@ bool make_routing(const std::string& spec, const Shape& s, int R, uint64_t seed,
   for (int r = 0; r < R; ++r) {
     std::mt19937_64 rng(seed * 1000003ull + static_cast<uint64_t>(r));
     out->idx[r].resize(static_cast<size_t>(s.tokens) * s.topk);
-    for (int t = 0; t < s.tokens; ++t)
-      draw_distinct(rng, cum, s.topk, &out->idx[r][static_cast<size_t>(t) * s.topk]);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    for (int t = 0; t < s.tokens; ++t) {
+      int32_t* row = &out->idx[r][static_cast<size_t>(t) * s.topk];
+      draw_distinct(rng, cum, s.topk, row);
+      if (empty > 0)
+        for (int k = 0; k < s.topk; ++k)
+          if (u(rng) < empty) row[k] = -1;
+    }
   }
   return true;
 }
@@ -182,7 +197,7 @@ void add(PhaseLoad& p, int s, int d, double bytes, double writes, bool nvlink) {
     p.nic_in_b[d] += bytes;
     p.nic_out_w[s] += writes;
     p.nic_in_w[d] += writes;
-    p.kern_b[d] += bytes;  // the receiver's ingest kernel copies what landed in its staging
+    if (p.staging) p.kern_b[d] += bytes;  // the receiver's ingest kernel copies what landed in its staging
     p.fabric[s] = p.fabric[d] = 1;
   }
 }
@@ -225,6 +240,7 @@ bool compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* t, s
   t->nodes = R / G;
   t->dispatch.resize(R);
   t->combine.resize(R);
+  t->dispatch.staging = t->combine.staging = !s.host_backend;
   PhaseLoad &D = t->dispatch, &C = t->combine;
   const auto& w = t->plan;
   auto node = [G](int rank) { return rank / G; };
@@ -354,7 +370,22 @@ const std::vector<Constant>& constants() {
        "(tools/gpu_host_rtt.cu, docs/results/README.md)"},
       {"post_us", 0.5, "us/write",
        "measured: fabric proxy doorbell -> write posted, EP1 with GPU staging on an H100 "
-       "(docs/results/README.md)"},
+       "(docs/results/README.md); "
+       "taken for efa and verbs too"},
+      {"host_dispatch_fixed_us", 0.0, "us",
+       "fit: host backend EP2 over shm, T = 1 and T = 128, H200 host (-0.07, clamped to 0)"},
+      {"host_dispatch_GBps", 11.0, "GB/s", "fit: the T = 128 point (pack, record checks, unpack)"},
+      {"host_combine_fixed_us", 3.4, "us", "fit: host backend EP2 over shm, T = 1 and T = 128, H200 host"},
+      {"host_combine_GBps", 4.27, "GB/s", "fit: the same two points (row staging, fp32 reduction)"},
+      {"post_us_host_shm", 1.6, "us/write",
+       "measured: proxy posting, host backend EP2 over shm, T = 1, H200 host (docs/results/README.md)"},
+      {"post_us_host_tcp", 9.8, "us/write", "measured: the same over tcp on lo"},
+      {"tcp_lat_us", 5.72, "us",
+       "measured: raw fi_writedata 8 B latency over tcp;ofi_rxm on lo, H200 host "
+       "(docs/results/net-perf-h200-host.txt)"},
+      {"shm_GBps", 16.3, "GB/s",
+       "measured: raw fi_writedata bandwidth at 1 MiB over shm, H200 host (same file)"},
+      {"tcp_GBps", 8.0, "GB/s", "measured: the same over tcp on lo"},
       {"shm_lat_us", 1.19, "us",
        "measured: raw fi_writedata 8 B latency over libfabric shm, H200 host "
        "(docs/results/net-perf-h200-host.txt)"},
@@ -372,11 +403,17 @@ double constant(const std::string& key) {
 const std::vector<Platform>& platforms() {
   // Bandwidth: 400 Gb/s per GPU on all three (line rate; TransferEngine reports 400 Gb/s peaks on
   // EFA and ConnectX-7). Latency and per-write cost: docs/scale-model.md#constants.
+  const double post = constant("post_us");
   static const std::vector<Platform> p = {
-      {"p5", "H100, 4 x 100 Gb/s EFA (v2) per GPU", 50.0, 15.0, 0.25 / 4},
-      {"p5en", "H200, 2 x 200 Gb/s EFA (v3) per GPU", 50.0, 12.0, 0.25 / 2},
-      {"cx7", "H100, 1 x 400 Gb/s ConnectX-7 (InfiniBand) per GPU", 50.0, 2.5, 0.01},
-      {"shm", "one host, libfabric shm (forced-fabric runs on one GPU)", 10.0, 1.19, 0.0},
+      {"p5", "H100, 4 x 100 Gb/s EFA (v2) per GPU", 50.0, 15.0, 0.25 / 4, post, false},
+      {"p5en", "H200, 2 x 200 Gb/s EFA (v3) per GPU", 50.0, 12.0, 0.25 / 2, post, false},
+      {"cx7", "H100, 1 x 400 Gb/s ConnectX-7 (InfiniBand) per GPU", 50.0, 2.5, 0.01, post, false},
+      {"shm", "one host, libfabric shm, GPU staging (forced-fabric runs on one GPU)", constant("shm_GBps"),
+       constant("shm_lat_us"), 0.0, post, false},
+      {"host-shm", "host backend on the CPU, libfabric shm (H200 host)", constant("shm_GBps"),
+       constant("shm_lat_us"), 0.0, constant("post_us_host_shm"), true},
+      {"host-tcp", "host backend on the CPU, libfabric tcp on lo (H200 host)", constant("tcp_GBps"),
+       constant("tcp_lat_us"), 0.0, constant("post_us_host_tcp"), true},
   };
   return p;
 }
@@ -391,10 +428,11 @@ namespace {
 
 PhasePrediction phase(System sys, const Platform& pf, const PhaseLoad& L, bool dispatch, int threads) {
   const bool cpu_proxy = sys != System::kDeepEpLL;
-  const double kfix = constant(dispatch ? "kernel_dispatch_fixed_us" : "kernel_combine_fixed_us");
-  const double kbw = constant(dispatch ? "kernel_dispatch_GBps" : "kernel_combine_GBps") * 1e3;  // B/us
+  const std::string k = std::string(pf.host ? "host_" : "kernel_") + (dispatch ? "dispatch_" : "combine_");
+  const double kfix = constant(k + "fixed_us"), kbw = constant(k + "GBps") * 1e3;  // B/us
   const double nic = pf.nic_GBps * 1e3, nvl = constant("nvlink_GBps") * 1e3;
-  const double post = constant("post_us"), bell = constant("doorbell_us");
+  // The host backend's caller rings the proxy through a queue: no GPU -> host doorbell.
+  const double post = pf.post_us, bell = pf.host ? 0 : constant("doorbell_us");
   // pplx-garden's route exchange: one more latency before the tokens go.
   const bool pplx = sys == System::kPplxGarden || sys == System::kPplxGardenScatter;
   const double rounds = pplx && dispatch ? 2 : 1;
@@ -404,21 +442,23 @@ PhasePrediction phase(System sys, const Platform& pf, const PhaseLoad& L, bool d
     // Kernels; NVLink stores are the send kernel's own stores, so they overlap its local work.
     const double direct = std::max(L.nvl_out_b[r], L.nvl_in_b[r]) / nvl;
     const double kern = kfix + std::max(L.kern_b[r] / kbw, direct);
-    // The NIC path after the send kernel: doorbell to the proxy, the first write posted, one
-    // latency, then the slower of posting the rest and draining the bytes (the NIC sends while
-    // the proxy posts); an overflow grant adds a round trip and a post.
+    // The NIC path after the send kernel: doorbell to the proxy, one latency, and the slower of
+    // posting every write and draining the bytes after the first write is posted (the NIC sends
+    // while the proxy posts); an overflow grant adds a round trip and a post.
     const double writes = std::max(L.nic_out_w[r], L.nic_in_w[r]);
     const double post1 = cpu_proxy ? L.nic_out_w[r] * post : 0;
     const double wire = std::max(L.nic_out_b[r], L.nic_in_b[r]) / nic + writes * pf.msg_us;
     double nic_t = 0;
     if (L.fabric[r]) {
+      const double first = cpu_proxy ? post : 0;
       nic_t =
-          (cpu_proxy ? bell + post : 0) + rounds * pf.lat_us + std::max(post1 / std::max(1, threads), wire);
+          (cpu_proxy ? bell : 0) + rounds * pf.lat_us + std::max(post1 / std::max(1, threads), first + wire);
       if (L.grant[r]) nic_t += 2 * pf.lat_us + post;
     }
     const double fwd = std::max(L.fwd_out_b[r], L.fwd_in_b[r]) / nvl;
     const double total = kern + nic_t + fwd;
-    if (total > out.us) out.us = total, out.kernel_us = kern, out.slow_rank = r;
+    if (total > out.us)
+      out.us = total, out.kernel_us = kern, out.kernel_bytes = L.kern_b[r], out.slow_rank = r;
     out.post_us = std::max(out.post_us, post1);
     out.wire_us = std::max(out.wire_us, wire);
     out.nic_out_max_b = std::max(out.nic_out_max_b, L.nic_out_b[r]);
