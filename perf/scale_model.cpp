@@ -27,6 +27,8 @@ struct Opts {
   uint64_t seed = 1;
   int proxy_threads = 1, traffic_rank = 0;
   bool traffic = false, validate = false, show_constants = false;
+  // What-if overrides of the cross-node platforms' (p5, p5en, cx7) network constants; < 0: keep.
+  double nic_GBps = -1, lat_us = -1, msg_us = -1, post_us = -1;
 };
 
 struct Row {
@@ -75,7 +77,14 @@ bool model_point(const Opts& o, model::Shape s, System sys, const model::Platfor
   model::Routing rt;
   if (!model::make_routing(routing.empty() ? o.routing : routing, s, R, o.seed, &rt, why)) return false;
   if (!model::compute_traffic(sys, s, rt, &row->tr, why)) return false;
-  row->pr = model::predict(sys, pf, row->tr, proxy_threads);
+  model::Platform p = pf;
+  if (!pf.host && pf.name != "shm") {
+    if (o.nic_GBps > 0) p.nic_GBps = o.nic_GBps;
+    if (o.lat_us >= 0) p.lat_us = o.lat_us;
+    if (o.msg_us >= 0) p.msg_us = o.msg_us;
+    if (o.post_us >= 0) p.post_us = o.post_us;
+  }
+  row->pr = model::predict(sys, p, row->tr, proxy_threads);
   row->platform = pf.name;
   row->system = model::system_name(sys);
   row->ep = R;
@@ -259,6 +268,10 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "routing seed");
   app.add_option("--proxy-threads", o.proxy_threads, "threads posting one GPU's writes")
       ->check(CLI::PositiveNumber);
+  app.add_option("--nic-GBps", o.nic_GBps, "what-if: NIC GB/s per GPU on p5, p5en, cx7 (validation too)");
+  app.add_option("--latency-us", o.lat_us, "what-if: one-way network latency on p5, p5en, cx7");
+  app.add_option("--per-write-us", o.msg_us, "what-if: NIC time per write on p5, p5en, cx7");
+  app.add_option("--post-us", o.post_us, "what-if: proxy posting cost per write on p5, p5en, cx7");
   app.add_flag("--traffic", o.traffic, "print the per-peer traffic of the first EP size");
   app.add_option("--rank", o.traffic_rank, "source rank of --traffic (-1: every rank)");
   app.add_flag("--validate", o.validate, "model every measured and published point and print the error");
@@ -276,6 +289,10 @@ int main(int argc, char** argv) {
       return 2;
     }
     systems.push_back(s);
+  }
+  if (o.traffic && o.traffic_rank >= o.ep.front()) {
+    fprintf(stderr, "moefabric-model: --rank %d is not a rank of EP%d\n", o.traffic_rank, o.ep.front());
+    return 2;
   }
   for (const std::string& n : o.platforms)
     if (!model::find_platform(n)) {

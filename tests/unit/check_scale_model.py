@@ -98,6 +98,7 @@ with tempfile.TemporaryDirectory() as d:
 
     # Refusals: ranks that do not fill nodes, unknown names, malformed traces.
     run(["-r", "12"], ok=False)
+    run(["-r", "16", "--traffic", "--rank", "16"], ok=False)
     run(["-p", "p6"], ok=False)
     run(["-s", "nccl"], ok=False)
     run(["--routing", "zipf:x"], ok=False)
