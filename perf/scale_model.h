@@ -39,7 +39,15 @@ bool write_trace(const std::string& path, const Shape& s, const Routing& r, std:
 
 // How a system shapes its traffic. moefabric and moefabric-node are this library (the second
 // a what-if); the others model published systems' traffic (docs/scale-model.md#other-systems).
-enum class System { kMoefabric, kMoefabricNode, kPplxGarden, kPplxGardenScatter, kUcclEp, kDeepEpLL };
+enum class System {
+  kMoefabric,
+  kMoefabricNode,
+  kMoefabricCuda,  // the CUDA backend's fabric path as it is: full staging segments per fabric peer
+  kPplxGarden,
+  kPplxGardenScatter,
+  kUcclEp,
+  kDeepEpLL,
+};
 const char* system_name(System s);
 bool parse_system(const std::string& s, System* out);
 

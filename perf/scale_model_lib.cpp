@@ -162,14 +162,14 @@ bool write_trace(const std::string& path, const Shape& s, const Routing& r, std:
 // --- systems and traffic --------------------------------------------------------------------
 
 namespace {
-const char* const kSystemNames[] = {"moefabric",           "moefabric-node", "pplx-garden",
+const char* const kSystemNames[] = {"moefabric",           "moefabric-node", "moefabric-cuda", "pplx-garden",
                                     "pplx-garden-scatter", "uccl-ep",        "deepep-ll"};
 }
 
 const char* system_name(System s) { return kSystemNames[static_cast<int>(s)]; }
 
 bool parse_system(const std::string& s, System* out) {
-  for (int i = 0; i < 6; ++i)
+  for (int i = 0; i < 7; ++i)
     if (s == kSystemNames[i]) {
       *out = static_cast<System>(i);
       return true;
@@ -306,12 +306,28 @@ bool compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* t, s
         }
       }
   } else {
+    moe::CudaLayout cl;
+    if (sys == System::kMoefabricCuda) {
+      const char* w2 = nullptr;
+      if (!moe::cuda_layout_init(&cl, R, 0, s.experts, s.topk, s.hidden, maxT, s.fp8 ? 1 : 2, s.fp8, 128, 1,
+                                 &w2)) {
+        *why = w2;
+        return false;
+      }
+    }
     for (int a = 0; a < R; ++a)
       for (int d = 0; d < R; ++d) {
         if (d == a) continue;
         const moe::PeerTraffic& p = w[a][d];
         const bool nvl = node(a) == node(d);
-        if (per_expert) {
+        if (sys == System::kMoefabricCuda) {
+          // NVLink: idx[T][K] and the token slots of the records; rows per (token, expert) back.
+          // Fabric peer: the staging segment's dispatch prefix (T, idx, all T token slots) and
+          // combine rows covering all T x K slots of the source, one write each.
+          const double idx_b = 4.0 * r.T[a] * s.topk;
+          add(D, a, d, nvl ? idx_b + p.records * cl.slot_bytes : cl.stage_dispatch_bytes(r.T[a]), 1, nvl);
+          add(C, d, a, (nvl ? p.pairs : static_cast<double>(r.T[a]) * s.topk) * yb, 1, nvl);
+        } else if (per_expert) {
           // One message per (token, expert) each way, plus a count/flag write per peer.
           add(D, a, d, p.pairs * rec + 16, p.pairs + 1, nvl);
           add(C, d, a, p.pairs * yb + 16, p.pairs + 1, nvl);
@@ -339,6 +355,13 @@ bool compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* t, s
   const int fabric_ranks = sys == System::kMoefabricNode ? t->nodes : R;
   if (!layout_for(s, std::max(1, fabric_ranks), maxT, s.max_private, &lm, why)) return false;
   t->fabric_block_bytes = t->nodes > 1 ? lm.recv_block_bytes + lm.send_block_bytes : 0;
+  if (sys == System::kMoefabricCuda && t->nodes > 1) {  // send and receive staging, a segment per rank
+    moe::CudaLayout cl;
+    const char* w2 = nullptr;
+    if (moe::cuda_layout_init(&cl, R, 0, s.experts, s.topk, s.hidden, maxT, s.fp8 ? 1 : 2, s.fp8, 128, 1,
+                              &w2))
+      t->fabric_block_bytes = 2 * cl.stage_bytes * static_cast<uint64_t>(R);
+  }
   t->memory_bytes = t->fabric_block_bytes;
   t->user_bytes = l.capacity_rows * (l.x_bytes + l.scale_bytes + l.y_row_bytes);
   if (G > 1) {

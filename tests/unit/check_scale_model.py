@@ -96,6 +96,14 @@ with tempfile.TemporaryDirectory() as d:
     if hottest(a) <= hottest(u):
         fail("zipf:1.2 is not more skewed than uniform (%d vs %d)" % (hottest(a), hottest(u)))
 
+    # The CUDA backend's fabric path as it is: every fabric peer gets all T x K combine rows of a
+    # source (8 remote peers at EP16, 128 x 8 rows of 7168 bf16); past 32 ranks it is skipped.
+    c = load(["-p", "p5en", "-r", "16,64", "-s", "moefabric-cuda"], f)
+    if [r["ranks"] for r in c["results"]] != [16]:
+        fail("moefabric-cuda rows: %s" % [r["ranks"] for r in c["results"]])
+    if c["results"][0]["combine"]["nic_bytes_out_max"] != 8 * 128 * 8 * 7168 * 2:
+        fail("moefabric-cuda combine bytes: %s" % c["results"][0]["combine"]["nic_bytes_out_max"])
+
     # Refusals: ranks that do not fill nodes, unknown names, malformed traces.
     run(["-r", "12"], ok=False)
     run(["-r", "16", "--traffic", "--rank", "16"], ok=False)
