@@ -33,6 +33,17 @@ struct DispatchHeader {
   // followed by uint32_t counts[nlocal]: pairs per local expert of the destination
 };
 
+// Kinds of writes (3 bits of the immediate; collectives/protocol.h). The CUDA kernels index the
+// proxy's arrival flags by them.
+enum class WriteKind : uint32_t {
+  kDispatchPrivate = 0,  // header + first nprivate records into the source's private region
+  kDispatchRest = 1,     // remaining records into the granted overflow range
+  kGrant = 2,            // receiver -> sender: overflow offset for this op
+  kCombine = 3,          // expert outputs back to the home rank (or an empty marker)
+  kBarrier = 4,          // destroy: no more writes from this peer
+  kRequest = 5,          // sender -> receiver: more than nprivate records, please grant
+};
+inline constexpr int kNumKinds = 6;
 // What the proxy posts from: written by its client (the host backend's pack, or the CUDA
 // kernels) before the doorbell, in host memory (pinned and mapped for the kernels); the proxy
 // reads nothing else of the op.

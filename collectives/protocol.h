@@ -10,16 +10,6 @@
 
 namespace moefabric::moe {
 
-// Kinds of writes (3 bits of the immediate).
-enum class WriteKind : uint32_t {
-  kDispatchPrivate = 0,  // header + first nprivate records into the source's private region
-  kDispatchRest = 1,     // remaining records into the granted overflow range
-  kGrant = 2,            // receiver -> sender: overflow offset for this op
-  kCombine = 3,          // expert outputs back to the home rank (or an empty marker)
-  kBarrier = 4,          // destroy: no more writes from this peer
-  kRequest = 5,          // sender -> receiver: more than nprivate records, please grant
-};
-inline constexpr int kNumKinds = 6;
 const char* kind_name(WriteKind k);
 
 // imm = kind:3 | stripes:2 | seq:15 | src:12 (MSB to LSB). The stripe field belongs to the

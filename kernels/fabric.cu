@@ -20,7 +20,6 @@
 // counts as empty; the op still completes so that no peer is left waiting.
 #include <cuda_bf16.h>
 
-#include "collectives/protocol.h"
 #include "kernels/device_common.cuh"
 
 namespace moefabric::moe::kern {
