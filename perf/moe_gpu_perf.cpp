@@ -140,13 +140,17 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, dev));
   *gpu_name = prop.name;
-  // NCCL communicator, then the MoE comm bootstrapped over it.
-  ncclUniqueId id{};
-  if (me == 0) NK(ncclGetUniqueId(&id));
-  std::vector<ncclUniqueId> ids(R);
-  if (!oob.allgather(&id, ids.data(), sizeof id)) die(me, "allgather of the NCCL id failed");
+  // NCCL communicator, then the MoE comm bootstrapped over it; with --no-nccl no NCCL at all: the
+  // MoE comm bootstraps over the launcher's channel and a host barrier aligns the ranks before
+  // each replay (so that ranks may share a GPU, which NCCL refuses).
   ncclComm_t nccl = nullptr;
-  NK(ncclCommInitRank(&nccl, R, ids[0], me));
+  if (!o.no_nccl) {
+    ncclUniqueId id{};
+    if (me == 0) NK(ncclGetUniqueId(&id));
+    std::vector<ncclUniqueId> ids(R);
+    if (!oob.allgather(&id, ids.data(), sizeof id)) die(me, "allgather of the NCCL id failed");
+    NK(ncclCommInitRank(&nccl, R, ids[0], me));
+  }
   const bool fp8 = o.dtype == "fp8";
   const int maxT = *std::max_element(o.tokens.begin(), o.tokens.end());
   ncclMoeConfig_t cfg = NCCL_MOE_CONFIG_INITIALIZER;
@@ -157,7 +161,11 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
   cfg.dispatchType = fp8 ? ncclFloat8e4m3 : ncclBfloat16;
   cfg.backend = ncclMoeBackendCuda;
   ncclMoeComm_t moe = nullptr;
-  if (ncclMoeCommInit(&moe, nccl, &cfg) != ncclSuccess)
+  auto oob_gather = [](const void* send, void* recv, size_t bytes, void* ctx) {
+    return static_cast<OobChannel*>(ctx)->allgather(send, recv, bytes) ? ncclSuccess : ncclSystemError;
+  };
+  if ((nccl != nullptr ? ncclMoeCommInit(&moe, nccl, &cfg)
+                       : ncclMoeCommInitAllGather(&moe, R, me, oob_gather, &oob, &cfg)) != ncclSuccess)
     die(me, std::string("ncclMoeCommInit: ") + ncclMoeGetLastError(nullptr));
   size_t cap = 0;
   ncclMoeGetRecvCapacity(moe, &cap);
@@ -195,7 +203,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
       cudaGraphExec_t ge;
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
       if (moe_graph) CK(routes_launch(idx, w, nt, o.topk, o.experts, me, counter, st));
-      NK(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, nccl, st));    // align the ranks
+      if (nccl != nullptr) NK(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, nccl, st));  // align the ranks
       CK(cudaEventRecordWithFlags(ev[0], st, cudaEventRecordExternal));  // a timing node in the graph
       if (moe_graph) {
         if (ncclMoeDispatch(x, fp8 ? sc : nullptr, idx, w, nt, rx, fp8 ? rs : nullptr, rc, moe, st) !=
@@ -220,6 +228,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
     auto measure = [&](cudaGraphExec_t ge, std::vector<double>* d, std::vector<double>* c,
                        std::vector<double>* post, std::vector<double>* cpost) {
       for (int it = -o.warmup; it < o.iters; ++it) {
+        if (nccl == nullptr && !oob.barrier()) die(me, "barrier failed");
         CK(cudaGraphLaunch(ge, st));
         CK(cudaStreamSynchronize(st));
         if (it < 0) continue;
@@ -258,7 +267,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
       cudaGraphExec_t ge;
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
       CK(routes_launch(idx, w, nt, o.topk, o.experts, me, counter, st));
-      NK(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, nccl, st));
+      if (nccl != nullptr) NK(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, nccl, st));
       auto mark = [&](int i) { CK(cudaEventRecordWithFlags(e[i], st, cudaEventRecordExternal)); };
       mark(0);
       if (ncclMoeDispatchSend(x, fp8 ? sc : nullptr, idx, w, nt, rx, fp8 ? rs : nullptr, rc, moe, st) !=
@@ -283,6 +292,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
       CK(cudaGraphDestroy(g));
       std::vector<double> part[5];
       for (int it = -o.warmup; it < o.iters; ++it) {
+        if (nccl == nullptr && !oob.barrier()) die(me, "barrier failed");
         CK(cudaGraphLaunch(ge, st));
         CK(cudaStreamSynchronize(st));
         if (it < 0) continue;
@@ -344,7 +354,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
   }
   if (ncclMoeCommDestroy(moe) != ncclSuccess)
     die(me, std::string("destroy: ") + ncclMoeGetLastError(nullptr));
-  ncclCommDestroy(nccl);
+  if (nccl != nullptr) ncclCommDestroy(nccl);
   return rows;
 }
 
@@ -384,7 +394,8 @@ int main(int argc, char** argv) {
   Opts o;
   CLI::App app{"ncclMoe CUDA backend dispatch/combine latency over NVLink, in CUDA graphs"};
   perf::init_app(app, argc, argv);
-  app.add_option("-r,--ranks", o.ranks, "ranks (one process and GPU each)")->check(CLI::Range(1, 32));
+  app.add_option("-r,--ranks", o.ranks, "ranks (one process each; GPUs shared round robin with --no-nccl)")
+      ->check(CLI::Range(1, 4096));
   app.add_option("--tokens", o.tokens, "tokens per rank to sweep")->delimiter(',');
   app.add_option("--hidden", o.hidden, "hidden size");
   app.add_option("-k,--topk", o.topk, "top-k");
@@ -393,7 +404,10 @@ int main(int argc, char** argv) {
   app.add_option("-n,--iters", o.iters, "timed iterations per row")->check(CLI::PositiveNumber);
   app.add_option("-w,--warmup,--warmup_iters", o.warmup, "untimed iterations per row")
       ->check(CLI::NonNegativeNumber);
-  app.add_flag("--no-nccl", o.no_nccl, "skip the NCCL all_to_all baseline");
+  app.add_flag(
+      "--no-nccl", o.no_nccl,
+      "no NCCL: skip the all_to_all baseline, bootstrap over the launcher, align the ranks with a host "
+      "barrier (ranks may share a GPU)");
   app.add_flag("--breakdown", o.breakdown,
                "also time each half-call (split API) and an empty kernel on the same grid");
   app.add_flag("--fabric", o.fabric,

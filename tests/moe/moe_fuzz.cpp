@@ -418,8 +418,9 @@ int main(int argc, char** argv) {
                "skip the harness's cudaDeviceSynchronize after its pageable uploads (shows the race "
                "a caller who breaks the stream order of docs/moe-api.md sees: expect failures)");
   app.add_option("-m,--modes", modes_s,
-                 "CUDA path modes: nvlink (CUDA IPC), fabric (MOEFABRIC_FORCE_FABRIC=1), node1 "
-                 "(MOEFABRIC_NODE_SIZE=1, 2+ ranks)")
+                 "CUDA path modes: nvlink (CUDA IPC), fabric (MOEFABRIC_FORCE_FABRIC=1), nodeN "
+                 "(MOEFABRIC_NODE_SIZE=N: nodes of N ranks, NVLink inside, the proxy between; rank counts "
+                 "that are not a multiple of N are skipped)")
       ->capture_default_str();
 #endif
   CLI11_PARSE(app, argc, argv);
@@ -430,8 +431,8 @@ int main(int argc, char** argv) {
     size_t q = ranks_s.find(',', p);
     if (q == std::string::npos) q = ranks_s.size();
     const int r = atoi(ranks_s.substr(p, q - p).c_str());
-    if (r < 1 || r > 64) {
-      fprintf(stderr, "--ranks: %s is not a rank count in 1..64\n", ranks_s.substr(p, q - p).c_str());
+    if (r < 1 || r > 256) {
+      fprintf(stderr, "--ranks: %s is not a rank count in 1..256\n", ranks_s.substr(p, q - p).c_str());
       return 2;
     }
     ranks.push_back(r);
@@ -461,8 +462,9 @@ int main(int argc, char** argv) {
     size_t q = modes_s.find(',', p);
     if (q == std::string::npos) q = modes_s.size();
     const std::string m = modes_s.substr(p, q - p);
-    if (m != "nvlink" && m != "fabric" && m != "node1") {
-      fprintf(stderr, "--modes: unknown mode '%s' (nvlink, fabric, node1)\n", m.c_str());
+    const bool node = m.rfind("node", 0) == 0 && m.size() > 4 && atoi(m.c_str() + 4) >= 1;
+    if (m != "nvlink" && m != "fabric" && !node) {
+      fprintf(stderr, "--modes: unknown mode '%s' (nvlink, fabric, nodeN)\n", m.c_str());
       return 2;
     }
     modes.push_back(m);
@@ -486,9 +488,11 @@ int main(int argc, char** argv) {
     unsetenv("MOEFABRIC_FORCE_FABRIC");
     unsetenv("MOEFABRIC_NODE_SIZE");
     if (mode == "fabric") setenv("MOEFABRIC_FORCE_FABRIC", "1", 1);
-    if (mode == "node1") setenv("MOEFABRIC_NODE_SIZE", "1", 1);
+    const int node_size = mode.rfind("node", 0) == 0 ? atoi(mode.c_str() + 4) : 0;
+    if (node_size > 0) setenv("MOEFABRIC_NODE_SIZE", mode.c_str() + 4, 1);
     for (int R : ranks) {
-      if (mode == "node1" && R < 2) continue;
+      // Nodes of node_size ranks: at least two of them, whole.
+      if (node_size > 0 && (R < 2 * node_size || R % node_size != 0)) continue;
       std::vector<FuzzCase> list;
       if (!case_s.empty()) {
         // A regression case's seed names it; any other seed is a random draw.
