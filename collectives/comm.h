@@ -98,6 +98,11 @@ class Comm : public fabric::RmaHandler {
   const std::string& last_error() const { return last_error_; }
   void stats(ncclMoeStats_t* s) const;
   void peer_stats(ncclMoePeerStats_t* out) const;  // [R]
+  // Whether this rank granted `src` overflow space in op `op` (the CUDA client's stats).
+  bool granted_in(int src, uint64_t op) const {
+    return grant_seq_of_[src].load(std::memory_order_relaxed) == op;
+  }
+  uint64_t current_op() const { return cur_seq_.load(std::memory_order_acquire); }
   size_t host_bytes() const { return l_.recv_block_bytes + l_.send_block_bytes; }
 
   // Records an error (first wins for the async state); returns `s`.

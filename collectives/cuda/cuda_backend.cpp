@@ -124,9 +124,7 @@ class CudaComm final : public Engine {
   const std::string& last_error() const override { return last_error_; }
   void stats(ncclMoeStats_t* s) const override;
   int nranks() const override { return R_; }
-  Status peer_stats(ncclMoePeerStats_t*) override {
-    return fail(Status::kInvalidUsage, "peer stats: the CUDA backend does not count per-peer traffic yet");
-  }
+  Status peer_stats(ncclMoePeerStats_t* out) override;
   void memory(size_t* device_bytes, size_t* host_bytes) const override;
   Status record_error(Status s, const char* text) override;
 
@@ -168,6 +166,7 @@ class CudaComm final : public Engine {
   int nfabric_ = 0;
   std::unique_ptr<Comm> proto_;
   PinnedPtr<uint8_t> shared_;
+  ProxyShared host_shared_;  // host views of shared_
   size_t shared_bytes_ = 0;
   DevicePtr<uint8_t> fabric_dev_;  // fabric flags, FabricScratch and its arrays
   size_t fabric_dev_bytes_ = 0;
@@ -445,6 +444,7 @@ bool CudaComm::fabric_alloc(ProtocolClient* client, std::string* err) {
       ProxyShared{reinterpret_cast<uint64_t*>(h + o_arr),   reinterpret_cast<uint32_t*>(h + o_ov),
                   reinterpret_cast<uint32_t*>(h + o_gr),    reinterpret_cast<SendPlan*>(h + o_plan),
                   reinterpret_cast<ReturnPlan*>(h + o_ret), reinterpret_cast<uint64_t*>(h + o_bell)};
+  host_shared_ = client->shared;
   client->alloc = pinned_alloc;
   client->free = pinned_free;
   client->peers = fabric_peers_;
@@ -486,6 +486,31 @@ bool CudaComm::fabric_alloc(ProtocolClient* client, std::string* err) {
   args_.fabric = d + d_flags;
   args_.fs = reinterpret_cast<kern::FabricScratch*>(d + d_fs);
   return true;
+}
+
+// What the kernels' plans say this rank wrote to each fabric peer in the last op (read after the
+// caller's stream has completed it). NVLink stores are not counted: a comm with NVLink peers
+// other than this rank says so.
+Status CudaComm::peer_stats(ncclMoePeerStats_t* out) {
+  for (int r = 0; r < R_; ++r)
+    if (r != me_ && !fabric(r))
+      return fail(Status::kInvalidUsage,
+                  "peer stats: rank %d is an NVLink peer; the CUDA backend counts fabric peers only", r);
+  const Layout* pl = proto_ ? &proto_->layout() : nullptr;
+  const uint64_t op = proto_ ? proto_->current_op() : 0;
+  for (int r = 0; r < R_; ++r) {
+    out[r] = ncclMoePeerStats_t{};
+    if (r == me_ || pl == nullptr || op == 0) continue;
+    const uint32_t n = host_shared_.plan[r].ntokens, rows = host_shared_.ret[r].rows;
+    out[r].records = n;
+    out[r].dispatchBytes = pl->header_bytes + pl->record_bytes * n;
+    out[r].dispatchWrites = n > static_cast<uint32_t>(pl->max_private) ? 2 : 1;
+    out[r].grantsSent = proto_->granted_in(r, op) ? 1 : 0;
+    out[r].rowsReturned = rows;
+    out[r].combineBytes = rows ? pl->y_row_bytes * rows : 16;
+    out[r].combineWrites = 1;
+  }
+  return Status::kOk;
 }
 
 void CudaComm::memory(size_t* device_bytes, size_t* host_bytes) const {

@@ -219,7 +219,8 @@ typedef struct {
   uint32_t reserved;
 } ncclMoePeerStats_t;
 /* peers[r] for every rank r < count (count must equal the comm's rank count; the entry of this
- * rank is zero). Host backend; the CUDA backend returns ncclInvalidUsage (not yet counted). */
+ * rank is zero). CUDA backend: read after the stream completed the op, and for comms whose peers
+ * are all fabric peers (NVLink stores are not counted: ncclInvalidUsage otherwise). */
 NCCL_MOE_API ncclResult_t ncclMoeGetPeerStats(ncclMoeComm_t moe, ncclMoePeerStats_t* peers, int count);
 
 /* Bytes of buffers this comm holds: GPU memory and host memory (pinned or registered). They do

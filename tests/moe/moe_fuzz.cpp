@@ -326,6 +326,18 @@ std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
       if (err.empty() && s.fp8)
         err = first_diff("recvScales", dout.recv_scales, ho.recv_scales, s.nscale() * 4, "CUDA", "host");
       if (err.empty()) err = first_diff("y", dout.y, ho.y, static_cast<size_t>(s.hidden) * 2, "CUDA", "host");
+      // Every peer through the protocol (forced fabric, nodes of one rank): the CUDA backend's
+      // per-peer accounting equals the protocol's formula, as the host backend's does.
+      const char* ff = getenv("MOEFABRIC_FORCE_FABRIC");
+      const char* ns = getenv("MOEFABRIC_NODE_SIZE");
+      if (err.empty() && ((ff && std::string(ff) == "1") || (ns && std::string(ns) == "1"))) {
+        std::vector<ncclMoePeerStats_t> ps(oob.nranks());
+        if (ncclMoeGetPeerStats(dev, ps.data(), oob.nranks()) != ncclSuccess)
+          err = std::string("CUDA peer stats: ") + ncclMoeGetLastError(dev);
+        else
+          err = check_peer_stats(s, all, me, ps.data());
+        if (!err.empty()) err = "CUDA " + err;
+      }
       err = agree(err.empty() ? err : at + err);
       if (!err.empty()) return fail(err);
     }
