@@ -294,18 +294,22 @@ class Communicator:
         return expert_y
 
     def _out(self, out, like):
+        """(y to return, buffer whose pointer the call gets): a call never gets NULL for y, since
+        the CUDA backend reads T on the device (an empty tensor has no storage: a one-row scratch
+        stands in for it, and the [0, hidden] result is returned)."""
         T = self._inflight[5]
         if out is None:
-            return arr.empty(like, (T, self.config.hidden), "bf16")
-        arr.check(out, "out", (T, self.config.hidden), "bf16", self.backend == "cuda")
-        return out
+            out = arr.empty(like, (T, self.config.hidden), "bf16")
+        else:
+            arr.check(out, "out", (T, self.config.hidden), "bf16", self.backend == "cuda")
+        return out, out if T > 0 else arr.empty(like, (1, self.config.hidden), "bf16")
 
     def combine(self, expert_y, out=None):
         """ncclMoeCombine: expert_y [capacity, hidden] bf16 in the receive layout; returns y
         [T, hidden] bf16 (into `out` when given): y[t] = bf16(sum_k fmaf(w[t,k], expert_y[row], acc))."""
         self._combine_args(expert_y)
-        out = self._out(out, expert_y)
-        self._run("ncclMoeCombine", [arr.ptr(expert_y), arr.ptr(out), self._h, self._stream(expert_y)])
+        out, buf = self._out(out, expert_y)
+        self._run("ncclMoeCombine", [arr.ptr(expert_y), arr.ptr(buf), self._h, self._stream(expert_y)])
         self._inflight, self._phase = None, "idle"
         return out
 
@@ -320,8 +324,8 @@ class Communicator:
         """ncclMoeCombineRecv: returns y (into `out` when given)."""
         self._expect("combine-sent", "combine_recv", "combine_send")
         like = self._inflight[6]
-        out = self._out(out, like)
-        self._run("ncclMoeCombineRecv", [arr.ptr(out), self._h, self._stream(like)])
+        out, buf = self._out(out, like)
+        self._run("ncclMoeCombineRecv", [arr.ptr(buf), self._h, self._stream(like)])
         self._inflight, self._phase = None, "idle"
         return out
 
