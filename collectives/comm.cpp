@@ -386,7 +386,7 @@ Status Comm::wait_local_writes(int cls, const char* phase) {
 void Comm::peer_stats(ncclMoePeerStats_t* out) const {
   for (int r = 0; r < R_; ++r) {
     out[r] = peer_stats_[r];
-    out[r].grantsSent = r != me_ && seq_ != 0 && grant_seq_of_[r].load(std::memory_order_relaxed) == seq_;
+    out[r].grantsSent = r != me_ && seq_ != 0 && granted_in(r, seq_);
   }
 }
 
@@ -395,8 +395,7 @@ void Comm::stats(ncclMoeStats_t* s) const {
   s->dispatchWritesMaxPeer = last_dispatch_writes_;
   s->combineWritesMaxPeer = last_combine_writes_;
   uint32_t grants = 0;
-  for (int r = 0; r < R_; ++r)
-    grants += grant_seq_of_[r].load(std::memory_order_relaxed) == seq_ && seq_ != 0;
+  for (int r = 0; r < R_; ++r) grants += seq_ != 0 && granted_in(r, seq_);
   s->grantsSent = grants;
   s->peers = static_cast<uint32_t>(R_ - 1);
   s->dispatchBytesSent = dispatch_bytes_;

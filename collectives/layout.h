@@ -18,7 +18,8 @@ MF_HD constexpr size_t round_up(size_t v, size_t a) { return a == 0 ? v : (v + a
 
 inline constexpr uint32_t kHeaderMagic = 0x4d664448u;  // "MfDH"
 inline constexpr int kMaxTopk = 16;
-inline constexpr int kMaxRanks = 4096;  // 12 bits of the immediate
+inline constexpr int kMaxRanks = 4096;      // 12 bits of the immediate
+inline constexpr size_t kMarkerBytes = 16;  // combine's empty write (a source with no rows), and barriers
 
 // What travels in front of each peer's private region (one per source at the receiver).
 struct DispatchHeader {
@@ -108,6 +109,13 @@ struct Layout {
   }
   // Rows a destination gets back for `records` tokens holding `pairs` (token, expert) pairs.
   MF_HD size_t rows_returned(size_t records, size_t pairs) const { return per_rank ? records : pairs; }
+  // What one op writes to a peer (docs/moe-protocol.md, "Accounting"): the dispatch's bytes and
+  // writes for `records` records, and the combine's bytes for `rows` returned rows.
+  MF_HD size_t dispatch_bytes(size_t records) const { return header_bytes + record_bytes * records; }
+  MF_HD uint32_t dispatch_writes(size_t records) const {
+    return records > static_cast<size_t>(max_private) ? 2 : 1;
+  }
+  MF_HD size_t combine_wire_bytes(size_t rows) const { return rows ? y_row_bytes * rows : kMarkerBytes; }
 };
 
 // Fills every derived field from the resolved configuration. Returns false (with *why) when the

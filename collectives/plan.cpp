@@ -41,12 +41,12 @@ bool plan_rank(const Layout& l, int src, const int32_t* idx, int T, CombineMode 
     p.nprivate = std::min<uint32_t>(p.records, static_cast<uint32_t>(l.max_private));
     p.combine_rows = mode == CombineMode::kPerRank ? p.records : p.pairs;
     if (d == src) continue;
-    p.dispatch_bytes = l.header_bytes + l.record_bytes * p.records;
+    p.dispatch_bytes = l.dispatch_bytes(p.records);
     p.dispatch_bytes_1 = l.header_bytes + l.record_bytes * p.nprivate;
-    p.dispatch_writes = p.records > p.nprivate ? 2 : 1;
+    p.dispatch_writes = l.dispatch_writes(p.records);
     p.grants = p.records > p.nprivate ? 1 : 0;
     p.combine_bytes = l.y_row_bytes * p.combine_rows;
-    p.combine_wire_bytes = p.combine_rows ? p.combine_bytes : kMarkerBytes;
+    p.combine_wire_bytes = l.combine_wire_bytes(p.combine_rows);
     p.combine_writes = 1;
   }
   return true;

@@ -22,8 +22,7 @@ enum class CombineMode {
 const char* combine_mode_name(CombineMode m);
 bool parse_combine_mode(const std::string& s, CombineMode* out);
 
-inline constexpr size_t kMarkerBytes = 16;  // combine's empty write (a source with no rows)
-inline constexpr size_t kGrantBytes = 16;   // sizeof(Grant)
+inline constexpr size_t kGrantBytes = 16;  // sizeof(Grant)
 
 // One (source -> destination) pair of one op. For the source itself every byte and write is 0
 // (its own tokens never cross a transport) while records / pairs / combine_rows still count.

@@ -84,7 +84,8 @@ void Comm::proxy_execute(const Command& c) {
   uint8_t* send = send_block_.get();
   auto dummy = [&](int peer, WriteKind kind) {
     // A 16-byte marker into our scratch slot at the peer: the immediate is the message.
-    post(peer, static_cast<int>(kind), out_slot(peer) + 32, 16, l_.ctrl_offset(me_) + 32, kind, c.seq);
+    post(peer, static_cast<int>(kind), out_slot(peer) + 32, kMarkerBytes, l_.ctrl_offset(me_) + 32, kind,
+         c.seq);
   };
   switch (c.kind) {
     case WriteKind::kDispatchPrivate: {

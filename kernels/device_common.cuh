@@ -157,6 +157,16 @@ __device__ inline void count_fabric_sources(const Args& a, size_t base) {
       red_release_sys_add(reinterpret_cast<uint64_t*>(a.local + base + 8 * static_cast<size_t>(s)), 1);
 }
 
+// Inclusive scan over the warp's lanes.
+template <class T>
+__device__ __forceinline__ T warp_scan(T v, int lane) {
+  for (int o = 1; o < 32; o <<= 1) {
+    const T u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  return v;
+}
+
 // Where a copy's source lives, which decides how it is loaded:
 //   kSrcLocal  written before this kernel started: the read-only path (__ldg)
 //   kSrcPeer   stored by another GPU, a copy engine or a NIC during this kernel (after an acquire

@@ -151,11 +151,7 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
     int carry = 0;
     for (int base = 0; base < L; base += 32) {
       const int j = base + lane;
-      int v = j < L ? (tot[j] + l.alignment - 1) / l.alignment * l.alignment : 0;
-      for (int o = 1; o < 32; o <<= 1) {
-        const int u = __shfl_up_sync(0xffffffffu, v, o);
-        if (lane >= o) v += u;
-      }
+      int v = warp_scan(j < L ? (tot[j] + l.alignment - 1) / l.alignment * l.alignment : 0, lane);
       if (j < L) off[j + 1] = carry + v;
       carry += __shfl_sync(0xffffffffu, v, 31);
     }

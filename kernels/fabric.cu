@@ -31,15 +31,6 @@ __device__ __forceinline__ uint32_t lanemask_lt() {
   return m;
 }
 
-// Inclusive warp scan.
-__device__ __forceinline__ uint32_t warp_scan(uint32_t v, int lane) {
-  for (int o = 1; o < 32; o <<= 1) {
-    const uint32_t u = __shfl_up_sync(0xffffffffu, v, o);
-    if (lane >= o) v += u;
-  }
-  return v;
-}
-
 // (token, k) pairs of token t whose expert lies in [first, first + L).
 __device__ __forceinline__ int pairs_in(const Args& a, int t, int first, int L) {
   const int32_t* row = a.idx + static_cast<size_t>(t) * a.l.topk;

@@ -503,11 +503,11 @@ Status CudaComm::peer_stats(ncclMoePeerStats_t* out) {
     if (r == me_ || pl == nullptr || op == 0) continue;
     const uint32_t n = host_shared_.plan[r].ntokens, rows = host_shared_.ret[r].rows;
     out[r].records = n;
-    out[r].dispatchBytes = pl->header_bytes + pl->record_bytes * n;
-    out[r].dispatchWrites = n > static_cast<uint32_t>(pl->max_private) ? 2 : 1;
+    out[r].dispatchBytes = pl->dispatch_bytes(n);
+    out[r].dispatchWrites = pl->dispatch_writes(n);
     out[r].grantsSent = proto_->granted_in(r, op) ? 1 : 0;
     out[r].rowsReturned = rows;
-    out[r].combineBytes = rows ? pl->y_row_bytes * rows : 16;
+    out[r].combineBytes = pl->combine_wire_bytes(rows);
     out[r].combineWrites = 1;
   }
   return Status::kOk;

@@ -88,8 +88,8 @@ Status Comm::host_pack_dispatch(const void* x, const float* scales, const int32_
     ps.dispatchWrites = ps.combineWrites = ps.records = ps.rowsReturned = 0;
     if (d != me_) {
       ps.records = h->ntokens;
-      ps.dispatchBytes = l_.header_bytes + l_.record_bytes * h->ntokens;
-      ps.dispatchWrites = h->ntokens > h->nprivate ? 2 : 1;
+      ps.dispatchBytes = l_.dispatch_bytes(h->ntokens);
+      ps.dispatchWrites = l_.dispatch_writes(h->ntokens);
       dispatch_bytes_ += ps.dispatchBytes;
       last_dispatch_writes_ = std::max(last_dispatch_writes_, ps.dispatchWrites);
     }
@@ -279,7 +279,7 @@ Status Comm::combine_send(const void* expert_y) {
     if (s == me_) continue;
     ncclMoePeerStats_t& ps = peer_stats_[s];
     ps.rowsReturned = sh_.ret[s].rows;
-    ps.combineBytes = sh_.ret[s].rows ? l_.y_row_bytes * sh_.ret[s].rows : 16;  // rows, or the empty marker
+    ps.combineBytes = l_.combine_wire_bytes(sh_.ret[s].rows);  // rows, or the empty marker
     ps.combineWrites = 1;
     combine_bytes_ += ps.combineBytes;
   }
