@@ -1,6 +1,7 @@
 // Combine over NVLink. Send: every expert output row goes back to its token's home rank, into
-// combine slot (t, k) there, then each block counts itself at every rank. Recv: wait for all
-// ranks' blocks, then y[t] = round_bf16(fmaf chain over k in order), bit-identical to the host
+// combine slot (t, k) there, then each block counts itself at every rank; rows of our own tokens
+// stay where they are. Recv: wait for all ranks' blocks, then y[t] = round_bf16(fmaf chain over k
+// in order), reading our own experts' rows from expertY in place, bit-identical to the host
 // backend (collectives/numeric.h). The last block to finish advances the op sequence.
 #include <cuda_bf16.h>
 
@@ -42,7 +43,8 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
     const uint32_t code = a.row_src[r];
     if (code == ~0u) continue;
     const uint32_t s = code / per_src;
-    if (s >= static_cast<uint32_t>(l.nranks)) continue;
+    // Our own tokens' rows stay in expertY: combine recv reads them there.
+    if (s >= static_cast<uint32_t>(l.nranks) || s == static_cast<uint32_t>(l.rank)) continue;
     uint8_t* dst;
     if (is_remote(a, s)) {
       // The protocol's combine staging: s's rows in (record, k) order after its row_start.
@@ -60,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(const __grid_con
       dst = a.peers[s] + l.combine_offset(code % per_src);
     }
     if (whole)
-      warp_copy16<kSrcLocal>(dst, ey + yb * r, yb, lane);
+      warp_copy_row<kSrcLocal>(dst, ey + yb * r, yb, lane);
     else
       warp_copy_chunk<kSrcLocal>(dst, ey + yb * r, yb, c, lane);
   }
@@ -80,6 +82,9 @@ __global__ void __launch_bounds__(kThreads) combine_recv_kernel(const __grid_con
     T = 0;
   }
   const int32_t* idx = reinterpret_cast<const int32_t*>(a.local + l.idx_offset(l.rank));
+  // (t, k) on one of our experts: its row is read from expertY in place (combine send skipped it).
+  const int first = l.first_expert(l.rank), L = l.local_count(l.rank);
+  const auto* ey = static_cast<const uint8_t*>(a.expert_y);
   const size_t nv = static_cast<size_t>(l.hidden) / 8;  // 16-byte vectors of 8 bf16
   const size_t n = static_cast<size_t>(T) * nv;
   auto* y = static_cast<uint8_t*>(a.y);
@@ -87,14 +92,21 @@ __global__ void __launch_bounds__(kThreads) combine_recv_kernel(const __grid_con
        i += static_cast<size_t>(a.blocks) * kThreads) {
     const size_t t = i / nv, v = i % nv;
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    // Eight rows' loads in flight before any is used (their addresses do not depend on idx; an
-    // empty slot's row is loaded and ignored), then the fmaf chain in k order as before.
+    // Eight rows' loads in flight before any is used (an empty slot's row is loaded and
+    // ignored), then the fmaf chain in k order as before.
     for (int k0 = 0; k0 < K; k0 += 8) {
       int4 q[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j)
-        if (k0 + j < K)
-          q[j] = __ldcg(reinterpret_cast<const int4*>(a.local + l.combine_offset(t * K + k0 + j)) + v);
+        if (k0 + j < K) {
+          const size_t tk = t * K + k0 + j;
+          const int32_t e = idx[tk];
+          if (static_cast<uint32_t>(e - first) < static_cast<uint32_t>(L))
+            q[j] = ey != nullptr ? __ldg(reinterpret_cast<const int4*>(ey + l.y_row_bytes * a.self_row[tk]) + v)
+                                 : int4{0, 0, 0, 0};
+          else
+            q[j] = __ldcg(reinterpret_cast<const int4*>(a.local + l.combine_offset(tk)) + v);
+        }
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const int k = k0 + j;

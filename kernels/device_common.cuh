@@ -184,19 +184,27 @@ __device__ __forceinline__ int4 load16(const int4* p) {
     return __ldg(p);
 }
 
-// A warp copies `bytes` (a multiple of 16, both ends 16-byte aligned) from src to dst.
-template <int kSrc>
-__device__ __forceinline__ void warp_copy16(uint8_t* dst, const uint8_t* src, size_t bytes, int lane) {
+// A whole row by one warp, kUnroll 16-byte loads per lane in flight before their stores.
+template <int kSrc, int kUnroll = 8>
+__device__ __forceinline__ void warp_copy_row(uint8_t* dst, const uint8_t* src, size_t bytes, int lane) {
   const int4* s = reinterpret_cast<const int4*>(src);
   int4* d = reinterpret_cast<int4*>(dst);
   const size_t n = bytes / 16;
   size_t i = lane;
-  for (; i + 32 < n; i += 64) {
-    int4 v0 = load16<kSrc>(s + i), v1 = load16<kSrc>(s + i + 32);
-    d[i] = v0;
-    d[i + 32] = v1;
+  for (; i + 32 * (kUnroll - 1) < n; i += 32 * kUnroll) {
+    int4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v[u] = load16<kSrc>(s + i + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) d[i + 32 * u] = v[u];
   }
-  for (; i < n; i += 32) d[i] = load16<kSrc>(s + i);
+  int4 v[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (i + 32 * u < n) v[u] = load16<kSrc>(s + i + 32 * u);
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (i + 32 * u < n) d[i + 32 * u] = v[u];
 }
 
 // Rows are copied in chunks of kChunkVecs 16-byte vectors (2 per lane), one chunk per warp and

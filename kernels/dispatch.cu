@@ -1,8 +1,9 @@
 // Dispatch over NVLink. Send: every rank stores its sanitised topkIdx and T into every rank's
-// receive block, then each token once into every rank that owns one of its experts (slot (me, t)),
-// then counts its block at each destination with a system-scope release. Recv: wait for all
-// sources' blocks, lay the received tokens out expert-major (rows per expert by source, token, k,
-// exactly as the host backend) and fan them out into recvX/recvScales.
+// receive block, then each token once into every other rank that owns one of its experts (slot
+// (me, t)), then counts its block at each destination with a system-scope release. Recv: wait for
+// all sources' blocks, lay the received tokens out expert-major (rows per expert by source, token,
+// k, exactly as the host backend) and fan them out into recvX/recvScales, our own tokens straight
+// from x (they are not copied through our slots).
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -38,7 +39,7 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
   const size_t xb_pad = round_up(xb, 16);
   const size_t nvec = xb / 16;
   const int nch = chunks_of(xb);
-  const int64_t items = static_cast<int64_t>(T) * nch;
+  const int64_t items = a.nvlink_peers > 0 ? static_cast<int64_t>(T) * nch : 0;
   for (int64_t it = static_cast<int64_t>(warp) * a.blocks + blockIdx.x; it < items;
        it += static_cast<int64_t>(a.blocks) * kWarps) {
     const int t = static_cast<int>(it / nch), c = static_cast<int>(it % nch);
@@ -48,7 +49,8 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(const __grid_co
     if (lane < K) {
       const int32_t e = a.idx[static_cast<size_t>(t) * K + lane];
       if (e >= 0 && e < l.experts) d = l.owner(e);
-      if (d >= 0 && is_remote(a, d)) d = -1;
+      // Fabric destinations get records from the pack kernel; our own recv reads x in place.
+      if (d >= 0 && (is_remote(a, d) || d == me)) d = -1;
     }
     const uint32_t same = __match_any_sync(0xffffffffu, d);
     const uint32_t dests = __ballot_sync(0xffffffffu, d >= 0 && lane == __ffs(same) - 1);
@@ -132,19 +134,26 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
     const int j = e - first;
     return (j >= 0 && j < L) ? j : -1;
   };
-  // Warp-aggregated: all tokens on one expert must not serialise on one shared counter.
-  for (int p0 = warp * 32; p0 < N; p0 += kThreads) {
-    const int p = p0 + lane;
-    int j = -1;
-    if (p < N) {
+  // Warp-aggregated: all tokens on one expert must not serialise on one shared counter. Eight
+  // pairs per lane per pass, their loads issued before any is used (every block reads all N);
+  // one match per pair serves both counts (the lanes before `lo` are a prefix of the warp).
+  constexpr int kBatch = 8;
+  for (int p0 = warp * 32; p0 < N; p0 += kThreads * kBatch) {
+    int jj[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int p = p0 + u * kThreads + lane;
       int s;
-      j = local_of(p, &s);
+      jj[u] = p < N ? local_of(p, &s) : -1;
     }
-    const uint32_t same = __match_any_sync(0xffffffffu, j);
-    const int jb = p < lo ? j : -1;
-    const uint32_t same_before = __match_any_sync(0xffffffffu, jb);
-    if (j >= 0 && lane == __ffs(same) - 1) atomicAdd(&tot[j], __popc(same));
-    if (jb >= 0 && lane == __ffs(same_before) - 1) atomicAdd(&cur[jb], __popc(same_before));
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int p = p0 + u * kThreads + lane, j = jj[u];
+      const uint32_t same = __match_any_sync(0xffffffffu, j);
+      const uint32_t before = same & __ballot_sync(0xffffffffu, p < lo);
+      if (j >= 0 && lane == __ffs(same) - 1) atomicAdd(&tot[j], __popc(same));
+      if (j >= 0 && before != 0 && lane == __ffs(before) - 1) atomicAdd(&cur[j], __popc(before));
+    }
   }
   __syncthreads();
   if (warp == 0) {  // off[j] = sum over i < j of roundup(tot[i], alignment)
@@ -198,15 +207,36 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
     __syncthreads();
     // Items (pair, chunk of its row) over the block's warps: a block with few rows still keeps
     // all its warps copying.
-    const int nch = chunks_of(xb);
+    // With at least a row per warp, whole rows (more loads in flight per lane); else chunks, so
+    // that a few rows still keep every warp copying.
+    const bool whole = c1 - c0 >= kWarps;
+    const int nch = whole ? 1 : chunks_of(xb);
     for (int it = warp; it < (c1 - c0) * nch; it += kWarps) {
       const int i = it / nch, c = it % nch;
       const uint32_t row = c_row[i];
       if (row == ~0u) continue;
       const uint32_t code = c_code[i];
       const uint32_t st = code / K;  // s * maxT + t
+      const uint32_t s = st / l.max_tokens, t = st % l.max_tokens;
+      if (s == static_cast<uint32_t>(me)) {  // our own token: from x, which the send left in place
+        if (whole)
+          warp_copy_row<kSrcLocal, 4>(recv_x + xb * row, static_cast<const uint8_t*>(a.x) + xb * t, xb, lane);
+        else
+          warp_copy_chunk<kSrcLocal>(recv_x + xb * row, static_cast<const uint8_t*>(a.x) + xb * t, xb, c, lane);
+        if (c != 0) continue;
+        const float* sc = a.x_scales + static_cast<size_t>(l.nscale) * t;
+        for (int q = lane; q < l.nscale; q += 32) a.recv_scales[static_cast<size_t>(l.nscale) * row + q] = __ldg(sc + q);
+        if (lane == 0) {
+          a.row_src[row] = code;
+          a.self_row[code % (static_cast<uint32_t>(l.max_tokens) * K)] = row;
+        }
+        continue;
+      }
       const uint8_t* slot = a.local + l.off_tok + l.slot_bytes * st;
-      warp_copy_chunk<kSrcPeer>(recv_x + xb * row, slot, xb, c, lane);
+      if (whole)
+        warp_copy_row<kSrcPeer, 4>(recv_x + xb * row, slot, xb, lane);
+      else
+        warp_copy_chunk<kSrcPeer>(recv_x + xb * row, slot, xb, c, lane);
       if (c != 0) continue;
       if (l.nscale > 0) {
         const float* sc = reinterpret_cast<const float*>(slot + xb_pad);

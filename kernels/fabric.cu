@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kThreads) fabric_pack_kernel(const __grid_cons
         const int tt = __shfl_sync(0xffffffffu, t, src_lane);
         const uint32_t rr = __shfl_sync(0xffffffffu, rec, src_lane);
         uint8_t* dst = chunk + pl.record_bytes * rr + pl.meta_bytes;
-        warp_copy16<kSrcLocal>(dst, static_cast<const uint8_t*>(a.x) + xb * tt, xb, lane);
+        warp_copy_row<kSrcLocal>(dst, static_cast<const uint8_t*>(a.x) + xb * tt, xb, lane);
         if (l.nscale > 0)
           for (int i = lane; i < l.nscale; i += 32)
             reinterpret_cast<float*>(dst + xb_pad)[i] =

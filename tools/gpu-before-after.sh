@@ -4,6 +4,7 @@
 # both alike. Each build is a tools/gpu-prebuilt.sh --stage folder (carry both). Only long
 # option names both builds know are used.
 #   tools/gpu-before-after.sh BEFORE_DIR AFTER_DIR [rounds, default 2]
+# GPU_BA_TOKENS sets the token counts (default 1,128,512).
 # Prints one table: p50 µs per row for each build and the ratio after/before.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ for r in $(seq 1 "$rounds"); do
       name=${row%%:*} args=${row#*:}
       # shellcheck disable=SC2086
       LD_LIBRARY_PATH=$dir/collectives:$LD_LIBRARY_PATH timeout 120 "$dir/perf/moefabric-moe-gpu-perf" --ranks "$n" \
-        --tokens 1,128,512 --iters 200 --warmup 20 --no-nccl $args --json "$out/$side-$r-${name// /-}.json" \
+        --tokens "${GPU_BA_TOKENS:-1,128,512}" --iters 200 --warmup 20 --no-nccl $args --json "$out/$side-$r-${name// /-}.json" \
         > "$out/$side-$r-${name// /-}.log" 2>&1 || echo "$side $name round $r failed (see $out)"
     done
   done

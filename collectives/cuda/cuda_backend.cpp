@@ -156,6 +156,7 @@ class CudaComm final : public Engine {
   DevicePtr<uint8_t> block_;
   DevicePtr<kern::DevState> state_;
   DevicePtr<uint32_t> row_src_;
+  DevicePtr<uint32_t> self_row_;
   DevicePtr<uint8_t*> peers_dev_;
   PinnedPtr<kern::DevError> err_;
   std::vector<std::unique_ptr<IpcMapping>> mapped_;
@@ -213,6 +214,7 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, c
   MF_CHECK(choose_paths(all, error));
   args_.blocks = std::max(1, blocks);
   args_.timeout_ns = static_cast<int64_t>(rc.timeout_ms) * 1000000;
+  args_.nvlink_peers = nranks - 1 - nfabric_;
   if (nfabric_ > 0) MF_CHECK(fabric_setup(fn, ctx, error));
   MF_CHECK(map_peers(all, fn, ctx, error));
   args_.local = block_.get();
@@ -220,6 +222,7 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, c
   args_.st = state_.get();
   args_.err = static_cast<kern::DevError*>(err_dev);
   args_.row_src = row_src_.get();
+  args_.self_row = self_row_.get();
   const CudaLayout& l = args_.l;
   MF_INFO(
       log::kInit,
@@ -263,7 +266,11 @@ bool CudaComm::alloc_local(InitBlob* mine, void** err_dev, std::string* err) {
   if (ok && cuda_ok(cudaMalloc(&p, sizeof(uint32_t) * std::max<size_t>(1, l.capacity_rows)),
                     "cudaMalloc (row map)"))
     row_src_.reset(static_cast<uint32_t*>(p));
-  if (ok && row_src_ && cuda_ok(cudaMalloc(&p, sizeof(uint8_t*) * R_), "cudaMalloc (peers)"))
+  if (ok && row_src_ &&
+      cuda_ok(cudaMalloc(&p, sizeof(uint32_t) * static_cast<size_t>(rc.max_tokens) * rc.topk),
+              "cudaMalloc (own rows)"))
+    self_row_.reset(static_cast<uint32_t*>(p));
+  if (ok && self_row_ && cuda_ok(cudaMalloc(&p, sizeof(uint8_t*) * R_), "cudaMalloc (peers)"))
     peers_dev_.reset(static_cast<uint8_t**>(p));
   ok = ok && peers_dev_;
   if (ok &&
@@ -516,6 +523,7 @@ Status CudaComm::peer_stats(ncclMoePeerStats_t* out) {
 void CudaComm::memory(size_t* device_bytes, size_t* host_bytes) const {
   const CudaLayout& l = args_.l;
   *device_bytes = l.block_bytes + sizeof(kern::DevState) + sizeof(uint32_t) * l.capacity_rows +
+                  sizeof(uint32_t) * static_cast<size_t>(l.max_tokens) * l.topk +
                   sizeof(uint8_t*) * R_ + fabric_dev_bytes_;
   *host_bytes = sizeof(kern::DevError) + shared_bytes_ + (proto_ ? proto_->host_bytes() : 0);
 }
@@ -678,6 +686,7 @@ void CudaComm::abort() {
   internal_ = nullptr;
   peers_dev_.reset();
   row_src_.reset();
+  self_row_.reset();
   state_.reset();
   block_.reset();
   err_.reset();

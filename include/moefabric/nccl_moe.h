@@ -180,7 +180,9 @@ NCCL_MOE_API ncclResult_t ncclMoeCombine(const void* expertY, void* y, ncclMoeCo
                                          cudaStream_t stream);
 
 /* Split halves: the same arguments divided. Between a send and its recv the caller may do other
- * work; the host proxy moves the data meanwhile. */
+ * work; the host proxy moves the data meanwhile. x and xScales must stay unchanged until
+ * DispatchRecv has run, and expertY until CombineRecv has run (in stream order): the CUDA
+ * backend reads a rank's own tokens and rows in place there. */
 NCCL_MOE_API ncclResult_t ncclMoeDispatchSend(const void* x, const float* xScales, const int32_t* topkIdx,
                                               const float* topkWeights, const int32_t* numTokens, void* recvX,
                                               float* recvScales, int32_t* recvExpertCounts, ncclMoeComm_t moe,
