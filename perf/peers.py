@@ -213,7 +213,8 @@ def format_table(doc):
     tokens = sorted({r["T"] for r in rows if r.get("T") is not None})
     order = {s: i for i, s in enumerate(doc.get("systems_order", []))}
     for T in tokens:
-        here = sorted([r for r in rows if r.get("T") == T], key=lambda r: order.get(r["system"], 99))
+        here = sorted([r for r in rows if r.get("T") == T],
+                      key=lambda r: (0 if r["system"].startswith("ours") else 1, order.get(r["system"], 99)))
         ref = next((r for r in here if r["system"] == doc.get("reference", "ours") and r.get("status") == "ok"), None)
         for r in here:
             if r.get("status") != "ok":
@@ -242,6 +243,7 @@ def merge_docs(docs):
         if d["meta"].get("where") and d["meta"]["where"] not in wheres:
             wheres.append(d["meta"]["where"])
     out["meta"]["where"] = "; ".join(wheres)
+    out["systems_order"].sort(key=lambda s: 0 if s.startswith("ours") else 1)  # stable: ours' rows first
     return out
 
 
@@ -327,7 +329,7 @@ def run_cpu(a):
     label = a.label or ("ours-node%d" % a.node_size if a.node_size else "ours")
     rows = []
     systems = [s for s in a.systems if s not in ("ours", "ours-eager")]
-    for T in a.tokens:
+    for T in a.tokens if "ours" in a.systems else []:
         idx_all, w_all = make_routing(a.seed, T, R, a.experts, a.topk)
         xs = [np.random.default_rng([a.seed, T, r]).standard_normal((T, a.hidden)).astype(np.float32) for r in range(R)]
         sent = []
@@ -359,7 +361,7 @@ def run_cpu(a):
         rows.append(row)
     comm.close()
     for sname in systems:
-        rows += unavailable_rows(sname, "--cpu runs ours only (host backend)", a.tokens)
+        rows += unavailable_rows(sname, "--cpu times ours only (host backend)", a.tokens)
     return R, me, rows, "%d rank(s), host backend (--cpu smoke run)" % R
 
 
