@@ -182,33 +182,32 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
   auto* recv_x = static_cast<uint8_t*>(a.recv_x);
   for (int c0 = lo; c0 < hi; c0 += kChunk) {
     const int c1 = min(hi, c0 + kChunk);
-    if (warp == 0) {  // rank the chunk's pairs in order, 32 at a time
+    // Every thread looks its pairs up (the loads of the idx arrays in parallel), then warp 0
+    // ranks them in order, 32 at a time, from shared memory alone.
+    for (int p = c0 + threadIdx.x; p < c1; p += kThreads) {
+      int s;
+      const int j = local_of(p, &s);
+      c_row[p - c0] = static_cast<uint32_t>(j);  // the local expert until warp 0 ranks it
+      c_code[p - c0] = static_cast<uint32_t>(s) * l.max_tokens * K + static_cast<uint32_t>(p - s_pstart[s]);
+    }
+    __syncthreads();
+    if (warp == 0) {
       for (int b = c0; b < c1; b += 32) {
         const int p = b + lane;
-        int j = -1;
-        uint32_t code = 0;
-        if (p < c1) {
-          int s;
-          j = local_of(p, &s);
-          code = static_cast<uint32_t>(s) * l.max_tokens * K + static_cast<uint32_t>(p - s_pstart[s]);
-        }
+        const int j = p < c1 ? static_cast<int>(c_row[p - c0]) : -1;
         const uint32_t same = __match_any_sync(0xffffffffu, j);
         const int rank = __popc(same & ((1u << lane) - 1));
         const int base = j >= 0 ? cur[j] : 0;
         __syncwarp();
         if (j >= 0 && rank == 0) cur[j] = base + __popc(same);
         __syncwarp();
-        if (p < c1) {
-          c_row[p - c0] = j >= 0 ? static_cast<uint32_t>(base + rank) : ~0u;
-          c_code[p - c0] = code;
-        }
+        if (p < c1) c_row[p - c0] = j >= 0 ? static_cast<uint32_t>(base + rank) : ~0u;
       }
     }
     __syncthreads();
-    // Items (pair, chunk of its row) over the block's warps: a block with few rows still keeps
-    // all its warps copying.
-    // With at least a row per warp, whole rows (more loads in flight per lane); else chunks, so
-    // that a few rows still keep every warp copying.
+    // Items over the block's warps: with at least a row per warp, whole rows (more loads in
+    // flight per lane); else (pair, chunk of its row), so that a few rows still keep every warp
+    // copying.
     const bool whole = c1 - c0 >= kWarps;
     const int nch = whole ? 1 : chunks_of(xb);
     for (int it = warp; it < (c1 - c0) * nch; it += kWarps) {

@@ -22,7 +22,8 @@ if [ "${1:-}" = "--stage" ]; then
   if [ -f "$d/build.ninja" ]; then meson configure "$d" "${opts[@]}"; else meson setup "$d" "${opts[@]}"; fi &&
     ninja -C "$d" || exit 1
   rm -rf "$pb" && mkdir -p "$pb"/{perf,collectives,plugin/nccl,tests}
-  cp -a "$d"/perf/moefabric-{moe-gpu-perf,nccl-perf,net-perf,run,topo} "$pb/perf/"
+  cp -a "$d"/perf/moefabric-{moe-gpu-perf,moe-perf,nccl-perf,net-perf,run,topo} "$pb/perf/"
+  mkdir -p "$pb/python" && cp -a "$d"/python/libmoefabric-bootstrap.so* "$pb/python/"
   cp -a "$d"/collectives/libmoefabric.so* "$pb/collectives/"
   cp -a "$d"/plugin/nccl/libnccl-net-moefabric.so "$pb/plugin/nccl/"
   cp -a "$d"/tests/test-moe-gpu "$d"/tests/test-moe-fuzz-gpu "$pb/tests/"
