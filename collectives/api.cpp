@@ -63,7 +63,7 @@ ncclResult_t not_live(ncclMoeComm_t moe) {
   return ncclInvalidArgument;
 }
 
-ncclResult_t to_nccl(Status s) { return static_cast<ncclResult_t>(moefabric::status_to_nccl(s)); }
+ncclResult_t to_nccl(const Status& s) { return static_cast<ncclResult_t>(moefabric::status_to_nccl(s)); }
 
 template <class F>
 ncclResult_t run_guarded(Engine& c, F&& f) {
@@ -119,12 +119,11 @@ NCCL_MOE_API ncclResult_t ncclMoeCommInitAllGather(ncclMoeComm_t* moe, int nrank
   *moe = nullptr;
   try {
     std::unique_ptr<Engine> c;
-    std::string err;
-    Status s = moefabric::moe::engine_create(nranks, rank, fn, ctx, cfg, &c, &err);
-    if (s != Status::kOk) {
-      g_init_error = err;
+    Status s = moefabric::moe::engine_create(nranks, rank, fn, ctx, cfg, &c);
+    if (!s.ok()) {
+      g_init_error = s.message();
       moefabric::log::write(moefabric::log::kWarn, moefabric::log::kInit, __FILE__, __LINE__, "rank %d: %s",
-                            rank, err.c_str());
+                            rank, g_init_error.c_str());
       return to_nccl(s);
     }
     *moe = registry_add(std::move(c));
@@ -145,10 +144,8 @@ NCCL_MOE_API ncclResult_t ncclMoeCommInit(ncclMoeComm_t* moe, ncclComm_t comm, c
     return ncclInvalidArgument;
   }
   moefabric::moe::NcclBootstrap boot;
-  std::string err;
-  Status s = moefabric::moe::nccl_bootstrap_open(comm, &boot, &err);
-  if (s != Status::kOk) {
-    g_init_error = "ncclMoeCommInit: " + err;
+  if (Status s = moefabric::moe::nccl_bootstrap_open(comm, &boot); !s.ok()) {
+    g_init_error = s.prepend("ncclMoeCommInit: ").message();
     return to_nccl(s);
   }
   ncclResult_t r = ncclMoeCommInitAllGather(moe, boot.nranks, boot.rank,
@@ -180,7 +177,7 @@ NCCL_MOE_API const char* ncclMoeGetLastError(ncclMoeComm_t moe) {
 
 NCCL_MOE_API ncclResult_t ncclMoeCommGetAsyncError(ncclMoeComm_t moe, ncclResult_t* err) {
   if (err == nullptr) return ncclInvalidArgument;
-  return guarded(moe, [&](Engine& c) {
+  return guarded(moe, [&](Engine& c) -> Status {
     *err = to_nccl(c.async_error());
     return Status::kOk;
   });
@@ -188,7 +185,7 @@ NCCL_MOE_API ncclResult_t ncclMoeCommGetAsyncError(ncclMoeComm_t moe, ncclResult
 
 NCCL_MOE_API ncclResult_t ncclMoeGetRecvCapacity(ncclMoeComm_t moe, size_t* rows) {
   if (rows == nullptr) return ncclInvalidArgument;
-  return guarded(moe, [&](Engine& c) {
+  return guarded(moe, [&](Engine& c) -> Status {
     *rows = c.recv_capacity();
     return Status::kOk;
   });
@@ -196,7 +193,7 @@ NCCL_MOE_API ncclResult_t ncclMoeGetRecvCapacity(ncclMoeComm_t moe, size_t* rows
 
 NCCL_MOE_API ncclResult_t ncclMoeGetLocalExperts(ncclMoeComm_t moe, int* first, int* count) {
   if (first == nullptr || count == nullptr) return ncclInvalidArgument;
-  return guarded(moe, [&](Engine& c) {
+  return guarded(moe, [&](Engine& c) -> Status {
     *first = c.first_expert();
     *count = c.local_experts();
     return Status::kOk;
@@ -208,7 +205,7 @@ NCCL_MOE_API ncclResult_t ncclMoeDispatchSend(const void* x, const float* xScale
                                               float* recvScales, int32_t* recvExpertCounts, ncclMoeComm_t moe,
                                               cudaStream_t stream) {
   if (ncclResult_t r = check_host_stream(moe, stream, "dispatch"); r != ncclSuccess) return r;
-  return guarded(moe, [&](Engine& c) {
+  return guarded(moe, [&](Engine& c) -> Status {
     return c.dispatch_send(x, xScales, topkIdx, topkWeights, numTokens, recvX, recvScales, recvExpertCounts,
                            stream);
   });
@@ -251,14 +248,14 @@ NCCL_MOE_API ncclResult_t ncclMoeCombine(const void* expertY, void* y, ncclMoeCo
 
 NCCL_MOE_API ncclResult_t ncclMoeGetStats(ncclMoeComm_t moe, ncclMoeStats_t* stats) {
   if (stats == nullptr || stats->size != sizeof(ncclMoeStats_t)) return ncclInvalidArgument;
-  return guarded(moe, [&](Engine& c) {
+  return guarded(moe, [&](Engine& c) -> Status {
     c.stats(stats);
     return Status::kOk;
   });
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeGetPeerStats(ncclMoeComm_t moe, ncclMoePeerStats_t* peers, int count) {
-  return guarded(moe, [&](Engine& c) {
+  return guarded(moe, [&](Engine& c) -> Status {
     if (peers == nullptr) return c.fail(Status::kInvalidArgument, "peer stats: peers is NULL");
     if (count != c.nranks())
       return c.fail(Status::kInvalidArgument, "peer stats: count %d, the comm has %d ranks", count,
@@ -268,7 +265,7 @@ NCCL_MOE_API ncclResult_t ncclMoeGetPeerStats(ncclMoeComm_t moe, ncclMoePeerStat
 }
 
 NCCL_MOE_API ncclResult_t ncclMoeGetMemoryUsage(ncclMoeComm_t moe, size_t* deviceBytes, size_t* hostBytes) {
-  return guarded(moe, [&](Engine& c) {
+  return guarded(moe, [&](Engine& c) -> Status {
     if (deviceBytes == nullptr || hostBytes == nullptr)
       return c.fail(Status::kInvalidArgument, "memory usage: deviceBytes or hostBytes is NULL");
     c.memory(deviceBytes, hostBytes);

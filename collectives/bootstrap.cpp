@@ -28,7 +28,7 @@ bool resolve(F* fn, const char* name, void* lib) {
 
 }  // namespace
 
-Status nccl_bootstrap_open(ncclComm_t comm, NcclBootstrap* b, std::string* error) {
+Status nccl_bootstrap_open(ncclComm_t comm, NcclBootstrap* b) {
   auto api = std::make_unique<Api>();
   void* nccl = dlopen("libnccl.so.2", RTLD_NOW | RTLD_NOLOAD);
   if (nccl == nullptr) nccl = dlopen("libnccl.so.2", RTLD_NOW);
@@ -38,23 +38,17 @@ Status nccl_bootstrap_open(ncclComm_t comm, NcclBootstrap* b, std::string* error
   bool ok = resolve(&api->comm_count, "ncclCommCount", nccl) &&
             resolve(&api->comm_user_rank, "ncclCommUserRank", nccl) &&
             resolve(&api->all_gather, "ncclAllGather", nccl);
-  if (!ok) {
-    *error =
+  if (!ok)
+    return Status::invalid_usage(
         "NCCL is not loaded in this process and libnccl.so.2 could not be opened, so there "
-        "is no NCCL communicator to bootstrap over (use ncclMoeCommInitAllGather)";
-    return Status::kInvalidUsage;
-  }
+        "is no NCCL communicator to bootstrap over (use ncclMoeCommInitAllGather)");
   ok = resolve(&api->malloc, "cudaMalloc", cudart) && resolve(&api->free, "cudaFree", cudart) &&
        resolve(&api->memcpy, "cudaMemcpy", cudart) &&
        resolve(&api->stream_sync, "cudaStreamSynchronize", cudart);
-  if (!ok) {
-    *error = "CUDA runtime entry points not found (libcudart)";
-    return Status::kSystemError;
-  }
+  if (!ok) return Status::system_error("CUDA runtime entry points not found (libcudart)");
   if (api->comm_count(comm, &b->nranks) != ncclSuccess ||
       api->comm_user_rank(comm, &b->rank) != ncclSuccess) {
-    *error = "ncclCommCount/ncclCommUserRank failed on the given communicator";
-    return Status::kInvalidArgument;
+    return Status::invalid_argument("ncclCommCount/ncclCommUserRank failed on the given communicator");
   }
   b->comm = comm;
   b->api = api.release();

@@ -16,7 +16,7 @@ struct NcclBootstrap {
   void* api = nullptr;  // resolved entry points (opaque)
 };
 
-Status nccl_bootstrap_open(ncclComm_t comm, NcclBootstrap* b, std::string* error);
+Status nccl_bootstrap_open(ncclComm_t comm, NcclBootstrap* b);
 ncclResult_t nccl_bootstrap_allgather(const void* send, void* recv, size_t bytes, void* ctx);
 void nccl_bootstrap_close(NcclBootstrap* b);
 

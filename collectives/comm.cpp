@@ -31,12 +31,8 @@ struct CfgBlob {
 bool is_set(int v) { return v != NCCL_MOE_UNDEF_INT; }
 
 // Fills defaults and validates one rank's config (everything that can be checked locally).
-Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, ResolvedConfig* rc,
-               std::string* why) {
-  auto bad = [&](const std::string& w) {
-    *why = "invalid config: " + w;
-    return Status::kInvalidArgument;
-  };
+Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, ResolvedConfig* rc) {
+  auto bad = [&](const std::string& w) { return Status::invalid_argument("invalid config: " + w); };
   if (c == nullptr) return bad("config is NULL (use NCCL_MOE_CONFIG_INITIALIZER)");
   if (c->magic != NCCL_MOE_CONFIG_MAGIC)
     return bad("magic mismatch (initialise with NCCL_MOE_CONFIG_INITIALIZER)");
@@ -92,17 +88,15 @@ Status resolve(const ncclMoeConfig_t* c, int nranks, const Params& params, Resol
                " unknown (ncclMoeCombinePerPair or ncclMoeCombinePerRank)");
   // Auto: CUDA when the caller's current device is a GPU (and this build has the CUDA backend).
   // (The host backend never touches CUDA.)
-  std::string cuda_why;
-  const bool cuda = rc->backend != ncclMoeBackendHost && cuda_backend_probe(&cuda_why);
+  const Status probe = rc->backend == ncclMoeBackendHost ? Status() : cuda_backend_probe();
+  const bool cuda = rc->backend != ncclMoeBackendHost && probe.ok();
   if (rc->backend == ncclMoeBackendAuto) rc->backend = cuda ? ncclMoeBackendCuda : ncclMoeBackendHost;
-  if (rc->backend == ncclMoeBackendCuda && !cuda) {
-    *why = "backend ncclMoeBackendCuda requested but " + cuda_why + " (use Host or Auto)";
-    return Status::kInvalidUsage;
-  }
-  if (rc->backend == ncclMoeBackendCuda && rc->combine_mode == ncclMoeCombinePerRank) {
-    *why = "combineMode ncclMoeCombinePerRank is not available on the CUDA backend yet (host backend only)";
-    return Status::kInvalidUsage;
-  }
+  if (rc->backend == ncclMoeBackendCuda && !cuda)
+    return Status::invalid_usage("backend ncclMoeBackendCuda requested but " + probe.message() +
+                                 " (use Host or Auto)");
+  if (rc->backend == ncclMoeBackendCuda && rc->combine_mode == ncclMoeCombinePerRank)
+    return Status::invalid_usage(
+        "combineMode ncclMoeCombinePerRank is not available on the CUDA backend yet (host backend only)");
   return Status::kOk;
 }
 
@@ -134,101 +128,83 @@ void* host_block_alloc(size_t bytes) {
 }  // namespace
 
 Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ncclMoeConfig_t* cfg,
-                    const Params& params, ResolvedConfig* out, std::string* error) {
-  if (nranks < 1 || nranks > kMaxRanks || rank < 0 || rank >= nranks || fn == nullptr) {
-    *error = "invalid arguments: nranks " + std::to_string(nranks) + ", rank " + std::to_string(rank) +
-             (fn == nullptr ? ", allgather function NULL" : "") +
-             " (need 1 <= nranks <= 4096, 0 <= rank < nranks)";
-    return Status::kInvalidArgument;
-  }
+                    const Params& params, ResolvedConfig* out) {
+  if (nranks < 1 || nranks > kMaxRanks || rank < 0 || rank >= nranks || fn == nullptr)
+    return Status::invalid_argument("invalid arguments: nranks " + std::to_string(nranks) + ", rank " +
+                                    std::to_string(rank) +
+                                    (fn == nullptr ? ", allgather function NULL" : "") +
+                                    " (need 1 <= nranks <= 4096, 0 <= rank < nranks)");
   // Local validation; every rank still joins the exchange so that all fail together.
   ResolvedConfig rc{};
-  std::string why;
-  Status local = resolve(cfg, nranks, params, &rc, &why);
+  const Status local = resolve(cfg, nranks, params, &rc);
   const CfgBlob mine{kBlobMagic, nranks, rc};
   std::vector<CfgBlob> all;
   MF_CHECK(agree(fn, ctx, nranks,
-                 {"init", "agreeing on the config", "rejected its config", Status::kInvalidUsage}, local, why,
-                 mine, &all, error));
+                 {"init", "agreeing on the config", "rejected its config", Status::kInvalidUsage}, local,
+                 mine, &all));
   for (int r = 0; r < nranks; ++r) {
     const CfgBlob& b = all[r];
-    if (b.magic != kBlobMagic || b.nranks != nranks) {
-      *error = "init: rank " + std::to_string(r) + " sent a malformed bootstrap record (nranks " +
-               std::to_string(b.nranks) + ")";
-      return Status::kInvalidUsage;
-    }
-    if (const char* f = config_diff(rc, b.rc)) {
-      *error = std::string("init: config mismatch: ") + f + " differs between rank " + std::to_string(rank) +
-               " and rank " + std::to_string(r) + " (configs must match on all ranks)";
-      return Status::kInvalidUsage;
-    }
+    if (b.magic != kBlobMagic || b.nranks != nranks)
+      return Status::invalid_usage("init: rank " + std::to_string(r) +
+                                   " sent a malformed bootstrap record (nranks " + std::to_string(b.nranks) +
+                                   ")");
+    if (const char* f = config_diff(rc, b.rc))
+      return Status::invalid_usage(std::string("init: config mismatch: ") + f + " differs between rank " +
+                                   std::to_string(rank) + " and rank " + std::to_string(r) +
+                                   " (configs must match on all ranks)");
   }
   *out = rc;
   return Status::kOk;
 }
 
 Status Comm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                    const Params& params, std::unique_ptr<Comm>* out, std::string* error,
-                    const ProtocolClient* client) {
+                    const Params& params, std::unique_ptr<Comm>* out, const ProtocolClient* client) {
   std::unique_ptr<Comm> c(new Comm());
   c->params_ = params;
-  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error, client));
+  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, client));
   *out = std::move(c);
   return Status::kOk;
 }
 
 Status Comm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                   std::string* error, const ProtocolClient* client) {
+                   const ProtocolClient* client) {
   cfg_ = rc;
   R_ = nranks;
   me_ = rank;
   RailsAddr mine{};
-  const char* why = nullptr;
   bool fp8 = rc.dispatch_type == ncclFloat8e4m3;
-  std::string err;
-  Status s = Status::kOk;
-  if (!layout_init(&l_, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2, fp8,
-                   rc.scale_block, rc.alignment, rc.max_private, rc.combine_mode == ncclMoeCombinePerRank,
-                   &why)) {
-    err = why;
-    s = Status::kInvalidArgument;
-  }
-  if (s == Status::kOk) {
+  Status s =
+      layout_init(&l_, nranks, rank, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2, fp8,
+                  rc.scale_block, rc.alignment, rc.max_private, rc.combine_mode == ncclMoeCombinePerRank);
+  if (s.ok()) {
     void* (*alloc)(size_t) = client ? client->alloc : host_block_alloc;
     void (*release)(void*) = client ? client->free : std::free;
     recv_block_ = Block(static_cast<uint8_t*>(alloc(l_.recv_block_bytes)), release);
     send_block_ = Block(static_cast<uint8_t*>(alloc(l_.send_block_bytes)), release);
-    if (!recv_block_ || !send_block_) {
-      err = "out of host memory for " + std::to_string(l_.recv_block_bytes + l_.send_block_bytes) +
-            " B of buffers";
-      s = Status::kSystemError;
-    }
+    if (!recv_block_ || !send_block_)
+      s = Status::system_error("out of host memory for " +
+                               std::to_string(l_.recv_block_bytes + l_.send_block_bytes) + " B of buffers");
   }
   RailChoice rails;
-  if (s == Status::kOk) s = open_rails(params_, client ? client->gpu : std::nullopt, &ep_, &rails, &err);
+  if (s.ok()) s = open_rails(params_, client ? client->gpu : std::nullopt, &ep_, &rails);
   proxy_cpus_ = rails.proxy_cpus;
   proxy_cpus_why_ = rails.cpus_why;
   rails_why_ = rails.why;
-  if (s == Status::kOk)
-    s = ep_->reg(recv_block_.get(), l_.recv_block_bytes, fabric::MrAccess::kRemoteWrite, &recv_mr_, &err);
-  if (s == Status::kOk)
-    s = ep_->reg(send_block_.get(), l_.send_block_bytes, fabric::MrAccess::kLocal, &send_mr_, &err);
-  if (s == Status::kOk) {
+  if (s.ok()) s = ep_->reg(recv_block_.get(), l_.recv_block_bytes, fabric::MrAccess::kRemoteWrite, &recv_mr_);
+  if (s.ok()) s = ep_->reg(send_block_.get(), l_.send_block_bytes, fabric::MrAccess::kLocal, &send_mr_);
+  if (s.ok()) {
     registrations_ = ep_->registrations();
     rails_addr(*ep_, recv_mr_, recv_block_.get(), &mine);
   }
   std::vector<RailsAddr> all;
   MF_CHECK(agree(fn, ctx, nranks,
                  {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError}, s,
-                 err, mine, &all, error));
+                 mine, &all));
   if (client != nullptr) peer_mask_ = client->peers, abort_word_ = client->abort_word;
   peers_.resize(nranks);
   for (int r = 0; r < nranks; ++r) {
     peers_[r].recv_base = all[r].recv_base;
-    if (is_peer(r) && rails_add_peer(*ep_, all[r], r, &peers_[r].rails, &err) != Status::kOk) {
-      *error = "init: " + err;
-      return Status::kSystemError;
-    }
+    if (is_peer(r)) MF_CHECK(rails_add_peer(*ep_, all[r], r, &peers_[r].rails).prepend("init: "));
   }
   owner_.resize(rc.experts);
   for (int e = 0; e < rc.experts; ++e) owner_[e] = l_.owner(e);
@@ -303,7 +279,7 @@ Status Comm::destroy(bool idle) {
   return result;
 }
 
-Status Comm::fail(Status s, const char* fmt, ...) {
+Status Comm::fail(Status::Code s, const char* fmt, ...) {
   char buf[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -316,15 +292,15 @@ Status Comm::fail(Status s, const char* fmt, ...) {
     if (async_status_.compare_exchange_strong(expected, static_cast<int>(s))) async_text_ = buf;
   }
   MF_WARN("rank %d: %s", me_, buf);
-  return s;
+  return Status(s, buf);
 }
 
 Status Comm::check_usable() {
-  Status s = async_error();
-  if (s != Status::kOk) {
+  const Status::Code s = static_cast<Status::Code>(async_status_.load());
+  if (s != Status::kOk) [[unlikely]] {
     std::lock_guard<std::mutex> g(err_mu_);
     last_error_ = async_text_;
-    return s;
+    return Status(s, async_text_);
   }
   return Status::kOk;
 }

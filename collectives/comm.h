@@ -59,7 +59,7 @@ struct ProtocolClient {
 // Resolves and validates the caller's config, then checks through one allgather that every
 // rank resolved the same one (all ranks fail together, naming the first mismatch).
 Status config_agree(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ncclMoeConfig_t* cfg,
-                    const Params& params, ResolvedConfig* out, std::string* error);
+                    const Params& params, ResolvedConfig* out);
 
 // Tests only (tests/moe/test_moe_hostile.cpp): dispatch recv calls it after the arrivals are in
 // and before the unpack, standing in for a peer that rewrites its region after the proxy checked
@@ -71,7 +71,7 @@ class Comm : public fabric::RmaHandler {
  public:
   // Collective: buffers, endpoint, address exchange, proxy. `rc` comes from config_agree.
   static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                       const Params& params, std::unique_ptr<Comm>* out, std::string* error,
+                       const Params& params, std::unique_ptr<Comm>* out,
                        const ProtocolClient* client = nullptr);
   uint8_t* send_block() const { return send_block_.get(); }
   uint8_t* recv_block() const { return recv_block_.get(); }
@@ -88,13 +88,13 @@ class Comm : public fabric::RmaHandler {
   Status combine_recv(void* y);
   Status destroy(bool idle);  // collective barrier (when idle and healthy), then teardown
   void abort();               // local teardown
-  Status check_usable();      // the async error, if any
+  Status check_usable();      // the async error and its text, if any
   int64_t pending_rows() const { return static_cast<int64_t>(row_of_pair_.size()); }
 
   const Layout& layout() const { return l_; }
   int pending_tokens() const { return T_; }
   const ResolvedConfig& config() const { return cfg_; }
-  Status async_error() const { return static_cast<Status>(async_status_.load()); }
+  Status async_error() const { return static_cast<Status::Code>(async_status_.load()); }  // the code only
   const std::string& last_error() const { return last_error_; }
   void stats(ncclMoeStats_t* s) const;
   void peer_stats(ncclMoePeerStats_t* out) const;  // [R]
@@ -105,13 +105,13 @@ class Comm : public fabric::RmaHandler {
   uint64_t current_op() const { return cur_seq_.load(std::memory_order_acquire); }
   size_t host_bytes() const { return l_.recv_block_bytes + l_.send_block_bytes; }
 
-  // Records an error (first wins for the async state); returns `s`.
-  Status fail(Status s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+  // Records an error (first wins for the async state); returns it, code and message.
+  Status fail(Status::Code s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 
  private:
   Comm() = default;
   Status setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-               std::string* error, const ProtocolClient* client);
+               const ProtocolClient* client);
   bool is_peer(int r) const { return r != me_ && (peer_mask_.empty() || peer_mask_[r]); }
   std::atomic_ref<uint64_t> arrived(WriteKind k, int src) const {
     return std::atomic_ref<uint64_t>(sh_.arrived[static_cast<size_t>(k) * R_ + src]);
@@ -131,9 +131,9 @@ class Comm : public fabric::RmaHandler {
   void proxy_execute(const Command& c);
   uint8_t* out_slot(int peer);
   void on_remote_write(uint32_t imm) override;
-  void on_write_done(uint64_t cookie, Status s, const char* text) override;
-  void proxy_fail(Status s, const std::string& text);
-  void wake_waiters();  // futex-wakes a caller sleeping in a wait when something happened
+  void on_write_done(uint64_t cookie, const Status& s) override;
+  void proxy_fail(const Status& s);  // records the async error (first wins) and aborts waiting kernels
+  void wake_waiters();               // futex-wakes a caller sleeping in a wait when something happened
   void sleep_for_event(uint32_t seen);
   void post(int peer, int cls, const void* src, size_t len, uint64_t remote_off, WriteKind kind,
             uint64_t seq);

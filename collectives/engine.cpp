@@ -36,7 +36,7 @@ class HostEngine final : public Engine {
     *device_bytes = 0;
     *host_bytes = c_->host_bytes();
   }
-  Status record_error(Status s, const char* text) override { return c_->fail(s, "%s", text); }
+  Status record_error(Status::Code s, const char* text) override { return c_->fail(s, "%s", text); }
 
  protected:
   Status check_usable(bool) override { return c_->check_usable(); }
@@ -161,7 +161,7 @@ Status Engine::combine_recv(void* y, cudaStream_t stream) {
 
 Status Engine::destroy() { return move_destroy(phase_ == OpPhase::kIdle); }
 
-Status Engine::fail(Status s, const char* fmt, ...) {
+Status Engine::fail(Status::Code s, const char* fmt, ...) {
   char buf[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -171,14 +171,13 @@ Status Engine::fail(Status s, const char* fmt, ...) {
 }
 
 Status engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ncclMoeConfig_t* cfg,
-                     std::unique_ptr<Engine>* out, std::string* error) {
+                     std::unique_ptr<Engine>* out) {
   const Params params = Params::load();
   ResolvedConfig rc{};
-  MF_CHECK(config_agree(nranks, rank, fn, ctx, cfg, params, &rc, error));
-  if (rc.backend == ncclMoeBackendCuda)
-    return cuda_engine_create(nranks, rank, fn, ctx, rc, params, out, error);
+  MF_CHECK(config_agree(nranks, rank, fn, ctx, cfg, params, &rc));
+  if (rc.backend == ncclMoeBackendCuda) return cuda_engine_create(nranks, rank, fn, ctx, rc, params, out);
   std::unique_ptr<Comm> c;
-  MF_CHECK(Comm::create(nranks, rank, fn, ctx, rc, params, &c, error));
+  MF_CHECK(Comm::create(nranks, rank, fn, ctx, rc, params, &c));
   *out = std::make_unique<HostEngine>(std::move(c));
   return Status::kOk;
 }

@@ -74,9 +74,10 @@ class Engine {
   // [nranks()] entries; kInvalidUsage (with the error recorded) where the backend cannot count.
   virtual Status peer_stats(ncclMoePeerStats_t* out) = 0;
   virtual void memory(size_t* device_bytes, size_t* host_bytes) const = 0;
-  // Records an error (last error; sticky async error unless it is a usage error); returns `s`.
-  virtual Status record_error(Status s, const char* text) = 0;
-  Status fail(Status s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+  // Records an error (last error; sticky async error unless it is a usage error) and returns it.
+  virtual Status record_error(Status::Code s, const char* text) = 0;
+  // record_error with a printf-style text: `return fail(Status::kInvalidArgument, "x is NULL");`
+  Status fail(Status::Code s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 
  protected:
   // An earlier failure that makes the comm unusable (aborted, async error); `starts_op`: the
@@ -96,14 +97,15 @@ class Engine {
 // Collective over `fn`: resolves the config (Auto -> CUDA where a GPU is current), checks it
 // matches on all ranks, and creates the backend's comm.
 Status engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ncclMoeConfig_t* cfg,
-                     std::unique_ptr<Engine>* out, std::string* error);
+                     std::unique_ptr<Engine>* out);
 
-// True when the CUDA backend can run here: built with CUDA and the calling thread's current
-// device is a GPU. Otherwise false with *why ("this build has no CUDA backend", "no GPU: ...").
-bool cuda_backend_probe(std::string* why);
+// OK when the CUDA backend can run here: built with CUDA and the calling thread's current
+// device is a GPU. Otherwise an invalid-usage status saying why ("this build has no CUDA
+// backend", "no GPU: ...").
+Status cuda_backend_probe();
 
 // The CUDA backend's comm (cuda_backend.cpp; a stub that fails in builds without CUDA).
 Status cuda_engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                          const Params& params, std::unique_ptr<Engine>* out, std::string* error);
+                          const Params& params, std::unique_ptr<Engine>* out);
 
 }  // namespace moefabric::moe

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 
+#include "common/status.h"
+#include "kernels/layout.h"
+
 namespace moefabric::moe {
 
-bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden, int max_tokens,
-                 int elt_bytes, bool scales, int scale_block, int alignment, int max_private, bool per_rank,
-                 const char** why) {
+Status layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden, int max_tokens,
+                   int elt_bytes, bool scales, int scale_block, int alignment, int max_private,
+                   bool per_rank) {
   *l = Layout{};
   l->nranks = nranks;
   l->rank = rank;
@@ -63,11 +66,57 @@ bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hid
   l->send_block_bytes = round_up(off, 4096);
 
   // The wire carries record offsets and row counts in 32 bits; one write must fit the provider.
-  if (l->overflow_records > UINT32_MAX || l->combine_rows > UINT32_MAX || l->capacity_rows > UINT32_MAX) {
-    *why = "buffer sizes exceed the 32-bit wire fields (reduce maxTokensPerRank or numTopk)";
-    return false;
-  }
-  return true;
+  if (l->overflow_records > UINT32_MAX || l->combine_rows > UINT32_MAX || l->capacity_rows > UINT32_MAX)
+    return Status::invalid_argument(
+        "buffer sizes exceed the 32-bit wire fields (reduce maxTokensPerRank or numTopk)");
+  return {};
+}
+
+Status cuda_layout_init(CudaLayout* l, int nranks, int rank, int experts, int topk, int hidden,
+                        int max_tokens, int elt_bytes, bool scales, int scale_block, int alignment) {
+  *l = CudaLayout{};
+  l->nranks = nranks;
+  l->rank = rank;
+  l->experts = experts;
+  l->topk = topk;
+  l->hidden = hidden;
+  l->max_tokens = max_tokens;
+  l->elt_bytes = elt_bytes;
+  l->scale_block = scale_block;
+  l->nscale = scales ? hidden / scale_block : 0;
+  l->alignment = alignment < 1 ? 1 : alignment;
+  l->max_local = (experts + nranks - 1) / nranks;
+  l->x_bytes = static_cast<size_t>(hidden) * elt_bytes;
+  l->scale_bytes = static_cast<size_t>(l->nscale) * 4;
+  l->slot_bytes = round_up(l->x_bytes, 16) + round_up(l->scale_bytes, 16);
+  l->y_row_bytes = static_cast<size_t>(hidden) * 2;
+  l->capacity_rows = static_cast<size_t>(nranks) * max_tokens * topk +
+                     static_cast<size_t>(l->max_local) * (l->alignment - 1);
+  const size_t R = static_cast<size_t>(nranks);
+  size_t off = 0;
+  l->off_dcount = off;
+  off += 8 * R;
+  l->off_ccount = off;
+  off += 8 * R;
+  l->off_bcount = off;
+  off += 8 * R;
+  l->off_ntok = off;
+  off += 4 * R;
+  l->off_idx = off = round_up(off, 256);
+  off += 4 * R * max_tokens * topk;
+  l->off_tok = off = round_up(off, 256);
+  off += l->slot_bytes * R * max_tokens;
+  l->off_comb = off = round_up(off, 256);
+  off += l->y_row_bytes * max_tokens * topk;
+  l->block_bytes = round_up(off, 4096);
+  if (nranks > kMaxRanks) return Status::invalid_argument("more than 4096 ranks");
+  if (l->max_local > kCudaMaxLocalExperts)
+    return Status::invalid_argument("the CUDA backend supports at most 4096 experts per rank");
+  // Rows and (source, token, k) codes travel as 32-bit values.
+  if (l->capacity_rows >= UINT32_MAX || R * max_tokens * topk >= UINT32_MAX)
+    return Status::invalid_argument(
+        "receive capacity exceeds 32-bit row indices (reduce maxTokensPerRank or numTopk)");
+  return {};
 }
 
 }  // namespace moefabric::moe

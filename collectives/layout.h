@@ -12,6 +12,10 @@
 #define MF_HD
 #endif
 
+namespace moefabric {
+class Status;  // common/status.h (this header stays pure: the CUDA kernels include it)
+}  // namespace moefabric
+
 namespace moefabric::moe {
 
 MF_HD constexpr size_t round_up(size_t v, size_t a) { return a == 0 ? v : (v + a - 1) / a * a; }
@@ -118,10 +122,10 @@ struct Layout {
   MF_HD size_t combine_wire_bytes(size_t rows) const { return rows ? y_row_bytes * rows : kMarkerBytes; }
 };
 
-// Fills every derived field from the resolved configuration. Returns false (with *why) when the
-// sizes overflow what one registration or the 32-bit wire fields can carry.
-bool layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden, int max_tokens,
-                 int elt_bytes, bool scales, int scale_block, int alignment, int max_private, bool per_rank,
-                 const char** why);
+// Fills every derived field from the resolved configuration. An invalid-argument status saying
+// why when the sizes overflow what one registration or the 32-bit wire fields can carry.
+Status layout_init(Layout* l, int nranks, int rank, int experts, int topk, int hidden, int max_tokens,
+                   int elt_bytes, bool scales, int scale_block, int alignment, int max_private,
+                   bool per_rank);
 
 }  // namespace moefabric::moe

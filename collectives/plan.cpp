@@ -16,8 +16,8 @@ bool parse_combine_mode(const std::string& s, CombineMode* out) {
   return true;
 }
 
-bool plan_rank(const Layout& l, int src, const int32_t* idx, int T, CombineMode mode,
-               std::vector<PeerTraffic>* out, std::string* why) {
+Status plan_rank(const Layout& l, int src, const int32_t* idx, int T, CombineMode mode,
+                 std::vector<PeerTraffic>* out) {
   const int R = l.nranks, K = l.topk;
   out->assign(R, PeerTraffic{});
   std::vector<int> last_token(R, -1);  // the last token counted as a record per destination
@@ -25,11 +25,9 @@ bool plan_rank(const Layout& l, int src, const int32_t* idx, int T, CombineMode 
     for (int k = 0; k < K; ++k) {
       const int e = idx[static_cast<size_t>(t) * K + k];
       if (e < 0) continue;
-      if (e >= l.experts) {
-        *why = "token " + std::to_string(t) + " selects expert " + std::to_string(e) + " of " +
-               std::to_string(l.experts);
-        return false;
-      }
+      if (e >= l.experts)
+        return Status::invalid_argument("token " + std::to_string(t) + " selects expert " +
+                                        std::to_string(e) + " of " + std::to_string(l.experts));
       const int d = l.owner(e);
       PeerTraffic& p = (*out)[d];
       ++p.pairs;
@@ -49,18 +47,16 @@ bool plan_rank(const Layout& l, int src, const int32_t* idx, int T, CombineMode 
     p.combine_wire_bytes = l.combine_wire_bytes(p.combine_rows);
     p.combine_writes = 1;
   }
-  return true;
+  return {};
 }
 
-bool plan_world(const Layout& l, const std::vector<const int32_t*>& idx, const std::vector<int>& T,
-                CombineMode mode, WorldPlan* out, std::string* why) {
+Status plan_world(const Layout& l, const std::vector<const int32_t*>& idx, const std::vector<int>& T,
+                  CombineMode mode, WorldPlan* out) {
   out->assign(l.nranks, {});
   for (int s = 0; s < l.nranks; ++s)
-    if (!plan_rank(l, s, idx[s], T[s], mode, &(*out)[s], why)) {
-      *why = "rank " + std::to_string(s) + ": " + *why;
-      return false;
-    }
-  return true;
+    if (Status st = plan_rank(l, s, idx[s], T[s], mode, &(*out)[s]); !st.ok())
+      return st.prepend("rank " + std::to_string(s) + ": ");
+  return {};
 }
 
 RankStats rank_stats(const WorldPlan& w, int r) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "collectives/layout.h"
+#include "common/status.h"
 
 namespace moefabric::moe {
 
@@ -41,9 +42,9 @@ struct PeerTraffic {
 };
 
 // One source rank's op: entry d is what it sends destination d (and gets back from it). idx is
-// [T, K] global expert ids, -1 = empty slot. False with *why for an id outside [-1, E).
-bool plan_rank(const Layout& l, int src, const int32_t* idx, int T, CombineMode mode,
-               std::vector<PeerTraffic>* out, std::string* why);
+// [T, K] global expert ids, -1 = empty slot. Invalid argument, naming it, for an id outside [-1, E).
+Status plan_rank(const Layout& l, int src, const int32_t* idx, int T, CombineMode mode,
+                 std::vector<PeerTraffic>* out);
 
 // What one rank's ncclMoeGetStats reports after the op (the "last dispatch/combine" fields).
 struct RankStats {
@@ -58,8 +59,8 @@ struct RankStats {
 using WorldPlan = std::vector<std::vector<PeerTraffic>>;
 
 // Plans every rank; idx[s] is rank s's [T[s], K] routing.
-bool plan_world(const Layout& l, const std::vector<const int32_t*>& idx, const std::vector<int>& T,
-                CombineMode mode, WorldPlan* out, std::string* why);
+Status plan_world(const Layout& l, const std::vector<const int32_t*>& idx, const std::vector<int>& T,
+                  CombineMode mode, WorldPlan* out);
 
 // Rank r's stats from the world plan: sends are row r, combine and grants come from column r.
 RankStats rank_stats(const WorldPlan& w, int r);

@@ -20,23 +20,15 @@ const char* kind_name(WriteKind k) {
   return "unknown";
 }
 
-bool imm_decode(uint32_t imm, uint64_t cur, int nranks, int self, ImmFields* out, std::string* why) {
+Status imm_decode(uint32_t imm, uint64_t cur, int nranks, int self, ImmFields* out) {
   uint32_t kind = imm >> 29;
   uint32_t s = (imm >> 12) & kSeqMask;
   int src = static_cast<int>(imm & 0xfffu);
-  if (kind >= kNumKinds) {
-    *why = "unknown write kind " + std::to_string(kind);
-    return false;
-  }
-  if (imm & kStripeField) {
-    *why = "stripe bits set in a delivered immediate";
-    return false;
-  }
-  if (src >= nranks || src == self) {
-    *why = "immediate names source rank " + std::to_string(src) + " (comm has " + std::to_string(nranks) +
-           " ranks, self " + std::to_string(self) + ")";
-    return false;
-  }
+  if (kind >= kNumKinds) return Status::remote_error("unknown write kind " + std::to_string(kind));
+  if (imm & kStripeField) return Status::remote_error("stripe bits set in a delivered immediate");
+  if (src >= nranks || src == self)
+    return Status::remote_error("immediate names source rank " + std::to_string(src) + " (comm has " +
+                                std::to_string(nranks) + " ranks, self " + std::to_string(self) + ")");
   // Closest value to cur with the same low bits.
   const uint64_t mod = uint64_t{1} << kSeqBits;
   uint64_t base = cur & ~static_cast<uint64_t>(kSeqMask);
@@ -45,22 +37,17 @@ bool imm_decode(uint32_t imm, uint64_t cur, int nranks, int self, ImmFields* out
     best -= mod;
   else if (best + mod / 2 < cur)
     best += mod;
-  if (best + 1 < cur || best > cur + 1 || best == 0) {
-    *why = "sequence " + std::to_string(best) + " is not within one op of ours (" + std::to_string(cur) + ")";
-    return false;
-  }
+  if (best + 1 < cur || best > cur + 1 || best == 0)
+    return Status::remote_error("sequence " + std::to_string(best) + " is not within one op of ours (" +
+                                std::to_string(cur) + ")");
   out->kind = static_cast<WriteKind>(kind);
   out->seq = best;
   out->src = src;
-  return true;
+  return {};
 }
 
-bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* counts, int src, uint64_t seq,
-                  std::string* why) {
-  auto bad = [&](const std::string& w) {
-    *why = "malformed dispatch header: " + w;
-    return false;
-  };
+Status header_check(const Layout& l, const DispatchHeader& h, const uint32_t* counts, int src, uint64_t seq) {
+  auto bad = [&](const std::string& w) { return Status::remote_error("malformed dispatch header: " + w); };
   if (h.magic != kHeaderMagic) return bad("bad magic");
   if (h.seq != static_cast<uint32_t>(seq))
     return bad("sequence " + std::to_string(h.seq) + ", expected " + std::to_string(seq));
@@ -83,22 +70,19 @@ bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* coun
   if (sum != h.npairs)
     return bad("per-expert counts sum to " + std::to_string(sum) + ", header says " +
                std::to_string(h.npairs));
-  return true;
+  return {};
 }
 
-bool request_check(const Layout& l, const Request& r, uint64_t seq, std::string* why) {
+Status request_check(const Layout& l, const Request& r, uint64_t seq) {
   const uint32_t P = static_cast<uint32_t>(l.max_private);
-  if (r.seq != seq) {
-    *why = "grant request for op " + std::to_string(r.seq) + " during op " + std::to_string(seq);
-    return false;
-  }
-  if (r.ntokens > static_cast<uint32_t>(l.max_tokens) || r.ntokens <= P || r.nprivate != P) {
-    *why = "malformed grant request (" + std::to_string(r.ntokens) + " tokens, " +
-           std::to_string(r.nprivate) + " private; maxTokensPerRank " + std::to_string(l.max_tokens) +
-           ", P " + std::to_string(P) + ")";
-    return false;
-  }
-  return true;
+  if (r.seq != seq)
+    return Status::remote_error("grant request for op " + std::to_string(r.seq) + " during op " +
+                                std::to_string(seq));
+  if (r.ntokens > static_cast<uint32_t>(l.max_tokens) || r.ntokens <= P || r.nprivate != P)
+    return Status::remote_error("malformed grant request (" + std::to_string(r.ntokens) + " tokens, " +
+                                std::to_string(r.nprivate) + " private; maxTokensPerRank " +
+                                std::to_string(l.max_tokens) + ", P " + std::to_string(P) + ")");
+  return {};
 }
 
 }  // namespace moefabric::moe

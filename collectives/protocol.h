@@ -7,6 +7,7 @@
 #include <string>
 
 #include "collectives/layout.h"
+#include "common/status.h"
 
 namespace moefabric::moe {
 
@@ -32,8 +33,9 @@ struct ImmFields {
 };
 
 // Decodes `imm` relative to the local op counter `cur` (peers are at most one op apart, so the
-// full sequence is the one closest to `cur`). False with *why for anything that cannot be ours.
-bool imm_decode(uint32_t imm, uint64_t cur, int nranks, int self, ImmFields* out, std::string* why);
+// full sequence is the one closest to `cur`). A remote error, saying why, for anything that
+// cannot be ours.
+Status imm_decode(uint32_t imm, uint64_t cur, int nranks, int self, ImmFields* out);
 
 // The grant the receiver writes into the sender's control slot.
 struct Grant {
@@ -51,11 +53,11 @@ struct Request {
 };
 
 // Checks a grant request from `src` for op `seq` (sizes within maxTokensPerRank and P).
-bool request_check(const Layout& l, const Request& r, uint64_t seq, std::string* why);
+// A remote error saying what is wrong otherwise.
+Status request_check(const Layout& l, const Request& r, uint64_t seq);
 
 // Checks a dispatch header from `src` for op `seq`. On success the header is safe to use: every
-// size and offset it implies lies inside our regions.
-bool header_check(const Layout& l, const DispatchHeader& h, const uint32_t* counts, int src, uint64_t seq,
-                  std::string* why);
+// size and offset it implies lies inside our regions; else a remote error saying what is wrong.
+Status header_check(const Layout& l, const DispatchHeader& h, const uint32_t* counts, int src, uint64_t seq);
 
 }  // namespace moefabric::moe

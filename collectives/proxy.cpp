@@ -49,12 +49,12 @@ void Comm::wake_waiters() {
             nullptr, 0);
 }
 
-void Comm::proxy_fail(Status s, const std::string& text) {
+void Comm::proxy_fail(const Status& s) {
   std::lock_guard<std::mutex> g(err_mu_);
   int expected = 0;
-  if (async_status_.compare_exchange_strong(expected, static_cast<int>(s))) {
-    async_text_ = text;
-    MF_WARN("rank %d: %s", me_, text.c_str());
+  if (async_status_.compare_exchange_strong(expected, static_cast<int>(s.code()))) {
+    async_text_ = s.message();
+    MF_WARN("rank %d: %s", me_, async_text_.c_str());
     if (abort_word_ != nullptr) *abort_word_ = 1;
   }
   events_.store(true, std::memory_order_release);
@@ -62,16 +62,15 @@ void Comm::proxy_fail(Status s, const std::string& text) {
 
 void Comm::post(int peer, int cls, const void* src, size_t len, uint64_t remote_off, WriteKind kind,
                 uint64_t seq) {
-  std::string err;
   MF_TRACE(log::kProxy, "rank %d: posting %s write of %zu B to rank %d, seq %llu", me_, kind_name(kind), len,
            peer, static_cast<unsigned long long>(seq));
   outstanding_[cls].fetch_add(1, std::memory_order_relaxed);
   Status s = ep_->write(peers_[peer].rails, src, len, send_mr_, peers_[peer].recv_base + remote_off,
-                        imm_encode(kind, seq, me_), cookie_of(cls, peer), &err, kind == WriteKind::kBarrier);
-  if (s != Status::kOk) {
+                        imm_encode(kind, seq, me_), cookie_of(cls, peer), kind == WriteKind::kBarrier);
+  if (!s.ok()) {
     outstanding_[cls].fetch_sub(1, std::memory_order_release);
-    proxy_fail(Status::kRemoteError, std::string("proxy: posting ") + kind_name(kind) + " write to rank " +
-                                         std::to_string(peer) + " failed: " + err);
+    proxy_fail(Status::remote_error(std::string("proxy: posting ") + kind_name(kind) + " write to rank " +
+                                    std::to_string(peer) + " failed: " + s.message()));
   }
 }
 
@@ -135,14 +134,13 @@ void Comm::proxy_execute(const Command& c) {
 
 void Comm::on_remote_write(uint32_t imm) {
   ImmFields f{};
-  std::string why;
-  if (!imm_decode(imm, cur_seq_.load(std::memory_order_acquire), R_, me_, &f, &why)) {
+  if (Status s = imm_decode(imm, cur_seq_.load(std::memory_order_acquire), R_, me_, &f); !s.ok()) {
     // The immediate's source field is the only name the write carries here.
     const int claimed = static_cast<int>(imm & 0xfffu);
     char text[96];
     snprintf(text, sizeof text, "proxy: rejected an incoming write from rank %d (imm 0x%08x): ", claimed,
              imm);
-    proxy_fail(Status::kRemoteError, text + why);
+    proxy_fail(s.prepend(text));
     return;
   }
   MF_TRACE(log::kProxy, "rank %d: %s write from rank %d, seq %llu", me_, kind_name(f.kind), f.src,
@@ -153,8 +151,8 @@ void Comm::on_remote_write(uint32_t imm) {
     case WriteKind::kRequest: {
       Request r;  // the peer may rewrite its slot: one copy, checked, used
       std::memcpy(&r, recv + l_.ctrl_offset(f.src) + 16, sizeof r);
-      if (!request_check(l_, r, f.seq, &why)) {
-        proxy_fail(Status::kRemoteError, "dispatch: rank " + std::to_string(f.src) + " sent a " + why);
+      if (Status s = request_check(l_, r, f.seq); !s.ok()) {
+        proxy_fail(s.prepend("dispatch: rank " + std::to_string(f.src) + " sent a "));
         return;
       }
       if (grant_seq_ != f.seq) {
@@ -163,8 +161,8 @@ void Comm::on_remote_write(uint32_t imm) {
       }
       const uint32_t count = r.ntokens - r.nprivate;
       if (static_cast<uint64_t>(grant_bump_) + count > l_.overflow_records) {
-        proxy_fail(Status::kInternalError,
-                   "dispatch: overflow region exhausted granting rank " + std::to_string(f.src));
+        proxy_fail(Status::internal_error("dispatch: overflow region exhausted granting rank " +
+                                          std::to_string(f.src)));
         return;
       }
       std::atomic_ref<uint32_t>(sh_.overflow_off[f.src]).store(grant_bump_, std::memory_order_relaxed);
@@ -184,10 +182,10 @@ void Comm::on_remote_write(uint32_t imm) {
                      np = std::min<uint32_t>(n, static_cast<uint32_t>(l_.max_private));
       if (g.seq != f.seq || f.seq != cur_seq_.load(std::memory_order_acquire) || n <= np ||
           g.count != n - np || static_cast<uint64_t>(g.offset) + g.count > l_.overflow_records) {
-        proxy_fail(Status::kRemoteError, "dispatch: rank " + std::to_string(f.src) +
-                                             " sent a malformed grant (seq " + std::to_string(g.seq) +
-                                             ", offset " + std::to_string(g.offset) + ", count " +
-                                             std::to_string(g.count) + ")");
+        proxy_fail(Status::remote_error("dispatch: rank " + std::to_string(f.src) +
+                                        " sent a malformed grant (seq " + std::to_string(g.seq) +
+                                        ", offset " + std::to_string(g.offset) + ", count " +
+                                        std::to_string(g.count) + ")"));
         return;
       }
       post(f.src, static_cast<int>(WriteKind::kDispatchRest),
@@ -202,17 +200,16 @@ void Comm::on_remote_write(uint32_t imm) {
   events_.store(true, std::memory_order_release);
 }
 
-void Comm::on_write_done(uint64_t cookie, Status s, const char* text) {
+void Comm::on_write_done(uint64_t cookie, const Status& s) {
   int cls = static_cast<int>(cookie >> 32);
   int peer = static_cast<int>(cookie & 0xffffffffu);
   outstanding_[cls].fetch_sub(1, std::memory_order_release);
   events_.store(true, std::memory_order_release);
   MF_TRACE(log::kProxy, "rank %d: %s write to rank %d done (%s)", me_, kind_name(static_cast<WriteKind>(cls)),
            peer, status_name(s));
-  if (s != Status::kOk && !stop_.load(std::memory_order_relaxed))
-    proxy_fail(Status::kRemoteError, std::string(kind_name(static_cast<WriteKind>(cls))) +
-                                         ": write to rank " + std::to_string(peer) +
-                                         " failed (peer lost?): " + (text ? text : ""));
+  if (!s.ok() && !stop_.load(std::memory_order_relaxed))
+    proxy_fail(Status::remote_error(std::string(kind_name(static_cast<WriteKind>(cls))) + ": write to rank " +
+                                    std::to_string(peer) + " failed (peer lost?): " + s.message()));
 }
 
 // The CUDA client's kernels ring by storing the op number into doorbell[0] (dispatch staged) or
@@ -223,9 +220,9 @@ void Comm::poll_doorbells() {
     const uint64_t n = std::atomic_ref<uint64_t>(sh_.doorbell[b]).load(std::memory_order_acquire);
     if (n == bell_seen_[b]) continue;
     if (n != bell_seen_[b] + 1) {
-      proxy_fail(Status::kInternalError, std::string("proxy: ") + (b ? "combine" : "dispatch") +
-                                             " doorbell jumped from op " + std::to_string(bell_seen_[b]) +
-                                             " to " + std::to_string(n));
+      proxy_fail(Status::internal_error(std::string("proxy: ") + (b ? "combine" : "dispatch") +
+                                        " doorbell jumped from op " + std::to_string(bell_seen_[b]) + " to " +
+                                        std::to_string(n)));
       bell_seen_[b] = n;
       continue;
     }
@@ -262,8 +259,7 @@ void Comm::proxy_loop() {
     }
     local.clear();
     uint64_t before = ep_->stats().remote_writes + ep_->writes_in_flight();
-    std::string err;
-    if (ep_->poll(this, &err) != Status::kOk) proxy_fail(Status::kSystemError, "proxy: " + err);
+    if (Status s = ep_->poll(this); !s.ok()) proxy_fail(Status::system_error("proxy: " + s.message()));
     uint64_t after = ep_->stats().remote_writes + ep_->writes_in_flight();
     work |= after != before || ep_->writes_in_flight() > 0;
     wake_waiters();
@@ -278,8 +274,8 @@ void Comm::proxy_loop() {
         std::lock_guard<std::mutex> g(cmd_mu_);
         empty = cmds_.empty();
       }
-      if (empty && !stop_.load(std::memory_order_acquire) && ep_->wait(this, 1, &err) != Status::kOk)
-        proxy_fail(Status::kSystemError, "proxy: " + err);
+      if (empty && !stop_.load(std::memory_order_acquire))
+        if (Status s = ep_->wait(this, 1); !s.ok()) proxy_fail(Status::system_error("proxy: " + s.message()));
       proxy_blocked_.store(false, std::memory_order_seq_cst);
       wake_waiters();
     } else if ((++idle_polls & 63) == 0) {

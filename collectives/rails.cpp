@@ -13,35 +13,37 @@
 
 namespace moefabric::moe {
 
-Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gpu, RailChoice* out,
-                    std::string* error) {
+Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gpu, RailChoice* out) {
   *out = RailChoice{};
   const Params p = fabric::rma_params(params);
   std::vector<fabric::NicInfo> nics;
-  MF_CHECK(fabric::nic_discover(p, &nics, error));
+  MF_CHECK(fabric::nic_discover(p, &nics));
   const std::string spec = fabric::rail_spec(p);
   // One look at the machine (hwloc) serves the grouping, the GPU's rails and the proxy's CPUs.
   std::unique_ptr<topo::Topology> t;
-  std::string topo_err;
   topo::Options o;
   o.xml = p.topo_xml;
   o.nics_given = true;
   o.nics = topo::nic_descs(nics);
-  if (topo::Topology::load(o, &t, &topo_err) != Status::kOk) t.reset();
+  const Status topo_status = topo::Topology::load(o, &t);
+  if (!topo_status.ok()) t.reset();
+  const std::string& topo_err = topo_status.message();
   const int gi = t && gpu ? t->gpu_by_pci(*gpu) : -1;
 
   int on_pci = 0;
   for (const auto& d : o.nics) on_pci += d.pci.has_value();
   std::vector<std::vector<std::string>> topo_groups;
   std::string topo_why = t ? "fewer than two NICs on PCI" : "topology not available: " + topo_err;
-  if (spec.empty() && t && on_pci >= 2) topo_groups = t->rail_groups(&topo_why);
-  std::vector<std::vector<int>> groups;
-  MF_CHECK(fabric::rail_groups(spec, nics, topo_groups, &groups, error));
-  if (groups.empty()) {
-    *error =
-        "no NIC left after grouping (" + (spec.empty() ? std::string("no NIC found") : "spec " + spec) + ")";
-    return Status::kSystemError;
+  if (spec.empty() && t && on_pci >= 2) {
+    topo::RailGroups g = t->rail_groups();
+    topo_groups = std::move(g.groups);
+    topo_why = std::move(g.why);
   }
+  std::vector<std::vector<int>> groups;
+  MF_CHECK(fabric::rail_groups(spec, nics, topo_groups, &groups));
+  if (groups.empty())
+    return Status::system_error("no NIC left after grouping (" +
+                                (spec.empty() ? std::string("no NIC found") : "spec " + spec) + ")");
   size_t pick = 0;
   std::string why = spec.empty() ? (topo_groups.empty() ? "one NIC per device: " + topo_why : topo_why)
                                  : (p.rails.empty() ? "MOEFABRIC_TCP_IFACE=" : "MOEFABRIC_RAILS=") + spec;
@@ -72,7 +74,9 @@ Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gp
     out->proxy_cpus = {static_cast<int>(p.proxy_cpu)};
     out->cpus_why = "MOEFABRIC_PROXY_CPU";
   } else if (t) {
-    out->proxy_cpus = t->proxy_cpus_for(nic0, gi, &out->cpus_why);
+    topo::ProxyCpus c = t->proxy_cpus_for(nic0, gi);
+    out->proxy_cpus = std::move(c.cpus);
+    out->cpus_why = std::move(c.why);
   } else {
     out->cpus_why = "topology unavailable: " + topo_err;
   }
@@ -80,9 +84,9 @@ Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gp
 }
 
 Status open_rails(const Params& params, const std::optional<topo::PciAddr>& gpu,
-                  std::unique_ptr<fabric::RmaRails>* ep, RailChoice* choice, std::string* error) {
-  MF_CHECK(choose_rails(params, gpu, choice, error));
-  Status s = fabric::RmaRails::open(params, std::move(choice->nics), kStripeShift, ep, error);
+                  std::unique_ptr<fabric::RmaRails>* ep, RailChoice* choice) {
+  MF_CHECK(choose_rails(params, gpu, choice));
+  Status s = fabric::RmaRails::open(params, std::move(choice->nics), kStripeShift, ep);
   choice->nics.clear();
   return s;
 }
@@ -95,12 +99,10 @@ void rails_addr(fabric::RmaRails& ep, const fabric::RmaRails::Mr& recv_mr, const
   out->recv_keys = ep.keys(recv_mr);
 }
 
-Status rails_add_peer(fabric::RmaRails& ep, const RailsAddr& a, int r, fabric::RmaRails::Peer* out,
-                      std::string* error) {
-  std::string why;
-  if (ep.add_peer(a.addr, a.recv_keys, out, &why) == Status::kOk) return Status::kOk;
-  *error = "rank " + std::to_string(r) + "'s address: " + why;
-  return Status::kSystemError;
+Status rails_add_peer(fabric::RmaRails& ep, const RailsAddr& a, int r, fabric::RmaRails::Peer* out) {
+  Status s = ep.add_peer(a.addr, a.recv_keys, out);
+  if (s.ok()) return s;
+  return Status::system_error("rank " + std::to_string(r) + "'s address: " + s.message());
 }
 
 void pin_proxy_thread(const std::vector<int>& cpus, const std::string& why, const char* who, int rank) {

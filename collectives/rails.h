@@ -25,13 +25,12 @@ struct RailChoice {
 // else the topology's per-GPU rail groups, else one NIC each. With `gpu` (the CUDA backend's
 // device) the group holding that GPU's rails is taken, else the first group. Proxy CPUs:
 // MOEFABRIC_PROXY_CPU, else the GPU's NUMA slice, else the first rail's NUMA node.
-Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gpu, RailChoice* out,
-                    std::string* error);
+Status choose_rails(const Params& params, const std::optional<topo::PciAddr>& gpu, RailChoice* out);
 
 // choose_rails, then opens the chosen rails with the MoE immediate's stripe field. `choice` keeps
 // the reasons and the proxy CPUs (its NICs are moved into the endpoint).
 Status open_rails(const Params& params, const std::optional<topo::PciAddr>& gpu,
-                  std::unique_ptr<fabric::RmaRails>* ep, RailChoice* choice, std::string* error);
+                  std::unique_ptr<fabric::RmaRails>* ep, RailChoice* choice);
 
 // What each rank contributes to the init allgather for its proxy endpoint (fixed size).
 struct RailsAddr {
@@ -45,8 +44,7 @@ struct RailsAddr {
 // This rank's record: its endpoint and the receive region `recv` inside `recv_mr`.
 void rails_addr(fabric::RmaRails& ep, const fabric::RmaRails::Mr& recv_mr, const void* recv, RailsAddr* out);
 // Rank r's record into `out` (r's record must be ok); the error names the rank.
-Status rails_add_peer(fabric::RmaRails& ep, const RailsAddr& a, int r, fabric::RmaRails::Peer* out,
-                      std::string* error);
+Status rails_add_peer(fabric::RmaRails& ep, const RailsAddr& a, int r, fabric::RmaRails::Peer* out);
 
 // Pins the calling thread to `cpus` (logging the outcome; `who` names the thread's owner).
 void pin_proxy_thread(const std::vector<int>& cpus, const std::string& why, const char* who, int rank);

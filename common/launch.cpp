@@ -59,23 +59,18 @@ bool read_full(int fd, void* p, size_t n) {
 
 }  // namespace
 
-bool OobChannel::allgather(const void* send, void* recv, size_t bytes, std::string* error) {
+Status OobChannel::allgather(const void* send, void* recv, size_t bytes) {
   uint64_t n = bytes;
-  const std::string closed = "out-of-band channel to " + relay_ + " closed or timed out";
-  if (!write_full(fd_, &n, sizeof n) || !write_full(fd_, send, bytes)) {
-    if (error) *error = closed;
-    return false;
-  }
+  auto closed = [&] {
+    return Status::system_error("out-of-band channel to " + relay_ + " closed or timed out");
+  };
+  if (!write_full(fd_, &n, sizeof n) || !write_full(fd_, send, bytes)) return closed();
   uint64_t got = 0;
-  if (!read_full(fd_, &got, sizeof got)) {
-    if (error) *error = closed;
-    return false;
-  }
+  if (!read_full(fd_, &got, sizeof got)) return closed();
   if (got == kPeerLost) {
     int32_t who = -1;
     (void)read_full(fd_, &who, sizeof who);
-    if (error) *error = "allgather failed: rank " + std::to_string(who) + " exited";
-    return false;
+    return Status::system_error("allgather failed: rank " + std::to_string(who) + " exited");
   }
   if (got == kRelayFailed) {
     uint32_t len = 0;
@@ -84,43 +79,36 @@ bool OobChannel::allgather(const void* send, void* recv, size_t bytes, std::stri
       text.assign(len, '\0');
       if (!read_full(fd_, text.data(), len)) text = "(reason cut off)";
     }
-    if (error) *error = "allgather failed: " + text;
-    return false;
+    return Status::system_error("allgather failed: " + text);
   }
-  if (got != bytes * static_cast<uint64_t>(nranks_)) {
-    if (error) *error = "allgather size mismatch across ranks";
-    return false;
-  }
-  return read_full(fd_, recv, got);
+  if (got != bytes * static_cast<uint64_t>(nranks_))
+    return Status::system_error("allgather size mismatch across ranks");
+  if (!read_full(fd_, recv, got)) return closed();
+  return {};
 }
 
-bool OobChannel::barrier(std::string* error) {
+Status OobChannel::barrier() {
   uint8_t b = 0;
   std::vector<uint8_t> all(static_cast<size_t>(nranks_));
-  return allgather(&b, all.data(), 1, error);
+  return allgather(&b, all.data(), 1);
 }
 
 namespace {
 
 // Forks `nranks` children; child r runs child(r, fd) with its end of a socketpair and exits with
 // its return value.
-bool spawn(int nranks, const std::function<int(int, int)>& child, std::vector<int>* fds,
-           std::vector<pid_t>* pids, std::string* error) {
+Status spawn(int nranks, const std::function<int(int, int)>& child, std::vector<int>* fds,
+             std::vector<pid_t>* pids) {
   fds->assign(nranks, -1);
   pids->assign(nranks, -1);
   for (int r = 0; r < nranks; ++r) {
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-      *error = std::string("socketpair: ") + strerror(errno);
-      return false;
-    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+      return Status::system_error(std::string("socketpair: ") + strerror(errno));
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
-    if (pid < 0) {
-      *error = std::string("fork: ") + strerror(errno);
-      return false;
-    }
+    if (pid < 0) return Status::system_error(std::string("fork: ") + strerror(errno));
     if (pid == 0) {
       g_launch_rank = r;
       ::close(sv[0]);
@@ -134,7 +122,7 @@ bool spawn(int nranks, const std::function<int(int, int)>& child, std::vector<in
     (*fds)[r] = sv[0];
     (*pids)[r] = pid;
   }
-  return true;
+  return {};
 }
 
 LaunchResult relay(int nranks, std::vector<int>& fds, std::vector<pid_t>& pids, int timeout_s);
@@ -145,14 +133,17 @@ LaunchResult launch_fork(int nranks, const std::function<int(OobChannel&)>& fn, 
   LaunchResult res;
   std::vector<int> fds;
   std::vector<pid_t> pids;
-  if (!spawn(
-          nranks,
-          [&](int r, int fd) {
-            OobChannel oob(r, nranks, fd);
-            return fn(oob);
-          },
-          &fds, &pids, &res.report))
+  Status s = spawn(
+      nranks,
+      [&](int r, int fd) {
+        OobChannel oob(r, nranks, fd);
+        return fn(oob);
+      },
+      &fds, &pids);
+  if (!s.ok()) {
+    res.report = s.message();
     return res;
+  }
   return relay(nranks, fds, pids, timeout_s);
 }
 
@@ -160,46 +151,53 @@ LaunchResult launch_exec(int nranks, char* const* argv, int timeout_s) {
   LaunchResult res;
   std::vector<int> fds;
   std::vector<pid_t> pids;
-  if (!spawn(
-          nranks,
-          [&](int r, int fd) {
-            // The channel survives exec: clear close-on-exec on this one fd only.
-            int flags = fcntl(fd, F_GETFD);
-            if (flags >= 0) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
-            setenv("MOEFABRIC_RANK", std::to_string(r).c_str(), 1);
-            setenv("MOEFABRIC_NRANKS", std::to_string(nranks).c_str(), 1);
-            setenv("MOEFABRIC_OOB_FD", std::to_string(fd).c_str(), 1);
-            execvp(argv[0], argv);
-            fprintf(stderr, "moefabric-run: rank %d: cannot run %s: %s\n", r, argv[0], strerror(errno));
-            return 127;
-          },
-          &fds, &pids, &res.report))
+  Status s = spawn(
+      nranks,
+      [&](int r, int fd) {
+        // The channel survives exec: clear close-on-exec on this one fd only.
+        int flags = fcntl(fd, F_GETFD);
+        if (flags >= 0) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+        setenv("MOEFABRIC_RANK", std::to_string(r).c_str(), 1);
+        setenv("MOEFABRIC_NRANKS", std::to_string(nranks).c_str(), 1);
+        setenv("MOEFABRIC_OOB_FD", std::to_string(fd).c_str(), 1);
+        execvp(argv[0], argv);
+        fprintf(stderr, "moefabric-run: rank %d: cannot run %s: %s\n", r, argv[0], strerror(errno));
+        return 127;
+      },
+      &fds, &pids);
+  if (!s.ok()) {
+    res.report = s.message();
     return res;
+  }
   return relay(nranks, fds, pids, timeout_s);
 }
 
-bool oob_from_env(std::unique_ptr<OobChannel>* out, std::string* error) {
+Status oob_from_env(std::unique_ptr<OobChannel>* out) {
+  out->reset();
   const char* r = getenv("MOEFABRIC_RANK");
   const char* n = getenv("MOEFABRIC_NRANKS");
   const char* f = getenv("MOEFABRIC_OOB_FD");
   if (r && n && f) {
     int rank = atoi(r), nranks = atoi(n), fd = atoi(f);
-    if (nranks < 1 || rank < 0 || rank >= nranks || fd < 0) return false;
+    if (nranks < 1 || rank < 0 || rank >= nranks || fd < 0) return {};
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     *out = std::make_unique<OobChannel>(rank, nranks, fd);
-    return true;
+    return {};
   }
   RendezvousSpec spec;
-  std::string why;
-  int found = rendezvous_from_env(&spec, &why);
-  if (found == 1 && rendezvous_open(spec, out, &why)) return true;
-  if (found == 0) return false;
-  if (error) {
-    *error = why;
-    return false;
+  bool found = false;
+  MF_CHECK(rendezvous_from_env(&spec, &found));
+  if (!found) return {};
+  return rendezvous_open(spec, out);
+}
+
+std::unique_ptr<OobChannel> oob_from_env_or_exit() {
+  std::unique_ptr<OobChannel> oob;
+  if (Status s = oob_from_env(&oob); !s.ok()) {
+    fprintf(stderr, "moefabric: cannot join the launch: %s\n", s.message().c_str());
+    exit(2);
   }
-  fprintf(stderr, "moefabric: cannot join the launch: %s\n", why.c_str());
-  exit(2);
+  return oob;
 }
 
 namespace {

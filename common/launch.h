@@ -10,6 +10,8 @@
 #include <string>
 #include <utility>
 
+#include "common/status.h"
+
 namespace moefabric {
 
 class OobChannel {
@@ -21,10 +23,10 @@ class OobChannel {
       : rank_(rank), nranks_(nranks), fd_(fd), relay_(std::move(relay)), keep_(std::move(keep)) {}
   int rank() const { return rank_; }
   int nranks() const { return nranks_; }
-  // Every rank contributes `bytes`; recv receives nranks * bytes in rank order. False when a
-  // peer died or the parent is gone (the text says which).
-  bool allgather(const void* send, void* recv, size_t bytes, std::string* error = nullptr);
-  bool barrier(std::string* error = nullptr);
+  // Every rank contributes `bytes`; recv receives nranks * bytes in rank order. A system error
+  // when a peer died or the parent is gone (the message says which).
+  Status allgather(const void* send, void* recv, size_t bytes);
+  Status barrier();
 
  private:
   int rank_, nranks_, fd_;
@@ -47,10 +49,12 @@ int launch_rank();
 LaunchResult launch_exec(int nranks, char* const* argv, int timeout_s);
 
 // The channel of a process started by launch_exec (MOEFABRIC_OOB_FD), else, when torchrun's or
-// OpenMPI's variables are present, a cross-host rendezvous (common/rendezvous.h). False when not
-// started either way. A launch the environment names but that cannot be joined (a variable
-// missing, rank 0 unreachable, a rank that never connected): with `error`, false and the reason
-// in *error; without, the reason on stderr and exit code 2 (a tool must not run alone instead).
-bool oob_from_env(std::unique_ptr<OobChannel>* out, std::string* error = nullptr);
+// OpenMPI's variables are present, a cross-host rendezvous (common/rendezvous.h). OK with *out
+// null when not started either way. A launch the environment names but that cannot be joined (a
+// variable missing, rank 0 unreachable, a rank that never connected) fails with the reason.
+Status oob_from_env(std::unique_ptr<OobChannel>* out);
+// oob_from_env for a tool: the channel, or null when not launched; a launch that cannot be joined
+// prints the reason on stderr and exits with code 2 (a tool must not run alone instead).
+std::unique_ptr<OobChannel> oob_from_env_or_exit();
 
 }  // namespace moefabric

@@ -1,5 +1,4 @@
 #include "common/log.h"
-#include "common/status.h"
 
 #include <atomic>
 #include <cstdio>
@@ -8,31 +7,7 @@
 #include <ctime>
 #include <unistd.h>
 
-namespace moefabric {
-
-const char* status_name(Status s) {
-  switch (s) {
-    case Status::kOk:
-      return "success";
-    case Status::kCudaError:
-      return "unhandled CUDA error";
-    case Status::kSystemError:
-      return "system error";
-    case Status::kInternalError:
-      return "internal error";
-    case Status::kInvalidArgument:
-      return "invalid argument";
-    case Status::kInvalidUsage:
-      return "invalid usage";
-    case Status::kRemoteError:
-      return "remote error";
-    case Status::kAgain:
-      return "try again";
-  }
-  return "unknown status";
-}
-
-namespace log {
+namespace moefabric::log {
 namespace {
 // Trivially constructible/destructible globals only (the library may be dlclose'd).
 std::atomic<Sink> g_sink{nullptr};
@@ -93,5 +68,4 @@ void write(int level, unsigned long flags, const char* file, int line, const cha
   va_end(ap);
 }
 
-}  // namespace log
-}  // namespace moefabric
+}  // namespace moefabric::log

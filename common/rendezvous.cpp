@@ -126,7 +126,7 @@ class Relay {
  public:
   ~Relay() { stop(); }
 
-  bool listen_on(int port, std::string* error) {
+  Status listen_on(int port) {
     for (int family : {AF_INET6, AF_INET}) {
       int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
       if (fd < 0) continue;
@@ -151,20 +151,19 @@ class Relay {
       if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0 && ::listen(fd, 1024) == 0) {
         set_nonblocking(fd);
         lfd_ = fd;
-        return true;
+        return {};
       }
       int e = errno;
       ::close(fd);
       if (family == AF_INET6 && (e == EAFNOSUPPORT || e == EADDRNOTAVAIL)) continue;
-      *error = "rank 0 cannot listen on port " + std::to_string(port) + ": " + strerror(e) +
-               (e == EADDRINUSE
-                    ? " (another job or torchrun's own store holds it: set MOEFABRIC_MASTER_PORT to a free "
-                      "port on every rank)"
-                    : "");
-      return false;
+      return Status::system_error(
+          "rank 0 cannot listen on port " + std::to_string(port) + ": " + strerror(e) +
+          (e == EADDRINUSE
+               ? " (another job or torchrun's own store holds it: set MOEFABRIC_MASTER_PORT to a free "
+                 "port on every rank)"
+               : ""));
     }
-    *error = "rank 0 cannot create a listening socket: " + std::string(strerror(errno));
-    return false;
+    return Status::system_error("rank 0 cannot create a listening socket: " + std::string(strerror(errno)));
   }
 
   void start(int nranks, int timeout_s, std::string where) {
@@ -435,17 +434,15 @@ struct Held {
   }
 };
 
-// Connects to host:port, retrying refused and unreachable attempts until the deadline.
-int connect_retrying(const std::string& host, int port, Clock::time_point deadline, std::string* error) {
+// Connects *fd to host:port, retrying refused and unreachable attempts until the deadline.
+Status connect_retrying(const std::string& host, int port, Clock::time_point deadline, int* fd_out) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   int gai = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
-  if (gai != 0) {
-    *error = "cannot resolve rank 0's host \"" + host + "\": " + gai_strerror(gai);
-    return -1;
-  }
+  if (gai != 0)
+    return Status::system_error("cannot resolve rank 0's host \"" + host + "\": " + gai_strerror(gai));
   std::string last = "no address";
   for (;;) {
     for (addrinfo* a = res; a; a = a->ai_next) {
@@ -463,7 +460,8 @@ int connect_retrying(const std::string& host, int port, Clock::time_point deadli
       if (rc == 0) {
         freeaddrinfo(res);
         set_nodelay(fd);
-        return fd;
+        *fd_out = fd;
+        return {};
       }
       last = strerror(errno);
       ::close(fd);
@@ -472,13 +470,14 @@ int connect_retrying(const std::string& host, int port, Clock::time_point deadli
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   freeaddrinfo(res);
-  *error = "cannot connect to rank 0's rendezvous at " + host + ":" + std::to_string(port) + ": " + last;
-  return -1;
+  return Status::system_error("cannot connect to rank 0's rendezvous at " + host + ":" +
+                              std::to_string(port) + ": " + last);
 }
 
 }  // namespace
 
-int rendezvous_from_env(RendezvousSpec* spec, std::string* error) {
+Status rendezvous_from_env(RendezvousSpec* spec, bool* found) {
+  *found = false;
   struct Source {
     const char *name, *rank, *size, *local_size;
   };
@@ -493,10 +492,9 @@ int rendezvous_from_env(RendezvousSpec* spec, std::string* error) {
       src = &s;
       break;
     }
-  if (!src) return 0;
+  if (!src) return {};
   auto fail = [&](const std::string& why) {
-    *error = why + " (" + src->name + " launch)";
-    return -1;
+    return Status::invalid_usage(why + " (" + src->name + " launch)");
   };
   RendezvousSpec s;
   s.source = src->name;
@@ -528,7 +526,8 @@ int rendezvous_from_env(RendezvousSpec* spec, std::string* error) {
   if (!t.empty() && !parse_int(t, 1, 86400, &s.timeout_s))
     return fail("MOEFABRIC_BOOTSTRAP_TIMEOUT_S=\"" + t + "\" is not a number of seconds in 1..86400");
   *spec = s;
-  return 1;
+  *found = true;
+  return {};
 }
 
 int local_rank_from_env() {
@@ -538,19 +537,22 @@ int local_rank_from_env() {
   return -1;
 }
 
-bool rendezvous_open(const RendezvousSpec& spec, std::unique_ptr<OobChannel>* out, std::string* error) {
+Status rendezvous_open(const RendezvousSpec& spec, std::unique_ptr<OobChannel>* out) {
   const std::string where = "rank 0's rendezvous at " + spec.addr + ":" + std::to_string(spec.port);
   auto held = std::make_shared<Held>();
   if (spec.rank == 0) {
     held->relay = std::make_unique<Relay>();
-    if (!held->relay->listen_on(spec.port, error)) return false;
+    MF_CHECK(held->relay->listen_on(spec.port));
     held->relay->start(spec.nranks, spec.timeout_s, where);
   }
   const auto deadline = Clock::now() + std::chrono::seconds(spec.timeout_s);
-  held->fd = connect_retrying(spec.rank == 0 ? "127.0.0.1" : spec.addr, spec.port, deadline, error);
-  if (held->fd < 0) {
-    if (spec.rank != 0) *error += " (is rank 0 running, and is " + spec.addr + " its address?)";
-    return false;
+  Status connected =
+      connect_retrying(spec.rank == 0 ? "127.0.0.1" : spec.addr, spec.port, deadline, &held->fd);
+  if (!connected.ok()) {
+    if (spec.rank != 0)
+      return Status(connected.code(),
+                    connected.message() + " (is rank 0 running, and is " + spec.addr + " its address?)");
+    return connected;
   }
   Hello h{kMagic, kVersion, spec.rank, spec.nranks};
   uint64_t welcome = ~0ull;
@@ -558,8 +560,8 @@ bool rendezvous_open(const RendezvousSpec& spec, std::unique_ptr<OobChannel>* ou
   const auto reply_by = Clock::now() + std::chrono::seconds(spec.timeout_s + 15);
   if (!send_all(held->fd, &h, sizeof h, reply_by) ||
       !recv_all(held->fd, &welcome, sizeof welcome, reply_by)) {
-    *error = "no answer from " + where + " within " + std::to_string(spec.timeout_s + 15) + " s";
-    return false;
+    return Status::system_error("no answer from " + where + " within " + std::to_string(spec.timeout_s + 15) +
+                                " s");
   }
   if (welcome != 0) {
     uint32_t len = 0;
@@ -568,8 +570,7 @@ bool rendezvous_open(const RendezvousSpec& spec, std::unique_ptr<OobChannel>* ou
       text.assign(len, '\0');
       if (!recv_all(held->fd, text.data(), len, reply_by)) text = "(reason cut off)";
     }
-    *error = where + ": " + text;
-    return false;
+    return Status::system_error(where + ": " + text);
   }
   // The channel's reads and writes block; the relay bounds every allgather, these bound the relay.
   const int fl = fcntl(held->fd, F_GETFL);
@@ -579,7 +580,7 @@ bool rendezvous_open(const RendezvousSpec& spec, std::unique_ptr<OobChannel>* ou
   setsockopt(held->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   const int fd = held->fd;
   *out = std::make_unique<OobChannel>(spec.rank, spec.nranks, fd, where + " (" + spec.source + ")", held);
-  return true;
+  return {};
 }
 
 }  // namespace moefabric

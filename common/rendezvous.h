@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/launch.h"
+#include "common/status.h"
 
 namespace moefabric {
 
@@ -23,13 +24,14 @@ struct RendezvousSpec {
 
 // Reads a launch across hosts from the environment, in this order: MOEFABRIC_RANK/MOEFABRIC_NRANKS
 // (without MOEFABRIC_OOB_FD), torchrun's RANK/WORLD_SIZE, OpenMPI's OMPI_COMM_WORLD_RANK/SIZE.
-// 1: *spec filled; 0: no such launch in the environment; -1: one is there but incomplete or
-// invalid (*error says which variable and what to set).
-int rendezvous_from_env(RendezvousSpec* spec, std::string* error);
+// *found and *spec filled, or *found false: no such launch in the environment. Fails (invalid
+// usage) when one is there but incomplete or invalid: the message says which variable and what
+// to set.
+Status rendezvous_from_env(RendezvousSpec* spec, bool* found);
 
 // Joins the rendezvous: rank 0 starts the relay (a thread that lives as long as the channel);
 // every rank connects, retrying until the timeout, and waits until all ranks have connected.
-bool rendezvous_open(const RendezvousSpec& spec, std::unique_ptr<OobChannel>* out, std::string* error);
+Status rendezvous_open(const RendezvousSpec& spec, std::unique_ptr<OobChannel>* out);
 
 // This process's rank among those of its host: torchrun's LOCAL_RANK, OpenMPI's
 // OMPI_COMM_WORLD_LOCAL_RANK, MOEFABRIC_LOCAL_RANK; -1 when none is set (pick the GPU with it).

@@ -82,36 +82,26 @@ Fence::~Fence() {
   if (event_ != nullptr && driver().ok) (void)driver().event_destroy(event_);
 }
 
-Status Fence::record(std::string* error) {
+Status Fence::record() {
   const Driver& d = driver();
-  if (!d.ok) {
-    *error = "the CUDA driver (libcuda.so.1) could not be loaded";
-    return Status::kSystemError;
-  }
+  if (!d.ok) return Status::system_error("the CUDA driver (libcuda.so.1) could not be loaded");
   if (event_ == nullptr) {
     CuResult rc = d.event_create(&event_, kEventDisableTiming);
     if (rc != kSuccess) {
       event_ = nullptr;
-      *error = describe("cuEventCreate", rc);
-      return Status::kSystemError;
+      return Status::system_error(describe("cuEventCreate", rc));
     }
   }
   CuResult rc = d.event_record(event_, kStreamLegacy);
-  if (rc != kSuccess) {
-    *error = describe("cuEventRecord", rc);
-    return Status::kSystemError;
-  }
+  if (rc != kSuccess) return Status::system_error(describe("cuEventRecord", rc));
   return Status::kOk;
 }
 
-Status Fence::query(bool* done, std::string* error) {
+Status Fence::query(bool* done) {
   *done = false;
   CuResult rc = driver().event_query(event_);
   if (rc == kNotReady) return Status::kOk;
-  if (rc != kSuccess) {
-    *error = describe("cuEventQuery", rc);
-    return Status::kSystemError;
-  }
+  if (rc != kSuccess) return Status::system_error(describe("cuEventQuery", rc));
   *done = true;
   return Status::kOk;
 }

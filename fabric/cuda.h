@@ -26,8 +26,8 @@ class Fence {
   Fence(const Fence&) = delete;
   Fence& operator=(const Fence&) = delete;
 
-  [[nodiscard]] Status record(std::string* error);  // creates the event on first use
-  [[nodiscard]] Status query(bool* done, std::string* error);
+  Status record();  // creates the event on first use
+  Status query(bool* done);
 
  private:
   void* event_ = nullptr;  // CUevent

@@ -212,7 +212,7 @@ bool imm_write_needs_split(const fi_info* fi, const std::string& mode) {
   return true;
 }
 
-Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string* error) {
+Status nic_discover(const Params& params, std::vector<NicInfo>* out) {
   std::vector<std::string> candidates;
   const char* fi_prov = std::getenv("FI_PROVIDER");
   if (!params.provider.empty())
@@ -314,8 +314,7 @@ Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string
     *out = std::move(found);
     return Status::kOk;
   }
-  *error = "no usable libfabric provider; tried " + tried + ". " + machine_inventory();
-  return Status::kSystemError;
+  return Status::system_error("no usable libfabric provider; tried " + tried + ". " + machine_inventory());
 }
 
 }  // namespace moefabric::fabric

@@ -53,7 +53,7 @@ struct NicInfo : NicAttrs {
 
 // Finds the NICs of the provider chosen by MOEFABRIC_PROVIDER / FI_PROVIDER / the default order
 // (efa, verbs, tcp; shm only when asked). Fails with a message naming what was tried.
-Status nic_discover(const Params& params, std::vector<NicInfo>* out, std::string* error);
+Status nic_discover(const Params& params, std::vector<NicInfo>* out);
 
 // Whether writes with immediate must be split on this provider (see info.cpp).
 bool imm_write_needs_split(const fi_info* fi, const std::string& mode);

@@ -28,7 +28,7 @@ uint64_t MrCache::fi_access(MrAccess access) {
 }
 
 Status MrCache::acquire(void* addr, size_t len, MemType type, MrAccess access, int cuda_device, int dmabuf_fd,
-                        uint64_t dmabuf_offset, MrEntry** out, std::string* error) {
+                        uint64_t dmabuf_offset, MrEntry** out) {
   const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   const uintptr_t end = start + len;
   if (enabled_ && dmabuf_fd < 0) {
@@ -55,10 +55,9 @@ Status MrCache::acquire(void* addr, size_t len, MemType type, MrAccess access, i
   // on an empty message touches memory, so no descriptor or key is needed).
   for (size_t d = 0; len > 0 && d < doms_.size(); ++d) {
     MrPtr& slot = d == 0 ? e->mr : e->more_mr[d - 1];
-    Status s =
-        reg_one(doms_[d], type, e->fi_access, cuda_device, dmabuf_fd, dmabuf_offset, addr, len, &slot, error);
-    if (s != Status::kOk) {
-      if (doms_.size() > 1) *error += " (rail " + std::to_string(d) + ")";
+    Status s = reg_one(doms_[d], type, e->fi_access, cuda_device, dmabuf_fd, dmabuf_offset, addr, len, &slot);
+    if (!s.ok()) {
+      if (doms_.size() > 1) return Status(s.code(), s.message() + " (rail " + std::to_string(d) + ")");
       return s;
     }
     e->desc_on[d] = fi_mr_desc(slot.get());
@@ -74,7 +73,7 @@ Status MrCache::acquire(void* addr, size_t len, MemType type, MrAccess access, i
 }
 
 Status MrCache::reg_one(const Dom& dom, MemType type, uint64_t access, int cuda_device, int dmabuf_fd,
-                        uint64_t dmabuf_offset, void* addr, size_t len, MrPtr* out, std::string* error) {
+                        uint64_t dmabuf_offset, void* addr, size_t len, MrPtr* out) {
   struct iovec iov = {addr, len};
   struct fi_mr_attr attr = {};
   attr.mr_iov = &iov;
@@ -102,10 +101,8 @@ Status MrCache::reg_one(const Dom& dom, MemType type, uint64_t access, int cuda_
   }
 #else
   (void)dmabuf_offset;
-  if (dmabuf_fd >= 0) {
-    *error = "this libfabric build has no DMA-BUF registration (FI_MR_DMABUF)";
-    return Status::kInvalidUsage;
-  }
+  if (dmabuf_fd >= 0)
+    return Status::invalid_usage("this libfabric build has no DMA-BUF registration (FI_MR_DMABUF)");
 #endif
   fid_mr* mr = nullptr;
   int rc = -FI_ENOKEY;
@@ -120,19 +117,14 @@ Status MrCache::reg_one(const Dom& dom, MemType type, uint64_t access, int cuda_
     }
     rc = fi_mr_regattr(dom.domain, &attr, flags, &mr);
   }
-  if (rc != 0) {
-    *error = std::string("fi_mr_regattr(") + (type == MemType::kCuda ? "cuda" : "host") + ", " +
-             std::to_string(len) + " bytes) failed: " + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
+  if (rc != 0)
+    return Status::system_error(std::string("fi_mr_regattr(") + (type == MemType::kCuda ? "cuda" : "host") +
+                                ", " + std::to_string(len) + " bytes) failed: " + fi_strerror(-rc));
   out->reset(mr);
   if (dom.mr_mode & FI_MR_ENDPOINT) {
     rc = fi_mr_bind(mr, &dom.ep->fid, 0);
     if (rc == 0) rc = fi_mr_enable(mr);
-    if (rc != 0) {
-      *error = std::string("fi_mr_bind/enable failed: ") + fi_strerror(-rc);
-      return Status::kSystemError;
-    }
+    if (rc != 0) return Status::system_error(std::string("fi_mr_bind/enable failed: ") + fi_strerror(-rc));
   }
   return Status::kOk;
 }

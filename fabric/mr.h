@@ -71,7 +71,7 @@ class MrCache {
   // with at least that access). cuda_device >= 0 with type kCuda registers device memory through
   // FI_HMEM_CUDA; dmabuf_fd >= 0 uses DMA-BUF.
   Status acquire(void* addr, size_t len, MemType type, MrAccess access, int cuda_device, int dmabuf_fd,
-                 uint64_t dmabuf_offset, MrEntry** out, std::string* error);
+                 uint64_t dmabuf_offset, MrEntry** out);
   // The libfabric access flags a registration with `access` gets.
   static uint64_t fi_access(MrAccess access);
   void release(MrEntry* e);
@@ -86,7 +86,7 @@ class MrCache {
     size_t key_size;
   };
   Status reg_one(const Dom& d, MemType type, uint64_t access, int cuda_device, int dmabuf_fd,
-                 uint64_t dmabuf_offset, void* addr, size_t len, MrPtr* mr, std::string* error);
+                 uint64_t dmabuf_offset, void* addr, size_t len, MrPtr* mr);
 
   std::vector<Dom> doms_;
   uint64_t mr_mode_;

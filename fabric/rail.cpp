@@ -10,34 +10,25 @@
 
 namespace moefabric::fabric {
 
-Status Rail::open(int rail_index, NicInfo nic_info, const EndpointOptions& opt, std::string* error) {
+Status Rail::open(int rail_index, NicInfo nic_info, const EndpointOptions& opt) {
   index = rail_index;
   nic = std::move(nic_info);
   fi_info* fi = nic.info.get();
   const std::string where = "rail " + std::to_string(index) + " (" + nic.domain + ")";
   fid_fabric* fab = nullptr;
   int rc = fi_fabric(fi->fabric_attr, &fab, nullptr);
-  if (rc != 0) {
-    *error = where + ": fi_fabric: " + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
+  if (rc != 0) return Status::system_error(where + ": fi_fabric: " + fi_strerror(-rc));
   fabric.reset(fab);
   fid_domain* dom = nullptr;
   rc = fi_domain(fab, fi, &dom, nullptr);
-  if (rc != 0) {
-    *error = where + ": fi_domain: " + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
+  if (rc != 0) return Status::system_error(where + ": fi_domain: " + fi_strerror(-rc));
   domain.reset(dom);
 
   fi_av_attr av_attr = {};
   av_attr.type = FI_AV_TABLE;
   fid_av* a = nullptr;
   rc = fi_av_open(dom, &av_attr, &a, nullptr);
-  if (rc != 0) {
-    *error = where + ": fi_av_open: " + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
+  if (rc != 0) return Status::system_error(where + ": fi_av_open: " + fi_strerror(-rc));
   av.reset(a);
 
   fi_cq_attr cq_attr = {};
@@ -51,19 +42,13 @@ Status Rail::open(int rail_index, NicInfo nic_info, const EndpointOptions& opt, 
     rc = fi_cq_open(dom, &cq_attr, &q, nullptr);
   }
   can_block = cq_attr.wait_obj != FI_WAIT_NONE;
-  if (rc != 0) {
-    *error = where + ": fi_cq_open: " + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
+  if (rc != 0) return Status::system_error(where + ": fi_cq_open: " + fi_strerror(-rc));
   cq.reset(q);
 
   fid_ep* e = nullptr;
   set_unique_shm_name(fi);
   rc = fi_endpoint(dom, fi, &e, nullptr);
-  if (rc != 0) {
-    *error = where + ": fi_endpoint: " + fi_strerror(-rc);
-    return Status::kSystemError;
-  }
+  if (rc != 0) return Status::system_error(where + ": fi_endpoint: " + fi_strerror(-rc));
   ep.reset(e);
 #ifdef FI_OPT_CUDA_API_PERMITTED
   if (opt.forbid_cuda_api && nic.provider == "efa") {
@@ -73,15 +58,12 @@ Status Rail::open(int rail_index, NicInfo nic_info, const EndpointOptions& opt, 
 #endif
   if ((rc = fi_ep_bind(e, &a->fid, 0)) != 0 || (rc = fi_ep_bind(e, &q->fid, FI_TRANSMIT | FI_RECV)) != 0 ||
       (rc = fi_enable(e)) != 0) {
-    *error = where + ": endpoint bind/enable: " + fi_strerror(-rc);
-    return Status::kSystemError;
+    return Status::system_error(where + ": endpoint bind/enable: " + fi_strerror(-rc));
   }
   addr_len = sizeof addr;
   rc = fi_getname(&e->fid, addr, &addr_len);
-  if (rc != 0 || addr_len > kMaxAddrLen) {
-    *error = where + ": fi_getname: " + (rc ? fi_strerror(-rc) : "address too long");
-    return Status::kSystemError;
-  }
+  if (rc != 0 || addr_len > kMaxAddrLen)
+    return Status::system_error(where + ": fi_getname: " + (rc ? fi_strerror(-rc) : "address too long"));
   return Status::kOk;
 }
 
@@ -154,7 +136,7 @@ std::vector<std::string> rail_spec_names(const std::string& spec) {
 
 Status rail_groups(const std::string& spec, const std::vector<NicInfo>& nics,
                    const std::vector<std::vector<std::string>>& topo_groups,
-                   std::vector<std::vector<int>>* out, std::string* error) {
+                   std::vector<std::vector<int>>* out) {
   out->clear();
   auto find = [&](const std::string& name) {
     for (size_t i = 0; i < nics.size(); ++i)
@@ -170,26 +152,19 @@ Status rail_groups(const std::string& spec, const std::vector<NicInfo>& nics,
         if (i < 0) {
           std::string have;
           for (const auto& n : nics) have += (have.empty() ? "" : ", ") + n.domain;
-          *error = "rail spec '" + spec + "': no NIC named '" + name + "' (found: " + have + ")";
-          return Status::kInvalidUsage;
+          return Status::invalid_usage("rail spec '" + spec + "': no NIC named '" + name +
+                                       "' (found: " + have + ")");
         }
-        if (!used.insert(i).second) {
-          *error = "rail spec '" + spec + "': NIC '" + name + "' named twice";
-          return Status::kInvalidUsage;
-        }
+        if (!used.insert(i).second)
+          return Status::invalid_usage("rail spec '" + spec + "': NIC '" + name + "' named twice");
         g.push_back(i);
       }
-      if (g.size() > static_cast<size_t>(kMaxRails)) {
-        *error = "rail spec '" + spec + "': device '" + dev + "' has more than " + std::to_string(kMaxRails) +
-                 " rails";
-        return Status::kInvalidUsage;
-      }
+      if (g.size() > static_cast<size_t>(kMaxRails))
+        return Status::invalid_usage("rail spec '" + spec + "': device '" + dev + "' has more than " +
+                                     std::to_string(kMaxRails) + " rails");
       if (!g.empty()) out->push_back(std::move(g));
     }
-    if (out->empty()) {
-      *error = "rail spec '" + spec + "' names no NIC";
-      return Status::kInvalidUsage;
-    }
+    if (out->empty()) return Status::invalid_usage("rail spec '" + spec + "' names no NIC");
     return Status::kOk;
   }
   // Default: the topology's GPU rail groups (complete groups of NICs we have), then every

@@ -37,8 +37,8 @@ struct Rail {
   std::map<std::string, fi_addr_t> av_cache;  // endpoint name -> AV entry
 
   // Opens fabric, domain, AV (table), CQ (data format) and an enabled endpoint on `nic`.
-  // `error` names the rail's NIC and the failing call.
-  Status open(int rail_index, NicInfo nic_info, const EndpointOptions& opt, std::string* error);
+  // A failure names the rail's NIC and the failing call.
+  Status open(int rail_index, NicInfo nic_info, const EndpointOptions& opt);
   // Inserts (once) a peer endpoint name into this rail's AV.
   Status av_insert(const uint8_t* peer_addr, size_t len, fi_addr_t* out);
   // A peer endpoint name as the provider prints it (fi_av_straddr), for messages.
@@ -57,14 +57,16 @@ struct Rail {
 // the topology library found to be the rails of one GPU, by name) groups them.
 Status rail_groups(const std::string& spec, const std::vector<NicInfo>& nics,
                    const std::vector<std::vector<std::string>>& topo_groups,
-                   std::vector<std::vector<int>>* out, std::string* error);
+                   std::vector<std::vector<int>>* out);
 
-// The topology's per-GPU rail groups (NIC domain names) for the default grouping. The fabric
-// layer does not load hwloc itself: whoever links the topology library (the NCCL plugin) sets
-// this before the first Net::acquire. nullptr: no topology grouping.
-using TopoGroupsHook = std::vector<std::vector<std::string>> (*)(const Params& params,
-                                                                 const std::vector<NicInfo>& nics,
-                                                                 std::string* why);
+// The topology's per-GPU rail groups (NIC domain names) for the default grouping, and what it
+// found (for logs). The fabric layer does not load hwloc itself: whoever links the topology
+// library (the NCCL plugin) sets this before the first Net::acquire. nullptr: no topology grouping.
+struct TopoGroups {
+  std::vector<std::vector<std::string>> groups;
+  std::string why;
+};
+using TopoGroupsHook = TopoGroups (*)(const Params& params, const std::vector<NicInfo>& nics);
 void set_topo_groups_hook(TopoGroupsHook hook);
 TopoGroupsHook topo_groups_hook();
 

@@ -15,6 +15,10 @@ void fid_close_logged(struct fid* fid, const char* what) {
 
 const char* fi_error_text(int rc) { return fi_strerror(rc < 0 ? -rc : rc); }
 
+Status cq_failure(const char* call, ssize_t rc) {
+  return Status::system_error(std::string(call) + ": " + fi_strerror(static_cast<int>(-rc)));
+}
+
 const char* cq_error_text(fid_cq* cq, const fi_cq_err_entry& e, char* buf, size_t len) {
   char prov[256] = "";
   if (e.prov_errno != 0) {

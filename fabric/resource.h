@@ -10,6 +10,8 @@
 #include <rdma/fi_eq.h>
 #include <rdma/fi_errno.h>
 
+#include "common/status.h"
+
 namespace moefabric::fabric {
 
 void fid_close_logged(struct fid* fid, const char* what);
@@ -40,36 +42,33 @@ const char* fi_error_text(int rc);
 // "<fi_strerror(err)> (provider: <fi_cq_strerror>)" for an error completion, into buf.
 const char* cq_error_text(fid_cq* cq, const fi_cq_err_entry& e, char* buf, size_t len);
 
+// "<call>: <fi_strerror(-rc)>" as a system error (cq_drain's failure).
+Status cq_failure(const char* call, ssize_t rc);
+
 // Drains `cq` for up to `rounds` batches of buf.size(): successful entries go to on_entries(n)
 // (in buf; with `src`, of buf's size, each entry's source address in it: fi_cq_readfrom), error
-// entries to on_error(err). Returns 0 when the CQ is empty or the rounds are spent, else the
-// negative libfabric code of the failed call, named in *failed.
+// entries to on_error(err). OK when the CQ is empty or the rounds are spent, else a system error
+// naming the failed call ("fi_cq_read: <fi_strerror>").
 template <class OnEntries, class OnError>
-ssize_t cq_drain(fid_cq* cq, std::vector<fi_cq_data_entry>& buf, int rounds, OnEntries&& on_entries,
-                 OnError&& on_error, const char** failed, std::vector<fi_addr_t>* src = nullptr) {
+Status cq_drain(fid_cq* cq, std::vector<fi_cq_data_entry>& buf, int rounds, OnEntries&& on_entries,
+                OnError&& on_error, std::vector<fi_addr_t>* src = nullptr) {
   for (int r = 0; r < rounds; ++r) {
     ssize_t n = src != nullptr ? fi_cq_readfrom(cq, buf.data(), buf.size(), src->data())
                                : fi_cq_read(cq, buf.data(), buf.size());
-    if (n == -FI_EAGAIN) return 0;
+    if (n == -FI_EAGAIN) return {};
     if (n == -FI_EAVAIL) {
       fi_cq_err_entry err = {};
       ssize_t rc = fi_cq_readerr(cq, &err, 0);
       if (rc == -FI_EAGAIN) continue;
-      if (rc < 0) {
-        *failed = "fi_cq_readerr";
-        return rc;
-      }
+      if (rc < 0) return cq_failure("fi_cq_readerr", rc);
       on_error(err);
       continue;
     }
-    if (n < 0) {
-      *failed = src != nullptr ? "fi_cq_readfrom" : "fi_cq_read";
-      return n;
-    }
+    if (n < 0) return cq_failure(src != nullptr ? "fi_cq_readfrom" : "fi_cq_read", n);
     on_entries(static_cast<size_t>(n));
-    if (n < static_cast<ssize_t>(buf.size())) return 0;
+    if (n < static_cast<ssize_t>(buf.size())) return {};
   }
-  return 0;
+  return {};
 }
 
 }  // namespace moefabric::fabric

@@ -17,29 +17,26 @@ constexpr int kRxBuffers = 64;
 constexpr size_t kRxBufferBytes = 64;
 }  // namespace
 
-Status RmaEndpoint::open_nic(const Params& params, NicInfo nic, int index, std::unique_ptr<RmaEndpoint>* out,
-                             std::string* error) {
-  if (!nic.rma) {
-    *error = "provider " + nic.provider + " (" + nic.name +
-             ") has no RMA with 4-byte remote CQ data, which the MoE protocol needs";
-    return Status::kSystemError;
-  }
+Status RmaEndpoint::open_nic(const Params& params, NicInfo nic, int index,
+                             std::unique_ptr<RmaEndpoint>* out) {
+  if (!nic.rma)
+    return Status::system_error("provider " + nic.provider + " (" + nic.name +
+                                ") has no RMA with 4-byte remote CQ data, which the MoE protocol needs");
   std::unique_ptr<RmaEndpoint> e(new RmaEndpoint());
   e->params_ = rma_params(params);
-  MF_CHECK(e->init(index, std::move(nic), error));
+  MF_CHECK(e->init(index, std::move(nic)));
   *out = std::move(e);
   return Status::kOk;
 }
 
-Status RmaEndpoint::init(int index, NicInfo nic, std::string* error) {
+Status RmaEndpoint::init(int index, NicInfo nic) {
   // A wait fd lets an idle proxy sleep in fi_cq_sread (epoll, not a spin).
-  MF_CHECK(rail_.open(index, std::move(nic), EndpointOptions{true, false}, error));
+  MF_CHECK(rail_.open(index, std::move(nic), EndpointOptions{true, false}));
   fi_info* fi = rail_.nic.info.get();
   fid_domain* domain = rail_.domain.get();
   fid_ep* ep = rail_.ep.get();
   auto fail = [&](const char* what, int rc) {
-    *error = std::string(what) + " on " + rail_.nic.name + ": " + fi_strerror(-rc);
-    return Status::kSystemError;
+    return Status::system_error(std::string(what) + " on " + rail_.nic.name + ": " + fi_strerror(-rc));
   };
   max_write_ = fi->ep_attr->max_msg_size > 0 ? fi->ep_attr->max_msg_size : SIZE_MAX;
   mr_cache_ =
@@ -66,13 +63,10 @@ RmaEndpoint::~RmaEndpoint() {
   mr_cache_.reset();
 }
 
-Status RmaEndpoint::insert_peer(const uint8_t* addr, size_t len, fi_addr_t* out, std::string* error) {
+Status RmaEndpoint::insert_peer(const uint8_t* addr, size_t len, fi_addr_t* out) {
   (void)len;
   int n = fi_av_insert(rail_.av.get(), addr, 1, out, 0, nullptr);
-  if (n != 1) {
-    *error = "fi_av_insert failed on " + rail_.nic.name;
-    return Status::kSystemError;
-  }
+  if (n != 1) return Status::system_error("fi_av_insert failed on " + rail_.nic.name);
   return Status::kOk;
 }
 
@@ -110,30 +104,29 @@ ssize_t RmaEndpoint::post_raw(WriteCtx* w) {
   return rc;
 }
 
-Status RmaEndpoint::post(WriteCtx* w, std::string* error) {
+Status RmaEndpoint::post(WriteCtx* w) {
   ssize_t rc = post_raw(w);
   if (rc == -FI_EAGAIN) {
     ++stats_.eagain;
     queued_.push(w, w->peer);
     return Status::kOk;
   }
-  if (rc != 0) {
-    *error = std::string(w->parent ? "fi_write: " : "fi_writedata: ") + fi_strerror(static_cast<int>(-rc));
-    return Status::kSystemError;
-  }
+  if (rc != 0)
+    return Status::system_error(std::string(w->parent ? "fi_write: " : "fi_writedata: ") +
+                                fi_strerror(static_cast<int>(-rc)));
   if (w->parent == nullptr) ++stats_.writes;
   return Status::kOk;
 }
 
-Status RmaEndpoint::submit(WriteCtx* w, std::string* error) {
+Status RmaEndpoint::submit(WriteCtx* w) {
   if (queued_.holds(w->peer)) {  // keep posting order per peer
     queued_.push(w, w->peer);
     return Status::kOk;
   }
-  return post(w, error);
+  return post(w);
 }
 
-void RmaEndpoint::part_done(WriteCtx* w, Status s, const char* text, RmaHandler* h) {
+void RmaEndpoint::part_done(WriteCtx* w, Status::Code s, const char* text, RmaHandler* h) {
   WriteCtx* main = w->parent != nullptr ? w->parent : w;
   if (w != main) ctx_free(w);
   if (s != Status::kOk && main->status == Status::kOk) {
@@ -141,24 +134,26 @@ void RmaEndpoint::part_done(WriteCtx* w, Status s, const char* text, RmaHandler*
     snprintf(main->text, sizeof main->text, "%s", text ? text : "write failed");
   }
   if (--main->parts > 0) return;
-  Status st = main->status;
+  const Status::Code st = main->status;
   uint64_t cookie = main->cookie;
   bool silent = main->silent;
   char msg[sizeof main->text];
-  std::memcpy(msg, main->text, sizeof msg);
+  if (st != Status::kOk) std::memcpy(msg, main->text, sizeof msg);
   ctx_free(main);
   if (silent) return;
   --inflight_;
-  h->on_write_done(cookie, st, st == Status::kOk ? nullptr : msg);
+  if (st == Status::kOk)
+    h->on_write_done(cookie, Status());
+  else
+    h->on_write_done(cookie, Status(st, msg));
 }
 
 Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* desc, uint64_t raddr,
-                          uint64_t key, uint32_t imm, uint64_t cookie, std::string* error, bool delivered) {
-  if (len > max_write_) {
-    *error = "write of " + std::to_string(len) + " B exceeds the provider's limit of " +
-             std::to_string(max_write_) + " B";
-    return Status::kInvalidArgument;
-  }
+                          uint64_t key, uint32_t imm, uint64_t cookie, bool delivered) {
+  if (len > max_write_)
+    return Status::invalid_argument("write of " + std::to_string(len) +
+                                    " B exceeds the provider's limit of " + std::to_string(max_write_) +
+                                    " B");
   WriteCtx* w = ctx_alloc();
   *w = WriteCtx{};
   w->peer = peer;
@@ -177,13 +172,13 @@ Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* des
     p->delivered = false;
     w->len = 0;
     w->parts = 2;
-    Status s = submit(p, error);
+    Status s = submit(p);
     if (s != Status::kOk) {
       ctx_free(p);
       ctx_free(w);
       return s;
     }
-    s = submit(w, error);
+    s = submit(w);
     if (s != Status::kOk) {
       // The payload is in flight and still points at w: w goes when it completes.
       w->silent = true;
@@ -193,7 +188,7 @@ Status RmaEndpoint::write(fi_addr_t peer, const void* buf, size_t len, void* des
     ++inflight_;
     return Status::kOk;
   }
-  Status s = submit(w, error);
+  Status s = submit(w);
   if (s != Status::kOk) {
     ctx_free(w);
     return s;
@@ -228,14 +223,14 @@ void RmaEndpoint::handle_entries(RmaHandler* h, size_t n) {
   }
 }
 
-Status RmaEndpoint::wait(RmaHandler* h, int timeout_ms, std::string* error) {
+Status RmaEndpoint::wait(RmaHandler* h, int timeout_ms) {
   if (!rail_.can_block || !queued_.empty()) {
     usleep(50);
-    return poll(h, error);
+    return poll(h);
   }
   ssize_t n = fi_cq_sread(rail_.cq.get(), cq_buf_.data(), cq_buf_.size(), nullptr, timeout_ms);
   if (n > 0) handle_entries(h, static_cast<size_t>(n));
-  return poll(h, error);  // errors (-FI_EAVAIL) and the rest
+  return poll(h);  // errors (-FI_EAVAIL) and the rest
 }
 
 int RmaEndpoint::wait_fd() {
@@ -256,7 +251,7 @@ void RmaEndpoint::signal() {
   if (rail_.can_block) (void)fi_cq_signal(rail_.cq.get());
 }
 
-Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
+Status RmaEndpoint::poll(RmaHandler* h) {
   // Repost refused writes, oldest first; a peer that refuses again keeps the rest of its
   // writes queued behind, other peers go on.
   queued_.retry([&](WriteCtx* w) {
@@ -268,8 +263,7 @@ Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
       ++stats_.writes;
     return rc;
   });
-  const char* failed = nullptr;
-  ssize_t rc = cq_drain(
+  return cq_drain(
       rail_.cq.get(), cq_buf_, 16, [&](size_t n) { handle_entries(h, n); },
       [&](const fi_cq_err_entry& err) {
         char text[512];
@@ -284,13 +278,7 @@ Status RmaEndpoint::poll(RmaHandler* h, std::string* error) {
         } else {
           part_done(w, Status::kRemoteError, text, h);
         }
-      },
-      &failed);
-  if (rc < 0) {
-    *error = std::string(failed) + ": " + fi_strerror(static_cast<int>(-rc));
-    return Status::kSystemError;
-  }
-  return Status::kOk;
+      });
 }
 
 }  // namespace moefabric::fabric

@@ -26,8 +26,8 @@ class RmaHandler {
   virtual ~RmaHandler() = default;
   // An incoming write carrying `imm` has landed completely.
   virtual void on_remote_write(uint32_t imm) = 0;
-  // A local write finished; `text` is the provider's error text when s != kOk.
-  virtual void on_write_done(uint64_t cookie, Status s, const char* text) = 0;
+  // A local write finished; a failure carries the provider's error text.
+  virtual void on_write_done(uint64_t cookie, const Status& s) = 0;
 };
 
 struct RmaStats {
@@ -46,8 +46,7 @@ class RmaEndpoint {
  public:
   // Opens `nic` (one of nic_discover's results for the provider MOEFABRIC_PROVIDER / FI_PROVIDER /
   // the default order selects). Requires RMA with 4-byte remote CQ data.
-  static Status open_nic(const Params& params, NicInfo nic, int index, std::unique_ptr<RmaEndpoint>* out,
-                         std::string* error);
+  static Status open_nic(const Params& params, NicInfo nic, int index, std::unique_ptr<RmaEndpoint>* out);
   ~RmaEndpoint();
   RmaEndpoint(const RmaEndpoint&) = delete;
   RmaEndpoint& operator=(const RmaEndpoint&) = delete;
@@ -59,20 +58,20 @@ class RmaEndpoint {
   MrCache& mr_cache() { return *mr_cache_; }
   const RmaStats& stats() const { return stats_; }
 
-  Status insert_peer(const uint8_t* addr, size_t len, fi_addr_t* out, std::string* error);
+  Status insert_peer(const uint8_t* addr, size_t len, fi_addr_t* out);
   // Posts one fi_writedata. -FI_EAGAIN is queued and retried by poll(); other failures return
-  // kSystemError with *error set.
+  // kSystemError and what failed.
   // `delivered`: complete only once the target has processed the write (FI_DELIVERY_COMPLETE),
   // for the last write before an endpoint closes.
   Status write(fi_addr_t peer, const void* buf, size_t len, void* desc, uint64_t raddr, uint64_t key,
-               uint32_t imm, uint64_t cookie, std::string* error, bool delivered = false);
+               uint32_t imm, uint64_t cookie, bool delivered = false);
   // Reposts queued writes, drains the CQ into `h`. Returns kSystemError only when the CQ itself
   // fails; per-operation errors go to on_write_done.
-  Status poll(RmaHandler* h, std::string* error);
+  Status poll(RmaHandler* h);
   size_t writes_in_flight() const { return inflight_; }
   // Blocks up to `timeout_ms` for a completion (fi_cq_sread) when the CQ has a wait object, else
   // naps 50 us; then polls. signal() wakes a blocked wait from another thread (fi_cq_signal).
-  Status wait(RmaHandler* h, int timeout_ms, std::string* error);
+  Status wait(RmaHandler* h, int timeout_ms);
   void signal();
   // Waiting on several endpoints at once (RmaRails): the CQ's wait fd, -1 when there is none
   // (or writes wait to be reposted, so the caller must poll), and fi_trywait: true when it is
@@ -98,17 +97,17 @@ class RmaEndpoint {
     // that one carries the immediate and completes when all its parts have.
     WriteCtx* parent = nullptr;
     int parts = 1;
-    bool silent = false;  // failed to post; the caller got the error, no completion callback
-    Status status = Status::kOk;
+    bool silent = false;                // failed to post; the caller got the error, no completion callback
+    Status::Code status = Status::kOk;  // the first part's failure, and its text
     char text[200] = "";
   };
   RmaEndpoint() = default;
-  Status init(int index, NicInfo nic, std::string* error);
-  Status post(WriteCtx* w, std::string* error);
+  Status init(int index, NicInfo nic);
+  Status post(WriteCtx* w);
   ssize_t post_raw(WriteCtx* w);
-  Status submit(WriteCtx* w, std::string* error);  // posts, or queues behind refused writes
+  Status submit(WriteCtx* w);  // posts, or queues behind refused writes
   // One part of a write finished (either half of a split one, or a whole one).
-  void part_done(WriteCtx* w, Status s, const char* text, RmaHandler* h);
+  void part_done(WriteCtx* w, Status::Code s, const char* text, RmaHandler* h);
   void handle_entries(RmaHandler* h, size_t n);
   WriteCtx* ctx_alloc();
   void ctx_free(WriteCtx* w);

@@ -15,25 +15,22 @@ namespace moefabric::fabric {
 namespace {}
 
 Status RmaRails::open(const Params& params, std::vector<NicInfo> rails, int stripe_shift,
-                      std::unique_ptr<RmaRails>* out, std::string* error) {
-  if (rails.empty() || rails.size() > static_cast<size_t>(kMaxRails)) {
-    *error =
-        "a rail group needs 1 to " + std::to_string(kMaxRails) + " NICs, not " + std::to_string(rails.size());
-    return Status::kInvalidArgument;
-  }
-  if (stripe_shift < 0 || stripe_shift > 30) {
-    *error = "stripe field at bit " + std::to_string(stripe_shift) + " does not fit an immediate";
-    return Status::kInvalidArgument;
-  }
+                      std::unique_ptr<RmaRails>* out) {
+  if (rails.empty() || rails.size() > static_cast<size_t>(kMaxRails))
+    return Status::invalid_argument("a rail group needs 1 to " + std::to_string(kMaxRails) + " NICs, not " +
+                                    std::to_string(rails.size()));
+  if (stripe_shift < 0 || stripe_shift > 30)
+    return Status::invalid_argument("stripe field at bit " + std::to_string(stripe_shift) +
+                                    " does not fit an immediate");
   std::unique_ptr<RmaRails> r(new RmaRails());
   r->stripe_shift_ = stripe_shift;
   r->stripe_min_ = static_cast<size_t>(std::max<int64_t>(kStripeAlign, params.stripe_min));
   for (size_t i = 0; i < rails.size(); ++i) {
     std::unique_ptr<RmaEndpoint> ep;
     const std::string name = rails[i].name;
-    Status s = RmaEndpoint::open_nic(params, std::move(rails[i]), static_cast<int>(i), &ep, error);
-    if (s != Status::kOk) {
-      if (rails.size() > 1) *error = "rail " + std::to_string(i) + " (" + name + "): " + *error;
+    Status s = RmaEndpoint::open_nic(params, std::move(rails[i]), static_cast<int>(i), &ep);
+    if (!s.ok()) {
+      if (rails.size() > 1) s.prepend("rail " + std::to_string(i) + " (" + name + "): ");
       return s;
     }
     r->eps_.push_back(std::move(ep));
@@ -79,13 +76,13 @@ bool RmaRails::hmem_async() const {
   return false;
 }
 
-Status RmaRails::reg(void* buf, size_t len, MrAccess access, Mr* out, std::string* error, int cuda_device) {
+Status RmaRails::reg(void* buf, size_t len, MrAccess access, Mr* out, int cuda_device) {
   *out = Mr{};
   const MemType type = cuda_device >= 0 ? MemType::kCuda : MemType::kHost;
   for (size_t i = 0; i < eps_.size(); ++i) {
-    Status s = eps_[i]->mr_cache().acquire(buf, len, type, access, cuda_device, -1, 0, &out->rail[i], error);
-    if (s != Status::kOk) {
-      if (eps_.size() > 1) *error = "rail " + std::to_string(i) + " (" + eps_[i]->nic().name + "): " + *error;
+    Status s = eps_[i]->mr_cache().acquire(buf, len, type, access, cuda_device, -1, 0, &out->rail[i]);
+    if (!s.ok()) {
+      if (eps_.size() > 1) s.prepend("rail " + std::to_string(i) + " (" + eps_[i]->nic().name + "): ");
       dereg(out);
       return s;
     }
@@ -107,20 +104,17 @@ RmaRails::Keys RmaRails::keys(const Mr& mr) const {
   return k;
 }
 
-Status RmaRails::add_peer(const Addr& addr, const Keys& keys, Peer* out, std::string* error) {
-  if (addr.nrails < 1 || addr.nrails > static_cast<uint32_t>(kMaxRails)) {
-    *error = "peer announced " + std::to_string(addr.nrails) + " rails (1.." + std::to_string(kMaxRails) +
-             " expected)";
-    return Status::kInvalidArgument;
-  }
+Status RmaRails::add_peer(const Addr& addr, const Keys& keys, Peer* out) {
+  if (addr.nrails < 1 || addr.nrails > static_cast<uint32_t>(kMaxRails))
+    return Status::invalid_argument("peer announced " + std::to_string(addr.nrails) + " rails (1.." +
+                                    std::to_string(kMaxRails) + " expected)");
   *out = Peer{};
   out->nrails = std::min<int>(nrails(), static_cast<int>(addr.nrails));
   for (int i = 0; i < out->nrails; ++i) {
-    if (addr.len[i] == 0 || addr.len[i] > RmaEndpoint::kMaxAddrLen) {
-      *error = "peer's rail " + std::to_string(i) + " address has " + std::to_string(addr.len[i]) + " bytes";
-      return Status::kInvalidArgument;
-    }
-    MF_CHECK(eps_[i]->insert_peer(addr.addr[i], addr.len[i], &out->addr[i], error));
+    if (addr.len[i] == 0 || addr.len[i] > RmaEndpoint::kMaxAddrLen)
+      return Status::invalid_argument("peer's rail " + std::to_string(i) + " address has " +
+                                      std::to_string(addr.len[i]) + " bytes");
+    MF_CHECK(eps_[i]->insert_peer(addr.addr[i], addr.len[i], &out->addr[i]));
     out->key[i] = keys.key[i];
   }
   return Status::kOk;
@@ -134,12 +128,9 @@ RmaRails::Pending* RmaRails::pending_alloc() {
 }
 
 Status RmaRails::write(const Peer& peer, const void* buf, size_t len, const Mr& mr, uint64_t raddr,
-                       uint32_t imm, uint64_t cookie, std::string* error, bool delivered) {
+                       uint32_t imm, uint64_t cookie, bool delivered) {
   const uint32_t field = 3u << stripe_shift_;
-  if (imm & field) {
-    *error = "immediate uses the stripe bits";
-    return Status::kInternalError;
-  }
+  if (imm & field) return Status::internal_error("immediate uses the stripe bits");
   const int n = peer.nrails;
   // Stripes (fabric/stripe.h): one per rail at most, as the immediate's stripe field counts them.
   StripePlan plan;
@@ -150,12 +141,11 @@ Status RmaRails::write(const Peer& peer, const void* buf, size_t len, const Mr& 
   p->cookie = cookie;
   p->parts = k;
   p->silent = false;
-  p->status = Status::kOk;  // text is only read when status is not kOk
+  p->status = Status::kOk;
   const uint64_t token = reinterpret_cast<uintptr_t>(p);
   if (k == 1) {
     const int i = n > 1 ? static_cast<int>(rr_++ % static_cast<unsigned>(n)) : 0;
-    Status s =
-        eps_[i]->write(peer.addr[i], buf, len, mr.desc(i), raddr, peer.key[i], imm, token, error, delivered);
+    Status s = eps_[i]->write(peer.addr[i], buf, len, mr.desc(i), raddr, peer.key[i], imm, token, delivered);
     if (s != Status::kOk) {
       free_.push_back(p);
       return s;
@@ -169,11 +159,11 @@ Status RmaRails::write(const Peer& peer, const void* buf, size_t len, const Mr& 
     const size_t off = chunk * static_cast<size_t>(i);
     const size_t l = std::min(chunk, len - off);
     Status s = eps_[i]->write(peer.addr[i], static_cast<const uint8_t*>(buf) + off, l, mr.desc(i),
-                              raddr + off, peer.key[i], tagged, token, error, delivered);
+                              raddr + off, peer.key[i], tagged, token, delivered);
     if (s != Status::kOk) {
       // Stripes already posted complete later and find this write failed; the caller has the
       // error now, so no completion reaches it.
-      if (eps_.size() > 1) *error = "rail " + std::to_string(i) + ": " + *error;
+      if (eps_.size() > 1) s.prepend("rail " + std::to_string(i) + ": ");
       p->parts -= k - i;
       p->silent = true;
       if (p->parts == 0) free_.push_back(p);
@@ -185,16 +175,13 @@ Status RmaRails::write(const Peer& peer, const void* buf, size_t len, const Mr& 
   return Status::kOk;
 }
 
-void RmaRails::on_write_done(uint64_t token, Status s, const char* text) {
+void RmaRails::on_write_done(uint64_t token, const Status& s) {
   auto* p = reinterpret_cast<Pending*>(static_cast<uintptr_t>(token));
-  if (s != Status::kOk && p->status == Status::kOk) {
-    p->status = s;
-    p->text = text ? text : "";
-  }
+  if (!s.ok() && p->status.ok()) p->status = s;
   if (--p->parts > 0) return;
   if (!p->silent) {
     --inflight_;
-    upper_->on_write_done(p->cookie, p->status, p->status == Status::kOk ? nullptr : p->text.c_str());
+    upper_->on_write_done(p->cookie, p->status);
   }
   free_.push_back(p);  // after the callback, which may post (and so allocate) new writes
 }
@@ -219,15 +206,15 @@ void RmaRails::on_remote_write(uint32_t imm) {
   upper_->on_remote_write(imm & ~field);
 }
 
-Status RmaRails::poll(RmaHandler* h, std::string* error) {
+Status RmaRails::poll(RmaHandler* h) {
   upper_ = h;
-  for (auto& e : eps_) MF_CHECK(e->poll(this, error));
+  for (auto& e : eps_) MF_CHECK(e->poll(this));
   return Status::kOk;
 }
 
-Status RmaRails::wait(RmaHandler* h, int timeout_ms, std::string* error) {
+Status RmaRails::wait(RmaHandler* h, int timeout_ms) {
   upper_ = h;
-  if (eps_.size() == 1) return eps_[0]->wait(this, timeout_ms, error);
+  if (eps_.size() == 1) return eps_[0]->wait(this, timeout_ms);
   // Several CQs: block in poll(2) on their wait fds once fi_trywait says nothing is due on any
   // (the libfabric way to wait on many); a rail without an fd means a short nap instead.
   pollfd fds[kMaxRails];
@@ -243,7 +230,7 @@ Status RmaRails::wait(RmaHandler* h, int timeout_ms, std::string* error) {
     for (auto& e : eps_) due |= !e->try_wait();
     if (!due) (void)::poll(fds, eps_.size(), timeout_ms);
   }
-  return poll(h, error);
+  return poll(h);
 }
 
 void RmaRails::signal() {

@@ -52,7 +52,7 @@ class RmaRails : private RmaHandler {
   // Opens an endpoint on every NIC of `rails` (1..kMaxRails, one provider). `stripe_shift`: where
   // the 2-bit stripe field sits in the immediate.
   static Status open(const Params& params, std::vector<NicInfo> rails, int stripe_shift,
-                     std::unique_ptr<RmaRails>* out, std::string* error);
+                     std::unique_ptr<RmaRails>* out);
   ~RmaRails() override;
   RmaRails(const RmaRails&) = delete;
   RmaRails& operator=(const RmaRails&) = delete;
@@ -67,7 +67,7 @@ class RmaRails : private RmaHandler {
   // Registers memory on every rail (through each rail's MR cache): host memory, or with
   // `cuda_device` >= 0 that GPU's memory (FI_HMEM_CUDA; every rail must have hmem()). Only
   // memory peers write into gets MrAccess::kRemoteWrite.
-  Status reg(void* buf, size_t len, MrAccess access, Mr* out, std::string* error, int cuda_device = -1);
+  Status reg(void* buf, size_t len, MrAccess access, Mr* out, int cuda_device = -1);
   // Every rail registers GPU memory (FI_HMEM granted).
   bool hmem() const;
   // Some rail fills GPU memory with host-issued copies that may still run after their
@@ -76,15 +76,15 @@ class RmaRails : private RmaHandler {
   void dereg(Mr* mr);
   Keys keys(const Mr& mr) const;
   uint64_t remote_addr(const Mr& mr, const void* p) const { return mr.rail[0]->remote_addr(p); }
-  Status add_peer(const Addr& addr, const Keys& keys, Peer* out, std::string* error);
+  Status add_peer(const Addr& addr, const Keys& keys, Peer* out);
 
   // One logical write of `len` bytes from `buf` (inside `mr`) to the peer's `raddr` (inside the
   // registration `peer.key` names), with immediate `imm`. `delivered` as in RmaEndpoint::write.
   Status write(const Peer& peer, const void* buf, size_t len, const Mr& mr, uint64_t raddr, uint32_t imm,
-               uint64_t cookie, std::string* error, bool delivered = false);
-  Status poll(RmaHandler* h, std::string* error);
+               uint64_t cookie, bool delivered = false);
+  Status poll(RmaHandler* h);
   // As RmaEndpoint::wait on one rail; with several rails a short nap, then a poll of all.
-  Status wait(RmaHandler* h, int timeout_ms, std::string* error);
+  Status wait(RmaHandler* h, int timeout_ms);
   void signal();
   size_t writes_in_flight() const { return inflight_; }
   RmaStats stats() const;                                      // summed over the rails
@@ -96,12 +96,11 @@ class RmaRails : private RmaHandler {
     uint64_t cookie = 0;
     int parts = 0;
     bool silent = false;  // failed to post: the caller has the error, no completion goes up
-    Status status = Status::kOk;
-    std::string text;  // the first error's text
+    Status status;        // the first failure, its text with it
   };
   RmaRails() = default;
   void on_remote_write(uint32_t imm) override;
-  void on_write_done(uint64_t cookie, Status s, const char* text) override;
+  void on_write_done(uint64_t cookie, const Status& s) override;
   Pending* pending_alloc();
 
   std::vector<std::unique_ptr<RmaEndpoint>> eps_;

@@ -52,60 +52,10 @@ struct CudaLayout {
   MF_HD size_t combine_offset(size_t tk) const { return off_comb + y_row_bytes * tk; }
 };
 
-// Fills every derived field; false with *why when the configuration is beyond what the CUDA
-// backend supports (local experts, 32-bit row indices).
-inline bool cuda_layout_init(CudaLayout* l, int nranks, int rank, int experts, int topk, int hidden,
-                             int max_tokens, int elt_bytes, bool scales, int scale_block, int alignment,
-                             const char** why) {
-  *l = CudaLayout{};
-  l->nranks = nranks;
-  l->rank = rank;
-  l->experts = experts;
-  l->topk = topk;
-  l->hidden = hidden;
-  l->max_tokens = max_tokens;
-  l->elt_bytes = elt_bytes;
-  l->scale_block = scale_block;
-  l->nscale = scales ? hidden / scale_block : 0;
-  l->alignment = alignment < 1 ? 1 : alignment;
-  l->max_local = (experts + nranks - 1) / nranks;
-  l->x_bytes = static_cast<size_t>(hidden) * elt_bytes;
-  l->scale_bytes = static_cast<size_t>(l->nscale) * 4;
-  l->slot_bytes = round_up(l->x_bytes, 16) + round_up(l->scale_bytes, 16);
-  l->y_row_bytes = static_cast<size_t>(hidden) * 2;
-  l->capacity_rows = static_cast<size_t>(nranks) * max_tokens * topk +
-                     static_cast<size_t>(l->max_local) * (l->alignment - 1);
-  const size_t R = static_cast<size_t>(nranks);
-  size_t off = 0;
-  l->off_dcount = off;
-  off += 8 * R;
-  l->off_ccount = off;
-  off += 8 * R;
-  l->off_bcount = off;
-  off += 8 * R;
-  l->off_ntok = off;
-  off += 4 * R;
-  l->off_idx = off = round_up(off, 256);
-  off += 4 * R * max_tokens * topk;
-  l->off_tok = off = round_up(off, 256);
-  off += l->slot_bytes * R * max_tokens;
-  l->off_comb = off = round_up(off, 256);
-  off += l->y_row_bytes * max_tokens * topk;
-  l->block_bytes = round_up(off, 4096);
-  if (nranks > kMaxRanks) {
-    *why = "more than 4096 ranks";
-    return false;
-  }
-  if (l->max_local > kCudaMaxLocalExperts) {
-    *why = "the CUDA backend supports at most 4096 experts per rank";
-    return false;
-  }
-  // Rows and (source, token, k) codes travel as 32-bit values.
-  if (l->capacity_rows >= UINT32_MAX || R * max_tokens * topk >= UINT32_MAX) {
-    *why = "receive capacity exceeds 32-bit row indices (reduce maxTokensPerRank or numTopk)";
-    return false;
-  }
-  return true;
-}
+// Fills every derived field; an invalid-argument status saying why when the configuration is
+// beyond what the CUDA backend supports (local experts, 32-bit row indices). Host code, defined
+// with the host layout (collectives/layout.cpp), where Status is known.
+Status cuda_layout_init(CudaLayout* l, int nranks, int rank, int experts, int topk, int hidden,
+                        int max_tokens, int elt_bytes, bool scales, int scale_block, int alignment);
 
 }  // namespace moefabric::moe

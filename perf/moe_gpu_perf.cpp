@@ -34,6 +34,7 @@ namespace perf = moefabric::perf;
 namespace {
 
 using moefabric::OobChannel;
+using moefabric::Status;
 
 struct Opts {
   int ranks = 2, hidden = 7168, topk = 8, experts = 256, iters = 1000, warmup = 50, timeout = 1500;
@@ -148,7 +149,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
     ncclUniqueId id{};
     if (me == 0) NK(ncclGetUniqueId(&id));
     std::vector<ncclUniqueId> ids(R);
-    if (!oob.allgather(&id, ids.data(), sizeof id)) die(me, "allgather of the NCCL id failed");
+    if (!oob.allgather(&id, ids.data(), sizeof id).ok()) die(me, "allgather of the NCCL id failed");
     NK(ncclCommInitRank(&nccl, R, ids[0], me));
   }
   const bool fp8 = o.dtype == "fp8";
@@ -162,7 +163,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
   cfg.backend = ncclMoeBackendCuda;
   ncclMoeComm_t moe = nullptr;
   auto oob_gather = [](const void* send, void* recv, size_t bytes, void* ctx) {
-    return static_cast<OobChannel*>(ctx)->allgather(send, recv, bytes) ? ncclSuccess : ncclSystemError;
+    return static_cast<OobChannel*>(ctx)->allgather(send, recv, bytes).ok() ? ncclSuccess : ncclSystemError;
   };
   if ((nccl != nullptr ? ncclMoeCommInit(&moe, nccl, &cfg)
                        : ncclMoeCommInitAllGather(&moe, R, me, oob_gather, &oob, &cfg)) != ncclSuccess)
@@ -228,7 +229,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
     auto measure = [&](cudaGraphExec_t ge, std::vector<double>* d, std::vector<double>* c,
                        std::vector<double>* post, std::vector<double>* cpost) {
       for (int it = -o.warmup; it < o.iters; ++it) {
-        if (nccl == nullptr && !oob.barrier()) die(me, "barrier failed");
+        if (nccl == nullptr && !oob.barrier().ok()) die(me, "barrier failed");
         CK(cudaGraphLaunch(ge, st));
         CK(cudaStreamSynchronize(st));
         if (it < 0) continue;
@@ -292,7 +293,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
       CK(cudaGraphDestroy(g));
       std::vector<double> part[5];
       for (int it = -o.warmup; it < o.iters; ++it) {
-        if (nccl == nullptr && !oob.barrier()) die(me, "barrier failed");
+        if (nccl == nullptr && !oob.barrier().ok()) die(me, "barrier failed");
         CK(cudaGraphLaunch(ge, st));
         CK(cudaStreamSynchronize(st));
         if (it < 0) continue;
@@ -322,7 +323,7 @@ std::vector<Row> run_rank(OobChannel& oob, const Opts& o, std::string* gpu_name)
     std::copy(nc.begin(), nc.end(), mine.begin() + 2 * n + m);
     std::copy(post.begin(), post.end(), mine.begin() + 2 * n + 2 * m);
     std::copy(cpost.begin(), cpost.end(), mine.begin() + 3 * n + 2 * m);
-    if (!oob.allgather(mine.data(), all.data(), mine.size() * sizeof(double)))
+    if (!oob.allgather(mine.data(), all.data(), mine.size() * sizeof(double)).ok())
       die(me, "allgather of results failed");
     if (me != 0) continue;
     std::vector<double> D, C, ND, NC, P, CP;
@@ -423,8 +424,8 @@ int main(int argc, char** argv) {
   // The forked ranks inherit these.
   if (o.fabric) setenv("MOEFABRIC_FORCE_FABRIC", "1", 1);
   if (o.node_size > 0) setenv("MOEFABRIC_NODE_SIZE", std::to_string(o.node_size).c_str(), 1);
-  std::unique_ptr<OobChannel> oob;
-  const bool launched = moefabric::oob_from_env(&oob);  // moefabric-run, torchrun or mpirun
+  std::unique_ptr<OobChannel> oob = moefabric::oob_from_env_or_exit();  // moefabric-run, torchrun or mpirun
+  const bool launched = oob != nullptr;
   if (launched) o.ranks = oob->nranks();
   if (!launched || oob->rank() == 0) header(o);
   auto body = [&](OobChannel& ch) {
@@ -465,9 +466,8 @@ int main(int argc, char** argv) {
                            {"warmup", o.warmup},
                            {"node_size", o.node_size},
                            {"nccl_baseline", !o.no_nccl}};
-      std::string err;
-      if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
-        fprintf(stderr, "moefabric-moe-gpu-perf: %s\n", err.c_str());
+      if (Status s = perf::write_json(o.json, perf::document(meta, config, results)); !s.ok())
+        fprintf(stderr, "moefabric-moe-gpu-perf: %s\n", s.message().c_str());
     }
     return 0;
   };

@@ -26,6 +26,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using moefabric::OobChannel;
+using moefabric::Status;
 using namespace moetest;
 
 struct Opts {
@@ -117,7 +118,7 @@ std::vector<Point> run_rank(OobChannel& oob, const Opts& o) {
             for (int it = -o.warmup; it < o.iters; ++it) {
               const RankInput& x = in[(it + o.warmup) % pool];
               int32_t t = T;
-              if (!oob.barrier()) die(me, "barrier failed (a rank exited)");
+              if (!oob.barrier().ok()) die(me, "barrier failed (a rank exited)");
               auto t0 = Clock::now();
               if (ncclMoeDispatch(x.x.data(), s.fp8 ? x.scales.data() : nullptr, x.idx.data(), x.w.data(), &t,
                                   rx.data(), s.fp8 ? rs.data() : nullptr, counts.data(), moe,
@@ -148,7 +149,7 @@ std::vector<Point> run_rank(OobChannel& oob, const Opts& o) {
             std::copy(cpost.begin(), cpost.end(), mine.begin() + 3 * n);
             mine[4 * n] = sel;
             mine[4 * n + 1] = static_cast<double>(wrong);
-            if (!oob.allgather(mine.data(), all.data(), mine.size() * sizeof(double)))
+            if (!oob.allgather(mine.data(), all.data(), mine.size() * sizeof(double)).ok())
               die(me, "allgather of results failed");
             if (me != 0) continue;
             std::vector<double> D, C, TT, P, CP;
@@ -264,9 +265,8 @@ void write_json(const Opts& o, const perf::Json& prior, const std::vector<Point>
       {"max_private_tokens", o.max_private >= 0 ? perf::Json(o.max_private) : perf::Json(nullptr)},
       {"combine_mode", o.combine == "rank" ? "per-rank" : "per-pair"},
       {"check", o.check}};
-  std::string err;
-  if (!perf::write_json(o.json, perf::document(meta, config, results), &err))
-    fprintf(stderr, "moefabric-moe-perf: %s\n", err.c_str());
+  if (Status s = perf::write_json(o.json, perf::document(meta, config, results)); !s.ok())
+    fprintf(stderr, "moefabric-moe-perf: %s\n", s.message().c_str());
 }
 
 }  // namespace
@@ -305,8 +305,8 @@ int main(int argc, char** argv) {
       return 2;
     }
 
-  std::unique_ptr<OobChannel> oob;
-  if (moefabric::oob_from_env(&oob)) {
+  std::unique_ptr<OobChannel> oob = moefabric::oob_from_env_or_exit();
+  if (oob) {
     if (oob->rank() == 0) header(o, "launched by moefabric-run, torchrun or mpirun");
     std::vector<Point> rows = run_rank(*oob, o);
     if (oob->rank() == 0) write_json(o, perf::Json::array(), rows);

@@ -267,17 +267,14 @@ void waitStream(cudaStream_t s) {
 
 // Count GPUs in a throw-away child: calling CUDA in the parent would make the
 // later fork()ed ranks unable to use CUDA.
-int probeGpus(int timeoutSec, std::string& err) {
+moefabric::Status probeGpus(int timeoutSec, int* count) {
   struct Reply {
     int count;
     char err[256];
   } rep{-1, "GPU probe crashed"};
   int fds[2];
   pid_t pid = pipe(fds) == 0 ? fork() : -1;
-  if (pid < 0) {
-    err = "pipe/fork failed";
-    return -1;
-  }
+  if (pid < 0) return moefabric::Status::system_error("pipe/fork failed");
   if (pid == 0) {
     cudaError_t e = cudaGetDeviceCount(&rep.count);
     if (e != cudaSuccess) rep.count = -1;
@@ -297,8 +294,9 @@ int probeGpus(int timeoutSec, std::string& err) {
   }
   close(fds[0]);
   waitpid(pid, nullptr, 0);
-  if (rep.count < 0) err = rep.err;
-  return rep.count;
+  if (rep.count < 0) return moefabric::Status::cuda_error(rep.err);
+  *count = rep.count;
+  return {};
 }
 
 const char* kEnvVars[] = {"NCCL_NET",         "NCCL_NET_PLUGIN", "NCCL_P2P_DISABLE",
@@ -348,15 +346,15 @@ int main(int argc, char** argv) {
     summary["error"] = failure.empty() ? Json(nullptr) : Json(failure);
     summary["exit_code"] = rc;
     doc["summary"] = summary;
-    std::string err;
-    if (perf::write_json(c.jsonFile, doc, &err)) return rc;
-    std::fprintf(stderr, "moefabric-nccl-perf: %s\n", err.c_str());
+    const moefabric::Status written = perf::write_json(c.jsonFile, doc);
+    if (written.ok()) return rc;
+    std::fprintf(stderr, "moefabric-nccl-perf: %s\n", written.message().c_str());
     return rc ? rc : 3;
   };
 
-  std::string err;
-  int ngpu = probeGpus(c.timeoutSec, err);
-  if (ngpu < 0) return finish(3, "cannot use CUDA: " + err);
+  int ngpu = 0;
+  if (moefabric::Status s = probeGpus(c.timeoutSec, &ngpu); !s.ok())
+    return finish(3, "cannot use CUDA: " + s.message());
   int n = c.ranks > 0 ? c.ranks : ngpu;
   const size_t N = size_t(n);
 

@@ -224,8 +224,7 @@ struct RawPath {
     me.name_len = nl;
     me.addr = (mode & FI_MR_VIRT_ADDR) ? reinterpret_cast<uintptr_t>(buf) : 0;
     me.key = fi_mr_key(mr);
-    std::string err;
-    if (!oob.allgather(&me, all, sizeof me, &err)) die(rank, "raw exchange", err);
+    if (Status s = oob.allgather(&me, all, sizeof me); !s.ok()) die(rank, "raw exchange", s.message());
     for (int i = 0; i < 64; ++i)
       check(static_cast<int>(fi_recv(ep, rx_pool.data() + 64 * i, 64, nullptr, FI_ADDR_UNSPEC, &rx_ctx[i])),
             "raw fi_recv");
@@ -324,13 +323,12 @@ void print_row(const Row& x) {
 int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, int out_fd) {
   int rank = oob.rank();
   auto deadline = Clock::now() + std::chrono::seconds(o.timeout);
-  std::string err;
   Net* net = nullptr;
-  if (Net::acquire(&net, &err) != Status::kOk) die(rank, "init", err);
+  if (Status s = Net::acquire(&net); !s.ok()) die(rank, "init", s.message());
   PluginPath pp{rank, deadline};
   char h[128] = {}, hall[256];
   if (net_listen(net, 0, h, &pp.lc) != Status::kOk) die(rank, "listen", "failed");
-  if (!oob.allgather(h, hall, 128, &err)) die(rank, "handle exchange", err);
+  if (Status s = oob.allgather(h, hall, 128); !s.ok()) die(rank, "handle exchange", s.message());
   while (!pp.sc || !pp.rc) {
     if (!pp.sc && net_connect(net, 0, hall + (1 - rank) * 128, &pp.sc) != Status::kOk)
       die(rank, "connect", "failed");
@@ -356,7 +354,7 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
 
   RawPath raw{rank, deadline};
   std::vector<NicInfo> nics;
-  if (nic_discover(net->params(), &nics, &err) != Status::kOk) die(rank, "discover", err);
+  if (Status s = nic_discover(net->params(), &nics); !s.ok()) die(rank, "discover", s.message());
   bool do_raw = o.raw && (nics[0].info->caps & FI_RMA);
   if (do_raw) raw.open(nics[0].info.get(), rbuf.data() + maxb, maxb, o.gpu, oob);
   if (rank == 0) {
@@ -382,7 +380,7 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
       for (size_t i = 0; i < s; ++i) sbuf.host[i] = static_cast<uint8_t>(i * 7 + rank + s);
       sbuf.push(s);
     }
-    if (!oob.barrier(&err)) die(rank, "barrier", err);
+    if (Status s = oob.barrier(); !s.ok()) die(rank, "barrier", s.message());
     Clock::time_point t0;
     for (int it = -o.warmup; it < li; ++it) {
       if (it == 0) t0 = Clock::now();
@@ -407,7 +405,7 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
     }
     // Plugin bandwidth: a window of messages, then a one-byte ack.
     int bi = bw_iters(o, s);
-    if (!oob.barrier(&err)) die(rank, "barrier", err);
+    if (Status s = oob.barrier(); !s.ok()) die(rank, "barrier", s.message());
     for (int it = -1; it < bi; ++it) {
       if (it == 0) t0 = Clock::now();
       std::vector<void*> reqs;
@@ -426,7 +424,7 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
     row.bw_plugin = static_cast<double>(s) * o.window * bi / secs(Clock::now() - t0) / 1e9;
 
     if (do_raw && s > 0) {
-      if (!oob.barrier(&err)) die(rank, "barrier", err);
+      if (Status s = oob.barrier(); !s.ok()) die(rank, "barrier", s.message());
       for (int it = -o.warmup; it < li; ++it) {
         if (it == 0) t0 = Clock::now();
         if (rank == 0) {
@@ -439,7 +437,7 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
       }
       row.lat_raw = secs(Clock::now() - t0) / li / 2 * 1e6;
       raw.drain_local();
-      if (!oob.barrier(&err)) die(rank, "barrier", err);
+      if (Status s = oob.barrier(); !s.ok()) die(rank, "barrier", s.message());
       for (int it = -1; it < bi; ++it) {
         if (it == 0) t0 = Clock::now();
         if (rank == 0) {
@@ -461,7 +459,7 @@ int run_rank(OobChannel& oob, const Opts& o, const std::vector<size_t>& sizes, i
     if (rank == 1 && row.wrong)
       die(rank, "check", std::to_string(row.wrong) + " wrong bytes at size " + std::to_string(s));
   }
-  if (!oob.barrier(&err)) die(rank, "final barrier", err);
+  if (Status s = oob.barrier(); !s.ok()) die(rank, "final barrier", s.message());
   if (do_raw) raw.close();
   (void)net_dereg_mr(pp.sc, pp.smh);
   (void)net_dereg_mr(pp.rc, pp.rmh);
@@ -516,9 +514,9 @@ int main(int argc, char** argv) {
   // pipe for the summary and the JSON file.
   int pfd[2];
   if (pipe(pfd) != 0) return 2;
-  std::unique_ptr<OobChannel> env_oob;
+  std::unique_ptr<OobChannel> env_oob = moefabric::oob_from_env_or_exit();
   LaunchResult res;
-  if (moefabric::oob_from_env(&env_oob)) {
+  if (env_oob) {
     // Launched by moefabric-run, torchrun or mpirun (one rank per host, say): rank 0 also does
     // the summary and the JSON file, from its rows in the pipe (a few KiB: it cannot fill).
     if (env_oob->nranks() != 2) {
@@ -597,8 +595,8 @@ int main(int argc, char** argv) {
                       {"bandwidth_target", or_null(bw_verdict)},
                       {"latency_target", or_null(lat_verdict)},
                       {"exit_code", rc}};
-    std::string err;
-    if (!perf::write_json(o.json, doc, &err)) fprintf(stderr, "moefabric-net-perf: %s\n", err.c_str());
+    if (Status s = perf::write_json(o.json, doc); !s.ok())
+      fprintf(stderr, "moefabric-net-perf: %s\n", s.message().c_str());
   }
   if (!res.ok) fprintf(stderr, "moefabric-net-perf: FAILED\n%s", res.report.c_str());
   return rc;

@@ -9,8 +9,7 @@ namespace moefabric::perf {
 
 std::optional<std::string> moe_provider() {
   std::vector<fabric::NicInfo> nics;
-  std::string err;
-  if (fabric::nic_discover(fabric::rma_params(Params::load()), &nics, &err) != Status::kOk || nics.empty())
+  if (!fabric::nic_discover(fabric::rma_params(Params::load()), &nics).ok() || nics.empty())
     return std::nullopt;
   return nics[0].provider;
 }

@@ -107,13 +107,12 @@ Json document(const Meta& m, Json config, Json results) {
   return Json{{"metadata", metadata(m)}, {"config", std::move(config)}, {"results", std::move(results)}};
 }
 
-bool write_json(const std::string& path, const Json& doc, std::string* error) {
+Status write_json(const std::string& path, const Json& doc) {
   std::ofstream f(path);
   f << doc.dump(2, ' ', false, Json::error_handler_t::replace) << "\n";
   f.close();
-  if (f) return true;
-  *error = "cannot write " + path;
-  return false;
+  if (f) return {};
+  return Status::system_error("cannot write " + path);
 }
 
 std::string nccl_version_string(int code) {

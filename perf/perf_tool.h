@@ -9,6 +9,8 @@
 #include <optional>
 #include <string>
 
+#include "common/status.h"
+
 namespace moefabric::perf {
 
 using Json = nlohmann::ordered_json;
@@ -44,8 +46,8 @@ Json metadata(const Meta& m);
 // writes (tools may add keys after these).
 Json document(const Meta& m, Json config, Json results);
 
-// Writes the document to `path` (2-space indented). False with a message when it cannot.
-bool write_json(const std::string& path, const Json& doc, std::string* error);
+// Writes the document to `path` (2-space indented); a system error saying so when it cannot.
+Status write_json(const std::string& path, const Json& doc);
 
 // The libfabric provider the MoE proxies pick in this environment (MOEFABRIC_PROVIDER,
 // FI_PROVIDER or the default order), nullopt when none is usable. Defined in perf_fabric.cpp

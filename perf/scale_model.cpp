@@ -17,6 +17,7 @@
 namespace perf = moefabric::perf;
 namespace model = moefabric::model;
 using model::System;
+using moefabric::Status;
 
 namespace {
 
@@ -71,13 +72,13 @@ perf::Json row_json(const Row& r, const Opts& o) {
                     {"user_buffer_bytes", r.tr.user_bytes}};
 }
 
-bool model_point(const Opts& o, model::Shape s, System sys, const model::Platform& pf, int R,
-                 int proxy_threads, Row* row, std::string* why, const std::string& routing = "") {
+Status model_point(const Opts& o, model::Shape s, System sys, const model::Platform& pf, int R,
+                   int proxy_threads, Row* row, const std::string& routing = "") {
   s.host_backend = pf.host;
   if (pf.host) s.gpus_per_node = 1;  // the host backend reaches every peer through the provider
   model::Routing rt;
-  if (!model::make_routing(routing.empty() ? o.routing : routing, s, R, o.seed, &rt, why)) return false;
-  if (!model::compute_traffic(sys, s, rt, &row->tr, why)) return false;
+  MF_CHECK(model::make_routing(routing.empty() ? o.routing : routing, s, R, o.seed, &rt));
+  MF_CHECK(model::compute_traffic(sys, s, rt, &row->tr));
   model::Platform p = pf;
   if (!pf.host && pf.name != "shm") {
     if (o.nic_GBps > 0) p.nic_GBps = o.nic_GBps;
@@ -90,7 +91,7 @@ bool model_point(const Opts& o, model::Shape s, System sys, const model::Platfor
   row->system = model::system_name(sys);
   row->ep = R;
   row->nodes = row->tr.nodes;
-  return true;
+  return {};
 }
 
 // --- validation ---------------------------------------------------------------------------
@@ -166,10 +167,10 @@ perf::Json validate(const Opts& o, bool print) {
       const int threads =
           sys == System::kUcclEp ? static_cast<int>(model::constant("proxy_threads_uccl_ep")) : 1;
       Row r;
-      std::string why;
-      if (!model_point(o, s, sys, *model::find_platform(ser.platform), p.ranks, threads, &r, &why,
-                       ser.routing)) {
-        fprintf(stderr, "moefabric-model: validation point EP%d: %s\n", p.ranks, why.c_str());
+      if (Status st =
+              model_point(o, s, sys, *model::find_platform(ser.platform), p.ranks, threads, &r, ser.routing);
+          !st.ok()) {
+        fprintf(stderr, "moefabric-model: validation point EP%d: %s\n", p.ranks, st.message().c_str());
         continue;
       }
       const char* kind = p.calibration ? "calibration" : ser.kind;
@@ -332,9 +333,9 @@ int main(int argc, char** argv) {
     for (System sys : systems)
       for (int R : o.ep) {
         Row r;
-        std::string why;
-        if (!model_point(o, o.shape, sys, *model::find_platform(pn), R, o.proxy_threads, &r, &why)) {
-          fprintf(stderr, "moefabric-model: EP%d: %s\n", R, why.c_str());
+        if (Status st = model_point(o, o.shape, sys, *model::find_platform(pn), R, o.proxy_threads, &r);
+            !st.ok()) {
+          fprintf(stderr, "moefabric-model: EP%d: %s\n", R, st.message().c_str());
           return 2;
         }
         printf(" %-8s %-19s %5d %5d %9.1f %9.1f %9.1f %10.2f %10.2f %10.2f %8.0f %8.1f %7d %9.1f %9.1f\n",
@@ -348,10 +349,10 @@ int main(int argc, char** argv) {
         if (rows.empty() && o.traffic) traffic = traffic_table(o, r, true);
         if (rows.empty() && !o.write_trace.empty()) {
           model::Routing rt;
-          std::string err;
-          if (!model::make_routing(o.routing, o.shape, R, o.seed, &rt, &err) ||
-              !model::write_trace(o.write_trace, o.shape, rt, &err)) {
-            fprintf(stderr, "moefabric-model: %s\n", err.c_str());
+          Status st = model::make_routing(o.routing, o.shape, R, o.seed, &rt);
+          if (st.ok()) st = model::write_trace(o.write_trace, o.shape, rt);
+          if (!st.ok()) {
+            fprintf(stderr, "moefabric-model: %s\n", st.message().c_str());
             return 2;
           }
         }
@@ -376,9 +377,8 @@ int main(int argc, char** argv) {
                                     config, results);
     doc["validation"] = val;
     if (o.traffic) doc["traffic"] = traffic;
-    std::string err;
-    if (!perf::write_json(o.json, doc, &err)) {
-      fprintf(stderr, "moefabric-model: %s\n", err.c_str());
+    if (Status s = perf::write_json(o.json, doc); !s.ok()) {
+      fprintf(stderr, "moefabric-model: %s\n", s.message().c_str());
       return 2;
     }
   }

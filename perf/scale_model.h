@@ -9,6 +9,7 @@
 
 #include "collectives/layout.h"
 #include "collectives/plan.h"
+#include "common/status.h"
 
 namespace moefabric::model {
 
@@ -33,9 +34,8 @@ struct Routing {
 
 // "uniform[:F]" (K distinct experts, uniform; a fraction F of the slots empty), "zipf:S" (K distinct experts, popularity 1/rank^S over
 // a seeded permutation of the experts), "trace:FILE" (docs/scale-model.md#routing-traces).
-bool make_routing(const std::string& spec, const Shape& s, int ranks, uint64_t seed, Routing* out,
-                  std::string* why);
-bool write_trace(const std::string& path, const Shape& s, const Routing& r, std::string* why);
+Status make_routing(const std::string& spec, const Shape& s, int ranks, uint64_t seed, Routing* out);
+Status write_trace(const std::string& path, const Shape& s, const Routing& r);
 
 // How a system shapes its traffic. moefabric and moefabric-node are this library (the second
 // a what-if); the others model published systems' traffic (docs/scale-model.md#other-systems).
@@ -73,7 +73,7 @@ struct Traffic {
   uint64_t user_bytes = 0;  // the caller's recvX + recvScales + expertY at ncclMoeGetRecvCapacity rows
 };
 
-bool compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* out, std::string* why);
+Status compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* out);
 
 // The cost model's constants: one table, each with its unit and source.
 struct Constant {

@@ -39,12 +39,9 @@ void draw_distinct(std::mt19937_64& rng, const std::vector<double>& cum, int K, 
   }
 }
 
-bool read_trace(const std::string& path, const Shape& s, int R, Routing* out, std::string* why) {
+Status read_trace(const std::string& path, const Shape& s, int R, Routing* out) {
   std::ifstream f(path);
-  if (!f) {
-    *why = "cannot open trace " + path;
-    return false;
-  }
+  if (!f) return Status::system_error("cannot open trace " + path);
   std::vector<std::pair<int, std::vector<int32_t>>> rows;
   std::string line;
   int lineno = 0, max_rank = -1;
@@ -60,24 +57,19 @@ bool read_trace(const std::string& path, const Shape& s, int R, Routing* out, st
     while (in >> v) ids.push_back(static_cast<int32_t>(v));
     const bool bad_id =
         std::any_of(ids.begin(), ids.end(), [&](int32_t e) { return e < -1 || e >= s.experts; });
-    if (rank < 0 || static_cast<int>(ids.size()) != s.topk || bad_id || !in.eof()) {
-      *why = path + ":" + std::to_string(lineno) +
-             ": want 'rank e_1 ... e_K' with K = " + std::to_string(s.topk) + " ids in [-1, " +
-             std::to_string(s.experts) + ")";
-      return false;
-    }
+    if (rank < 0 || static_cast<int>(ids.size()) != s.topk || bad_id || !in.eof())
+      return Status::invalid_argument(path + ":" + std::to_string(lineno) +
+                                      ": want 'rank e_1 ... e_K' with K = " + std::to_string(s.topk) +
+                                      " ids in [-1, " + std::to_string(s.experts) + ")");
     max_rank = std::max(max_rank, rank);
     rows.push_back({rank, std::move(ids)});
   }
-  if (rows.empty()) {
-    *why = path + ": no tokens";
-    return false;
-  }
+  if (rows.empty()) return Status::invalid_argument(path + ": no tokens");
   out->idx.assign(R, {});
   out->T.assign(R, 0);
   if (max_rank + 1 == R) {  // recorded at this EP size: every rank's own tokens
     for (auto& [r, ids] : rows) out->idx[r].insert(out->idx[r].end(), ids.begin(), ids.end()), ++out->T[r];
-    return true;
+    return {};
   }
   // Another EP size: the tokens, in file order, are dealt T per rank (cycling when short).
   for (int r = 0; r < R; ++r)
@@ -86,14 +78,13 @@ bool read_trace(const std::string& path, const Shape& s, int R, Routing* out, st
       out->idx[r].insert(out->idx[r].end(), ids.begin(), ids.end());
       ++out->T[r];
     }
-  return true;
+  return {};
 }
 
 }  // namespace
 
-bool make_routing(const std::string& spec, const Shape& s, int R, uint64_t seed, Routing* out,
-                  std::string* why) {
-  if (spec.rfind("trace:", 0) == 0) return read_trace(spec.substr(6), s, R, out, why);
+Status make_routing(const std::string& spec, const Shape& s, int R, uint64_t seed, Routing* out) {
+  if (spec.rfind("trace:", 0) == 0) return read_trace(spec.substr(6), s, R, out);
   std::vector<double> weight(s.experts, 1.0);
   double empty = 0;
   if (spec.rfind("zipf:", 0) == 0) {
@@ -101,8 +92,7 @@ bool make_routing(const std::string& spec, const Shape& s, int R, uint64_t seed,
     try {
       a = std::stod(spec.substr(5));
     } catch (const std::exception&) {
-      *why = "zipf:S needs a number, not '" + spec.substr(5) + "'";
-      return false;
+      return Status::invalid_argument("zipf:S needs a number, not '" + spec.substr(5) + "'");
     }
     std::vector<int> perm(s.experts);
     std::iota(perm.begin(), perm.end(), 0);
@@ -112,18 +102,13 @@ bool make_routing(const std::string& spec, const Shape& s, int R, uint64_t seed,
   } else if (spec.rfind("uniform:", 0) == 0) {
     char* end = nullptr;
     empty = std::strtod(spec.c_str() + 8, &end);
-    if (*end != '\0' || !(empty >= 0 && empty < 1)) {
-      *why = "uniform:F needs a fraction of empty slots in [0, 1), not '" + spec.substr(8) + "'";
-      return false;
-    }
+    if (*end != '\0' || !(empty >= 0 && empty < 1))
+      return Status::invalid_argument("uniform:F needs a fraction of empty slots in [0, 1), not '" +
+                                      spec.substr(8) + "'");
   } else if (spec != "uniform") {
-    *why = "routing must be uniform[:F], zipf:S or trace:FILE, not '" + spec + "'";
-    return false;
+    return Status::invalid_argument("routing must be uniform[:F], zipf:S or trace:FILE, not '" + spec + "'");
   }
-  if (s.topk > s.experts) {
-    *why = "top-k larger than the expert count";
-    return false;
-  }
+  if (s.topk > s.experts) return Status::invalid_argument("top-k larger than the expert count");
   std::vector<double> cum(s.experts);
   std::partial_sum(weight.begin(), weight.end(), cum.begin());
   out->idx.assign(R, {});
@@ -140,10 +125,10 @@ bool make_routing(const std::string& spec, const Shape& s, int R, uint64_t seed,
           if (u(rng) < empty) row[k] = -1;
     }
   }
-  return true;
+  return {};
 }
 
-bool write_trace(const std::string& path, const Shape& s, const Routing& r, std::string* why) {
+Status write_trace(const std::string& path, const Shape& s, const Routing& r) {
   std::ofstream f(path);
   f << "# moefabric routing trace v1: one token per line, 'rank e_1 ... e_K' (-1 = empty slot)\n";
   f << "# ranks " << r.idx.size() << ", top-k " << s.topk << ", experts " << s.experts << "\n";
@@ -154,9 +139,8 @@ bool write_trace(const std::string& path, const Shape& s, const Routing& r, std:
       f << '\n';
     }
   f.close();
-  if (f) return true;
-  *why = "cannot write " + path;
-  return false;
+  if (f) return {};
+  return Status::system_error("cannot write " + path);
 }
 
 // --- systems and traffic --------------------------------------------------------------------
@@ -202,40 +186,29 @@ void add(PhaseLoad& p, int s, int d, double bytes, double writes, bool nvlink) {
   }
 }
 
-bool layout_for(const Shape& s, int nranks, int max_tokens, int max_private, moe::Layout* l,
-                std::string* why) {
-  const char* w = nullptr;
-  if (!moe::layout_init(l, nranks, 0, s.experts, s.topk, s.hidden, max_tokens, s.fp8 ? 1 : 2, s.fp8, 128, 1,
-                        max_private, s.combine == CombineMode::kPerRank, &w)) {
-    *why = w;
-    return false;
-  }
-  return true;
+Status layout_for(const Shape& s, int nranks, int max_tokens, int max_private, moe::Layout* l) {
+  return moe::layout_init(l, nranks, 0, s.experts, s.topk, s.hidden, max_tokens, s.fp8 ? 1 : 2, s.fp8, 128, 1,
+                          max_private, s.combine == CombineMode::kPerRank);
 }
 
 }  // namespace
 
-bool compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* t, std::string* why) {
+Status compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* t) {
   const int R = static_cast<int>(r.idx.size()), G = std::max(1, std::min(s.gpus_per_node, R));
-  if (R % G != 0) {
-    *why = std::to_string(R) + " ranks do not fill nodes of " + std::to_string(G);
-    return false;
-  }
-  if (s.experts < R) {
-    *why = "fewer experts than ranks";
-    return false;
-  }
+  if (R % G != 0)
+    return Status::invalid_argument(std::to_string(R) + " ranks do not fill nodes of " + std::to_string(G));
+  if (s.experts < R) return Status::invalid_argument("fewer experts than ranks");
   const int maxT = r.max_tokens();
   // pplx-garden sizes its buffers for every token (no private/overflow split: no grants).
   const bool pplx = sys == System::kPplxGarden || sys == System::kPplxGardenScatter;
   const int P = pplx ? maxT : s.max_private;
   moe::Layout& l = t->layout;
-  if (!layout_for(s, R, maxT, P, &l, why)) return false;
+  MF_CHECK(layout_for(s, R, maxT, P, &l));
   std::vector<const int32_t*> idx(R);
   for (int i = 0; i < R; ++i) idx[i] = r.idx[i].data();
   const CombineMode mode =
       sys == System::kMoefabric || sys == System::kMoefabricNode ? s.combine : CombineMode::kPerPair;
-  if (!moe::plan_world(l, idx, r.T, mode, &t->plan, why)) return false;
+  MF_CHECK(moe::plan_world(l, idx, r.T, mode, &t->plan));
   t->ranks = R;
   t->nodes = R / G;
   t->dispatch.resize(R);
@@ -274,10 +247,9 @@ bool compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* t, s
     // there, which forwards it over NVLink to the node's other ranks that need it; combine comes
     // back the same way, reduced per node in per-rank mode.
     moe::Layout ln;
-    if (!layout_for(s, t->nodes, maxT, s.max_private, &ln, why)) return false;
+    MF_CHECK(layout_for(s, t->nodes, maxT, s.max_private, &ln));
     moe::WorldPlan wn(R);
-    for (int a = 0; a < R; ++a)
-      if (!moe::plan_rank(ln, node(a), idx[a], r.T[a], mode, &wn[a], why)) return false;
+    for (int a = 0; a < R; ++a) MF_CHECK(moe::plan_rank(ln, node(a), idx[a], r.T[a], mode, &wn[a]));
     for (int a = 0; a < R; ++a)
       for (int n = 0; n < t->nodes; ++n) {
         if (n == node(a)) {
@@ -337,18 +309,17 @@ bool compute_traffic(System sys, const Shape& s, const Routing& r, Traffic* t, s
   // with more than one GPU per node, the CUDA backend's NVLink receive block for the node.
   moe::Layout lm;
   const int fabric_ranks = sys == System::kMoefabricNode ? t->nodes : R;
-  if (!layout_for(s, std::max(1, fabric_ranks), maxT, s.max_private, &lm, why)) return false;
+  MF_CHECK(layout_for(s, std::max(1, fabric_ranks), maxT, s.max_private, &lm));
   t->fabric_block_bytes = t->nodes > 1 ? lm.recv_block_bytes + lm.send_block_bytes : 0;
   t->memory_bytes = t->fabric_block_bytes;
   t->user_bytes = l.capacity_rows * (l.x_bytes + l.scale_bytes + l.y_row_bytes);
   if (G > 1) {
     moe::CudaLayout cl;
-    const char* w2 = nullptr;
-    if (moe::cuda_layout_init(&cl, G, 0, s.experts, s.topk, s.hidden, maxT, s.fp8 ? 1 : 2, s.fp8, 128, 1,
-                              &w2))
+    if (moe::cuda_layout_init(&cl, G, 0, s.experts, s.topk, s.hidden, maxT, s.fp8 ? 1 : 2, s.fp8, 128, 1)
+            .ok())
       t->memory_bytes += cl.block_bytes;
   }
-  return true;
+  return {};
 }
 
 // --- cost model -----------------------------------------------------------------------------

@@ -15,15 +15,11 @@
 namespace {
 
 // The NICs the plugin would use on this machine: libfabric's list for the selected provider,
-// with port speeds from rdma-core where it knows the device.
-bool live_nics(const moefabric::Params& params, std::vector<moefabric::topo::NicDesc>* out,
-               std::string* note) {
+// with port speeds from rdma-core where it knows the device, and where they came from.
+moefabric::Status live_nics(const moefabric::Params& params, std::vector<moefabric::topo::NicDesc>* out,
+                            std::string* source) {
   std::vector<moefabric::fabric::NicInfo> nics;
-  std::string err;
-  if (moefabric::fabric::nic_discover(params, &nics, &err) != moefabric::Status::kOk) {
-    *note = "libfabric: " + err;
-    return false;
-  }
+  MF_CHECK(moefabric::fabric::nic_discover(params, &nics).prepend("libfabric: "));
   auto rdma = moefabric::topo::rdma_devices();
   for (const auto& n : nics) {
     moefabric::topo::NicDesc d;
@@ -35,10 +31,10 @@ bool live_nics(const moefabric::Params& params, std::vector<moefabric::topo::Nic
       if (d.pci && r.pci == d.pci && r.speed_mbps > 0) d.speed_mbps = r.speed_mbps;
     out->push_back(std::move(d));
   }
-  *note = std::to_string(nics.size()) + " NIC(s) from libfabric provider " +
-          (nics.empty() ? std::string("-") : nics[0].provider) + ", " + std::to_string(rdma.size()) +
-          " RDMA device(s) from rdma-core";
-  return true;
+  *source = std::to_string(nics.size()) + " NIC(s) from libfabric provider " +
+            (nics.empty() ? std::string("-") : nics[0].provider) + ", " + std::to_string(rdma.size()) +
+            " RDMA device(s) from rdma-core";
+  return {};
 }
 
 }  // namespace
@@ -66,13 +62,13 @@ int main(int argc, char** argv) {
   opts.xml = xml;
   std::string note = "NICs from hwloc's network PCI devices";
   if (xml.empty() && !hwloc_nics) {
-    opts.nics_given = live_nics(params, &opts.nics, &note);
-    if (!opts.nics_given) note += "; NICs from hwloc instead";
+    const moefabric::Status live = live_nics(params, &opts.nics, &note);
+    opts.nics_given = live.ok();
+    if (!opts.nics_given) note = live.message() + "; NICs from hwloc instead";
   }
   std::unique_ptr<moefabric::topo::Topology> topo;
-  std::string err;
-  if (moefabric::topo::Topology::load(opts, &topo, &err) != moefabric::Status::kOk) {
-    fprintf(stderr, "moefabric-topo: %s\n", err.c_str());
+  if (moefabric::Status s = moefabric::topo::Topology::load(opts, &topo); !s.ok()) {
+    fprintf(stderr, "moefabric-topo: %s\n", s.message().c_str());
     return 1;
   }
   if (json) {

@@ -26,17 +26,16 @@ void copy_text(const std::string& s, char* buf, size_t len) {
 MF_BOOTSTRAP_API int moefabricBootstrapOpen(void** handle, int* rank, int* nranks, int* localRank, char* err,
                                             size_t errLen) {
   auto h = std::make_unique<Handle>();
-  std::string why;
-  if (!moefabric::oob_from_env(&h->oob, &why)) {
-    if (why.empty()) {
-      copy_text(
-          "no launcher in the environment (moefabric-run's MOEFABRIC_OOB_FD, torchrun's RANK/WORLD_SIZE, "
-          "OpenMPI's OMPI_COMM_WORLD_RANK/SIZE)",
-          err, errLen);
-      return 1;
-    }
-    copy_text(why, err, errLen);
+  if (moefabric::Status s = moefabric::oob_from_env(&h->oob); !s.ok()) {
+    copy_text(s.message(), err, errLen);
     return -1;
+  }
+  if (!h->oob) {
+    copy_text(
+        "no launcher in the environment (moefabric-run's MOEFABRIC_OOB_FD, torchrun's RANK/WORLD_SIZE, "
+        "OpenMPI's OMPI_COMM_WORLD_RANK/SIZE)",
+        err, errLen);
+    return 1;
   }
   *rank = h->oob->rank();
   *nranks = h->oob->nranks();
@@ -49,8 +48,9 @@ MF_BOOTSTRAP_API int moefabricBootstrapOpen(void** handle, int* rank, int* nrank
 MF_BOOTSTRAP_API int moefabricBootstrapAllGather(const void* send, void* recv, size_t bytes, void* handle) {
   auto* h = static_cast<Handle*>(handle);
   if (!h) return 4;  // ncclInvalidArgument
-  h->error.clear();
-  return h->oob->allgather(send, recv, bytes, &h->error) ? 0 : 2;
+  moefabric::Status s = h->oob->allgather(send, recv, bytes);
+  h->error = s.message();
+  return moefabric::status_to_nccl(s);
 }
 
 MF_BOOTSTRAP_API const char* moefabricBootstrapLastError(void* handle) {

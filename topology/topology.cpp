@@ -205,9 +205,9 @@ struct Topology::Hw {
 
 Topology::~Topology() = default;
 
-Status Topology::load(const Options& opts, std::unique_ptr<Topology>* out, std::string* error) {
+Status Topology::load(const Options& opts, std::unique_ptr<Topology>* out) {
   std::unique_ptr<Topology> t(new Topology());
-  MF_CHECK(t->build(opts, error));
+  MF_CHECK(t->build(opts));
   *out = std::move(t);
   return Status::kOk;
 }
@@ -261,8 +261,8 @@ Path path_between(hwloc_topology_t topo, hwloc_obj_t gpu, hwloc_obj_t nic, int g
 
 }  // namespace
 
-Status Topology::build(const Options& opts, std::string* error) {
-  MF_CHECK(load_hwloc(opts, error));
+Status Topology::build(const Options& opts) {
+  MF_CHECK(load_hwloc(opts));
   collect_numa();
   std::vector<hwloc_obj_t> nic_obj = collect_nics(opts);
   collect_gpus(opts, nic_obj);
@@ -270,12 +270,9 @@ Status Topology::build(const Options& opts, std::string* error) {
   return Status::kOk;
 }
 
-Status Topology::load_hwloc(const Options& opts, std::string* error) {
+Status Topology::load_hwloc(const Options& opts) {
   hw_ = std::make_unique<Hw>();
-  if (hwloc_topology_init(&hw_->topo) != 0) {
-    *error = "hwloc_topology_init failed";
-    return Status::kSystemError;
-  }
+  if (hwloc_topology_init(&hw_->topo) != 0) return Status::system_error("hwloc_topology_init failed");
   hwloc_topology_t topo = hw_->topo;
   hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_ALL);
   // hwloc's PCI plugin uses libpciaccess and unloads it again with the topology, leaving its
@@ -287,15 +284,11 @@ Status Topology::load_hwloc(const Options& opts, std::string* error) {
   for (const char* c : {"opencl", "gl"})
     (void)hwloc_topology_set_components(topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, c);
   live_ = opts.xml.empty();
-  if (!live_ && hwloc_topology_set_xml(topo, opts.xml.c_str()) != 0) {
-    *error = "cannot read hwloc XML " + opts.xml + ": " + strerror(errno);
-    return Status::kInvalidArgument;
-  }
-  if (hwloc_topology_load(topo) != 0) {
-    *error = "hwloc could not load the " + (live_ ? std::string("live topology") : opts.xml) + ": " +
-             strerror(errno);
-    return Status::kSystemError;
-  }
+  if (!live_ && hwloc_topology_set_xml(topo, opts.xml.c_str()) != 0)
+    return Status::invalid_argument("cannot read hwloc XML " + opts.xml + ": " + strerror(errno));
+  if (hwloc_topology_load(topo) != 0)
+    return Status::system_error("hwloc could not load the " +
+                                (live_ ? std::string("live topology") : opts.xml) + ": " + strerror(errno));
   source_ = live_ ? "live machine" : opts.xml;
   return Status::kOk;
 }
@@ -420,28 +413,20 @@ void Topology::assign_proxy_cores() {
   }
 }
 
-std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
-                                                      const std::vector<NicDesc>& nics, std::string* why) {
+RailGroups gpu_rail_groups(const std::string& xml, const std::vector<NicDesc>& nics) {
   int on_pci = 0;
   for (const NicDesc& n : nics) on_pci += n.pci.has_value();
-  if (on_pci < 2) {
-    *why = "fewer than two NICs on PCI";
-    return {};
-  }
+  if (on_pci < 2) return {{}, "fewer than two NICs on PCI"};
   Options opts;
   opts.xml = xml;
   opts.nics_given = true;
   opts.nics = nics;
   std::unique_ptr<Topology> topo;
-  std::string error;
-  if (Topology::load(opts, &topo, &error) != Status::kOk) {
-    *why = "topology not available: " + error;
-    return {};
-  }
-  return topo->rail_groups(why);
+  if (Status s = Topology::load(opts, &topo); !s.ok()) return {{}, "topology not available: " + s.message()};
+  return topo->rail_groups();
 }
 
-std::vector<std::vector<std::string>> Topology::rail_groups(std::string* why) const {
+RailGroups Topology::rail_groups() const {
   std::vector<std::vector<std::string>> groups;
   for (const Gpu& g : gpus_) {
     if (g.rails.size() < 2) continue;
@@ -449,9 +434,9 @@ std::vector<std::vector<std::string>> Topology::rail_groups(std::string* why) co
     for (int r : g.rails) names.push_back(nics_[r].name);
     if (std::find(groups.begin(), groups.end(), names) == groups.end()) groups.push_back(names);
   }
-  *why = groups.empty() ? (gpus_.empty() ? "no GPU found" : "no GPU has two or more rails")
-                        : std::to_string(groups.size()) + " GPU rail group(s) from " + source_;
-  return groups;
+  std::string why = groups.empty() ? (gpus_.empty() ? "no GPU found" : "no GPU has two or more rails")
+                                   : std::to_string(groups.size()) + " GPU rail group(s) from " + source_;
+  return {std::move(groups), std::move(why)};
 }
 
 std::vector<int> Topology::cpus_near_nic(int nic) const {
@@ -552,8 +537,7 @@ std::string Topology::json() const {
   return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
-std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic, const std::optional<PciAddr>& gpu_pci,
-                            std::string* why) {
+ProxyCpus proxy_cpus(const std::string& xml, const NicDesc& nic, const std::optional<PciAddr>& gpu_pci) {
   Options o;
   o.xml = xml;
   o.nics_given = true;
@@ -563,29 +547,23 @@ std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic, const st
     o.gpus = {*gpu_pci};
   }
   std::unique_ptr<Topology> t;
-  std::string err;
-  if (Topology::load(o, &t, &err) != Status::kOk) {
-    *why = "topology unavailable: " + err;
-    return {};
-  }
-  return t->proxy_cpus_for(0, gpu_pci && !t->gpus().empty() ? 0 : -1, why);
+  if (Status s = Topology::load(o, &t); !s.ok()) return {{}, "topology unavailable: " + s.message()};
+  return t->proxy_cpus_for(0, gpu_pci && !t->gpus().empty() ? 0 : -1);
 }
 
-std::vector<int> Topology::proxy_cpus_for(int nic, int gpu, std::string* why) const {
+ProxyCpus Topology::proxy_cpus_for(int nic, int gpu) const {
   if (gpu >= 0 && gpu < static_cast<int>(gpus_.size()) && gpus_[gpu].numa >= 0 &&
-      !gpus_[gpu].proxy_cpus.empty()) {
-    *why = "GPU " + gpus_[gpu].pci.str() + " on NUMA node " + std::to_string(gpus_[gpu].numa);
-    return gpus_[gpu].proxy_cpus;
-  }
+      !gpus_[gpu].proxy_cpus.empty())
+    return {gpus_[gpu].proxy_cpus,
+            "GPU " + gpus_[gpu].pci.str() + " on NUMA node " + std::to_string(gpus_[gpu].numa)};
   std::vector<int> cpus = cpus_near_nic(nic);
-  if (cpus.empty()) {
-    *why = nic >= 0 && nic < static_cast<int>(nics_.size())
-               ? "NIC " + nics_[nic].name + " has no NUMA node (virtual or unknown)"
-               : "no NIC";
-    return {};
-  }
-  *why = "NIC " + nics_[nic].name + " on NUMA node " + std::to_string(nics_[nic].numa);
-  return cpus;
+  if (cpus.empty())
+    return {{},
+            nic >= 0 && nic < static_cast<int>(nics_.size())
+                ? "NIC " + nics_[nic].name + " has no NUMA node (virtual or unknown)"
+                : "no NIC"};
+  std::string why = "NIC " + nics_[nic].name + " on NUMA node " + std::to_string(nics_[nic].numa);
+  return {std::move(cpus), std::move(why)};
 }
 
 }  // namespace moefabric::topo

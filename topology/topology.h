@@ -72,9 +72,20 @@ struct Options {
   std::vector<PciAddr> gpus;
 };
 
+// NICs that are the rails of one GPU, by name, and what was found (for logs).
+struct RailGroups {
+  std::vector<std::vector<std::string>> groups;
+  std::string why;
+};
+// Where an MoE proxy thread should run, and which rule applied (for logs).
+struct ProxyCpus {
+  std::vector<int> cpus;
+  std::string why;
+};
+
 class Topology {
  public:
-  static Status load(const Options& opts, std::unique_ptr<Topology>* out, std::string* error);
+  static Status load(const Options& opts, std::unique_ptr<Topology>* out);
   ~Topology();
   Topology(const Topology&) = delete;
   Topology& operator=(const Topology&) = delete;
@@ -89,12 +100,12 @@ class Topology {
   // Proxy CPUs for a NIC's NUMA node when no GPU is involved (host backend): empty if unknown.
   std::vector<int> cpus_near_nic(int nic) const;
   // NICs that are the rails of one GPU, by name: one group per GPU with two or more rails (GPUs
-  // sharing the same rails give one group). `why` says what was found.
-  std::vector<std::vector<std::string>> rail_groups(std::string* why) const;
+  // sharing the same rails give one group); `why` says what was found.
+  RailGroups rail_groups() const;
   // Where an MoE proxy thread should run: GPU `gpu`'s slice of its NUMA node's cores when that
   // GPU is known (index into gpus(), -1: none), else every core of NIC `nic`'s NUMA node; empty
-  // when neither has a NUMA node. `why` says which rule applied.
-  std::vector<int> proxy_cpus_for(int nic, int gpu, std::string* why) const;
+  // when neither has a NUMA node; `why` says which rule applied.
+  ProxyCpus proxy_cpus_for(int nic, int gpu) const;
   // The GPU whose PCI bus id this is, or -1.
   int gpu_by_pci(const PciAddr& pci) const;
 
@@ -105,8 +116,8 @@ class Topology {
  private:
   Topology() = default;
   // build() runs these steps in order.
-  Status build(const Options& opts, std::string* error);
-  Status load_hwloc(const Options& opts, std::string* error);
+  Status build(const Options& opts);
+  Status load_hwloc(const Options& opts);
   void collect_numa();
   std::vector<::hwloc_obj*> collect_nics(const Options& opts);
   void collect_gpus(const Options& opts, const std::vector<::hwloc_obj*>& nic_obj);
@@ -129,16 +140,14 @@ std::vector<NicDesc> rdma_devices();
 
 // Where an MoE proxy thread should run: the cores of `gpu_pci`'s slice when that GPU is known,
 // else every core of the NIC's NUMA node; empty when the topology says nothing (virtual NIC,
-// no NUMA information). `why` says which rule applied. Honours MOEFABRIC_TOPO_XML via `xml`.
-std::vector<int> proxy_cpus(const std::string& xml, const NicDesc& nic, const std::optional<PciAddr>& gpu_pci,
-                            std::string* why);
+// no NUMA information); `why` says which rule applied. Honours MOEFABRIC_TOPO_XML via `xml`.
+ProxyCpus proxy_cpus(const std::string& xml, const NicDesc& nic, const std::optional<PciAddr>& gpu_pci);
 
 // NICs that are the rails of one GPU, by name: one group per GPU with two or more rails (GPUs
 // sharing the same rails give one group), for grouping NICs into multi-rail devices. Empty, with
 // `why` saying so, when fewer than two NICs are on PCI, no GPU is found or the topology cannot be
 // read. Honours MOEFABRIC_TOPO_XML via `xml`.
-std::vector<std::vector<std::string>> gpu_rail_groups(const std::string& xml,
-                                                      const std::vector<NicDesc>& nics, std::string* why);
+RailGroups gpu_rail_groups(const std::string& xml, const std::vector<NicDesc>& nics);
 
 // PCI bus ids of the CUDA devices in CUDA's order, through the driver API loaded at run time.
 // nullopt when the driver does not load or reports no device.

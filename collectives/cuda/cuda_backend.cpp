@@ -108,7 +108,7 @@ const char* phase_name(int32_t p) {
 class CudaComm final : public Engine {
  public:
   static Status create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                       const Params& params, std::unique_ptr<Engine>* out, std::string* error);
+                       const Params& params, std::unique_ptr<Engine>* out);
   ~CudaComm() override { abort(); }
 
   void abort() override;
@@ -126,12 +126,11 @@ class CudaComm final : public Engine {
   int nranks() const override { return R_; }
   Status peer_stats(ncclMoePeerStats_t* out) override;
   void memory(size_t* device_bytes, size_t* host_bytes) const override;
-  Status record_error(Status s, const char* text) override;
+  Status record_error(Status::Code s, const char* text) override;
 
  private:
   CudaComm() = default;
-  Status setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-               std::string* error);
+  Status setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc);
   // starts_op: a dispatch send (a new op). The later calls of an op in flight go on after an input
   // error the kernels absorbed, so that peers are not left waiting for this rank.
   Status check_usable(bool starts_op) override;
@@ -141,13 +140,13 @@ class CudaComm final : public Engine {
   Status move_combine_recv(void* y, cudaStream_t stream) override;
   Status move_destroy(bool idle) override;
   Status launched(cudaError_t e, const char* what);
-  bool alloc_local(InitBlob* mine, void** err_dev, std::string* err);
-  Status map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t fn, void* ctx, std::string* error);
+  Status alloc_local(InitBlob* mine, void** err_dev);
+  Status map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t fn, void* ctx);
   // Which ranks are fabric peers, from every rank's host and the fabric switches.
-  Status choose_paths(const std::vector<InitBlob>& all, std::string* error);
-  Status fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error);
-  bool fabric_alloc(ProtocolClient* client, std::string* err);
-  std::string fabric_error_;  // the proxy failed to start here: reported to all at the next allgather
+  Status choose_paths(const std::vector<InitBlob>& all);
+  Status fabric_setup(ncclMoeAllGather_t fn, void* ctx);
+  Status fabric_alloc(ProtocolClient* client);
+  Status fabric_error_;  // the proxy failed to start here: reported to all at the next allgather
   bool fabric(int r) const { return !fabric_peers_.empty() && fabric_peers_[r]; }
 
   ResolvedConfig cfg_{};
@@ -177,15 +176,15 @@ class CudaComm final : public Engine {
   bool launch_failed_ = false;  // a launch failed: peers may be waiting for kernels that never ran
 
   uint64_t ops_ = 0;
-  Status sticky_ = Status::kOk;
-  std::string last_error_, async_text_;
+  Status sticky_;  // the async error and its text (record_error: first wins)
+  std::string last_error_;
 };
 
 Status CudaComm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                        const Params& params, std::unique_ptr<Engine>* out, std::string* error) {
+                        const Params& params, std::unique_ptr<Engine>* out) {
   std::unique_ptr<CudaComm> c(new CudaComm());
   c->params_ = params;
-  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc, error));
+  MF_CHECK(c->setup(nranks, rank, fn, ctx, rc));
   *out = std::move(c);
   return Status::kOk;
 }
@@ -193,30 +192,28 @@ Status CudaComm::create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, 
 // Setup in steps: the layout and device memory (alloc_local), one allgather of the IPC handles
 // and node identities, the paths (choose_paths), the fabric path (fabric_setup), the NVLink
 // mappings (map_peers), then the fabric barrier.
-Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                       std::string* error) {
+Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc) {
   cfg_ = rc;
   R_ = nranks;
   me_ = rank;
   InitBlob mine{};
-  std::string err;
   void* err_dev = nullptr;
-  const bool ok = alloc_local(&mine, &err_dev, &err);
+  const Status local = alloc_local(&mine, &err_dev);
   mine.force_fabric = params_.force_fabric ? 1 : 0;
   mine.node_size = static_cast<int32_t>(params_.node_size);
   host_id(mine.host, sizeof mine.host);
   std::vector<InitBlob> all;
   MF_CHECK(agree(fn, ctx, nranks,
                  {"init (CUDA backend)", "exchanging IPC handles", "could not set up", Status::kSystemError},
-                 ok ? Status::kOk : Status::kCudaError, err, mine, &all, error));
+                 local, mine, &all));
   int blocks = mine.sm_count;
   for (int r = 0; r < nranks; ++r) blocks = std::min(blocks, static_cast<int>(all[r].sm_count));
-  MF_CHECK(choose_paths(all, error));
+  MF_CHECK(choose_paths(all));
   args_.blocks = std::max(1, blocks);
   args_.timeout_ns = static_cast<int64_t>(rc.timeout_ms) * 1000000;
   args_.nvlink_peers = nranks - 1 - nfabric_;
-  if (nfabric_ > 0) MF_CHECK(fabric_setup(fn, ctx, error));
-  MF_CHECK(map_peers(all, fn, ctx, error));
+  if (nfabric_ > 0) MF_CHECK(fabric_setup(fn, ctx));
+  MF_CHECK(map_peers(all, fn, ctx));
   args_.local = block_.get();
   args_.peers = peers_dev_.get();
   args_.st = state_.get();
@@ -237,21 +234,23 @@ Status CudaComm::setup(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, c
 }
 
 // The layout, the receive block, device state, row map, peer table, the mapped error word and
-// the internal stream; fills this rank's IPC handle and SM count. False with *err (the first
-// failure) otherwise; the caller still takes part in the allgather.
-bool CudaComm::alloc_local(InitBlob* mine, void** err_dev, std::string* err) {
+// the internal stream; fills this rank's IPC handle and SM count. Otherwise the first failure (a
+// CUDA error); the caller still takes part in the allgather.
+Status CudaComm::alloc_local(InitBlob* mine, void** err_dev) {
+  Status failed;
   auto cuda_ok = [&](cudaError_t e, const char* what) {
     if (e == cudaSuccess) return true;
-    if (err->empty()) *err = std::string(what) + " failed: " + cuda_text(e);
+    if (failed.ok()) failed = Status::cuda_error(std::string(what) + " failed: " + cuda_text(e));
     return false;
   };
   const ResolvedConfig& rc = cfg_;
   const bool fp8 = rc.dispatch_type == ncclFloat8e4m3;
-  const char* why = nullptr;
   CudaLayout& l = args_.l;
-  bool ok = cuda_layout_init(&l, R_, me_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2, fp8,
-                             rc.scale_block, rc.alignment, &why);
-  if (!ok) *err = why;
+  if (Status s = cuda_layout_init(&l, R_, me_, rc.experts, rc.topk, rc.hidden, rc.max_tokens, fp8 ? 1 : 2,
+                                  fp8, rc.scale_block, rc.alignment);
+      !s.ok())
+    failed = Status::cuda_error(s.message());  // this rank's init fails as a CUDA error, as before
+  bool ok = failed.ok();
   ok = ok && cuda_ok(cudaGetDevice(&dev_), "cudaGetDevice");
   int sms = 0;
   ok = ok &&
@@ -284,16 +283,15 @@ bool CudaComm::alloc_local(InitBlob* mine, void** err_dev, std::string* err) {
   ok = ok && cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize (init)");
   ok = ok && cuda_ok(cudaIpcGetMemHandle(&mine->handle, block_.get()), "cudaIpcGetMemHandle");
   mine->sm_count = sms;
-  return ok;
+  if (!ok && failed.ok()) failed = Status::cuda_error("CUDA setup failed");
+  return failed;
 }
 
 // Maps every NVLink peer's receive block; all ranks learn whether everyone succeeded.
-Status CudaComm::map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t fn, void* ctx,
-                           std::string* error) {
+Status CudaComm::map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t fn, void* ctx) {
   std::vector<uint8_t*> bases(R_, nullptr);
-  bool mapped = fabric_error_.empty();
-  std::string map_err = fabric_error_;
-  for (int r = 0; r < R_ && mapped; ++r) {
+  Status local = fabric_error_;
+  for (int r = 0; r < R_ && local.ok(); ++r) {
     if (r == me_) {
       bases[r] = block_.get();
       continue;
@@ -303,41 +301,36 @@ Status CudaComm::map_peers(const std::vector<InitBlob>& all, ncclMoeAllGather_t 
     cudaError_t e = cudaIpcOpenMemHandle(&m->ptr, all[r].handle, cudaIpcMemLazyEnablePeerAccess);
     if (e != cudaSuccess) {
       m->ptr = nullptr;
-      mapped = false;
-      map_err = "opening rank " + std::to_string(r) + "'s receive block over CUDA IPC failed (" +
-                cuda_text(e) + "): the GPUs need peer access (NVLink or PCIe P2P)";
+      local = Status::system_error("opening rank " + std::to_string(r) +
+                                   "'s receive block over CUDA IPC failed (" + cuda_text(e) +
+                                   "): the GPUs need peer access (NVLink or PCIe P2P)");
       (void)cudaGetLastError();
       break;
     }
     bases[r] = static_cast<uint8_t*>(m->ptr);
     mapped_.push_back(std::move(m));
   }
-  if (mapped && cudaMemcpy(peers_dev_.get(), bases.data(), sizeof(uint8_t*) * R_, cudaMemcpyHostToDevice) !=
-                    cudaSuccess) {
-    mapped = false;
-    map_err = "cudaMemcpy of the peer table failed";
-  }
+  if (local.ok() && cudaMemcpy(peers_dev_.get(), bases.data(), sizeof(uint8_t*) * R_,
+                               cudaMemcpyHostToDevice) != cudaSuccess)
+    local = Status::system_error("cudaMemcpy of the peer table failed");
   std::vector<int32_t> unused;
-  return agree(fn, ctx, R_, {"init (CUDA backend)", "mapping peers", "failed", Status::kSystemError},
-               mapped ? Status::kOk : Status::kSystemError, map_err, int32_t{0}, &unused, error);
+  return agree(fn, ctx, R_, {"init (CUDA backend)", "mapping peers", "failed", Status::kSystemError}, local,
+               int32_t{0}, &unused);
 }
 
 // Nodes: MOEFABRIC_NODE_SIZE groups consecutive ranks, else ranks on one host form a node. NVLink
 // (CUDA IPC) inside a node, the fabric between nodes; MOEFABRIC_FORCE_FABRIC makes every other
 // rank a fabric peer (a rank always reaches itself in its own memory).
-Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* error) {
+Status CudaComm::choose_paths(const std::vector<InitBlob>& all) {
   const InitBlob& mine = all[me_];
   for (int r = 0; r < R_; ++r)
-    if (all[r].force_fabric != mine.force_fabric || all[r].node_size != mine.node_size) {
-      *error =
-          "init (CUDA backend): MOEFABRIC_FORCE_FABRIC / MOEFABRIC_NODE_SIZE differ between "
-          "rank " +
+    if (all[r].force_fabric != mine.force_fabric || all[r].node_size != mine.node_size)
+      return Status::invalid_usage(
+          "init (CUDA backend): MOEFABRIC_FORCE_FABRIC / MOEFABRIC_NODE_SIZE differ between rank " +
           std::to_string(me_) + " (" + std::to_string(mine.force_fabric) + ", " +
           std::to_string(mine.node_size) + ") and rank " + std::to_string(r) + " (" +
           std::to_string(all[r].force_fabric) + ", " + std::to_string(all[r].node_size) +
-          "): set them alike on every rank";
-      return Status::kInvalidUsage;
-    }
+          "): set them alike on every rank");
   auto same_host = [&](int a, int b) {
     return std::strncmp(all[a].host, all[b].host, sizeof all[a].host) == 0;
   };
@@ -345,13 +338,12 @@ Status CudaComm::choose_paths(const std::vector<InitBlob>& all, std::string* err
   // Checked over every pair, so that all ranks reach the same verdict.
   if (n > 0)
     for (int r = 0; r < R_; ++r)
-      if (!same_host(r, r - r % n)) {
-        *error = "init (CUDA backend): MOEFABRIC_NODE_SIZE=" + std::to_string(n) + " puts ranks " +
-                 std::to_string(r - r % n) + " and " + std::to_string(r) +
-                 " on one node, but they run on different hosts (" +
-                 std::string(all[r].host, strnlen(all[r].host, sizeof all[r].host)) + ")";
-        return Status::kInvalidUsage;
-      }
+      if (!same_host(r, r - r % n))
+        return Status::invalid_usage("init (CUDA backend): MOEFABRIC_NODE_SIZE=" + std::to_string(n) +
+                                     " puts ranks " + std::to_string(r - r % n) + " and " +
+                                     std::to_string(r) + " on one node, but they run on different hosts (" +
+                                     std::string(all[r].host, strnlen(all[r].host, sizeof all[r].host)) +
+                                     ")");
   fabric_peers_.assign(R_, 0);
   nfabric_ = 0;
   for (int r = 0; r < R_; ++r) {
@@ -386,44 +378,42 @@ T* device_view(void* host) {
 // The fabric path: what the proxy shares with the kernels (pinned, mapped), the kernels' scratch
 // (device), then the protocol's comm over the fabric peers (collective: its address exchange
 // rides on the caller's allgather, and all ranks learn whether everyone succeeded).
-Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx, std::string* error) {
-  std::string err;
+Status CudaComm::fabric_setup(ncclMoeAllGather_t fn, void* ctx) {
   ProtocolClient client;
-  bool ok = true;
-  if (params_.moe_staging == "device") {
-    err = "MOEFABRIC_MOE_STAGING=device: the protocol blocks are pinned host memory in this version";
-    ok = false;
-  }
-  ok = ok && fabric_alloc(&client, &err);
-  if (ok) {
+  Status local;
+  if (params_.moe_staging == "device")
+    local = Status::system_error(
+        "MOEFABRIC_MOE_STAGING=device: the protocol blocks are pinned host memory in this version");
+  if (local.ok()) local = fabric_alloc(&client);
+  if (local.ok()) {
     char bus[32] = {};
     if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev_) == cudaSuccess) client.gpu = topo::PciAddr::parse(bus);
   }
   // A rank that failed here still takes part in Comm::create's exchange (with its error), so that
   // all ranks fail together.
-  if (!ok) {
-    fabric_error_ = err;
+  if (!local.ok()) {
+    fabric_error_ = local;
     std::vector<RailsAddr> all;
     RailsAddr mine{};
     return agree(fn, ctx, R_,
                  {"init (CUDA backend, fabric path)", "exchanging addresses", "could not set up",
                   Status::kSystemError},
-                 Status::kSystemError, err, mine, &all, error);
+                 local, mine, &all);
   }
-  MF_CHECK(Comm::create(R_, me_, fn, ctx, cfg_, params_, &proto_, error, &client));
+  MF_CHECK(Comm::create(R_, me_, fn, ctx, cfg_, params_, &proto_, &client));
   const Layout& pl = proto_->layout();
   args_.nfabric = nfabric_;
   args_.pl = pl;
   args_.psend = device_view<uint8_t>(proto_->send_block());
   args_.precv = device_view<uint8_t>(proto_->recv_block());
   if (args_.psend == nullptr || args_.precv == nullptr)
-    fabric_error_ = "cudaHostGetDevicePointer failed on the protocol blocks";
+    fabric_error_ = Status::system_error("cudaHostGetDevicePointer failed on the protocol blocks");
   return Status::kOk;
 }
 
 // Pinned: doorbells, arrival flags, grants, plans (ProxyShared). Device: the fabric flags, the
 // FabricScratch and its arrays. Fills the client and the kernels' arguments.
-bool CudaComm::fabric_alloc(ProtocolClient* client, std::string* err) {
+Status CudaComm::fabric_alloc(ProtocolClient* client) {
   const size_t R = static_cast<size_t>(R_), E = static_cast<size_t>(cfg_.experts);
   const CudaLayout& l = args_.l;
   // pinned
@@ -437,16 +427,12 @@ bool CudaComm::fabric_alloc(ProtocolClient* client, std::string* err) {
                o_plan = take(sizeof(SendPlan) * R), o_ret = take(sizeof(ReturnPlan) * R);
   shared_bytes_ = off;
   shared_.reset(static_cast<uint8_t*>(pinned_alloc(shared_bytes_)));
-  if (!shared_) {
-    *err = "cudaHostAlloc of " + std::to_string(shared_bytes_) + " B (proxy flags) failed";
-    return false;
-  }
+  if (!shared_)
+    return Status::system_error("cudaHostAlloc of " + std::to_string(shared_bytes_) +
+                                " B (proxy flags) failed");
   uint8_t* h = shared_.get();
   uint8_t* hd = device_view<uint8_t>(h);
-  if (hd == nullptr) {
-    *err = "cudaHostGetDevicePointer failed on the proxy flags";
-    return false;
-  }
+  if (hd == nullptr) return Status::system_error("cudaHostGetDevicePointer failed on the proxy flags");
   client->shared =
       ProxyShared{reinterpret_cast<uint64_t*>(h + o_arr),   reinterpret_cast<uint32_t*>(h + o_ov),
                   reinterpret_cast<uint32_t*>(h + o_gr),    reinterpret_cast<SendPlan*>(h + o_plan),
@@ -473,8 +459,8 @@ bool CudaComm::fabric_alloc(ProtocolClient* client, std::string* err) {
   void* p = nullptr;
   if (cudaMalloc(&p, fabric_dev_bytes_) != cudaSuccess) {
     (void)cudaGetLastError();
-    *err = "cudaMalloc of " + std::to_string(fabric_dev_bytes_) + " B (fabric scratch) failed";
-    return false;
+    return Status::system_error("cudaMalloc of " + std::to_string(fabric_dev_bytes_) +
+                                " B (fabric scratch) failed");
   }
   fabric_dev_.reset(static_cast<uint8_t*>(p));
   uint8_t* d = fabric_dev_.get();
@@ -487,12 +473,11 @@ bool CudaComm::fabric_alloc(ProtocolClient* client, std::string* err) {
       cudaMemcpy(d + d_flags, fabric_peers_.data(), R, cudaMemcpyHostToDevice) != cudaSuccess ||
       cudaMemcpy(d + d_fs, &fs, sizeof fs, cudaMemcpyHostToDevice) != cudaSuccess) {
     (void)cudaGetLastError();
-    *err = "initialising the fabric scratch failed";
-    return false;
+    return Status::system_error("initialising the fabric scratch failed");
   }
   args_.fabric = d + d_flags;
   args_.fs = reinterpret_cast<kern::FabricScratch*>(d + d_fs);
-  return true;
+  return {};
 }
 
 // What the kernels' plans say this rank wrote to each fabric peer in the last op (read after the
@@ -528,21 +513,19 @@ void CudaComm::memory(size_t* device_bytes, size_t* host_bytes) const {
   *host_bytes = sizeof(kern::DevError) + shared_bytes_ + (proto_ ? proto_->host_bytes() : 0);
 }
 
-Status CudaComm::record_error(Status s, const char* text) {
+Status CudaComm::record_error(Status::Code s, const char* text) {
   last_error_ = text;
-  if (s != Status::kInvalidArgument && s != Status::kInvalidUsage && sticky_ == Status::kOk) {
-    sticky_ = s;
-    async_text_ = text;
-  }
+  if (s != Status::kInvalidArgument && s != Status::kInvalidUsage && sticky_.ok()) sticky_ = Status(s, text);
   MF_WARN("rank %d: %s", me_, text);
-  return s;
+  return Status(s, text);
 }
 
 // Turns the device's error word into the sticky async error (read without any CUDA call).
 Status CudaComm::async_error() {
-  if (sticky_ != Status::kOk || !err_) return sticky_;
-  if (proto_ && proto_->check_usable() != Status::kOk)
-    return fail(proto_->async_error(), "fabric proxy: %s", proto_->last_error().c_str());
+  if (!sticky_.ok() || !err_) return sticky_;
+  if (proto_)
+    if (Status s = proto_->check_usable(); !s.ok())
+      return fail(s.code(), "fabric proxy: %s", s.message().c_str());
   volatile kern::DevError* e = err_.get();
   const int32_t code = e->code;
   if (code == kern::kErrNone) return Status::kOk;
@@ -590,8 +573,8 @@ Status CudaComm::async_error() {
 Status CudaComm::check_usable(bool starts_op) {
   if (torn_down_) return fail(Status::kInvalidUsage, "the comm was aborted");
   Status s = async_error();
-  if (s == Status::kOk) return s;
-  last_error_ = async_text_;
+  if (s.ok()) return s;
+  last_error_ = s.message();
   if (!starts_op && input_error_) return Status::kOk;  // reported by GetAsyncError and the next dispatch
   return s;
 }
@@ -711,21 +694,21 @@ void CudaComm::stats(ncclMoeStats_t* s) const {
 
 }  // namespace
 
-bool cuda_backend_probe(std::string* why) {
+Status cuda_backend_probe() {
   int dev = -1, n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e == cudaSuccess && n > 0) e = cudaGetDevice(&dev);
   if (e != cudaSuccess || n == 0) {
-    *why = "no GPU is current (" + (e != cudaSuccess ? cuda_text(e) : std::string("no devices")) + ")";
     (void)cudaGetLastError();
-    return false;
+    return Status::invalid_usage("no GPU is current (" +
+                                 (e != cudaSuccess ? cuda_text(e) : std::string("no devices")) + ")");
   }
-  return true;
+  return {};
 }
 
 Status cuda_engine_create(int nranks, int rank, ncclMoeAllGather_t fn, void* ctx, const ResolvedConfig& rc,
-                          const Params& params, std::unique_ptr<Engine>* out, std::string* error) {
-  return CudaComm::create(nranks, rank, fn, ctx, rc, params, out, error);
+                          const Params& params, std::unique_ptr<Engine>* out) {
+  return CudaComm::create(nranks, rank, fn, ctx, rc, params, out);
 }
 
 }  // namespace moefabric::moe

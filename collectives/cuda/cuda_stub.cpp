@@ -3,15 +3,14 @@
 
 namespace moefabric::moe {
 
-bool cuda_backend_probe(std::string* why) {
-  *why = "this build of libmoefabric has no CUDA backend (configure with -Dcuda=enabled)";
-  return false;
+Status cuda_backend_probe() {
+  return Status::invalid_usage(
+      "this build of libmoefabric has no CUDA backend (configure with -Dcuda=enabled)");
 }
 
 Status cuda_engine_create(int, int, ncclMoeAllGather_t, void*, const ResolvedConfig&, const Params&,
-                          std::unique_ptr<Engine>*, std::string* error) {
-  *error = "backend ncclMoeBackendCuda: this build of libmoefabric has no CUDA backend";
-  return Status::kInvalidUsage;
+                          std::unique_ptr<Engine>*) {
+  return Status::invalid_usage("backend ncclMoeBackendCuda: this build of libmoefabric has no CUDA backend");
 }
 
 }  // namespace moefabric::moe

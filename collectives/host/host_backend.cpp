@@ -147,9 +147,8 @@ Status Comm::copy_headers() {
     const uint8_t* region = recv_block_.get() + l_.private_offset(s);
     std::memcpy(&hc.h, region, sizeof(DispatchHeader));
     std::memcpy(hc.counts.data(), region + sizeof(DispatchHeader), sizeof(uint32_t) * hc.counts.size());
-    std::string why;
-    if (!header_check(l_, hc.h, hc.counts.data(), s, seq_, &why))
-      return fail(Status::kRemoteError, "dispatch: rank %d sent a %s", s, why.c_str());
+    if (Status st = header_check(l_, hc.h, hc.counts.data(), s, seq_); !st.ok())
+      return fail(st.code(), "dispatch: rank %d sent a %s", s, st.message().c_str());
   }
   return Status::kOk;
 }

@@ -55,14 +55,15 @@ void install_nccl_topo(const Net& net) {
     return;
   }
   std::string xml = nccl_topo_of(net);
-  std::string what;
   nccl_topo_uninstall(g_fd);
   g_fd = -1;
-  if (nccl_topo_install(xml, &g_fd, &what) != Status::kOk) {
-    MF_WARN("multi-rail devices: no NCCL topology file: %s", what.c_str());
+  TopoInstall installed;
+  if (Status s = nccl_topo_install(xml, &installed); !s.ok()) {
+    MF_WARN("multi-rail devices: no NCCL topology file: %s", s.message().c_str());
     return;
   }
-  MF_INFO(log::kInit | log::kNet | log::kGraph, "multi-rail devices: %s", what.c_str());
+  g_fd = installed.fd;
+  MF_INFO(log::kInit | log::kNet | log::kGraph, "multi-rail devices: %s", installed.what.c_str());
   MF_TRACE(log::kGraph, "topology handed to NCCL:\n%s", xml.c_str());
 }
 

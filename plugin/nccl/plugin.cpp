@@ -34,7 +34,7 @@ struct Ctx {
   int traffic_class;
 };
 
-result_t to_result(Status s) { return static_cast<result_t>(status_to_nccl(s)); }
+result_t to_result(const Status& s) { return static_cast<result_t>(status_to_nccl(s)); }
 
 // Calls inside the plugin right now, and whether it is being unloaded. A call counts itself in
 // before it looks at the flag, the unload sets the flag before it counts the calls (both
@@ -67,20 +67,18 @@ result_t guard(const char* what, F&& f) {
 Net* live_net() { return Net::current(); }
 
 // Default NIC grouping: the NICs hwloc finds closest to one GPU (its rails) form one device.
-std::vector<std::vector<std::string>> topo_groups(const Params& params,
-                                                  const std::vector<fabric::NicInfo>& nics,
-                                                  std::string* why) {
-  return topo::gpu_rail_groups(params.topo_xml, topo::nic_descs(nics), why);
+fabric::TopoGroups topo_groups(const Params& params, const std::vector<fabric::NicInfo>& nics) {
+  topo::RailGroups g = topo::gpu_rail_groups(params.topo_xml, topo::nic_descs(nics));
+  return {std::move(g.groups), std::move(g.why)};
 }
 
 Status acquire_net(abi::logger_t log_fn, Net** out) {
   log::set_sink(reinterpret_cast<log::Sink>(log_fn));
   MF_INFO(log::kInit, "moefabric %s (%s)", MOEFABRIC_VERSION, MOEFABRIC_COMMIT);
   fabric::set_topo_groups_hook(&topo_groups);
-  std::string error;
-  Status s = Net::acquire(out, &error);
-  if (s != Status::kOk)
-    MF_WARN("init failed: %s", error.c_str());
+  Status s = Net::acquire(out);
+  if (!s.ok())
+    MF_WARN("init failed: %s", s.message().c_str());
   else
     fabric::install_nccl_topo(**out);  // multi-rail devices only; before NCCL reads its topology
   return s;
@@ -89,7 +87,7 @@ Status acquire_net(abi::logger_t log_fn, Net** out) {
 // ---- v11 -----------------------------------------------------------------------------------
 result_t init_v11(void** ctx, uint64_t comm_id, abi::comm_config_v11_t* config, abi::logger_t log_fn,
                   abi::profiler_callback_t) {
-  return guard("init", [&] {
+  return guard("init", [&]() -> Status {
     Net* net = nullptr;
     MF_CHECK(acquire_net(log_fn, &net));
     *ctx = new Ctx{net, comm_id, config ? config->trafficClass : abi::kTrafficClassUndef};
@@ -100,7 +98,7 @@ result_t init_v11(void** ctx, uint64_t comm_id, abi::comm_config_v11_t* config, 
 }
 
 result_t finalize_v11(void* ctx) {
-  return guard("finalize", [&] {
+  return guard("finalize", [&]() -> Status {
     auto* c = static_cast<Ctx*>(ctx);
     if (c == nullptr) return Status::kInvalidArgument;
     Net* net = c->net;
@@ -112,7 +110,7 @@ result_t finalize_v11(void* ctx) {
 }
 
 result_t devices(int* ndev) {
-  return guard("devices", [&] {
+  return guard("devices", [&]() -> Status {
     Net* net = live_net();
     if (net == nullptr) return Status::kInternalError;
     *ndev = net->device_count();
@@ -174,7 +172,7 @@ result_t get_properties_v11(int dev, abi::properties_v11_t* p) {
 // every host enumerates its GPUs' NICs in the same order. One plane (0) for all: NCCL refuses a
 // path between two NICs only when their planes differ.
 result_t get_properties_v12(int dev, abi::properties_v12_t* p) {
-  return guard("getProperties", [&] {
+  return guard("getProperties", [&]() -> Status {
     MF_CHECK(fill_v11plus(dev, p));
     p->railId = static_cast<int16_t>(dev <= INT16_MAX ? dev : abi::kNetIdUndef);
     p->planeId = 0;
@@ -225,7 +223,7 @@ result_t iflush(void* recv_comm, int n, void** data, int* sizes, void** mhandles
 }
 
 result_t test(void* request, int* done, int* sizes) {
-  return guard("test", [&] {
+  return guard("test", [&]() -> Status {
     size_t s[fabric::wire::kMaxRecvs] = {};
     int n = 0;
     MF_CHECK(fabric::net_test(request, done, s, &n));
@@ -264,7 +262,7 @@ Ctx* legacy_ctx() {
 }
 
 result_t init_legacy(abi::logger_t log_fn) {
-  return guard("init", [&] {
+  return guard("init", [&]() -> Status {
     Net* net = nullptr;
     MF_CHECK(acquire_net(log_fn, &net));
     return legacy_ctx() ? Status::kOk : Status::kInternalError;
@@ -273,14 +271,14 @@ result_t init_legacy(abi::logger_t log_fn) {
 result_t init_v10(abi::logger_t log_fn, abi::profiler_callback_t) { return init_legacy(log_fn); }
 
 result_t get_properties_v10(int dev, abi::properties_v10_t* p) {
-  return guard("getProperties", [&] {
+  return guard("getProperties", [&]() -> Status {
     std::memset(p, 0, sizeof *p);
     return fill_v9plus(dev, p);
   });
 }
 
 result_t get_properties_v8(int dev, abi::properties_v8_t* p) {
-  return guard("getProperties", [&] {
+  return guard("getProperties", [&]() -> Status {
     std::memset(p, 0, sizeof *p);
     fabric::NetProperties np;
     return fill_common(dev, p, &np);

@@ -195,33 +195,30 @@ std::vector<TopoPci> topo_pci_chain(const std::string& sysfs_path) {
   return chain;
 }
 
-Status nccl_topo_install(const std::string& xml, int* fd, std::string* what) {
-  *fd = -1;
+Status nccl_topo_install(const std::string& xml, TopoInstall* out) {
+  *out = TopoInstall{};
   const char* user = std::getenv("NCCL_TOPO_FILE");
   if (user != nullptr && *user != '\0') {
-    *what = std::string("NCCL_TOPO_FILE=") + user + " set by the user: left alone";
+    out->what = std::string("NCCL_TOPO_FILE=") + user + " set by the user: left alone";
     return Status::kOk;
   }
   int f = memfd_create("moefabric-nccl-topo.xml", MFD_CLOEXEC);
-  if (f < 0) {
-    *what = std::string("memfd_create failed: ") + strerror(errno);
-    return Status::kSystemError;
-  }
+  if (f < 0) return Status::system_error(std::string("memfd_create failed: ") + strerror(errno));
   size_t off = 0;
   while (off < xml.size()) {
     ssize_t n = write(f, xml.data() + off, xml.size() - off);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      *what = std::string("writing the topology memfd failed: ") + strerror(errno);
+      Status s = Status::system_error(std::string("writing the topology memfd failed: ") + strerror(errno));
       close(f);
-      return Status::kSystemError;
+      return s;
     }
     off += static_cast<size_t>(n);
   }
   std::string path = "/proc/self/fd/" + std::to_string(f);
   setenv("NCCL_TOPO_FILE", path.c_str(), 1);
-  *fd = f;
-  *what = "NCCL_TOPO_FILE=" + path + " (" + std::to_string(xml.size()) + " bytes of topology XML)";
+  out->fd = f;
+  out->what = "NCCL_TOPO_FILE=" + path + " (" + std::to_string(xml.size()) + " bytes of topology XML)";
   return Status::kOk;
 }
 

@@ -59,10 +59,15 @@ std::string nccl_topo_xml(const std::vector<TopoNet>& nets, const TopoCpu& cpu);
 // with class, ids and link attributes read from sysfs when present.
 std::vector<TopoPci> topo_pci_chain(const std::string& sysfs_path);
 
+// What nccl_topo_install did: the memfd (-1: none) and, for the log, what was done.
+struct TopoInstall {
+  int fd = -1;
+  std::string what;
+};
 // Writes `xml` into a memfd and points NCCL_TOPO_FILE at /proc/self/fd/N, unless NCCL_TOPO_FILE
-// is already set (then nothing happens and *fd stays -1). *what says what was done, for the log.
-// The fd must stay open while NCCL may read it; close it with nccl_topo_uninstall.
-Status nccl_topo_install(const std::string& xml, int* fd, std::string* what);
+// is already set (then nothing happens and the fd stays -1). The fd must stay open while NCCL
+// may read it; close it with nccl_topo_uninstall.
+Status nccl_topo_install(const std::string& xml, TopoInstall* out);
 void nccl_topo_uninstall(int fd);
 
 }  // namespace moefabric::fabric

@@ -99,7 +99,7 @@ Status Device::connect(void* handle, SendComm** out) {
   MF_CHECK(progress());
   if (c->error != Status::kOk) {
     Status s = c->error;
-    MF_WARN("%s", c->error_text.c_str());
+    MF_WARN("%s", c->error.message().c_str());
     c->stage_token = 0;
     close_comm(c);
     h.stage_token = 0;

@@ -14,12 +14,9 @@
 
 namespace moefabric::fabric {
 
-Status Device::open(const Params& params, std::vector<NicInfo> rails, std::unique_ptr<Device>* out,
-                    std::string* error) {
-  if (rails.empty() || rails.size() > static_cast<size_t>(wire::kMaxRails)) {
-    *error = "a device takes 1.." + std::to_string(wire::kMaxRails) + " rails";
-    return Status::kInvalidArgument;
-  }
+Status Device::open(const Params& params, std::vector<NicInfo> rails, std::unique_ptr<Device>* out) {
+  if (rails.empty() || rails.size() > static_cast<size_t>(wire::kMaxRails))
+    return Status::invalid_argument("a device takes 1.." + std::to_string(wire::kMaxRails) + " rails");
   std::unique_ptr<Device> d(new Device());
   d->params_ = params;
   // The device as NCCL sees it: rail 0's NIC (every field, the fi_info duplicated) under the
@@ -27,18 +24,13 @@ Status Device::open(const Params& params, std::vector<NicInfo> rails, std::uniqu
   // the tagged protocol, which uses rail 0 only, will carry the data).
   const NicInfo& n0 = rails[0];
   d->nic_ = n0.clone();
-  if (!d->nic_.info) {
-    *error = "fi_dupinfo failed for " + n0.name;
-    return Status::kSystemError;
-  }
+  if (!d->nic_.info) return Status::system_error("fi_dupinfo failed for " + n0.name);
   int speed = n0.speed_mbps;
   for (size_t r = 1; r < rails.size(); ++r) {
     const NicInfo& n = rails[r];
-    if (n.provider != n0.provider) {
-      *error = "rails " + n0.domain + " and " + n.domain + " use different providers (" + n0.provider + ", " +
-               n.provider + ")";
-      return Status::kInvalidUsage;
-    }
+    if (n.provider != n0.provider)
+      return Status::invalid_usage("rails " + n0.domain + " and " + n.domain + " use different providers (" +
+                                   n0.provider + ", " + n.provider + ")");
     d->nic_.name += "+" + n.name;
     speed += n.speed_mbps;
     d->nic_.guid = d->nic_.guid * 1000003u ^ n.guid;
@@ -55,21 +47,19 @@ Status Device::open(const Params& params, std::vector<NicInfo> rails, std::uniqu
   d->nic_.speed_mbps = tagged ? n0.speed_mbps : speed;
   d->rails_.resize(rails.size());
   for (size_t r = 0; r < rails.size(); ++r)
-    MF_CHECK(
-        d->rails_[r].open(static_cast<int>(r), std::move(rails[r]), EndpointOptions{false, true}, error));
-  MF_CHECK(d->init(error));
+    MF_CHECK(d->rails_[r].open(static_cast<int>(r), std::move(rails[r]), EndpointOptions{false, true}));
+  MF_CHECK(d->init());
   *out = std::move(d);
   return Status::kOk;
 }
 
-Status Device::init(std::string* error) {
+Status Device::init() {
   fi_info* fi = nic_.info.get();
   tagged_ = !nic_.rma || params_.protocol == "tagged";
   auto_progress_ = fi->domain_attr->data_progress == FI_PROGRESS_AUTO;
-  if (tagged_ && !nic_.tagged) {
-    *error = "provider " + nic_.provider + " offers neither RMA with remote CQ data nor tagged messages";
-    return Status::kSystemError;
-  }
+  if (tagged_ && !nic_.tagged)
+    return Status::system_error("provider " + nic_.provider +
+                                " offers neither RMA with remote CQ data nor tagged messages");
   eager_max_ = tagged_ ? 0 : static_cast<size_t>(std::max<int64_t>(0, params_.eager_max));
   max_write_ = static_cast<size_t>(std::max<int64_t>(4096, params_.max_write));
   if (fi->ep_attr->max_msg_size > 0 && fi->ep_attr->max_msg_size < max_write_)
@@ -95,7 +85,7 @@ Status Device::init(std::string* error) {
   cq_buf_.resize(static_cast<size_t>(std::clamp<int64_t>(params_.cq_read_count, 1, 1024)));
   cq_src_.assign(cq_buf_.size(), FI_ADDR_NOTAVAIL);
   comms_.assign(wire::kMaxCommId + 1, nullptr);
-  MF_CHECK(alloc_pools(error));
+  MF_CHECK(alloc_pools());
   MF_INFO(log::kInit | log::kNet,
           "device %s: provider %s, protocol %s, eager %zu B, max write %zu B, mr_mode 0x%llx, "
           "hmem %d%s",
@@ -109,16 +99,16 @@ Status Device::init(std::string* error) {
   return Status::kOk;
 }
 
-Status Device::alloc_pools(std::string* error) {
+Status Device::alloc_pools() {
   int nrx = static_cast<int>(std::clamp<int64_t>(params_.rx_buffers, 16, 65536));
   int ntx = static_cast<int>(std::clamp<int64_t>(params_.tx_buffers, 16, 65536));
   rx_slab_.assign(msg_size_ * nrx, 0);
   tx_slab_.assign(msg_size_ * ntx, 0);
   // Message buffers are filled by fi_recv and read by fi_send: no peer accesses them remotely.
   MF_CHECK(mr_cache_->acquire(rx_slab_.data(), rx_slab_.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0,
-                              &rx_mr_, error));
+                              &rx_mr_));
   MF_CHECK(mr_cache_->acquire(tx_slab_.data(), tx_slab_.size(), MemType::kHost, MrAccess::kLocal, -1, -1, 0,
-                              &tx_mr_, error));
+                              &tx_mr_));
   rx_ops_.resize(nrx);
   tx_ops_.resize(ntx);
   for (int i = 0; i < ntx; ++i) {
@@ -133,11 +123,7 @@ Status Device::alloc_pools(std::string* error) {
     op.buf = rx_slab_.data() + msg_size_ * i;
     op.len = msg_size_;
     op.desc = rx_mr_->desc;
-    Status s = post(&op);
-    if (s != Status::kOk) {
-      *error = "posting receive buffers failed";
-      return s;
-    }
+    if (Status s = post(&op); !s.ok()) return s.prepend("posting receive buffers failed: ");
   }
   return Status::kOk;
 }
@@ -312,20 +298,18 @@ void Device::close_comm(Comm* c) {
   // else: reaped by check_liveness() once the provider returned every operation
 }
 
-void Device::fail_comm(Comm* c, Status s, const char* fmt, ...) {
-  if (c->error != Status::kOk) return;  // keep the first error
+void Device::fail_comm(Comm* c, Status::Code s, const char* fmt, ...) {
+  if (!c->error.ok()) return;  // keep the first error
   char text[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  c->error = s;
-  char full[700];
-  snprintf(full, sizeof full, "%s comm %u (peer rank %d at %s) on %s: %s",
-           c->type == Comm::Type::kSend ? "send" : "recv", c->id, c->peer_rank,
-           c->peer_addr.empty() ? "an unknown address" : c->peer_addr.c_str(), nic_.name.c_str(), text);
-  c->error_text = full;
-  if (!c->closed) MF_WARN("%s", full);
+  c->error = Status::format(s, "%s comm %u (peer rank %d at %s) on %s: %s",
+                            c->type == Comm::Type::kSend ? "send" : "recv", c->id, c->peer_rank,
+                            c->peer_addr.empty() ? "an unknown address" : c->peer_addr.c_str(),
+                            nic_.name.c_str(), text);
+  if (!c->closed) MF_WARN("%s", c->error.message().c_str());
 }
 
 }  // namespace moefabric::fabric

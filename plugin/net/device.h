@@ -72,9 +72,8 @@ struct Comm {
   int peer_rank = -1;  // NCCL tag of the last request (= peer rank), for messages
   int inflight = 0;    // posted operations not completed yet
   bool closed = false;
-  bool tagged = false;  // tagged data path (maxRecvs 1)
-  Status error = Status::kOk;
-  std::string error_text;
+  bool tagged = false;    // tagged data path (maxRecvs 1)
+  Status error;           // the first failure and its text (fail_comm), reported once the comm is used
   std::string peer_addr;  // the peer's rail-0 endpoint, printable (fi_av_straddr), for messages
   Clock::time_point last_heard{};
   Clock::time_point last_ping{};
@@ -244,8 +243,7 @@ struct DeviceStats {
 class Device {
  public:
   // Opens a device over `rails` (1..wire::kMaxRails NICs of one provider; rail 0 first).
-  static Status open(const Params& params, std::vector<NicInfo> rails, std::unique_ptr<Device>* out,
-                     std::string* error);
+  static Status open(const Params& params, std::vector<NicInfo> rails, std::unique_ptr<Device>* out);
   ~Device();
   static constexpr int kCloseLingerMs = 2000;  // bound on quiesce() at teardown
   Device(const Device&) = delete;
@@ -303,7 +301,7 @@ class Device {
     return rails_[0].av_insert(addr, len, out);
   }
   Comm* comm_lookup(uint32_t id) const { return id < comms_.size() ? comms_[id] : nullptr; }
-  void fail_comm(Comm* c, Status s, const char* fmt, ...) __attribute__((format(printf, 4, 5)));
+  void fail_comm(Comm* c, Status::Code s, const char* fmt, ...) __attribute__((format(printf, 4, 5)));
   size_t live_comms() const;
 
   // ---- data path (send.cpp / recv.cpp) ---------------------------------------------------
@@ -314,9 +312,9 @@ class Device {
 
  private:
   Device() = default;
-  Status init(std::string* error);
+  Status init();
   void quiesce(int timeout_ms);
-  Status alloc_pools(std::string* error);
+  Status alloc_pools();
   Status post_rx(int i);
   // `src`: the sender's AV entry on `rail` when the provider reports it (NicAttrs::source).
   void handle_cq_entry(int rail, const fi_cq_data_entry& e, fi_addr_t src);
@@ -329,7 +327,7 @@ class Device {
   // came from its peer: `token_ok` (messages: the header's token is c's) and the source is c's
   // peer's AV entry. Else counts the drop and reports it (at 1, 2, 4, ... drops).
   bool from_peer(Comm* c, int rail, fi_addr_t src, bool checked, bool token_ok, const char* what);
-  void op_done(OpCtx* op, Status s, const char* text);
+  void op_done(OpCtx* op, Status::Code s, const char* text);
   uint32_t alloc_comm_id(Comm* c);
   void delete_comm(Comm* c);
 
@@ -352,7 +350,7 @@ class Device {
   void deliver_eager(RecvComm* c, RecvGroup* g, int idx, const uint8_t* data, size_t size);
   void group_check_done(RecvComm* c, RecvGroup* g);
   void entry_check_done(RecvComm* c, RecvGroup* g, int idx);
-  void send_error(Comm* c, uint32_t group_seq, Status s, const char* text);
+  void send_error(Comm* c, uint32_t group_seq, Status::Code s, const char* text);
   SendReq* sreq_alloc(SendComm* c);
   void sreq_release(SendComm* c, SendReq* r);
   void group_release(RecvComm* c, RecvGroup* g);

@@ -28,17 +28,17 @@ Device* comm_device(void* comm) {
 // else the topology's per-GPU rail groups (through the hook the NCCL plugin sets), else one NIC
 // per device.
 Status device_groups(const Params& params, const std::vector<NicInfo>& nics,
-                     std::vector<std::vector<int>>* groups, std::string* error) {
+                     std::vector<std::vector<int>>* groups) {
   const std::string spec = rail_spec(params);
   std::vector<std::vector<std::string>> topo;
   if (spec.empty()) {
     if (TopoGroupsHook hook = topo_groups_hook()) {
-      std::string why;
-      topo = hook(params, nics, &why);
-      MF_INFO(log::kInit | log::kNet, "rail grouping by topology: %s", why.c_str());
+      TopoGroups t = hook(params, nics);
+      MF_INFO(log::kInit | log::kNet, "rail grouping by topology: %s", t.why.c_str());
+      topo = std::move(t.groups);
     }
   }
-  MF_CHECK(rail_groups(spec, nics, topo, groups, error));
+  MF_CHECK(rail_groups(spec, nics, topo, groups));
   for (const auto& g : *groups) {
     if (g.size() < 2) continue;
     std::string names;
@@ -51,7 +51,7 @@ Status device_groups(const Params& params, const std::vector<NicInfo>& nics,
 
 }  // namespace
 
-Status Net::acquire(Net** out, std::string* error) {
+Status Net::acquire(Net** out) {
   pthread_mutex_lock(&g_net_mu);
   if (g_net == nullptr) {
     std::unique_ptr<Net> net(new Net());
@@ -59,20 +59,16 @@ Status Net::acquire(Net** out, std::string* error) {
     net->params_.dump();
     std::vector<NicInfo> nics;
     std::vector<std::vector<int>> groups;
-    Status s = nic_discover(net->params_, &nics, error);
-    if (s == Status::kOk) s = device_groups(net->params_, nics, &groups, error);
-    for (size_t i = 0; s == Status::kOk && i < groups.size(); ++i) {
+    Status s = nic_discover(net->params_, &nics);
+    if (s.ok()) s = device_groups(net->params_, nics, &groups);
+    for (size_t i = 0; s.ok() && i < groups.size(); ++i) {
       std::vector<NicInfo> rails;
       for (int k : groups[i]) rails.push_back(std::move(nics[k]));
       std::unique_ptr<Device> d;
-      std::string err;
-      s = Device::open(net->params_, std::move(rails), &d, &err);
-      if (s != Status::kOk)
-        *error = err;
-      else
-        net->devices_.push_back(std::move(d));
+      s = Device::open(net->params_, std::move(rails), &d);
+      if (s.ok()) net->devices_.push_back(std::move(d));
     }
-    if (s != Status::kOk) {
+    if (!s.ok()) {
       pthread_mutex_unlock(&g_net_mu);
       return s;
     }
@@ -212,10 +208,9 @@ Status net_reg_mr_dmabuf(void* comm, void* data, size_t size, int ptr_type, uint
       static_cast<Comm*>(comm)->type == Comm::Type::kRecv ? MrAccess::kRemoteWrite : MrAccess::kLocal;
   std::lock_guard<std::mutex> lock(d->mu);
   MrEntry* e = nullptr;
-  std::string error;
-  Status s = d->mr_cache().acquire(data, size, type, access, cuda_dev, fd, offset, &e, &error);
-  if (s != Status::kOk) {
-    MF_WARN("%s: %s", d->nic().name.c_str(), error.c_str());
+  Status s = d->mr_cache().acquire(data, size, type, access, cuda_dev, fd, offset, &e);
+  if (!s.ok()) {
+    MF_WARN("%s: %s", d->nic().name.c_str(), s.message().c_str());
     return s;
   }
   *mhandle = e;
@@ -280,10 +275,9 @@ Status net_iflush(void* recv_comm, int n, void** data, const int* sizes, void** 
     c->flushes.push_back(std::make_unique<FlushReq>());
     f = c->flushes.back().get();
   }
-  std::string error;
-  if (f->fence.record(&error) != Status::kOk) {
-    MF_WARN("iflush on %s (peer rank %d): %s", c->dev->nic().name.c_str(), c->peer_rank, error.c_str());
-    return Status::kSystemError;
+  if (Status s = f->fence.record(); !s.ok()) {
+    MF_WARN("iflush on %s (peer rank %d): %s", c->dev->nic().name.c_str(), c->peer_rank, s.message().c_str());
+    return s;
   }
   f->in_use = true;
   f->comm = c;
@@ -298,11 +292,10 @@ Status net_test(void* request, int* done, size_t* sizes, int* nsizes) {
   if (r->type == Request::Type::kFlush) {
     auto* f = static_cast<FlushReq*>(r);
     bool d = false;
-    std::string error;
-    if (f->fence.query(&d, &error) != Status::kOk) {
+    if (Status s = f->fence.query(&d); !s.ok()) {
       f->in_use = false;
-      MF_WARN("iflush: %s", error.c_str());
-      return Status::kSystemError;
+      MF_WARN("iflush: %s", s.message().c_str());
+      return s;
     }
     if (d) {
       f->in_use = false;

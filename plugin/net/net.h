@@ -37,7 +37,7 @@ struct NetProperties {
 class Net {
  public:
   // Opens (first call) or references (later calls) the process-wide instance.
-  static Status acquire(Net** out, std::string* error);
+  static Status acquire(Net** out);
   static void release(Net* net);
   // Tears down the Net whatever references remain (NCCL before v11 never finalizes): the
   // plugin's unload (dlclose, or process exit) runs it, so no thread of ours or of the provider

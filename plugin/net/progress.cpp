@@ -12,12 +12,12 @@ namespace moefabric::fabric {
 
 Status Device::progress() {
   // Post what the provider refused earlier, oldest first.
-  Status failed = Status::kOk;
+  Status failed;
   retry_.retry([&](OpCtx* op) {
     const ssize_t rc = post_raw(op);
     if (rc != -FI_EAGAIN) {
       Status s = posted(op, rc);
-      if (failed == Status::kOk) failed = s;
+      if (failed.ok()) failed = std::move(s);
     }
     return rc;
   });
@@ -25,19 +25,18 @@ Status Device::progress() {
   // Every rail's CQ: writes striped over the rails complete (and their immediates arrive) on
   // the rail they went over; the receive side counts them per message whatever the rail.
   for (Rail& rail : rails_) {
-    const char* failed = nullptr;
-    ssize_t rc = cq_drain(
+    Status s = cq_drain(
         rail.cq.get(), cq_buf_, 64,
         [&](size_t n) {
           for (size_t i = 0; i < n; ++i)
             handle_cq_entry(rail.index, cq_buf_[i], nic_.source ? cq_src_[i] : FI_ADDR_NOTAVAIL);
         },
-        [&](const fi_cq_err_entry& err) { handle_cq_error(rail.index, err); }, &failed,
+        [&](const fi_cq_err_entry& err) { handle_cq_error(rail.index, err); },
         nic_.source ? &cq_src_ : nullptr);
-    if (rc < 0) {
-      MF_WARN("%s on %s (rail %d, %s) failed: %s", failed, nic_.name.c_str(), rail.index,
-              rail.nic.domain.c_str(), fi_strerror(static_cast<int>(-rc)));
-      return Status::kSystemError;
+    if (!s.ok()) {
+      s.prepend(nic_.name + " (rail " + std::to_string(rail.index) + ", " + rail.nic.domain + "): ");
+      MF_WARN("%s", s.message().c_str());
+      return s;
     }
   }
   return Status::kOk;
@@ -86,7 +85,7 @@ void Device::handle_cq_entry(int rail, const fi_cq_data_entry& e, fi_addr_t src)
   }
 }
 
-void Device::op_done(OpCtx* op, Status s, const char* text) {
+void Device::op_done(OpCtx* op, Status::Code s, const char* text) {
   Comm* c = op->comm;
   if (op->kind == OpKind::kTRecv) --trecv_inflight_;
   if (op->kind == OpKind::kTxMsg) tx_free_.push_back(op->idx);
@@ -137,7 +136,7 @@ void Device::handle_cq_error(int rail, const fi_cq_err_entry& e) {
     op_done(op, Status::kOk, nullptr);
     return;
   }
-  Status s = Status::kRemoteError;
+  Status::Code s = Status::kRemoteError;
   if (op->kind == OpKind::kTRecv && e.err == FI_ETRUNC) {
     s = Status::kInvalidUsage;
     snprintf(text, sizeof text, "message larger than the posted receive (%zu bytes): %s", op->len,

@@ -18,7 +18,7 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   MF_CHECK(progress());
   poll_liveness();
   if (c->error != Status::kOk) {
-    MF_WARN("%s", c->error_text.c_str());
+    MF_WARN("%s", c->error.message().c_str());
     return c->error;
   }
   if (n < 1 || n > (c->tagged ? 1 : wire::kMaxRecvs)) {
@@ -48,15 +48,14 @@ Status Device::irecv(RecvComm* c, int n, void** data, const size_t* sizes, const
   MrEntry* wmr[wire::kMaxRecvs] = {};
   for (int i = 0; i < n && !c->tagged; ++i) {
     if (sizes[i] == 0 || mrs[i]->access == MrAccess::kRemoteWrite) continue;
-    std::string error;
-    Status s = mr_cache_->acquire(data[i], sizes[i], mrs[i]->type, MrAccess::kRemoteWrite, -1, -1, 0, &wmr[i],
-                                  &error);
-    if (s != Status::kOk) {
+    Status s =
+        mr_cache_->acquire(data[i], sizes[i], mrs[i]->type, MrAccess::kRemoteWrite, -1, -1, 0, &wmr[i]);
+    if (!s.ok()) {
       for (int j = 0; j < i; ++j) mr_cache_->release(wmr[j]);
       MF_WARN(
           "irecv on %s (peer rank %d): buffer %d was registered through a send comm and cannot be "
           "registered for the peer's writes: %s",
-          nic_.name.c_str(), c->peer_rank, i, error.c_str());
+          nic_.name.c_str(), c->peer_rank, i, s.message().c_str());
       return s;
     }
   }
@@ -260,7 +259,7 @@ Status Device::test(Request* req, bool* done, size_t* sizes) {
     auto* c = static_cast<SendComm*>(r->comm);
     if (r->error != Status::kOk || c->error != Status::kOk) {
       Status s = r->error != Status::kOk ? r->error : c->error;
-      MF_WARN("%s", c->error_text.empty() ? "send failed" : c->error_text.c_str());
+      MF_WARN("%s", c->error.message().empty() ? "send failed" : c->error.message().c_str());
       return s;
     }
     if (r->pending > 0) return Status::kOk;
@@ -273,7 +272,7 @@ Status Device::test(Request* req, bool* done, size_t* sizes) {
   auto* c = static_cast<RecvComm*>(g->comm);
   if (g->error != Status::kOk || c->error != Status::kOk) {
     Status s = g->error != Status::kOk ? g->error : c->error;
-    MF_WARN("%s", c->error_text.empty() ? "receive failed" : c->error_text.c_str());
+    MF_WARN("%s", c->error.message().empty() ? "receive failed" : c->error.message().c_str());
     return s;
   }
   bool all = true;

@@ -134,7 +134,7 @@ Status Device::isend(SendComm* c, void* data, size_t size, int tag, MrEntry* mr,
   MF_CHECK(progress());
   poll_liveness();
   if (c->error != Status::kOk) {
-    MF_WARN("%s", c->error_text.c_str());
+    MF_WARN("%s", c->error.message().c_str());
     return c->error;
   }
   if (size > 0 && mr == nullptr) return Status::kInvalidArgument;
@@ -298,7 +298,7 @@ Status Device::isend_writes(SendComm* c, SendGroup& g, int idx, void* data, size
   return Status::kOk;
 }
 
-void Device::send_error(Comm* c, uint32_t group_seq, Status s, const char* text) {
+void Device::send_error(Comm* c, uint32_t group_seq, Status::Code s, const char* text) {
   wire::ErrorMsg m = {};
   m.group_seq = group_seq;
   m.code = static_cast<uint16_t>(s);
@@ -312,7 +312,7 @@ void Device::on_error_msg(Comm* c, const wire::ErrorMsg& m) {
   char text[sizeof m.text + 1];
   std::memcpy(text, m.text, sizeof m.text);
   text[sizeof m.text] = '\0';
-  Status s = static_cast<Status>(m.code);
+  auto s = static_cast<Status::Code>(m.code);
   if (s != Status::kInvalidUsage && s != Status::kInvalidArgument) s = Status::kRemoteError;
   fail_comm(c, s, "peer reported: %s", text);
 }

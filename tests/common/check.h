@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "common/launch.h"
+#include "common/status.h"
 
 namespace mftest {
 
@@ -33,4 +34,14 @@ __attribute__((format(printf, 4, 5))) inline void check_failed(const char* file,
       ::mftest::check_failed(__FILE__, __LINE__, #c, __VA_ARGS__); \
       return 1;                                                    \
     }                                                              \
+  } while (0)
+
+// The same for a call returning a moefabric::Status: the message is the status's.
+#define RANK_OK(call)                                                                              \
+  do {                                                                                             \
+    ::moefabric::Status mftest_status_ = (call);                                                   \
+    if (!mftest_status_.ok()) {                                                                    \
+      ::mftest::check_failed(__FILE__, __LINE__, #call, "%s", mftest_status_.to_string().c_str()); \
+      return 1;                                                                                    \
+    }                                                                                              \
   } while (0)

@@ -266,21 +266,21 @@ std::string check_peer_stats(const Shape& s, const std::vector<RankInput>& all, 
 }
 
 ncclResult_t oob_allgather(const void* send, void* recv, size_t bytes, void* ctx) {
-  return static_cast<moefabric::OobChannel*>(ctx)->allgather(send, recv, bytes) ? ncclSuccess
-                                                                                : ncclSystemError;
+  return static_cast<moefabric::OobChannel*>(ctx)->allgather(send, recv, bytes).ok() ? ncclSuccess
+                                                                                     : ncclSystemError;
 }
 
 bool gather_inputs(void* oob_ptr, const Shape& s, const RankInput& mine, std::vector<RankInput>* all) {
   auto* oob = static_cast<moefabric::OobChannel*>(oob_ptr);
   const int R = s.nranks;
   std::vector<int32_t> Ts(R);
-  if (!oob->allgather(&mine.T, Ts.data(), sizeof(int32_t))) return false;
+  if (!oob->allgather(&mine.T, Ts.data(), sizeof(int32_t)).ok()) return false;
   // Pad every rank's arrays to max_tokens so the allgather sizes agree.
   const size_t M = static_cast<size_t>(s.max_tokens);
   auto gather = [&](const void* src, size_t bytes_per_token, size_t have, auto setter) {
     std::vector<uint8_t> buf(M * bytes_per_token, 0), out(M * bytes_per_token * R);
     if (have > 0) std::memcpy(buf.data(), src, have);
-    if (!oob->allgather(buf.data(), out.data(), buf.size())) return false;
+    if (!oob->allgather(buf.data(), out.data(), buf.size()).ok()) return false;
     for (int r = 0; r < R; ++r) setter(r, out.data() + r * buf.size());
     return true;
   };

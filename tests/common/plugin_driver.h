@@ -91,8 +91,7 @@ inline int connect_mesh(Plugin& pl, moefabric::OobChannel& oob, std::vector<void
   listens->assign(n, nullptr);
   for (int p = 0; p < n; ++p)
     if (p != me) T_OK(pl.v11->listen(pl.ctx, dev, mine.data() + p * H, &(*listens)[p]));
-  std::string err;
-  RANK_CHECK(oob.allgather(mine.data(), all.data(), mine.size(), &err), "%s", err.c_str());
+  RANK_OK(oob.allgather(mine.data(), all.data(), mine.size()));
   send->assign(n, nullptr);
   recv->assign(n, nullptr);
   int pending = 2 * (n - 1);

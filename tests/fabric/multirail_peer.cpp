@@ -225,8 +225,7 @@ int main(int argc, char** argv) {
   g_role = o.role == "send" ? "sender" : "receiver";
   g_deadline = Clock::now() + std::chrono::seconds(o.timeout);
   Net* net = nullptr;
-  std::string err;
-  if (Net::acquire(&net, &err) != Status::kOk) die("init", err);
+  if (Status s = Net::acquire(&net); !s.ok()) die("init", s.message());
   NetProperties p;
   if (net->device_count() < 1 || net->properties(0, &p) != Status::kOk) die("init", "no device");
   printf("multirail: %s on device 0 = %s (%d rail(s), %d Mb/s, provider %s)\n", g_role, p.name.c_str(),

@@ -148,8 +148,7 @@ TEST_CASE("plugin: sizes 0 B to 1 GiB, both directions, byte-exact", "[fabric]")
         }
         T_OK(pl.v11->deregMr(send[peer], sb.mh));
         T_OK(pl.v11->deregMr(recv[peer], rb.mh));
-        std::string err;
-        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_OK(oob.barrier());
         return close_mesh(pl, send, recv, listens);
       },
       600);
@@ -214,8 +213,7 @@ TEST_CASE("plugin: 32 requests in flight and grouped receives", "[fabric]") {
         }
       }
     }
-    std::string err;
-    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_OK(oob.barrier());
     return close_mesh(pl, send, recv, listens);
   });
 }
@@ -256,7 +254,6 @@ TEST_CASE("plugin: sequence numbers wrap at 2^32", "[fabric]") {
         for (int r = 0; r < 16; ++r) nmsg += width[r], first_msg[r] = nmsg - width[r];
         const int half = first_msg[8];  // messages into the receives posted first
         std::mt19937 rng(7 + me);
-        std::string err;
         for (int round = 0; round < kRounds; ++round) {
           // Sizes agreed by both sides through the seed: every third message into the receives
           // posted first is written, the rest eager (a larger send waits for its control entry).
@@ -298,9 +295,9 @@ TEST_CASE("plugin: sequence numbers wrap at 2^32", "[fabric]") {
             return 0;
           };
           if (post_recvs(0, 8)) return 1;
-          RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+          RANK_OK(oob.barrier());
           if (post_sends(0, 16)) return 1;  // at most 24 eager messages run ahead of the receives
-          RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+          RANK_OK(oob.barrier());
           if (post_recvs(8, 16)) return 1;
           for (void* q : sreq)
             if (wait_req(pl.v11, q, nullptr, 30)) return 1;
@@ -317,7 +314,7 @@ TEST_CASE("plugin: sequence numbers wrap at 2^32", "[fabric]") {
             }
           }
         }
-        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_OK(oob.barrier());
         return close_mesh(pl, send, recv, listens);
       },
       90);
@@ -363,8 +360,7 @@ TEST_CASE("plugin: 4 ranks, full mesh, many comms", "[fabric]") {
           RANK_CHECK(rb[p].buf[m * kSize + i] == pattern(p * 10 + me, i, 0), "mesh %d from %d byte %zu", m, p,
                      i);
       }
-    std::string err;
-    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_OK(oob.barrier());
     for (int m = 0; m < kMeshes; ++m)
       if (close_mesh(pl, send[m], recv[m], listens[m])) return 1;
     return 0;
@@ -401,8 +397,7 @@ TEST_CASE("plugin: send larger than receive is an error, no hang", "[fabric]") {
         RANK_CHECK(rc == abi::kInvalidUsage || rc == abi::kRemoteError,
                    "receive of %zu into %zu bytes returned %d, expected an error", big, sz, rc);
       }
-      std::string err;
-      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_OK(oob.barrier());
       return close_mesh(pl, send, recv, listens);
     });
   }
@@ -489,8 +484,7 @@ TEST_CASE("plugin: a connect without the listener's nonce is refused", "[fabric]
         char mine[H] = {}, all[2 * H];
         void* lc = nullptr;
         if (me == 1) T_OK(pl.v11->listen(pl.ctx, 0, mine, &lc));
-        std::string err;
-        RANK_CHECK(oob.allgather(mine, all, H, &err), "%s", err.c_str());
+        RANK_OK(oob.allgather(mine, all, H));
         const char* real = all + H;
         if (me == 0) {
           char forged[H] = {}, wrong[H];
@@ -529,7 +523,7 @@ TEST_CASE("plugin: a connect without the listener's nonce is refused", "[fabric]
             T_OK(pl.v11->accept(lc, &rcomm, nullptr));
           RANK_CHECK(!deadline_passed(start, 30), "the real handle did not connect");
         }
-        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_OK(oob.barrier());
         if (me == 1) {
           void* extra = nullptr;
           T_OK(pl.v11->accept(lc, &extra, nullptr));
@@ -557,7 +551,6 @@ TEST_CASE("plugin: a buffer registered through a send comm can be received into"
     const size_t kSize = 100000;
     Mr sb, rb;
     if (reg(pl, send[peer], sb, kSize) || reg(pl, send[peer], rb, kSize)) return 1;  // both via the send comm
-    std::string err;
     for (int round = 0; round < 20; ++round) {
       const size_t n = round % 2 ? 100 : kSize;  // eager and written
       for (size_t i = 0; i < n; ++i) sb.buf[i] = pattern(me, i, round);
@@ -566,7 +559,7 @@ TEST_CASE("plugin: a buffer registered through a send comm can be received into"
       int tag = peer;
       void *rreq = nullptr, *sreq = nullptr;
       if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &rreq)) return 1;
-      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_OK(oob.barrier());
       if (post_send(pl, send[peer], sb.buf.data(), n, me, sb.mh, &sreq)) return 1;
       int got = -1;
       if (wait_req(pl.v11, sreq, nullptr, 30) || wait_req(pl.v11, rreq, &got, 30)) return 1;
@@ -576,7 +569,7 @@ TEST_CASE("plugin: a buffer registered through a send comm can be received into"
     }
     T_OK(pl.v11->deregMr(send[peer], sb.mh));
     T_OK(pl.v11->deregMr(send[peer], rb.mh));
-    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_OK(oob.barrier());
     return close_mesh(pl, send, recv, listens);
   });
 }
@@ -600,13 +593,12 @@ TEST_CASE("plugin: close with requests in flight, then finalize and reload", "[f
         void* r = nullptr;
         T_OK(pl.v11->isend(send[peer], sb.buf.data(), 1 << 20, me, sb.mh, nullptr, &r));
       }
-      std::string err;
-      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_OK(oob.barrier());
       // Close without waiting for anything.
       T_OK(pl.v11->deregMr(send[peer], sb.mh));
       T_OK(pl.v11->deregMr(recv[peer], rb.mh));
       if (close_mesh(pl, send, recv, listens)) return 1;
-      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_OK(oob.barrier());
       // Last finalize tears everything down (NCCL dlcloses us); a fresh load must work.
       if (pl.close() || pl.open()) return 1;
     }
@@ -622,14 +614,13 @@ TEST_CASE("plugin: optional receive completion", "[fabric]") {
     Mr b;
     const size_t kSize = 300000;
     if (reg(pl, me == 0 ? send[peer] : recv[peer], b, kSize)) return 1;
-    std::string err;
     if (me == 1) {
       void* data = b.buf.data();
       size_t sz = kSize;
       int tag = peer;
       void* r = nullptr;
       if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &r, true)) return 1;
-      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_OK(oob.barrier());
       // Completes early on auto-progress providers, else when the data is in.
       if (wait_req(pl.v11, r, nullptr, 30)) return 1;
       // The data still lands: poll the last byte like NCCL's LL flags do.
@@ -641,12 +632,12 @@ TEST_CASE("plugin: optional receive completion", "[fabric]") {
       for (size_t i = 0; i < kSize; ++i) RANK_CHECK(b.buf[i] == pattern(0, i, 9), "byte %zu", i);
     } else {
       for (size_t i = 0; i < kSize; ++i) b.buf[i] = pattern(0, i, 9);
-      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_OK(oob.barrier());
       void* r = nullptr;
       if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30))
         return 1;
     }
-    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_OK(oob.barrier());
     return close_mesh(pl, send, recv, listens);
   });
 }
@@ -665,14 +656,13 @@ TEST_CASE("plugin: a peer killed mid-transfer gives an error in bounded time", "
         int me = oob.rank(), peer = 1 - me;
         Mr sb, rb;
         if (reg(pl, send[peer], sb, 64 << 20) || reg(pl, recv[peer], rb, 64 << 20)) return 1;
-        std::string err;
         if (me == 1) {
           void* data = rb.buf.data();
           size_t sz = 1 << 20;
           int tag = peer;
           void* r = nullptr;
           if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &r)) return 1;
-          (void)oob.barrier(&err);
+          (void)oob.barrier();
           raise(SIGKILL);  // dies with a receive posted and a send from rank 0 on its way
         }
         // Rank 0: waits on a receive the dead rank will never send, and sends to it.
@@ -681,7 +671,7 @@ TEST_CASE("plugin: a peer killed mid-transfer gives an error in bounded time", "
         int tag = peer;
         void* rreq = nullptr;
         if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &rb.mh, &rreq)) return 1;
-        (void)oob.barrier(&err);
+        (void)oob.barrier();
         auto start = Clock::now();
         int rc = abi::kSuccess;
         if (wait_req(pl.v11, rreq, nullptr, 60, &rc)) return 1;
@@ -737,12 +727,11 @@ TEST_CASE("plugin: a receiver killed before posting fails the sender's isend", "
         if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
         int me = oob.rank(), peer = 1 - me;
         int pid = getpid(), pids[2] = {};
-        std::string err;
-        RANK_CHECK(oob.allgather(&pid, pids, sizeof pid, &err), "%s", err.c_str());
+        RANK_OK(oob.allgather(&pid, pids, sizeof pid));
         if (me == 1) raise(SIGKILL);  // connected, nothing posted
         Mr sb;
         if (reg(pl, send[peer], sb, 1 << 20)) return 1;
-        RANK_CHECK(!oob.barrier(&err), "rank 1 is still alive");  // returns once the launcher saw it die
+        RANK_CHECK(!oob.barrier().ok(), "rank 1 is still alive");  // returns once the launcher saw it die
         g_warnings.clear();
         auto start = Clock::now();
         int rc = abi::kSuccess;
@@ -789,8 +778,7 @@ TEST_CASE("plugin: a live receiver that posts after the peer timeout is waited f
     const size_t kSize = 1 << 20;
     Mr b;
     if (reg(pl, me == 0 ? send[peer] : recv[peer], b, kSize)) return 1;
-    std::string err;
-    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_OK(oob.barrier());
     if (me == 1) {
       usleep(4 * 1000 * 1000);  // more than twice the peer timeout without calling in
       void* data = b.buf.data();
@@ -804,7 +792,7 @@ TEST_CASE("plugin: a live receiver that posts after the peer timeout is waited f
       if (post_send(pl, send[peer], b.buf.data(), kSize, me, b.mh, &r) || wait_req(pl.v11, r, nullptr, 30))
         return 1;
     }
-    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_OK(oob.barrier());
     return close_mesh(pl, send, recv, listens);
   });
 }
@@ -821,14 +809,13 @@ TEST_CASE("plugin: a receiver that finalizes mid-write neither crashes nor hangs
     std::vector<void*> send, recv, listens;
     if (connect_mesh(pl, oob, &send, &recv, &listens)) return 1;
     int me = oob.rank(), peer = 1 - me;
-    std::string err;
     Mr b;
     if (reg(pl, me == 1 ? send[peer] : recv[peer], b, kBig)) return 1;
     int done = 0, size = 0, rc = abi::kSuccess;
     auto start = Clock::now();
     if (me == 1) {
       std::fill(b.buf.begin(), b.buf.end(), uint8_t{0xab});
-      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());  // rank 0's receive is posted
+      RANK_OK(oob.barrier());  // rank 0's receive is posted
       void* r = nullptr;
       if (post_send(pl, send[peer], b.buf.data(), kBig, me, b.mh, &r)) return 1;
       while (!done && rc == abi::kSuccess) {
@@ -847,7 +834,7 @@ TEST_CASE("plugin: a receiver that finalizes mid-write neither crashes nor hangs
       int tag = peer;
       void* rreq = nullptr;
       if (post_recv(pl, recv[peer], 1, &data, &sz, &tag, &b.mh, &rreq)) return 1;
-      RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+      RANK_OK(oob.barrier());
       while (!done && b.buf[kBig / 2] == 0) {  // bytes land in order: half of the write is in
         T_OK(pl.v11->test(rreq, &done, &size));
         RANK_CHECK(!deadline_passed(start, 60), "half of the write never arrived");
@@ -857,7 +844,7 @@ TEST_CASE("plugin: a receiver that finalizes mid-write neither crashes nor hangs
     }
     (void)close_mesh(pl, send, recv, listens);
     if (me == 0 && (pl.close() || pl.open())) return 1;  // finalize mid-write, then reload
-    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_OK(oob.barrier());
     return 0;
   });
   unsetenv("MOEFABRIC_PEER_TIMEOUT_MS");
@@ -903,8 +890,7 @@ TEST_CASE("plugin: v10 and v8 entry points", "[fabric]") {
     char h[abi::kHandleMaxSize] = {}, all[2 * abi::kHandleMaxSize];
     void* lc = nullptr;
     T_OK(v10->listen(0, h, &lc));
-    std::string err;
-    RANK_CHECK(oob.allgather(h, all, sizeof h, &err), "%s", err.c_str());
+    RANK_OK(oob.allgather(h, all, sizeof h));
     void *sc = nullptr, *rc = nullptr;
     abi::comm_config_v10_t cfg = {-1};
     auto start = Clock::now();
@@ -928,7 +914,7 @@ TEST_CASE("plugin: v10 and v8 entry points", "[fabric]") {
     if (wait_req(pl.v11, sq, nullptr, 30) || wait_req(pl.v11, rq, &got, 30)) return 1;
     RANK_CHECK(got == 4999, "v8 receive size %d", got);
     for (int i = 0; i < 4999; ++i) RANK_CHECK(rb[i] == pattern(peer, i, 3), "v8 byte %d", i);
-    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_OK(oob.barrier());
     T_OK(v8->deregMr(sc, smh));
     T_OK(v8->deregMr(rc, rmh));
     T_OK(v8->closeSend(sc));
@@ -982,8 +968,7 @@ TEST_CASE("plugin: v12 entry points", "[fabric]") {
     char h[abi::kHandleMaxSize] = {}, all[2 * abi::kHandleMaxSize];
     void* lc = nullptr;
     T_OK(v12->listen(ctx, 0, h, &lc));
-    std::string err;
-    RANK_CHECK(oob.allgather(h, all, sizeof h, &err), "%s", err.c_str());
+    RANK_OK(oob.allgather(h, all, sizeof h));
     void *sc = nullptr, *rc = nullptr;
     auto start = Clock::now();
     while (!sc || !rc) {
@@ -1012,7 +997,7 @@ TEST_CASE("plugin: v12 entry points", "[fabric]") {
     }
     RANK_CHECK(sent == kSize - 1 && got == kSize - 1, "v12 sizes: sent %d, received %d", sent, got);
     for (int i = 0; i < kSize - 1; ++i) RANK_CHECK(rb[i] == pattern(peer, i, 12), "v12 byte %d", i);
-    RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+    RANK_OK(oob.barrier());
     T_OK(v12->deregMr(sc, smh));
     T_OK(v12->deregMr(rc, rmh));
     T_OK(v12->closeSend(sc));

@@ -20,13 +20,12 @@ TEST_CASE("soak: 100000 small sends, stable memory and registrations", "[fabric]
       2,
       [](OobChannel& oob) {
         Net* net = nullptr;
-        std::string err;
-        RANK_CHECK(Net::acquire(&net, &err) == Status::kOk, "%s", err.c_str());
+        RANK_OK(Net::acquire(&net));
         int me = oob.rank(), peer = 1 - me;
         char h[128] = {}, all[256];
         void* lc = nullptr;
         RANK_CHECK(net_listen(net, 0, h, &lc) == Status::kOk, "listen");
-        RANK_CHECK(oob.allgather(h, all, 128, &err), "%s", err.c_str());
+        RANK_OK(oob.allgather(h, all, 128));
         void *sc = nullptr, *rc = nullptr;
         for (int i = 0; (!sc || !rc) && i < 2000000; ++i) {
           if (!sc) RANK_CHECK(net_connect(net, 0, all + peer * 128, &sc) == Status::kOk, "connect");
@@ -80,7 +79,7 @@ TEST_CASE("soak: 100000 small sends, stable memory and registrations", "[fabric]
 #else
         RANK_CHECK(rss1 - rss0 < 4096, "RSS grew by %ld KiB", rss1 - rss0);
 #endif
-        RANK_CHECK(oob.barrier(&err), "%s", err.c_str());
+        RANK_OK(oob.barrier());
         RANK_CHECK(net_dereg_mr(sc, smh) == Status::kOk && net_dereg_mr(rc, rmh) == Status::kOk, "dereg");
         RANK_CHECK(net_close_send(sc) == Status::kOk && net_close_recv(rc) == Status::kOk &&
                        net_close_listen(lc) == Status::kOk,

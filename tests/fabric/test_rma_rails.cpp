@@ -39,7 +39,7 @@ struct Recorder : RmaHandler {
     for (size_t i = 0; watch && i < watch_len; ++i)
       if (watch[i] != want) complete_at_arrival = false;
   }
-  void on_write_done(uint64_t cookie, Status s, const char*) override {
+  void on_write_done(uint64_t cookie, const Status& s) override {
     done.push_back(cookie);
     if (s != Status::kOk) ++errors;
   }
@@ -50,8 +50,7 @@ std::vector<NicInfo> nics(int n) {
   std::vector<NicInfo> out;
   for (int i = 0; i < n; ++i) {
     std::vector<NicInfo> found;
-    std::string err;
-    REQUIRE(nic_discover(p, &found, &err) == Status::kOk);
+    REQUIRE(nic_discover(p, &found) == Status::kOk);
     REQUIRE(!found.empty());
     out.push_back(std::move(found[0]));
   }
@@ -64,12 +63,11 @@ struct Side {
   RmaRails::Mr mr;
   Recorder rec;
   Side(int nrails, size_t bytes, int shift = kShift) : buf(bytes, 0) {
-    std::string err;
     Params p = Params::load();
     p.stripe_min = 64 * 1024;
-    REQUIRE(RmaRails::open(p, nics(nrails), shift, &rails, &err) == Status::kOk);
+    REQUIRE(RmaRails::open(p, nics(nrails), shift, &rails) == Status::kOk);
     REQUIRE(rails->nrails() == nrails);
-    REQUIRE(rails->reg(buf.data(), buf.size(), MrAccess::kRemoteWrite, &mr, &err) == Status::kOk);
+    REQUIRE(rails->reg(buf.data(), buf.size(), MrAccess::kRemoteWrite, &mr) == Status::kOk);
   }
   ~Side() { rails->dereg(&mr); }
 };
@@ -78,8 +76,7 @@ RmaRails::Peer connect(Side& from, Side& to) {
   RmaRails::Addr a;
   to.rails->local_addr(&a);
   RmaRails::Peer peer;
-  std::string err;
-  REQUIRE(from.rails->add_peer(a, to.rails->keys(to.mr), &peer, &err) == Status::kOk);
+  REQUIRE(from.rails->add_peer(a, to.rails->keys(to.mr), &peer) == Status::kOk);
   return peer;
 }
 
@@ -87,11 +84,12 @@ RmaRails::Peer connect(Side& from, Side& to) {
 template <class P>
 bool drive(Side& a, Side& b, P pred) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  std::string err;
   while (!pred()) {
     if (std::chrono::steady_clock::now() > end) return false;
-    if (a.rails->poll(&a.rec, &err) != Status::kOk || b.rails->poll(&b.rec, &err) != Status::kOk) {
-      FAIL(err);
+    Status s = a.rails->poll(&a.rec);
+    if (s.ok()) s = b.rails->poll(&b.rec);
+    if (!s.ok()) {
+      FAIL(s.message());
       return false;
     }
   }
@@ -110,9 +108,8 @@ TEST_CASE("rma rails: a large write is striped over both rails and arrives once"
   b.rec.watch_len = kLen;
   b.rec.want = 0x5c;
   const uint32_t imm = (3u << 29) | (77u << 12) | 5u;
-  std::string err;
   REQUIRE(a.rails->write(to_b, a.buf.data(), kLen, a.mr, b.rails->remote_addr(b.mr, b.buf.data() + 4096), imm,
-                         42, &err) == Status::kOk);
+                         42) == Status::kOk);
   REQUIRE(a.rails->writes_in_flight() == 1);
   REQUIRE(drive(a, b, [&] { return !b.rec.imms.empty() && !a.rec.done.empty(); }));
   REQUIRE(b.rec.imms == std::vector<uint32_t>{imm});  // one arrival, stripe bits cleared
@@ -131,10 +128,9 @@ TEST_CASE("rma rails: a large write is striped over both rails and arrives once"
 TEST_CASE("rma rails: small writes go whole, alternating rails", "[rails]") {
   Side a(2, 64 * 1024), b(2, 64 * 1024);
   const RmaRails::Peer to_b = connect(a, b);
-  std::string err;
   for (uint32_t i = 0; i < 6; ++i)
     REQUIRE(a.rails->write(to_b, a.buf.data(), 1000, a.mr, b.rails->remote_addr(b.mr, b.buf.data()),
-                           (1u << 29) | (i << 12) | 1u, i, &err) == Status::kOk);
+                           (1u << 29) | (i << 12) | 1u, i) == Status::kOk);
   REQUIRE(drive(a, b, [&] { return b.rec.imms.size() == 6 && a.rec.done.size() == 6; }));
   REQUIRE(a.rails->rail_bytes(0) == 3000);
   REQUIRE(a.rails->rail_bytes(1) == 3000);
@@ -145,9 +141,8 @@ TEST_CASE("rma rails: a peer with fewer rails gets whole writes on the shared on
   Side a(2, 512 * 1024), b(1, 512 * 1024);
   const RmaRails::Peer to_b = connect(a, b);
   REQUIRE(to_b.nrails == 1);
-  std::string err;
   REQUIRE(a.rails->write(to_b, a.buf.data(), a.buf.size(), a.mr, b.rails->remote_addr(b.mr, b.buf.data()),
-                         (2u << 29) | 9u, 7, &err) == Status::kOk);
+                         (2u << 29) | 9u, 7) == Status::kOk);
   REQUIRE(drive(a, b, [&] { return b.rec.imms.size() == 1 && a.rec.done.size() == 1; }));
   REQUIRE(a.rails->rail_bytes(0) == a.buf.size());
   REQUIRE(a.rails->rail_bytes(1) == 0);
@@ -160,13 +155,12 @@ TEST_CASE("rma rails: lone stripes of distinct immediates do not grow the receiv
   // 27-28 claim 2 stripes, one write each: a peer that never sends the other stripe.
   Side rx(1, 4096), tx(1, 4096, 20);
   RmaRails::Peer peer = connect(tx, rx);
-  std::string err;
   const uint32_t n = 70000;
   uint32_t sent = 0;
   while (sent < n) {
     const uint32_t imm = (1u << kShift) | sent;  // distinct, "2 stripes"
     Status st = tx.rails->write(peer, tx.buf.data(), 16, tx.mr, rx.rails->remote_addr(rx.mr, rx.buf.data()),
-                                imm, sent, &err);
+                                imm, sent);
     if (st == Status::kAgain) {
       REQUIRE(drive(tx, rx, [&] { return true; }));
       continue;
@@ -187,19 +181,21 @@ TEST_CASE("rma rails: lone stripes of distinct immediates do not grow the receiv
 TEST_CASE("rma rails: bad input is refused with a reason", "[rails]") {
   Side a(2, 4096), b(2, 4096);
   const RmaRails::Peer to_b = connect(a, b);
-  std::string err;
-  REQUIRE(a.rails->write(to_b, a.buf.data(), 16, a.mr, b.rails->remote_addr(b.mr, b.buf.data()), 1u << kShift,
-                         1, &err) != Status::kOk);
-  REQUIRE(err.find("stripe bits") != std::string::npos);
+  Status s =
+      a.rails->write(to_b, a.buf.data(), 16, a.mr, b.rails->remote_addr(b.mr, b.buf.data()), 1u << kShift, 1);
+  REQUIRE(!s.ok());
+  REQUIRE(s.message().find("stripe bits") != std::string::npos);
   REQUIRE(a.rails->writes_in_flight() == 0);
   RmaRails::Addr bad{};
   bad.nrails = 9;
   RmaRails::Peer p;
-  REQUIRE(a.rails->add_peer(bad, RmaRails::Keys{}, &p, &err) != Status::kOk);
-  REQUIRE(err.find("9 rails") != std::string::npos);
+  s = a.rails->add_peer(bad, RmaRails::Keys{}, &p);
+  REQUIRE(!s.ok());
+  REQUIRE(s.message().find("9 rails") != std::string::npos);
   std::unique_ptr<RmaRails> none;
-  REQUIRE(RmaRails::open(Params::load(), {}, kShift, &none, &err) != Status::kOk);
-  REQUIRE(err.find("1 to 4 NICs") != std::string::npos);
+  s = RmaRails::open(Params::load(), {}, kShift, &none);
+  REQUIRE(!s.ok());
+  REQUIRE(s.message().find("1 to 4 NICs") != std::string::npos);
 }
 
 TEST_CASE("device: a multi-rail device keeps every attribute of its NICs", "[rails]") {
@@ -209,8 +205,7 @@ TEST_CASE("device: a multi-rail device keeps every attribute of its NICs", "[rai
   rails[1].hmem_async = true;  // one rail whose GPU copies need a fence: the device needs it
   const std::string name = rails[0].name + "+" + rails[1].name;
   std::unique_ptr<Device> dev;
-  std::string err;
-  REQUIRE(Device::open(Params::load(), std::move(rails), &dev, &err) == Status::kOk);
+  REQUIRE(Device::open(Params::load(), std::move(rails), &dev) == Status::kOk);
   REQUIRE(dev->nic().name == name);
   REQUIRE(dev->nic().hmem_async);
   REQUIRE(dev->nic().speed_mbps == 3000);
@@ -224,7 +219,7 @@ TEST_CASE("device: a multi-rail device keeps every attribute of its NICs", "[rai
   rails[1].speed_mbps = 2000;
   const bool can_tag = rails[0].tagged && rails[1].tagged;
   if (can_tag) {
-    REQUIRE(Device::open(tagged, std::move(rails), &dev, &err) == Status::kOk);
+    REQUIRE(Device::open(tagged, std::move(rails), &dev) == Status::kOk);
     REQUIRE(dev->nic().speed_mbps == 1000);
   }
 }
@@ -240,7 +235,6 @@ TEST_CASE("rma rails: memory freed and mapped again at the same address is regis
   std::memset(a.buf.data(), 0x6d, kLen);
   void* p = mmap(nullptr, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   REQUIRE(p != MAP_FAILED);
-  std::string err;
   for (int round = 0; round < 3; ++round) {
     if (round > 0) {  // free the pages and take new ones at the same address
       REQUIRE(munmap(p, kLen) == 0);
@@ -251,19 +245,19 @@ TEST_CASE("rma rails: memory freed and mapped again at the same address is regis
     }
     const uint64_t regs = b.rails->registrations();
     RmaRails::Mr mr;
-    REQUIRE(b.rails->reg(p, kLen, MrAccess::kRemoteWrite, &mr, &err) == Status::kOk);
+    REQUIRE(b.rails->reg(p, kLen, MrAccess::kRemoteWrite, &mr) == Status::kOk);
     REQUIRE(b.rails->registrations() == regs + 1);  // not a stale hit
     RmaRails::Mr held;                              // a second holder of the same range shares it ...
-    REQUIRE(b.rails->reg(p, kLen, MrAccess::kRemoteWrite, &held, &err) == Status::kOk);
+    REQUIRE(b.rails->reg(p, kLen, MrAccess::kRemoteWrite, &held) == Status::kOk);
     REQUIRE(b.rails->registrations() == regs + 1);
     b.rails->dereg(&held);  // ... and leaves it registered for the first
     RmaRails::Addr addr;
     b.rails->local_addr(&addr);
     RmaRails::Peer to_b;
-    REQUIRE(a.rails->add_peer(addr, b.rails->keys(mr), &to_b, &err) == Status::kOk);
+    REQUIRE(a.rails->add_peer(addr, b.rails->keys(mr), &to_b) == Status::kOk);
     const size_t n0 = b.rec.imms.size();
     REQUIRE(a.rails->write(to_b, a.buf.data(), kLen, a.mr, b.rails->remote_addr(mr, p), 7u + round,
-                           static_cast<uint64_t>(round), &err, true) == Status::kOk);
+                           static_cast<uint64_t>(round), true) == Status::kOk);
     REQUIRE(drive(a, b, [&] {
       return b.rec.imms.size() == n0 + 1 && a.rec.done.size() == static_cast<size_t>(round + 1);
     }));

@@ -61,18 +61,18 @@ struct Sizes {
   }
 };
 
-ncclMoeComm_t comm_init(OobChannel& oob, const Shape& s, ncclMoeBackend_t backend, int timeout_ms,
-                        std::string* why) {
+moefabric::Status comm_init(OobChannel& oob, const Shape& s, ncclMoeBackend_t backend, int timeout_ms,
+                            ncclMoeComm_t* moe) {
   ncclMoeConfig_t c = s.config();
   c.backend = backend;
   c.timeoutMs = timeout_ms;
-  ncclMoeComm_t moe = nullptr;
-  if (ncclMoeCommInitAllGather(&moe, oob.nranks(), oob.rank(), oob_allgather, &oob, &c) != ncclSuccess) {
-    *why = std::string(backend == ncclMoeBackendHost ? "host" : "CUDA") +
-           " init: " + ncclMoeGetLastError(nullptr);
-    return nullptr;
-  }
-  return moe;
+  *moe = nullptr;
+  const ncclResult_t r = ncclMoeCommInitAllGather(moe, oob.nranks(), oob.rank(), oob_allgather, &oob, &c);
+  if (r != ncclSuccess)
+    return moefabric::Status(static_cast<moefabric::Status::Code>(r),
+                             std::string(backend == ncclMoeBackendHost ? "host" : "CUDA") +
+                                 " init: " + ncclMoeGetLastError(nullptr));
+  return {};
 }
 
 // Host backend: dispatch, the expert rows of the reference, combine.
@@ -262,16 +262,15 @@ struct Options {
 std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
   const int me = oob.rank();
   const Shape& s = c.shape;
-  std::string why;
-  ncclMoeComm_t host = comm_init(oob, s, ncclMoeBackendHost, opt.timeout_ms, &why);
-  if (!host) return why;
+  ncclMoeComm_t host = nullptr;
+  if (moefabric::Status st = comm_init(oob, s, ncclMoeBackendHost, opt.timeout_ms, &host); !st.ok())
+    return st.message();
   ncclMoeComm_t dev = nullptr;
 #if MFTEST_CUDA
   if (opt.cuda) {
-    dev = comm_init(oob, s, ncclMoeBackendCuda, opt.timeout_ms, &why);
-    if (!dev) {
+    if (moefabric::Status st = comm_init(oob, s, ncclMoeBackendCuda, opt.timeout_ms, &dev); !st.ok()) {
       ncclMoeCommAbort(host);
-      return why;
+      return st.message();
     }
   }
 #endif
@@ -288,7 +287,7 @@ std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
   auto agree = [&](const std::string& e) -> std::string {
     int32_t mine = e.empty() ? 0 : 1;
     std::vector<int32_t> all(oob.nranks());
-    if (!oob.allgather(&mine, all.data(), sizeof mine)) return e.empty() ? "allgather failed" : e;
+    if (!oob.allgather(&mine, all.data(), sizeof mine).ok()) return e.empty() ? "allgather failed" : e;
     for (int r = 0; r < oob.nranks(); ++r)
       if (all[r] && e.empty()) return "(rank " + std::to_string(r) + " failed)";
     return e;
@@ -344,7 +343,7 @@ std::string run_case(OobChannel& oob, const FuzzCase& c, const Options& opt) {
 #endif
   }
   if (ncclMoeCommDestroy(host) != ncclSuccess) {
-    why = std::string("host destroy: ") + ncclMoeGetLastError(host);
+    std::string why = std::string("host destroy: ") + ncclMoeGetLastError(host);
     if (dev) ncclMoeCommAbort(dev);
     return why;
   }
@@ -375,7 +374,7 @@ int run_cases(OobChannel& oob, const std::vector<FuzzCase>& cases, const Options
     mine.failed = err.empty() ? 0 : 1;
     snprintf(mine.why, sizeof mine.why, "%s", err.c_str());
     std::vector<Verdict> all(R);
-    if (!oob.allgather(&mine, all.data(), sizeof mine)) return 4;
+    if (!oob.allgather(&mine, all.data(), sizeof mine).ok()) return 4;
     bool any = false;
     for (const Verdict& v : all) any |= v.failed != 0;
     if (any) {

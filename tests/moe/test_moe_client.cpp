@@ -58,9 +58,7 @@ int client_rank(OobChannel& oob, int ops) {
   ncclMoeConfig_t cfg = s.config();
   const moefabric::Params params = moefabric::Params::load();
   moe::ResolvedConfig rc{};
-  std::string err;
-  RANK_CHECK(moe::config_agree(R, me, moetest::oob_allgather, &oob, &cfg, params, &rc, &err) == Status::kOk,
-             "config: %s", err.c_str());
+  RANK_OK(moe::config_agree(R, me, moetest::oob_allgather, &oob, &cfg, params, &rc));
   // What the CUDA backend keeps in pinned memory, here in plain host memory.
   std::vector<uint64_t> arrived(static_cast<size_t>(moe::kNumKinds) * R), bell(2);
   std::vector<uint32_t> ov(R), granted(R);
@@ -75,9 +73,7 @@ int client_rank(OobChannel& oob, int ops) {
   client.shared = {arrived.data(), ov.data(), granted.data(), plan.data(), ret.data(), bell.data()};
   client.abort_word = &abort_word;
   std::unique_ptr<moe::Comm> c;
-  RANK_CHECK(
-      moe::Comm::create(R, me, moetest::oob_allgather, &oob, rc, params, &c, &err, &client) == Status::kOk,
-      "create: %s", err.c_str());
+  RANK_OK(moe::Comm::create(R, me, moetest::oob_allgather, &oob, rc, params, &c, &client));
   const moe::Layout& l = c->layout();
   uint8_t* send = c->send_block();
   const uint8_t* recv = c->recv_block();
@@ -125,8 +121,8 @@ int client_rank(OobChannel& oob, int ops) {
       std::memcpy(&h, recv + l.private_offset(src), sizeof h);
       std::vector<uint32_t> counts(l.local_count(me));
       std::memcpy(counts.data(), recv + l.private_offset(src) + sizeof h, 4 * counts.size());
-      RANK_CHECK(moe::header_check(l, h, counts.data(), src, n, &err), "op %llu: rank %d: %s",
-                 static_cast<unsigned long long>(n), src, err.c_str());
+      RANK_OK(moe::header_check(l, h, counts.data(), src, n)
+                  .prepend("op " + std::to_string(n) + ": rank " + std::to_string(src) + ": "));
       if (h.ntokens > h.nprivate) {
         RANK_CHECK(wait_flag(client.shared, R, moe::WriteKind::kDispatchRest, src, n, *c), "no rest from %d",
                    src);
@@ -168,7 +164,7 @@ int client_rank(OobChannel& oob, int ops) {
                    "op %llu: row %u from rank %d", static_cast<unsigned long long>(n), r, d);
       base += nrec;
     }
-    RANK_CHECK(oob.barrier(), "barrier");  // (the harness reuses its staging next op)
+    RANK_OK(oob.barrier());  // (the harness reuses its staging next op)
   }
   RANK_CHECK(c->destroy(true) == Status::kOk, "destroy: %s", c->last_error().c_str());
   RANK_CHECK(abort_word == 0, "abort word set");

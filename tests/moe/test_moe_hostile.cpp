@@ -55,8 +55,7 @@ int hostile_round(OobChannel& oob, int ops) {
   ncclMoeConfig_t cfg = s.config();
   std::unique_ptr<moe::Engine> eng;
   std::string err;
-  RANK_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
-             "init: %s", err.c_str());
+  RANK_OK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng));
   moe::g_test_before_unpack = tamper_header;
   const size_t cap = eng->recv_capacity();
   constexpr uint8_t kGuard = 0xa5;
@@ -102,8 +101,7 @@ int hostile_record(OobChannel& oob) {
   cfg.timeoutMs = 3000;
   std::unique_ptr<moe::Engine> eng;
   std::string err;
-  RANK_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
-             "init: %s", err.c_str());
+  RANK_OK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng));
   moe::g_test_before_unpack = tamper_record;
   const size_t cap = eng->recv_capacity();
   // Every token picks one of rank 0's experts, so rank 1's first record goes to rank 0.
@@ -137,43 +135,32 @@ int hostile_record(OobChannel& oob) {
 //   immediates of every kind and seq 0..3.
 struct NoHandler : moefabric::fabric::RmaHandler {
   void on_remote_write(uint32_t) override {}
-  void on_write_done(uint64_t, Status, const char*) override {}
+  void on_write_done(uint64_t, const Status&) override {}
 };
 
 int fake_peer(OobChannel& oob, const Shape& s, const ncclMoeConfig_t& cfg, int round, int writes) {
   const int me = oob.rank();
   const moefabric::Params params = moefabric::Params::load();
   moe::ResolvedConfig rc{};
-  std::string err;
-  RANK_CHECK(moe::config_agree(s.nranks, me, oob_allgather, &oob, &cfg, params, &rc, &err) == Status::kOk,
-             "config: %s", err.c_str());
+  RANK_OK(moe::config_agree(s.nranks, me, oob_allgather, &oob, &cfg, params, &rc));
   moe::Layout l;
-  const char* why = nullptr;
-  RANK_CHECK(moe::layout_init(&l, s.nranks, me, rc.experts, rc.topk, rc.hidden, rc.max_tokens, 2, false,
-                              rc.scale_block, rc.alignment, rc.max_private, false, &why),
-             "layout: %s", why);
+  RANK_OK(moe::layout_init(&l, s.nranks, me, rc.experts, rc.topk, rc.hidden, rc.max_tokens, 2, false,
+                           rc.scale_block, rc.alignment, rc.max_private, false));
   std::unique_ptr<moefabric::fabric::RmaRails> ep;
   moe::RailChoice choice;
-  RANK_CHECK(moe::open_rails(params, std::nullopt, &ep, &choice, &err) == Status::kOk, "rails: %s",
-             err.c_str());
+  RANK_OK(moe::open_rails(params, std::nullopt, &ep, &choice));
   std::vector<uint8_t> recv(l.recv_block_bytes), send(1 << 16);
   moefabric::fabric::RmaRails::Mr recv_mr, send_mr;
-  RANK_CHECK(ep->reg(recv.data(), recv.size(), moefabric::fabric::MrAccess::kRemoteWrite, &recv_mr, &err) ==
-                 Status::kOk,
-             "reg: %s", err.c_str());
-  RANK_CHECK(
-      ep->reg(send.data(), send.size(), moefabric::fabric::MrAccess::kLocal, &send_mr, &err) == Status::kOk,
-      "reg: %s", err.c_str());
+  RANK_OK(ep->reg(recv.data(), recv.size(), moefabric::fabric::MrAccess::kRemoteWrite, &recv_mr));
+  RANK_OK(ep->reg(send.data(), send.size(), moefabric::fabric::MrAccess::kLocal, &send_mr));
   moe::RailsAddr mine{};
   moe::rails_addr(*ep, recv_mr, recv.data(), &mine);
   std::vector<moe::RailsAddr> all;
-  RANK_CHECK(
-      moe::agree(oob_allgather, &oob, s.nranks,
-                 {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError},
-                 Status::kOk, "", mine, &all, &err) == Status::kOk,
-      "address exchange: %s", err.c_str());
+  RANK_OK(moe::agree(oob_allgather, &oob, s.nranks,
+                     {"init", "exchanging addresses", "could not set up its transport", Status::kSystemError},
+                     Status::kOk, mine, &all));
   moefabric::fabric::RmaRails::Peer peer;
-  RANK_CHECK(moe::rails_add_peer(*ep, all[0], 0, &peer, &err) == Status::kOk, "peer: %s", err.c_str());
+  RANK_OK(moe::rails_add_peer(*ep, all[0], 0, &peer));
   std::mt19937_64 rng(1234 + round);
   for (auto& b : send) b = static_cast<uint8_t>(rng());
   NoHandler h;
@@ -203,14 +190,14 @@ int fake_peer(OobChannel& oob, const Shape& s, const ncclMoeConfig_t& cfg, int r
     if (off + len > l.recv_block_bytes) off = l.recv_block_bytes - len;
     Status st;
     while ((st = ep->write(peer, send.data() + rng() % (send.size() - len), len, send_mr,
-                           all[0].recv_base + off, imm, i, &err)) == Status::kAgain)
-      (void)ep->poll(&h, &err);
-    if (st != Status::kOk) break;  // rank 0 closed its endpoint after refusing us: done
-    (void)ep->poll(&h, &err);
+                           all[0].recv_base + off, imm, i)) == Status::kAgain)
+      (void)ep->poll(&h);
+    if (!st.ok()) break;  // rank 0 closed its endpoint after refusing us: done
+    (void)ep->poll(&h);
   }
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (ep->writes_in_flight() > 0 && std::chrono::steady_clock::now() < until) (void)ep->poll(&h, &err);
-  oob.barrier();  // rank 0 is done judging
+  while (ep->writes_in_flight() > 0 && std::chrono::steady_clock::now() < until) (void)ep->poll(&h);
+  (void)oob.barrier();  // rank 0 is done judging
   ep->dereg(&recv_mr);
   ep->dereg(&send_mr);
   return 0;
@@ -228,8 +215,7 @@ int hostile_writer(OobChannel& oob, int round) {
   if (me == 1) return fake_peer(oob, s, cfg, round, 3000);
   std::unique_ptr<moe::Engine> eng;
   std::string err;
-  RANK_CHECK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng, &err) == Status::kOk,
-             "init: %s", err.c_str());
+  RANK_OK(moe::engine_create(s.nranks, me, oob_allgather, &oob, &cfg, &eng));
   const size_t cap = eng->recv_capacity();
   const RankInput in = make_input(s, me, 16, 3, Routing::kUniformDup);
   std::vector<uint8_t> rx(cap * s.x_bytes() + 4096, 0xa5);
@@ -251,7 +237,7 @@ int hostile_writer(OobChannel& oob, int round) {
   for (size_t i = cap * s.x_bytes(); i < rx.size(); ++i)
     RANK_CHECK(rx[i] == 0xa5, "round %d: byte %zu past recvX's capacity was written", round, i);
   eng->abort();
-  oob.barrier();
+  (void)oob.barrier();
   return 0;
 }
 

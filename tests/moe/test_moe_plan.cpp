@@ -38,10 +38,8 @@ int run_rank(OobChannel& oob, const Shape& s, const std::vector<Op>& ops) {
   RANK_CHECK(ncclMoeCommInitAllGather(&comm, R, me, oob_allgather, &oob, &cfg) == ncclSuccess, "init: %s",
              ncclMoeGetLastError(nullptr));
   moe::Layout l;
-  const char* why = nullptr;
-  RANK_CHECK(moe::layout_init(&l, R, me, s.experts, s.topk, s.hidden, s.max_tokens, s.fp8 ? 1 : 2, s.fp8,
-                              s.scale_block, s.alignment, s.max_private, s.per_rank, &why),
-             "layout: %s", why);
+  RANK_OK(moe::layout_init(&l, R, me, s.experts, s.topk, s.hidden, s.max_tokens, s.fp8 ? 1 : 2, s.fp8,
+                           s.scale_block, s.alignment, s.max_private, s.per_rank));
   size_t cap = 0;
   ncclMoeGetRecvCapacity(comm, &cap);
   std::vector<uint8_t> rx(cap * s.x_bytes() + 16);
@@ -71,12 +69,10 @@ int run_rank(OobChannel& oob, const Shape& s, const std::vector<Op>& ops) {
     RANK_CHECK(ncclMoeGetStats(comm, &st) == ncclSuccess, "stats");
     // A peer that finished this op may already have sent its next dispatch header, and our proxy
     // counts the grant it answers with at once: every rank reads its stats before any goes on.
-    RANK_CHECK(oob.barrier(), "barrier");
+    RANK_OK(oob.barrier());
     moe::WorldPlan w;
-    std::string err;
-    RANK_CHECK(moe::plan_world(
-                   l, idx, T, s.per_rank ? moe::CombineMode::kPerRank : moe::CombineMode::kPerPair, &w, &err),
-               "plan: %s", err.c_str());
+    RANK_OK(
+        moe::plan_world(l, idx, T, s.per_rank ? moe::CombineMode::kPerRank : moe::CombineMode::kPerPair, &w));
     const moe::RankStats p = moe::rank_stats(w, me);
     RANK_CHECK(st.dispatchBytesSent == p.dispatch_bytes_sent, "op %zu: dispatch bytes %llu, planned %llu", i,
                static_cast<unsigned long long>(st.dispatchBytesSent),

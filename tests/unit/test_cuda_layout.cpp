@@ -22,12 +22,11 @@ TEST_CASE("cuda layout: regions are disjoint, aligned and inside the block", "[m
   for (const Shape& s : shapes) {
     for (int me = 0; me < s.R; ++me) {
       CudaLayout l;
-      const char* why = nullptr;
-      REQUIRE(cuda_layout_init(&l, s.R, me, s.E, s.K, s.H, s.T, s.fp8 ? 1 : 2, s.fp8, s.sb, s.align, &why));
+      REQUIRE(cuda_layout_init(&l, s.R, me, s.E, s.K, s.H, s.T, s.fp8 ? 1 : 2, s.fp8, s.sb, s.align).ok());
       // Same capacity and expert ownership as the host backend's layout.
       Layout h;
-      REQUIRE(layout_init(&h, s.R, me, s.E, s.K, s.H, s.T, s.fp8 ? 1 : 2, s.fp8, s.sb, s.align, 128, false,
-                          &why));
+      REQUIRE(
+          layout_init(&h, s.R, me, s.E, s.K, s.H, s.T, s.fp8 ? 1 : 2, s.fp8, s.sb, s.align, 128, false).ok());
       CHECK(l.capacity_rows == h.capacity_rows);
       for (int e = 0; e < s.E; ++e) CHECK(l.owner(e) == h.owner(e));
       for (int r = 0; r <= s.R; ++r) CHECK(l.first_expert(r) == h.first_expert(r));
@@ -52,14 +51,15 @@ TEST_CASE("cuda layout: regions are disjoint, aligned and inside the block", "[m
 
 TEST_CASE("cuda layout: limits of the CUDA backend", "[moe][layout][cuda]") {
   CudaLayout l;
-  const char* why = nullptr;
   // No fixed-width rank sets: 256 ranks (fabric peers) with 1024 experts initialise.
-  CHECK(cuda_layout_init(&l, 256, 255, 1024, 8, 7168, 128, 1, true, 128, 1, &why));
+  CHECK(cuda_layout_init(&l, 256, 255, 1024, 8, 7168, 128, 1, true, 128, 1).ok());
   CHECK(l.local_count(255) == 4);
-  CHECK_FALSE(cuda_layout_init(&l, 4097, 0, 8192, 2, 64, 16, 2, false, 128, 1, &why));
-  CHECK(std::strstr(why, "4096 ranks") != nullptr);
-  CHECK_FALSE(cuda_layout_init(&l, 2, 0, 10000, 2, 64, 16, 2, false, 128, 1, &why));
-  CHECK(std::strstr(why, "4096 experts") != nullptr);
+  moefabric::Status s = cuda_layout_init(&l, 4097, 0, 8192, 2, 64, 16, 2, false, 128, 1);
+  CHECK_FALSE(s.ok());
+  CHECK_THAT(s.message(), Catch::Contains("4096 ranks"));
+  s = cuda_layout_init(&l, 2, 0, 10000, 2, 64, 16, 2, false, 128, 1);
+  CHECK_FALSE(s.ok());
+  CHECK_THAT(s.message(), Catch::Contains("4096 experts"));
 }
 
 namespace {
@@ -70,12 +70,12 @@ ncclResult_t self_gather(const void* send, void* recv, size_t bytes, void*) {
 }  // namespace
 
 TEST_CASE("backend choice: CUDA without a GPU (or without a CUDA build) fails clearly", "[moe][cuda]") {
-  std::string why;
-  if (cuda_backend_probe(&why)) {
+  const moefabric::Status probe = cuda_backend_probe();
+  if (probe.ok()) {
     SUCCEED("a GPU is current here: the gpu suite covers the CUDA backend");
     return;
   }
-  CHECK(!why.empty());
+  CHECK(!probe.message().empty());
   ncclMoeConfig_t c = NCCL_MOE_CONFIG_INITIALIZER;
   c.numExperts = 8;
   c.numTopk = 2;
@@ -83,9 +83,9 @@ TEST_CASE("backend choice: CUDA without a GPU (or without a CUDA build) fails cl
   c.maxTokensPerRank = 16;
   c.backend = ncclMoeBackendCuda;
   std::unique_ptr<Engine> e;
-  std::string err;
-  CHECK(engine_create(1, 0, self_gather, nullptr, &c, &e, &err) == moefabric::Status::kInvalidUsage);
-  INFO(err);
-  CHECK(err.find("ncclMoeBackendCuda") != std::string::npos);
+  const moefabric::Status s = engine_create(1, 0, self_gather, nullptr, &c, &e);
+  CHECK(s == moefabric::Status::kInvalidUsage);
+  INFO(s.message());
+  CHECK(s.message().find("ncclMoeBackendCuda") != std::string::npos);
   CHECK(!e);
 }

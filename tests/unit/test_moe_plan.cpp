@@ -14,14 +14,12 @@ using namespace moefabric::moe;
 namespace {
 Layout make(int R, int E, int K, int H, int T, bool fp8, int P) {
   Layout l;
-  const char* why = nullptr;
-  REQUIRE(layout_init(&l, R, 0, E, K, H, T, fp8 ? 1 : 2, fp8, 128, 1, P, false, &why));
+  REQUIRE(layout_init(&l, R, 0, E, K, H, T, fp8 ? 1 : 2, fp8, 128, 1, P, false).ok());
   return l;
 }
 std::vector<PeerTraffic> plan(const Layout& l, int src, const std::vector<int32_t>& idx, CombineMode m) {
   std::vector<PeerTraffic> p;
-  std::string why;
-  REQUIRE(plan_rank(l, src, idx.data(), static_cast<int>(idx.size()) / l.topk, m, &p, &why));
+  REQUIRE(plan_rank(l, src, idx.data(), static_cast<int>(idx.size()) / l.topk, m, &p).ok());
   return p;
 }
 }  // namespace
@@ -90,9 +88,9 @@ TEST_CASE("moe plan: ids outside the experts are refused", "[moe][plan]") {
   Layout l = make(2, 4, 2, 64, 4, false, 4);
   std::vector<int32_t> idx = {0, 4};
   std::vector<PeerTraffic> p;
-  std::string why;
-  REQUIRE_FALSE(plan_rank(l, 0, idx.data(), 1, CombineMode::kPerPair, &p, &why));
-  REQUIRE(why.find("expert 4") != std::string::npos);
+  const moefabric::Status s = plan_rank(l, 0, idx.data(), 1, CombineMode::kPerPair, &p);
+  REQUIRE(s == moefabric::Status::kInvalidArgument);
+  REQUIRE(s.message().find("expert 4") != std::string::npos);
 }
 
 TEST_CASE("moe plan: random routings equal an independent count; stats add up", "[moe][plan]") {
@@ -114,8 +112,7 @@ TEST_CASE("moe plan: random routings equal an independent count; stats add up", 
       ptr[s] = idx[s].data();
     }
     WorldPlan w;
-    std::string why;
-    REQUIRE(plan_world(l, ptr, T, mode, &w, &why));
+    REQUIRE(plan_world(l, ptr, T, mode, &w).ok());
     std::vector<RankStats> st(R);
     for (int s = 0; s < R; ++s) {
       // independent: owner by search over first_expert, records as a set of (token, rank)

@@ -15,8 +15,7 @@ namespace {
 Layout make(int R, int me, int E, int K, int H, int T, bool fp8, int P, int align = 1,
             bool per_rank = false) {
   Layout l;
-  const char* why = nullptr;
-  REQUIRE(layout_init(&l, R, me, E, K, H, T, fp8 ? 1 : 2, fp8, 128, align, P, per_rank, &why));
+  REQUIRE(layout_init(&l, R, me, E, K, H, T, fp8 ? 1 : 2, fp8, 128, align, P, per_rank).ok());
   return l;
 }
 }  // namespace
@@ -110,25 +109,26 @@ TEST_CASE("moe immediates: round trip and rejection", "[moe][wire]") {
       for (int k = 0; k < kNumKinds; ++k) {
         if (seq == 0) continue;
         ImmFields f{};
-        std::string why;
+        moefabric::Status st;
         uint32_t imm = imm_encode(static_cast<WriteKind>(k), seq, 3);
-        REQUIRE(imm_decode(imm, cur, 8, 0, &f, &why));
+        REQUIRE((st = imm_decode(imm, cur, 8, 0, &f)).ok());
         REQUIRE(f.seq == seq);
         REQUIRE(f.src == 3);
         REQUIRE(static_cast<int>(f.kind) == k);
       }
   ImmFields f{};
-  std::string why;
-  REQUIRE_FALSE(imm_decode(imm_encode(WriteKind::kCombine, 5, 8), 5, 8, 0, &f, &why));  // rank 8 of 8
-  REQUIRE(why.find("source rank 8") != std::string::npos);
-  REQUIRE_FALSE(imm_decode(imm_encode(WriteKind::kCombine, 5, 2), 5, 8, 2, &f, &why));  // from self
-  REQUIRE_FALSE(imm_decode(imm_encode(WriteKind::kCombine, 9, 1), 5, 8, 0, &f, &why));  // stale/future
-  REQUIRE(why.find("not within one op") != std::string::npos);
-  REQUIRE_FALSE(imm_decode(7u << 29, 5, 8, 0, &f, &why));  // unknown kind
+  moefabric::Status st;
+  REQUIRE_FALSE((st = imm_decode(imm_encode(WriteKind::kCombine, 5, 8), 5, 8, 0, &f)).ok());  // rank 8 of 8
+  REQUIRE(st.message().find("source rank 8") != std::string::npos);
+  REQUIRE_FALSE((st = imm_decode(imm_encode(WriteKind::kCombine, 5, 2), 5, 8, 2, &f)).ok());  // from self
+  REQUIRE_FALSE((st = imm_decode(imm_encode(WriteKind::kCombine, 9, 1), 5, 8, 0, &f)).ok());  // stale/future
+  REQUIRE(st.message().find("not within one op") != std::string::npos);
+  REQUIRE_FALSE((st = imm_decode(7u << 29, 5, 8, 0, &f)).ok());  // unknown kind
   // the transport's stripe field never reaches the protocol
   REQUIRE((imm_encode(WriteKind::kBarrier, ~0ull, 0xfff) & kStripeField) == 0);
-  REQUIRE_FALSE(imm_decode(imm_encode(WriteKind::kCombine, 5, 1) | (1u << kStripeShift), 5, 8, 0, &f, &why));
-  REQUIRE(why.find("stripe bits") != std::string::npos);
+  REQUIRE_FALSE(
+      (st = imm_decode(imm_encode(WriteKind::kCombine, 5, 1) | (1u << kStripeShift), 5, 8, 0, &f)).ok());
+  REQUIRE(st.message().find("stripe bits") != std::string::npos);
   // fuzz: whatever is accepted names a real peer and a sequence within one op
   std::mt19937 rng(1);
   int accepted = 0;
@@ -138,7 +138,7 @@ TEST_CASE("moe immediates: round trip and rejection", "[moe][wire]") {
     uint32_t imm =
         imm_encode(static_cast<WriteKind>(rng() % 8), cur + rng() % 5 - 2, static_cast<int>(rng() % 32));
     if (rng() % 2) imm ^= 1u << (rng() % 32);
-    if (imm_decode(imm, cur, 16, 4, &f, &why)) {
+    if ((st = imm_decode(imm, cur, 16, 4, &f)).ok()) {
       ++accepted;
       REQUIRE(f.src >= 0);
       REQUIRE(f.src < 16);
@@ -161,9 +161,9 @@ TEST_CASE("moe dispatch header: checks and fuzz", "[moe][wire]") {
     m.h = DispatchHeader{kHeaderMagic, 7, 1, 20, 8, 30, 90, 4};
     m.counts[0] = 10, m.counts[1] = 20;
   };
-  std::string why;
+  moefabric::Status st;
   valid();
-  REQUIRE(header_check(l, m.h, m.counts, 1, 7, &why));
+  REQUIRE((st = header_check(l, m.h, m.counts, 1, 7)).ok());
   struct Mut {
     const char* needle;
     void (*f)(Msg&);
@@ -183,8 +183,8 @@ TEST_CASE("moe dispatch header: checks and fuzz", "[moe][wire]") {
     INFO(mu.needle);
     valid();
     mu.f(m);
-    REQUIRE_FALSE(header_check(l, m.h, m.counts, 1, 7, &why));
-    REQUIRE(why.find(mu.needle) != std::string::npos);
+    REQUIRE_FALSE((st = header_check(l, m.h, m.counts, 1, 7)).ok());
+    REQUIRE(st.message().find(mu.needle) != std::string::npos);
   }
   // fuzz: random bit flips; an accepted header must keep every derived range inside our regions
   std::mt19937 rng(2);
@@ -193,7 +193,7 @@ TEST_CASE("moe dispatch header: checks and fuzz", "[moe][wire]") {
     auto* bytes = reinterpret_cast<uint8_t*>(&m);
     for (int f = 0; f < 1 + static_cast<int>(rng() % 3); ++f)
       bytes[rng() % (sizeof(DispatchHeader) + 16)] ^= static_cast<uint8_t>(1u << (rng() % 8));
-    if (!header_check(l, m.h, m.counts, 1, 7, &why)) continue;
+    if (!(st = header_check(l, m.h, m.counts, 1, 7)).ok()) continue;
     REQUIRE(m.h.ntokens <= 32u);
     REQUIRE(m.h.nprivate <= m.h.ntokens);
     REQUIRE(l.private_offset(1) + l.header_bytes + l.record_bytes * m.h.nprivate <= l.private_offset(2));

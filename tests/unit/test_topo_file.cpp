@@ -110,13 +110,14 @@ TEST_CASE("topo file: PCI chain from a sysfs path", "[topo_file]") {
 
 TEST_CASE("topo file: memfd install respects a user's NCCL_TOPO_FILE", "[topo_file]") {
   setenv("NCCL_TOPO_FILE", "/etc/mine.xml", 1);
-  int fd = -2;
-  std::string what;
-  REQUIRE(nccl_topo_install("<system/>", &fd, &what) == Status::kOk);
-  REQUIRE(fd == -1);
+  TopoInstall installed;
+  installed.fd = -2;
+  REQUIRE(nccl_topo_install("<system/>", &installed).ok());
+  REQUIRE(installed.fd == -1);
   REQUIRE(std::string(getenv("NCCL_TOPO_FILE")) == "/etc/mine.xml");
   unsetenv("NCCL_TOPO_FILE");
-  REQUIRE(nccl_topo_install("<system version=\"1\"/>\n", &fd, &what) == Status::kOk);
+  REQUIRE(nccl_topo_install("<system version=\"1\"/>\n", &installed).ok());
+  const int fd = installed.fd;
   REQUIRE(fd >= 0);
   const char* path = getenv("NCCL_TOPO_FILE");
   REQUIRE(path != nullptr);

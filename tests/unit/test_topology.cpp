@@ -19,9 +19,9 @@ std::unique_ptr<Topology> load_fixture(const std::string& name) {
   Options o;
   o.xml = std::string(MOEFABRIC_SOURCE_ROOT) + "/tests/topology/fixtures/" + name + ".xml";
   std::unique_ptr<Topology> t;
-  std::string err;
-  INFO(err);
-  REQUIRE(Topology::load(o, &t, &err) == moefabric::Status::kOk);
+  const moefabric::Status s = Topology::load(o, &t);
+  INFO(s.message());
+  REQUIRE(s.ok());
   return t;
 }
 
@@ -133,8 +133,7 @@ TEST_CASE("topology: given NICs and GPUs, virtual NICs, lookups and bad input", 
   o.gpus_given = true;
   o.gpus = {PciAddr{0, 0xa0, 0x1d, 0}, PciAddr{0, 0x20, 0x1c, 0}};
   std::unique_ptr<Topology> t;
-  std::string err;
-  REQUIRE(Topology::load(o, &t, &err) == moefabric::Status::kOk);
+  REQUIRE(Topology::load(o, &t).ok());
   REQUIRE(t->gpus().size() == 2);
   REQUIRE(t->gpu_by_pci(PciAddr{0, 0x20, 0x1c, 0}) == 1);
   REQUIRE(t->gpu_by_pci(PciAddr{0, 0x21, 0, 0}) == -1);
@@ -151,8 +150,9 @@ TEST_CASE("topology: given NICs and GPUs, virtual NICs, lookups and bad input", 
   REQUIRE(t->table().find("virtual") != std::string::npos);
 
   o.xml = "/nonexistent/topology.xml";
-  REQUIRE(Topology::load(o, &t, &err) == moefabric::Status::kInvalidArgument);
-  REQUIRE(err.find("/nonexistent/topology.xml") != std::string::npos);
+  const moefabric::Status s = Topology::load(o, &t);
+  REQUIRE(s == moefabric::Status::kInvalidArgument);
+  REQUIRE(s.message().find("/nonexistent/topology.xml") != std::string::npos);
 }
 
 TEST_CASE("topology: PCI addresses and cpu lists", "[topology]") {
@@ -166,8 +166,7 @@ TEST_CASE("topology: PCI addresses and cpu lists", "[topology]") {
 
 TEST_CASE("topology: the live machine loads", "[topology]") {
   std::unique_ptr<Topology> t;
-  std::string err;
-  REQUIRE(Topology::load(Options{}, &t, &err) == moefabric::Status::kOk);
+  REQUIRE(Topology::load(Options{}, &t).ok());
   REQUIRE(t->cores() >= 1);
   REQUIRE(t->numa_nodes() >= 1);
   REQUIRE_FALSE(t->table().empty());
@@ -175,20 +174,19 @@ TEST_CASE("topology: the live machine loads", "[topology]") {
 
 TEST_CASE("topology: where an MoE proxy runs", "[topology]") {
   std::string xml = std::string(MOEFABRIC_SOURCE_ROOT) + "/tests/topology/fixtures/p4d.xml";
-  std::string why;
   moefabric::topo::NicDesc nic{"rdmap144s27", "efa", PciAddr{0, 0x90, 0x1b, 0}, 100000};
   // No GPU (host backend): every core of the NIC's NUMA node (socket 1: cores 24-47).
-  auto cpus = moefabric::topo::proxy_cpus(xml, nic, std::nullopt, &why);
-  INFO(why);
-  REQUIRE(moefabric::topo::cpu_list(cpus) == "24-47");
-  REQUIRE(why.find("NUMA node 1") != std::string::npos);
+  auto cpus = moefabric::topo::proxy_cpus(xml, nic, std::nullopt);
+  INFO(cpus.why);
+  REQUIRE(moefabric::topo::cpu_list(cpus.cpus) == "24-47");
+  REQUIRE(cpus.why.find("NUMA node 1") != std::string::npos);
   // With its GPU: that GPU's slice of its node.
-  cpus = moefabric::topo::proxy_cpus(xml, nic, PciAddr{0, 0x90, 0x1d, 0}, &why);
-  REQUIRE(moefabric::topo::cpu_list(cpus) == "24-47");  // one GPU given: the whole node is its
+  cpus = moefabric::topo::proxy_cpus(xml, nic, PciAddr{0, 0x90, 0x1d, 0});
+  REQUIRE(moefabric::topo::cpu_list(cpus.cpus) == "24-47");  // one GPU given: the whole node is its
   // A virtual NIC says nothing: not pinned, and the reason says so.
-  cpus = moefabric::topo::proxy_cpus(xml, {"lo", "tcp", std::nullopt, 0}, std::nullopt, &why);
-  REQUIRE(cpus.empty());
-  REQUIRE(why.find("no NUMA node") != std::string::npos);
+  cpus = moefabric::topo::proxy_cpus(xml, {"lo", "tcp", std::nullopt, 0}, std::nullopt);
+  REQUIRE(cpus.cpus.empty());
+  REQUIRE(cpus.why.find("no NUMA node") != std::string::npos);
   REQUIRE(moefabric::topo::PciAddr::from_sysfs_path("/sys/devices/pci0000:00/0000:00:03.0/virtio0")->str() ==
           "0000:00:03.0");
   REQUIRE_FALSE(moefabric::topo::PciAddr::from_sysfs_path("/sys/devices/virtual/net/lo").has_value());
@@ -201,26 +199,25 @@ TEST_CASE("topology: GPU rail groups for multi-rail devices", "[topology][rails]
     return v;
   };
   const std::string dir = std::string(MOEFABRIC_SOURCE_ROOT) + "/tests/topology/fixtures/";
-  std::string why;
   auto p5en = load_fixture("p5en");
-  auto g = moefabric::topo::gpu_rail_groups(dir + "p5en.xml", descs(*p5en), &why);
-  INFO(why);
-  REQUIRE(g.size() == 8);  // one device of 2 rails per GPU
-  for (size_t i = 0; i < g.size(); ++i) {
-    REQUIRE(g[i].size() == 2);
-    REQUIRE(g[i] == rails_of(*p5en, static_cast<int>(i)));
+  auto g = moefabric::topo::gpu_rail_groups(dir + "p5en.xml", descs(*p5en));
+  INFO(g.why);
+  REQUIRE(g.groups.size() == 8);  // one device of 2 rails per GPU
+  for (size_t i = 0; i < g.groups.size(); ++i) {
+    REQUIRE(g.groups[i].size() == 2);
+    REQUIRE(g.groups[i] == rails_of(*p5en, static_cast<int>(i)));
   }
   auto p5 = load_fixture("p5");
-  g = moefabric::topo::gpu_rail_groups(dir + "p5.xml", descs(*p5), &why);
-  REQUIRE(g.size() == 8);
-  REQUIRE(g[0].size() == 4);
+  g = moefabric::topo::gpu_rail_groups(dir + "p5.xml", descs(*p5));
+  REQUIRE(g.groups.size() == 8);
+  REQUIRE(g.groups[0].size() == 4);
   auto p4d = load_fixture("p4d");  // two GPUs share each NIC: nothing to group
-  g = moefabric::topo::gpu_rail_groups(dir + "p4d.xml", descs(*p4d), &why);
-  REQUIRE(g.empty());
-  REQUIRE(why == "no GPU has two or more rails");
+  g = moefabric::topo::gpu_rail_groups(dir + "p4d.xml", descs(*p4d));
+  REQUIRE(g.groups.empty());
+  REQUIRE(g.why == "no GPU has two or more rails");
   // Virtual NICs only (this CI machine's lo, veth): hwloc is not even loaded.
-  g = moefabric::topo::gpu_rail_groups(
-      "", {{"lo", "tcp", std::nullopt, 0}, {"veth0", "tcp", std::nullopt, 0}}, &why);
-  REQUIRE(g.empty());
-  REQUIRE(why == "fewer than two NICs on PCI");
+  g = moefabric::topo::gpu_rail_groups("",
+                                       {{"lo", "tcp", std::nullopt, 0}, {"veth0", "tcp", std::nullopt, 0}});
+  REQUIRE(g.groups.empty());
+  REQUIRE(g.why == "fewer than two NICs on PCI");
 }
