@@ -102,8 +102,9 @@ __global__ void __launch_bounds__(kThreads) combine_recv_kernel(const __grid_con
           const size_t tk = t * K + k0 + j;
           const int32_t e = idx[tk];
           if (static_cast<uint32_t>(e - first) < static_cast<uint32_t>(L))
-            q[j] = ey != nullptr ? __ldg(reinterpret_cast<const int4*>(ey + l.y_row_bytes * a.self_row[tk]) + v)
-                                 : int4{0, 0, 0, 0};
+            q[j] = ey != nullptr
+                       ? __ldg(reinterpret_cast<const int4*>(ey + l.y_row_bytes * a.self_row[tk]) + v)
+                       : int4{0, 0, 0, 0};
           else
             q[j] = __ldcg(reinterpret_cast<const int4*>(a.local + l.combine_offset(tk)) + v);
         }

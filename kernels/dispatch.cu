@@ -221,10 +221,12 @@ __global__ void __launch_bounds__(kThreads) dispatch_recv_kernel(const __grid_co
         if (whole)
           warp_copy_row<kSrcLocal, 4>(recv_x + xb * row, static_cast<const uint8_t*>(a.x) + xb * t, xb, lane);
         else
-          warp_copy_chunk<kSrcLocal>(recv_x + xb * row, static_cast<const uint8_t*>(a.x) + xb * t, xb, c, lane);
+          warp_copy_chunk<kSrcLocal>(recv_x + xb * row, static_cast<const uint8_t*>(a.x) + xb * t, xb, c,
+                                     lane);
         if (c != 0) continue;
         const float* sc = a.x_scales + static_cast<size_t>(l.nscale) * t;
-        for (int q = lane; q < l.nscale; q += 32) a.recv_scales[static_cast<size_t>(l.nscale) * row + q] = __ldg(sc + q);
+        for (int q = lane; q < l.nscale; q += 32)
+          a.recv_scales[static_cast<size_t>(l.nscale) * row + q] = __ldg(sc + q);
         if (lane == 0) {
           a.row_src[row] = code;
           a.self_row[code % (static_cast<uint32_t>(l.max_tokens) * K)] = row;

@@ -79,11 +79,11 @@ struct Args {
   uint8_t* local;         // this rank's receive block
   uint8_t* const* peers;  // device array [R]: every rank's receive block mapped here
   DevState* st;
-  DevError* err;      // host-mapped
-  uint32_t* row_src;  // [capacity_rows]: (source * maxT + token) * K + k, ~0 for padding
+  DevError* err;       // host-mapped
+  uint32_t* row_src;   // [capacity_rows]: (source * maxT + token) * K + k, ~0 for padding
   uint32_t* self_row;  // [maxT * K]: row of our own (t, k) pairs on our experts (this op)
-  int blocks;         // grid of every kernel, equal on all ranks
-  int nvlink_peers;   // NVLink ranks other than this one (0: no token travels over NVLink)
+  int blocks;          // grid of every kernel, equal on all ranks
+  int nvlink_peers;    // NVLink ranks other than this one (0: no token travels over NVLink)
   int64_t timeout_ns;
   // Fabric peers (fabric[r] != 0: rank r is reached through the MoE protocol's proxy,
   // collectives/comm.h). The protocol's blocks and what the proxy shares (kernels/fabric.cu) are

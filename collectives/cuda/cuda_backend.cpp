@@ -508,8 +508,8 @@ Status CudaComm::peer_stats(ncclMoePeerStats_t* out) {
 void CudaComm::memory(size_t* device_bytes, size_t* host_bytes) const {
   const CudaLayout& l = args_.l;
   *device_bytes = l.block_bytes + sizeof(kern::DevState) + sizeof(uint32_t) * l.capacity_rows +
-                  sizeof(uint32_t) * static_cast<size_t>(l.max_tokens) * l.topk +
-                  sizeof(uint8_t*) * R_ + fabric_dev_bytes_;
+                  sizeof(uint32_t) * static_cast<size_t>(l.max_tokens) * l.topk + sizeof(uint8_t*) * R_ +
+                  fabric_dev_bytes_;
   *host_bytes = sizeof(kern::DevError) + shared_bytes_ + (proto_ ? proto_->host_bytes() : 0);
 }
 
